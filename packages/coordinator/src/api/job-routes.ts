@@ -1,0 +1,124 @@
+/** Requester routes: jobs, their events, logs and blobs. No business logic here. */
+import { Digest, SubmitJobRequest, TERMINAL_JOB_STATES } from '@gridwork/protocol';
+import type { FastifyInstance } from 'fastify';
+import Type from 'typebox';
+import type { BlobStore } from '../blobs/blob-store.ts';
+import type { EventBus } from '../bus/event-bus.ts';
+import type { JobService } from '../jobs/job-service.ts';
+import { sendNdjson, waiter } from './ndjson.ts';
+
+export interface JobRoutesDeps {
+  jobs: JobService;
+  blobs: BlobStore;
+  bus: EventBus;
+}
+
+const JobParams = Type.Object({ id: Type.String({ pattern: '^job_[a-z2-7]{16}$' }) });
+
+export function registerJobRoutes(app: FastifyInstance, deps: JobRoutesDeps): void {
+  const { jobs, bus } = deps;
+
+  app.post<{ Body: SubmitJobRequest }>('/v1/jobs', { schema: { tags: ['jobs'], summary: 'Submit a job', body: SubmitJobRequest } }, async (req, reply) => {
+    reply.status(201);
+    return jobs.submit(req.accountId, req.body);
+  });
+
+  app.get<{ Querystring: { limit: number } }>(
+    '/v1/jobs',
+    { schema: { tags: ['jobs'], summary: 'List your jobs, newest first', querystring: Type.Object({ limit: Type.Integer({ minimum: 1, maximum: 1000, default: 50 }) }) } },
+    async (req) => ({ jobs: await jobs.list(req.accountId, req.query.limit) }),
+  );
+
+  app.get<{ Params: { id: string } }>('/v1/jobs/:id', { schema: { tags: ['jobs'], summary: 'A job with its tasks and outputs', params: JobParams } }, async (req) =>
+    jobs.get(req.accountId, req.params.id),
+  );
+
+  app.post<{ Params: { id: string } }>('/v1/jobs/:id/cancel', { schema: { tags: ['jobs'], summary: 'Cancel a job', params: JobParams } }, async (req) =>
+    jobs.cancel(req.accountId, req.params.id),
+  );
+
+  app.get<{ Params: { id: string } }>(
+    '/v1/jobs/:id/events',
+    { schema: { tags: ['jobs'], summary: 'NDJSON stream of job snapshots: one now, one per change, ends when the job ends', params: JobParams } },
+    async (req, reply) => {
+      const owner = req.accountId;
+      const jobId = req.params.id;
+      await jobs.get(owner, jobId); // ownership check before the stream starts
+      return sendNdjson(req, reply, async function* (signal) {
+        const w = waiter(signal);
+        const off = bus.on('job.changed', (id) => id === jobId && w.wake());
+        try {
+          while (!signal.aborted) {
+            const job = await jobs.get(owner, jobId);
+            yield { type: 'job', job };
+            if (TERMINAL_JOB_STATES.includes(job.state)) return;
+            await w.wait();
+          }
+        } finally {
+          off();
+        }
+      });
+    },
+  );
+
+  app.get<{ Params: { id: string }; Querystring: { after: string; follow: boolean; limit: number } }>(
+    '/v1/jobs/:id/logs',
+    {
+      schema: {
+        tags: ['jobs'],
+        summary: 'NDJSON log entries after a cursor; with follow, stays open until the job ends',
+        params: JobParams,
+        querystring: Type.Object({
+          after: Type.String({ pattern: '^[0-9]{1,19}$', default: '0' }),
+          follow: Type.Boolean({ default: false }),
+          limit: Type.Integer({ minimum: 1, maximum: 100000, default: 10000 }),
+        }),
+      },
+    },
+    async (req, reply) => {
+      const owner = req.accountId;
+      const jobId = req.params.id;
+      const { follow, limit } = req.query;
+      let cursor = BigInt(req.query.after);
+      await jobs.logs(owner, jobId, cursor, 1);
+      return sendNdjson(req, reply, async function* (signal) {
+        const w = waiter(signal);
+        const off = bus.on('job.log', (id) => id === jobId && w.wake());
+        const offChanged = bus.on('job.changed', (id) => id === jobId && w.wake());
+        let sent = 0;
+        try {
+          while (!signal.aborted && sent < limit) {
+            const terminal = await jobs.isTerminal(jobId);
+            const page = await jobs.logsAfter(jobId, cursor, Math.min(1000, limit - sent));
+            for (const e of page.entries) yield e;
+            sent += page.entries.length;
+            cursor = page.last;
+            if (page.entries.length > 0) continue;
+            if (!follow || terminal) return;
+            await w.wait();
+          }
+        } finally {
+          off();
+          offChanged();
+        }
+      });
+    },
+  );
+
+  app.get<{ Params: { id: string; digest: string } }>(
+    '/v1/jobs/:id/blobs/:digest',
+    {
+      schema: {
+        tags: ['jobs'],
+        summary: "Download a blob of a job (bundle, input, output): for the job's owner and providers leasing its tasks",
+        params: Type.Object({ id: JobParams.properties.id, digest: Digest }),
+      },
+    },
+    async (req, reply) => {
+      await jobs.assertBlobAccess(req.accountId, req.params.id, req.params.digest);
+      const { stream, size } = await deps.blobs.open(req.params.digest);
+      reply.header('content-type', 'application/octet-stream').header('content-length', size).header('etag', `"${req.params.digest}"`);
+      return reply.send(stream);
+    },
+  );
+}

@@ -1,0 +1,305 @@
+/**
+ * Jobs as requesters see them: submission (spec, bundle and inputs checked against stored
+ * blobs), views, listing, cancel, logs. Owns the `jobs`, `tasks` and `job_blobs` tables.
+ * Every read checks ownership: a requester sees only their own jobs.
+ */
+import {
+  BundleManifest,
+  GridworkError,
+  type InputSet,
+  type JobSpec,
+  type JobState,
+  type JobSummary,
+  type JobView,
+  type LogEntry,
+  newId,
+  type SubmitJobRequest,
+  type TaskView,
+  validateJobSpec,
+} from '@gridwork/protocol';
+import { Compile } from 'typebox/compile';
+import type { BlobStore } from '../blobs/blob-store.ts';
+import type { EventBus } from '../bus/event-bus.ts';
+import type { Db } from '../store/database.ts';
+import { type Changes, newChanges, refreshJob } from './lease-lifecycle.ts';
+import { shardInputs } from './sharding.ts';
+import { ACTIVE_LEASE_STATES } from './state-machine.ts';
+
+const manifestCheck = Compile(BundleManifest);
+const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
+
+export interface JobServiceDeps {
+  db: Db;
+  blobs: BlobStore;
+  bus: EventBus;
+  publish: (changes: Changes) => void;
+}
+
+export class JobService {
+  constructor(private readonly deps: JobServiceDeps) {}
+
+  async submit(owner: string, req: SubmitJobRequest): Promise<JobView> {
+    const spec = validateJobSpec(req.spec);
+    const { db } = this.deps;
+    const blobRoles = new Map<string, 'bundle' | 'input'>();
+
+    if (spec.runtime.kind === 'bundle') {
+      if (!req.bundle) throw new GridworkError('VALIDATION_FAILED', 'bundle: required when runtime.kind is bundle');
+      const manifest = await this.readManifest(req.bundle.manifest);
+      blobRoles.set(req.bundle.manifest, 'bundle');
+      for (const f of manifest.files) blobRoles.set(f.digest, 'bundle');
+    }
+    const declared = new Map((spec.inputs ?? []).map((i) => [i.name, i]));
+    const seen = new Set<string>();
+    for (const [i, set] of req.inputs.entries()) {
+      const decl = declared.get(set.name);
+      if (!decl) throw new GridworkError('VALIDATION_FAILED', `inputs[${i}].name: "${set.name}" is not an input of the spec`);
+      if (seen.has(set.name)) throw new GridworkError('VALIDATION_FAILED', `inputs[${i}].name: "${set.name}" given twice`);
+      if ((decl.shard ?? false) !== set.shard) throw new GridworkError('VALIDATION_FAILED', `inputs[${i}].shard must match the spec (${decl.shard ?? false})`);
+      if (set.files.length === 0) throw new GridworkError('VALIDATION_FAILED', `inputs[${i}]: input "${set.name}" matched no files`);
+      seen.add(set.name);
+      for (const f of set.files) if (!blobRoles.has(f.digest)) blobRoles.set(f.digest, 'input');
+    }
+    for (const name of declared.keys()) {
+      if (!seen.has(name)) throw new GridworkError('VALIDATION_FAILED', `inputs: input "${name}" of the spec was not uploaded`);
+    }
+    const shards = spec.shards ?? 1;
+    const taskInputs = shardInputs(req.inputs, shards);
+    await this.assertBlobsExist([...blobRoles.keys()]);
+
+    const jobId = newId('job');
+    const now = new Date();
+    const changes = newChanges();
+    await db.transaction().execute(async (trx) => {
+      await trx
+        .insertInto('jobs')
+        .values({
+          id: jobId,
+          owner,
+          name: spec.name,
+          kind: spec.kind,
+          state: 'pending',
+          spec: JSON.stringify(spec),
+          bundle_manifest: req.bundle?.manifest ?? null,
+          error: null,
+          created_at: now,
+          updated_at: now,
+        })
+        .execute();
+      await trx
+        .insertInto('tasks')
+        .values(
+          taskInputs.map((inputs, idx) => ({
+            id: newId('task'),
+            job_id: jobId,
+            idx,
+            state: 'queued',
+            attempts: 0,
+            inputs: JSON.stringify(inputs),
+            outputs: '[]',
+            queued_at: now,
+          })),
+        )
+        .execute();
+      const roles = [...blobRoles.entries()];
+      for (let i = 0; i < roles.length; i += 1000) {
+        await trx
+          .insertInto('job_blobs')
+          .values(roles.slice(i, i + 1000).map(([digest, role]) => ({ job_id: jobId, digest, role })))
+          .execute();
+      }
+    });
+    changes.jobs.add(jobId);
+    changes.work = true;
+    this.deps.publish(changes);
+    return this.get(owner, jobId);
+  }
+
+  private async readManifest(digest: string): Promise<BundleManifest> {
+    await this.assertBlobsExist([digest]);
+    const { stream, size } = await this.deps.blobs.open(digest);
+    if (size > MAX_MANIFEST_BYTES) {
+      stream.destroy();
+      throw new GridworkError('VALIDATION_FAILED', `bundle.manifest: manifest is larger than ${MAX_MANIFEST_BYTES} bytes`);
+    }
+    const chunks: Buffer[] = [];
+    for await (const c of stream) chunks.push(c as Buffer);
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    } catch {
+      throw new GridworkError('VALIDATION_FAILED', 'bundle.manifest: blob is not a JSON bundle manifest');
+    }
+    if (!manifestCheck.Check(parsed)) {
+      const first = manifestCheck.Errors(parsed)[0];
+      throw new GridworkError('VALIDATION_FAILED', `bundle.manifest: not a valid manifest (${first?.instancePath ?? ''} ${first?.message ?? ''})`);
+    }
+    return parsed;
+  }
+
+  async assertBlobsExist(digests: string[]): Promise<void> {
+    const unique = [...new Set(digests)];
+    const found = new Set<string>();
+    for (let i = 0; i < unique.length; i += 1000) {
+      const rows = await this.deps.db.selectFrom('blobs').select('digest').where('digest', 'in', unique.slice(i, i + 1000)).execute();
+      for (const r of rows) found.add(r.digest);
+    }
+    const missing = unique.filter((d) => !found.has(d));
+    if (missing.length > 0) {
+      throw new GridworkError('BLOB_MISSING', `${missing.length} blob(s) were not uploaded, e.g. ${missing[0]}`, { details: { missing: missing.slice(0, 100) } });
+    }
+  }
+
+  /** Loads a job and checks that `owner` may see it. */
+  private async ownedJob(owner: string, jobId: string) {
+    const job = await this.deps.db.selectFrom('jobs').selectAll().where('id', '=', jobId).executeTakeFirst();
+    if (!job) throw new GridworkError('JOB_NOT_FOUND', `job ${jobId} does not exist`);
+    if (job.owner !== owner) throw new GridworkError('FORBIDDEN', `job ${jobId} belongs to another account`);
+    return job;
+  }
+
+  async get(owner: string, jobId: string): Promise<JobView> {
+    const job = await this.ownedJob(owner, jobId);
+    return this.view(job);
+  }
+
+  private async view(job: { id: string; name: string; kind: string; owner: string; state: string; error: string | null; created_at: Date; updated_at: Date }): Promise<JobView> {
+    const tasks = await this.deps.db
+      .selectFrom('tasks')
+      .leftJoin('providers', 'providers.id', 'tasks.provider_id')
+      .select([
+        'tasks.id',
+        'tasks.idx',
+        'tasks.state',
+        'tasks.attempts',
+        'tasks.lease_id',
+        'tasks.provider_id',
+        'providers.name as provider_name',
+        'tasks.started_at',
+        'tasks.finished_at',
+        'tasks.exit_code',
+        'tasks.duration_ms',
+        'tasks.error',
+        'tasks.outputs',
+        'tasks.output_digest',
+      ])
+      .where('tasks.job_id', '=', job.id)
+      .orderBy('tasks.idx')
+      .execute();
+    return {
+      id: job.id,
+      name: job.name,
+      kind: job.kind,
+      owner: job.owner,
+      state: job.state as JobState,
+      error: job.error,
+      createdAt: job.created_at.toISOString(),
+      updatedAt: job.updated_at.toISOString(),
+      tasks: tasks.map(
+        (t): TaskView => ({
+          id: t.id,
+          index: t.idx,
+          state: t.state,
+          attempts: t.attempts,
+          leaseId: t.lease_id,
+          providerId: t.provider_id,
+          providerName: t.provider_name ?? null,
+          startedAt: t.started_at?.toISOString() ?? null,
+          finishedAt: t.finished_at?.toISOString() ?? null,
+          exitCode: t.exit_code,
+          durationMs: t.duration_ms,
+          error: t.error,
+          outputs: t.outputs,
+          outputDigest: t.output_digest,
+        }),
+      ),
+    };
+  }
+
+  async list(owner: string, limit: number): Promise<JobSummary[]> {
+    const rows = await this.deps.db
+      .selectFrom('jobs')
+      .select((eb) => [
+        'jobs.id',
+        'jobs.name',
+        'jobs.state',
+        'jobs.created_at',
+        eb.selectFrom('tasks').select(eb.fn.countAll<string>().as('n')).whereRef('tasks.job_id', '=', 'jobs.id').as('tasks'),
+        eb
+          .selectFrom('tasks')
+          .select(eb.fn.countAll<string>().as('n'))
+          .whereRef('tasks.job_id', '=', 'jobs.id')
+          .where('tasks.state', 'in', ['succeeded', 'failed', 'cancelled'])
+          .as('done'),
+      ])
+      .where('owner', '=', owner)
+      .orderBy('created_at', 'desc')
+      .limit(limit)
+      .execute();
+    return rows.map((r) => ({
+      id: r.id,
+      name: r.name,
+      state: r.state as JobState,
+      createdAt: r.created_at.toISOString(),
+      tasks: Number(r.tasks ?? 0),
+      tasksDone: Number(r.done ?? 0),
+    }));
+  }
+
+  async cancel(owner: string, jobId: string): Promise<JobView> {
+    const job = await this.ownedJob(owner, jobId);
+    if (!['succeeded', 'failed', 'cancelled'].includes(job.state)) {
+      const changes = newChanges();
+      await this.deps.db.transaction().execute(async (trx) => {
+        await refreshJob(trx, jobId, changes, 'cancelled', 'cancelled by requester');
+      });
+      this.deps.publish(changes);
+    }
+    return this.get(owner, jobId);
+  }
+
+  async logs(owner: string, jobId: string, afterId: bigint, limit: number): Promise<{ entries: LogEntry[]; last: bigint }> {
+    await this.ownedJob(owner, jobId);
+    return this.logsAfter(jobId, afterId, limit);
+  }
+
+  async logsAfter(jobId: string, afterId: bigint, limit: number): Promise<{ entries: LogEntry[]; last: bigint }> {
+    const rows = await this.deps.db
+      .selectFrom('task_logs')
+      .selectAll()
+      .where('job_id', '=', jobId)
+      .where('id', '>', afterId)
+      .orderBy('id')
+      .limit(limit)
+      .execute();
+    return {
+      entries: rows.map((r) => ({ taskIndex: r.task_idx, leaseId: r.lease_id, seq: Number(r.id), stream: r.stream as LogEntry['stream'], data: r.data, ts: r.ts.toISOString() })),
+      last: rows[rows.length - 1]?.id ?? afterId,
+    };
+  }
+
+  async isTerminal(jobId: string): Promise<boolean> {
+    const job = await this.deps.db.selectFrom('jobs').select('state').where('id', '=', jobId).executeTakeFirst();
+    return !job || ['succeeded', 'failed', 'cancelled'].includes(job.state);
+  }
+
+  /** The owner of a job, or a provider holding an active lease on it, may read its blobs. */
+  async assertBlobAccess(accountId: string, jobId: string, digest: string): Promise<void> {
+    const job = await this.deps.db.selectFrom('jobs').select(['owner']).where('id', '=', jobId).executeTakeFirst();
+    if (!job) throw new GridworkError('JOB_NOT_FOUND', `job ${jobId} does not exist`);
+    if (job.owner !== accountId) {
+      const lease = await this.deps.db
+        .selectFrom('leases')
+        .select('id')
+        .where('job_id', '=', jobId)
+        .where('provider_id', '=', accountId)
+        .where('state', 'in', [...ACTIVE_LEASE_STATES])
+        .executeTakeFirst();
+      if (!lease) throw new GridworkError('FORBIDDEN', `job ${jobId} belongs to another account`);
+    }
+    const link = await this.deps.db.selectFrom('job_blobs').select('digest').where('job_id', '=', jobId).where('digest', '=', digest).executeTakeFirst();
+    if (!link) throw new GridworkError('NOT_FOUND', `blob ${digest} is not part of job ${jobId}`);
+  }
+}
+
+export type { JobSpec, InputSet };

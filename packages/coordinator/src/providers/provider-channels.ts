@@ -1,0 +1,147 @@
+/**
+ * The live WebSocket of each connected provider: hello/welcome, in-order application of
+ * sequenced reports, acks, heartbeats, and delivery of the durable outbox. A connection holds
+ * no state that the database does not: after a crash of either side, the next hello resumes.
+ */
+import { type CoordinatorMessage, GridworkError, ProviderMessage, type ProviderSequenced } from '@gridwork/protocol';
+import { Compile } from 'typebox/compile';
+import type { Logger } from 'pino';
+import type { WebSocket } from 'ws';
+import type { Db } from '../store/database.ts';
+import type { ProviderService } from './provider-service.ts';
+
+const check = Compile(ProviderMessage);
+
+export interface ProviderChannelsDeps {
+  db: Db;
+  log: Logger;
+  providers: ProviderService;
+  heartbeatIntervalMs: number;
+  /** Max time between connect and hello. @default 10_000 */
+  helloTimeoutMs?: number;
+}
+
+class Channel {
+  sentUpTo = 0;
+  private queue: Promise<void> = Promise.resolve();
+  constructor(
+    readonly providerId: string,
+    readonly socket: WebSocket,
+  ) {}
+
+  send(msg: CoordinatorMessage | Record<string, unknown>): void {
+    if (this.socket.readyState === this.socket.OPEN) this.socket.send(JSON.stringify(msg));
+  }
+
+  /** Runs tasks for this connection strictly one after another. */
+  serial(task: () => Promise<void>): Promise<void> {
+    this.queue = this.queue.then(task, task);
+    return this.queue;
+  }
+}
+
+export class ProviderChannels {
+  private readonly channels = new Map<string, Channel>();
+
+  constructor(private readonly deps: ProviderChannelsDeps) {}
+
+  connectedIds(): ReadonlySet<string> {
+    return new Set(this.channels.keys());
+  }
+
+  /** Sends outbox messages that this connection has not been sent yet. */
+  async flush(providerId: string): Promise<void> {
+    const ch = this.channels.get(providerId);
+    if (!ch) return;
+    await ch.serial(async () => {
+      const rows = await this.deps.db
+        .selectFrom('provider_outbox')
+        .select(['seq', 'message'])
+        .where('provider_id', '=', providerId)
+        .where('seq', '>', BigInt(ch.sentUpTo))
+        .orderBy('seq')
+        .execute();
+      for (const r of rows) {
+        ch.send(r.message);
+        ch.sentUpTo = Number(r.seq);
+      }
+    });
+  }
+
+  disconnect(providerId: string, reason: string): void {
+    this.channels.get(providerId)?.socket.close(4000, reason.slice(0, 120));
+  }
+
+  closeAll(): void {
+    for (const ch of this.channels.values()) ch.socket.close(1001, 'coordinator shutting down');
+    this.channels.clear();
+  }
+
+  /** Takes over an authenticated socket (the upgrade request was signed by `providerId`). */
+  accept(providerId: string, socket: WebSocket): void {
+    const { log, providers } = this.deps;
+    let channel: Channel | undefined;
+    const helloTimer = setTimeout(() => socket.close(4001, 'no hello'), this.deps.helloTimeoutMs ?? 10_000);
+    const fail = (code: string, message: string, close: boolean) => {
+      socket.send(JSON.stringify({ type: 'error', code, message }));
+      if (close) socket.close(4002, message.slice(0, 120));
+    };
+    const pending = new Channel(providerId, socket);
+
+    socket.on('message', (data) => {
+      void pending.serial(async () => {
+        let msg: unknown;
+        try {
+          msg = JSON.parse(data.toString());
+        } catch {
+          return fail('PROTOCOL_ERROR', 'message is not JSON', true);
+        }
+        if (!check.Check(msg)) {
+          const e = check.Errors(msg)[0];
+          return fail('PROTOCOL_ERROR', `invalid message: ${e?.instancePath ?? ''} ${e?.message ?? ''}`, true);
+        }
+        try {
+          if (msg.type === 'hello') {
+            if (channel) return fail('PROTOCOL_ERROR', 'hello sent twice', true);
+            clearTimeout(helloTimer);
+            const { lastApplied, outbox } = await providers.hello(providerId, msg);
+            this.channels.get(providerId)?.socket.close(4003, 'replaced by a newer connection');
+            channel = pending;
+            this.channels.set(providerId, channel);
+            channel.send({ type: 'welcome', providerId, lastApplied, heartbeatIntervalMs: this.deps.heartbeatIntervalMs });
+            for (const m of outbox) {
+              channel.send(m);
+              channel.sentUpTo = Number(m.seq);
+            }
+            log.info({ providerId, name: msg.name, slots: msg.slots, resent: outbox.length }, 'provider connected');
+            return;
+          }
+          if (!channel) return fail('PROTOCOL_ERROR', 'say hello first', true);
+          if (msg.type === 'ack') return await providers.ack(providerId, msg.seq);
+          if (msg.type === 'heartbeat') return await providers.heartbeat(providerId);
+          const seqMsg = msg as ProviderSequenced;
+          const result = await providers.apply(providerId, seqMsg).catch((err) => {
+            if (err instanceof GridworkError && (err.code === 'NOT_LEASE_OWNER' || err.code === 'LEASE_NOT_FOUND')) {
+              fail(err.code, err.message, false);
+              return 'applied' as const;
+            }
+            throw err;
+          });
+          if (result === 'gap') return fail('PROTOCOL_ERROR', `sequence gap at ${seqMsg.seq}: reconnect and resend`, true);
+          channel.send({ type: 'ack', seq: seqMsg.seq });
+        } catch (err) {
+          log.error({ err, providerId }, 'provider message failed');
+          fail('INTERNAL', 'message could not be applied; reconnect to resend', true);
+        }
+      });
+    });
+    socket.on('close', () => {
+      clearTimeout(helloTimer);
+      if (channel && this.channels.get(providerId) === channel) {
+        this.channels.delete(providerId);
+        log.info({ providerId }, 'provider disconnected');
+      }
+    });
+    socket.on('error', (err) => log.warn({ err, providerId }, 'provider socket error'));
+  }
+}

@@ -1,0 +1,214 @@
+/**
+ * Providers as the coordinator knows them: registration by signed hello, the exactly-once
+ * application of their sequenced reports, acks of the durable outbox, heartbeats, and the
+ * failure detector that declares silent providers lost. Owns `providers` and
+ * `provider_outbox`, and the lease transitions a provider's reports cause.
+ */
+import { GridworkError, type LogEntry, type ProviderHello, type ProviderSequenced } from '@gridwork/protocol';
+import type { Logger } from 'pino';
+import type { EventBus } from '../bus/event-bus.ts';
+import type { Transaction } from 'kysely';
+import { type Changes, endLease, loseProviderLeases, newChanges, refreshJob } from '../jobs/lease-lifecycle.ts';
+import { assertTransition } from '../jobs/state-machine.ts';
+import type { Db } from '../store/database.ts';
+import type { Database } from '../store/schema.ts';
+
+export interface ProviderServiceDeps {
+  db: Db;
+  bus: EventBus;
+  log: Logger;
+  publish: (changes: Changes) => void;
+}
+
+export type ApplyResult = 'applied' | 'duplicate' | 'gap';
+
+export class ProviderService {
+  constructor(private readonly deps: ProviderServiceDeps) {}
+
+  /**
+   * Registers or resumes a provider. A new agent instance means the previous one died with
+   * whatever it ran: those leases are lost and both sequence counters start over.
+   */
+  async hello(providerId: string, hello: ProviderHello): Promise<{ lastApplied: number; outbox: Record<string, unknown>[] }> {
+    const changes = newChanges();
+    const result = await this.deps.db.transaction().execute(async (trx) => {
+      await trx.insertInto('accounts').values({ id: providerId }).onConflict((oc) => oc.doNothing()).execute();
+      const existing = await trx.selectFrom('providers').selectAll().where('id', '=', providerId).forUpdate().executeTakeFirst();
+      const now = new Date();
+      const row = {
+        name: hello.name,
+        runtime: hello.runtime,
+        slots: hello.slots,
+        hardware: JSON.stringify(hello.hardware),
+        attributes: JSON.stringify(hello.attributes),
+        instance: hello.instance,
+        last_seen_at: now,
+      };
+      if (!existing) {
+        await trx.insertInto('providers').values({ id: providerId, state: 'online', in_seq: 0n, out_seq: 0n, ...row }).execute();
+        return { lastApplied: 0, outbox: [] };
+      }
+      if (existing.instance !== hello.instance) {
+        const lost = await loseProviderLeases(trx, providerId, `provider ${hello.name} restarted`, changes);
+        if (lost > 0) this.deps.log.warn({ providerId, lost }, 'provider restarted: its leases are lost');
+        await trx.deleteFrom('provider_outbox').where('provider_id', '=', providerId).execute();
+        await trx.updateTable('providers').set({ ...row, state: 'online', in_seq: 0n, out_seq: 0n }).where('id', '=', providerId).execute();
+        return { lastApplied: 0, outbox: [] };
+      }
+      await trx.updateTable('providers').set({ ...row, state: existing.state === 'draining' ? 'draining' : 'online' }).where('id', '=', providerId).execute();
+      await this.ackWithin(trx, providerId, hello.lastApplied);
+      const outbox = await trx.selectFrom('provider_outbox').select('message').where('provider_id', '=', providerId).orderBy('seq').execute();
+      return { lastApplied: Number(existing.in_seq), outbox: outbox.map((r) => r.message) };
+    });
+    changes.work = true;
+    this.deps.publish(changes);
+    return result;
+  }
+
+  /** Drops acknowledged outbox messages; an acknowledged assignment means the lease is starting. */
+  private async ackWithin(trx: Transaction<Database>, providerId: string, seq: number): Promise<void> {
+    const acked = await trx
+      .deleteFrom('provider_outbox')
+      .where('provider_id', '=', providerId)
+      .where('seq', '<=', BigInt(seq))
+      .returning('message')
+      .execute();
+    const leaseIds = acked
+      .map((r) => r.message as { type?: string; lease?: { leaseId: string } })
+      .flatMap((m) => (m.type === 'lease.assign' && m.lease ? [m.lease.leaseId] : []));
+    if (leaseIds.length > 0) {
+      await trx.updateTable('leases').set({ state: 'starting' }).where('id', 'in', leaseIds).where('state', '=', 'offered').execute();
+    }
+  }
+
+  async ack(providerId: string, seq: number): Promise<void> {
+    await this.deps.db.transaction().execute((trx) => this.ackWithin(trx, providerId, seq));
+  }
+
+  async heartbeat(providerId: string): Promise<void> {
+    await this.deps.db.updateTable('providers').set({ last_seen_at: new Date() }).where('id', '=', providerId).execute();
+  }
+
+  /** Applies one sequenced report exactly once: the effect and the new seq commit together. */
+  async apply(providerId: string, msg: ProviderSequenced): Promise<ApplyResult> {
+    const changes = newChanges();
+    const logs: { jobId: string; entries: LogEntry[] }[] = [];
+    const result = await this.deps.db.transaction().execute(async (trx): Promise<ApplyResult> => {
+      const p = await trx.selectFrom('providers').select(['in_seq']).where('id', '=', providerId).forUpdate().executeTakeFirst();
+      if (!p) throw new GridworkError('PROVIDER_UNKNOWN', 'say hello first');
+      const last = Number(p.in_seq);
+      if (msg.seq <= last) return 'duplicate';
+      if (msg.seq !== last + 1) return 'gap';
+      await trx.updateTable('providers').set({ in_seq: BigInt(msg.seq), last_seen_at: new Date() }).where('id', '=', providerId).execute();
+
+      if (msg.type === 'provider.state') {
+        await trx.updateTable('providers').set({ state: msg.state }).where('id', '=', providerId).execute();
+        changes.work = true;
+        return 'applied';
+      }
+      const lease = await trx.selectFrom('leases').select(['id', 'provider_id', 'state', 'task_id', 'job_id']).where('id', '=', msg.leaseId).executeTakeFirst();
+      if (!lease || lease.provider_id !== providerId) {
+        // Consumed (so the stream goes on) but without effect: a provider reports only on its own leases.
+        this.deps.log.warn({ providerId, leaseId: msg.leaseId, type: msg.type }, 'report on a lease that is not this provider’s: ignored');
+        throw new ReportRejected(lease ? 'NOT_LEASE_OWNER' : 'LEASE_NOT_FOUND', `lease ${msg.leaseId} is not yours`, msg.seq);
+      }
+      switch (msg.type) {
+        case 'lease.started': {
+          if (lease.state === 'offered' || lease.state === 'starting') {
+            assertTransition('lease', lease.id, lease.state, 'running');
+            const now = new Date();
+            await trx.updateTable('leases').set({ state: 'running', started_at: now }).where('id', '=', lease.id).execute();
+            const task = await trx.selectFrom('tasks').select(['id', 'state', 'lease_id']).where('id', '=', lease.task_id).executeTakeFirstOrThrow();
+            if (task.lease_id === lease.id && task.state === 'assigned') {
+              await trx.updateTable('tasks').set({ state: 'running', started_at: now }).where('id', '=', task.id).execute();
+              await refreshJob(trx, lease.job_id, changes);
+            }
+          }
+          return 'applied';
+        }
+        case 'lease.log': {
+          if (msg.chunks.length === 0) return 'applied';
+          const task = await trx.selectFrom('tasks').select('idx').where('id', '=', lease.task_id).executeTakeFirstOrThrow();
+          const rows = await trx
+            .insertInto('task_logs')
+            .values(msg.chunks.map((c) => ({ job_id: lease.job_id, task_idx: task.idx, lease_id: lease.id, stream: c.stream, data: c.data, ts: new Date(c.ts) })))
+            .returning(['id', 'stream', 'data', 'ts'])
+            .execute();
+          logs.push({
+            jobId: lease.job_id,
+            entries: rows.map((r) => ({ taskIndex: task.idx, leaseId: lease.id, seq: Number(r.id), stream: r.stream as LogEntry['stream'], data: r.data, ts: r.ts.toISOString() })),
+          });
+          return 'applied';
+        }
+        case 'lease.finished': {
+          if (msg.outputs.length > 0) {
+            const digests = [...new Set(msg.outputs.map((o) => o.digest))];
+            const found = await trx.selectFrom('blobs').select('digest').where('digest', 'in', digests).execute();
+            if (found.length !== digests.length) {
+              await endLease(trx, lease.id, { kind: 'lost', error: 'provider reported outputs it did not upload' }, changes);
+              return 'applied';
+            }
+          }
+          if (msg.exitCode === 0 && msg.error === null) {
+            await endLease(trx, lease.id, { kind: 'completed', exitCode: 0, durationMs: msg.durationMs, outputs: msg.outputs }, changes);
+          } else if (msg.exitCode === null && msg.error !== null && !msg.error.startsWith('timeout')) {
+            await endLease(trx, lease.id, { kind: 'lost', error: msg.error }, changes);
+          } else {
+            const error = msg.error ?? `exited with code ${msg.exitCode}`;
+            await endLease(trx, lease.id, { kind: 'failed', exitCode: msg.exitCode, durationMs: msg.durationMs, error }, changes);
+          }
+          return 'applied';
+        }
+        case 'lease.released':
+          await endLease(trx, lease.id, { kind: 'released', error: `handed back by provider: ${msg.reason}` }, changes);
+          return 'applied';
+      }
+    }).catch(async (err) => {
+      if (!(err instanceof ReportRejected)) throw err;
+      // Record the seq alone, in its own transaction, so the rejected report changes nothing else.
+      await this.deps.db.updateTable('providers').set({ in_seq: BigInt(err.seq) }).where('id', '=', providerId).where('in_seq', '=', BigInt(err.seq - 1)).execute();
+      throw new GridworkError(err.code, err.message);
+    });
+    for (const l of logs) this.deps.bus.emit('job.log', l.jobId, l.entries);
+    this.deps.publish(changes);
+    return result;
+  }
+
+  /**
+   * Declares providers lost whose last sign of life is older than `timeoutMs`. Time spent
+   * while this coordinator was down does not count against them (`since`).
+   */
+  async sweep(timeoutMs: number, since: Date): Promise<string[]> {
+    if (Date.now() - since.getTime() < timeoutMs) return [];
+    const stale = await this.deps.db
+      .selectFrom('providers')
+      .select(['id', 'name'])
+      .where('state', '!=', 'offline')
+      .where('last_seen_at', '<', new Date(Date.now() - timeoutMs))
+      .execute();
+    const changes = newChanges();
+    for (const p of stale) {
+      await this.deps.db.transaction().execute(async (trx) => {
+        const lost = await loseProviderLeases(trx, p.id, `provider ${p.name} stopped responding`, changes);
+        await trx.updateTable('providers').set({ state: 'offline' }).where('id', '=', p.id).execute();
+        this.deps.log.warn({ providerId: p.id, name: p.name, lost }, 'provider missed its heartbeats: marked offline');
+      });
+    }
+    this.deps.publish(changes);
+    return stale.map((p) => p.id);
+  }
+
+  async setOffline(providerId: string): Promise<void> {
+    await this.deps.db.updateTable('providers').set({ state: 'offline' }).where('id', '=', providerId).execute();
+  }
+}
+
+class ReportRejected extends Error {
+  constructor(
+    readonly code: 'NOT_LEASE_OWNER' | 'LEASE_NOT_FOUND',
+    message: string,
+    readonly seq: number,
+  ) {
+    super(message);
+  }
+}

@@ -1,0 +1,120 @@
+/** Row types of every table, for Kysely. Table ownership: see each module's header. */
+import type { ColumnType, Generated, JSONColumnType } from 'kysely';
+import type { FileRef, Hardware, InputSet, JobSpec } from '@gridwork/protocol';
+
+type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
+type Int8 = ColumnType<bigint, bigint | number, bigint | number>;
+
+export interface AccountsTable {
+  id: string;
+  created_at: Generated<Timestamp>;
+}
+
+export interface RequestNoncesTable {
+  account_id: string;
+  nonce: string;
+  seen_at: Timestamp;
+}
+
+export interface ProvidersTable {
+  id: string;
+  name: string;
+  state: 'online' | 'draining' | 'offline';
+  runtime: string;
+  slots: number;
+  hardware: JSONColumnType<Hardware>;
+  attributes: JSONColumnType<Record<string, string>>;
+  instance: string;
+  last_seen_at: Timestamp;
+  /** Highest provider→coordinator seq applied (exactly-once). */
+  in_seq: Int8;
+  /** Highest coordinator→provider seq issued. */
+  out_seq: Int8;
+  created_at: Generated<Timestamp>;
+}
+
+export interface ProviderOutboxTable {
+  provider_id: string;
+  seq: Int8;
+  message: JSONColumnType<Record<string, unknown>>;
+}
+
+export interface BlobsTable {
+  digest: string;
+  size: Int8;
+  created_at: Generated<Timestamp>;
+}
+
+export interface JobsTable {
+  id: string;
+  owner: string;
+  name: string;
+  kind: string;
+  state: string;
+  spec: JSONColumnType<JobSpec>;
+  bundle_manifest: string | null;
+  error: string | null;
+  created_at: Timestamp;
+  updated_at: Timestamp;
+}
+
+export interface JobBlobsTable {
+  job_id: string;
+  digest: string;
+  role: 'bundle' | 'input' | 'output';
+}
+
+export interface TasksTable {
+  id: string;
+  job_id: string;
+  idx: number;
+  state: string;
+  attempts: number;
+  inputs: JSONColumnType<InputSet[]>;
+  lease_id: string | null;
+  provider_id: string | null;
+  exit_code: number | null;
+  duration_ms: number | null;
+  error: string | null;
+  outputs: JSONColumnType<FileRef[]>;
+  output_digest: string | null;
+  started_at: Timestamp | null;
+  finished_at: Timestamp | null;
+  queued_at: Timestamp;
+}
+
+export interface LeasesTable {
+  id: string;
+  task_id: string;
+  job_id: string;
+  provider_id: string;
+  state: string;
+  created_at: Timestamp;
+  started_at: Timestamp | null;
+  ended_at: Timestamp | null;
+  exit_code: number | null;
+  error: string | null;
+}
+
+export interface TaskLogsTable {
+  id: ColumnType<bigint, never, never>;
+  job_id: string;
+  task_idx: number;
+  lease_id: string;
+  stream: string;
+  data: string;
+  ts: Timestamp;
+}
+
+export interface Database {
+  accounts: AccountsTable;
+  request_nonces: RequestNoncesTable;
+  providers: ProvidersTable;
+  provider_outbox: ProviderOutboxTable;
+  blobs: BlobsTable;
+  jobs: JobsTable;
+  job_blobs: JobBlobsTable;
+  tasks: TasksTable;
+  leases: LeasesTable;
+  task_logs: TaskLogsTable;
+}

@@ -1,0 +1,101 @@
+/** REST payloads of the coordinator API (requester side). Bodies are strict: no extra fields. */
+import Type from 'typebox';
+import { SHA256_PATTERN } from './auth.ts';
+import { JobSpec } from './job-spec.ts';
+
+export const Digest = Type.String({ pattern: SHA256_PATTERN, description: 'hex sha256' });
+
+/** A file path inside a bundle, an input set or an output directory: relative, no "..". */
+export const RelPath = Type.String({
+  minLength: 1,
+  maxLength: 512,
+  pattern: '^(?!/)(?!.*(^|/)\\.\\.?(/|$))[^\\\\\\x00]+$',
+});
+
+export const FileRef = Type.Object({ path: RelPath, digest: Digest, size: Type.Integer({ minimum: 0 }) }, { additionalProperties: false });
+export type FileRef = Type.Static<typeof FileRef>;
+
+/** A bundle is a manifest blob (canonical JSON of this shape) naming its files by digest. */
+export const BundleManifest = Type.Object(
+  { files: Type.Array(Type.Object({ path: RelPath, digest: Digest, size: Type.Integer({ minimum: 0 }), executable: Type.Boolean() }, { additionalProperties: false }), { maxItems: 10000 }) },
+  { additionalProperties: false },
+);
+export type BundleManifest = Type.Static<typeof BundleManifest>;
+
+export const InputSet = Type.Object(
+  { name: Type.String({ minLength: 1, maxLength: 64 }), shard: Type.Boolean(), files: Type.Array(FileRef, { maxItems: 100000 }) },
+  { additionalProperties: false },
+);
+export type InputSet = Type.Static<typeof InputSet>;
+
+export const SubmitJobRequest = Type.Object(
+  {
+    spec: JobSpec,
+    bundle: Type.Optional(Type.Object({ manifest: Digest }, { additionalProperties: false })),
+    inputs: Type.Array(InputSet, { maxItems: 64 }),
+  },
+  { additionalProperties: false },
+);
+export type SubmitJobRequest = Type.Static<typeof SubmitJobRequest>;
+
+export const JobState = Type.Union(['pending', 'matching', 'running', 'verifying', 'succeeded', 'failed', 'cancelled'].map((s) => Type.Literal(s)));
+export type JobState = 'pending' | 'matching' | 'running' | 'verifying' | 'succeeded' | 'failed' | 'cancelled';
+export type TaskState = 'queued' | 'assigned' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+export type LeaseState = 'offered' | 'starting' | 'running' | 'completed' | 'failed' | 'cancelled' | 'lost';
+
+export const TaskView = Type.Object({
+  id: Type.String(),
+  index: Type.Integer(),
+  state: Type.String(),
+  attempts: Type.Integer(),
+  leaseId: Type.Union([Type.String(), Type.Null()]),
+  providerId: Type.Union([Type.String(), Type.Null()]),
+  providerName: Type.Union([Type.String(), Type.Null()]),
+  startedAt: Type.Union([Type.String(), Type.Null()]),
+  finishedAt: Type.Union([Type.String(), Type.Null()]),
+  exitCode: Type.Union([Type.Integer(), Type.Null()]),
+  durationMs: Type.Union([Type.Integer(), Type.Null()]),
+  error: Type.Union([Type.String(), Type.Null()]),
+  outputs: Type.Array(FileRef),
+  /** Digest over the task's outputs (sha256 of canonical JSON of the sorted output list). */
+  outputDigest: Type.Union([Type.String(), Type.Null()]),
+});
+export type TaskView = Type.Static<typeof TaskView>;
+
+export const JobView = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  kind: Type.String(),
+  owner: Type.String(),
+  state: JobState,
+  error: Type.Union([Type.String(), Type.Null()]),
+  createdAt: Type.String(),
+  updatedAt: Type.String(),
+  tasks: Type.Array(TaskView),
+});
+export type JobView = Omit<Type.Static<typeof JobView>, 'state'> & { state: JobState };
+
+export const JobSummary = Type.Object({
+  id: Type.String(),
+  name: Type.String(),
+  state: JobState,
+  createdAt: Type.String(),
+  tasks: Type.Integer(),
+  tasksDone: Type.Integer(),
+});
+export type JobSummary = Omit<Type.Static<typeof JobSummary>, 'state'> & { state: JobState };
+
+export const LogEntry = Type.Object({
+  taskIndex: Type.Integer(),
+  leaseId: Type.String(),
+  seq: Type.Integer(),
+  stream: Type.Union([Type.Literal('stdout'), Type.Literal('stderr'), Type.Literal('system')]),
+  data: Type.String(),
+  ts: Type.String(),
+});
+export type LogEntry = Type.Static<typeof LogEntry>;
+
+/** Events of `GET /v1/jobs/:id/events` (NDJSON): a snapshot on connect and on every change. */
+export type JobEvent = { type: 'job'; job: JobView };
+
+export const TERMINAL_JOB_STATES: readonly JobState[] = ['succeeded', 'failed', 'cancelled'];

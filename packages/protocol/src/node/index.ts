@@ -1,0 +1,3 @@
+export * from './signing.ts';
+export * from './key-file.ts';
+export * from './signed-fetch.ts';

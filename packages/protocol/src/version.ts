@@ -1,0 +1,1 @@
+export const GRIDWORK_VERSION = '0.1.0';

@@ -1,0 +1,109 @@
+/**
+ * Messages on the provider ↔ coordinator WebSocket.
+ *
+ * Both directions carry sequenced messages (`seq` > 0, per sender, starting after what the
+ * peer last acknowledged) and unsequenced control messages (hello, welcome, ack, heartbeat).
+ * A receiver applies a sequenced message only if its seq is exactly one more than the last it
+ * applied, records that seq durably together with the effect, and acks. A sender keeps every
+ * unacked message and resends it after reconnecting, so nothing is lost or applied twice.
+ */
+import Type from 'typebox';
+import { FileRef, InputSet } from './api.ts';
+import { Hardware } from './hardware.ts';
+import { Resources } from './job-spec.ts';
+
+export const PROTOCOL_VERSION = 1;
+
+export const LeaseAssignment = Type.Object({
+  leaseId: Type.String(),
+  taskId: Type.String(),
+  jobId: Type.String(),
+  taskIndex: Type.Integer(),
+  taskCount: Type.Integer(),
+  runtime: Type.Object({
+    kind: Type.Union([Type.Literal('bundle'), Type.Literal('container')]),
+    command: Type.Array(Type.String()),
+    env: Type.Record(Type.String(), Type.String()),
+    network: Type.Boolean(),
+    image: Type.Optional(Type.String()),
+  }),
+  bundle: Type.Union([Type.Object({ manifest: Type.String() }), Type.Null()]),
+  inputs: Type.Array(InputSet),
+  resources: Resources,
+  timeoutSeconds: Type.Integer(),
+});
+export type LeaseAssignment = Type.Static<typeof LeaseAssignment>;
+
+const Seq = Type.Integer({ minimum: 1 });
+
+export const LogChunk = Type.Object({
+  stream: Type.Union([Type.Literal('stdout'), Type.Literal('stderr'), Type.Literal('system')]),
+  data: Type.String({ maxLength: 65536 }),
+  ts: Type.Integer(),
+});
+export type LogChunk = Type.Static<typeof LogChunk>;
+
+export const ProviderSequenced = Type.Union([
+  Type.Object({ seq: Seq, type: Type.Literal('lease.started'), leaseId: Type.String() }, { additionalProperties: false }),
+  Type.Object({ seq: Seq, type: Type.Literal('lease.log'), leaseId: Type.String(), chunks: Type.Array(LogChunk, { maxItems: 1000 }) }, { additionalProperties: false }),
+  Type.Object(
+    {
+      seq: Seq,
+      type: Type.Literal('lease.finished'),
+      leaseId: Type.String(),
+      exitCode: Type.Union([Type.Integer(), Type.Null()]),
+      durationMs: Type.Integer({ minimum: 0 }),
+      outputs: Type.Array(FileRef, { maxItems: 10000 }),
+      error: Type.Union([Type.String({ maxLength: 4096 }), Type.Null()]),
+    },
+    { additionalProperties: false },
+  ),
+  Type.Object({ seq: Seq, type: Type.Literal('lease.released'), leaseId: Type.String(), reason: Type.String({ maxLength: 1024 }) }, { additionalProperties: false }),
+  Type.Object({ seq: Seq, type: Type.Literal('provider.state'), state: Type.Union([Type.Literal('online'), Type.Literal('draining'), Type.Literal('offline')]) }, { additionalProperties: false }),
+]);
+export type ProviderSequenced = Type.Static<typeof ProviderSequenced>;
+
+export const ProviderHello = Type.Object(
+  {
+    type: Type.Literal('hello'),
+    protocol: Type.Literal(PROTOCOL_VERSION),
+    name: Type.String({ minLength: 1, maxLength: 64 }),
+    agentVersion: Type.String({ maxLength: 64 }),
+    runtime: Type.Union([Type.Literal('sandbox'), Type.Literal('process')]),
+    slots: Type.Integer({ minimum: 1, maximum: 1024 }),
+    hardware: Hardware,
+    attributes: Type.Record(Type.String({ maxLength: 64 }), Type.String({ maxLength: 256 })),
+    /** Random per agent process: a new instance means the old one's leases are gone. */
+    instance: Type.String({ minLength: 8, maxLength: 64 }),
+    /** Highest coordinator seq this agent has applied. */
+    lastApplied: Type.Integer({ minimum: 0 }),
+    /** Leases the agent is running right now (after a reconnect). */
+    running: Type.Array(Type.String(), { maxItems: 1024 }),
+  },
+  { additionalProperties: false },
+);
+export type ProviderHello = Type.Static<typeof ProviderHello>;
+
+export const ProviderMessage = Type.Union([
+  ProviderHello,
+  Type.Object({ type: Type.Literal('ack'), seq: Seq }, { additionalProperties: false }),
+  Type.Object({ type: Type.Literal('heartbeat'), running: Type.Array(Type.String(), { maxItems: 1024 }) }, { additionalProperties: false }),
+  ProviderSequenced,
+]);
+export type ProviderMessage = Type.Static<typeof ProviderMessage>;
+
+export type CoordinatorSequenced =
+  | { seq: number; type: 'lease.assign'; lease: LeaseAssignment }
+  | { seq: number; type: 'lease.cancel'; leaseId: string; reason: string };
+
+export type CoordinatorMessage =
+  | {
+      type: 'welcome';
+      providerId: string;
+      /** Highest provider seq the coordinator has applied: resend everything after it. */
+      lastApplied: number;
+      heartbeatIntervalMs: number;
+    }
+  | { type: 'ack'; seq: number }
+  | { type: 'error'; code: string; message: string }
+  | CoordinatorSequenced;

@@ -1,0 +1,183 @@
+/**
+ * The provider agent: identity, hardware, runtime, the coordinator link, and the leases it
+ * runs. Applying an assignment twice starts it once; a cancel aborts it; a drain stops taking
+ * work, lets running tasks finish for a while, then hands the rest back.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { type CoordinatorSequenced, GRIDWORK_VERSION, type Hardware } from '@gridwork/protocol';
+import { type Identity, loadOrCreateIdentity } from '@gridwork/protocol/node';
+import pino, { type Logger } from 'pino';
+import { CoordinatorLink } from './coordinator-link.ts';
+import { detectHardware } from './hardware.ts';
+import { type AbortReason, runLease } from './lease-runner.ts';
+import { createProcessRuntime } from './runtime/process-runtime.ts';
+import type { Runtime } from './runtime/runtime.ts';
+import { createSandboxRuntime } from './runtime/sandbox-runtime.ts';
+
+export interface ProviderAgentOptions {
+  coordinatorUrl: string;
+  /** Holds the agent's key (`provider-key.json`). */
+  dataDir: string;
+  /** @default the host name plus a short random suffix */
+  name?: string;
+  /** @default 'sandbox' */
+  runtime?: 'sandbox' | 'process';
+  /** @default 'auto' */
+  gpus?: 'auto' | 'none';
+  /** Tasks run at once. @default number of CPU cores */
+  slots?: number;
+  /** Placement attributes, e.g. { region: 'eu' }. @default {} */
+  attributes?: Record<string, string>;
+  /** How long a drain waits for running tasks before handing them back. @default 60_000 */
+  drainTimeoutMs?: number;
+  /**
+   * Parent of per-task directories. Must be reachable by the sandbox's unprivileged user, so it
+   * is never inside the data directory (which holds the private key). @default a fresh dir in os.tmpdir()
+   */
+  workRoot?: string;
+  logger?: Logger;
+}
+
+export class ProviderAgent {
+  readonly identity: Identity;
+  readonly hardware: Hardware;
+  private readonly running = new Map<string, AbortController>();
+  private readonly seen = new Set<string>();
+  private readonly link: CoordinatorLink;
+  private draining = false;
+  private readonly instance = randomBytes(12).toString('base64url');
+  private idleWaiters: (() => void)[] = [];
+
+  private constructor(
+    private readonly options: ProviderAgentOptions & { name: string; slots: number; workRoot: string },
+    identity: Identity,
+    hardware: Hardware,
+    private readonly runtime: Runtime,
+    private readonly log: Logger,
+  ) {
+    this.identity = identity;
+    this.hardware = hardware;
+    this.link = new CoordinatorLink({
+      url: options.coordinatorUrl,
+      identity,
+      log,
+      hello: () => ({
+        instance: this.instance,
+        name: options.name,
+        agentVersion: GRIDWORK_VERSION,
+        runtime: runtime.kind,
+        slots: options.slots,
+        hardware,
+        attributes: options.attributes ?? {},
+        running: [...this.running.keys()],
+      }),
+      apply: (msg) => this.apply(msg),
+      onConnected: () => {
+        if (this.draining) this.link.send({ type: 'provider.state', state: 'draining' });
+      },
+    });
+  }
+
+  static async create(options: ProviderAgentOptions): Promise<ProviderAgent> {
+    const log = options.logger ?? pino({ level: 'info' }, pino.destination(2));
+    await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
+    const identity = await loadOrCreateIdentity(join(options.dataDir, 'provider-key.json'));
+    const hardware = await detectHardware({ gpus: options.gpus ?? 'auto', dataDir: options.dataDir });
+    const runtime =
+      (options.runtime ?? 'sandbox') === 'process'
+        ? createProcessRuntime({ warn: (m) => log.warn(m) })
+        : createSandboxRuntime({ protectedPaths: [options.dataDir] });
+    await runtime.check();
+    const workRoot = options.workRoot ?? join(tmpdir(), `gridwork-tasks-${randomBytes(6).toString('hex')}`);
+    await mkdir(workRoot, { recursive: true, mode: 0o711 });
+    const name = options.name ?? `provider-${randomBytes(3).toString('hex')}`;
+    const slots = options.slots ?? hardware.cpu.cores;
+    return new ProviderAgent({ ...options, name, slots, workRoot }, identity, hardware, runtime, log.child({ provider: name }));
+  }
+
+  get id(): string {
+    return this.identity.publicKey;
+  }
+
+  get name(): string {
+    return this.options.name;
+  }
+
+  get runningLeases(): string[] {
+    return [...this.running.keys()];
+  }
+
+  start(): void {
+    this.log.info({ coordinator: this.options.coordinatorUrl, runtime: this.runtime.kind, slots: this.options.slots, gpus: this.hardware.gpus.length }, 'provider starting');
+    this.link.start();
+  }
+
+  private async apply(msg: CoordinatorSequenced): Promise<void> {
+    if (msg.type === 'lease.cancel') {
+      this.running.get(msg.leaseId)?.abort('cancelled' satisfies AbortReason);
+      this.seen.add(msg.leaseId);
+      return;
+    }
+    const lease = msg.lease;
+    if (this.seen.has(lease.leaseId)) return; // applied before (or cancelled before it arrived)
+    this.seen.add(lease.leaseId);
+    if (this.draining) {
+      this.link.send({ type: 'lease.released', leaseId: lease.leaseId, reason: 'provider draining' });
+      return;
+    }
+    const ac = new AbortController();
+    this.running.set(lease.leaseId, ac);
+    this.log.info({ leaseId: lease.leaseId, job: lease.jobId, task: lease.taskIndex }, 'lease started');
+    void runLease(
+      { coordinatorUrl: this.options.coordinatorUrl, identity: this.identity, runtime: this.runtime, workRoot: this.options.workRoot, send: (r) => this.link.send(r), log: this.log },
+      lease,
+      ac.signal,
+    ).finally(() => {
+      this.running.delete(lease.leaseId);
+      this.log.info({ leaseId: lease.leaseId }, 'lease ended');
+      if (this.running.size === 0) for (const w of this.idleWaiters.splice(0)) w();
+    });
+  }
+
+  private idle(timeoutMs: number): Promise<boolean> {
+    if (this.running.size === 0) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const t = setTimeout(() => resolve(false), timeoutMs);
+      this.idleWaiters.push(() => {
+        clearTimeout(t);
+        resolve(true);
+      });
+    });
+  }
+
+  /**
+   * Graceful stop: no new work; running tasks get `drainTimeoutMs` to finish; the rest are
+   * handed back to the coordinator (which requeues them elsewhere) before the agent leaves.
+   */
+  async drain(): Promise<void> {
+    if (this.draining) return;
+    this.draining = true;
+    this.link.send({ type: 'provider.state', state: 'draining' });
+    const timeout = this.options.drainTimeoutMs ?? 60_000;
+    this.log.info({ running: this.running.size, timeoutMs: timeout }, 'draining');
+    if (!(await this.idle(timeout))) {
+      this.log.warn({ handingBack: this.running.size }, 'drain timeout: handing running tasks back');
+      for (const ac of this.running.values()) ac.abort('drain' satisfies AbortReason);
+      await this.idle(30_000);
+    }
+    this.link.send({ type: 'provider.state', state: 'offline' });
+    await this.link.flushed(10_000);
+    await this.close();
+  }
+
+  /** Stops at once (tests, fatal errors): running tasks are killed and not reported. */
+  async close(): Promise<void> {
+    this.link.close();
+    for (const ac of this.running.values()) ac.abort('cancelled' satisfies AbortReason);
+    await this.idle(10_000);
+    await rm(this.options.workRoot, { recursive: true, force: true }).catch(() => {});
+  }
+}

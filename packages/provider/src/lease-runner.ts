@@ -1,0 +1,210 @@
+/**
+ * Runs one lease: fetches the bundle and inputs (checking every digest), runs the command in
+ * the runtime, streams its output as batched log reports, uploads the outputs, and reports
+ * the end. A setup or upload failure is reported as the provider's fault (the coordinator
+ * retries elsewhere); a non-zero exit or a timeout is the workload's.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { chmod, mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { join, relative, resolve, sep } from 'node:path';
+import { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { BundleManifest, type FileRef, GridworkError, type LeaseAssignment, type LogChunk } from '@gridwork/protocol';
+import { type Identity, signedFetch } from '@gridwork/protocol/node';
+import type { Logger } from 'pino';
+import { Compile } from 'typebox/compile';
+import type { Report } from './coordinator-link.ts';
+import type { Runtime } from './runtime/runtime.ts';
+
+const manifestCheck = Compile(BundleManifest);
+const GiB = 1024 ** 3;
+const LOG_FLUSH_MS = 200;
+const LOG_CHUNK_CHARS = 16 * 1024;
+
+export interface LeaseRunnerDeps {
+  coordinatorUrl: string;
+  identity: Identity;
+  runtime: Runtime;
+  /** Parent of per-lease work directories. */
+  workRoot: string;
+  send: (report: Report) => void;
+  log: Logger;
+}
+
+/** Why a run was aborted: the coordinator cancelled it, or the agent is draining and hands it back. */
+export type AbortReason = 'cancelled' | 'drain';
+
+export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, signal: AbortSignal): Promise<void> {
+  const { send, log } = deps;
+  const dir = join(deps.workRoot, lease.leaseId);
+  const dirs = { bundle: join(dir, 'bundle'), inputs: join(dir, 'inputs'), outputs: join(dir, 'outputs'), checkpoints: join(dir, 'checkpoints') };
+  const logs = new LogBatcher((chunks) => send({ type: 'lease.log', leaseId: lease.leaseId, chunks }));
+  const started = Date.now();
+  send({ type: 'lease.started', leaseId: lease.leaseId });
+  try {
+    await rm(dir, { recursive: true, force: true });
+    for (const d of Object.values(dirs)) await mkdir(d, { recursive: true });
+    let fetched = 0;
+    try {
+      if (lease.bundle) fetched += await fetchBundle(deps, lease, dirs.bundle, signal);
+      for (const set of lease.inputs) {
+        for (const f of set.files) {
+          await download(deps, lease.jobId, f, join(dirs.inputs, set.name), signal);
+          fetched++;
+        }
+      }
+    } catch (err) {
+      if (signal.aborted) return endAborted(deps, lease, signal, logs, started);
+      throw new SetupError(`could not fetch the task's files: ${(err as Error).message}`);
+    }
+    logs.push('system', `fetched ${fetched} file(s); running ${JSON.stringify(lease.runtime.command)} in the ${deps.runtime.kind} runtime\n`);
+
+    const result = await deps.runtime.run({
+      bundleDir: dirs.bundle,
+      inputsDir: dirs.inputs,
+      outputsDir: dirs.outputs,
+      checkpointsDir: dirs.checkpoints,
+      command: lease.runtime.command,
+      env: lease.runtime.env,
+      network: lease.runtime.network,
+      timeoutMs: lease.timeoutSeconds * 1000,
+      memoryBytes: Math.ceil(lease.resources.memoryGiB * GiB),
+      signal,
+      onOutput: (stream, data) => logs.push(stream, data),
+    });
+    if (result.aborted || signal.aborted) return endAborted(deps, lease, signal, logs, started);
+    const durationMs = Date.now() - started;
+    if (result.timedOut) {
+      logs.push('system', `time limit of ${lease.timeoutSeconds}s reached: task killed\n`);
+      logs.flush();
+      send({ type: 'lease.finished', leaseId: lease.leaseId, exitCode: null, durationMs, outputs: [], error: `timeout after ${lease.timeoutSeconds}s` });
+      return;
+    }
+    const exitCode = result.exitCode ?? (result.signal ? 128 : 1);
+    let outputs: FileRef[] = [];
+    if (exitCode === 0) {
+      try {
+        outputs = await uploadOutputs(deps, dirs.outputs, signal);
+      } catch (err) {
+        if (signal.aborted) return endAborted(deps, lease, signal, logs, started);
+        throw new SetupError(`could not upload outputs: ${(err as Error).message}`);
+      }
+    }
+    logs.push('system', `exit code ${exitCode}${result.signal ? ` (signal ${result.signal})` : ''}; ${outputs.length} output file(s)\n`);
+    logs.flush();
+    send({ type: 'lease.finished', leaseId: lease.leaseId, exitCode, durationMs, outputs, error: exitCode === 0 ? null : `exited with code ${exitCode}` });
+  } catch (err) {
+    const message = err instanceof SetupError || err instanceof GridworkError ? err.message : `agent error: ${(err as Error).message}`;
+    log.warn({ leaseId: lease.leaseId, err: message }, 'lease failed on this provider');
+    logs.push('system', `${message}\n`);
+    logs.flush();
+    send({ type: 'lease.finished', leaseId: lease.leaseId, exitCode: null, durationMs: Date.now() - started, outputs: [], error: message });
+  } finally {
+    logs.stop();
+    await rm(dir, { recursive: true, force: true }).catch(() => {});
+  }
+}
+
+function endAborted(deps: LeaseRunnerDeps, lease: LeaseAssignment, signal: AbortSignal, logs: LogBatcher, started: number): void {
+  const reason = signal.reason as AbortReason;
+  if (reason === 'drain') {
+    logs.push('system', 'provider is shutting down: task handed back\n');
+    logs.flush();
+    deps.send({ type: 'lease.released', leaseId: lease.leaseId, reason: 'provider draining' });
+  } else {
+    logs.push('system', 'task cancelled\n');
+    logs.flush();
+    deps.send({ type: 'lease.finished', leaseId: lease.leaseId, exitCode: null, durationMs: Date.now() - started, outputs: [], error: 'cancelled' });
+  }
+}
+
+class SetupError extends Error {}
+
+/** Resolves `rel` under `root`, refusing anything that would escape it. */
+function inside(root: string, rel: string): string {
+  const full = resolve(root, ...rel.split('/'));
+  if (full !== root && !full.startsWith(root + sep)) throw new SetupError(`path escapes its directory: ${rel}`);
+  return full;
+}
+
+async function download(deps: LeaseRunnerDeps, jobId: string, file: FileRef, dir: string, signal: AbortSignal, executable = false): Promise<void> {
+  const dest = inside(dir, file.path);
+  await mkdir(resolve(dest, '..'), { recursive: true });
+  const res = await signedFetch(deps.coordinatorUrl, deps.identity, 'GET', `/v1/jobs/${jobId}/blobs/${file.digest}`, { signal });
+  if (!res.body) throw new SetupError(`empty body for ${file.path}`);
+  const hash = createHash('sha256');
+  await pipeline(
+    Readable.fromWeb(res.body as import('node:stream/web').ReadableStream<Uint8Array>),
+    async function* (src: AsyncIterable<Buffer>) {
+      for await (const c of src) {
+        hash.update(c);
+        yield c;
+      }
+    },
+    createWriteStream(dest),
+  );
+  if (hash.digest('hex') !== file.digest) throw new SetupError(`${file.path}: content does not match its digest`);
+  await chmod(dest, executable ? 0o755 : 0o644);
+}
+
+async function fetchBundle(deps: LeaseRunnerDeps, lease: LeaseAssignment, dir: string, signal: AbortSignal): Promise<number> {
+  const manifestDigest = (lease.bundle as { manifest: string }).manifest;
+  const tmp = join(dir, '..', 'manifest.json');
+  await download(deps, lease.jobId, { path: 'manifest.json', digest: manifestDigest, size: 0 }, join(dir, '..'), signal);
+  const manifest: unknown = JSON.parse(await readFile(tmp, 'utf8'));
+  await rm(tmp);
+  if (!manifestCheck.Check(manifest)) throw new SetupError('bundle manifest is malformed');
+  for (const f of manifest.files) await download(deps, lease.jobId, f, dir, signal, f.executable);
+  return manifest.files.length;
+}
+
+async function uploadOutputs(deps: LeaseRunnerDeps, dir: string, signal: AbortSignal): Promise<FileRef[]> {
+  const out: FileRef[] = [];
+  const walk = async (d: string): Promise<void> => {
+    for (const e of await readdir(d, { withFileTypes: true })) {
+      const full = join(d, e.name);
+      if (e.isDirectory()) await walk(full);
+      else if (e.isFile()) {
+        const hash = createHash('sha256');
+        for await (const c of createReadStream(full)) hash.update(c as Buffer);
+        const digest = hash.digest('hex');
+        const { size } = await stat(full);
+        await signedFetch(deps.coordinatorUrl, deps.identity, 'PUT', `/v1/blobs/${digest}`, {
+          body: { blob: Readable.toWeb(createReadStream(full)) as ReadableStream<Uint8Array>, digest },
+          signal,
+        });
+        out.push({ path: relative(dir, full).split(sep).join('/'), digest, size });
+      }
+      // Symlinks and devices are not outputs: a task must not make the agent read outside its directory.
+    }
+  };
+  await walk(dir);
+  return out.sort((a, b) => (a.path < b.path ? -1 : 1));
+}
+
+/** Collects output into chunks and sends them every LOG_FLUSH_MS, bounded in size. */
+class LogBatcher {
+  private chunks: LogChunk[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  constructor(private readonly sendChunks: (chunks: LogChunk[]) => void) {}
+
+  push(stream: LogChunk['stream'], data: string): void {
+    for (let i = 0; i < data.length; i += LOG_CHUNK_CHARS) this.chunks.push({ stream, data: data.slice(i, i + LOG_CHUNK_CHARS), ts: Date.now() });
+    if (this.chunks.length >= 500) this.flush();
+    else this.timer ??= setTimeout(() => this.flush(), LOG_FLUSH_MS);
+  }
+
+  flush(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.chunks.length === 0) return;
+    const chunks = this.chunks;
+    this.chunks = [];
+    this.sendChunks(chunks);
+  }
+
+  stop(): void {
+    this.flush();
+  }
+}

@@ -1,0 +1,402 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { chmod, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { GridworkError } from '@gridwork/protocol';
+import type { RunRequest } from './runtime.ts';
+import { MIN_SANDBOX_MEMORY_BYTES, SANDBOX_INSTALL_HINT, SANDBOX_TASK_ID, createSandboxRuntime } from './sandbox-runtime.ts';
+
+// These tests run real bubblewrap (apt-get install -y bubblewrap). When the agent is root the tasks run
+// as uid 65534, so the test root is made traversable (0711) like the agent's task directory must be.
+
+const isRoot = process.getuid?.() === 0;
+const GiB = 1024 ** 3;
+const runtime = createSandboxRuntime({ killGraceMs: 300 });
+
+let root = '';
+let counter = 0;
+
+before(async () => {
+  root = await mkdtemp(path.join(os.tmpdir(), 'gw-sbx-'));
+  await chmod(root, 0o711);
+});
+after(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+interface Task {
+  dir: string;
+  bundle: string;
+  inputs: string;
+  outputs: string;
+  checkpoints: string;
+}
+
+async function makeTask(bundleFiles: Record<string, string> = {}, inputFiles: Record<string, string> = {}): Promise<Task> {
+  const dir = path.join(root, `task-${++counter}`);
+  const t = { dir, bundle: `${dir}/bundle`, inputs: `${dir}/inputs`, outputs: `${dir}/outputs`, checkpoints: `${dir}/checkpoints` };
+  for (const d of [t.bundle, t.inputs, t.outputs, t.checkpoints]) await mkdir(d, { recursive: true });
+  await chmod(dir, 0o711);
+  for (const [name, text] of Object.entries(bundleFiles)) await writeFile(path.join(t.bundle, name), text);
+  for (const [name, text] of Object.entries(inputFiles)) await writeFile(path.join(t.inputs, name), text);
+  return t;
+}
+
+function request(t: Task, command: string[], extra: Partial<RunRequest> = {}) {
+  const out = { stdout: '', stderr: '' };
+  const req: RunRequest = {
+    bundleDir: t.bundle,
+    inputsDir: t.inputs,
+    outputsDir: t.outputs,
+    checkpointsDir: t.checkpoints,
+    command,
+    env: {},
+    network: false,
+    timeoutMs: 30_000,
+    memoryBytes: 2 * GiB,
+    onOutput: (stream, data) => {
+      out[stream] += data;
+    },
+    ...extra,
+  };
+  return { req, out };
+}
+
+/** Host processes (not zombies) whose command line contains marker. */
+async function processesWith(marker: string): Promise<number[]> {
+  const found: number[] = [];
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const cmdline = await readFile(`/proc/${entry}/cmdline`, 'latin1').catch(() => '');
+    if (cmdline.split('\0').includes(marker)) found.push(Number(entry));
+  }
+  return found;
+}
+
+describe('sandbox runtime', () => {
+  test('check() starts a trivial sandbox', async () => {
+    await runtime.check();
+  });
+
+  test('check() without bwrap fails with SANDBOX_UNAVAILABLE and the install hint', async () => {
+    const broken = createSandboxRuntime({ bwrapPath: '/nonexistent/bwrap' });
+    await assert.rejects(broken.check(), (err: unknown) => {
+      assert.ok(err instanceof GridworkError);
+      assert.equal(err.code, 'SANDBOX_UNAVAILABLE');
+      assert.ok(err.message.includes(SANDBOX_INSTALL_HINT), err.message);
+      return true;
+    });
+  });
+
+  test('a node task reads /inputs, writes /outputs and /checkpoints, output is captured, env is minimal', async () => {
+    const t = await makeTask(
+      {
+        'main.js': `
+          const fs = require('node:fs');
+          const text = fs.readFileSync(process.env.GRIDWORK_INPUTS + '/in.txt', 'utf8');
+          fs.writeFileSync(process.env.GRIDWORK_OUTPUTS + '/out.txt', text.toUpperCase());
+          fs.writeFileSync('/checkpoints/step-1', 'ckpt');
+          fs.writeFileSync('/tmp/scratch', 'tmp is writable');
+          console.log(JSON.stringify({ cwd: process.cwd(), uid: process.getuid(), env: process.env }));
+          console.error('to stderr ✓');
+        `,
+      },
+      { 'in.txt': 'hello sandbox' },
+    );
+    process.env.GW_AGENT_SECRET = 'must-not-leak';
+    const { req, out } = request(t, ['node', 'main.js'], { env: { MY_VAR: 'x y', LANG: 'en_US.UTF-8' } });
+    const result = await runtime.run(req);
+    delete process.env.GW_AGENT_SECRET;
+
+    assert.equal(out.stderr, 'to stderr ✓\n');
+    assert.deepEqual({ ...result, durationMs: 0 }, { exitCode: 0, signal: null, timedOut: false, aborted: false, durationMs: 0 });
+    assert.equal(await readFile(path.join(t.outputs, 'out.txt'), 'utf8'), 'HELLO SANDBOX');
+    assert.equal(await readFile(path.join(t.checkpoints, 'step-1'), 'utf8'), 'ckpt');
+    const seen = JSON.parse(out.stdout) as { cwd: string; uid: number; env: Record<string, string> };
+    assert.equal(seen.cwd, '/work');
+    if (isRoot) assert.equal(seen.uid, SANDBOX_TASK_ID);
+    assert.deepEqual(seen.env, {
+      PATH: '/usr/local/bin:/usr/bin:/bin',
+      HOME: '/tmp',
+      LANG: 'en_US.UTF-8',
+      MY_VAR: 'x y',
+      GRIDWORK_INPUTS: '/inputs',
+      GRIDWORK_OUTPUTS: '/outputs',
+      GRIDWORK_CHECKPOINTS: '/checkpoints',
+      PWD: '/work', // set by bwrap --chdir
+    });
+    if (isRoot) assert.equal((await stat(path.join(t.outputs, 'out.txt'))).uid, SANDBOX_TASK_ID);
+  });
+
+  test('a root-only checkpoint left by the agent is handed to the task', { skip: !isRoot && 'agent is not root' }, async () => {
+    const t = await makeTask();
+    await writeFile(path.join(t.checkpoints, 'old'), 'resume-from-here', { mode: 0o600 });
+    const { req, out } = request(t, ['sh', '-c', 'cat /checkpoints/old && echo more >> /checkpoints/old']);
+    const result = await runtime.run(req);
+    assert.equal(result.exitCode, 0, out.stderr);
+    assert.equal(out.stdout, 'resume-from-here');
+  });
+
+  test('the host stays invisible and read-only', async () => {
+    const t = await makeTask(
+      {
+        'probe.js': `
+          const fs = require('node:fs');
+          const tryIt = (fn) => { try { fn(); return 'ok'; } catch (e) { return e.code; } };
+          console.log(JSON.stringify({
+            writeInputs: tryIt(() => fs.writeFileSync('/inputs/new.txt', 'x')),
+            changeInput: tryIt(() => fs.appendFileSync('/inputs/in.txt', 'x')),
+            writeBundle: tryIt(() => fs.writeFileSync('/work/new.txt', 'x')),
+            writeUsr: tryIt(() => fs.writeFileSync('/usr/new.txt', 'x')),
+            shadow: tryIt(() => fs.readFileSync('/etc/shadow')),
+            root: tryIt(() => fs.readdirSync('/root')),
+            home: tryIt(() => fs.readdirSync('/home')),
+            testRoot: tryIt(() => fs.readdirSync(process.env.HOST_TEST_ROOT)),
+            hostBundle: tryIt(() => fs.statSync(process.env.HOST_BUNDLE)),
+            passwd: tryIt(() => fs.readFileSync('/etc/passwd')),
+            etc: fs.readdirSync('/etc').sort(),
+            // mount point → options, to see the read-only binds whatever the file permissions say
+            mounts: Object.fromEntries(fs.readFileSync('/proc/self/mountinfo', 'utf8').trim().split('\\n')
+              .map((l) => l.split(' ')).map((f) => [f[4], f[5].split(',')])),
+          }));
+        `,
+      },
+      { 'in.txt': 'data' },
+    );
+    const { req, out } = request(t, ['node', 'probe.js'], { env: { HOST_TEST_ROOT: root, HOST_BUNDLE: t.bundle } });
+    const result = await runtime.run(req);
+    assert.equal(result.exitCode, 0, out.stderr);
+    const r = JSON.parse(out.stdout) as Record<string, unknown>;
+    // Read-only mounts give EROFS; as uid 65534 the permission check (root-owned files) answers EACCES first.
+    const denied = ['EROFS', 'EACCES'];
+    for (const key of ['writeInputs', 'changeInput', 'writeBundle', 'writeUsr']) assert.ok(denied.includes(r[key] as string), `${key}: ${r[key]}`);
+    assert.notEqual(r.shadow, 'ok');
+    assert.notEqual(r.root, 'ok');
+    assert.notEqual(r.home, 'ok');
+    assert.equal(r.testRoot, 'ENOENT');
+    assert.equal(r.hostBundle, 'ENOENT');
+    assert.equal(r.passwd, 'ok');
+    const mounts = r.mounts as Record<string, string[]>;
+    for (const mountPoint of ['/work', '/inputs', '/usr']) assert.ok(mounts[mountPoint]?.includes('ro'), `${mountPoint}: ${mounts[mountPoint]}`);
+    for (const mountPoint of ['/outputs', '/checkpoints', '/tmp']) assert.ok(mounts[mountPoint]?.includes('rw'), `${mountPoint}: ${mounts[mountPoint]}`);
+    assert.ok(!(r.etc as string[]).includes('shadow'), String(r.etc));
+    assert.equal(await readFile(path.join(t.inputs, 'in.txt'), 'utf8'), 'data');
+  });
+
+  test('/etc/shadow stays unreadable even with /etc bound whole (uid really dropped)', { skip: !isRoot && 'agent is not root' }, async () => {
+    const wholeEtc = createSandboxRuntime({ etcPaths: ['/etc/'] });
+    const t = await makeTask();
+    const { req, out } = request(t, ['sh', '-c', 'id -u; cat /etc/shadow']);
+    const result = await wholeEtc.run(req);
+    assert.notEqual(result.exitCode, 0);
+    assert.equal(out.stdout, `${SANDBOX_TASK_ID}\n`);
+    assert.match(out.stderr, /Permission denied/);
+  });
+
+  test('directories containing a protected path are refused', async () => {
+    const t = await makeTask();
+    const secret = path.join(t.dir, 'agent-key.pem');
+    await writeFile(secret, 'PRIVATE', { mode: 0o600 });
+    const guarded = createSandboxRuntime({ protectedPaths: [secret] });
+    const { req } = request(t, ['true'], { bundleDir: t.dir });
+    await assert.rejects(guarded.run(req), { name: 'GridworkError', code: 'INTERNAL' });
+  });
+
+  test('task directories under a directory uid 65534 cannot traverse are refused', { skip: !isRoot && 'agent is not root' }, async () => {
+    const t = await makeTask();
+    await chmod(t.dir, 0o700);
+    const { req } = request(t, ['true']);
+    await assert.rejects(runtime.run(req), (err: unknown) => {
+      assert.ok(err instanceof GridworkError && err.code === 'SANDBOX_UNAVAILABLE');
+      assert.match(err.message, /not traversable/);
+      return true;
+    });
+  });
+
+  describe('network', () => {
+    let server: net.Server;
+    let port = 0;
+    let connections = 0;
+    before(async () => {
+      server = net.createServer((socket) => {
+        connections++;
+        socket.end('hello\n');
+      });
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      port = (server.address() as net.AddressInfo).port;
+    });
+    after(async () => {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    });
+
+    const client = `
+      const socket = require('node:net').connect(Number(process.env.PORT), '127.0.0.1');
+      socket.on('data', (d) => { process.stdout.write(d); socket.destroy(); });
+      socket.on('error', (e) => { console.log(e.code); process.exit(3); });
+    `;
+
+    test('is off by default: loopback of the host is unreachable', async () => {
+      const t = await makeTask({ 'client.js': client });
+      const before = connections;
+      const { req, out } = request(t, ['node', 'client.js'], { env: { PORT: String(port) } });
+      const result = await runtime.run(req);
+      assert.equal(result.exitCode, 3, out.stdout + out.stderr);
+      assert.match(out.stdout, /^(ECONNREFUSED|ENETUNREACH|EADDRNOTAVAIL)\n$/);
+      assert.equal(connections, before);
+    });
+
+    test('network: true shares the host network', async () => {
+      const t = await makeTask({ 'client.js': client });
+      const { req, out } = request(t, ['node', 'client.js'], { env: { PORT: String(port) }, network: true });
+      const result = await runtime.run(req);
+      assert.equal(result.exitCode, 0, out.stdout + out.stderr);
+      assert.equal(out.stdout, 'hello\n');
+    });
+  });
+
+  describe('stopping', () => {
+    test('the time limit kills the task and a grandchild that ignores SIGTERM', async () => {
+      const marker = `86400.${randomBytes(4).readUInt32BE()}`;
+      const t = await makeTask();
+      let grandchildSeen: Promise<number[]> | undefined;
+      const { req, out } = request(t, ['sh', '-c', `trap '' TERM; sleep ${marker} & echo ready; wait`], {
+        timeoutMs: 1000,
+        onOutput: (stream, data) => {
+          out[stream] += data;
+          if (out.stdout.includes('ready')) grandchildSeen ??= processesWith(marker);
+        },
+      });
+      const result = await runtime.run(req);
+      assert.equal(result.timedOut, true);
+      assert.equal(result.aborted, false);
+      assert.notEqual(result.exitCode, 0);
+      assert.ok(result.durationMs >= 1000 && result.durationMs < 10_000, String(result.durationMs));
+      assert.equal((await grandchildSeen)?.length, 1, 'the grandchild ran');
+      assert.deepEqual(await processesWith(marker), [], 'the grandchild is gone');
+    });
+
+    test('SIGTERM reaches the task first so it can save a checkpoint', async () => {
+      const t = await makeTask();
+      const script = `trap 'echo saved > /checkpoints/on-term; exit 0' TERM; sleep 86400 & echo ready; wait`;
+      const { req, out } = request(t, ['sh', '-c', script], { timeoutMs: 1000 });
+      const result = await runtime.run(req);
+      assert.equal(result.timedOut, true);
+      assert.equal(out.stdout, 'ready\n');
+      assert.equal(await readFile(path.join(t.checkpoints, 'on-term'), 'utf8'), 'saved\n');
+      assert.equal(result.exitCode, 0);
+    });
+
+    test('an AbortSignal stops the task', async () => {
+      const marker = `86400.${randomBytes(4).readUInt32BE()}`;
+      const t = await makeTask();
+      const controller = new AbortController();
+      const { req, out } = request(t, ['sh', '-c', `sleep ${marker} & echo ready; wait`], {
+        signal: controller.signal,
+        onOutput: (stream, data) => {
+          out[stream] += data;
+          if (out.stdout.includes('ready')) controller.abort();
+        },
+      });
+      const result = await runtime.run(req);
+      assert.equal(result.aborted, true);
+      assert.equal(result.timedOut, false);
+      assert.ok(result.durationMs < 10_000);
+      assert.deepEqual(await processesWith(marker), []);
+    });
+
+    test('an already aborted signal does not start the task', async () => {
+      const t = await makeTask();
+      const { req } = request(t, ['sh', '-c', 'echo started > /outputs/x'], { signal: AbortSignal.abort() });
+      const result = await runtime.run(req);
+      assert.equal(result.aborted, true);
+      assert.deepEqual(await readdir(t.outputs), []);
+    });
+  });
+
+  describe('memory limit', () => {
+    const alloc = (mib: number) => `
+      try { const b = Buffer.allocUnsafe(${mib} * 2 ** 20); b.fill(1, 0, 2 ** 20); console.log('allocated'); }
+      catch (e) { console.log('alloc failed: ' + e.message); process.exit(2); }
+    `;
+
+    test('a large allocation fails under the limit', async () => {
+      const t = await makeTask({ 'big.js': alloc(1536) });
+      const { req, out } = request(t, ['node', 'big.js'], { memoryBytes: 1 * GiB });
+      const result = await runtime.run(req);
+      assert.equal(result.exitCode, 2, out.stdout + out.stderr);
+      assert.match(out.stdout, /alloc failed/);
+    });
+
+    test('a normal task passes under the same limit', async () => {
+      const t = await makeTask({ 'small.js': alloc(64) });
+      const { req, out } = request(t, ['node', 'small.js'], { memoryBytes: 1 * GiB });
+      const result = await runtime.run(req);
+      assert.equal(result.exitCode, 0, out.stdout + out.stderr);
+      assert.equal(out.stdout, 'allocated\n');
+    });
+
+    test('the same large allocation passes with a higher limit', async () => {
+      const t = await makeTask({ 'big.js': alloc(1536) });
+      const { req, out } = request(t, ['node', 'big.js'], { memoryBytes: 8 * GiB });
+      const result = await runtime.run(req);
+      assert.equal(result.exitCode, 0, out.stdout + out.stderr);
+    });
+
+    test(`limits below ${MIN_SANDBOX_MEMORY_BYTES} bytes are raised so node still starts`, async () => {
+      const t = await makeTask();
+      const { req, out } = request(t, ['node', '-e', 'console.log(1)'], { memoryBytes: 64 * 2 ** 20 });
+      const result = await runtime.run(req);
+      assert.equal(result.exitCode, 0, out.stderr);
+    });
+
+    test('/tmp is capped at the memory limit', async () => {
+      const t = await makeTask();
+      const { req, out } = request(t, ['sh', '-c', 'head -c 1100000000 /dev/zero > /tmp/fill'], { memoryBytes: 1 * GiB });
+      const result = await runtime.run(req);
+      assert.notEqual(result.exitCode, 0);
+      assert.match(out.stderr, /No space left on device/);
+    });
+  });
+
+  describe('results', () => {
+    test('nonzero exit codes are reported', async () => {
+      const t = await makeTask();
+      const { req } = request(t, ['sh', '-c', 'exit 3']);
+      assert.equal((await runtime.run(req)).exitCode, 3);
+    });
+
+    test('a task killed by a signal exits with 128 + signal (bwrap reports it that way)', async () => {
+      const t = await makeTask();
+      const { req } = request(t, ['sh', '-c', 'kill -KILL $$']);
+      const result = await runtime.run(req);
+      assert.equal(result.exitCode, 137);
+      assert.equal(result.signal, null);
+    });
+
+    test('a missing command is a task failure, not an exception', async () => {
+      const t = await makeTask();
+      const { req, out } = request(t, ['no-such-command-xyz']);
+      const result = await runtime.run(req);
+      assert.notEqual(result.exitCode, 0);
+      assert.match(out.stderr, /no-such-command-xyz/);
+    });
+
+    test('large output arrives complete', async () => {
+      const t = await makeTask();
+      const { req, out } = request(t, ['node', '-e', "process.stdout.write('é'.repeat(500000))"]);
+      const result = await runtime.run(req);
+      assert.equal(result.exitCode, 0);
+      assert.equal(out.stdout, 'é'.repeat(500000));
+    });
+
+    test('invalid requests are rejected before anything runs', async () => {
+      const t = await makeTask();
+      await assert.rejects(runtime.run(request(t, []).req), { code: 'INVALID_SPEC' });
+      await assert.rejects(runtime.run(request(t, ['true'], { env: { 'A=B': 'x' } }).req), { code: 'INVALID_SPEC' });
+      await assert.rejects(runtime.run(request(t, ['true'], { timeoutMs: 0 }).req), { code: 'INVALID_SPEC' });
+    });
+  });
+});

@@ -1,0 +1,5 @@
+export { GridworkClient, type ClientOptions, type CallOptions, type SubmitOptions } from './client.ts';
+export { readSpecFile, parseSpecText } from './spec-file.ts';
+export { expandGlob, packBundle, hashFile } from './files.ts';
+export { GridworkError, ErrorCode, type JobSpec, type JobView, type LogEntry, type JobSummary } from '@gridwork/protocol';
+export { loadOrCreateIdentity, generateIdentity, type Identity } from '@gridwork/protocol/node';
