@@ -74,7 +74,6 @@ export async function createHttpApp(options: HttpAppOptions): Promise<FastifyIns
   const app = Fastify({
     loggerInstance: options.log as FastifyBaseLogger,
     bodyLimit: options.maxJsonBytes,
-    logController: { disableRequestLogging: true },
     return503OnClosing: true,
     forceCloseConnections: true,
   });
