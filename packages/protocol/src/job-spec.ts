@@ -111,7 +111,6 @@ export function schemaProblems(check: typeof compiled, value: unknown): SpecProb
     if (e.keyword === 'boolean' && e.schemaPath.endsWith('additionalProperties')) {
       out.push({ path: fieldName(e.instancePath), message: 'unknown field' });
     } else if (e.keyword === 'additionalProperties') {
-      continue; // reported per field above
     } else {
       out.push({ path: fieldName(e.instancePath), message: e.message });
     }

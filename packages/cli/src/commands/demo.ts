@@ -1,0 +1,116 @@
+/**
+ * `gridwork demo`: a whole network on this machine — an embedded coordinator (PGlite), N
+ * provider agents running tasks in bubblewrap sandboxes, and a requester submitting the
+ * sharded embed-corpus job from examples/ — then a summary of who ran what.
+ */
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { type Coordinator, startCoordinator } from '@gridwork/coordinator';
+import { GridworkError } from '@gridwork/protocol';
+import { ProviderAgent } from '@gridwork/provider';
+import { GridworkClient, loadOrCreateIdentity, readSpecFile } from '@gridwork/sdk';
+import type { Command } from 'commander';
+import pino from 'pino';
+import { CliExit, color, EXIT_FAILED, EXIT_USAGE, formatDuration, info, printJson } from '../output.ts';
+import { Progress } from '../progress.ts';
+import { intOption } from './shared.ts';
+
+const EXAMPLE = fileURLToPath(new URL('../../../../examples/embed-corpus/job.yaml', import.meta.url));
+
+interface DemoOptions {
+  providers: number;
+  json?: boolean;
+  data?: string;
+  spec: string;
+  runtime?: 'sandbox' | 'process';
+}
+
+async function createProvider(coordinator: Coordinator, dataDir: string, name: string, runtime: 'sandbox' | 'process', logger: pino.Logger) {
+  return ProviderAgent.create({ coordinatorUrl: coordinator.url, dataDir, name, runtime, gpus: 'auto', slots: 2, logger });
+}
+
+export function registerDemoCommand(program: Command): void {
+  program
+    .command('demo')
+    .description('run a coordinator, N providers and a sharded AI job on this machine, and show the results')
+    .option('--providers <n>', 'number of provider agents', intOption, 3)
+    .option('--data <dir>', 'keep all data (database, blobs, results) here instead of a temporary directory')
+    .option('--spec <file>', 'job spec to run', EXAMPLE)
+    .option('--runtime <kind>', 'sandbox or process (default: sandbox when bubblewrap works here)')
+    .option('--json', 'print the summary as one JSON document on stdout')
+    .action(async (opts: DemoOptions) => {
+      if (opts.providers < 1 || opts.providers > 32) throw new CliExit(EXIT_USAGE, '--providers must be between 1 and 32');
+      const started = Date.now();
+      const dataDir = opts.data ? resolve(opts.data) : await mkdtemp(join(tmpdir(), 'gridwork-demo-'));
+      const logger = pino({ level: process.env.GRIDWORK_LOG_LEVEL ?? 'error' }, pino.destination(2));
+      const spec = await readSpecFile(opts.spec);
+      const step = (s: string) => !opts.json && info(`${color.cyan('›')} ${s}`);
+
+      step(`starting coordinator (PGlite in ${join(dataDir, 'coordinator')})`);
+      const coordinator = await startCoordinator({ dataDir: join(dataDir, 'coordinator'), port: 0, logger, heartbeatIntervalMs: 1000 });
+      const providers: ProviderAgent[] = [];
+      try {
+        let runtime = opts.runtime ?? 'sandbox';
+        for (let i = 1; i <= opts.providers; i++) {
+          const args = [coordinator, join(dataDir, `provider-${i}`), `provider-${i}`, runtime, logger] as const;
+          let agent: ProviderAgent;
+          try {
+            agent = await createProvider(...args);
+          } catch (err) {
+            if (!(err instanceof GridworkError && err.code === 'SANDBOX_UNAVAILABLE') || opts.runtime) throw err;
+            info(color.yellow(`! bubblewrap sandbox unavailable (${err.message}); the demo falls back to the UNSANDBOXED process runtime`));
+            runtime = 'process';
+            agent = await createProvider(coordinator, join(dataDir, `provider-${i}`), `provider-${i}`, runtime, logger);
+          }
+          agent.start();
+          providers.push(agent);
+        }
+        step(`started ${providers.length} providers (${runtime} runtime, 2 slots each) at ${coordinator.url}`);
+
+        const client = new GridworkClient({ url: coordinator.url, identity: await loadOrCreateIdentity(join(dataDir, 'requester-key.json')) });
+        const submitted = await client.submit(spec, { baseDir: dirname(opts.spec) });
+        step(`submitted ${spec.name} as ${submitted.id}: ${submitted.tasks.length} tasks`);
+        const progress = opts.json ? undefined : new Progress();
+        const job = await client.wait(submitted.id, { onUpdate: (j) => progress?.update(j) });
+        const resultsDir = join(dataDir, 'results');
+        const files = job.state === 'succeeded' ? await client.results(job.id, resultsDir) : [];
+
+        // The example writes summary.json per task; add them up when present.
+        const totals = { docs: 0, positive: 0, negative: 0 };
+        for (const f of files.filter((p) => p.endsWith('summary.json'))) {
+          const s = JSON.parse(await readFile(f, 'utf8')) as Partial<typeof totals>;
+          totals.docs += s.docs ?? 0;
+          totals.positive += s.positive ?? 0;
+          totals.negative += s.negative ?? 0;
+        }
+        const summary = {
+          ok: job.state === 'succeeded',
+          job: { id: job.id, name: job.name, state: job.state, error: job.error },
+          coordinator: coordinator.url,
+          runtime,
+          providers: providers.map((p) => ({ name: p.name, id: p.id })),
+          tasks: job.tasks.map((t) => ({ index: t.index, state: t.state, provider: t.providerName, durationMs: t.durationMs, exitCode: t.exitCode, attempts: t.attempts, outputDigest: t.outputDigest })),
+          results: { files: files.length, dir: opts.data ? resultsDir : null, ...totals },
+          elapsedMs: Date.now() - started,
+        };
+        if (opts.json) printJson(summary);
+        else {
+          info('');
+          info(color.bold(`job ${job.id} ${job.state === 'succeeded' ? color.green(job.state) : color.red(job.state)}${job.error ? `: ${job.error}` : ''}`));
+          info(`  ${'task'.padEnd(5)} ${'provider'.padEnd(12)} ${'duration'.padStart(9)}  exit  output digest`);
+          for (const t of summary.tasks) {
+            info(`  ${String(t.index).padEnd(5)} ${(t.provider ?? '-').padEnd(12)} ${formatDuration(t.durationMs).padStart(9)}  ${String(t.exitCode ?? '-').padStart(4)}  ${t.outputDigest ?? '-'}`);
+          }
+          if (totals.docs > 0) info(`  embedded ${totals.docs} documents: ${totals.positive} positive, ${totals.negative} negative sentiment`);
+          info(`  ${files.length} output files${opts.data ? ` in ${resultsDir}` : ' (temporary; use --data DIR to keep them)'}; ${formatDuration(summary.elapsedMs)} in all`);
+        }
+        if (!summary.ok) throw new CliExit(EXIT_FAILED, `demo job ${job.state}${job.error ? `: ${job.error}` : ''}`);
+      } finally {
+        await Promise.all(providers.map((p) => p.close()));
+        await coordinator.close();
+        if (!opts.data) await rm(dataDir, { recursive: true, force: true });
+      }
+    });
+}

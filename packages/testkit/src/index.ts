@@ -1,0 +1,106 @@
+/**
+ * Test support: real coordinators (PGlite or PostgreSQL), real provider agents, real clients,
+ * temporary directories that clean themselves up. Nothing here is a mock.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { type Coordinator, type CoordinatorOptions, startCoordinator } from '@gridwork/coordinator';
+import { type Identity, generateIdentity } from '@gridwork/protocol/node';
+import { ProviderAgent, type ProviderAgentOptions } from '@gridwork/provider';
+import { GridworkClient } from '@gridwork/sdk';
+import pino from 'pino';
+
+export type StoreKind = 'pglite' | 'postgres';
+
+/** PostgreSQL for tests: GRIDWORK_TEST_DATABASE_URL, else the local service every machine here runs. */
+export function postgresUrl(): string {
+  return process.env.GRIDWORK_TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+}
+
+/** A schema name unique to this test run, so suites can share one PostgreSQL database. */
+export function uniqueSchema(prefix = 'gw_test'): string {
+  return `${prefix}_${process.pid}_${randomBytes(4).toString('hex')}`;
+}
+
+export const silentLogger = () => pino({ level: process.env.GRIDWORK_TEST_LOG ?? 'silent' });
+
+export async function tempDir(prefix = 'gridwork-test-'): Promise<{ path: string; remove: () => Promise<void> }> {
+  const path = await mkdtemp(join(tmpdir(), prefix));
+  return { path, remove: () => rm(path, { recursive: true, force: true }) };
+}
+
+export interface TestNetwork {
+  coordinator: Coordinator;
+  providers: ProviderAgent[];
+  dir: string;
+  client(identity?: Identity): GridworkClient;
+  addProvider(options?: Partial<ProviderAgentOptions>): Promise<ProviderAgent>;
+  close(): Promise<void>;
+}
+
+export interface TestNetworkOptions {
+  store?: StoreKind;
+  providers?: number;
+  provider?: Partial<ProviderAgentOptions>;
+  coordinator?: Partial<CoordinatorOptions>;
+}
+
+/** A coordinator on a free loopback port plus N connected providers. */
+export async function startTestNetwork(options: TestNetworkOptions = {}): Promise<TestNetwork> {
+  const dir = await tempDir();
+  const logger = silentLogger();
+  const coordinator = await startCoordinator({
+    dataDir: join(dir.path, 'coordinator'),
+    port: 0,
+    logger,
+    heartbeatIntervalMs: 300,
+    ...(options.store === 'postgres' ? { databaseUrl: postgresUrl(), databaseSchema: uniqueSchema() } : { databaseUrl: '' }),
+    ...options.coordinator,
+  });
+  const providers: ProviderAgent[] = [];
+  let n = 0;
+  const addProvider = async (extra: Partial<ProviderAgentOptions> = {}) => {
+    const i = n++;
+    const agent = await ProviderAgent.create({
+      coordinatorUrl: coordinator.url,
+      dataDir: join(dir.path, `provider-${i}`),
+      name: `provider-${i}`,
+      gpus: 'none',
+      slots: 2,
+      logger,
+      ...options.provider,
+      ...extra,
+    });
+    agent.start();
+    providers.push(agent);
+    return agent;
+  };
+  for (let i = 0; i < (options.providers ?? 0); i++) await addProvider();
+  return {
+    coordinator,
+    providers,
+    dir: dir.path,
+    addProvider,
+    client: (identity = generateIdentity()) => new GridworkClient({ url: coordinator.url, identity }),
+    async close() {
+      await Promise.all(providers.map((p) => p.close()));
+      await coordinator.close();
+      await dir.remove();
+    },
+  };
+}
+
+/** Resolves when `predicate` holds for a fresh read, re-checking on each `changed` notification or every `pollMs`. */
+export async function until<T>(read: () => Promise<T>, predicate: (value: T) => boolean, options: { timeoutMs?: number; pollMs?: number; what?: string } = {}): Promise<T> {
+  const deadline = Date.now() + (options.timeoutMs ?? 20_000);
+  for (;;) {
+    const value = await read();
+    if (predicate(value)) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${options.what ?? 'condition'}; last value: ${JSON.stringify(value)?.slice(0, 500)}`);
+    await new Promise((r) => setTimeout(r, options.pollMs ?? 50));
+  }
+}
+
+export { generateIdentity };
