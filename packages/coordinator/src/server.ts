@@ -3,7 +3,7 @@
  * together. Everything else receives its dependencies.
  */
 import { join } from 'node:path';
-import { GRIDWORK_VERSION } from '@gridwork/protocol';
+import { GRIDWORK_VERSION, parseCredits } from '@gridwork/protocol';
 import type { FastifyInstance } from 'fastify';
 import pino, { type Logger } from 'pino';
 import { registerBlobRoutes } from './api/blob-routes.ts';
@@ -19,8 +19,13 @@ import { JobService } from './jobs/job-service.ts';
 import type { Changes } from './jobs/lease-lifecycle.ts';
 import { ProviderChannels } from './providers/provider-channels.ts';
 import { ProviderService } from './providers/provider-service.ts';
-import { firstFitMatcher, type Matcher } from './scheduler/matcher.ts';
 import { Scheduler } from './scheduler/scheduler.ts';
+import { registerAccountRoutes } from './api/account-routes.ts';
+import { registerMarketRoutes } from './api/market-routes.ts';
+import { AccountService } from './ledger/account-service.ts';
+import { type EconomicsConfig, resolveEconomics } from './ledger/lease-economics.ts';
+import { Auctions } from './market/auctions.ts';
+import { Market } from './market/market.ts';
 import { type Db, openDatabase } from './store/database.ts';
 
 export interface CoordinatorOptions {
@@ -48,10 +53,18 @@ export interface CoordinatorOptions {
   logger?: Logger;
   /** @default 'info' */
   logLevel?: string;
-  matcher?: Matcher;
+  /** Fees, metering and escrow rules; see ledger/lease-economics.ts for each default. */
+  economics?: Partial<EconomicsConfig>;
+  /** Public keys allowed to credit accounts (`gridwork account credit`). @default [] */
+  operators?: string[];
+  /** Delay before unstaked credits are available again. @default 7 days */
+  unbondingDelayMs?: number;
+  /** Largest faucet deposit in credits (dev mode only). @default '1000' */
+  faucetMax?: string;
 }
 
-export type CoordinatorConfig = Required<Omit<CoordinatorOptions, 'databaseUrl' | 'logger' | 'matcher'>> & Pick<CoordinatorOptions, 'databaseUrl'>;
+export type CoordinatorConfig = Required<Omit<CoordinatorOptions, 'databaseUrl' | 'logger' | 'economics'>> &
+  Pick<CoordinatorOptions, 'databaseUrl'> & { economics: EconomicsConfig };
 
 export function resolveCoordinatorOptions(o: CoordinatorOptions): CoordinatorConfig {
   return {
@@ -66,11 +79,17 @@ export function resolveCoordinatorOptions(o: CoordinatorOptions): CoordinatorCon
     maxJsonBytes: o.maxJsonBytes ?? 1024 * 1024,
     maxBlobBytes: o.maxBlobBytes ?? 256 * 1024 * 1024,
     logLevel: o.logLevel ?? 'info',
+    economics: resolveEconomics(o.economics),
+    operators: o.operators ?? [],
+    unbondingDelayMs: o.unbondingDelayMs ?? 7 * 24 * 3600 * 1000,
+    faucetMax: o.faucetMax ?? '1000',
   };
 }
 
 export interface Coordinator {
   readonly url: string;
+  readonly accounts: AccountService;
+  readonly market: Market;
   readonly app: FastifyInstance;
   readonly db: Db;
   readonly config: CoordinatorConfig;
@@ -85,21 +104,59 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   const bus = new EventBus();
   const blobStore = new FileBlobStore(join(config.dataDir, 'blobs'));
 
-  // `publish` is how committed changes reach the outside: streams, providers, the scheduler.
+  const economics = config.economics;
+  const market = new Market(db);
+
+  // `publish` is how committed changes reach the outside: streams, providers, the matching
+  // index, the scheduler (which runs after the index has caught up).
   let channels: ProviderChannels | undefined;
   let scheduler: Scheduler | undefined;
   const publish = (changes: Changes) => {
+    for (const id of changes.leasesEnded) market.book.release(id);
     for (const id of changes.jobs) bus.emit('job.changed', id);
     for (const id of changes.providers) void channels?.flush(id);
-    if (changes.work) void scheduler?.kick();
+    const refreshed = changes.providersChanged.size > 0 ? market.refreshProviders(changes.providersChanged) : Promise.resolve();
+    refreshed.then(
+      () => {
+        if (changes.work) void scheduler?.kick();
+      },
+      (err) => log.error({ err }, 'market refresh failed'),
+    );
   };
 
   const auth = new Authenticator(db);
-  const jobs = new JobService({ db, blobs: blobStore, bus, publish });
-  const providers = new ProviderService({ db, bus, log, publish });
-  channels = new ProviderChannels({ db, log, providers, heartbeatIntervalMs: config.heartbeatIntervalMs });
+  const jobs = new JobService({ db, blobs: blobStore, bus, publish, economics, market });
+  const providers = new ProviderService({ db, bus, log, publish, economics });
+  const accounts = new AccountService(
+    db,
+    { dev: config.dev, operators: config.operators, unbondingDelayMs: config.unbondingDelayMs, faucetMax: parseCredits(config.faucetMax) },
+    (id) => void market.refreshProviders([id]).then(() => scheduler?.kick()),
+  );
+  const auctions = new Auctions({
+    log,
+    announce: (msg) => {
+      const bidders = market.bidders();
+      channels?.broadcast(bidders, msg);
+      return bidders.length;
+    },
+    closed: () => void scheduler?.kick(),
+  });
+  channels = new ProviderChannels({
+    db,
+    log,
+    providers,
+    heartbeatIntervalMs: config.heartbeatIntervalMs,
+    meteringIntervalMs: economics.meteringIntervalMs,
+    onConnection: (id, connected) =>
+      void market
+        .setConnected(id, connected)
+        .then(() => scheduler?.kick())
+        .catch((err) => log.error({ err }, 'market refresh failed')),
+    onBid: (id, bid) => auctions.bid(id, bid),
+  });
   const connected = channels;
-  scheduler = new Scheduler({ db, log, matcher: options.matcher ?? firstFitMatcher, connected: () => connected.connectedIds(), publish });
+  await market.load();
+  scheduler = new Scheduler({ db, log, market, economics, auctions, publish });
   const blobs = new BlobService(db, blobStore, config.maxBlobBytes);
 
   const app = await createHttpApp({ log, auth, maxJsonBytes: config.maxJsonBytes, version: GRIDWORK_VERSION });
@@ -107,6 +164,8 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   registerBlobRoutes(app, { blobs });
   registerJobRoutes(app, { jobs, blobs: blobStore, bus });
   registerProviderRoutes(app, { channels, db });
+  registerAccountRoutes(app, { accounts });
+  registerMarketRoutes(app, { market, jobs });
   await app.listen({ host: config.host, port: config.port });
   const address = app.server.address();
   const port = typeof address === 'object' && address ? address.port : config.port;
@@ -121,6 +180,11 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
       })
       .catch((err) => log.error({ err }, 'provider sweep failed'));
   }, config.heartbeatIntervalMs);
+  const moneyTimer = setInterval(() => {
+    jobs.stopUnfunded(economics.lowBalanceGraceMs).catch((err) => log.error({ err }, 'low-balance sweep failed'));
+    accounts.releaseUnbonded().catch((err) => log.error({ err }, 'unbonding sweep failed'));
+  }, Math.min(economics.meteringIntervalMs, 10_000));
+  moneyTimer.unref();
   const pruneTimer = setInterval(() => auth.prune().catch((err) => log.error({ err }, 'nonce prune failed')), 60_000);
   sweepTimer.unref();
   pruneTimer.unref();
@@ -133,9 +197,13 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
     app,
     db,
     config,
+    accounts,
+    market,
     close() {
       closing ??= (async () => {
         clearInterval(sweepTimer);
+        clearInterval(moneyTimer);
+        auctions.closeAll();
         clearInterval(pruneTimer);
         connected.closeAll();
         await scheduler?.close();

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { type ErrorBody, type JobSpec, type JobView, newId } from '@gridwork/protocol';
 import { generateIdentity, type Identity, sha256Hex, signRequest } from '@gridwork/protocol/node';
-import { GridworkClient, packBundle } from '@gridwork/sdk';
+import { type GridworkClient, packBundle } from '@gridwork/sdk';
 import { startTestNetwork, type TestNetwork, until } from '@gridwork/testkit';
 import pg from 'pg';
 import WebSocket from 'ws';
@@ -71,7 +71,7 @@ type Msg = Record<string, unknown> & { type: string };
 /** A provider speaking the wire protocol by hand over a real WebSocket. */
 class RawProvider {
   readonly messages: Msg[] = [];
-  private waiters: { match: (m: Msg) => boolean; resolve: (m: Msg) => void }[] = [];
+  private waiters: { match: (m: Msg) => boolean; resolve: (m: Msg) => void; timer: NodeJS.Timeout }[] = [];
   private heartbeat: NodeJS.Timeout | undefined;
   closed: Promise<{ code: number; reason: string }>;
 
@@ -93,7 +93,11 @@ class RawProvider {
     this.closed.then(() => clearInterval(this.heartbeat));
   }
 
-  static connect(baseUrl: string, identity: Identity = generateIdentity(), headers = signRequest(identity, 'GET', '/v1/providers/connect')): Promise<RawProvider> {
+  static connect(
+    baseUrl: string,
+    identity: Identity = generateIdentity(),
+    headers = signRequest(identity, 'GET', '/v1/providers/connect'),
+  ): Promise<RawProvider> {
     const ws = new WebSocket(`${baseUrl.replace(/^http/, 'ws')}/v1/providers/connect`, { headers });
     return new Promise((resolve, reject) => {
       ws.once('open', () => resolve(new RawProvider(identity, ws)));
@@ -122,14 +126,18 @@ class RawProvider {
   /** The next message received from now on matching `match`. */
   waitNew(match: (m: Msg) => boolean, what: string, timeoutMs = 15_000): Promise<Msg> {
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}; got ${JSON.stringify(this.messages).slice(0, 1000)}`)), timeoutMs);
-      this.waiters.push({
+      const waiter = {
         match,
-        resolve: (m) => {
-          clearTimeout(timer);
+        resolve: (m: Msg) => {
+          clearTimeout(waiter.timer);
           resolve(m);
         },
-      });
+        timer: setTimeout(() => {
+          this.waiters.splice(this.waiters.indexOf(waiter), 1);
+          reject(new Error(`timed out waiting for ${what}; got ${JSON.stringify(this.messages).slice(0, 1000)}`));
+        }, timeoutMs),
+      };
+      this.waiters.push(waiter);
     });
   }
 
@@ -141,8 +149,15 @@ class RawProvider {
     return welcome;
   }
 
+  /** Stops waiting (e.g. for the loser of a race): pending waits just never resolve. */
+  stopWaiting(): void {
+    for (const w of this.waiters) clearTimeout(w.timer);
+    this.waiters = [];
+  }
+
   async close(): Promise<void> {
     clearInterval(this.heartbeat);
+    this.stopWaiting();
     if (this.ws.readyState !== WebSocket.CLOSED) {
       this.ws.close();
       await this.closed;
@@ -159,7 +174,11 @@ for (const store of ['pglite', 'postgres'] as const) {
     let aliceClient: GridworkClient;
     const raw: RawProvider[] = [];
 
-    async function send(method: string, path: string, init: { headers?: Record<string, string>; body?: string | Uint8Array | ReadableStream<Uint8Array> } = {}): Promise<Res> {
+    async function send(
+      method: string,
+      path: string,
+      init: { headers?: Record<string, string>; body?: string | Uint8Array | ReadableStream<Uint8Array> } = {},
+    ): Promise<Res> {
       const res = await fetch(`${url}${path}`, {
         method,
         ...(init.headers ? { headers: init.headers } : {}),
@@ -182,7 +201,10 @@ for (const store of ['pglite', 'postgres'] as const) {
     }
 
     async function jobCount(): Promise<number> {
-      const r = await net.coordinator.db.selectFrom('jobs').select((eb) => eb.fn.countAll<string>().as('n')).executeTakeFirstOrThrow();
+      const r = await net.coordinator.db
+        .selectFrom('jobs')
+        .select((eb) => eb.fn.countAll<string>().as('n'))
+        .executeTakeFirstOrThrow();
       return Number(r.n);
     }
 
@@ -251,7 +273,9 @@ for (const store of ['pglite', 'postgres'] as const) {
         const dir = join(net.dir, 'tiny-job');
         await mkdir(join(dir, 'work'), { recursive: true });
         await writeFile(join(dir, 'work', 'main.mjs'), 'console.log("hello from gridwork");\n');
-        const job = await aliceClient.submit(spec('tiny-bundle', { runtime: { kind: 'bundle', path: './work', command: ['node', 'main.mjs'] } }), { baseDir: dir });
+        const job = await aliceClient.submit(spec('tiny-bundle', { runtime: { kind: 'bundle', path: './work', command: ['node', 'main.mjs'] } }), {
+          baseDir: dir,
+        });
         assert.match(job.id, /^job_[a-z2-7]{16}$/);
         assert.ok(['pending', 'matching'].includes(job.state), job.state);
         assert.equal(job.owner, alice.publicKey);
@@ -285,7 +309,12 @@ for (const store of ['pglite', 'postgres'] as const) {
       });
 
       it('wrong type (cpu "2") is not coerced → 400 INVALID_SPEC naming spec.resources.cpu', async () => {
-        await refusedSubmit({ spec: { ...spec('cpu-string'), resources: { cpu: '2', memoryGiB: 1 } }, inputs: [] }, 400, 'INVALID_SPEC', /spec\.resources\.cpu.*number/);
+        await refusedSubmit(
+          { spec: { ...spec('cpu-string'), resources: { cpu: '2', memoryGiB: 1 } }, inputs: [] },
+          400,
+          'INVALID_SPEC',
+          /spec\.resources\.cpu.*number/,
+        );
       });
 
       it('negative cpu → 400 INVALID_SPEC', async () => {
@@ -293,12 +322,20 @@ for (const store of ['pglite', 'postgres'] as const) {
       });
 
       it('absurd memory → 400 INVALID_SPEC', async () => {
-        await refusedSubmit({ spec: spec('memory-absurd', { resources: { cpu: 1, memoryGiB: 1e12 } }), inputs: [] }, 400, 'INVALID_SPEC', /spec\.resources\.memoryGiB/);
+        await refusedSubmit(
+          { spec: spec('memory-absurd', { resources: { cpu: 1, memoryGiB: 1e12 } }), inputs: [] },
+          400,
+          'INVALID_SPEC',
+          /spec\.resources\.memoryGiB/,
+        );
       });
 
       it('body over maxJsonBytes → 413 PAYLOAD_TOO_LARGE', async () => {
         const before = await jobCount();
-        const big = JSON.stringify({ spec: { ...spec('too-big'), runtime: { kind: 'container', image: 'x', command: ['true', 'x'.repeat(MAX_JSON)] } }, inputs: [] });
+        const big = JSON.stringify({
+          spec: { ...spec('too-big'), runtime: { kind: 'container', image: 'x', command: ['true', 'x'.repeat(MAX_JSON)] } },
+          inputs: [],
+        });
         assert.ok(Buffer.byteLength(big) > MAX_JSON);
         assertError(await signed(alice, 'POST', '/v1/jobs', big), 413, 'PAYLOAD_TOO_LARGE', /larger than the limit/);
         assert.equal(await jobCount(), before);
@@ -574,8 +611,12 @@ for (const store of ['pglite', 'postgres'] as const) {
 
         const job = await aliceClient.submitPrepared({ spec: spec('contested', { resources: { cpu: 1, memoryGiB: 1 } }), inputs: [] });
         const isAssign = (m: Msg) => m.type === 'lease.assign' && (m.lease as { jobId: string }).jobId === job.id;
-        const first = await Promise.race([a.next(isAssign, 'assign to a').then((m) => ({ m, owner: a, other: b })), b.next(isAssign, 'assign to b').then((m) => ({ m, owner: b, other: a }))]);
+        const first = await Promise.race([
+          a.next(isAssign, 'assign to a').then((m) => ({ m, owner: a, other: b })),
+          b.next(isAssign, 'assign to b').then((m) => ({ m, owner: b, other: a })),
+        ]);
         const { owner, other } = first;
+        other.stopWaiting();
         const assign = first.m as Msg & { seq: number; lease: { leaseId: string; jobId: string; taskIndex: number } };
         assert.equal(assign.lease.taskIndex, 0);
         assert.ok(!other.messages.some(isAssign), 'only one provider got the lease');
@@ -605,12 +646,23 @@ for (const store of ['pglite', 'postgres'] as const) {
         // The owner uploads an output, starts and finishes the lease.
         const output = Buffer.from(`result of ${leaseId}\n`);
         const digest = createHash('sha256').update(output).digest('hex');
-        const put = await send('PUT', `/v1/blobs/${digest}`, { headers: { 'content-type': 'application/octet-stream', ...signRequest(owner.identity, 'PUT', `/v1/blobs/${digest}`, { digest }) }, body: output });
+        const put = await send('PUT', `/v1/blobs/${digest}`, {
+          headers: { 'content-type': 'application/octet-stream', ...signRequest(owner.identity, 'PUT', `/v1/blobs/${digest}`, { digest }) },
+          body: output,
+        });
         assert.equal(put.status, 201, put.text);
 
         owner.send({ seq: 1, type: 'lease.started', leaseId });
         await owner.next((m) => m.type === 'ack' && m.seq === 1, 'ack 1');
-        const finished = { seq: 2, type: 'lease.finished', leaseId, exitCode: 0, durationMs: 42, outputs: [{ path: 'out.txt', digest, size: output.length }], error: null };
+        const finished = {
+          seq: 2,
+          type: 'lease.finished',
+          leaseId,
+          exitCode: 0,
+          durationMs: 42,
+          outputs: [{ path: 'out.txt', digest, size: output.length }],
+          error: null,
+        };
         owner.send(finished);
         await owner.next((m) => m.type === 'ack' && m.seq === 2, 'ack 2');
         const done = await until(

@@ -2,6 +2,7 @@
 import Type from 'typebox';
 import { SHA256_PATTERN } from './auth.ts';
 import { JobSpec } from './job-spec.ts';
+import type { MatchExplanation } from './market.ts';
 
 export const Digest = Type.String({ pattern: SHA256_PATTERN, description: 'hex sha256' });
 
@@ -59,6 +60,9 @@ export const TaskView = Type.Object({
   outputs: Type.Array(FileRef),
   /** Digest over the task's outputs (sha256 of canonical JSON of the sorted output list). */
   outputDigest: Type.Union([Type.String(), Type.Null()]),
+  /** Price per hour of the current or last lease (credits), and what it has cost so far. */
+  pricePerHour: Type.Union([Type.String(), Type.Null()]),
+  cost: Type.String(),
 });
 export type TaskView = Type.Static<typeof TaskView>;
 
@@ -72,8 +76,20 @@ export const JobView = Type.Object({
   createdAt: Type.String(),
   updatedAt: Type.String(),
   tasks: Type.Array(TaskView),
+  money: Type.Object({
+    budget: Type.String(),
+    maxPerHour: Type.String(),
+    /** Paid to providers so far (settled and metered). */
+    spent: Type.String(),
+    /** Still held for this job (budget left plus lease escrows); returned when the job ends. */
+    held: Type.String(),
+    /** Set while the budget cannot fund the job's leases; they stop when the grace period ends. */
+    lowBalanceSince: Type.Union([Type.String(), Type.Null()]),
+  }),
+  /** While tasks wait: why they do not match (see GET /v1/market/explain). */
+  explain: Type.Optional(Type.Unknown()),
 });
-export type JobView = Omit<Type.Static<typeof JobView>, 'state'> & { state: JobState };
+export type JobView = Omit<Type.Static<typeof JobView>, 'state' | 'explain'> & { state: JobState; explain?: MatchExplanation };
 
 export const JobSummary = Type.Object({
   id: Type.String(),

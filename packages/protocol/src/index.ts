@@ -8,3 +8,5 @@ export * from './api.ts';
 export * from './hardware.ts';
 export * from './wire.ts';
 export * from './version.ts';
+export * from './market.ts';
+export * from './account.ts';

@@ -65,12 +65,22 @@ export const JobSpec = Type.Object(
     resources: Resources,
     inputs: Type.Optional(Type.Array(InputSpec, { maxItems: 64 })),
     shards: Type.Optional(Type.Integer({ minimum: 1, maximum: 10000 })),
-    price: Type.Optional(Type.Object({ maxPerHour: Decimal, budget: Decimal }, { additionalProperties: false })),
+    price: Type.Optional(
+      Type.Object(
+        {
+          maxPerHour: Decimal,
+          budget: Decimal,
+          auctionWindowMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 60_000, description: 'collect bids this long before matching; 0 = match at once' })),
+        },
+        { additionalProperties: false },
+      ),
+    ),
     placement: Type.Optional(
       Type.Object(
         {
           regions: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 64 }), { maxItems: 64 })),
           minReputation: Type.Optional(Type.Number({ minimum: 0, maximum: 1 })),
+          minStake: Type.Optional(Type.String({ maxLength: 32, description: 'credits a provider must have staked' })),
         },
         { additionalProperties: false },
       ),
@@ -156,6 +166,13 @@ export function validateJobSpec(value: unknown): JobSpec {
     for (const [i, input] of (spec.inputs ?? []).entries()) {
       if (names.has(input.name)) problems.push({ path: `inputs[${i}].name`, message: `duplicate input name "${input.name}"` });
       names.add(input.name);
+    }
+    if (spec.placement?.minStake !== undefined) {
+      try {
+        parseCredits(spec.placement.minStake, { field: 'placement.minStake' });
+      } catch (err) {
+        problems.push({ path: 'placement.minStake', message: (err as Error).message });
+      }
     }
     if (spec.price) {
       for (const key of ['maxPerHour', 'budget'] as const) {

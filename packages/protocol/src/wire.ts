@@ -10,6 +10,7 @@
 import Type from 'typebox';
 import { FileRef, InputSet } from './api.ts';
 import { Hardware } from './hardware.ts';
+import { Asks, Benchmarks } from './market.ts';
 import { Resources } from './job-spec.ts';
 
 export const PROTOCOL_VERSION = 1;
@@ -30,6 +31,8 @@ export const LeaseAssignment = Type.Object({
   bundle: Type.Union([Type.Object({ manifest: Type.String() }), Type.Null()]),
   inputs: Type.Array(InputSet),
   resources: Resources,
+  /** Indices of the provider's GPUs reserved for this lease. */
+  gpus: Type.Array(Type.Integer({ minimum: 0 })),
   timeoutSeconds: Type.Integer(),
 });
 export type LeaseAssignment = Type.Static<typeof LeaseAssignment>;
@@ -58,6 +61,12 @@ export const ProviderSequenced = Type.Union([
     },
     { additionalProperties: false },
   ),
+  /** A debit note: cumulative run time of a lease, signed by the provider (canonical JSON of {leaseId, usageMs}). */
+  Type.Object(
+    { seq: Seq, type: Type.Literal('lease.usage'), leaseId: Type.String(), usageMs: Type.Integer({ minimum: 0 }), signature: Type.String({ maxLength: 128 }) },
+    { additionalProperties: false },
+  ),
+  Type.Object({ seq: Seq, type: Type.Literal('provider.asks'), asks: Asks, signature: Type.String({ maxLength: 128 }) }, { additionalProperties: false }),
   Type.Object({ seq: Seq, type: Type.Literal('lease.released'), leaseId: Type.String(), reason: Type.String({ maxLength: 1024 }) }, { additionalProperties: false }),
   Type.Object({ seq: Seq, type: Type.Literal('provider.state'), state: Type.Union([Type.Literal('online'), Type.Literal('draining'), Type.Literal('offline')]) }, { additionalProperties: false }),
 ]);
@@ -73,6 +82,12 @@ export const ProviderHello = Type.Object(
     slots: Type.Integer({ minimum: 1, maximum: 1024 }),
     hardware: Hardware,
     attributes: Type.Record(Type.String({ maxLength: 64 }), Type.String({ maxLength: 256 })),
+    /** Standing asks, signed: Ed25519 over canonical JSON of { asks, instance }. */
+    asks: Asks,
+    asksSignature: Type.String({ maxLength: 128 }),
+    benchmarks: Benchmarks,
+    /** Whether this agent bids in auctions (it runs a pricing script). */
+    bids: Type.Boolean(),
     /** Random per agent process: a new instance means the old one's leases are gone. */
     instance: Type.String({ minLength: 8, maxLength: 64 }),
     /** Highest coordinator seq this agent has applied. */
@@ -88,6 +103,11 @@ export const ProviderMessage = Type.Union([
   ProviderHello,
   Type.Object({ type: Type.Literal('ack'), seq: Seq }, { additionalProperties: false }),
   Type.Object({ type: Type.Literal('heartbeat'), running: Type.Array(Type.String(), { maxItems: 1024 }) }, { additionalProperties: false }),
+  /** A bid in an auction window; signed over canonical JSON of { orderId, pricePerHour }. */
+  Type.Object(
+    { type: Type.Literal('bid'), orderId: Type.String({ maxLength: 64 }), pricePerHour: Type.String({ maxLength: 32 }), signature: Type.String({ maxLength: 128 }) },
+    { additionalProperties: false },
+  ),
   ProviderSequenced,
 ]);
 export type ProviderMessage = Type.Static<typeof ProviderMessage>;
@@ -103,7 +123,11 @@ export type CoordinatorMessage =
       /** Highest provider seq the coordinator has applied: resend everything after it. */
       lastApplied: number;
       heartbeatIntervalMs: number;
+      /** How often to send `lease.usage` for each running lease. */
+      meteringIntervalMs: number;
     }
+  /** An order open for bids until `closesAt` (ms since epoch); answered with `bid` or nothing. */
+  | { type: 'order.announce'; orderId: string; resources: Type.Static<typeof Resources>; maxPerHour: string; closesAt: number }
   | { type: 'ack'; seq: number }
   | { type: 'error'; code: string; message: string }
   | CoordinatorSequenced;

@@ -7,8 +7,10 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { type CoordinatorSequenced, GRIDWORK_VERSION, type Hardware } from '@gridwork/protocol';
-import { type Identity, loadOrCreateIdentity } from '@gridwork/protocol/node';
+import { type Asks, type Benchmarks, canonicalJson, type CoordinatorSequenced, GRIDWORK_VERSION, type Hardware } from '@gridwork/protocol';
+import { type Identity, loadOrCreateIdentity, signBytes } from '@gridwork/protocol/node';
+import { benchmark } from './benchmark.ts';
+import { type AnnouncedOrder, fixedPricing, type PricingPolicy } from './pricing.ts';
 import pino, { type Logger } from 'pino';
 import { CoordinatorLink } from './coordinator-link.ts';
 import { detectHardware } from './hardware.ts';
@@ -31,6 +33,8 @@ export interface ProviderAgentOptions {
   slots?: number;
   /** Placement attributes, e.g. { region: 'eu' }. @default {} */
   attributes?: Record<string, string>;
+  /** How this agent prices its work. @default fixedPricing() */
+  pricing?: PricingPolicy;
   /** How long a drain waits for running tasks before handing them back. @default 60_000 */
   drainTimeoutMs?: number;
   /**
@@ -44,12 +48,15 @@ export interface ProviderAgentOptions {
 export class ProviderAgent {
   readonly identity: Identity;
   readonly hardware: Hardware;
+  readonly asks: Asks;
+  private readonly benchmarks: Benchmarks;
   private readonly running = new Map<string, AbortController>();
   private readonly seen = new Set<string>();
   private readonly link: CoordinatorLink;
   private draining = false;
   private readonly instance = randomBytes(12).toString('base64url');
   private idleWaiters: (() => void)[] = [];
+  private readonly pricing: PricingPolicy;
 
   private constructor(
     private readonly options: ProviderAgentOptions & { name: string; slots: number; workRoot: string },
@@ -60,6 +67,10 @@ export class ProviderAgent {
   ) {
     this.identity = identity;
     this.hardware = hardware;
+    this.pricing = options.pricing ?? fixedPricing();
+    this.asks = this.pricing.asks(hardware);
+    this.benchmarks = benchmark(hardware);
+    const asksSignature = signBytes(identity, canonicalJson({ asks: this.asks, instance: this.instance }));
     this.link = new CoordinatorLink({
       url: options.coordinatorUrl,
       identity,
@@ -72,8 +83,13 @@ export class ProviderAgent {
         slots: options.slots,
         hardware,
         attributes: options.attributes ?? {},
+        asks: this.asks,
+        asksSignature,
+        benchmarks: this.benchmarks,
+        bids: this.pricing.bid !== undefined,
         running: [...this.running.keys()],
       }),
+      onAnnounce: (order) => void this.bid(order),
       apply: (msg) => this.apply(msg),
       onConnected: () => {
         if (this.draining) this.link.send({ type: 'provider.state', state: 'draining' });
@@ -115,6 +131,14 @@ export class ProviderAgent {
     this.link.start();
   }
 
+  /** Answers an auction announcement from the pricing script (if any); silence means no bid. */
+  private async bid(order: { orderId: string; resources: AnnouncedOrder['resources']; maxPerHour: string }): Promise<void> {
+    if (!this.pricing.bid || this.draining) return;
+    const price = await this.pricing.bid(order, this.asks).catch(() => null);
+    if (price === null) return;
+    this.link.sendNow({ type: 'bid', orderId: order.orderId, pricePerHour: price, signature: signBytes(this.identity, canonicalJson({ orderId: order.orderId, pricePerHour: price })) });
+  }
+
   private async apply(msg: CoordinatorSequenced): Promise<void> {
     if (msg.type === 'lease.cancel') {
       this.running.get(msg.leaseId)?.abort('cancelled' satisfies AbortReason);
@@ -132,7 +156,7 @@ export class ProviderAgent {
     this.running.set(lease.leaseId, ac);
     this.log.info({ leaseId: lease.leaseId, job: lease.jobId, task: lease.taskIndex }, 'lease started');
     void runLease(
-      { coordinatorUrl: this.options.coordinatorUrl, identity: this.identity, runtime: this.runtime, workRoot: this.options.workRoot, send: (r) => this.link.send(r), log: this.log },
+      { coordinatorUrl: this.options.coordinatorUrl, meteringIntervalMs: () => this.link.meteringIntervalMs, identity: this.identity, runtime: this.runtime, workRoot: this.options.workRoot, send: (r) => this.link.send(r), log: this.log },
       lease,
       ac.signal,
     ).finally(() => {

@@ -20,6 +20,8 @@ export interface CoordinatorLinkOptions {
   /** Applies one coordinator message; must be idempotent by content (it is called once per seq). */
   apply: (msg: CoordinatorSequenced) => Promise<void>;
   onConnected?: () => void;
+  /** An auction announcement (unsequenced: a lost one costs only a bid). */
+  onAnnounce?: (msg: Extract<CoordinatorMessage, { type: 'order.announce' }>) => void;
   /** Longest wait between reconnect attempts. @default 5000 */
   maxBackoffMs?: number;
 }
@@ -36,6 +38,8 @@ export class CoordinatorLink {
   private backoffMs = 100;
   private closed = false;
   private drainedWaiters: (() => void)[] = [];
+  /** From the coordinator's welcome. */
+  meteringIntervalMs = 10_000;
 
   constructor(private readonly options: CoordinatorLinkOptions) {}
 
@@ -64,6 +68,11 @@ export class CoordinatorLink {
         resolve(true);
       });
     });
+  }
+
+  /** Sends an unsequenced message now if connected (bids: late or lost ones simply do not count). */
+  sendNow(msg: Record<string, unknown>): void {
+    if (this.ready) this.raw(msg);
   }
 
   close(): void {
@@ -126,6 +135,7 @@ export class CoordinatorLink {
       case 'welcome': {
         this.ready = true;
         this.backoffMs = 100;
+        this.meteringIntervalMs = msg.meteringIntervalMs;
         this.dropAcked(msg.lastApplied);
         for (const m of this.unacked) this.raw(m);
         clearInterval(this.heartbeat);
@@ -139,6 +149,9 @@ export class CoordinatorLink {
         return;
       case 'error':
         log.warn({ code: msg.code }, `coordinator: ${msg.message}`);
+        return;
+      case 'order.announce':
+        this.options.onAnnounce?.(msg);
         return;
       default: {
         const seqMsg = msg as CoordinatorSequenced;

@@ -10,8 +10,9 @@ import { chmod, mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join, relative, resolve, sep } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { BundleManifest, type FileRef, GridworkError, type LeaseAssignment, type LogChunk } from '@gridwork/protocol';
-import { type Identity, signedFetch } from '@gridwork/protocol/node';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { BundleManifest, canonicalJson, type FileRef, GridworkError, type LeaseAssignment, type LogChunk } from '@gridwork/protocol';
+import { type Identity, signBytes, signedFetch } from '@gridwork/protocol/node';
 import type { Logger } from 'pino';
 import { Compile } from 'typebox/compile';
 import type { Report } from './coordinator-link.ts';
@@ -21,9 +22,13 @@ const manifestCheck = Compile(BundleManifest);
 const GiB = 1024 ** 3;
 const LOG_FLUSH_MS = 200;
 const LOG_CHUNK_CHARS = 16 * 1024;
+/** How long a file transfer keeps retrying a coordinator it cannot reach (a restart takes seconds). */
+const UNREACHABLE_RETRY_MS = 120_000;
 
 export interface LeaseRunnerDeps {
   coordinatorUrl: string;
+  /** How often to report usage (debit notes) while the task runs. */
+  meteringIntervalMs: () => number;
   identity: Identity;
   runtime: Runtime;
   /** Parent of per-lease work directories. */
@@ -42,6 +47,13 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
   const logs = new LogBatcher((chunks) => send({ type: 'lease.log', leaseId: lease.leaseId, chunks }));
   const started = Date.now();
   send({ type: 'lease.started', leaseId: lease.leaseId });
+  // Signed usage records (cumulative run time) every metering interval: what the requester is charged.
+  const usage = () => {
+    const usageMs = Date.now() - started;
+    send({ type: 'lease.usage', leaseId: lease.leaseId, usageMs, signature: signBytes(deps.identity, canonicalJson({ leaseId: lease.leaseId, usageMs })) });
+    meter = setTimeout(usage, deps.meteringIntervalMs());
+  };
+  let meter = setTimeout(usage, deps.meteringIntervalMs());
   try {
     await rm(dir, { recursive: true, force: true });
     for (const d of Object.values(dirs)) await mkdir(d, { recursive: true });
@@ -101,6 +113,7 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
     logs.flush();
     send({ type: 'lease.finished', leaseId: lease.leaseId, exitCode: null, durationMs: Date.now() - started, outputs: [], error: message });
   } finally {
+    clearTimeout(meter);
     logs.stop();
     await rm(dir, { recursive: true, force: true }).catch(() => {});
   }
@@ -131,7 +144,7 @@ function inside(root: string, rel: string): string {
 async function download(deps: LeaseRunnerDeps, jobId: string, file: FileRef, dir: string, signal: AbortSignal, executable = false): Promise<void> {
   const dest = inside(dir, file.path);
   await mkdir(resolve(dest, '..'), { recursive: true });
-  const res = await signedFetch(deps.coordinatorUrl, deps.identity, 'GET', `/v1/jobs/${jobId}/blobs/${file.digest}`, { signal });
+  const res = await whileUnreachable(signal, () => signedFetch(deps.coordinatorUrl, deps.identity, 'GET', `/v1/jobs/${jobId}/blobs/${file.digest}`, { signal }));
   if (!res.body) throw new SetupError(`empty body for ${file.path}`);
   const hash = createHash('sha256');
   await pipeline(
@@ -170,10 +183,12 @@ async function uploadOutputs(deps: LeaseRunnerDeps, dir: string, signal: AbortSi
         for await (const c of createReadStream(full)) hash.update(c as Buffer);
         const digest = hash.digest('hex');
         const { size } = await stat(full);
-        await signedFetch(deps.coordinatorUrl, deps.identity, 'PUT', `/v1/blobs/${digest}`, {
-          body: { blob: Readable.toWeb(createReadStream(full)) as ReadableStream<Uint8Array>, digest },
-          signal,
-        });
+        await whileUnreachable(signal, () =>
+          signedFetch(deps.coordinatorUrl, deps.identity, 'PUT', `/v1/blobs/${digest}`, {
+            body: { blob: Readable.toWeb(createReadStream(full)) as ReadableStream<Uint8Array>, digest },
+            signal,
+          }),
+        );
         out.push({ path: relative(dir, full).split(sep).join('/'), digest, size });
       }
       // Symlinks and devices are not outputs: a task must not make the agent read outside its directory.
@@ -181,6 +196,23 @@ async function uploadOutputs(deps: LeaseRunnerDeps, dir: string, signal: AbortSi
   };
   await walk(dir);
   return out.sort((a, b) => (a.path < b.path ? -1 : 1));
+}
+
+/**
+ * Retries `attempt` while the coordinator cannot be reached at all (connection refused or
+ * reset): a coordinator that crashed and is restarting must not cost a finished task its
+ * results, nor a starting task an attempt. Errors the coordinator answered are not retried.
+ */
+async function whileUnreachable<T>(signal: AbortSignal, attempt: () => Promise<T>): Promise<T> {
+  const deadline = Date.now() + UNREACHABLE_RETRY_MS;
+  for (let delayMs = 100; ; delayMs = Math.min(delayMs * 2, 2000)) {
+    try {
+      return await attempt();
+    } catch (err) {
+      if (signal.aborted || !(err instanceof GridworkError && err.code === 'NETWORK_ERROR') || Date.now() + delayMs > deadline) throw err;
+      await sleep(delayMs, undefined, { signal });
+    }
+  }
 }
 
 /** Collects output into chunks and sends them every LOG_FLUSH_MS, bounded in size. */

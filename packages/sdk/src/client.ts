@@ -9,9 +9,13 @@ import { dirname, join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createWriteStream } from 'node:fs';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import {
+  type BalanceView,
   GridworkError,
+  type HistoryEntry,
+  type MarketClass,
+  type MatchExplanation,
   type InputSet,
   type JobSpec,
   type JobSummary,
@@ -32,6 +36,13 @@ export interface ClientOptions {
 export interface CallOptions {
   signal?: AbortSignal;
 }
+
+export interface MoneyCallOptions extends CallOptions {
+  /** Makes the request safe to retry: the same key moves money once. @default a random key */
+  idempotencyKey?: string;
+}
+
+const newKey = () => randomBytes(16).toString('base64url');
 
 export interface SubmitOptions extends CallOptions {
   /** Directory that relative paths in the spec are resolved against. */
@@ -147,6 +158,51 @@ export class GridworkClient {
     const q = `after=${options.after ?? 0}&follow=${options.follow ? 'true' : 'false'}`;
     const res = await this.fetch('GET', `/v1/jobs/${encodeURIComponent(jobId)}/logs?${q}`, undefined, options.signal);
     yield* readNdjson<LogEntry>(res);
+  }
+
+  // ── money ────────────────────────────────────────────────────────────────────────────────
+
+  balance(options: CallOptions = {}): Promise<BalanceView> {
+    return this.json<BalanceView>('GET', '/v1/account', undefined, options.signal);
+  }
+
+  async history(options: CallOptions & { limit?: number } = {}): Promise<HistoryEntry[]> {
+    return (await this.json<{ entries: HistoryEntry[] }>('GET', `/v1/account/history?limit=${options.limit ?? 50}`, undefined, options.signal)).entries;
+  }
+
+  /** Faucet deposit (coordinators started with --dev). Amounts are decimal credit strings. */
+  deposit(amount: string, options: MoneyCallOptions = {}): Promise<BalanceView> {
+    return this.json<BalanceView>('POST', '/v1/account/deposit', { amount, idempotencyKey: options.idempotencyKey ?? newKey() }, options.signal);
+  }
+
+  withdraw(amount: string, options: MoneyCallOptions = {}): Promise<BalanceView> {
+    return this.json<BalanceView>('POST', '/v1/account/withdraw', { amount, idempotencyKey: options.idempotencyKey ?? newKey() }, options.signal);
+  }
+
+  /** Operator only: credits another account. */
+  credit(account: string, amount: string, options: MoneyCallOptions = {}): Promise<BalanceView> {
+    return this.json<BalanceView>('POST', '/v1/account/credit', { account, amount, idempotencyKey: options.idempotencyKey ?? newKey() }, options.signal);
+  }
+
+  stake(amount: string, options: MoneyCallOptions = {}): Promise<BalanceView> {
+    return this.json<BalanceView>('POST', '/v1/stake', { amount, idempotencyKey: options.idempotencyKey ?? newKey() }, options.signal);
+  }
+
+  unstake(amount: string, options: MoneyCallOptions = {}): Promise<BalanceView> {
+    return this.json<BalanceView>('POST', '/v1/stake/unbond', { amount, idempotencyKey: options.idempotencyKey ?? newKey() }, options.signal);
+  }
+
+  addBudget(jobId: string, amount: string, options: MoneyCallOptions = {}): Promise<JobView> {
+    return this.json<JobView>('POST', `/v1/jobs/${encodeURIComponent(jobId)}/budget`, { amount, idempotencyKey: options.idempotencyKey ?? newKey() }, options.signal);
+  }
+
+  async market(options: CallOptions = {}): Promise<MarketClass[]> {
+    return (await this.json<{ classes: MarketClass[] }>('GET', '/v1/market', undefined, options.signal)).classes;
+  }
+
+  /** Why a spec would (not) match now, without submitting it. */
+  explain(spec: JobSpec, options: CallOptions = {}): Promise<MatchExplanation> {
+    return this.json<MatchExplanation>('POST', '/v1/market/explain', { spec }, options.signal);
   }
 
   /** Downloads one blob of a job to `dest`, checking its digest; written atomically. */

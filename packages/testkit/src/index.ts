@@ -36,6 +36,8 @@ export interface TestNetwork {
   providers: ProviderAgent[];
   dir: string;
   client(identity?: Identity): GridworkClient;
+  /** A client whose account holds `amount` credits from the dev faucet. @default '100' */
+  fundedClient(amount?: string, identity?: Identity): Promise<GridworkClient>;
   addProvider(options?: Partial<ProviderAgentOptions>): Promise<ProviderAgent>;
   close(): Promise<void>;
 }
@@ -56,6 +58,8 @@ export async function startTestNetwork(options: TestNetworkOptions = {}): Promis
     port: 0,
     logger,
     heartbeatIntervalMs: 300,
+    dev: true,
+    economics: { meteringIntervalMs: 500 },
     ...(options.store === 'postgres' ? { databaseUrl: postgresUrl(), databaseSchema: uniqueSchema() } : { databaseUrl: '' }),
     ...options.coordinator,
   });
@@ -84,6 +88,11 @@ export async function startTestNetwork(options: TestNetworkOptions = {}): Promis
     dir: dir.path,
     addProvider,
     client: (identity = generateIdentity()) => new GridworkClient({ url: coordinator.url, identity }),
+    async fundedClient(amount = '100', identity = generateIdentity()) {
+      const c = new GridworkClient({ url: coordinator.url, identity });
+      await c.deposit(amount);
+      return c;
+    },
     async close() {
       await Promise.all(providers.map((p) => p.close()));
       await coordinator.close();

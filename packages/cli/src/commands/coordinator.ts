@@ -9,7 +9,7 @@ export function registerCoordinatorCommands(program: Command): void {
   const coordinator = program.command('coordinator').description('run the network coordinator (market, scheduler, API)');
   coordinator
     .command('start')
-    .description('start a coordinator; PGlite in --data unless GRIDWORK_DATABASE_URL names a PostgreSQL database')
+    .description('start a coordinator; PGlite in --data unless GRIDWORK_DATABASE_URL names a PostgreSQL database (schema: GRIDWORK_DATABASE_SCHEMA, default public)')
     .option('--host <host>', 'address to listen on', '127.0.0.1')
     .option('--port <port>', 'port to listen on (0: any free port)', intOption, 7070)
     .option('--data <dir>', 'data directory (database, blobs)', join(gridworkHome(), 'coordinator'))
@@ -17,7 +17,17 @@ export function registerCoordinatorCommands(program: Command): void {
     .option('--heartbeat-ms <ms>', 'provider heartbeat interval; a provider is lost after 3 missed', intOption, 5000)
     .option('--log-level <level>', 'trace|debug|info|warn|error', 'info')
     .action(async (opts: { host: string; port: number; data: string; dev: boolean; heartbeatMs: number; logLevel: string }) => {
-      const c = await startCoordinator({ host: opts.host, port: opts.port, dataDir: opts.data, dev: opts.dev, heartbeatIntervalMs: opts.heartbeatMs, logLevel: opts.logLevel });
+      // GRIDWORK_DATABASE_SCHEMA: PostgreSQL schema (default public), so several coordinators can share one database.
+      const schema = process.env.GRIDWORK_DATABASE_SCHEMA;
+      const c = await startCoordinator({
+        host: opts.host,
+        port: opts.port,
+        dataDir: opts.data,
+        dev: opts.dev,
+        heartbeatIntervalMs: opts.heartbeatMs,
+        logLevel: opts.logLevel,
+        ...(schema ? { databaseSchema: schema } : {}),
+      });
       info(`coordinator listening on ${c.url} (data: ${opts.data}, store: ${c.config.databaseUrl ? 'postgresql' : 'pglite'})`);
       // A line on stdout that scripts (and tests) can wait for.
       process.stdout.write(`${JSON.stringify({ event: 'listening', url: c.url })}\n`);

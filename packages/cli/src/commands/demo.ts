@@ -8,8 +8,8 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { type Coordinator, startCoordinator } from '@gridwork/coordinator';
-import { GridworkError } from '@gridwork/protocol';
-import { ProviderAgent } from '@gridwork/provider';
+import { formatCredits, GridworkError } from '@gridwork/protocol';
+import { fixedPricing, ProviderAgent } from '@gridwork/provider';
 import { GridworkClient, loadOrCreateIdentity, readSpecFile } from '@gridwork/sdk';
 import type { Command } from 'commander';
 import pino from 'pino';
@@ -27,8 +27,19 @@ interface DemoOptions {
   runtime?: 'sandbox' | 'process';
 }
 
-async function createProvider(coordinator: Coordinator, dataDir: string, name: string, runtime: 'sandbox' | 'process', logger: pino.Logger) {
-  return ProviderAgent.create({ coordinatorUrl: coordinator.url, dataDir, name, runtime, gpus: 'auto', slots: 2, logger });
+/** Demo providers ask different prices, so the market has something to choose between. */
+async function createProvider(coordinator: Coordinator, dataDir: string, i: number, runtime: 'sandbox' | 'process', logger: pino.Logger) {
+  const cpuCoreHour = formatCredits(BigInt(2_500_000 + 500_000 * i)); // 3.00, 3.50, 4.00 … per core-hour
+  return ProviderAgent.create({
+    coordinatorUrl: coordinator.url,
+    dataDir,
+    name: `provider-${i}`,
+    runtime,
+    gpus: 'auto',
+    slots: 2,
+    logger,
+    pricing: fixedPricing({ cpuCoreHour, memoryGiBHour: '0.01' }),
+  });
 }
 
 export function registerDemoCommand(program: Command): void {
@@ -49,12 +60,19 @@ export function registerDemoCommand(program: Command): void {
       const step = (s: string) => !opts.json && info(`${color.cyan('›')} ${s}`);
 
       step(`starting coordinator (PGlite in ${join(dataDir, 'coordinator')})`);
-      const coordinator = await startCoordinator({ dataDir: join(dataDir, 'coordinator'), port: 0, logger, heartbeatIntervalMs: 1000 });
+      const coordinator = await startCoordinator({
+        dataDir: join(dataDir, 'coordinator'),
+        port: 0,
+        logger,
+        heartbeatIntervalMs: 1000,
+        dev: true,
+        economics: { meteringIntervalMs: 1000 },
+      });
       const providers: ProviderAgent[] = [];
       try {
         let runtime = opts.runtime ?? 'sandbox';
         for (let i = 1; i <= opts.providers; i++) {
-          const args = [coordinator, join(dataDir, `provider-${i}`), `provider-${i}`, runtime, logger] as const;
+          const args = [coordinator, join(dataDir, `provider-${i}`), i, runtime, logger] as const;
           let agent: ProviderAgent;
           try {
             agent = await createProvider(...args);
@@ -62,14 +80,16 @@ export function registerDemoCommand(program: Command): void {
             if (!(err instanceof GridworkError && err.code === 'SANDBOX_UNAVAILABLE') || opts.runtime) throw err;
             info(color.yellow(`! bubblewrap sandbox unavailable (${err.message}); the demo falls back to the UNSANDBOXED process runtime`));
             runtime = 'process';
-            agent = await createProvider(coordinator, join(dataDir, `provider-${i}`), `provider-${i}`, runtime, logger);
+            agent = await createProvider(coordinator, join(dataDir, `provider-${i}`), i, runtime, logger);
           }
           agent.start();
           providers.push(agent);
         }
-        step(`started ${providers.length} providers (${runtime} runtime, 2 slots each) at ${coordinator.url}`);
+        step(`started ${providers.length} providers (${runtime} runtime, 2 slots each) at ${coordinator.url}: ${providers.map((p) => `${p.name} asks ${p.asks.cpuCoreHour}/core-h`).join(', ')}`);
 
         const client = new GridworkClient({ url: coordinator.url, identity: await loadOrCreateIdentity(join(dataDir, 'requester-key.json')) });
+        const funded = await client.deposit('10', { idempotencyKey: 'demo-faucet' });
+        step(`requester funded from the dev faucet: ${funded.available} credits`);
         const submitted = await client.submit(spec, { baseDir: dirname(opts.spec) });
         step(`submitted ${spec.name} as ${submitted.id}: ${submitted.tasks.length} tasks`);
         const progress = opts.json ? undefined : new Progress();
@@ -85,13 +105,29 @@ export function registerDemoCommand(program: Command): void {
           totals.positive += s.positive ?? 0;
           totals.negative += s.negative ?? 0;
         }
+        const earnings = await Promise.all(
+          providers.map(async (p) => ({ name: p.name, id: p.id, earned: (await new GridworkClient({ url: coordinator.url, identity: p.identity }).balance()).available })),
+        );
+        const after = await client.balance();
+        const fees = await coordinator.accounts.protocolBalances();
         const summary = {
           ok: job.state === 'succeeded',
           job: { id: job.id, name: job.name, state: job.state, error: job.error },
           coordinator: coordinator.url,
           runtime,
-          providers: providers.map((p) => ({ name: p.name, id: p.id })),
-          tasks: job.tasks.map((t) => ({ index: t.index, state: t.state, provider: t.providerName, durationMs: t.durationMs, exitCode: t.exitCode, attempts: t.attempts, outputDigest: t.outputDigest })),
+          providers: earnings,
+          money: { budget: job.money.budget, spent: job.money.spent, requesterBalance: after.available, protocolFees: fees.fees, reserve: fees.reserve },
+          tasks: job.tasks.map((t) => ({
+            index: t.index,
+            state: t.state,
+            provider: t.providerName,
+            durationMs: t.durationMs,
+            exitCode: t.exitCode,
+            attempts: t.attempts,
+            pricePerHour: t.pricePerHour,
+            cost: t.cost,
+            outputDigest: t.outputDigest,
+          })),
           results: { files: files.length, dir: opts.data ? resultsDir : null, ...totals },
           elapsedMs: Date.now() - started,
         };
@@ -99,10 +135,14 @@ export function registerDemoCommand(program: Command): void {
         else {
           info('');
           info(color.bold(`job ${job.id} ${job.state === 'succeeded' ? color.green(job.state) : color.red(job.state)}${job.error ? `: ${job.error}` : ''}`));
-          info(`  ${'task'.padEnd(5)} ${'provider'.padEnd(12)} ${'duration'.padStart(9)}  exit  output digest`);
+          info(`  ${'task'.padEnd(5)} ${'provider'.padEnd(12)} ${'duration'.padStart(9)}  exit  ${'price/h'.padStart(7)}  ${'cost'.padStart(9)}  output digest`);
           for (const t of summary.tasks) {
-            info(`  ${String(t.index).padEnd(5)} ${(t.provider ?? '-').padEnd(12)} ${formatDuration(t.durationMs).padStart(9)}  ${String(t.exitCode ?? '-').padStart(4)}  ${t.outputDigest ?? '-'}`);
+            info(
+              `  ${String(t.index).padEnd(5)} ${(t.provider ?? '-').padEnd(12)} ${formatDuration(t.durationMs).padStart(9)}  ${String(t.exitCode ?? '-').padStart(4)}  ${(t.pricePerHour ?? '-').padStart(7)}  ${t.cost.padStart(9)}  ${t.outputDigest?.slice(0, 16) ?? '-'}`,
+            );
           }
+          info(`  job cost ${job.money.spent} of a ${job.money.budget} budget; requester balance now ${after.available} (the unspent budget came back)`);
+          info(`  provider earnings (after the 2% fee and 0.25% reserve): ${earnings.map((e) => `${e.name} ${e.earned}`).join(', ')}; protocol fees ${fees.fees}, reserve ${fees.reserve}`);
           if (totals.docs > 0) info(`  embedded ${totals.docs} documents: ${totals.positive} positive, ${totals.negative} negative sentiment`);
           info(`  ${files.length} output files${opts.data ? ` in ${resultsDir}` : ' (temporary; use --data DIR to keep them)'}; ${formatDuration(summary.elapsedMs)} in all`);
         }

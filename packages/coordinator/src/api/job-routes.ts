@@ -1,5 +1,6 @@
 /** Requester routes: jobs, their events, logs and blobs. No business logic here. */
-import { Digest, SubmitJobRequest, TERMINAL_JOB_STATES } from '@gridwork/protocol';
+import { AmountRequest, canonicalJson, Digest, parseCredits, SubmitJobRequest, TERMINAL_JOB_STATES } from '@gridwork/protocol';
+import { sha256Hex } from '@gridwork/protocol/node';
 import type { FastifyInstance } from 'fastify';
 import Type from 'typebox';
 import type { BlobStore } from '../blobs/blob-store.ts';
@@ -35,6 +36,15 @@ export function registerJobRoutes(app: FastifyInstance, deps: JobRoutesDeps): vo
 
   app.post<{ Params: { id: string } }>('/v1/jobs/:id/cancel', { schema: { tags: ['jobs'], summary: 'Cancel a job', params: JobParams } }, async (req) =>
     jobs.cancel(req.accountId, req.params.id),
+  );
+
+  app.post<{ Params: { id: string }; Body: AmountRequest }>(
+    '/v1/jobs/:id/budget',
+    { schema: { tags: ['jobs'], summary: "Add to a job's budget (from your available balance)", params: JobParams, body: AmountRequest } },
+    async (req) => {
+      const amount = parseCredits(req.body.amount, { field: 'amount', allowZero: false });
+      return jobs.addBudget(req.accountId, req.params.id, amount, req.body.idempotencyKey, sha256Hex(canonicalJson({ op: 'budget', job: req.params.id, amount: req.body.amount })));
+    },
   );
 
   app.get<{ Params: { id: string } }>(

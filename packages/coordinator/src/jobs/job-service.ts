@@ -5,7 +5,11 @@
  */
 import {
   BundleManifest,
+  formatCredits,
   GridworkError,
+  MAX_MICROS,
+  type MatchExplanation,
+  parseCredits,
   type InputSet,
   type JobSpec,
   type JobState,
@@ -18,6 +22,9 @@ import {
   validateJobSpec,
 } from '@gridwork/protocol';
 import { Compile } from 'typebox/compile';
+import { balancesOf, escrowOf, holdOf } from '../ledger/ledger.ts';
+import { addBudget, type EconomicsConfig, holdBudget, minimumBudget } from '../ledger/lease-economics.ts';
+import { type Market, orderOf } from '../market/market.ts';
 import type { BlobStore } from '../blobs/blob-store.ts';
 import type { EventBus } from '../bus/event-bus.ts';
 import type { Db } from '../store/database.ts';
@@ -30,6 +37,8 @@ const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 
 export interface JobServiceDeps {
   db: Db;
+  economics: EconomicsConfig;
+  market: Market;
   blobs: BlobStore;
   bus: EventBus;
   publish: (changes: Changes) => void;
@@ -40,7 +49,22 @@ export class JobService {
 
   async submit(owner: string, req: SubmitJobRequest): Promise<JobView> {
     const spec = validateJobSpec(req.spec);
-    const { db } = this.deps;
+    const { db, economics } = this.deps;
+    if (!spec.price) {
+      throw new GridworkError('INVALID_SPEC', 'invalid job spec: price: required (maxPerHour and budget, in credits)', {
+        details: [{ path: 'price', message: 'required' }],
+      });
+    }
+    const maxPerHour = parseCredits(spec.price.maxPerHour, { field: 'price.maxPerHour', allowZero: false });
+    const budget = parseCredits(spec.price.budget, { field: 'price.budget', allowZero: false });
+    const minimum = minimumBudget(maxPerHour, economics);
+    if (budget < minimum) {
+      throw new GridworkError(
+        'BUDGET_TOO_LOW',
+        `price.budget ${formatCredits(budget)} does not cover one metering period (${economics.meteringIntervalMs / 1000} s) at the max price: at least ${formatCredits(minimum)}`,
+        { details: { minimum: formatCredits(minimum) } },
+      );
+    }
     const blobRoles = new Map<string, 'bundle' | 'input'>();
 
     if (spec.runtime.kind === 'bundle') {
@@ -69,7 +93,7 @@ export class JobService {
 
     const jobId = newId('job');
     const now = new Date();
-    const changes = newChanges();
+    const changes = newChanges(this.deps.economics);
     await db.transaction().execute(async (trx) => {
       await trx
         .insertInto('jobs')
@@ -84,8 +108,12 @@ export class JobService {
           error: null,
           created_at: now,
           updated_at: now,
+          budget,
+          max_per_hour: maxPerHour,
         })
         .execute();
+      // The whole budget is held now, so no two jobs can spend the same credits.
+      await holdBudget(trx, owner, jobId, budget);
       await trx
         .insertInto('tasks')
         .values(
@@ -163,7 +191,20 @@ export class JobService {
     return this.view(job);
   }
 
-  private async view(job: { id: string; name: string; kind: string; owner: string; state: string; error: string | null; created_at: Date; updated_at: Date }): Promise<JobView> {
+  private async view(job: {
+    id: string;
+    name: string;
+    kind: string;
+    owner: string;
+    state: string;
+    error: string | null;
+    created_at: Date;
+    updated_at: Date;
+    budget: bigint;
+    max_per_hour: bigint;
+    low_balance_since: Date | null;
+    spec: JobSpec;
+  }): Promise<JobView> {
     const tasks = await this.deps.db
       .selectFrom('tasks')
       .leftJoin('providers', 'providers.id', 'tasks.provider_id')
@@ -186,6 +227,18 @@ export class JobService {
       .where('tasks.job_id', '=', job.id)
       .orderBy('tasks.idx')
       .execute();
+    const leases = await this.deps.db.selectFrom('leases').select(['id', 'task_id', 'price_per_hour', 'charged']).where('job_id', '=', job.id).execute();
+    const costByTask = new Map<string, bigint>();
+    const leaseById = new Map(leases.map((l) => [l.id, l]));
+    let spent = 0n;
+    for (const l of leases) {
+      spent += l.charged;
+      costByTask.set(l.task_id, (costByTask.get(l.task_id) ?? 0n) + l.charged);
+    }
+    const held = await balancesOf(this.deps.db, [holdOf(job.id), ...leases.map((l) => escrowOf(l.id))]);
+    let heldTotal = 0n;
+    for (const v of held.values()) heldTotal += v;
+    const waiting = tasks.some((t) => t.state === 'queued') && !['succeeded', 'failed', 'cancelled'].includes(job.state);
     return {
       id: job.id,
       name: job.name,
@@ -211,9 +264,70 @@ export class JobService {
           error: t.error,
           outputs: t.outputs,
           outputDigest: t.output_digest,
+          pricePerHour: t.lease_id && leaseById.get(t.lease_id) ? formatCredits((leaseById.get(t.lease_id) as { price_per_hour: bigint }).price_per_hour) : null,
+          cost: formatCredits(costByTask.get(t.id) ?? 0n),
         }),
       ),
+      money: {
+        budget: formatCredits(job.budget),
+        maxPerHour: formatCredits(job.max_per_hour),
+        spent: formatCredits(spent),
+        held: formatCredits(heldTotal),
+        lowBalanceSince: job.low_balance_since?.toISOString() ?? null,
+      },
+      ...(waiting ? { explain: this.deps.market.explain(orderOf(job.spec, job.max_per_hour)) } : {}),
     };
+  }
+
+  /**
+   * Jobs whose budget could not fund their leases for longer than the grace period end as
+   * failed ("budget exhausted"): running leases stop and are paid for their metered time,
+   * finished tasks keep their outputs, and what is left of the budget goes back.
+   */
+  async stopUnfunded(graceMs: number): Promise<string[]> {
+    const due = await this.deps.db
+      .selectFrom('jobs')
+      .select(['id'])
+      .where('low_balance_since', '<', new Date(Date.now() - graceMs))
+      .where('state', 'not in', ['succeeded', 'failed', 'cancelled'])
+      .execute();
+    const changes = newChanges(this.deps.economics);
+    for (const j of due) {
+      await this.deps.db.transaction().execute(async (trx) => {
+        const job = await trx.selectFrom('jobs').select(['state', 'low_balance_since']).where('id', '=', j.id).forNoKeyUpdate().executeTakeFirstOrThrow();
+        if (!job.low_balance_since || ['succeeded', 'failed', 'cancelled'].includes(job.state)) return;
+        await refreshJob(trx, j.id, changes, 'failed', 'budget exhausted: the job ran out of budget and its grace period ended');
+      });
+    }
+    this.deps.publish(changes);
+    return due.map((j) => j.id);
+  }
+
+  /** Why a spec would (not) match right now, before submitting it. */
+  explain(spec: JobSpec): MatchExplanation {
+    const maxPerHour = spec.price ? parseCredits(spec.price.maxPerHour, { field: 'price.maxPerHour', allowZero: false }) : MAX_MICROS;
+    return this.deps.market.explain(orderOf(spec, maxPerHour));
+  }
+
+  /** Adds budget to a job that has not ended (e.g. to clear a low balance). */
+  async addBudget(owner: string, jobId: string, amount: bigint, idempotencyKey: string, requestDigest: string): Promise<JobView> {
+    const job = await this.ownedJob(owner, jobId);
+    if (['succeeded', 'failed', 'cancelled'].includes(job.state)) throw new GridworkError('INVALID_TRANSITION', `job ${jobId} has ended (${job.state})`);
+    const changes = newChanges(this.deps.economics);
+    await this.deps.db.transaction().execute(async (trx) => {
+      const posted = await addBudget(trx, owner, jobId, amount, `${owner}:${idempotencyKey}`, requestDigest);
+      if (posted) {
+        await trx
+          .updateTable('jobs')
+          .set((eb) => ({ budget: eb('budget', '+', amount), low_balance_since: null, updated_at: new Date() }))
+          .where('id', '=', jobId)
+          .execute();
+      }
+    });
+    changes.jobs.add(jobId);
+    changes.work = true;
+    this.deps.publish(changes);
+    return this.get(owner, jobId);
   }
 
   async list(owner: string, limit: number): Promise<JobSummary[]> {
@@ -249,7 +363,7 @@ export class JobService {
   async cancel(owner: string, jobId: string): Promise<JobView> {
     const job = await this.ownedJob(owner, jobId);
     if (!['succeeded', 'failed', 'cancelled'].includes(job.state)) {
-      const changes = newChanges();
+      const changes = newChanges(this.deps.economics);
       await this.deps.db.transaction().execute(async (trx) => {
         await refreshJob(trx, jobId, changes, 'cancelled', 'cancelled by requester');
       });

@@ -1,25 +1,38 @@
 /**
  * What happens to a task when its lease ends, and how a job's state follows. Every function
  * takes the caller's transaction: the transition and its effects commit together or not at all.
+ * Row locks are FOR NO KEY UPDATE, never FOR UPDATE: a transaction that inserted a row
+ * referencing a job/task/provider (logs, job_blobs, leases, outbox) holds a KEY SHARE lock on
+ * it, and FOR UPDATE conflicts with KEY SHARE, so two such transactions deadlocked on PostgreSQL.
  */
 import { canonicalJson, type FileRef, type JobState, type LeaseState } from '@gridwork/protocol';
 import { sha256Hex } from '@gridwork/protocol/node';
 import type { Transaction } from 'kysely';
+import { chargeUsage, type EconomicsConfig, releaseJob, settleLease } from '../ledger/lease-economics.ts';
 import type { Database } from '../store/schema.ts';
 import { ACTIVE_LEASE_STATES, assertTransition, deriveJobState } from './state-machine.ts';
 
 type Trx = Transaction<Database>;
 
+/**
+ * One unit of work: what a transaction changed, published after it commits (streams, outbox
+ * delivery, the matching index, the scheduler), plus the money rules it applies.
+ */
 export interface Changes {
+  readonly economics: EconomicsConfig;
   jobs: Set<string>;
   /** Providers that have new outbox messages to send. */
   providers: Set<string>;
+  /** Providers whose row (state, asks, reputation, stake) changed: the matching index reloads them. */
+  providersChanged: Set<string>;
+  /** Leases that ended: their capacity returns to the matching index. */
+  leasesEnded: Set<string>;
   /** Capacity was freed or work was queued. */
   work: boolean;
 }
 
-export function newChanges(): Changes {
-  return { jobs: new Set(), providers: new Set(), work: false };
+export function newChanges(economics: EconomicsConfig): Changes {
+  return { economics, jobs: new Set(), providers: new Set(), providersChanged: new Set(), leasesEnded: new Set(), work: false };
 }
 
 export type LeaseOutcome =
@@ -38,7 +51,7 @@ export function outputDigest(outputs: readonly FileRef[]): string {
 }
 
 export async function endLease(trx: Trx, leaseId: string, outcome: LeaseOutcome, changes: Changes): Promise<boolean> {
-  const lease = await trx.selectFrom('leases').selectAll().where('id', '=', leaseId).forUpdate().executeTakeFirst();
+  const lease = await trx.selectFrom('leases').selectAll().where('id', '=', leaseId).forNoKeyUpdate().executeTakeFirst();
   if (!lease || !(ACTIVE_LEASE_STATES as readonly string[]).includes(lease.state)) return false;
   const now = new Date();
   const leaseState: LeaseState =
@@ -55,8 +68,25 @@ export async function endLease(trx: Trx, leaseId: string, outcome: LeaseOutcome,
     .where('id', '=', lease.id)
     .execute();
   changes.work = true;
+  changes.leasesEnded.add(lease.id);
+  changes.providersChanged.add(lease.provider_id);
 
-  const task = await trx.selectFrom('tasks').selectAll().where('id', '=', lease.task_id).forUpdate().executeTakeFirstOrThrow();
+  // Money: the provider is paid for metered work — for work it finished, up to the run time it
+  // reports; when it lost the lease, only up to its last usage report — then the lease settles.
+  if (outcome.kind === 'completed' || outcome.kind === 'failed') {
+    await chargeUsage(trx, lease, BigInt(Math.max(outcome.durationMs, Number(lease.usage_ms))));
+  }
+  await settleLease(trx, lease, lease.provider_id, changes.economics);
+  const faulted = outcome.kind === 'lost';
+  if (outcome.kind === 'completed' || outcome.kind === 'failed' || faulted) {
+    await trx
+      .updateTable('providers')
+      .set((eb) => (faulted ? { leases_faulted: eb('leases_faulted', '+', 1) } : { leases_completed: eb('leases_completed', '+', 1) }))
+      .where('id', '=', lease.provider_id)
+      .execute();
+  }
+
+  const task = await trx.selectFrom('tasks').selectAll().where('id', '=', lease.task_id).forNoKeyUpdate().executeTakeFirstOrThrow();
   if (task.lease_id !== lease.id) return true; // the task moved on already (e.g. job cancelled)
   const job = await trx.selectFrom('jobs').select(['spec']).where('id', '=', task.job_id).executeTakeFirstOrThrow();
   const maxRetries = job.spec.maxRetries ?? 2;
@@ -121,7 +151,7 @@ export async function endLease(trx: Trx, leaseId: string, outcome: LeaseOutcome,
 
 /** Recomputes a job's state from its tasks; a failed job cancels the rest of its work. */
 export async function refreshJob(trx: Trx, jobId: string, changes: Changes, forceState?: JobState, error?: string): Promise<JobState> {
-  const job = await trx.selectFrom('jobs').select(['state', 'error']).where('id', '=', jobId).forUpdate().executeTakeFirstOrThrow();
+  const job = await trx.selectFrom('jobs').select(['state', 'error', 'owner']).where('id', '=', jobId).forNoKeyUpdate().executeTakeFirstOrThrow();
   const tasks = await trx.selectFrom('tasks').select(['id', 'state', 'error', 'idx']).where('job_id', '=', jobId).execute();
   const current = job.state as JobState;
   const next = forceState ?? deriveJobState(current, tasks);
@@ -135,6 +165,8 @@ export async function refreshJob(trx: Trx, jobId: string, changes: Changes, forc
   }
   await trx.updateTable('jobs').set({ state: next, error: jobError, updated_at: new Date() }).where('id', '=', jobId).execute();
   if (next === 'failed' || next === 'cancelled') await cancelOpenTasks(trx, jobId, `job ${next}`, changes);
+  // Every lease of a finished job has settled by now: what is left of the budget goes back.
+  if (next === 'succeeded' || next === 'failed' || next === 'cancelled') await releaseJob(trx, job.owner, jobId);
   return next;
 }
 
@@ -145,15 +177,21 @@ async function cancelOpenTasks(trx: Trx, jobId: string, reason: string, changes:
     .select(['id', 'state', 'lease_id'])
     .where('job_id', '=', jobId)
     .where('state', 'in', ['queued', 'assigned', 'running'])
-    .forUpdate()
+    .forNoKeyUpdate()
     .execute();
   for (const t of open) {
     assertTransition('task', t.id, t.state, 'cancelled');
     await trx.updateTable('tasks').set({ state: 'cancelled', error: reason, finished_at: new Date() }).where('id', '=', t.id).execute();
     if (!t.lease_id) continue;
-    const lease = await trx.selectFrom('leases').select(['id', 'state', 'provider_id']).where('id', '=', t.lease_id).executeTakeFirst();
+    const lease = await trx.selectFrom('leases').selectAll().where('id', '=', t.lease_id).forNoKeyUpdate().executeTakeFirst();
     if (!lease || !(ACTIVE_LEASE_STATES as readonly string[]).includes(lease.state)) continue;
-    await trx.updateTable('leases').set({ state: 'cancelled', ended_at: new Date(), error: reason }).where('id', '=', lease.id).execute();
+    const now = new Date();
+    await trx.updateTable('leases').set({ state: 'cancelled', ended_at: now, error: reason }).where('id', '=', lease.id).execute();
+    // The requester stopped work the provider was doing: pay the run time so far (within escrow).
+    if (lease.started_at) await chargeUsage(trx, lease, BigInt(Math.max(0, now.getTime() - lease.started_at.getTime())));
+    await settleLease(trx, lease, lease.provider_id, changes.economics);
+    changes.leasesEnded.add(lease.id);
+    changes.providersChanged.add(lease.provider_id);
     await enqueueForProvider(trx, lease.provider_id, { type: 'lease.cancel', leaseId: lease.id, reason }, changes);
   }
   changes.work = true;

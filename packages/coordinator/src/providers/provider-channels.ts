@@ -17,6 +17,11 @@ export interface ProviderChannelsDeps {
   log: Logger;
   providers: ProviderService;
   heartbeatIntervalMs: number;
+  meteringIntervalMs: number;
+  /** Told when a provider's live connection appears or goes (the matching index lists only connected providers). */
+  onConnection?: (providerId: string, connected: boolean) => void;
+  /** A signed bid for an open auction. */
+  onBid?: (providerId: string, bid: { orderId: string; pricePerHour: string; signature: string }) => void;
   /** Max time between connect and hello. @default 10_000 */
   helloTimeoutMs?: number;
 }
@@ -72,6 +77,11 @@ export class ProviderChannels {
     this.channels.get(providerId)?.socket.close(4000, reason.slice(0, 120));
   }
 
+  /** Sends an unsequenced message to connected providers (auction announcements: losing one is harmless). */
+  broadcast(providerIds: Iterable<string>, msg: CoordinatorMessage): void {
+    for (const id of providerIds) this.channels.get(id)?.send(msg);
+  }
+
   closeAll(): void {
     for (const ch of this.channels.values()) ch.socket.close(1001, 'coordinator shutting down');
     this.channels.clear();
@@ -108,7 +118,8 @@ export class ProviderChannels {
             this.channels.get(providerId)?.socket.close(4003, 'replaced by a newer connection');
             channel = pending;
             this.channels.set(providerId, channel);
-            channel.send({ type: 'welcome', providerId, lastApplied, heartbeatIntervalMs: this.deps.heartbeatIntervalMs });
+            channel.send({ type: 'welcome', providerId, lastApplied, heartbeatIntervalMs: this.deps.heartbeatIntervalMs, meteringIntervalMs: this.deps.meteringIntervalMs });
+            this.deps.onConnection?.(providerId, true);
             for (const m of outbox) {
               channel.send(m);
               channel.sentUpTo = Number(m.seq);
@@ -119,9 +130,10 @@ export class ProviderChannels {
           if (!channel) return fail('PROTOCOL_ERROR', 'say hello first', true);
           if (msg.type === 'ack') return await providers.ack(providerId, msg.seq);
           if (msg.type === 'heartbeat') return await providers.heartbeat(providerId);
+          if (msg.type === 'bid') return this.deps.onBid?.(providerId, msg);
           const seqMsg = msg as ProviderSequenced;
           const result = await providers.apply(providerId, seqMsg).catch((err) => {
-            if (err instanceof GridworkError && (err.code === 'NOT_LEASE_OWNER' || err.code === 'LEASE_NOT_FOUND')) {
+            if (err instanceof GridworkError && (err.code === 'NOT_LEASE_OWNER' || err.code === 'LEASE_NOT_FOUND' || err.code === 'BAD_SIGNATURE')) {
               fail(err.code, err.message, false);
               return 'applied' as const;
             }
@@ -130,6 +142,7 @@ export class ProviderChannels {
           if (result === 'gap') return fail('PROTOCOL_ERROR', `sequence gap at ${seqMsg.seq}: reconnect and resend`, true);
           channel.send({ type: 'ack', seq: seqMsg.seq });
         } catch (err) {
+          if (err instanceof GridworkError && err.httpStatus < 500) return fail(err.code, err.message, true);
           log.error({ err, providerId }, 'provider message failed');
           fail('INTERNAL', 'message could not be applied; reconnect to resend', true);
         }
@@ -139,6 +152,7 @@ export class ProviderChannels {
       clearTimeout(helloTimer);
       if (channel && this.channels.get(providerId) === channel) {
         this.channels.delete(providerId);
+        this.deps.onConnection?.(providerId, false);
         log.info({ providerId }, 'provider disconnected');
       }
     });

@@ -4,17 +4,21 @@
  * failure detector that declares silent providers lost. Owns `providers` and
  * `provider_outbox`, and the lease transitions a provider's reports cause.
  */
-import { GridworkError, type LogEntry, type ProviderHello, type ProviderSequenced } from '@gridwork/protocol';
+import { canonicalJson, GridworkError, type LogEntry, type ProviderHello, type ProviderSequenced } from '@gridwork/protocol';
+import { verifyBytes } from '@gridwork/protocol/node';
+import { chargeUsage, type EconomicsConfig, fundLease } from '../ledger/lease-economics.ts';
+import { parseAsks } from '../market/order-price.ts';
 import type { Logger } from 'pino';
 import type { EventBus } from '../bus/event-bus.ts';
 import type { Transaction } from 'kysely';
 import { type Changes, endLease, loseProviderLeases, newChanges, refreshJob } from '../jobs/lease-lifecycle.ts';
-import { assertTransition } from '../jobs/state-machine.ts';
+import { ACTIVE_LEASE_STATES, assertTransition } from '../jobs/state-machine.ts';
 import type { Db } from '../store/database.ts';
 import type { Database } from '../store/schema.ts';
 
 export interface ProviderServiceDeps {
   db: Db;
+  economics: EconomicsConfig;
   bus: EventBus;
   log: Logger;
   publish: (changes: Changes) => void;
@@ -30,10 +34,11 @@ export class ProviderService {
    * whatever it ran: those leases are lost and both sequence counters start over.
    */
   async hello(providerId: string, hello: ProviderHello): Promise<{ lastApplied: number; outbox: Record<string, unknown>[] }> {
-    const changes = newChanges();
+    verifyAsks(providerId, hello.asks, hello.instance, hello.asksSignature);
+    const changes = newChanges(this.deps.economics);
     const result = await this.deps.db.transaction().execute(async (trx) => {
       await trx.insertInto('accounts').values({ id: providerId }).onConflict((oc) => oc.doNothing()).execute();
-      const existing = await trx.selectFrom('providers').selectAll().where('id', '=', providerId).forUpdate().executeTakeFirst();
+      const existing = await trx.selectFrom('providers').selectAll().where('id', '=', providerId).forNoKeyUpdate().executeTakeFirst();
       const now = new Date();
       const row = {
         name: hello.name,
@@ -41,6 +46,9 @@ export class ProviderService {
         slots: hello.slots,
         hardware: JSON.stringify(hello.hardware),
         attributes: JSON.stringify(hello.attributes),
+        asks: JSON.stringify(hello.asks),
+        benchmarks: JSON.stringify(hello.benchmarks),
+        bids: hello.bids,
         instance: hello.instance,
         last_seen_at: now,
       };
@@ -61,6 +69,7 @@ export class ProviderService {
       return { lastApplied: Number(existing.in_seq), outbox: outbox.map((r) => r.message) };
     });
     changes.work = true;
+    changes.providersChanged.add(providerId);
     this.deps.publish(changes);
     return result;
   }
@@ -91,10 +100,10 @@ export class ProviderService {
 
   /** Applies one sequenced report exactly once: the effect and the new seq commit together. */
   async apply(providerId: string, msg: ProviderSequenced): Promise<ApplyResult> {
-    const changes = newChanges();
+    const changes = newChanges(this.deps.economics);
     const logs: { jobId: string; entries: LogEntry[] }[] = [];
     const result = await this.deps.db.transaction().execute(async (trx): Promise<ApplyResult> => {
-      const p = await trx.selectFrom('providers').select(['in_seq']).where('id', '=', providerId).forUpdate().executeTakeFirst();
+      const p = await trx.selectFrom('providers').select(['in_seq']).where('id', '=', providerId).forNoKeyUpdate().executeTakeFirst();
       if (!p) throw new GridworkError('PROVIDER_UNKNOWN', 'say hello first');
       const last = Number(p.in_seq);
       if (msg.seq <= last) return 'duplicate';
@@ -104,9 +113,18 @@ export class ProviderService {
       if (msg.type === 'provider.state') {
         await trx.updateTable('providers').set({ state: msg.state }).where('id', '=', providerId).execute();
         changes.work = true;
+        changes.providersChanged.add(providerId);
         return 'applied';
       }
-      const lease = await trx.selectFrom('leases').select(['id', 'provider_id', 'state', 'task_id', 'job_id']).where('id', '=', msg.leaseId).executeTakeFirst();
+      if (msg.type === 'provider.asks') {
+        const { instance } = await trx.selectFrom('providers').select('instance').where('id', '=', providerId).executeTakeFirstOrThrow();
+        verifyAsks(providerId, msg.asks, instance, msg.signature);
+        await trx.updateTable('providers').set({ asks: JSON.stringify(msg.asks) }).where('id', '=', providerId).execute();
+        changes.work = true;
+        changes.providersChanged.add(providerId);
+        return 'applied';
+      }
+      const lease = await trx.selectFrom('leases').selectAll().where('id', '=', msg.leaseId).forNoKeyUpdate().executeTakeFirst();
       if (!lease || lease.provider_id !== providerId) {
         // Consumed (so the stream goes on) but without effect: a provider reports only on its own leases.
         this.deps.log.warn({ providerId, leaseId: msg.leaseId, type: msg.type }, 'report on a lease that is not this provider’s: ignored');
@@ -159,6 +177,21 @@ export class ProviderService {
           }
           return 'applied';
         }
+        case 'lease.usage': {
+          if (!verifyBytes(providerId, canonicalJson({ leaseId: lease.id, usageMs: msg.usageMs }), msg.signature)) {
+            throw new ReportRejected('BAD_SIGNATURE', 'usage record signature does not verify', msg.seq);
+          }
+          if (!(ACTIVE_LEASE_STATES as readonly string[]).includes(lease.state)) return 'applied';
+          await chargeUsage(trx, lease, BigInt(msg.usageMs));
+          const funded = await fundLease(trx, lease, BigInt(msg.usageMs), this.deps.economics);
+          const job = await trx.selectFrom('jobs').select('low_balance_since').where('id', '=', lease.job_id).executeTakeFirstOrThrow();
+          if (!funded && !job.low_balance_since) {
+            await trx.updateTable('jobs').set({ low_balance_since: new Date() }).where('id', '=', lease.job_id).execute();
+            changes.jobs.add(lease.job_id);
+            this.deps.log.warn({ jobId: lease.job_id }, 'job budget is running out: leases stop after the grace period unless it is topped up');
+          }
+          return 'applied';
+        }
         case 'lease.released':
           await endLease(trx, lease.id, { kind: 'released', error: `handed back by provider: ${msg.reason}` }, changes);
           return 'applied';
@@ -186,7 +219,7 @@ export class ProviderService {
       .where('state', '!=', 'offline')
       .where('last_seen_at', '<', new Date(Date.now() - timeoutMs))
       .execute();
-    const changes = newChanges();
+    const changes = newChanges(this.deps.economics);
     for (const p of stale) {
       await this.deps.db.transaction().execute(async (trx) => {
         const lost = await loseProviderLeases(trx, p.id, `provider ${p.name} stopped responding`, changes);
@@ -203,9 +236,17 @@ export class ProviderService {
   }
 }
 
+/** Standing asks are signed with the provider's key over { asks, instance }. Prices must parse. */
+function verifyAsks(providerId: string, asks: ProviderHello['asks'], instance: string, signature: string): void {
+  if (!verifyBytes(providerId, canonicalJson({ asks, instance }), signature)) {
+    throw new GridworkError('BAD_SIGNATURE', 'asks signature does not verify');
+  }
+  parseAsks(asks);
+}
+
 class ReportRejected extends Error {
   constructor(
-    readonly code: 'NOT_LEASE_OWNER' | 'LEASE_NOT_FOUND',
+    readonly code: 'NOT_LEASE_OWNER' | 'LEASE_NOT_FOUND' | 'BAD_SIGNATURE',
     message: string,
     readonly seq: number,
   ) {

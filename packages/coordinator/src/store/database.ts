@@ -38,6 +38,9 @@ export async function openDatabase(options: DatabaseOptions): Promise<Db> {
       await client.connect();
       try {
         await client.query(`create schema if not exists ${schema}`);
+      } catch (err) {
+        // Two opens racing to create the schema: the loser gets a unique violation, and the schema exists.
+        if ((err as { code?: string }).code !== '23505') throw err;
       } finally {
         await client.end();
       }
@@ -51,12 +54,14 @@ export async function openDatabase(options: DatabaseOptions): Promise<Db> {
   } else {
     const dataDir = options.dataDir ?? 'memory://';
     if (!dataDir.startsWith('memory://')) await mkdir(dataDir, { recursive: true });
-    const pglite = await PGlite.create(dataDir);
+    // PGlite's own int8 parser gives a number when the value is small and a bigint otherwise:
+    // parse int8 as bigint always, as node-postgres does above.
+    const pglite = await PGlite.create(dataDir, { parsers: { 20: (v: string) => BigInt(v) } });
     db = new Kysely<Database>({ dialect: new PGliteDialect(pglite) });
   }
   if (options.migrate !== false) {
     try {
-      await migrateToLatest(db as Kysely<unknown>);
+      await migrateToLatest(db as Kysely<unknown>, options.url ? (options.schema ?? 'public') : undefined);
     } catch (err) {
       await db.destroy();
       throw err;

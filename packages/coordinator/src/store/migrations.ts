@@ -118,10 +118,63 @@ const migrations: Record<string, Migration> = {
   },
 };
 
+migrations['0002_market_and_money'] = {
+  async up(db: Kysely<unknown>) {
+    await runStatements(db, `
+      create table ledger_transactions (
+        id bigserial primary key,
+        kind text not null,
+        idempotency_key text not null unique,
+        request_digest text,
+        memo jsonb not null,
+        created_at timestamptz not null default now()
+      );
+      create table ledger_postings (
+        id bigserial primary key,
+        tx_id bigint not null references ledger_transactions (id),
+        account text not null,
+        amount bigint not null check (amount <> 0)
+      );
+      create index ledger_postings_account on ledger_postings (account, id);
+      create index ledger_postings_tx on ledger_postings (tx_id);
+      create table ledger_balances (
+        account text primary key,
+        balance bigint not null,
+        check (balance >= 0 or account like 'ext:%')
+      );
+      create table stake_unbondings (
+        id bigserial primary key,
+        account_id text not null references accounts (id),
+        amount bigint not null check (amount > 0),
+        release_at timestamptz not null,
+        released_at timestamptz
+      );
+      create index stake_unbondings_due on stake_unbondings (release_at) where released_at is null;
+      alter table jobs add column budget bigint not null default 0;
+      alter table jobs add column max_per_hour bigint not null default 0;
+      alter table jobs add column low_balance_since timestamptz;
+      alter table leases add column price_per_hour bigint not null default 0;
+      alter table leases add column usage_ms bigint not null default 0;
+      alter table leases add column charged bigint not null default 0;
+      alter table leases add column gpus jsonb not null default '[]';
+      alter table providers add column asks jsonb;
+      alter table providers add column benchmarks jsonb;
+      alter table providers add column bids boolean not null default false;
+      alter table providers add column leases_completed integer not null default 0;
+      alter table providers add column leases_faulted integer not null default 0
+    `);
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
-export async function migrateToLatest(db: Kysely<unknown>): Promise<void> {
-  const { error, results } = await new Migrator({ db, provider }).migrateToLatest();
+/**
+ * `schema` must name the schema the connection's search_path points at: without it Kysely
+ * looks for its bookkeeping tables in every schema, so a database where another schema
+ * already holds them (tests sharing one PostgreSQL) skips creating ours and then fails.
+ */
+export async function migrateToLatest(db: Kysely<unknown>, schema?: string): Promise<void> {
+  const { error, results } = await new Migrator({ db, provider, ...(schema ? { migrationTableSchema: schema } : {}) }).migrateToLatest();
   const failed = results?.find((r) => r.status === 'Error');
   if (error || failed) {
     throw new Error(`database migration failed${failed ? ` at ${failed.migrationName}` : ''}`, { cause: error });

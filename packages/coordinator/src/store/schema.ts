@@ -1,13 +1,17 @@
 /** Row types of every table, for Kysely. Table ownership: see each module's header. */
 import type { ColumnType, Generated, JSONColumnType } from 'kysely';
-import type { FileRef, Hardware, InputSet, JobSpec } from '@gridwork/protocol';
+import type { Asks, Benchmarks, FileRef, Hardware, InputSet, JobSpec } from '@gridwork/protocol';
 
 type Timestamp = ColumnType<Date, Date | string | undefined, Date | string>;
+/** A timestamp column with a database default (now()). */
+type TimestampDefault = ColumnType<Date, Date | string | undefined, Date | string>;
 type Int8 = ColumnType<bigint, bigint | number, bigint | number>;
+/** An int8 column with a database default. */
+type Int8Default = ColumnType<bigint, bigint | number | undefined, bigint | number>;
 
 export interface AccountsTable {
   id: string;
-  created_at: Generated<Timestamp>;
+  created_at: TimestampDefault;
 }
 
 export interface RequestNoncesTable {
@@ -30,7 +34,12 @@ export interface ProvidersTable {
   in_seq: Int8;
   /** Highest coordinator→provider seq issued. */
   out_seq: Int8;
-  created_at: Generated<Timestamp>;
+  created_at: TimestampDefault;
+  asks: JSONColumnType<Asks> | null;
+  benchmarks: JSONColumnType<Benchmarks> | null;
+  bids: Generated<boolean>;
+  leases_completed: Generated<number>;
+  leases_faulted: Generated<number>;
 }
 
 export interface ProviderOutboxTable {
@@ -42,7 +51,7 @@ export interface ProviderOutboxTable {
 export interface BlobsTable {
   digest: string;
   size: Int8;
-  created_at: Generated<Timestamp>;
+  created_at: TimestampDefault;
 }
 
 export interface JobsTable {
@@ -56,6 +65,9 @@ export interface JobsTable {
   error: string | null;
   created_at: Timestamp;
   updated_at: Timestamp;
+  budget: Int8Default;
+  max_per_hour: Int8Default;
+  low_balance_since: Timestamp | null;
 }
 
 export interface JobBlobsTable {
@@ -94,6 +106,10 @@ export interface LeasesTable {
   ended_at: Timestamp | null;
   exit_code: number | null;
   error: string | null;
+  price_per_hour: Int8Default;
+  usage_ms: Int8Default;
+  charged: Int8Default;
+  gpus: ColumnType<number[], string | undefined, string>;
 }
 
 export interface TaskLogsTable {
@@ -106,7 +122,40 @@ export interface TaskLogsTable {
   ts: Timestamp;
 }
 
+export interface LedgerTransactionsTable {
+  id: ColumnType<bigint, never, never>;
+  kind: string;
+  idempotency_key: string;
+  request_digest: string | null;
+  memo: JSONColumnType<Record<string, unknown>>;
+  created_at: TimestampDefault;
+}
+
+export interface LedgerPostingsTable {
+  id: ColumnType<bigint, never, never>;
+  tx_id: Int8;
+  account: string;
+  amount: Int8;
+}
+
+export interface LedgerBalancesTable {
+  account: string;
+  balance: Int8;
+}
+
+export interface StakeUnbondingsTable {
+  id: ColumnType<bigint, never, never>;
+  account_id: string;
+  amount: Int8;
+  release_at: Timestamp;
+  released_at: Timestamp | null;
+}
+
 export interface Database {
+  ledger_transactions: LedgerTransactionsTable;
+  ledger_postings: LedgerPostingsTable;
+  ledger_balances: LedgerBalancesTable;
+  stake_unbondings: StakeUnbondingsTable;
   accounts: AccountsTable;
   request_nonces: RequestNoncesTable;
   providers: ProvidersTable;

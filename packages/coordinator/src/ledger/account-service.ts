@@ -1,0 +1,200 @@
+/**
+ * Accounts as their owners see them: balances, history, deposits (a faucet in development,
+ * an operator credit otherwise), withdrawals, stake with an unbonding delay, and slashing.
+ * Every request that moves money carries an idempotency key: the same key and request moves
+ * money once; the same key with another request is refused.
+ */
+import { canonicalJson, formatCredits, GridworkError, parseCredits, type BalanceView, type HistoryEntry } from '@gridwork/protocol';
+import { sha256Hex } from '@gridwork/protocol/node';
+import { sql } from 'kysely';
+import type { Db } from '../store/database.ts';
+import { available, balancesOf, FEES, post, RESERVE, stakeOf, unbondingOf, WORLD } from './ledger.ts';
+
+export interface AccountServiceOptions {
+  /** The faucet (free deposits) is on only in development. */
+  dev: boolean;
+  /** Public keys allowed to credit accounts. */
+  operators: readonly string[];
+  /** How long unstaked credits wait before they are available again. @default 7 days */
+  unbondingDelayMs: number;
+  /** Largest faucet deposit. @default 1000 credits */
+  faucetMax: bigint;
+}
+
+const parseAmount = (amount: string, field = 'amount') => parseCredits(amount, { field, allowZero: false });
+const digestOf = (value: unknown) => sha256Hex(canonicalJson(value));
+
+export class AccountService {
+  constructor(
+    private readonly db: Db,
+    private readonly options: AccountServiceOptions,
+    private readonly onStakeChange: (accountId: string) => void = () => {},
+  ) {}
+
+  async balance(accountId: string): Promise<BalanceView> {
+    const b = await balancesOf(this.db, [available(accountId), stakeOf(accountId), unbondingOf(accountId)]);
+    const held = await this.db
+      .selectFrom('ledger_balances')
+      .select(sql<string>`coalesce(sum(balance), 0)::text`.as('held'))
+      .where((eb) =>
+        eb.or([
+          eb('account', 'in', eb.selectFrom('jobs').select(sql<string>`'job:' || id || ':hold'`.as('a')).where('owner', '=', accountId)),
+          eb('account', 'in', eb.selectFrom('leases').innerJoin('jobs', 'jobs.id', 'leases.job_id').select(sql<string>`'lease:' || leases.id || ':escrow'`.as('a')).where('jobs.owner', '=', accountId)),
+        ]),
+      )
+      .executeTakeFirstOrThrow();
+    const unbondings = await this.db
+      .selectFrom('stake_unbondings')
+      .select(['amount', 'release_at'])
+      .where('account_id', '=', accountId)
+      .where('released_at', 'is', null)
+      .orderBy('release_at')
+      .execute();
+    return {
+      account: accountId,
+      available: formatCredits(b.get(available(accountId)) ?? 0n),
+      held: formatCredits(BigInt(held.held)),
+      stake: formatCredits(b.get(stakeOf(accountId)) ?? 0n),
+      unbonding: formatCredits(b.get(unbondingOf(accountId)) ?? 0n),
+      unbondings: unbondings.map((u) => ({ amount: formatCredits(u.amount), releaseAt: u.release_at.toISOString() })),
+    };
+  }
+
+  async history(accountId: string, limit: number): Promise<HistoryEntry[]> {
+    const mine = [available(accountId), stakeOf(accountId), unbondingOf(accountId)];
+    const txs = await this.db
+      .selectFrom('ledger_transactions')
+      .selectAll()
+      .where('id', 'in', (eb) => eb.selectFrom('ledger_postings').select('tx_id').where('account', 'in', mine))
+      .orderBy('id', 'desc')
+      .limit(limit)
+      .execute();
+    if (txs.length === 0) return [];
+    const postings = await this.db.selectFrom('ledger_postings').selectAll().where('tx_id', 'in', txs.map((t) => t.id)).orderBy('id').execute();
+    return txs.map((t) => {
+      const ps = postings.filter((p) => p.tx_id === t.id);
+      const change = ps.filter((p) => p.account === available(accountId)).reduce((a, p) => a + p.amount, 0n);
+      return {
+        id: t.id.toString(),
+        kind: t.kind,
+        at: t.created_at.toISOString(),
+        change: formatCredits(change),
+        postings: ps.map((p) => ({ account: p.account, amount: formatCredits(p.amount) })),
+        memo: t.memo,
+      };
+    });
+  }
+
+  private async move(kind: string, accountId: string, key: string, request: unknown, postings: { account: string; amount: bigint }[], memo: Record<string, unknown> = {}) {
+    await this.db.transaction().execute((trx) => post(trx, { kind, key: `${accountId}:${key}`, requestDigest: digestOf(request), postings, memo }));
+  }
+
+  /** Development faucet: free credits, only when the coordinator runs with --dev. */
+  async deposit(accountId: string, amount: string, key: string): Promise<BalanceView> {
+    if (!this.options.dev) throw new GridworkError('DEV_ONLY', 'the faucet only runs on a coordinator started with --dev; ask the operator to credit your account');
+    const micros = parseAmount(amount);
+    if (micros > this.options.faucetMax) throw new GridworkError('INVALID_AMOUNT', `the faucet gives at most ${formatCredits(this.options.faucetMax)} credits per deposit`);
+    await this.move('deposit', accountId, key, { op: 'deposit', amount }, [
+      { account: WORLD, amount: -micros },
+      { account: available(accountId), amount: micros },
+    ]);
+    return this.balance(accountId);
+  }
+
+  /** An operator credits an account (payment received off-network). */
+  async credit(operatorId: string, account: string, amount: string, key: string): Promise<BalanceView> {
+    if (!this.options.operators.includes(operatorId)) throw new GridworkError('FORBIDDEN', 'only the coordinator operator can credit accounts');
+    const micros = parseAmount(amount);
+    await this.db.insertInto('accounts').values({ id: account }).onConflict((oc) => oc.doNothing()).execute();
+    await this.move('credit', operatorId, key, { op: 'credit', account, amount }, [
+      { account: WORLD, amount: -micros },
+      { account: available(account), amount: micros },
+    ], { account, operator: operatorId });
+    return this.balance(account);
+  }
+
+  async withdraw(accountId: string, amount: string, key: string): Promise<BalanceView> {
+    const micros = parseAmount(amount);
+    await this.move('withdraw', accountId, key, { op: 'withdraw', amount }, [
+      { account: available(accountId), amount: -micros },
+      { account: WORLD, amount: micros },
+    ]);
+    return this.balance(accountId);
+  }
+
+  async stake(accountId: string, amount: string, key: string): Promise<BalanceView> {
+    const micros = parseAmount(amount);
+    await this.move('stake', accountId, key, { op: 'stake', amount }, [
+      { account: available(accountId), amount: -micros },
+      { account: stakeOf(accountId), amount: micros },
+    ]);
+    this.onStakeChange(accountId);
+    return this.balance(accountId);
+  }
+
+  /** Starts unbonding: the credits leave the stake now and become available after the delay. */
+  async unstake(accountId: string, amount: string, key: string): Promise<BalanceView> {
+    const micros = parseAmount(amount);
+    await this.db.transaction().execute(async (trx) => {
+      const r = await post(trx, {
+        kind: 'unstake',
+        key: `${accountId}:${key}`,
+        requestDigest: digestOf({ op: 'unstake', amount }),
+        postings: [
+          { account: stakeOf(accountId), amount: -micros },
+          { account: unbondingOf(accountId), amount: micros },
+        ],
+      });
+      if (r === 'posted') {
+        await trx.insertInto('stake_unbondings').values({ account_id: accountId, amount: micros, release_at: new Date(Date.now() + this.options.unbondingDelayMs) }).execute();
+      }
+    });
+    this.onStakeChange(accountId);
+    return this.balance(accountId);
+  }
+
+  /** Releases unbondings whose delay has passed. Returns how many. */
+  async releaseUnbonded(now = new Date()): Promise<number> {
+    const due = await this.db.selectFrom('stake_unbondings').selectAll().where('released_at', 'is', null).where('release_at', '<=', now).execute();
+    for (const u of due) {
+      await this.db.transaction().execute(async (trx) => {
+        await post(trx, {
+          kind: 'unbond.release',
+          key: `unbond:${u.id}`,
+          postings: [
+            { account: unbondingOf(u.account_id), amount: -u.amount },
+            { account: available(u.account_id), amount: u.amount },
+          ],
+        });
+        await trx.updateTable('stake_unbondings').set({ released_at: now }).where('id', '=', u.id).execute();
+      });
+    }
+    return due.length;
+  }
+
+  /**
+   * Slashes a provider's stake: `toRequester` and `toAuditor` are paid from it, the rest of
+   * `amount` goes to the reserve. Idempotent by `key` (e.g. the audit id).
+   */
+  async slash(args: { provider: string; amount: bigint; requester?: string; toRequester?: bigint; auditor?: string; toAuditor?: bigint; key: string; reason: string }): Promise<void> {
+    const toRequester = args.requester ? (args.toRequester ?? 0n) : 0n;
+    const toAuditor = args.auditor ? (args.toAuditor ?? 0n) : 0n;
+    if (args.amount <= 0n || toRequester < 0n || toAuditor < 0n || toRequester + toAuditor > args.amount) {
+      throw new GridworkError('INVALID_AMOUNT', 'slash shares must be non-negative and within the slashed amount');
+    }
+    const postings = [
+      { account: stakeOf(args.provider), amount: -args.amount },
+      { account: RESERVE, amount: args.amount - toRequester - toAuditor },
+    ];
+    if (args.requester && toRequester > 0n) postings.push({ account: available(args.requester), amount: toRequester });
+    if (args.auditor && toAuditor > 0n) postings.push({ account: available(args.auditor), amount: toAuditor });
+    await this.db.transaction().execute((trx) => post(trx, { kind: 'slash', key: `slash:${args.key}`, postings, memo: { provider: args.provider, reason: args.reason } }));
+    this.onStakeChange(args.provider);
+  }
+
+  /** Protocol totals, for operators. */
+  async protocolBalances(): Promise<{ fees: string; reserve: string }> {
+    const b = await balancesOf(this.db, [FEES, RESERVE]);
+    return { fees: formatCredits(b.get(FEES) ?? 0n), reserve: formatCredits(b.get(RESERVE) ?? 0n) };
+  }
+}

@@ -1,0 +1,155 @@
+/**
+ * The money side of jobs and leases, always inside the caller's database transaction so the
+ * money moves exactly when the state changes, once.
+ *
+ * Rounding rules (all integer micro-credits):
+ *  - metered cost of `ms` at `pricePerHour` µc/h is floor(pricePerHour × ms / 3_600_000); it is
+ *    computed from the cumulative usage each time, so rounding never accumulates;
+ *  - protocol fee = floor(earned × feeBps / 10_000), reserve = floor(earned × reserveBps / 10_000),
+ *    the provider gets the rest: the provider receives every micro-credit the rounding leaves;
+ *  - escrow is topped up to cover the metered usage plus `escrowPeriods` metering periods, from
+ *    the job's hold, never beyond it: a job never spends more than its budget.
+ */
+import { GridworkError } from '@gridwork/protocol';
+import { available, earnedOf, escrowOf, FEES, holdOf, post, RESERVE, type Trx, balanceOf } from './ledger.ts';
+
+export interface EconomicsConfig {
+  /** Protocol fee in basis points of what a provider earns. @default 200 (2%) */
+  feeBps: number;
+  /** Reserve share in basis points. @default 25 (0.25%) */
+  reserveBps: number;
+  /** How often providers report usage. @default 10_000 */
+  meteringIntervalMs: number;
+  /** Metering periods of escrow kept ahead of usage. @default 2 */
+  escrowPeriods: number;
+  /** How long a job whose budget cannot fund its leases keeps running before they stop. @default 2 metering periods */
+  lowBalanceGraceMs: number;
+}
+
+export function resolveEconomics(o: Partial<EconomicsConfig> = {}): EconomicsConfig {
+  const meteringIntervalMs = o.meteringIntervalMs ?? 10_000;
+  return {
+    feeBps: o.feeBps ?? 200,
+    reserveBps: o.reserveBps ?? 25,
+    meteringIntervalMs,
+    escrowPeriods: o.escrowPeriods ?? 2,
+    lowBalanceGraceMs: o.lowBalanceGraceMs ?? 2 * meteringIntervalMs,
+  };
+}
+
+const MS_PER_HOUR = 3_600_000n;
+
+export function costOf(pricePerHour: bigint, ms: bigint): bigint {
+  return (pricePerHour * ms) / MS_PER_HOUR;
+}
+
+export function splitEarnings(earned: bigint, feeBps: number, reserveBps: number): { provider: bigint; fee: bigint; reserve: bigint } {
+  const fee = (earned * BigInt(feeBps)) / 10_000n;
+  const reserve = (earned * BigInt(reserveBps)) / 10_000n;
+  return { provider: earned - fee - reserve, fee, reserve };
+}
+
+/** The least budget a job may have: one metering period of one task at its max price. */
+export function minimumBudget(maxPerHour: bigint, cfg: EconomicsConfig): bigint {
+  return costOf(maxPerHour, BigInt(cfg.meteringIntervalMs)) || 1n;
+}
+
+/** Holds a job's whole budget from the owner's available balance (refused if it cannot be covered). */
+export async function holdBudget(trx: Trx, owner: string, jobId: string, budget: bigint): Promise<void> {
+  await post(trx, { kind: 'job.hold', key: `hold:${jobId}`, postings: [{ account: available(owner), amount: -budget }, { account: holdOf(jobId), amount: budget }], memo: { jobId } });
+}
+
+/** Adds to a running job's budget. */
+export async function addBudget(trx: Trx, owner: string, jobId: string, amount: bigint, key: string, requestDigest: string): Promise<boolean> {
+  const r = await post(trx, {
+    kind: 'job.topup',
+    key,
+    requestDigest,
+    postings: [{ account: available(owner), amount: -amount }, { account: holdOf(jobId), amount }],
+    memo: { jobId },
+  });
+  return r === 'posted';
+}
+
+export interface LeaseMoney {
+  id: string;
+  job_id: string;
+  price_per_hour: bigint;
+  usage_ms: bigint;
+  charged: bigint;
+}
+
+/**
+ * Tops the lease's escrow up to cover `usageMs` plus the periods ahead, from the job's hold.
+ * Returns false when the hold could not cover the full target (low balance).
+ */
+export async function fundLease(trx: Trx, lease: LeaseMoney, usageMs: bigint, cfg: EconomicsConfig): Promise<boolean> {
+  const target = costOf(lease.price_per_hour, usageMs + BigInt(cfg.meteringIntervalMs * cfg.escrowPeriods)) - lease.charged;
+  const escrow = await balanceOf(trx, escrowOf(lease.id));
+  const need = target - escrow;
+  if (need <= 0n) return true;
+  const hold = await balanceOf(trx, holdOf(lease.job_id));
+  const amount = need < hold ? need : hold;
+  if (amount > 0n) {
+    await post(trx, {
+      kind: 'lease.escrow',
+      key: `escrow:${lease.id}:${usageMs}`,
+      postings: [{ account: holdOf(lease.job_id), amount: -amount }, { account: escrowOf(lease.id), amount }],
+      memo: { leaseId: lease.id, jobId: lease.job_id },
+    });
+  }
+  return amount === need;
+}
+
+/**
+ * Charges metered usage from the lease's escrow (never beyond what the escrow holds) and
+ * records it. Returns the new charged total.
+ */
+export async function chargeUsage(trx: Trx, lease: LeaseMoney, usageMs: bigint): Promise<bigint> {
+  if (usageMs <= lease.usage_ms) return lease.charged;
+  const due = costOf(lease.price_per_hour, usageMs) - lease.charged;
+  const escrow = await balanceOf(trx, escrowOf(lease.id));
+  const amount = due < escrow ? due : escrow;
+  if (amount > 0n) {
+    await post(trx, {
+      kind: 'lease.charge',
+      key: `charge:${lease.id}:${usageMs}`,
+      postings: [{ account: escrowOf(lease.id), amount: -amount }, { account: earnedOf(lease.id), amount }],
+      memo: { leaseId: lease.id, usageMs: usageMs.toString() },
+    });
+  }
+  const charged = lease.charged + (amount > 0n ? amount : 0n);
+  await trx.updateTable('leases').set({ usage_ms: usageMs, charged }).where('id', '=', lease.id).execute();
+  lease.usage_ms = usageMs;
+  lease.charged = charged;
+  return charged;
+}
+
+/** Pays the provider what the lease earned (minus fee and reserve) and returns unused escrow to the hold. */
+export async function settleLease(trx: Trx, lease: LeaseMoney, providerId: string, cfg: EconomicsConfig): Promise<{ earned: bigint; provider: bigint; fee: bigint; reserve: bigint }> {
+  const earned = await balanceOf(trx, earnedOf(lease.id));
+  const escrow = await balanceOf(trx, escrowOf(lease.id));
+  const split = splitEarnings(earned, cfg.feeBps, cfg.reserveBps);
+  await post(trx, {
+    kind: 'lease.settle',
+    key: `settle:${lease.id}`,
+    postings: [
+      { account: earnedOf(lease.id), amount: -earned },
+      { account: available(providerId), amount: split.provider },
+      { account: FEES, amount: split.fee },
+      { account: RESERVE, amount: split.reserve },
+      { account: escrowOf(lease.id), amount: -escrow },
+      { account: holdOf(lease.job_id), amount: escrow },
+    ],
+    memo: { leaseId: lease.id, jobId: lease.job_id, providerId, earned: earned.toString() },
+  });
+  return { earned, ...split };
+}
+
+/** Returns what is left of a finished job's budget to its owner. */
+export async function releaseJob(trx: Trx, owner: string, jobId: string): Promise<bigint> {
+  const hold = await balanceOf(trx, holdOf(jobId));
+  if (hold < 0n) throw new GridworkError('INTERNAL', `job ${jobId} hold is negative`);
+  await post(trx, { kind: 'job.release', key: `release:${jobId}`, postings: [{ account: holdOf(jobId), amount: -hold }, { account: available(owner), amount: hold }], memo: { jobId } });
+  return hold;
+}

@@ -1,0 +1,424 @@
+/**
+ * The matching index: providers' standing asks and free capacity, in memory, rebuilt from the
+ * database at start and kept current from committed changes. An order is matched by walking
+ * the pools that can serve it (one per GPU model, one for CPU-only work) in order of unit
+ * score, evaluating the exact score of at most `probe` fitting providers per pool — never a
+ * scan of every provider. Full providers leave their pools and come back when capacity frees.
+ *
+ * Score = price per hour ÷ measured throughput ÷ reputation factor (lower is better); ties go
+ * to the lower provider id, so matching is deterministic.
+ */
+import type { Asks, Benchmarks, Hardware, MarketClass, MatchExplanation, Resources } from '@gridwork/protocol';
+import { formatCredits } from '@gridwork/protocol';
+import { baseHourly, milli, type ParsedAsks, parseAsks } from './order-price.ts';
+
+export interface BookProvider {
+  id: string;
+  name: string;
+  state: 'online' | 'draining' | 'offline';
+  connected: boolean;
+  hardware: Hardware;
+  attributes: Record<string, string>;
+  asks: Asks | null;
+  benchmarks: Benchmarks | null;
+  slots: number;
+  /** 0..1, from lease history. */
+  reputation: number;
+  stake: bigint;
+}
+
+export interface Order {
+  resources: Resources;
+  regions?: readonly string[] | undefined;
+  minReputation?: number | undefined;
+  minStake?: bigint | undefined;
+  /** µc per hour. */
+  maxPerHour: bigint;
+}
+
+export interface Match {
+  providerId: string;
+  pricePerHour: bigint;
+  /** Indices of the GPUs reserved for the lease. */
+  gpus: number[];
+  score: number;
+}
+
+interface Entry {
+  p: BookProvider;
+  asks: ParsedAsks | null;
+  freeCpuMilli: bigint;
+  freeMemMilli: bigint;
+  freeSlots: number;
+  freeGpus: Set<number>;
+  /** Pools this provider belongs to, with its unit score in each. */
+  pools: Map<string, number>;
+  /** Time limit of its earliest-ending active lease (for explain). */
+  leaseEnds: Map<string, number>;
+}
+
+interface Reservation {
+  providerId: string;
+  cpuMilli: bigint;
+  memMilli: bigint;
+  gpus: number[];
+}
+
+const CPU_POOL = 'cpu';
+/** Memory a CPU-only order typically asks per core: weights memory price in the CPU pool's order. */
+const TYPICAL_GIB_PER_CORE = 4n;
+
+export function reputationFactor(reputation: number): number {
+  return 0.5 + 0.5 * reputation;
+}
+
+export class OrderBook {
+  private readonly entries = new Map<string, Entry>();
+  /** pool → entries with free capacity, sorted by (unit score, id). */
+  private readonly pools = new Map<string, Entry[]>();
+  private readonly reservations = new Map<string, Reservation>();
+
+  constructor(private readonly probe = 8) {}
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  upsertProvider(p: BookProvider): void {
+    const old = this.entries.get(p.id);
+    if (old) this.unlist(old);
+    const asks = p.asks ? parseAsks(p.asks) : null;
+    const e: Entry = {
+      p,
+      asks,
+      freeCpuMilli: milli(p.hardware.cpu.cores),
+      freeMemMilli: milli(p.hardware.memoryGiB),
+      freeSlots: p.slots,
+      freeGpus: new Set(p.hardware.gpus.map((g) => g.index)),
+      pools: new Map(),
+      leaseEnds: old?.leaseEnds ?? new Map(),
+    };
+    this.entries.set(p.id, e);
+    // Re-apply reservations of leases that are still running there.
+    for (const r of this.reservations.values()) if (r.providerId === p.id) this.take(e, r);
+    if (asks) {
+      const cpuMops = Math.max(p.benchmarks?.cpuMopsPerCore ?? 1, 1e-6);
+      const rep = reputationFactor(p.reputation);
+      e.pools.set(CPU_POOL, Number(asks.cpuCoreHour + TYPICAL_GIB_PER_CORE * asks.memoryGiBHour) / cpuMops / rep);
+      for (const g of p.hardware.gpus) {
+        const price = asks.gpuHour.get(g.model);
+        if (price === undefined) continue;
+        const perf = Math.max(p.benchmarks?.gpu[g.model] ?? 1, 1e-6);
+        e.pools.set(`gpu:${g.model}`, Number(price) / perf / rep);
+      }
+    }
+    this.list(e);
+  }
+
+  removeProvider(id: string): void {
+    const e = this.entries.get(id);
+    if (!e) return;
+    this.unlist(e);
+    this.entries.delete(id);
+  }
+
+  private listable(e: Entry): boolean {
+    return e.p.connected && e.p.state === 'online' && e.freeSlots > 0 && e.asks !== null;
+  }
+
+  private list(e: Entry): void {
+    if (!this.listable(e)) return;
+    for (const [pool, score] of e.pools) {
+      let arr = this.pools.get(pool);
+      if (!arr) {
+        arr = [];
+        this.pools.set(pool, arr);
+      }
+      if (arr.includes(e)) continue;
+      let lo = 0;
+      let hi = arr.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        const m = arr[mid] as Entry;
+        const ms = m.pools.get(pool) as number;
+        if (ms < score || (ms === score && m.p.id < e.p.id)) lo = mid + 1;
+        else hi = mid;
+      }
+      arr.splice(lo, 0, e);
+    }
+  }
+
+  private unlist(e: Entry): void {
+    for (const pool of e.pools.keys()) {
+      const arr = this.pools.get(pool);
+      if (!arr) continue;
+      const i = arr.indexOf(e);
+      if (i >= 0) arr.splice(i, 1);
+    }
+  }
+
+  private take(e: Entry, r: Reservation): void {
+    e.freeCpuMilli -= r.cpuMilli;
+    e.freeMemMilli -= r.memMilli;
+    e.freeSlots -= 1;
+    for (const g of r.gpus) e.freeGpus.delete(g);
+  }
+
+  /** Records that `leaseId` holds these resources (from a match, or rebuilt from the database). */
+  reserve(leaseId: string, providerId: string, resources: Resources, gpus: number[], endsAt?: number): void {
+    if (this.reservations.has(leaseId)) return;
+    const r: Reservation = { providerId, cpuMilli: milli(resources.cpu), memMilli: milli(resources.memoryGiB), gpus };
+    this.reservations.set(leaseId, r);
+    const e = this.entries.get(providerId);
+    if (!e) return;
+    const was = this.listable(e);
+    this.take(e, r);
+    if (endsAt !== undefined) e.leaseEnds.set(leaseId, endsAt);
+    if (was && !this.listable(e)) this.unlist(e);
+  }
+
+  release(leaseId: string): void {
+    const r = this.reservations.get(leaseId);
+    if (!r) return;
+    this.reservations.delete(leaseId);
+    const e = this.entries.get(r.providerId);
+    if (!e) return;
+    const was = this.listable(e);
+    e.freeCpuMilli += r.cpuMilli;
+    e.freeMemMilli += r.memMilli;
+    e.freeSlots += 1;
+    for (const g of r.gpus) e.freeGpus.add(g);
+    e.leaseEnds.delete(leaseId);
+    if (!was && this.listable(e)) this.list(e);
+  }
+
+  /** The provider's price for the order, and the GPUs it would use, ignoring capacity and filters. */
+  private quote(e: Entry, order: Order, useFree: boolean): { price: bigint; gpus: number[] } | null {
+    if (!e.asks) return null;
+    let price = baseHourly(e.asks, order.resources);
+    const gpu = order.resources.gpu;
+    const gpus: number[] = [];
+    if (gpu && gpu.count > 0) {
+      const usable = e.p.hardware.gpus
+        .filter((g) => (!useFree || e.freeGpus.has(g.index)) && (!gpu.models?.length || gpu.models.includes(g.model)) && (gpu.minVramGiB === undefined || g.vramGiB >= gpu.minVramGiB))
+        .map((g) => ({ index: g.index, price: e.asks?.gpuHour.get(g.model) }))
+        .filter((g): g is { index: number; price: bigint } => g.price !== undefined)
+        .sort((a, b) => (a.price < b.price ? -1 : a.price > b.price ? 1 : a.index - b.index));
+      if (usable.length < gpu.count) return null;
+      for (const g of usable.slice(0, gpu.count)) {
+        price += g.price;
+        gpus.push(g.index);
+      }
+    }
+    return { price, gpus };
+  }
+
+  private fitsStatic(e: Entry, order: Order): boolean {
+    const r = order.resources;
+    if (milli(r.cpu) > milli(e.p.hardware.cpu.cores) || milli(r.memoryGiB) > milli(e.p.hardware.memoryGiB)) return false;
+    if (r.diskGiB !== undefined && r.diskGiB > e.p.hardware.diskGiB) return false;
+    if (order.regions?.length && !order.regions.includes(e.p.attributes.region ?? '')) return false;
+    if (order.minReputation !== undefined && e.p.reputation < order.minReputation) return false;
+    if (order.minStake !== undefined && e.p.stake < order.minStake) return false;
+    return true;
+  }
+
+  private score(e: Entry, order: Order, price: bigint): number {
+    const gpu = order.resources.gpu;
+    let perf: number;
+    if (gpu && gpu.count > 0) perf = Math.max(...e.p.hardware.gpus.map((g) => e.p.benchmarks?.gpu[g.model] ?? 1), 1e-6);
+    else perf = Math.max(e.p.benchmarks?.cpuMopsPerCore ?? 1, 1e-6);
+    return Number(price) / perf / reputationFactor(e.p.reputation);
+  }
+
+  /**
+   * Best provider for the order right now, or null. Does not reserve. `bids` (from an auction
+   * window) replace a bidder's standing price when lower.
+   */
+  match(order: Order, bids?: ReadonlyMap<string, bigint>): Match | null {
+    const gpu = order.resources.gpu;
+    const pools =
+      gpu && gpu.count > 0
+        ? [...this.pools.keys()].filter((k) => k.startsWith('gpu:') && (!gpu.models?.length || gpu.models.includes(k.slice(4))))
+        : [CPU_POOL];
+    const cpuNeed = milli(order.resources.cpu);
+    const memNeed = milli(order.resources.memoryGiB);
+    let best: Match | null = null;
+    const seen = new Set<string>();
+    for (const pool of pools) {
+      const arr = this.pools.get(pool);
+      if (!arr) continue;
+      let probed = 0;
+      for (const e of arr) {
+        if (probed >= this.probe) break;
+        if (seen.has(e.p.id)) continue;
+        seen.add(e.p.id);
+        if (e.freeCpuMilli < cpuNeed || e.freeMemMilli < memNeed || !this.fitsStatic(e, order)) continue;
+        const q = this.quote(e, order, true);
+        if (!q || q.price > order.maxPerHour) continue;
+        probed++;
+        const score = this.score(e, order, q.price);
+        if (!best || score < best.score || (score === best.score && e.p.id < best.providerId)) best = { providerId: e.p.id, pricePerHour: q.price, gpus: q.gpus, score };
+      }
+    }
+    for (const [providerId, bid] of bids ?? []) {
+      const e = this.entries.get(providerId);
+      if (!e || !this.listable(e) || e.freeCpuMilli < cpuNeed || e.freeMemMilli < memNeed || !this.fitsStatic(e, order)) continue;
+      const q = this.quote(e, order, true);
+      if (!q || bid > q.price || bid > order.maxPerHour) continue; // a bid only ever undercuts the standing ask
+      const score = this.score(e, order, bid);
+      if (!best || score < best.score || (score === best.score && e.p.id < best.providerId)) best = { providerId, pricePerHour: bid, gpus: q.gpus, score };
+    }
+    return best;
+  }
+
+  /** Why an order does (not) match: every provider is checked here, since this is for people. */
+  explain(order: Order): MatchExplanation {
+    const ex: MatchExplanation['excluded'] = { offline: 0, draining: 0, gpuModel: 0, gpuVram: 0, gpuCount: 0, cpu: 0, memory: 0, disk: 0, region: 0, reputation: 0, stake: 0, price: 0, busy: 0 };
+    const r = order.resources;
+    let online = 0;
+    let lowest: bigint | null = null;
+    let busyUntil: number | null = null;
+    let candidates = 0;
+    for (const e of this.entries.values()) {
+      if (!e.p.connected || e.p.state === 'offline') {
+        ex.offline++;
+        continue;
+      }
+      online++;
+      if (e.p.state === 'draining') {
+        ex.draining++;
+        continue;
+      }
+      const gpu = r.gpu;
+      if (gpu && gpu.count > 0) {
+        const byModel = e.p.hardware.gpus.filter((g) => !gpu.models?.length || gpu.models.includes(g.model));
+        if (byModel.length === 0) {
+          ex.gpuModel++;
+          continue;
+        }
+        const byVram = byModel.filter((g) => gpu.minVramGiB === undefined || g.vramGiB >= gpu.minVramGiB);
+        if (byVram.length === 0) {
+          ex.gpuVram++;
+          continue;
+        }
+        if (byVram.length < gpu.count) {
+          ex.gpuCount++;
+          continue;
+        }
+      }
+      if (milli(r.cpu) > milli(e.p.hardware.cpu.cores)) {
+        ex.cpu++;
+        continue;
+      }
+      if (milli(r.memoryGiB) > milli(e.p.hardware.memoryGiB)) {
+        ex.memory++;
+        continue;
+      }
+      if (r.diskGiB !== undefined && r.diskGiB > e.p.hardware.diskGiB) {
+        ex.disk++;
+        continue;
+      }
+      if (order.regions?.length && !order.regions.includes(e.p.attributes.region ?? '')) {
+        ex.region++;
+        continue;
+      }
+      if (order.minReputation !== undefined && e.p.reputation < order.minReputation) {
+        ex.reputation++;
+        continue;
+      }
+      if (order.minStake !== undefined && e.p.stake < order.minStake) {
+        ex.stake++;
+        continue;
+      }
+      const q = this.quote(e, order, false);
+      if (!q) {
+        ex.price++; // the provider asks nothing for the GPU model it has
+        continue;
+      }
+      if (lowest === null || q.price < lowest) lowest = q.price;
+      if (q.price > order.maxPerHour) {
+        ex.price++;
+        continue;
+      }
+      const free = this.quote(e, order, true);
+      if (e.freeSlots <= 0 || e.freeCpuMilli < milli(r.cpu) || e.freeMemMilli < milli(r.memoryGiB) || !free) {
+        ex.busy++;
+        for (const t of e.leaseEnds.values()) if (busyUntil === null || t < busyUntil) busyUntil = t;
+        continue;
+      }
+      candidates++;
+    }
+    const reasons: string[] = [];
+    const total = this.entries.size;
+    if (total === 0) reasons.push('no provider has registered with this coordinator');
+    else if (online === 0) reasons.push('no provider is online');
+    const named: [keyof typeof ex, string][] = [
+      ['draining', 'draining (shutting down)'],
+      ['gpuModel', 'have no GPU of an allowed model'],
+      ['gpuVram', 'have no GPU with enough VRAM'],
+      ['gpuCount', 'have too few matching GPUs'],
+      ['cpu', 'have too few CPU cores'],
+      ['memory', 'have too little memory'],
+      ['disk', 'have too little disk'],
+      ['region', 'are outside the allowed regions'],
+      ['reputation', 'are below the minimum reputation'],
+      ['stake', 'have less stake than required'],
+      ['price', 'ask more than the max price'],
+      ['busy', 'are busy'],
+    ];
+    for (const [k, text] of named) if (ex[k] > 0) reasons.push(`${ex[k]} provider(s) ${text}`);
+    if (lowest !== null && lowest > order.maxPerHour) reasons.push(`the lowest ask is ${formatCredits(lowest)}/h, above the max price ${formatCredits(order.maxPerHour)}/h`);
+    if (candidates > 0) reasons.unshift(`${candidates} provider(s) can take this order now`);
+    return {
+      matchable: candidates > 0,
+      providers: { total, online },
+      excluded: ex,
+      lowestAsk: lowest === null ? null : formatCredits(lowest),
+      maxPerHour: formatCredits(order.maxPerHour),
+      busyUntil: busyUntil === null ? null : new Date(busyUntil).toISOString(),
+      candidates,
+      reasons,
+    };
+  }
+
+  /** Current asks by resource class: min / median / max and free units among online providers. */
+  summary(): MarketClass[] {
+    const classes = new Map<string, { unit: string; prices: bigint[]; free: number; providers: number }>();
+    const add = (key: string, unit: string, price: bigint, free: number) => {
+      let c = classes.get(key);
+      if (!c) {
+        c = { unit, prices: [], free: 0, providers: 0 };
+        classes.set(key, c);
+      }
+      c.prices.push(price);
+      c.free += free;
+      c.providers++;
+    };
+    for (const e of this.entries.values()) {
+      if (!e.asks || !e.p.connected || e.p.state !== 'online') continue;
+      add('cpu', 'core-hour', e.asks.cpuCoreHour, Number(e.freeCpuMilli) / 1000);
+      add('memory', 'GiB-hour', e.asks.memoryGiBHour, Number(e.freeMemMilli) / 1000);
+      const models = new Map<string, number>();
+      for (const g of e.p.hardware.gpus) models.set(g.model, (models.get(g.model) ?? 0) + (e.freeGpus.has(g.index) ? 1 : 0));
+      for (const [model, free] of models) {
+        const price = e.asks.gpuHour.get(model);
+        if (price !== undefined) add(`gpu:${model}`, 'GPU-hour', price, free);
+      }
+    }
+    return [...classes.entries()]
+      .sort(([a], [b]) => (a < b ? -1 : 1))
+      .map(([resourceClass, c]) => {
+        const sorted = [...c.prices].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+        return {
+          resourceClass,
+          unit: c.unit,
+          providers: c.providers,
+          freeUnits: Math.round(c.free * 1000) / 1000,
+          min: formatCredits(sorted[0] as bigint),
+          median: formatCredits(sorted[(sorted.length - 1) >> 1] as bigint),
+          max: formatCredits(sorted[sorted.length - 1] as bigint),
+        };
+      });
+  }
+}

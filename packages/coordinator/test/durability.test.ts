@@ -1,0 +1,445 @@
+/**
+ * Durability under kill -9: coordinators and provider agents run as real child processes (the
+ * `gridwork` binary), tasks run in the bubblewrap sandbox, the store is PGlite on disk (and
+ * PostgreSQL for the coordinator crash). A process is killed with SIGKILL while tasks run; the
+ * network must finish the job with every task succeeded exactly once: one completed lease, one
+ * output set, its final log line stored once. Conditions are polled with until(), never slept on.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { after, describe, test, type TestContext } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { type Db, openDatabase } from '@gridwork/coordinator';
+import { type Identity, signedFetch } from '@gridwork/protocol/node';
+import { GridworkClient, type JobSpec, type JobView, type LogEntry } from '@gridwork/sdk';
+import { generateIdentity, postgresUrl, type StoreKind, tempDir, uniqueSchema, until } from '@gridwork/testkit';
+import {
+  type CoordinatorProcess,
+  diagnostics,
+  freePort,
+  type GridworkProcess,
+  type ProviderProcess,
+  processesMatching,
+  startCoordinatorProcess,
+  startProviderProcess,
+  stopAll,
+} from '../../testkit/src/processes.ts';
+import pg from 'pg';
+
+const fixtureDir = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'durability');
+/** The sharded input of the fixture job: part-00.txt … part-11.txt. */
+const INPUT_FILES = Array.from({ length: 12 }, (_, i) => `part-${String(i).padStart(2, '0')}.txt`);
+/** Bound on any one wait; a healthy run needs a few seconds. */
+const WAIT_MS = 30_000;
+
+interface ProviderRow {
+  id: string;
+  name: string;
+  state: string;
+  connected: boolean;
+}
+
+/** One test's network of child processes; every process it ever started stays listed for diagnostics. */
+class Network {
+  readonly spawned: GridworkProcess[] = [];
+  readonly providers: ProviderProcess[] = [];
+  readonly identity: Identity = generateIdentity();
+  readonly marker = `gwdur${randomBytes(6).toString('hex')}`;
+  coordinator!: CoordinatorProcess;
+  client!: GridworkClient;
+  port = 0;
+  private dir!: { path: string; remove: () => Promise<void> };
+  private schema: string | undefined;
+
+  constructor(
+    readonly store: StoreKind,
+    readonly heartbeatMs: number,
+  ) {}
+
+  get coordinatorDir(): string {
+    return join(this.dir.path, 'coordinator');
+  }
+
+  private get env(): Record<string, string> {
+    return this.schema ? { GRIDWORK_DATABASE_URL: postgresUrl(), GRIDWORK_DATABASE_SCHEMA: this.schema } : {};
+  }
+
+  async start(providers: number, slots: number): Promise<void> {
+    this.dir = await tempDir('gridwork-durability-');
+    if (this.store === 'postgres') this.schema = uniqueSchema('gw_durability');
+    this.port = await freePort();
+    await this.startCoordinator();
+    this.client = new GridworkClient({ url: this.coordinator.url, identity: this.identity });
+    await Promise.all(Array.from({ length: providers }, (_, i) => this.startProvider(`dur-p${i}`, slots)));
+    await this.waitConnected(this.providers.map((p) => p.id));
+  }
+
+  async startCoordinator(): Promise<CoordinatorProcess> {
+    const n = this.spawned.filter((p) => p.label.startsWith('coordinator')).length;
+    this.coordinator = await startCoordinatorProcess({
+      label: `coordinator#${n + 1}`,
+      dataDir: this.coordinatorDir,
+      port: this.port,
+      heartbeatMs: this.heartbeatMs,
+      env: this.env,
+    });
+    this.spawned.push(this.coordinator);
+    return this.coordinator;
+  }
+
+  /** Starts a provider whose key lives in `provider-data/<name>`: the same name is the same provider. */
+  async startProvider(name: string, slots: number): Promise<ProviderProcess> {
+    const n = this.spawned.filter((p) => p.label.startsWith(`${name}#`)).length;
+    const p = await startProviderProcess({
+      label: `${name}#${n + 1}`,
+      coordinatorUrl: this.coordinator.url,
+      dataDir: join(this.dir.path, 'provider-data', name),
+      name,
+      slots,
+    });
+    this.spawned.push(p);
+    const i = this.providers.findIndex((q) => q.name === name);
+    if (i >= 0) this.providers[i] = p;
+    else this.providers.push(p);
+    return p;
+  }
+
+  async providerRows(): Promise<ProviderRow[]> {
+    const res = await signedFetch(this.coordinator.url, this.identity, 'GET', '/v1/providers');
+    return ((await res.json()) as { providers: ProviderRow[] }).providers;
+  }
+
+  waitConnected(ids: readonly string[], what = 'providers to connect'): Promise<ProviderRow[]> {
+    return until(
+      () => this.providerRows(),
+      (rows) => ids.every((id) => rows.some((r) => r.id === id && r.connected && r.state === 'online')),
+      { timeoutMs: WAIT_MS, pollMs: 100, what },
+    );
+  }
+
+  spec(name: string, shards: number, taskMs: number): JobSpec {
+    return {
+      version: 1,
+      name,
+      kind: 'batch',
+      runtime: { kind: 'bundle', path: './bundle', command: ['node', 'task.mjs', this.marker, String(taskMs)] },
+      resources: { cpu: 1, memoryGiB: 1 },
+      inputs: [{ name: 'parts', path: './inputs/*.txt', shard: true }],
+      shards,
+      timeoutSeconds: 60,
+    };
+  }
+
+  submit(name: string, shards: number, taskMs: number): Promise<JobView> {
+    return this.client.submit(this.spec(name, shards, taskMs), { baseDir: fixtureDir });
+  }
+
+  async logs(jobId: string): Promise<LogEntry[]> {
+    const out: LogEntry[] = [];
+    for await (const e of this.client.logs(jobId)) out.push(e);
+    return out;
+  }
+
+  /** Polls (the event stream would break when a coordinator is killed) until the job has ended. */
+  finished(jobId: string): Promise<JobView> {
+    return until(
+      () => this.client.get(jobId),
+      (j) => ['succeeded', 'failed', 'cancelled'].includes(j.state),
+      { timeoutMs: WAIT_MS, pollMs: 200, what: `job ${jobId} to end` },
+    );
+  }
+
+  /** Stops every process still running (providers first, so the coordinator sees them leave). */
+  async stop(): Promise<void> {
+    await stopAll(this.providers);
+    await stopAll(this.spawned);
+  }
+
+  /** The coordinator's database, opened directly; only after the coordinator has stopped (PGlite: one process). */
+  async withDb<T>(read: (db: Db) => Promise<T>): Promise<T> {
+    assert.ok(!this.coordinator.alive, 'stop the coordinator before opening its database');
+    const db = await openDatabase(
+      this.schema ? { url: postgresUrl(), schema: this.schema, migrate: false } : { dataDir: join(this.coordinatorDir, 'db'), migrate: false },
+    );
+    try {
+      return await read(db);
+    } finally {
+      await db.destroy();
+    }
+  }
+
+  async cleanup(): Promise<void> {
+    await stopAll(this.spawned, 3000).catch(() => {});
+    if (this.schema) {
+      const client = new pg.Client({ connectionString: postgresUrl() });
+      await client.connect();
+      await client.query(`drop schema if exists ${this.schema} cascade`).finally(() => client.end());
+    }
+    await this.dir?.remove();
+  }
+
+  diagnostics(): string {
+    return diagnostics(this.spawned);
+  }
+}
+
+/** Runs a test body; on failure the children's stderr is appended to the error. */
+async function withDiagnostics(net: Network, body: () => Promise<void>): Promise<void> {
+  try {
+    await body();
+  } catch (err) {
+    if (err instanceof Error) err.message += `\n\nchild processes:\n${net.diagnostics()}`;
+    throw err;
+  }
+}
+
+const startLine = (net: Network, task: number) => `durability ${net.marker}: task ${task} started with `;
+const finalLine = (net: Network, task: number) => `durability ${net.marker}: task ${task} done\n`;
+
+function countOf(haystack: string, needle: string): number {
+  let n = 0;
+  for (let i = haystack.indexOf(needle); i >= 0; i = haystack.indexOf(needle, i + needle.length)) n++;
+  return n;
+}
+
+/** stdout of one lease, chunks joined (a chunk may split a line). */
+function leaseStdout(logs: readonly LogEntry[], leaseId: string): string {
+  return logs
+    .filter((e) => e.leaseId === leaseId && e.stream === 'stdout')
+    .map((e) => e.data)
+    .join('');
+}
+
+/** Task indexes whose workload has printed its start line (it runs inside the sandbox). */
+function startedTasks(net: Network, logs: readonly LogEntry[], shards: number): number[] {
+  const byLease = new Map<string, string>();
+  for (const e of logs) if (e.stream === 'stdout') byLease.set(e.leaseId, (byLease.get(e.leaseId) ?? '') + e.data);
+  const out = new Set<number>();
+  for (const e of logs) {
+    for (let t = 0; t < shards; t++) if (e.taskIndex === t && (byLease.get(e.leaseId) ?? '').includes(startLine(net, t))) out.add(t);
+  }
+  return [...out].sort((a, b) => a - b);
+}
+
+/** The fixture's shard of INPUT_FILES: dealt round-robin in path order. */
+function expectedInputs(task: number, shards: number): string[] {
+  return INPUT_FILES.filter((_, i) => i % shards === task);
+}
+
+/**
+ * What every test ends with: the job succeeded; through the API each task has one output set
+ * (result.json naming its own index and shard) and its final line once; in the database each
+ * task has exactly one completed lease, no lease is left active, and no lease stored a line twice.
+ */
+async function assertEachTaskSucceededOnce(net: Network, job: JobView, shards: number): Promise<{ lost: { taskIdx: number; error: string | null; providerId: string; endedAt: Date | null }[] }> {
+  assert.equal(job.state, 'succeeded', `job ${job.id}: ${job.error}`);
+  assert.equal(job.tasks.length, shards);
+  const logs = await net.logs(job.id);
+  for (const t of job.tasks) {
+    assert.equal(t.state, 'succeeded', `task ${t.index}`);
+    assert.equal(t.exitCode, 0, `task ${t.index}`);
+    assert.deepEqual(
+      t.outputs.map((o) => o.path),
+      ['result.json'],
+      `task ${t.index} has exactly one output set`,
+    );
+    assert.ok(t.leaseId, `task ${t.index} names its lease`);
+    assert.equal(countOf(leaseStdout(logs, t.leaseId), finalLine(net, t.index)), 1, `task ${t.index}: final line once in its lease's logs (API)`);
+  }
+  const scratch = await tempDir('gridwork-durability-results-');
+  try {
+    await net.client.results(job.id, scratch.path);
+    for (const t of job.tasks) {
+      const result = JSON.parse(await readFile(join(scratch.path, `task-${t.index}`, 'result.json'), 'utf8')) as { task: number; inputs: string[]; marker: string };
+      assert.deepEqual(result, { ...result, task: t.index, inputs: expectedInputs(t.index, shards), marker: net.marker }, `task ${t.index} output`);
+    }
+  } finally {
+    await scratch.remove();
+  }
+
+  await net.stop();
+  return net.withDb(async (db) => {
+    const tasks = await db.selectFrom('tasks').select(['id', 'idx', 'state', 'lease_id']).where('job_id', '=', job.id).orderBy('idx').execute();
+    const leases = await db
+      .selectFrom('leases')
+      .innerJoin('tasks', 'tasks.id', 'leases.task_id')
+      .select(['leases.id', 'leases.state', 'leases.error', 'leases.provider_id', 'leases.ended_at', 'tasks.idx'])
+      .where('leases.job_id', '=', job.id)
+      .execute();
+    const stored = await db.selectFrom('task_logs').select(['lease_id', 'task_idx', 'stream', 'data']).where('job_id', '=', job.id).orderBy('id').execute();
+    assert.equal(tasks.length, shards);
+    for (const t of tasks) {
+      const completed = leases.filter((l) => l.idx === t.idx && l.state === 'completed');
+      assert.equal(completed.length, 1, `task ${t.idx}: exactly one completed lease, got ${JSON.stringify(leases.filter((l) => l.idx === t.idx))}`);
+      assert.equal(t.state, 'succeeded');
+      assert.equal(t.lease_id, completed[0]?.id, `task ${t.idx} points at its completed lease`);
+    }
+    assert.deepEqual(
+      leases.filter((l) => ['offered', 'starting', 'running'].includes(l.state)),
+      [],
+      'no lease is left active',
+    );
+    for (const l of leases) {
+      const text = stored
+        .filter((r) => r.lease_id === l.id && r.stream === 'stdout')
+        .map((r) => r.data)
+        .join('');
+      const finals = countOf(text, finalLine(net, l.idx));
+      const starts = countOf(text, startLine(net, l.idx));
+      if (l.state === 'completed') assert.equal(finals, 1, `lease ${l.id} (task ${l.idx}): final line stored once, got ${finals}`);
+      else assert.ok(finals <= 1, `lease ${l.id} (task ${l.idx}, ${l.state}): final line stored ${finals} times`);
+      assert.ok(starts <= 1, `lease ${l.id} (task ${l.idx}): start line stored ${starts} times`);
+    }
+    return { lost: leases.filter((l) => l.state === 'lost').map((l) => ({ taskIdx: l.idx, error: l.error, providerId: l.provider_id, endedAt: l.ended_at })) };
+  });
+}
+
+for (const store of ['pglite', 'postgres'] as const) {
+  describe(`coordinator killed with SIGKILL while tasks run (${store})`, () => {
+    // After a restart providers get 3 heartbeat intervals to come back before they count as lost;
+    // their reconnect backoff grows to a few seconds while the coordinator is down, so the
+    // interval must not be tiny (3 × 2 s covers it) for "resumes exactly where it was" to hold.
+    const net = new Network(store, 2000);
+    after(() => net.cleanup());
+
+    test('a coordinator restarted on the same data and port finishes the job; providers reconnect by themselves', { timeout: 90_000 }, (t) =>
+      withDiagnostics(net, async () => {
+        const SHARDS = 6;
+        await net.start(3, 1);
+        const submitted = await net.submit('coordinator-crash', SHARDS, 2500);
+
+        // Three tasks run in sandboxes (one slot per provider), three are queued, none finished.
+        const running = await until(
+          async () => ({ logs: await net.logs(submitted.id), job: await net.client.get(submitted.id) }),
+          ({ logs }) => startedTasks(net, logs, SHARDS).length >= 2,
+          { timeoutMs: WAIT_MS, what: 'two tasks to run in the sandbox' },
+        );
+        assert.ok(!running.job.tasks.some((x) => x.state === 'succeeded'), 'no task finished before the kill');
+        const old = net.coordinator;
+        const exit = await old.kill9();
+        assert.equal(exit.signal, 'SIGKILL');
+        t.diagnostic(`killed the coordinator with ${startedTasks(net, running.logs, SHARDS).length} task(s) running in the sandbox`);
+
+        const restarted = await net.startCoordinator();
+        assert.equal(restarted.url, old.url, 'the restarted coordinator is at the same URL');
+        // The providers were not touched: they reconnect by themselves.
+        await net.waitConnected(
+          net.providers.map((p) => p.id),
+          'providers to reconnect to the restarted coordinator',
+        );
+        assert.ok(net.providers.every((p) => p.alive && p.pid === net.spawned.find((s) => s.label === `${p.name}#1`)?.pid), 'providers are the original processes');
+
+        const job = await net.finished(submitted.id);
+        // Tasks that finished while the coordinator was down reported (and uploaded) afterwards:
+        // no work was lost or redone.
+        assert.deepEqual(
+          job.tasks.map((x) => x.attempts),
+          Array(SHARDS).fill(0),
+          'no task needed a second attempt',
+        );
+        const { lost } = await assertEachTaskSucceededOnce(net, job, SHARDS);
+        assert.deepEqual(lost, [], 'no lease was lost across the crash');
+        for (const p of net.providers) assert.match(p.stderr(), /lost the coordinator connection/, `${p.name} noticed the crash and reconnected`);
+      }),
+    );
+  });
+}
+
+describe('provider killed with SIGKILL while its task runs', () => {
+  const net = new Network('pglite', 300);
+  after(() => net.cleanup());
+
+  test('its task is requeued after the heartbeat timeout and finishes on the other provider; no sandboxed process lingers', { timeout: 60_000 }, () =>
+    withDiagnostics(net, async () => {
+      await net.start(2, 1);
+      const submitted = await net.submit('provider-crash', 2, 3000);
+      const { job } = await until(
+        async () => ({ logs: await net.logs(submitted.id), job: await net.client.get(submitted.id) }),
+        ({ logs }) => startedTasks(net, logs, 2).length === 2,
+        { timeoutMs: WAIT_MS, what: 'both tasks to run in the sandbox' },
+      );
+      const victimTask = job.tasks[0];
+      assert.ok(victimTask?.leaseId && victimTask.providerName, 'task 0 is placed');
+      const victim = net.providers.find((p) => p.name === victimTask.providerName) as ProviderProcess;
+      const survivor = net.providers.find((p) => p !== victim) as ProviderProcess;
+      assert.equal(job.tasks[1]?.providerName, survivor.name, 'one task per provider (one slot each)');
+      const lostLease = victimTask.leaseId;
+
+      // The victim's sandbox (bwrap and the task inside) is visible before the kill.
+      assert.ok(processesMatching(lostLease, { environ: true }).length > 0, 'the victim’s sandboxed task runs before the kill');
+      const killedAt = Date.now();
+      assert.equal((await victim.kill9()).signal, 'SIGKILL');
+      // bwrap --die-with-parent: the sandbox dies with the agent.
+      await until(
+        async () => processesMatching(lostLease, { environ: true }),
+        (procs) => procs.length === 0,
+        { timeoutMs: 5000, what: 'the killed provider’s sandboxed processes to exit' },
+      );
+
+      const done = await net.finished(submitted.id);
+      const t0 = done.tasks[0];
+      assert.equal(t0?.attempts, 1, 'the lost attempt counts');
+      assert.equal(t0?.providerName, survivor.name, 'task 0 finished on the survivor');
+      assert.notEqual(t0?.leaseId, lostLease);
+      assert.equal(done.tasks[1]?.attempts, 0);
+      assert.equal(done.tasks[1]?.providerName, survivor.name);
+      await until(
+        async () => processesMatching(net.marker),
+        (procs) => procs.length === 0,
+        { timeoutMs: 5000, what: 'no task process of this test to remain' },
+      );
+
+      const { lost } = await assertEachTaskSucceededOnce(net, done, 2);
+      assert.equal(lost.length, 1, `one lost lease: ${JSON.stringify(lost)}`);
+      assert.equal(lost[0]?.taskIdx, 0);
+      assert.equal(lost[0]?.providerId, victim.id);
+      assert.match(lost[0]?.error ?? '', /stopped responding/);
+      const detectedMs = (lost[0]?.endedAt?.getTime() ?? 0) - killedAt;
+      assert.ok(detectedMs >= 0 && detectedMs < 5000, `loss detected ${detectedMs} ms after the kill (timeout 3 × 300 ms)`);
+    }),
+  );
+});
+
+describe('provider killed with SIGKILL and restarted at once (same key, new instance)', () => {
+  // A long heartbeat: the leases must be requeued by the new instance's hello, not by the timeout.
+  const net = new Network('pglite', 5000);
+  after(() => net.cleanup());
+
+  test('the hello of the new instance loses the old leases at once and the job still succeeds', { timeout: 60_000 }, () =>
+    withDiagnostics(net, async () => {
+      await net.start(2, 1);
+      const submitted = await net.submit('provider-restart', 2, 3000);
+      const { job } = await until(
+        async () => ({ logs: await net.logs(submitted.id), job: await net.client.get(submitted.id) }),
+        ({ logs }) => startedTasks(net, logs, 2).length === 2,
+        { timeoutMs: WAIT_MS, what: 'both tasks to run in the sandbox' },
+      );
+      const victimTask = job.tasks[0];
+      assert.ok(victimTask?.leaseId && victimTask.providerName, 'task 0 is placed');
+      const victim = net.providers.find((p) => p.name === victimTask.providerName) as ProviderProcess;
+      const lostLease = victimTask.leaseId;
+
+      const killedAt = Date.now();
+      await victim.kill9();
+      const reborn = await net.startProvider(victim.name, 1);
+      assert.equal(reborn.id, victim.id, 'same data directory, same key');
+      await until(
+        async () => processesMatching(lostLease, { environ: true }),
+        (procs) => procs.length === 0,
+        { timeoutMs: 5000, what: 'the killed instance’s sandboxed processes to exit' },
+      );
+
+      const done = await net.finished(submitted.id);
+      assert.equal(done.tasks[0]?.attempts, 1);
+      assert.notEqual(done.tasks[0]?.leaseId, lostLease);
+      const { lost } = await assertEachTaskSucceededOnce(net, done, 2);
+      assert.equal(lost.length, 1, `one lost lease: ${JSON.stringify(lost)}`);
+      assert.equal(lost[0]?.providerId, victim.id);
+      assert.match(lost[0]?.error ?? '', /restarted/, 'lost through the new instance’s hello, not the heartbeat timeout');
+      const detectedMs = (lost[0]?.endedAt?.getTime() ?? 0) - killedAt;
+      assert.ok(detectedMs < 15_000, `requeued ${detectedMs} ms after the kill, before the heartbeat timeout (15 s)`);
+    }),
+  );
+});

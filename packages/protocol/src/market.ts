@@ -1,0 +1,70 @@
+/**
+ * Market payloads: a provider's standing asks (prices per resource-hour, decimal credits),
+ * its measured benchmark, and what the coordinator answers to "why does this not match?".
+ */
+import Type from 'typebox';
+
+const Decimal = Type.String({ maxLength: 32, pattern: '^(0|[1-9][0-9]*)(\\.[0-9]{1,6})?$' });
+
+export const Asks = Type.Object(
+  {
+    /** Price of one CPU core for one hour. */
+    cpuCoreHour: Decimal,
+    /** Price of one GiB of memory for one hour. */
+    memoryGiBHour: Decimal,
+    /** Price of one GPU of each model for one hour. */
+    gpuHour: Type.Record(Type.String({ minLength: 1, maxLength: 64 }), Decimal),
+  },
+  { additionalProperties: false },
+);
+export type Asks = Type.Static<typeof Asks>;
+
+export const Benchmarks = Type.Object(
+  {
+    /** Measured integer multiply-add throughput of one core, in millions of ops per second. */
+    cpuMopsPerCore: Type.Number({ minimum: 0 }),
+    /** Relative GPU throughput per model (1.0 = an RTX 4090). */
+    gpu: Type.Record(Type.String({ maxLength: 64 }), Type.Number({ minimum: 0 })),
+  },
+  { additionalProperties: false },
+);
+export type Benchmarks = Type.Static<typeof Benchmarks>;
+
+/** Why a spec matches no provider right now (`gridwork job explain`, `GET /v1/jobs/:id`). */
+export interface MatchExplanation {
+  matchable: boolean;
+  providers: { total: number; online: number };
+  /** Providers ruled out by each filter, in the order the filters apply. */
+  excluded: {
+    offline: number;
+    draining: number;
+    gpuModel: number;
+    gpuVram: number;
+    gpuCount: number;
+    cpu: number;
+    memory: number;
+    disk: number;
+    region: number;
+    reputation: number;
+    stake: number;
+    price: number;
+    busy: number;
+  };
+  /** Lowest price per hour this order would pay among providers that pass every filter but price. */
+  lowestAsk: string | null;
+  maxPerHour: string | null;
+  /** Providers that fit but are busy: when their earliest running lease reaches its time limit. */
+  busyUntil: string | null;
+  candidates: number;
+  reasons: string[];
+}
+
+export interface MarketClass {
+  resourceClass: string;
+  unit: string;
+  providers: number;
+  freeUnits: number;
+  min: string;
+  median: string;
+  max: string;
+}
