@@ -1,22 +1,22 @@
 /** The `gridwork` command. */
 import { GRIDWORK_VERSION } from '@gridwork/protocol';
 import { Command, CommanderError } from 'commander';
+import { registerAccountCommands } from './commands/account.ts';
 import { registerCoordinatorCommands } from './commands/coordinator.ts';
+import { registerMarketCommands } from './commands/market.ts';
 import { registerDemoCommand } from './commands/demo.ts';
 import { registerJobCommands } from './commands/job.ts';
 import { registerProviderCommands } from './commands/provider.ts';
 import { color, describeError, EXIT_USAGE, exitCodeFor, info } from './output.ts';
 
-const program = new Command('gridwork')
-  .description('Gridwork: an open network for GPU compute')
-  .version(GRIDWORK_VERSION)
-  .showHelpAfterError()
-  .exitOverride();
+const program = new Command('gridwork').description('Gridwork: an open network for GPU compute').version(GRIDWORK_VERSION).showHelpAfterError().exitOverride();
 program.configureOutput({ writeOut: (s) => process.stdout.write(s), writeErr: (s) => process.stderr.write(s) });
 registerDemoCommand(program);
 registerJobCommands(program);
 registerCoordinatorCommands(program);
 registerProviderCommands(program);
+registerAccountCommands(program);
+registerMarketCommands(program);
 for (const c of program.commands) {
   c.exitOverride();
   for (const sub of c.commands) sub.exitOverride();

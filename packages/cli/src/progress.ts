@@ -39,7 +39,9 @@ export class Progress {
       const key = `${t.state}:${t.providerName ?? ''}:${t.attempts}`;
       if (this.last.get(t.index) === key) continue;
       this.last.set(t.index, key);
-      process.stderr.write(`task ${t.index}: ${t.state}${t.providerName ? ` on ${t.providerName}` : ''}${t.state === 'queued' && t.attempts > 0 ? ` (retry ${t.attempts})` : ''}\n`);
+      process.stderr.write(
+        `task ${t.index}: ${t.state}${t.providerName ? ` on ${t.providerName}` : ''}${t.state === 'queued' && t.attempts > 0 ? ` (retry ${t.attempts})` : ''}\n`,
+      );
     }
   }
 }

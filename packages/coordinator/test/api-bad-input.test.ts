@@ -10,8 +10,8 @@ import { existsSync, readdirSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { type ErrorBody, type JobSpec, type JobView, newId } from '@gridwork/protocol';
-import { generateIdentity, type Identity, sha256Hex, signRequest } from '@gridwork/protocol/node';
+import { canonicalJson, type ErrorBody, type JobSpec, type JobView, newId } from '@gridwork/protocol';
+import { generateIdentity, type Identity, sha256Hex, signBytes, signRequest } from '@gridwork/protocol/node';
 import { type GridworkClient, packBundle } from '@gridwork/sdk';
 import { startTestNetwork, type TestNetwork, until } from '@gridwork/testkit';
 import pg from 'pg';
@@ -45,21 +45,30 @@ function spec(name: string, overrides: Partial<JobSpec> = {}): JobSpec {
     kind: 'batch',
     runtime: { kind: 'container', image: 'example/never-runs:1', command: ['true'] },
     resources: { cpu: 64, memoryGiB: 1 },
+    price: { maxPerHour: '1.00', budget: '1.00' },
     ...overrides,
   };
 }
 
-function hello(name: string, extra: Record<string, unknown> = {}) {
+const ASKS = { cpuCoreHour: '0.01', memoryGiBHour: '0.001', gpuHour: {} };
+
+/** A valid hello of `identity` (asks signed over {asks, instance}), with `extra` fields replaced. */
+function hello(identity: Identity, name: string, extra: Record<string, unknown> = {}) {
+  const instance = randomBytes(12).toString('base64url').slice(0, 16);
   return {
     type: 'hello',
     protocol: 1,
-    instance: randomBytes(12).toString('base64url').slice(0, 16),
+    instance,
     name,
     agentVersion: '0.1.0',
     runtime: 'process',
     slots: 1,
     hardware: { cpu: { model: 'x', cores: 4 }, memoryGiB: 8, diskGiB: 100, gpus: [] },
     attributes: {},
+    asks: ASKS,
+    asksSignature: signBytes(identity, canonicalJson({ asks: ASKS, instance })),
+    benchmarks: { cpuMopsPerCore: 100, gpu: {} },
+    bids: false,
     lastApplied: 0,
     running: [],
     ...extra,
@@ -142,7 +151,7 @@ class RawProvider {
   }
 
   async hello(name: string): Promise<Msg> {
-    this.send(hello(name));
+    this.send(hello(this.identity, name));
     const welcome = await this.next((m) => m.type === 'welcome' || m.type === 'error', 'welcome');
     assert.equal(welcome.type, 'welcome', JSON.stringify(welcome));
     this.heartbeat = setInterval(() => this.send({ type: 'heartbeat', running: [] }), Number(welcome.heartbeatIntervalMs) / 2);
@@ -231,7 +240,7 @@ for (const store of ['pglite', 'postgres'] as const) {
     before(async () => {
       net = await startTestNetwork({ store, coordinator: { maxJsonBytes: MAX_JSON, maxBlobBytes: MAX_BLOB, heartbeatIntervalMs: 2000 } });
       url = net.coordinator.url;
-      aliceClient = net.client(alice);
+      aliceClient = await net.fundedClient('100', alice);
     });
 
     after(async () => {
@@ -489,6 +498,14 @@ for (const store of ['pglite', 'postgres'] as const) {
         await writeFile(join(dir, 'work', 'secret.mjs'), 'console.log("alice only");\n');
         job = await aliceClient.submit(spec('private', { runtime: { kind: 'bundle', path: './work', command: ['node', 'secret.mjs'] } }), { baseDir: dir });
         manifest = (await packBundle(join(dir, 'work'))).manifestDigest;
+        // Let the scheduler settle it (no provider fits: it waits in 'matching'), so that any
+        // later change could only come from the requests under test.
+        const submitted = job.id;
+        job = await until(
+          () => aliceClient.get(submitted),
+          (j) => j.state === 'matching',
+          { what: 'the job to wait for a match' },
+        );
       });
 
       it('the owner can read it (control)', async () => {
@@ -533,8 +550,9 @@ for (const store of ['pglite', 'postgres'] as const) {
 
       it('unknown route → 404 NOT_FOUND', async () => {
         assertError(await signed(alice, 'GET', '/v1/nowhere'), 404, 'NOT_FOUND', /\/v1\/nowhere/);
+        const before = await aliceClient.get(job.id);
         assertError(await signed(alice, 'DELETE', `/v1/jobs/${job.id}`), 404, 'NOT_FOUND');
-        assert.equal((await aliceClient.get(job.id)).state, job.state);
+        assert.deepEqual(await aliceClient.get(job.id), before);
       });
     });
 
@@ -581,22 +599,30 @@ for (const store of ['pglite', 'postgres'] as const) {
       });
 
       it('a hello of the wrong shape is refused and registers nothing', async () => {
-        for (const bad of [
-          hello('bad-slots', { slots: 0 }),
-          hello('bad-extra', { root: true }),
-          hello('bad-hw', { hardware: { cpu: { model: 'x', cores: '4' }, memoryGiB: 8, diskGiB: 100, gpus: [] } }),
-          hello('bad-protocol', { protocol: 2 }),
-        ]) {
+        const cases: [string, string, RegExp, (id: Identity) => Record<string, unknown>][] = [
+          ['slots 0', 'PROTOCOL_ERROR', /invalid message/, (id) => hello(id, 'bad-slots', { slots: 0 })],
+          ['unknown field', 'PROTOCOL_ERROR', /invalid message/, (id) => hello(id, 'bad-extra', { root: true })],
+          [
+            'cores as a string',
+            'PROTOCOL_ERROR',
+            /invalid message/,
+            (id) => hello(id, 'bad-hw', { hardware: { cpu: { model: 'x', cores: '4' }, memoryGiB: 8, diskGiB: 100, gpus: [] } }),
+          ],
+          ['protocol 2', 'PROTOCOL_ERROR', /invalid message/, (id) => hello(id, 'bad-protocol', { protocol: 2 })],
+          ['no asks', 'PROTOCOL_ERROR', /invalid message/, (id) => ({ ...hello(id, 'bad-no-asks'), asks: undefined })],
+          ['asks signed by another key', 'BAD_SIGNATURE', /asks/, () => hello(generateIdentity(), 'bad-asks-signature')],
+        ];
+        for (const [what, code, message, make] of cases) {
           const p = await RawProvider.connect(url);
           raw.push(p);
-          p.send(bad);
-          const err = await p.next((m) => m.type === 'error' || m.type === 'welcome', 'refusal');
-          assert.equal(err.type, 'error', `${bad.name} was welcomed`);
-          assert.equal(err.code, 'PROTOCOL_ERROR');
-          assert.match(String(err.message), /invalid message/);
-          assert.equal((await p.closed).code, 4002);
+          p.send(make(p.identity));
+          const err = await p.next((m) => m.type === 'error' || m.type === 'welcome', `refusal of ${what}`);
+          assert.equal(err.type, 'error', `${what}: was welcomed`);
+          assert.equal(err.code, code, what);
+          assert.match(String(err.message), message, what);
+          assert.equal((await p.closed).code, 4002, what);
           const row = await net.coordinator.db.selectFrom('providers').select('id').where('id', '=', p.identity.publicKey).executeTakeFirst();
-          assert.equal(row, undefined, `${bad.name}: no provider was registered`);
+          assert.equal(row, undefined, `${what}: no provider was registered`);
         }
       });
 

@@ -298,10 +298,10 @@ async function assertEachTaskSucceededOnce(net: Network, job: JobView, shards: n
 
 for (const store of ['pglite', 'postgres'] as const) {
   describe(`coordinator killed with SIGKILL while tasks run (${store})`, () => {
-    // After a restart providers get 3 heartbeat intervals to come back before they count as lost;
-    // their reconnect backoff grows to a few seconds while the coordinator is down, so the
-    // interval must not be tiny (3 × 2 s covers it) for "resumes exactly where it was" to hold.
-    const net = new Network(store, 2000);
+    // After a restart, providers get 3 heartbeat intervals to come back before they count as
+    // lost, while their reconnect backoff grows to 5 s ± 25% during an outage: 3 × 3 s covers
+    // the longest wait, so "resumes exactly where it was" (no lease lost) must hold.
+    const net = new Network(store, 3000);
     after(() => net.cleanup());
 
     test('a coordinator restarted on the same data and port finishes the job; providers reconnect by themselves', { timeout: 90_000 }, (t) =>

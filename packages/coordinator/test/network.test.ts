@@ -127,7 +127,10 @@ for (const store of ['pglite', 'postgres'] as const) {
         const [prev, cur] = [snapshots[i - 1] as JobView, snapshots[i] as JobView];
         const done = (j: JobView) => j.tasks.filter((t) => t.state === 'succeeded').length;
         assert.ok(done(cur) >= done(prev), `progress went back at snapshot ${i}: ${done(prev)} → ${done(cur)}`);
-        assert.ok((STATE_RANK[cur.state] ?? -1) >= (STATE_RANK[prev.state] ?? -1), `state went back at snapshot ${i}: ${prev.state} → ${cur.state}`);
+        assert.ok(
+          (STATE_RANK[cur.state] ?? -1) >= (STATE_RANK[prev.state] ?? -1),
+          `state went back at snapshot ${i}: ${prev.state} → ${cur.state}; tasks: ${JSON.stringify(cur.tasks.map((t) => [t.state, t.attempts, t.error]))}`,
+        );
       }
 
       const job = await client.get(submitted.id);

@@ -2,37 +2,67 @@ import { join } from 'node:path';
 import { startCoordinator } from '@gridwork/coordinator';
 import type { Command } from 'commander';
 import { gridworkHome } from '../context.ts';
-import { info } from '../output.ts';
+import { loadOrCreateIdentity } from '@gridwork/sdk';
+import { CliExit, EXIT_USAGE, info } from '../output.ts';
 import { intOption, waitForSignal } from './shared.ts';
 
 export function registerCoordinatorCommands(program: Command): void {
   const coordinator = program.command('coordinator').description('run the network coordinator (market, scheduler, API)');
   coordinator
     .command('start')
-    .description('start a coordinator; PGlite in --data unless GRIDWORK_DATABASE_URL names a PostgreSQL database (schema: GRIDWORK_DATABASE_SCHEMA, default public)')
+    .description(
+      'start a coordinator; PGlite in --data unless GRIDWORK_DATABASE_URL names a PostgreSQL database (schema: GRIDWORK_DATABASE_SCHEMA, default public)',
+    )
     .option('--host <host>', 'address to listen on', '127.0.0.1')
     .option('--port <port>', 'port to listen on (0: any free port)', intOption, 7070)
     .option('--data <dir>', 'data directory (database, blobs)', join(gridworkHome(), 'coordinator'))
-    .option('--dev', 'development mode', false)
+    .option('--dev', 'development mode: enables the faucet (gridwork account deposit)', false)
+    .option('--operator-key <file>', 'operator key (may credit accounts); created on first use (default: DATA/operator-key.json)')
+    .option('--metering-ms <ms>', 'how often providers report usage; escrow covers 2 periods ahead', intOption, 10_000)
+    .option('--fee-bps <n>', 'protocol fee in basis points of provider earnings', intOption, 200)
+    .option('--reserve-bps <n>', 'reserve share in basis points', intOption, 25)
+    .option('--unbonding-hours <h>', 'delay before unstaked credits are available', intOption, 168)
     .option('--heartbeat-ms <ms>', 'provider heartbeat interval; a provider is lost after 3 missed', intOption, 5000)
     .option('--log-level <level>', 'trace|debug|info|warn|error', 'info')
-    .action(async (opts: { host: string; port: number; data: string; dev: boolean; heartbeatMs: number; logLevel: string }) => {
-      // GRIDWORK_DATABASE_SCHEMA: PostgreSQL schema (default public), so several coordinators can share one database.
-      const schema = process.env.GRIDWORK_DATABASE_SCHEMA;
-      const c = await startCoordinator({
-        host: opts.host,
-        port: opts.port,
-        dataDir: opts.data,
-        dev: opts.dev,
-        heartbeatIntervalMs: opts.heartbeatMs,
-        logLevel: opts.logLevel,
-        ...(schema ? { databaseSchema: schema } : {}),
-      });
-      info(`coordinator listening on ${c.url} (data: ${opts.data}, store: ${c.config.databaseUrl ? 'postgresql' : 'pglite'})`);
-      // A line on stdout that scripts (and tests) can wait for.
-      process.stdout.write(`${JSON.stringify({ event: 'listening', url: c.url })}\n`);
-      const signal = await waitForSignal();
-      info(`${signal}: shutting down`);
-      await c.close();
-    });
+    .action(
+      async (opts: {
+        host: string;
+        port: number;
+        data: string;
+        dev: boolean;
+        heartbeatMs: number;
+        logLevel: string;
+        operatorKey?: string;
+        meteringMs: number;
+        feeBps: number;
+        reserveBps: number;
+        unbondingHours: number;
+      }) => {
+        if (opts.feeBps + opts.reserveBps > 10_000) throw new CliExit(EXIT_USAGE, '--fee-bps plus --reserve-bps must not exceed 10000');
+        if (opts.meteringMs < 100) throw new CliExit(EXIT_USAGE, '--metering-ms must be at least 100');
+        const operatorKeyFile = opts.operatorKey ?? join(opts.data, 'operator-key.json');
+        const operator = await loadOrCreateIdentity(operatorKeyFile);
+        // GRIDWORK_DATABASE_SCHEMA: PostgreSQL schema (default public), so several coordinators can share one database.
+        const schema = process.env.GRIDWORK_DATABASE_SCHEMA;
+        const c = await startCoordinator({
+          host: opts.host,
+          port: opts.port,
+          dataDir: opts.data,
+          dev: opts.dev,
+          heartbeatIntervalMs: opts.heartbeatMs,
+          logLevel: opts.logLevel,
+          operators: [operator.publicKey],
+          economics: { meteringIntervalMs: opts.meteringMs, feeBps: opts.feeBps, reserveBps: opts.reserveBps },
+          unbondingDelayMs: opts.unbondingHours * 3600_000,
+          ...(schema ? { databaseSchema: schema } : {}),
+        });
+        info(`operator key: ${operatorKeyFile} (account ${operator.publicKey})`);
+        info(`coordinator listening on ${c.url} (data: ${opts.data}, store: ${c.config.databaseUrl ? 'postgresql' : 'pglite'})`);
+        // A line on stdout that scripts (and tests) can wait for.
+        process.stdout.write(`${JSON.stringify({ event: 'listening', url: c.url })}\n`);
+        const signal = await waitForSignal();
+        info(`${signal}: shutting down`);
+        await c.close();
+      },
+    );
 }

@@ -85,7 +85,9 @@ export function registerDemoCommand(program: Command): void {
           agent.start();
           providers.push(agent);
         }
-        step(`started ${providers.length} providers (${runtime} runtime, 2 slots each) at ${coordinator.url}: ${providers.map((p) => `${p.name} asks ${p.asks.cpuCoreHour}/core-h`).join(', ')}`);
+        step(
+          `started ${providers.length} providers (${runtime} runtime, 2 slots each) at ${coordinator.url}: ${providers.map((p) => `${p.name} asks ${p.asks.cpuCoreHour}/core-h`).join(', ')}`,
+        );
 
         const client = new GridworkClient({ url: coordinator.url, identity: await loadOrCreateIdentity(join(dataDir, 'requester-key.json')) });
         const funded = await client.deposit('10', { idempotencyKey: 'demo-faucet' });
@@ -106,7 +108,11 @@ export function registerDemoCommand(program: Command): void {
           totals.negative += s.negative ?? 0;
         }
         const earnings = await Promise.all(
-          providers.map(async (p) => ({ name: p.name, id: p.id, earned: (await new GridworkClient({ url: coordinator.url, identity: p.identity }).balance()).available })),
+          providers.map(async (p) => ({
+            name: p.name,
+            id: p.id,
+            earned: (await new GridworkClient({ url: coordinator.url, identity: p.identity }).balance()).available,
+          })),
         );
         const after = await client.balance();
         const fees = await coordinator.accounts.protocolBalances();
@@ -135,16 +141,22 @@ export function registerDemoCommand(program: Command): void {
         else {
           info('');
           info(color.bold(`job ${job.id} ${job.state === 'succeeded' ? color.green(job.state) : color.red(job.state)}${job.error ? `: ${job.error}` : ''}`));
-          info(`  ${'task'.padEnd(5)} ${'provider'.padEnd(12)} ${'duration'.padStart(9)}  exit  ${'price/h'.padStart(7)}  ${'cost'.padStart(9)}  output digest`);
+          info(
+            `  ${'task'.padEnd(5)} ${'provider'.padEnd(12)} ${'duration'.padStart(9)}  exit  ${'price/h'.padStart(7)}  ${'cost'.padStart(9)}  output digest`,
+          );
           for (const t of summary.tasks) {
             info(
               `  ${String(t.index).padEnd(5)} ${(t.provider ?? '-').padEnd(12)} ${formatDuration(t.durationMs).padStart(9)}  ${String(t.exitCode ?? '-').padStart(4)}  ${(t.pricePerHour ?? '-').padStart(7)}  ${t.cost.padStart(9)}  ${t.outputDigest?.slice(0, 16) ?? '-'}`,
             );
           }
           info(`  job cost ${job.money.spent} of a ${job.money.budget} budget; requester balance now ${after.available} (the unspent budget came back)`);
-          info(`  provider earnings (after the 2% fee and 0.25% reserve): ${earnings.map((e) => `${e.name} ${e.earned}`).join(', ')}; protocol fees ${fees.fees}, reserve ${fees.reserve}`);
+          info(
+            `  provider earnings (after the 2% fee and 0.25% reserve): ${earnings.map((e) => `${e.name} ${e.earned}`).join(', ')}; protocol fees ${fees.fees}, reserve ${fees.reserve}`,
+          );
           if (totals.docs > 0) info(`  embedded ${totals.docs} documents: ${totals.positive} positive, ${totals.negative} negative sentiment`);
-          info(`  ${files.length} output files${opts.data ? ` in ${resultsDir}` : ' (temporary; use --data DIR to keep them)'}; ${formatDuration(summary.elapsedMs)} in all`);
+          info(
+            `  ${files.length} output files${opts.data ? ` in ${resultsDir}` : ' (temporary; use --data DIR to keep them)'}; ${formatDuration(summary.elapsedMs)} in all`,
+          );
         }
         if (!summary.ok) throw new CliExit(EXIT_FAILED, `demo job ${job.state}${job.error ? `: ${job.error}` : ''}`);
       } finally {

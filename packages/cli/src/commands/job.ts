@@ -5,6 +5,7 @@ import type { Command } from 'commander';
 import { requesterClient } from '../context.ts';
 import { CliExit, color, EXIT_FAILED, formatDuration, info, isTty, printJson } from '../output.ts';
 import { Progress } from '../progress.ts';
+import { registerExplainCommand } from './market.ts';
 
 interface CommonOpts {
   coordinator?: string;
@@ -14,15 +15,23 @@ interface CommonOpts {
 export function printJobHuman(job: JobView): void {
   const paint = job.state === 'succeeded' ? color.green : job.state === 'failed' ? color.red : (s: string) => s;
   info(`${color.bold(job.name)} ${job.id}: ${paint(job.state)}${job.error ? ` — ${job.error}` : ''}`);
+  info(
+    `  cost ${job.money.spent} of ${job.money.budget} budget (max ${job.money.maxPerHour}/task-hour), ${job.money.held} held${job.money.lowBalanceSince ? color.yellow(`  LOW BALANCE since ${job.money.lowBalanceSince}: add budget with the SDK or leases stop`) : ''}`,
+  );
+  if (job.explain && !job.explain.matchable) {
+    info(color.yellow('  waiting for capacity:'));
+    for (const r of job.explain.reasons) info(`    - ${r}`);
+  }
   for (const t of job.tasks) {
     info(
-      `  task ${String(t.index).padStart(3)}  ${t.state.padEnd(9)}  ${(t.providerName ?? '-').padEnd(16)} ${formatDuration(t.durationMs).padStart(8)}  exit ${t.exitCode ?? '-'}  ${t.outputDigest ? t.outputDigest.slice(0, 16) : ''}${t.error && t.state !== 'succeeded' ? `  ${color.dim(t.error)}` : ''}`,
+      `  task ${String(t.index).padStart(3)}  ${t.state.padEnd(9)}  ${(t.providerName ?? '-').padEnd(16)} ${formatDuration(t.durationMs).padStart(8)}  exit ${t.exitCode ?? '-'}  ${t.cost.padStart(9)}  ${t.outputDigest ? t.outputDigest.slice(0, 16) : ''}${t.error && t.state !== 'succeeded' ? `  ${color.dim(t.error)}` : ''}`,
     );
   }
 }
 
 export function registerJobCommands(program: Command): void {
   const job = program.command('job').description('submit and follow jobs');
+  registerExplainCommand(job);
   const withCommon = (c: Command) => c.option('--coordinator <url>', 'coordinator URL (env GRIDWORK_COORDINATOR)').option('--json', 'print JSON on stdout');
 
   withCommon(job.command('submit <spec>').description('validate a YAML/JSON job spec, upload its bundle and inputs, and submit it'))
@@ -61,7 +70,12 @@ export function registerJobCommands(program: Command): void {
         if (opts.json) process.stdout.write(`${JSON.stringify(e)}\n`);
         else {
           const prefix = color.dim(`[task ${e.taskIndex}${e.stream === 'stdout' ? '' : ` ${e.stream}`}] `);
-          process.stdout.write(e.data.split(/(?<=\n)/).map((l) => prefix + l).join(''));
+          process.stdout.write(
+            e.data
+              .split(/(?<=\n)/)
+              .map((l) => prefix + l)
+              .join(''),
+          );
         }
       }
     });

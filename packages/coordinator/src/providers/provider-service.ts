@@ -213,22 +213,31 @@ export class ProviderService {
    */
   async sweep(timeoutMs: number, since: Date): Promise<string[]> {
     if (Date.now() - since.getTime() < timeoutMs) return [];
-    const stale = await this.deps.db
-      .selectFrom('providers')
-      .select(['id', 'name'])
-      .where('state', '!=', 'offline')
-      .where('last_seen_at', '<', new Date(Date.now() - timeoutMs))
-      .execute();
+    const cutoff = new Date(Date.now() - timeoutMs);
+    const stale = await this.deps.db.selectFrom('providers').select(['id', 'name']).where('state', '!=', 'offline').where('last_seen_at', '<', cutoff).execute();
     const changes = newChanges(this.deps.economics);
+    const lostIds: string[] = [];
     for (const p of stale) {
       await this.deps.db.transaction().execute(async (trx) => {
+        // Provider row first, as hello and apply lock it (then leases): the other order
+        // deadlocked against a report being applied. Re-checked here: a heartbeat may have come.
+        const still = await trx
+          .selectFrom('providers')
+          .select('id')
+          .where('id', '=', p.id)
+          .where('state', '!=', 'offline')
+          .where('last_seen_at', '<', cutoff)
+          .forNoKeyUpdate()
+          .executeTakeFirst();
+        if (!still) return;
         const lost = await loseProviderLeases(trx, p.id, `provider ${p.name} stopped responding`, changes);
         await trx.updateTable('providers').set({ state: 'offline' }).where('id', '=', p.id).execute();
+        lostIds.push(p.id);
         this.deps.log.warn({ providerId: p.id, name: p.name, lost }, 'provider missed its heartbeats: marked offline');
       });
     }
     this.deps.publish(changes);
-    return stale.map((p) => p.id);
+    return lostIds;
   }
 
   async setOffline(providerId: string): Promise<void> {
