@@ -66,13 +66,18 @@ class Network {
     return this.schema ? { GRIDWORK_DATABASE_URL: postgresUrl(), GRIDWORK_DATABASE_SCHEMA: this.schema } : {};
   }
 
+  /** The coordinator's URL, fixed for the whole test: restarts reuse the port. */
+  get url(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  /** Starts the coordinator and the providers side by side (providers retry until it listens). */
   async start(providers: number, slots: number): Promise<void> {
     this.dir = await tempDir('gridwork-durability-');
     if (this.store === 'postgres') this.schema = uniqueSchema('gw_durability');
     this.port = await freePort();
-    await this.startCoordinator();
-    this.client = new GridworkClient({ url: this.coordinator.url, identity: this.identity });
-    await Promise.all(Array.from({ length: providers }, (_, i) => this.startProvider(`dur-p${i}`, slots)));
+    this.client = new GridworkClient({ url: this.url, identity: this.identity });
+    await Promise.all([this.startCoordinator(), ...Array.from({ length: providers }, (_, i) => this.startProvider(`dur-p${i}`, slots))]);
     await this.waitConnected(this.providers.map((p) => p.id));
   }
 
@@ -86,6 +91,7 @@ class Network {
       env: this.env,
     });
     this.spawned.push(this.coordinator);
+    assert.equal(this.coordinator.url, this.url);
     return this.coordinator;
   }
 
@@ -94,7 +100,7 @@ class Network {
     const n = this.spawned.filter((p) => p.label.startsWith(`${name}#`)).length;
     const p = await startProviderProcess({
       label: `${name}#${n + 1}`,
-      coordinatorUrl: this.coordinator.url,
+      coordinatorUrl: this.url,
       dataDir: join(this.dir.path, 'provider-data', name),
       name,
       slots,
@@ -107,7 +113,7 @@ class Network {
   }
 
   async providerRows(): Promise<ProviderRow[]> {
-    const res = await signedFetch(this.coordinator.url, this.identity, 'GET', '/v1/providers');
+    const res = await signedFetch(this.url, this.identity, 'GET', '/v1/providers');
     return ((await res.json()) as { providers: ProviderRow[] }).providers;
   }
 

@@ -35,6 +35,8 @@ export interface ProviderAgentOptions {
   attributes?: Record<string, string>;
   /** How this agent prices its work. @default fixedPricing() */
   pricing?: PricingPolicy;
+  /** Throughput figures to publish instead of measuring them (external benchmarks, tests). @default measured at start */
+  benchmarks?: Benchmarks;
   /** How long a drain waits for running tasks before handing them back. @default 60_000 */
   drainTimeoutMs?: number;
   /**
@@ -69,7 +71,7 @@ export class ProviderAgent {
     this.hardware = hardware;
     this.pricing = options.pricing ?? fixedPricing();
     this.asks = this.pricing.asks(hardware);
-    this.benchmarks = benchmark(hardware);
+    this.benchmarks = options.benchmarks ?? benchmark(hardware);
     const asksSignature = signBytes(identity, canonicalJson({ asks: this.asks, instance: this.instance }));
     this.link = new CoordinatorLink({
       url: options.coordinatorUrl,

@@ -33,7 +33,7 @@ export interface PricingPolicy {
 }
 
 function checked(value: string, field: string): string {
-  return formatCredits(parseCredits(value, { field, allowZero: false }));
+  return formatCredits(parseCredits(value, { field }));
 }
 
 export function fixedPricing(rates: FixedRates = {}): PricingPolicy {

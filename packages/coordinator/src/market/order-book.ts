@@ -223,11 +223,14 @@ export class OrderBook {
     return true;
   }
 
-  private score(e: Entry, order: Order, price: bigint): number {
-    const gpu = order.resources.gpu;
+  /** Throughput is that of the GPUs the order would get (their mean), or of one CPU core. */
+  private score(e: Entry, gpus: readonly number[], price: bigint): number {
     let perf: number;
-    if (gpu && gpu.count > 0) perf = Math.max(...e.p.hardware.gpus.map((g) => e.p.benchmarks?.gpu[g.model] ?? 1), 1e-6);
-    else perf = Math.max(e.p.benchmarks?.cpuMopsPerCore ?? 1, 1e-6);
+    if (gpus.length > 0) {
+      let sum = 0;
+      for (const i of gpus) sum += e.p.benchmarks?.gpu[e.p.hardware.gpus.find((g) => g.index === i)?.model ?? ''] ?? 1;
+      perf = Math.max(sum / gpus.length, 1e-6);
+    } else perf = Math.max(e.p.benchmarks?.cpuMopsPerCore ?? 1, 1e-6);
     return Number(price) / perf / reputationFactor(e.p.reputation);
   }
 
@@ -257,7 +260,7 @@ export class OrderBook {
         const q = this.quote(e, order, true);
         if (!q || q.price > order.maxPerHour) continue;
         probed++;
-        const score = this.score(e, order, q.price);
+        const score = this.score(e, q.gpus, q.price);
         if (!best || score < best.score || (score === best.score && e.p.id < best.providerId)) best = { providerId: e.p.id, pricePerHour: q.price, gpus: q.gpus, score };
       }
     }
@@ -266,7 +269,7 @@ export class OrderBook {
       if (!e || !this.listable(e) || e.freeCpuMilli < cpuNeed || e.freeMemMilli < memNeed || !this.fitsStatic(e, order)) continue;
       const q = this.quote(e, order, true);
       if (!q || bid > q.price || bid > order.maxPerHour) continue; // a bid only ever undercuts the standing ask
-      const score = this.score(e, order, bid);
+      const score = this.score(e, q.gpus, bid);
       if (!best || score < best.score || (score === best.score && e.p.id < best.providerId)) best = { providerId, pricePerHour: bid, gpus: q.gpus, score };
     }
     return best;
