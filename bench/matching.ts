@@ -101,11 +101,12 @@ function prefill(
       // Skip providers that are used up for this pool; they stay behind the cursor.
       while (c < arr.length) {
         const f = free.get((arr[c] as SimProvider).id);
-        if (f && f.slots > 0 && f.cores >= 1 && (pool === 'cpu' || f.gpus.length > 0)) break;
+        // The smallest order of each pool: 0.5 core + 1 GiB (CPU), 1 GPU + 4 cores + 16 GiB (GPU).
+        if (f && f.slots > 0 && (pool === 'cpu' ? f.cores >= 0.5 && f.mem >= 1 : f.gpus.length > 0 && f.cores >= 4 && f.mem >= 16)) break;
         c++;
       }
       cursor.set(pool, c);
-      for (let j = c; j < Math.min(arr.length, c + 64); j++) {
+      for (let j = c; j < Math.min(arr.length, c + 256); j++) {
         const p = arr[j] as SimProvider;
         const f = free.get(p.id);
         if (!f || f.slots <= 0 || f.cores < order.resources.cpu || f.mem < order.resources.memoryGiB) continue;
@@ -235,8 +236,8 @@ function runSize(n: number): Result {
   let fillAttempts = 0;
   const fillBudget = Math.max(50_000, 3 * n);
   while (fillAttempts < fillBudget && performance.now() - fillStart < FILL_CAP_S * 1000) {
-    for (let i = 0; i < 1000; i++) if (step()) fillPlacements++;
-    fillAttempts += 1000;
+    for (let i = 0; i < 100; i++) if (step()) fillPlacements++;
+    fillAttempts += 100;
   }
   const fillMs = performance.now() - fillStart;
 
@@ -246,8 +247,8 @@ function runSize(n: number): Result {
   const deadline = start + BigInt(Math.round(MEASURE_S * 1e9));
   let now = start;
   while (now < deadline) {
-    for (let i = 0; i < 1000; i++) if (step()) placements++;
-    attempts += 1000;
+    for (let i = 0; i < 100; i++) if (step()) placements++;
+    attempts += 100;
     now = process.hrtime.bigint();
   }
   const ns = Number(now - start);

@@ -172,9 +172,16 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
 
   const timeoutMs = config.heartbeatIntervalMs * config.heartbeatMisses;
+  // If this process itself stalled (a long GC, an overloaded host), heartbeats may be waiting
+  // unread in its sockets: a sweep that fires far too late judges nobody, and the grace starts over.
+  let sweepSince = startedAt;
+  let lastTick = Date.now();
   const sweepTimer = setInterval(() => {
+    const now = Date.now();
+    if (now - lastTick > 2 * config.heartbeatIntervalMs) sweepSince = new Date(now);
+    lastTick = now;
     providers
-      .sweep(timeoutMs, startedAt)
+      .sweep(timeoutMs, sweepSince)
       .then((lost) => {
         for (const id of lost) connected.disconnect(id, 'missed heartbeats');
       })
@@ -206,6 +213,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
         auctions.closeAll();
         clearInterval(pruneTimer);
         connected.closeAll();
+        await connected.idle();
         await scheduler?.close();
         await app.close();
         await db.destroy();

@@ -9,9 +9,10 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { after, describe, test, type TestContext } from 'node:test';
+import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { type Db, openDatabase } from '@gridwork/coordinator';
+import { sql } from 'kysely';
 import { type Identity, signedFetch } from '@gridwork/protocol/node';
 import { GridworkClient, type JobSpec, type JobView, type LogEntry } from '@gridwork/sdk';
 import { generateIdentity, postgresUrl, type StoreKind, tempDir, uniqueSchema, until } from '@gridwork/testkit';
@@ -79,6 +80,7 @@ class Network {
     this.client = new GridworkClient({ url: this.url, identity: this.identity });
     await Promise.all([this.startCoordinator(), ...Array.from({ length: providers }, (_, i) => this.startProvider(`dur-p${i}`, slots))]);
     await this.waitConnected(this.providers.map((p) => p.id));
+    await this.client.deposit('100');
   }
 
   async startCoordinator(): Promise<CoordinatorProcess> {
@@ -88,6 +90,9 @@ class Network {
       dataDir: this.coordinatorDir,
       port: this.port,
       heartbeatMs: this.heartbeatMs,
+      // --dev: the faucet funds the requester. Usage is metered every 500 ms, so leases also
+      // report usage (sequenced messages that must apply once) across the crashes.
+      args: ['--dev', '--metering-ms', '500'],
       env: this.env,
     });
     this.spawned.push(this.coordinator);
@@ -132,6 +137,7 @@ class Network {
       kind: 'batch',
       runtime: { kind: 'bundle', path: './bundle', command: ['node', 'task.mjs', this.marker, String(taskMs)] },
       resources: { cpu: 1, memoryGiB: 1 },
+      price: { maxPerHour: '0.50', budget: '1.00' },
       inputs: [{ name: 'parts', path: './inputs/*.txt', shard: true }],
       shards,
       timeoutSeconds: 60,
@@ -298,6 +304,16 @@ async function assertEachTaskSucceededOnce(net: Network, job: JobView, shards: n
       else assert.ok(finals <= 1, `lease ${l.id} (task ${l.idx}, ${l.state}): final line stored ${finals} times`);
       assert.ok(starts <= 1, `lease ${l.id} (task ${l.idx}): start line stored ${starts} times`);
     }
+    // The ledger survived the crashes intact: double entry (postings sum to zero) and every
+    // cached balance equal to the sum of its account's postings.
+    const ledger = await sql<{ account: string | null; balance: string | null; posted: string | null }>`
+      select coalesce(b.account, p.account) as account, b.balance::text as balance, p.posted::text as posted
+      from ledger_balances b
+      full join (select account, sum(amount) as posted from ledger_postings group by account) p on p.account = b.account
+    `.execute(db);
+    const { rows: totals } = await sql<{ total: string | null }>`select sum(amount)::text as total from ledger_postings`.execute(db);
+    assert.equal(BigInt(totals[0]?.total ?? '0'), 0n, 'ledger postings sum to zero');
+    for (const r of ledger.rows) assert.equal(BigInt(r.balance ?? '0'), BigInt(r.posted ?? '0'), `balance of ${r.account} matches its postings`);
     return { lost: leases.filter((l) => l.state === 'lost').map((l) => ({ taskIdx: l.idx, error: l.error, providerId: l.provider_id, endedAt: l.ended_at })) };
   });
 }

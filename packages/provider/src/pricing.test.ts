@@ -172,8 +172,8 @@ process.stdin.on("data", (d) => (s += d)).on("end", () => {
     const t0 = Date.now();
     // 10 KB, then a valid price at the end.
     assert.equal(await bidWith(`head -c 10240 /dev/zero | tr '\\0' ' '; echo 0.5`), null);
-    // Keeps printing forever: cut off at the limit, not at the timeout.
-    assert.equal(await bidWith('yes 0.5', { timeoutMs: 10_000 }), null);
+    // Keeps printing (then lingers): cut off at the limit, not at the timeout or the exit.
+    assert.equal(await bidWith('yes 0.5 | head -c 1000000; sleep 8', { timeoutMs: 10_000 }), null);
     assert.ok(Date.now() - t0 < 5000, `took ${Date.now() - t0} ms`);
     // Just under the limit is still read.
     assert.equal(await bidWith(`head -c 4000 /dev/zero | tr '\\0' ' '; echo 0.5`), '0.5');

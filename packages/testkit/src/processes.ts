@@ -160,6 +160,8 @@ export interface CoordinatorProcessOptions {
   heartbeatMs?: number;
   /** @default 'warn' */
   logLevel?: string;
+  /** Further `coordinator start` options, e.g. ['--dev', '--metering-ms', '500']. */
+  args?: readonly string[];
   /** E.g. GRIDWORK_DATABASE_URL and GRIDWORK_DATABASE_SCHEMA for PostgreSQL. Without them PGlite under dataDir is used. */
   env?: Record<string, string | undefined>;
   label?: string;
@@ -173,7 +175,14 @@ export interface CoordinatorProcess extends GridworkProcess {
 export async function startCoordinatorProcess(o: CoordinatorProcessOptions): Promise<CoordinatorProcess> {
   const p = await startGridworkProcess({
     label: o.label ?? 'coordinator',
-    args: ['coordinator', 'start', '--port', String(o.port), '--data', o.dataDir, '--heartbeat-ms', String(o.heartbeatMs ?? 500), '--log-level', o.logLevel ?? 'warn'],
+    args: [
+      'coordinator', 'start',
+      '--port', String(o.port),
+      '--data', o.dataDir,
+      '--heartbeat-ms', String(o.heartbeatMs ?? 500),
+      '--log-level', o.logLevel ?? 'warn',
+      ...(o.args ?? []),
+    ],
     readyEvent: 'listening',
     // PGlite unless the caller names PostgreSQL: never pick up a URL from the developer's shell.
     env: { GRIDWORK_DATABASE_URL: undefined, GRIDWORK_DATABASE_SCHEMA: undefined, ...o.env },
@@ -194,6 +203,8 @@ export interface ProviderProcessOptions {
   logLevel?: string;
   /** How long SIGTERM lets running tasks finish (stop()). @default 2000 */
   drainTimeoutMs?: number;
+  /** Further `provider start` options, e.g. ['--price-cpu', '0.05']. */
+  args?: readonly string[];
   env?: Record<string, string | undefined>;
   label?: string;
 }
@@ -218,6 +229,7 @@ export async function startProviderProcess(o: ProviderProcessOptions): Promise<P
       '--slots', String(o.slots ?? 1),
       '--drain-timeout-ms', String(o.drainTimeoutMs ?? 2000),
       '--log-level', o.logLevel ?? 'warn',
+      ...(o.args ?? []),
     ],
     readyEvent: 'started',
     env: o.env ?? {},

@@ -28,6 +28,7 @@ import { type Market, orderOf } from '../market/market.ts';
 import type { BlobStore } from '../blobs/blob-store.ts';
 import type { EventBus } from '../bus/event-bus.ts';
 import type { Db } from '../store/database.ts';
+import { transact } from '../store/transact.ts';
 import { type Changes, newChanges, refreshJob } from './lease-lifecycle.ts';
 import { shardInputs } from './sharding.ts';
 import { ACTIVE_LEASE_STATES } from './state-machine.ts';
@@ -94,7 +95,7 @@ export class JobService {
     const jobId = newId('job');
     const now = new Date();
     const changes = newChanges(this.deps.economics);
-    await db.transaction().execute(async (trx) => {
+    await transact(db, async (trx) => {
       await trx
         .insertInto('jobs')
         .values({
@@ -293,7 +294,7 @@ export class JobService {
       .execute();
     const changes = newChanges(this.deps.economics);
     for (const j of due) {
-      await this.deps.db.transaction().execute(async (trx) => {
+      await transact(this.deps.db, async (trx) => {
         const job = await trx.selectFrom('jobs').select(['state', 'low_balance_since']).where('id', '=', j.id).forNoKeyUpdate().executeTakeFirstOrThrow();
         if (!job.low_balance_since || ['succeeded', 'failed', 'cancelled'].includes(job.state)) return;
         await refreshJob(trx, j.id, changes, 'failed', 'budget exhausted: the job ran out of budget and its grace period ended');
@@ -314,7 +315,7 @@ export class JobService {
     const job = await this.ownedJob(owner, jobId);
     if (['succeeded', 'failed', 'cancelled'].includes(job.state)) throw new GridworkError('INVALID_TRANSITION', `job ${jobId} has ended (${job.state})`);
     const changes = newChanges(this.deps.economics);
-    await this.deps.db.transaction().execute(async (trx) => {
+    await transact(this.deps.db, async (trx) => {
       const posted = await addBudget(trx, owner, jobId, amount, `${owner}:${idempotencyKey}`, requestDigest);
       if (posted) {
         await trx
@@ -364,7 +365,7 @@ export class JobService {
     const job = await this.ownedJob(owner, jobId);
     if (!['succeeded', 'failed', 'cancelled'].includes(job.state)) {
       const changes = newChanges(this.deps.economics);
-      await this.deps.db.transaction().execute(async (trx) => {
+      await transact(this.deps.db, async (trx) => {
         await refreshJob(trx, jobId, changes, 'cancelled', 'cancelled by requester');
       });
       this.deps.publish(changes);

@@ -8,6 +8,7 @@ import { canonicalJson, formatCredits, GridworkError, parseCredits, type Balance
 import { sha256Hex } from '@gridwork/protocol/node';
 import { sql } from 'kysely';
 import type { Db } from '../store/database.ts';
+import { transact } from '../store/transact.ts';
 import { available, balancesOf, FEES, post, RESERVE, stakeOf, unbondingOf, WORLD } from './ledger.ts';
 
 export interface AccountServiceOptions {
@@ -86,7 +87,7 @@ export class AccountService {
   }
 
   private async move(kind: string, accountId: string, key: string, request: unknown, postings: { account: string; amount: bigint }[], memo: Record<string, unknown> = {}) {
-    await this.db.transaction().execute((trx) => post(trx, { kind, key: `${accountId}:${key}`, requestDigest: digestOf(request), postings, memo }));
+    await transact(this.db, (trx) => post(trx, { kind, key: `${accountId}:${key}`, requestDigest: digestOf(request), postings, memo }));
   }
 
   /** Development faucet: free credits, only when the coordinator runs with --dev. */
@@ -135,7 +136,7 @@ export class AccountService {
   /** Starts unbonding: the credits leave the stake now and become available after the delay. */
   async unstake(accountId: string, amount: string, key: string): Promise<BalanceView> {
     const micros = parseAmount(amount);
-    await this.db.transaction().execute(async (trx) => {
+    await transact(this.db, async (trx) => {
       const r = await post(trx, {
         kind: 'unstake',
         key: `${accountId}:${key}`,
@@ -157,7 +158,7 @@ export class AccountService {
   async releaseUnbonded(now = new Date()): Promise<number> {
     const due = await this.db.selectFrom('stake_unbondings').selectAll().where('released_at', 'is', null).where('release_at', '<=', now).execute();
     for (const u of due) {
-      await this.db.transaction().execute(async (trx) => {
+      await transact(this.db, async (trx) => {
         await post(trx, {
           kind: 'unbond.release',
           key: `unbond:${u.id}`,
@@ -188,7 +189,7 @@ export class AccountService {
     ];
     if (args.requester && toRequester > 0n) postings.push({ account: available(args.requester), amount: toRequester });
     if (args.auditor && toAuditor > 0n) postings.push({ account: available(args.auditor), amount: toAuditor });
-    await this.db.transaction().execute((trx) => post(trx, { kind: 'slash', key: `slash:${args.key}`, postings, memo: { provider: args.provider, reason: args.reason } }));
+    await transact(this.db, (trx) => post(trx, { kind: 'slash', key: `slash:${args.key}`, postings, memo: { provider: args.provider, reason: args.reason } }));
     this.onStakeChange(args.provider);
   }
 

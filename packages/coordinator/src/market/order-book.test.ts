@@ -366,6 +366,22 @@ describe('OrderBook: auction bids', () => {
     assert.equal(bk.match(cpuOrder(), new Map([['a', C('0.054')]]))?.providerId, 'b');
   });
 
+  test('bids reach providers beyond the probe, but never above their own standing ask', () => {
+    // With a probe of 1 only the best unit score (b) is evaluated from the pool, though a
+    // would be cheaper for this memory-light order: a 0.01 + 0.5 × 0.02 = 0.02, b 0.03 + 0.5 × 0.001 = 0.0305.
+    const bk = new OrderBook(1);
+    bk.upsertProvider(provider('a', { cpu: '0.01', mem: '0.02' }));
+    bk.upsertProvider(provider('b', { cpu: '0.03', mem: '0.001' }));
+    const o = cpuOrder({ resources: { cpu: 1, memoryGiB: 0.5 } });
+    assert.equal(bk.match(o)?.providerId, 'b');
+    assert.equal(bk.match(o)?.pricePerHour, C('0.0305'));
+    // a bids above its own ask (though below b's price): ignored.
+    assert.equal(bk.match(o, new Map([['a', C('0.025')]]))?.providerId, 'b');
+    // a bids at or below its ask: considered, and wins.
+    assert.equal(bk.match(o, new Map([['a', C('0.02')]]))?.providerId, 'a');
+    assert.equal(bk.match(o, new Map([['a', C('0.015')]]))?.pricePerHour, C('0.015'));
+  });
+
   test('bids respect filters and capacity', () => {
     const bk = book(a, provider('b', { cpu: '0.03', region: 'eu' }));
     assert.equal(bk.match(cpuOrder({ regions: ['eu'] }), new Map([['a', 1n]]))?.providerId, 'b');

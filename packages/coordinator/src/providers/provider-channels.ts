@@ -47,6 +47,9 @@ class Channel {
 
 export class ProviderChannels {
   private readonly channels = new Map<string, Channel>();
+  /** Every open connection, also before its hello (it may be handling one). */
+  private readonly all = new Set<Channel>();
+  private closing = false;
 
   constructor(private readonly deps: ProviderChannelsDeps) {}
 
@@ -83,8 +86,14 @@ export class ProviderChannels {
   }
 
   closeAll(): void {
+    this.closing = true;
     for (const ch of this.channels.values()) ch.socket.close(1001, 'coordinator shutting down');
     this.channels.clear();
+  }
+
+  /** Resolves when every message received so far has been handled (before the database closes). */
+  async idle(): Promise<void> {
+    await Promise.all([...this.all].map((ch) => ch.serial(async () => {})));
   }
 
   /** Takes over an authenticated socket (the upgrade request was signed by `providerId`). */
@@ -97,8 +106,14 @@ export class ProviderChannels {
       if (close) socket.close(4002, message.slice(0, 120));
     };
     const pending = new Channel(providerId, socket);
+    if (this.closing) {
+      socket.close(1001, 'coordinator shutting down');
+      return;
+    }
+    this.all.add(pending);
 
     socket.on('message', (data) => {
+      if (this.closing) return;
       void pending.serial(async () => {
         let msg: unknown;
         try {
@@ -150,6 +165,9 @@ export class ProviderChannels {
     });
     socket.on('close', () => {
       clearTimeout(helloTimer);
+      void pending.serial(async () => {
+        this.all.delete(pending);
+      });
       if (channel && this.channels.get(providerId) === channel) {
         this.channels.delete(providerId);
         this.deps.onConnection?.(providerId, false);

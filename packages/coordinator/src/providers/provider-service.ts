@@ -14,6 +14,7 @@ import type { Transaction } from 'kysely';
 import { type Changes, endLease, loseProviderLeases, newChanges, refreshJob } from '../jobs/lease-lifecycle.ts';
 import { ACTIVE_LEASE_STATES, assertTransition } from '../jobs/state-machine.ts';
 import type { Db } from '../store/database.ts';
+import { transact } from '../store/transact.ts';
 import type { Database } from '../store/schema.ts';
 
 export interface ProviderServiceDeps {
@@ -36,7 +37,7 @@ export class ProviderService {
   async hello(providerId: string, hello: ProviderHello): Promise<{ lastApplied: number; outbox: Record<string, unknown>[] }> {
     verifyAsks(providerId, hello.asks, hello.instance, hello.asksSignature);
     const changes = newChanges(this.deps.economics);
-    const result = await this.deps.db.transaction().execute(async (trx) => {
+    const result = await transact(this.deps.db, async (trx) => {
       await trx.insertInto('accounts').values({ id: providerId }).onConflict((oc) => oc.doNothing()).execute();
       const existing = await trx.selectFrom('providers').selectAll().where('id', '=', providerId).forNoKeyUpdate().executeTakeFirst();
       const now = new Date();
@@ -91,7 +92,7 @@ export class ProviderService {
   }
 
   async ack(providerId: string, seq: number): Promise<void> {
-    await this.deps.db.transaction().execute((trx) => this.ackWithin(trx, providerId, seq));
+    await transact(this.deps.db, (trx) => this.ackWithin(trx, providerId, seq));
   }
 
   async heartbeat(providerId: string): Promise<void> {
@@ -102,7 +103,7 @@ export class ProviderService {
   async apply(providerId: string, msg: ProviderSequenced): Promise<ApplyResult> {
     const changes = newChanges(this.deps.economics);
     const logs: { jobId: string; entries: LogEntry[] }[] = [];
-    const result = await this.deps.db.transaction().execute(async (trx): Promise<ApplyResult> => {
+    const result = await transact(this.deps.db, async (trx): Promise<ApplyResult> => {
       const p = await trx.selectFrom('providers').select(['in_seq']).where('id', '=', providerId).forNoKeyUpdate().executeTakeFirst();
       if (!p) throw new GridworkError('PROVIDER_UNKNOWN', 'say hello first');
       const last = Number(p.in_seq);
@@ -218,7 +219,7 @@ export class ProviderService {
     const changes = newChanges(this.deps.economics);
     const lostIds: string[] = [];
     for (const p of stale) {
-      await this.deps.db.transaction().execute(async (trx) => {
+      await transact(this.deps.db, async (trx) => {
         // Provider row first, as hello and apply lock it (then leases): the other order
         // deadlocked against a report being applied. Re-checked here: a heartbeat may have come.
         const still = await trx

@@ -13,6 +13,7 @@ import { costOf, type EconomicsConfig, fundLease } from '../ledger/lease-economi
 import type { Auctions } from '../market/auctions.ts';
 import { type Market, orderOf } from '../market/market.ts';
 import type { Db } from '../store/database.ts';
+import { transact } from '../store/transact.ts';
 
 export interface SchedulerDeps {
   db: Db;
@@ -73,15 +74,28 @@ export class Scheduler {
   private async pass(): Promise<number> {
     const { market, economics } = this.deps;
     const changes = newChanges(economics);
-    const reserved: string[] = [];
     const period = BigInt(economics.meteringIntervalMs);
-    let placed: number;
-    try {
-      placed = await this.deps.db.transaction().execute(async (trx) => {
+    const placed = await transact(this.deps.db, async (trx) => {
+      // Capacity is reserved in the matching index as tasks are placed; if this attempt does
+      // not commit, those reservations are undone before any retry.
+      const reserved: string[] = [];
+      try {
         const queued = await trx
           .selectFrom('tasks')
           .innerJoin('jobs', 'jobs.id', 'tasks.job_id')
-          .select(['tasks.id', 'tasks.idx', 'tasks.state', 'tasks.inputs', 'tasks.job_id', 'jobs.spec', 'jobs.bundle_manifest', 'jobs.state as job_state', 'jobs.max_per_hour', 'jobs.low_balance_since', 'tasks.queued_at'])
+          .select([
+            'tasks.id',
+            'tasks.idx',
+            'tasks.state',
+            'tasks.inputs',
+            'tasks.job_id',
+            'jobs.spec',
+            'jobs.bundle_manifest',
+            'jobs.state as job_state',
+            'jobs.max_per_hour',
+            'jobs.low_balance_since',
+            'tasks.queued_at',
+          ])
           .where('tasks.state', '=', 'queued')
           .orderBy('tasks.queued_at')
           .orderBy('tasks.idx')
@@ -137,7 +151,11 @@ export class Scheduler {
             })
             .execute();
           await fundLease(trx, { id: leaseId, job_id: t.job_id, price_per_hour: match.pricePerHour, usage_ms: 0n, charged: 0n }, 0n, economics);
-          await trx.updateTable('tasks').set({ state: 'assigned', lease_id: leaseId, provider_id: match.providerId, error: null }).where('id', '=', t.id).execute();
+          await trx
+            .updateTable('tasks')
+            .set({ state: 'assigned', lease_id: leaseId, provider_id: match.providerId, error: null })
+            .where('id', '=', t.id)
+            .execute();
           const spec = t.spec;
           const timeoutSeconds = spec.timeoutSeconds ?? 3600;
           const lease: LeaseAssignment = {
@@ -172,11 +190,11 @@ export class Scheduler {
           count++;
         }
         return count;
-      });
-    } catch (err) {
-      for (const id of reserved) market.book.release(id);
-      throw err;
-    }
+      } catch (err) {
+        for (const id of reserved) market.book.release(id);
+        throw err;
+      }
+    });
     if (placed > 0) this.deps.log.debug({ placed }, 'tasks placed');
     this.deps.publish(changes);
     return placed;

@@ -1,0 +1,25 @@
+/**
+ * Runs a database transaction, retrying it when PostgreSQL aborts it to break a deadlock or a
+ * serialization conflict. Transactions here lock rows in orders that follow the work (a
+ * provider's report, a placement across providers, a settlement touching several accounts), so
+ * two of them can occasionally wait on each other; PostgreSQL then aborts one, and running it
+ * again from the start is always safe: nothing of the aborted attempt was committed. The
+ * function must keep its own side effects idempotent (or undo them on throw).
+ */
+import type { Transaction } from 'kysely';
+import type { Db } from './database.ts';
+import type { Database } from './schema.ts';
+
+const RETRYABLE = new Set(['40P01', '40001']); // deadlock_detected, serialization_failure
+
+export async function transact<T>(db: Db, fn: (trx: Transaction<Database>) => Promise<T>, attempts = 6): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await db.transaction().execute(fn);
+    } catch (err) {
+      const code = (err as { code?: unknown }).code;
+      if (attempt >= attempts || typeof code !== 'string' || !RETRYABLE.has(code)) throw err;
+      await new Promise((r) => setTimeout(r, Math.random() * 20 * attempt));
+    }
+  }
+}
