@@ -61,8 +61,15 @@ interface Run {
  */
 async function postBatch(trx: Trx, txs: LedgerTx[]): Promise<number> {
   const keys = txs.map((t) => t.key);
-  const seen = new Set((await trx.selectFrom('ledger_transactions').select('idempotency_key').where('idempotency_key', 'in', keys).execute()).map((r) => r.idempotency_key));
-  const fresh = txs.filter((t) => !seen.has(t.key) && (seen.add(t.key), true));
+  const seen = new Set(
+    (await trx.selectFrom('ledger_transactions').select('idempotency_key').where('idempotency_key', 'in', keys).execute()).map((r) => r.idempotency_key),
+  );
+  const fresh: LedgerTx[] = [];
+  for (const t of txs) {
+    if (seen.has(t.key)) continue;
+    seen.add(t.key);
+    fresh.push(t);
+  }
   if (fresh.length === 0) return 0;
   const accounts = [...new Set(fresh.flatMap((t) => t.postings.map((p) => p.account)))].sort();
   await trx
@@ -71,7 +78,8 @@ async function postBatch(trx: Trx, txs: LedgerTx[]): Promise<number> {
     .onConflict((oc) => oc.column('account').doNothing())
     .execute();
   const balances = new Map<string, bigint>();
-  for (const r of await trx.selectFrom('ledger_balances').selectAll().where('account', 'in', accounts).orderBy('account').forUpdate().execute()) balances.set(r.account, r.balance);
+  for (const r of await trx.selectFrom('ledger_balances').selectAll().where('account', 'in', accounts).orderBy('account').forUpdate().execute())
+    balances.set(r.account, r.balance);
   const accepted: LedgerTx[] = [];
   for (const t of fresh) {
     let sum = 0n;
@@ -89,13 +97,24 @@ async function postBatch(trx: Trx, txs: LedgerTx[]): Promise<number> {
     .execute();
   const idOf = new Map(ids.map((r) => [r.idempotency_key, r.id]));
   const touched = [...new Set(accepted.flatMap((t) => t.postings.map((p) => p.account)))].sort();
-  await sql`update ledger_balances as b set balance = v.balance from (values ${sql.join(touched.map((a) => sql`(${a}::text, ${balances.get(a) as bigint}::bigint)`))}) as v(account, balance) where b.account = v.account`.execute(trx);
+  await sql`update ledger_balances as b set balance = v.balance from (values ${sql.join(touched.map((a) => sql`(${a}::text, ${balances.get(a) as bigint}::bigint)`))}) as v(account, balance) where b.account = v.account`.execute(
+    trx,
+  );
   const postings = accepted.flatMap((t) => t.postings.map((p) => ({ tx_id: idOf.get(t.key) as bigint, account: p.account, amount: p.amount })));
-  for (let i = 0; i < postings.length; i += 5000) await trx.insertInto('ledger_postings').values(postings.slice(i, i + 5000)).execute();
+  for (let i = 0; i < postings.length; i += 5000)
+    await trx
+      .insertInto('ledger_postings')
+      .values(postings.slice(i, i + 5000))
+      .execute();
   return accepted.length;
 }
 
-async function benchStore(store: string): Promise<{ runs: Run[]; audit: Awaited<ReturnType<typeof verifyLedger>>; replay: { resubmitted: number; duplicates: number; balancesUnchanged: boolean }; settings: Record<string, string> }> {
+async function benchStore(store: string): Promise<{
+  runs: Run[];
+  audit: Awaited<ReturnType<typeof verifyLedger>>;
+  replay: { resubmitted: number; duplicates: number; balancesUnchanged: boolean };
+  settings: Record<string, string>;
+}> {
   const dir = await mkdtemp(join(tmpdir(), 'gridwork-bench-ledger-'));
   const schema = `bench_${randomBytes(4).toString('hex')}`;
   const t0 = performance.now();
@@ -115,7 +134,14 @@ async function benchStore(store: string): Promise<{ runs: Run[]; audit: Awaited<
     let b = accts[Math.floor(r() * ACCOUNTS)] as string;
     while (b === a) b = accts[Math.floor(r() * ACCOUNTS)] as string;
     const amount = BigInt(1 + Math.floor(r() * 1000));
-    const tx: LedgerTx = { kind: 'bench.transfer', key: `bench-${store}-${seq++}`, postings: [{ account: a, amount: -amount }, { account: b, amount }] };
+    const tx: LedgerTx = {
+      kind: 'bench.transfer',
+      key: `bench-${store}-${seq++}`,
+      postings: [
+        { account: a, amount: -amount },
+        { account: b, amount },
+      ],
+    };
     all.push(tx);
     return tx;
   };
@@ -123,7 +149,14 @@ async function benchStore(store: string): Promise<{ runs: Run[]; audit: Awaited<
   // Fund every account from ext:world (one transaction, through post()).
   await db.transaction().execute(async (trx) => {
     for (const [i, a] of accts.entries()) {
-      const tx: LedgerTx = { kind: 'bench.fund', key: `fund-${store}-${i}`, postings: [{ account: WORLD, amount: -1_000_000_000_000n }, { account: a, amount: 1_000_000_000_000n }] };
+      const tx: LedgerTx = {
+        kind: 'bench.fund',
+        key: `fund-${store}-${i}`,
+        postings: [
+          { account: WORLD, amount: -1_000_000_000_000n },
+          { account: a, amount: 1_000_000_000_000n },
+        ],
+      };
       all.push(tx);
       await post(trx, tx);
     }
@@ -220,7 +253,14 @@ for (const store of STORES) results.push(await benchStore(store));
 const runs = results.flatMap((r) => r.runs);
 const bestShipping = Math.max(...runs.filter((r) => r.path === 'post()' && r.batch > 1).map((r) => r.postingsPerSec));
 const bestMultiRow = Math.max(...runs.filter((r) => r.path !== 'post()').map((r) => r.postingsPerSec));
-const invariantOk = results.every((r) => r.audit.total === 0n && r.audit.mismatched.length === 0 && r.audit.negative.length === 0 && r.replay.duplicates === r.replay.resubmitted && r.replay.balancesUnchanged);
+const invariantOk = results.every(
+  (r) =>
+    r.audit.total === 0n &&
+    r.audit.mismatched.length === 0 &&
+    r.audit.negative.length === 0 &&
+    r.replay.duplicates === r.replay.resubmitted &&
+    r.replay.balancesUnchanged,
+);
 const g8Met = bestShipping >= G8_GOAL && invariantOk;
 
 printTable(`Ledger postings (2 per transfer, 1,000 accounts, ${SECONDS} s per row; G8 goal ≥ ${G8_GOAL} durable postings/s with batching)`, [

@@ -68,7 +68,9 @@ function prefill(
   full: () => boolean,
 ): number {
   const rep = (p: SimProvider) => 0.5 + 0.5 * p.reputation;
-  const free = new Map(providers.map((p) => [p.id, { cores: p.hardware.cpu.cores, mem: p.hardware.memoryGiB, slots: p.slots, gpus: p.hardware.gpus.map((g) => g.index) }]));
+  const free = new Map(
+    providers.map((p) => [p.id, { cores: p.hardware.cpu.cores, mem: p.hardware.memoryGiB, slots: p.slots, gpus: p.hardware.gpus.map((g) => g.index) }]),
+  );
   const pools = new Map<string, SimProvider[]>();
   const scores = new Map<string, Map<string, number>>();
   const add = (pool: string, p: SimProvider, score: number) => {
@@ -264,8 +266,8 @@ function runSize(n: number): Result {
       const m = book.match(order);
       const dt = Number(process.hrtime.bigint() - t);
       const key = `${order.resources.gpu ? 'gpu' : 'cpu'} ${m ? 'matched' : 'unmatched'}`;
-      let arr = kinds.get(key);
-      if (!arr) kinds.set(key, (arr = []));
+      const arr = kinds.get(key) ?? [];
+      if (arr.length === 0) kinds.set(key, arr);
       arr.push(dt);
       k--; // step() below consumes the same order, so the stream and the book move on as before
       step();
@@ -354,7 +356,9 @@ printTable('Order book matching, single thread (match + reserve, steady-state re
 ]);
 printTable('Where the time goes (separate pass, each match timed alone; G1 needs ≤ 5 µs per placement)', [
   ['providers', 'order kind', 'share of orders', 'share of time', 'mean µs', 'p99 µs'],
-  ...results.flatMap((r) => r.breakdown.map((b) => [r.providers, b.kind, `${round(b.share * 100, 1)}%`, `${round(b.timeShare * 100, 1)}%`, round(b.meanUs, 2), round(b.p99Us, 1)])),
+  ...results.flatMap((r) =>
+    r.breakdown.map((b) => [r.providers, b.kind, `${round(b.share * 100, 1)}%`, `${round(b.timeShare * 100, 1)}%`, round(b.meanUs, 2), round(b.p99Us, 1)]),
+  ),
 ]);
 printTable('Growth of per-placement cost (G2: ≤ 1.5× per 10× providers)', [
   ['step', 'ratio (per 10×)', 'goal', 'result'],
@@ -380,7 +384,13 @@ console.log(
       turnover: round(r.turnover, 4),
       fillPlacements: r.fillPlacements,
       fillMs: Math.round(r.fillMs),
-      breakdown: r.breakdown.map((b) => ({ kind: b.kind, share: round(b.share, 4), timeShare: round(b.timeShare, 4), meanUs: round(b.meanUs, 2), p99Us: round(b.p99Us, 1) })),
+      breakdown: r.breakdown.map((b) => ({
+        kind: b.kind,
+        share: round(b.share, 4),
+        timeShare: round(b.timeShare, 4),
+        meanUs: round(b.meanUs, 2),
+        p99Us: round(b.p99Us, 1),
+      })),
       buildMs: Math.round(r.buildMs),
       attempts: r.attempts,
     })),

@@ -3,7 +3,7 @@
  * realistic variety, percentiles, and the output format (a table for people, then one JSON
  * line for machines — always the last line of stdout).
  */
-import { cpus } from 'node:os';
+import { cpus, loadavg } from 'node:os';
 import type { Asks, Benchmarks, Hardware, Resources } from '@gridwork/protocol';
 
 /** mulberry32: small, fast, and the same sequence for the same seed on every run. */
@@ -186,11 +186,19 @@ export const round = (x: number, digits = 2) => {
   return Math.round(x * f) / f;
 };
 
+/** One line for the table footers: the load the machine was under. */
+export function loadNote(): string {
+  const [one, five] = loadavg();
+  return `load average ${round(one ?? 0, 2)} (1 min), ${round(five ?? 0, 2)} (5 min) on ${cpus().length} cores${(one ?? 0) > cpus().length ? ' — machine busy with other work: figures are pessimistic' : ''}`;
+}
+
 /** Prints rows as an aligned text table (first row is the header). */
 export function printTable(title: string, rows: (string | number)[][]): void {
   const cells = rows.map((r) => r.map((c) => String(c)));
   const widths: number[] = [];
-  for (const r of cells) r.forEach((c, i) => (widths[i] = Math.max(widths[i] ?? 0, c.length)));
+  for (const r of cells) {
+    for (const [i, c] of r.entries()) widths[i] = Math.max(widths[i] ?? 0, c.length);
+  }
   const line = (r: string[]) => r.map((c, i) => (i === 0 ? c.padEnd(widths[i] ?? 0) : c.padStart(widths[i] ?? 0))).join('  ');
   console.log(`\n${title}`);
   const [head, ...body] = cells;
@@ -205,7 +213,15 @@ export const yesNo = (met: boolean) => (met ? 'MET' : 'MISSED');
 
 export function machineInfo(): Record<string, unknown> {
   const c = cpus();
-  return { node: process.version, platform: process.platform, arch: process.arch, cpu: c[0]?.model ?? 'unknown', cores: c.length };
+  // Load average: other work on this shared machine skews every figure; it is recorded with them.
+  return {
+    node: process.version,
+    platform: process.platform,
+    arch: process.arch,
+    cpu: c[0]?.model ?? 'unknown',
+    cores: c.length,
+    loadavg: loadavg().map((x) => round(x, 2)),
+  };
 }
 
 /** Progress goes to stderr so stdout stays: tables, then the JSON line. */

@@ -3,7 +3,7 @@
  * together. Everything else receives its dependencies.
  */
 import { join } from 'node:path';
-import { GRIDWORK_VERSION, parseCredits } from '@gridwork/protocol';
+import { GRIDWORK_VERSION, parseCredits, RECONNECT_MAX_BACKOFF_MS } from '@gridwork/protocol';
 import type { FastifyInstance } from 'fastify';
 import pino, { type Logger } from 'pino';
 import { registerBlobRoutes } from './api/blob-routes.ts';
@@ -172,6 +172,9 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
 
   const timeoutMs = config.heartbeatIntervalMs * config.heartbeatMisses;
+  // After a (re)start, providers reconnect with backoff (at most RECONNECT_MAX_BACKOFF_MS apart):
+  // none is judged before it has had the time to find us again.
+  const startupGraceMs = timeoutMs + RECONNECT_MAX_BACKOFF_MS * 1.25; // the backoff has ±25% jitter
   // If this process itself stalled (a long GC, an overloaded host), heartbeats may be waiting
   // unread in its sockets: a sweep that fires far too late judges nobody, and the grace starts over.
   let sweepSince = startedAt;
@@ -180,6 +183,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
     const now = Date.now();
     if (now - lastTick > 2 * config.heartbeatIntervalMs) sweepSince = new Date(now);
     lastTick = now;
+    if (now - sweepSince.getTime() < startupGraceMs) return;
     providers
       .sweep(timeoutMs, sweepSince)
       .then((lost) => {

@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { cp, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -53,11 +53,18 @@ class Network {
   port = 0;
   private dir!: { path: string; remove: () => Promise<void> };
   private schema: string | undefined;
+  private t0 = Date.now();
+  /** What happened when (seconds since the test began): printed with every result. */
+  readonly timeline: string[] = [];
 
   constructor(
     readonly store: StoreKind,
     readonly heartbeatMs: number,
   ) {}
+
+  mark(what: string): void {
+    this.timeline.push(`${what} @${((Date.now() - this.t0) / 1000).toFixed(1)}s`);
+  }
 
   get coordinatorDir(): string {
     return join(this.dir.path, 'coordinator');
@@ -74,12 +81,18 @@ class Network {
 
   /** Starts the coordinator and the providers side by side (providers retry until it listens). */
   async start(providers: number, slots: number): Promise<void> {
+    this.t0 = Date.now();
     this.dir = await tempDir('gridwork-durability-');
     if (this.store === 'postgres') this.schema = uniqueSchema('gw_durability');
     this.port = await freePort();
     this.client = new GridworkClient({ url: this.url, identity: this.identity });
-    await Promise.all([this.startCoordinator(), ...Array.from({ length: providers }, (_, i) => this.startProvider(`dur-p${i}`, slots))]);
+    const coordinator = async () => {
+      if (this.store === 'pglite') await cp(await pgliteTemplate(), join(this.coordinatorDir, 'db'), { recursive: true });
+      await this.startCoordinator();
+    };
+    await Promise.all([coordinator(), ...Array.from({ length: providers }, (_, i) => this.startProvider(`dur-p${i}`, slots))]);
     await this.waitConnected(this.providers.map((p) => p.id));
+    this.mark('providers connected');
     await this.client.deposit('100');
   }
 
@@ -96,6 +109,7 @@ class Network {
       env: this.env,
     });
     this.spawned.push(this.coordinator);
+    this.mark(`${this.coordinator.label} listening`);
     assert.equal(this.coordinator.url, this.url);
     return this.coordinator;
   }
@@ -111,6 +125,7 @@ class Network {
       slots,
     });
     this.spawned.push(p);
+    this.mark(`${p.label} started`);
     const i = this.providers.findIndex((q) => q.name === name);
     if (i >= 0) this.providers[i] = p;
     else this.providers.push(p);
@@ -155,12 +170,20 @@ class Network {
   }
 
   /** Polls (the event stream would break when a coordinator is killed) until the job has ended. */
-  finished(jobId: string): Promise<JobView> {
-    return until(
+  async finished(jobId: string): Promise<JobView> {
+    const job = await until(
       () => this.client.get(jobId),
       (j) => ['succeeded', 'failed', 'cancelled'].includes(j.state),
       { timeoutMs: WAIT_MS, pollMs: 200, what: `job ${jobId} to end` },
     );
+    this.mark(`job ${job.state}`);
+    return job;
+  }
+
+  async kill9(p: GridworkProcess): Promise<void> {
+    const exit = await p.kill9();
+    assert.equal(exit.signal, 'SIGKILL', `${p.label} died of SIGKILL`);
+    this.mark(`${p.label} killed`);
   }
 
   /** Stops every process still running (providers first, so the coordinator sees them leave). */
@@ -197,13 +220,36 @@ class Network {
   }
 }
 
-/** Runs a test body; on failure the children's stderr is appended to the error. */
-async function withDiagnostics(net: Network, body: () => Promise<void>): Promise<void> {
+/**
+ * A migrated PGlite store, made once per file and copied for each test: creating one takes
+ * seconds (a restart, which the copy amounts to, takes about one).
+ */
+let template: { dir: Promise<{ path: string; remove: () => Promise<void> }>; db: Promise<string> } | undefined;
+function pgliteTemplate(): Promise<string> {
+  if (!template) {
+    const dir = tempDir('gridwork-durability-template-');
+    const db = dir.then(async ({ path }) => {
+      await (await openDatabase({ dataDir: join(path, 'db') })).destroy();
+      return join(path, 'db');
+    });
+    template = { dir, db };
+  }
+  return template.db;
+}
+after(async () => {
+  await template?.db.catch(() => {});
+  await (await template?.dir)?.remove();
+});
+
+/** Runs a test body; prints its timeline, and on failure appends the children's stderr to the error. */
+async function withDiagnostics(net: Network, t: { diagnostic(message: string): void }, body: () => Promise<void>): Promise<void> {
   try {
     await body();
   } catch (err) {
-    if (err instanceof Error) err.message += `\n\nchild processes:\n${net.diagnostics()}`;
+    if (err instanceof Error) err.message += `\n\ntimeline: ${net.timeline.join(', ')}\n\nchild processes:\n${net.diagnostics()}`;
     throw err;
+  } finally {
+    t.diagnostic(`timeline: ${net.timeline.join(', ')}`);
   }
 }
 
@@ -272,6 +318,7 @@ async function assertEachTaskSucceededOnce(net: Network, job: JobView, shards: n
   }
 
   await net.stop();
+  net.mark('all stopped');
   return net.withDb(async (db) => {
     const tasks = await db.selectFrom('tasks').select(['id', 'idx', 'state', 'lease_id']).where('job_id', '=', job.id).orderBy('idx').execute();
     const leases = await db
@@ -327,7 +374,7 @@ for (const store of ['pglite', 'postgres'] as const) {
     after(() => net.cleanup());
 
     test('a coordinator restarted on the same data and port finishes the job; providers reconnect by themselves', { timeout: 90_000 }, (t) =>
-      withDiagnostics(net, async () => {
+      withDiagnostics(net, t, async () => {
         const SHARDS = 6;
         await net.start(3, 1);
         const submitted = await net.submit('coordinator-crash', SHARDS, 2500);
@@ -339,10 +386,9 @@ for (const store of ['pglite', 'postgres'] as const) {
           { timeoutMs: WAIT_MS, what: 'two tasks to run in the sandbox' },
         );
         assert.ok(!running.job.tasks.some((x) => x.state === 'succeeded'), 'no task finished before the kill');
+        net.mark(`${startedTasks(net, running.logs, SHARDS).length} tasks running`);
         const old = net.coordinator;
-        const exit = await old.kill9();
-        assert.equal(exit.signal, 'SIGKILL');
-        t.diagnostic(`killed the coordinator with ${startedTasks(net, running.logs, SHARDS).length} task(s) running in the sandbox`);
+        await net.kill9(old);
 
         const restarted = await net.startCoordinator();
         assert.equal(restarted.url, old.url, 'the restarted coordinator is at the same URL');
@@ -351,6 +397,7 @@ for (const store of ['pglite', 'postgres'] as const) {
           net.providers.map((p) => p.id),
           'providers to reconnect to the restarted coordinator',
         );
+        net.mark('providers reconnected');
         assert.ok(net.providers.every((p) => p.alive && p.pid === net.spawned.find((s) => s.label === `${p.name}#1`)?.pid), 'providers are the original processes');
 
         const job = await net.finished(submitted.id);
@@ -373,8 +420,8 @@ describe('provider killed with SIGKILL while its task runs', () => {
   const net = new Network('pglite', 300);
   after(() => net.cleanup());
 
-  test('its task is requeued after the heartbeat timeout and finishes on the other provider; no sandboxed process lingers', { timeout: 60_000 }, () =>
-    withDiagnostics(net, async () => {
+  test('its task is requeued after the heartbeat timeout and finishes on the other provider; no sandboxed process lingers', { timeout: 60_000 }, (t) =>
+    withDiagnostics(net, t, async () => {
       await net.start(2, 1);
       const submitted = await net.submit('provider-crash', 2, 3000);
       const { job } = await until(
@@ -382,6 +429,7 @@ describe('provider killed with SIGKILL while its task runs', () => {
         ({ logs }) => startedTasks(net, logs, 2).length === 2,
         { timeoutMs: WAIT_MS, what: 'both tasks to run in the sandbox' },
       );
+      net.mark('both tasks running');
       const victimTask = job.tasks[0];
       assert.ok(victimTask?.leaseId && victimTask.providerName, 'task 0 is placed');
       const victim = net.providers.find((p) => p.name === victimTask.providerName) as ProviderProcess;
@@ -392,7 +440,7 @@ describe('provider killed with SIGKILL while its task runs', () => {
       // The victim's sandbox (bwrap and the task inside) is visible before the kill.
       assert.ok(processesMatching(lostLease, { environ: true }).length > 0, 'the victim’s sandboxed task runs before the kill');
       const killedAt = Date.now();
-      assert.equal((await victim.kill9()).signal, 'SIGKILL');
+      await net.kill9(victim);
       // bwrap --die-with-parent: the sandbox dies with the agent.
       await until(
         async () => processesMatching(lostLease, { environ: true }),
@@ -429,8 +477,8 @@ describe('provider killed with SIGKILL and restarted at once (same key, new inst
   const net = new Network('pglite', 5000);
   after(() => net.cleanup());
 
-  test('the hello of the new instance loses the old leases at once and the job still succeeds', { timeout: 60_000 }, () =>
-    withDiagnostics(net, async () => {
+  test('the hello of the new instance loses the old leases at once and the job still succeeds', { timeout: 60_000 }, (t) =>
+    withDiagnostics(net, t, async () => {
       await net.start(2, 1);
       const submitted = await net.submit('provider-restart', 2, 3000);
       const { job } = await until(
@@ -438,13 +486,14 @@ describe('provider killed with SIGKILL and restarted at once (same key, new inst
         ({ logs }) => startedTasks(net, logs, 2).length === 2,
         { timeoutMs: WAIT_MS, what: 'both tasks to run in the sandbox' },
       );
+      net.mark('both tasks running');
       const victimTask = job.tasks[0];
       assert.ok(victimTask?.leaseId && victimTask.providerName, 'task 0 is placed');
       const victim = net.providers.find((p) => p.name === victimTask.providerName) as ProviderProcess;
       const lostLease = victimTask.leaseId;
 
       const killedAt = Date.now();
-      await victim.kill9();
+      await net.kill9(victim);
       const reborn = await net.startProvider(victim.name, 1);
       assert.equal(reborn.id, victim.id, 'same data directory, same key');
       await until(

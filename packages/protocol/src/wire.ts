@@ -15,6 +15,9 @@ import { Resources } from './job-spec.ts';
 
 export const PROTOCOL_VERSION = 1;
 
+/** Agents retry a lost connection with exponential backoff capped at this; coordinators give them this long after a restart. */
+export const RECONNECT_MAX_BACKOFF_MS = 5000;
+
 export const LeaseAssignment = Type.Object({
   leaseId: Type.String(),
   taskId: Type.String(),

@@ -3,7 +3,7 @@
  * backoff, over which reports are sent with sequence numbers and kept until acknowledged, and
  * coordinator messages are applied in order, once, then acknowledged.
  */
-import type { CoordinatorMessage, CoordinatorSequenced, ProviderHello, ProviderSequenced } from '@gridwork/protocol';
+import { type CoordinatorMessage, type CoordinatorSequenced, type ProviderHello, type ProviderSequenced, RECONNECT_MAX_BACKOFF_MS } from '@gridwork/protocol';
 import { type Identity, signRequest } from '@gridwork/protocol/node';
 import type { Logger } from 'pino';
 import WebSocket from 'ws';
@@ -123,8 +123,8 @@ export class CoordinatorLink {
       this.socket = undefined;
       if (this.closed) return;
       if (wasReady) log.warn('lost the coordinator connection; reconnecting');
-      const delay = Math.min(this.backoffMs, this.options.maxBackoffMs ?? 5000);
-      this.backoffMs = Math.min(delay * 2, this.options.maxBackoffMs ?? 5000);
+      const delay = Math.min(this.backoffMs, this.options.maxBackoffMs ?? RECONNECT_MAX_BACKOFF_MS);
+      this.backoffMs = Math.min(delay * 2, this.options.maxBackoffMs ?? RECONNECT_MAX_BACKOFF_MS);
       this.reconnectTimer = setTimeout(() => this.connect(), delay * (0.75 + Math.random() * 0.5));
     });
   }

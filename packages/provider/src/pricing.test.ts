@@ -30,7 +30,9 @@ describe('fixedPricing', () => {
   test('GPUs: the default GPU price, overridden per model; one entry per model present', () => {
     const hw = hardware(['rtx-4090', 'a100-80gb', 'rtx-4090', 'l4']);
     assert.deepEqual(fixedPricing().asks(hw).gpuHour, { 'rtx-4090': '0.6', 'a100-80gb': '0.6', l4: '0.6' });
-    const asks = fixedPricing({ cpuCoreHour: '0.015', memoryGiBHour: '0.0030', gpuDefault: '0.45', gpuHour: { 'a100-80gb': '1.80', 'h100-80gb': '3' } }).asks(hw);
+    const asks = fixedPricing({ cpuCoreHour: '0.015', memoryGiBHour: '0.0030', gpuDefault: '0.45', gpuHour: { 'a100-80gb': '1.80', 'h100-80gb': '3' } }).asks(
+      hw,
+    );
     // Normalized decimals; h100 is not on this machine, so it is not asked.
     assert.deepEqual(asks, { cpuCoreHour: '0.015', memoryGiBHour: '0.003', gpuHour: { 'rtx-4090': '0.45', 'a100-80gb': '1.8', l4: '0.45' } });
   });

@@ -42,10 +42,13 @@ function hardware(o: ProviderOptions): Hardware {
 }
 
 function provider(id: string, o: ProviderOptions = {}): BookProvider {
-  const asks: Asks | null =
-    o.asks !== undefined ? o.asks : { cpuCoreHour: o.cpu ?? '0.02', memoryGiBHour: o.mem ?? '0.004', gpuHour: o.gpuHour ?? {} };
+  const asks: Asks | null = o.asks !== undefined ? o.asks : { cpuCoreHour: o.cpu ?? '0.02', memoryGiBHour: o.mem ?? '0.004', gpuHour: o.gpuHour ?? {} };
   const benchmarks: Benchmarks | null =
-    o.benchmarks !== undefined ? o.benchmarks : o.cpuMops !== undefined || o.gpuPerf !== undefined ? { cpuMopsPerCore: o.cpuMops ?? 1, gpu: o.gpuPerf ?? {} } : null;
+    o.benchmarks !== undefined
+      ? o.benchmarks
+      : o.cpuMops !== undefined || o.gpuPerf !== undefined
+        ? { cpuMopsPerCore: o.cpuMops ?? 1, gpu: o.gpuPerf ?? {} }
+        : null;
   return {
     id,
     name: `name-${id}`,
@@ -135,9 +138,21 @@ describe('OrderBook: GPU orders', () => {
   const population = () =>
     book(
       // wrong model, very cheap
-      provider('a-rtx', { gpus: [{ model: 'rtx-4090', vramGiB: 24 }, { model: 'rtx-4090', vramGiB: 24 }], gpuHour: { 'rtx-4090': '0.1' } }),
+      provider('a-rtx', {
+        gpus: [
+          { model: 'rtx-4090', vramGiB: 24 },
+          { model: 'rtx-4090', vramGiB: 24 },
+        ],
+        gpuHour: { 'rtx-4090': '0.1' },
+      }),
       // allowed model name, but too little VRAM
-      provider('b-vram', { gpus: [{ model: 'a100-80gb', vramGiB: 40 }, { model: 'a100-80gb', vramGiB: 40 }], gpuHour: { 'a100-80gb': '0.2' } }),
+      provider('b-vram', {
+        gpus: [
+          { model: 'a100-80gb', vramGiB: 40 },
+          { model: 'a100-80gb', vramGiB: 40 },
+        ],
+        gpuHour: { 'a100-80gb': '0.2' },
+      }),
       // only one allowed GPU
       provider('c-count', { gpus: [{ model: 'a100-80gb' }, { model: 'rtx-4090', vramGiB: 24 }], gpuHour: { 'a100-80gb': '0.3', 'rtx-4090': '0.1' } }),
       // mixed: cheapest usable pair is GPU 1 (a100, 1.0) + GPU 0 (h100, 2.0; lower index than GPU 2)
@@ -197,7 +212,11 @@ describe('OrderBook: GPU orders', () => {
 
   test('throughput in the score is that of the GPUs the order would use, not of other GPUs on the machine', () => {
     // x has a fast h100 and a slow t4; the order wants a t4. y has a t4 too and asks less for it.
-    const x = provider('x', { gpus: [{ model: 'h100-80gb' }, { model: 't4', vramGiB: 16 }], gpuHour: { 'h100-80gb': '3', t4: '0.3' }, gpuPerf: { 'h100-80gb': 3, t4: 0.3 } });
+    const x = provider('x', {
+      gpus: [{ model: 'h100-80gb' }, { model: 't4', vramGiB: 16 }],
+      gpuHour: { 'h100-80gb': '3', t4: '0.3' },
+      gpuPerf: { 'h100-80gb': 3, t4: 0.3 },
+    });
     const y = provider('y', { gpus: [{ model: 't4', vramGiB: 16 }], gpuHour: { t4: '0.25' }, gpuPerf: { t4: 0.3 } });
     const m = book(x, y).match(gpuOrder({ resources: { cpu: 1, memoryGiB: 1, gpu: { count: 1, models: ['t4'] } } }));
     assert.equal(m?.providerId, 'y');
@@ -212,7 +231,12 @@ describe('OrderBook: GPU orders', () => {
 
 describe('OrderBook: filters', () => {
   test('regions: only providers in an allowed region (a provider with no region is outside every list)', () => {
-    const b = book(provider('a', { cpu: '0.01' }), provider('b', { cpu: '0.02', region: 'us' }), provider('c', { cpu: '0.03', region: 'eu' }), provider('d', { cpu: '0.04', region: 'ap' }));
+    const b = book(
+      provider('a', { cpu: '0.01' }),
+      provider('b', { cpu: '0.02', region: 'us' }),
+      provider('c', { cpu: '0.03', region: 'eu' }),
+      provider('d', { cpu: '0.04', region: 'ap' }),
+    );
     assert.equal(b.match(cpuOrder())?.providerId, 'a');
     assert.equal(b.match(cpuOrder({ regions: ['eu'] }))?.providerId, 'c');
     assert.equal(b.match(cpuOrder({ regions: ['ap', 'eu'] }))?.providerId, 'c');
@@ -235,7 +259,10 @@ describe('OrderBook: filters', () => {
   });
 
   test('hardware: cores, memory and disk the machine does not have', () => {
-    const b = book(provider('a', { cpu: '0.01', cores: 2, memoryGiB: 4, diskGiB: 10 }), provider('b', { cpu: '0.02', cores: 16, memoryGiB: 64, diskGiB: 1000 }));
+    const b = book(
+      provider('a', { cpu: '0.01', cores: 2, memoryGiB: 4, diskGiB: 10 }),
+      provider('b', { cpu: '0.02', cores: 16, memoryGiB: 64, diskGiB: 1000 }),
+    );
     assert.equal(b.match(cpuOrder({ resources: { cpu: 2, memoryGiB: 4, diskGiB: 10 } }))?.providerId, 'a');
     assert.equal(b.match(cpuOrder({ resources: { cpu: 2.5, memoryGiB: 1 } }))?.providerId, 'b');
     assert.equal(b.match(cpuOrder({ resources: { cpu: 1, memoryGiB: 4.5 } }))?.providerId, 'b');
@@ -346,7 +373,13 @@ describe('OrderBook: auction bids', () => {
     assert.equal(m?.pricePerHour, C('0.02'));
     assert.equal(m?.score, 20_000);
     // The standing winner may bid too.
-    const m2 = bk.match(cpuOrder(), new Map([['a', C('0.02')], ['b', C('0.01')]]));
+    const m2 = bk.match(
+      cpuOrder(),
+      new Map([
+        ['a', C('0.02')],
+        ['b', C('0.01')],
+      ]),
+    );
     assert.equal(m2?.providerId, 'b');
     assert.equal(m2?.pricePerHour, C('0.01'));
   });
@@ -407,7 +440,12 @@ describe('OrderBook: explain', () => {
       good('model-1', '1', { gpus: [{ model: 'rtx-4090' }, { model: 'rtx-4090' }] }),
       good('model-2', '1', { gpus: [] }),
       good('model-3', '1', { gpus: [{ model: 'h100-80gb' }, { model: 'h100-80gb' }, { model: 'h100-80gb' }] }),
-      good('vram-1', '1', { gpus: [{ model: 'a100-80gb', vramGiB: 40 }, { model: 'a100-80gb', vramGiB: 40 }] }),
+      good('vram-1', '1', {
+        gpus: [
+          { model: 'a100-80gb', vramGiB: 40 },
+          { model: 'a100-80gb', vramGiB: 40 },
+        ],
+      }),
       good('count-1', '1', { gpus: [{ model: 'a100-80gb' }] }),
       good('count-2', '1', { gpus: [{ model: 'a100-80gb' }, { model: 'a100-80gb', vramGiB: 40 }] }),
       good('cpu-1', '1', { cores: 2 }),
@@ -435,7 +473,21 @@ describe('OrderBook: explain', () => {
     b.reserve('busy-lease-2', 'busy-2', { cpu: 1, memoryGiB: 1 }, [1], T2);
     b.reserve('busy-lease-3', 'busy-2', { cpu: 1, memoryGiB: 1 }, [], T1);
     const ex = b.explain(order('10'));
-    assert.deepEqual(ex.excluded, { offline: 2, draining: 1, gpuModel: 3, gpuVram: 1, gpuCount: 2, cpu: 1, memory: 1, disk: 1, region: 2, reputation: 1, stake: 1, price: 2, busy: 2 });
+    assert.deepEqual(ex.excluded, {
+      offline: 2,
+      draining: 1,
+      gpuModel: 3,
+      gpuVram: 1,
+      gpuCount: 2,
+      cpu: 1,
+      memory: 1,
+      disk: 1,
+      region: 2,
+      reputation: 1,
+      stake: 1,
+      price: 2,
+      busy: 2,
+    });
     assert.deepEqual(ex.providers, { total: 23, online: 21 });
     assert.equal(ex.candidates, 3);
     assert.equal(ex.matchable, true);
@@ -499,7 +551,14 @@ describe('OrderBook: summary', () => {
     const b = book(
       provider('a', { cpu: '0.01', mem: '0.002', cores: 4, memoryGiB: 16 }),
       provider('b', { cpu: '0.05', mem: '0.001', cores: 8, memoryGiB: 32, gpus: [{ model: 'l4' }, { model: 'l4' }], gpuHour: { l4: '0.4' } }),
-      provider('c', { cpu: '0.02', mem: '0.003', cores: 16, memoryGiB: 64, gpus: [{ model: 'l4' }, { model: 'h100-80gb' }], gpuHour: { l4: '0.3', 'h100-80gb': '2.5' } }),
+      provider('c', {
+        cpu: '0.02',
+        mem: '0.003',
+        cores: 16,
+        memoryGiB: 64,
+        gpus: [{ model: 'l4' }, { model: 'h100-80gb' }],
+        gpuHour: { l4: '0.3', 'h100-80gb': '2.5' },
+      }),
       provider('off', { cpu: '0.0001', mem: '0.0001', cores: 100, connected: false }),
       provider('drain', { cpu: '0.0001', state: 'draining' }),
       provider('none', { asks: null }),
@@ -514,10 +573,34 @@ describe('OrderBook: summary', () => {
       ['cpu', 'gpu:h100-80gb', 'gpu:l4', 'memory'],
     );
     const by = new Map(s.map((c) => [c.resourceClass, c]));
-    assert.deepEqual(by.get('cpu'), { resourceClass: 'cpu', unit: 'core-hour', providers: 5, freeUnits: 4 + 8 + 16 - 2.5 + 2 + 2, min: '0.01', median: '0.02', max: '0.05' });
-    assert.deepEqual(by.get('memory'), { resourceClass: 'memory', unit: 'GiB-hour', providers: 5, freeUnits: 16 + 32 + 64 - 10.25 + 8 + 8, min: '0.001', median: '0.002', max: '0.004' });
+    assert.deepEqual(by.get('cpu'), {
+      resourceClass: 'cpu',
+      unit: 'core-hour',
+      providers: 5,
+      freeUnits: 4 + 8 + 16 - 2.5 + 2 + 2,
+      min: '0.01',
+      median: '0.02',
+      max: '0.05',
+    });
+    assert.deepEqual(by.get('memory'), {
+      resourceClass: 'memory',
+      unit: 'GiB-hour',
+      providers: 5,
+      freeUnits: 16 + 32 + 64 - 10.25 + 8 + 8,
+      min: '0.001',
+      median: '0.002',
+      max: '0.004',
+    });
     assert.deepEqual(by.get('gpu:l4'), { resourceClass: 'gpu:l4', unit: 'GPU-hour', providers: 3, freeUnits: 3, min: '0.3', median: '0.35', max: '0.4' });
-    assert.deepEqual(by.get('gpu:h100-80gb'), { resourceClass: 'gpu:h100-80gb', unit: 'GPU-hour', providers: 1, freeUnits: 1, min: '2.5', median: '2.5', max: '2.5' });
+    assert.deepEqual(by.get('gpu:h100-80gb'), {
+      resourceClass: 'gpu:h100-80gb',
+      unit: 'GPU-hour',
+      providers: 1,
+      freeUnits: 1,
+      min: '2.5',
+      median: '2.5',
+      max: '2.5',
+    });
     b.release('l1');
     assert.equal(new Map(b.summary().map((c) => [c.resourceClass, c])).get('gpu:l4')?.freeUnits, 4);
     assert.deepEqual(new OrderBook().summary(), []);
@@ -531,44 +614,54 @@ const MODELS = ['a', 'b', 'c'] as const;
 const PRICES = ['0.001', '0.01', '0.02', '0.05', '0.3', '1', '2.5'];
 
 const arbProvider = (id: string) =>
-  fc.record({
-    cores: fc.integer({ min: 1, max: 16 }),
-    memoryGiB: fc.constantFrom(0.5, 2, 7.5, 16, 64),
-    diskGiB: fc.constantFrom(10, 100, 1000),
-    gpus: fc.array(fc.record({ model: fc.constantFrom(...MODELS), vramGiB: fc.constantFrom(16, 24, 80) }), { maxLength: 4 }),
-    asks: fc.option(
-      fc.record({
-        cpuCoreHour: fc.constantFrom(...PRICES),
-        memoryGiBHour: fc.constantFrom(...PRICES),
-        gpuHour: fc.dictionary(fc.constantFrom(...MODELS), fc.constantFrom(...PRICES), { maxKeys: 3 }),
+  fc
+    .record({
+      cores: fc.integer({ min: 1, max: 16 }),
+      memoryGiB: fc.constantFrom(0.5, 2, 7.5, 16, 64),
+      diskGiB: fc.constantFrom(10, 100, 1000),
+      gpus: fc.array(fc.record({ model: fc.constantFrom(...MODELS), vramGiB: fc.constantFrom(16, 24, 80) }), { maxLength: 4 }),
+      asks: fc.option(
+        fc.record({
+          cpuCoreHour: fc.constantFrom(...PRICES),
+          memoryGiBHour: fc.constantFrom(...PRICES),
+          gpuHour: fc.dictionary(fc.constantFrom(...MODELS), fc.constantFrom(...PRICES), { maxKeys: 3 }),
+        }),
+        { freq: 6 },
+      ),
+      benchmarks: fc.option(
+        fc.record({
+          cpuMopsPerCore: fc.constantFrom(0, 50, 100, 300),
+          gpu: fc.dictionary(fc.constantFrom(...MODELS), fc.constantFrom(0, 0.5, 1, 3), { maxKeys: 3 }),
+        }),
+        { freq: 3 },
+      ),
+      reputation: fc.constantFrom(0, 0.25, 0.5, 0.8, 1),
+      stake: fc.constantFrom(0n, C('10'), C('100')),
+      region: fc.option(fc.constantFrom('eu', 'us'), { freq: 3 }),
+      state: fc.constantFrom('online', 'online', 'online', 'draining', 'offline') as fc.Arbitrary<BookProvider['state']>,
+      connected: fc.constantFrom(true, true, true, false),
+      slots: fc.integer({ min: 0, max: 3 }),
+    })
+    .map(
+      (r): BookProvider => ({
+        id,
+        name: id,
+        state: r.state,
+        connected: r.connected,
+        hardware: {
+          cpu: { model: 'x', cores: r.cores },
+          memoryGiB: r.memoryGiB,
+          diskGiB: r.diskGiB,
+          gpus: r.gpus.map((g, index) => ({ index, uuid: `u${index}`, name: g.model, ...g })),
+        },
+        attributes: r.region === null ? {} : { region: r.region },
+        asks: r.asks,
+        benchmarks: r.benchmarks,
+        slots: r.slots,
+        reputation: r.reputation,
+        stake: r.stake,
       }),
-      { freq: 6 },
-    ),
-    benchmarks: fc.option(
-      fc.record({ cpuMopsPerCore: fc.constantFrom(0, 50, 100, 300), gpu: fc.dictionary(fc.constantFrom(...MODELS), fc.constantFrom(0, 0.5, 1, 3), { maxKeys: 3 }) }),
-      { freq: 3 },
-    ),
-    reputation: fc.constantFrom(0, 0.25, 0.5, 0.8, 1),
-    stake: fc.constantFrom(0n, C('10'), C('100')),
-    region: fc.option(fc.constantFrom('eu', 'us'), { freq: 3 }),
-    state: fc.constantFrom('online', 'online', 'online', 'draining', 'offline') as fc.Arbitrary<BookProvider['state']>,
-    connected: fc.constantFrom(true, true, true, false),
-    slots: fc.integer({ min: 0, max: 3 }),
-  }).map(
-    (r): BookProvider => ({
-      id,
-      name: id,
-      state: r.state,
-      connected: r.connected,
-      hardware: { cpu: { model: 'x', cores: r.cores }, memoryGiB: r.memoryGiB, diskGiB: r.diskGiB, gpus: r.gpus.map((g, index) => ({ index, uuid: `u${index}`, name: g.model, ...g })) },
-      attributes: r.region === null ? {} : { region: r.region },
-      asks: r.asks,
-      benchmarks: r.benchmarks,
-      slots: r.slots,
-      reputation: r.reputation,
-      stake: r.stake,
-    }),
-  );
+    );
 
 const arbPopulation = fc.integer({ min: 0, max: 8 }).chain((n) => fc.tuple(...Array.from({ length: n }, (_, i) => arbProvider(`p${i}`))));
 
@@ -634,7 +727,13 @@ function bruteQuote(p: BookProvider, used: Used, order: Order): { price: bigint;
   if (g && g.count > 0) {
     const gpuHour = p.asks.gpuHour;
     const usable = p.hardware.gpus
-      .filter((x) => !used.gpus.has(x.index) && (!g.models?.length || g.models.includes(x.model)) && (g.minVramGiB === undefined || x.vramGiB >= g.minVramGiB) && gpuHour[x.model] !== undefined)
+      .filter(
+        (x) =>
+          !used.gpus.has(x.index) &&
+          (!g.models?.length || g.models.includes(x.model)) &&
+          (g.minVramGiB === undefined || x.vramGiB >= g.minVramGiB) &&
+          gpuHour[x.model] !== undefined,
+      )
       .map((x) => ({ index: x.index, model: x.model, price: C(gpuHour[x.model] as string) }))
       .sort((a, b) => (a.price === b.price ? a.index - b.index : a.price < b.price ? -1 : 1))
       .slice(0, g.count);
@@ -740,7 +839,8 @@ describe('OrderBook: properties', () => {
           const totalCores = online.reduce((s, p) => s + p.hardware.cpu.cores, 0);
           if (cpuClass) {
             assert.ok(cpuClass.freeUnits >= 0 && cpuClass.freeUnits <= totalCores, `free cpu ${cpuClass.freeUnits} of ${totalCores}`);
-            const reserved = [...leases.values()].filter((l) => online.some((p) => p.id === l.providerId)).reduce((s, l) => s + Number(milli(l.resources.cpu)), 0) / 1000;
+            const reserved =
+              [...leases.values()].filter((l) => online.some((p) => p.id === l.providerId)).reduce((s, l) => s + Number(milli(l.resources.cpu)), 0) / 1000;
             assert.equal(cpuClass.freeUnits, Math.round((totalCores - reserved) * 1000) / 1000);
           }
         }

@@ -55,6 +55,16 @@ function request(t: Task, command: string[], extra: Partial<RunRequest> = {}) {
 }
 
 /** Whether pid is a live (not zombie) process. A killed orphan may linger as a zombie until reaped. */
+/** SIGKILL is delivered asynchronously: a killed process may still show as running for a moment. */
+async function diesWithin(pid: number, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (await alive(pid)) {
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  return true;
+}
+
 async function alive(pid: number): Promise<boolean> {
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
   const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
@@ -162,7 +172,7 @@ describe('process runtime', () => {
     const { req, out } = request(t, ['sh', '-c', 'sleep 86400 > /dev/null 2>&1 & echo $!']);
     const result = await runtime.run(req);
     assert.equal(result.exitCode, 0);
-    assert.equal(await alive(Number(out.stdout.trim())), false);
+    assert.equal(await diesWithin(Number(out.stdout.trim()), 2000), true);
   });
 
   test('an already aborted signal does not start the task', async () => {
