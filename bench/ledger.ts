@@ -28,7 +28,7 @@ import { randomBytes } from 'node:crypto';
 import { type Db, openDatabase, verifyLedger } from '@gridwork/coordinator';
 import { sql } from 'kysely';
 import { available, type LedgerTx, post, type Trx, WORLD } from '../packages/coordinator/src/ledger/ledger.ts';
-import { fakeKey, machineInfo, printTable, progress, rng, round, yesNo } from './lib/common.ts';
+import { fakeKey, loadNote, machineInfo, printTable, progress, rng, round, yesNo } from './lib/common.ts';
 
 const args = new Map<string, string>();
 for (let i = 2; i < process.argv.length; i += 2) args.set(String(process.argv[i]).replace(/^--/, ''), String(process.argv[i + 1]));
@@ -49,21 +49,24 @@ interface Run {
   postingsPerSec: number;
   transfersPerSec: number;
   msPerCommit: number;
+  durable: boolean;
 }
 
 /**
- * What a batched ledger could look like: for a batch of transfers, one idempotency lookup,
- * one balance-row upsert, one SELECT … FOR UPDATE over every touched account (sorted, as
- * post() does), the overdraft checks in order in memory, then one INSERT of the transaction
- * rows, one UPDATE … FROM (VALUES …) of the balances and one INSERT of the postings. Same
- * tables, same rows, same invariants as post(). Returns how many were posted (duplicates and
- * refused transfers are skipped, as post() would report them).
+ * What a batched ledger could look like (bench only, NOT the shipping path): for a batch of
+ * transfers, one idempotency lookup, one balance-row upsert, one SELECT … FOR UPDATE over
+ * every touched account (sorted, as post() does), the overdraft checks in order in memory,
+ * then one INSERT of the transaction rows, one UPDATE of the touched balances and one INSERT
+ * of the postings — 6 statements per batch instead of ~6 per transfer. Each statement takes
+ * its rows as a few array parameters expanded by `unnest`, so its text and parameter count do
+ * not grow with the batch (a VALUES list with one parameter per cell measured ~20–40 % slower
+ * here). Same tables, same rows, same invariants as post(). Returns how many were posted
+ * (duplicates and refused transfers are skipped, as post() would report them).
  */
 async function postBatch(trx: Trx, txs: LedgerTx[]): Promise<number> {
   const keys = txs.map((t) => t.key);
-  const seen = new Set(
-    (await trx.selectFrom('ledger_transactions').select('idempotency_key').where('idempotency_key', 'in', keys).execute()).map((r) => r.idempotency_key),
-  );
+  const prior = await sql<{ k: string }>`select idempotency_key as k from ledger_transactions where idempotency_key = any(${keys}::text[])`.execute(trx);
+  const seen = new Set(prior.rows.map((r) => r.k));
   const fresh: LedgerTx[] = [];
   for (const t of txs) {
     if (seen.has(t.key)) continue;
@@ -72,14 +75,12 @@ async function postBatch(trx: Trx, txs: LedgerTx[]): Promise<number> {
   }
   if (fresh.length === 0) return 0;
   const accounts = [...new Set(fresh.flatMap((t) => t.postings.map((p) => p.account)))].sort();
-  await trx
-    .insertInto('ledger_balances')
-    .values(accounts.map((account) => ({ account, balance: 0n })))
-    .onConflict((oc) => oc.column('account').doNothing())
-    .execute();
-  const balances = new Map<string, bigint>();
-  for (const r of await trx.selectFrom('ledger_balances').selectAll().where('account', 'in', accounts).orderBy('account').forUpdate().execute())
-    balances.set(r.account, r.balance);
+  await sql`insert into ledger_balances (account, balance) select a, 0 from unnest(${accounts}::text[]) as a on conflict (account) do nothing`.execute(trx);
+  const locked = await sql<{
+    account: string;
+    balance: bigint | string;
+  }>`select account, balance from ledger_balances where account = any(${accounts}::text[]) order by account for update`.execute(trx);
+  const balances = new Map<string, bigint>(locked.rows.map((r) => [r.account, BigInt(r.balance)]));
   const accepted: LedgerTx[] = [];
   for (const t of fresh) {
     let sum = 0n;
@@ -90,29 +91,31 @@ async function postBatch(trx: Trx, txs: LedgerTx[]): Promise<number> {
     accepted.push(t);
   }
   if (accepted.length === 0) return 0;
-  const ids = await trx
-    .insertInto('ledger_transactions')
-    .values(accepted.map((t) => ({ kind: t.kind, idempotency_key: t.key, request_digest: null, memo: JSON.stringify(t.memo ?? {}) })))
-    .returning(['id', 'idempotency_key'])
-    .execute();
-  const idOf = new Map(ids.map((r) => [r.idempotency_key, r.id]));
+  const ids = await sql<{ id: bigint | string; k: string }>`insert into ledger_transactions (kind, idempotency_key, memo)
+    select kind, key, memo::jsonb from unnest(${accepted.map((t) => t.kind)}::text[], ${accepted.map((t) => t.key)}::text[], ${accepted.map((t) => JSON.stringify(t.memo ?? {}))}::text[]) as u(kind, key, memo)
+    returning id, idempotency_key as k`.execute(trx);
+  const idOf = new Map(ids.rows.map((r) => [r.k, String(r.id)]));
   const touched = [...new Set(accepted.flatMap((t) => t.postings.map((p) => p.account)))].sort();
-  await sql`update ledger_balances as b set balance = v.balance from (values ${sql.join(touched.map((a) => sql`(${a}::text, ${balances.get(a) as bigint}::bigint)`))}) as v(account, balance) where b.account = v.account`.execute(
-    trx,
-  );
-  const postings = accepted.flatMap((t) => t.postings.map((p) => ({ tx_id: idOf.get(t.key) as bigint, account: p.account, amount: p.amount })));
-  for (let i = 0; i < postings.length; i += 5000)
-    await trx
-      .insertInto('ledger_postings')
-      .values(postings.slice(i, i + 5000))
-      .execute();
+  await sql`update ledger_balances as b set balance = v.balance
+    from unnest(${touched}::text[], ${touched.map((a) => String(balances.get(a)))}::bigint[]) as v(account, balance) where b.account = v.account`.execute(trx);
+  const txIds: string[] = [];
+  const accts: string[] = [];
+  const amounts: string[] = [];
+  for (const t of accepted) {
+    for (const p of t.postings) {
+      txIds.push(idOf.get(t.key) as string);
+      accts.push(p.account);
+      amounts.push(String(p.amount));
+    }
+  }
+  await sql`insert into ledger_postings (tx_id, account, amount) select * from unnest(${txIds}::bigint[], ${accts}::text[], ${amounts}::bigint[])`.execute(trx);
   return accepted.length;
 }
 
 async function benchStore(store: string): Promise<{
   runs: Run[];
   audit: Awaited<ReturnType<typeof verifyLedger>>;
-  replay: { resubmitted: number; duplicates: number; balancesUnchanged: boolean };
+  replay: { viaPost: number; duplicatesViaPost: number; viaBatch: number; postedAgainViaBatch: number; balancesUnchanged: boolean };
   settings: Record<string, string>;
 }> {
   const dir = await mkdtemp(join(tmpdir(), 'gridwork-bench-ledger-'));
@@ -174,7 +177,10 @@ async function benchStore(store: string): Promise<{
       Array.from({ length: concurrency }, async () => {
         let mine = 0;
         while (performance.now() < deadline || mine < 2) {
-          transfers += await one();
+          // (not `transfers += await one()`: that reads `transfers` before the await and loses
+          // the other workers' updates)
+          const n = await one();
+          transfers += n;
           commits++;
           mine++;
         }
@@ -192,6 +198,7 @@ async function benchStore(store: string): Promise<{
       postingsPerSec: (2 * transfers) / seconds,
       transfersPerSec: transfers / seconds,
       msPerCommit: (seconds * 1000 * concurrency) / commits,
+      durable: settings.fsync === 'on' && settings.synchronous_commit !== 'off',
     };
     progress(`${store} ${path} ${mode}: ${Math.round(run.postingsPerSec)} postings/s`);
     runs.push(run);
@@ -217,18 +224,20 @@ async function benchStore(store: string): Promise<{
   await measure('post()', 'batched: 1000 transfers per db transaction', 1000, 1, viaPost(1000));
   await measure('multi-row (bench only)', 'batched: 100 transfers per db transaction', 100, 1, viaBatch(100));
   await measure('multi-row (bench only)', 'batched: 1000 transfers per db transaction', 1000, 1, viaBatch(1000));
-  if (store === 'postgres') await measure('multi-row (bench only)', 'batched: 1000 per db transaction, 4 concurrent', 1000, 4, viaBatch(1000));
+  await measure('multi-row (bench only)', 'batched: 5000 transfers per db transaction', 5000, 1, viaBatch(5000));
 
-  // Replay: every transfer again with its idempotency key must be a no-op.
+  // Replay: posting a transaction again with its idempotency key must be a no-op. A random
+  // sample of 2,000 goes through post() one by one (as a retried request would), and every
+  // transaction ever posted through the batched path's idempotency check.
   progress(`${store}: replaying ${all.length} transactions…`);
   const before = await db.selectFrom('ledger_balances').select(['account', 'balance']).orderBy('account').execute();
   let duplicates = 0;
-  for (let i = 0; i < all.length; i += 1000) {
-    const chunk = all.slice(i, i + 1000);
-    await db.transaction().execute(async (trx) => {
-      for (const tx of chunk) if ((await post(trx, tx)) === 'duplicate') duplicates++;
-    });
-  }
+  const sample = Array.from({ length: Math.min(2000, all.length) }, () => all[Math.floor(r() * all.length)] as LedgerTx);
+  await db.transaction().execute(async (trx) => {
+    for (const tx of sample) if ((await post(trx, tx)) === 'duplicate') duplicates++;
+  });
+  let batchPosted = 0;
+  for (let i = 0; i < all.length; i += 5000) batchPosted += await db.transaction().execute((trx) => postBatch(trx, all.slice(i, i + 5000)));
   const after = await db.selectFrom('ledger_balances').select(['account', 'balance']).orderBy('account').execute();
   const balancesUnchanged = before.length === after.length && before.every((b, i) => b.account === after[i]?.account && b.balance === after[i]?.balance);
   const auditStart = performance.now();
@@ -244,39 +253,50 @@ async function benchStore(store: string): Promise<{
     await client.end();
   }
   await rm(dir, { recursive: true, force: true });
-  return { runs, audit, replay: { resubmitted: all.length, duplicates, balancesUnchanged }, settings };
+  return {
+    runs,
+    audit,
+    replay: { viaPost: sample.length, duplicatesViaPost: duplicates, viaBatch: all.length, postedAgainViaBatch: batchPosted, balancesUnchanged },
+    settings,
+  };
 }
 
 const results: Awaited<ReturnType<typeof benchStore>>[] = [];
 for (const store of STORES) results.push(await benchStore(store));
 
 const runs = results.flatMap((r) => r.runs);
-const bestShipping = Math.max(...runs.filter((r) => r.path === 'post()' && r.batch > 1).map((r) => r.postingsPerSec));
-const bestMultiRow = Math.max(...runs.filter((r) => r.path !== 'post()').map((r) => r.postingsPerSec));
+// "Durable" = a commit is on disk when it returns (fsync on, synchronous_commit not off). PGlite
+// runs with fsync=off: its commits survive a crash of the process (PITFALLS.md), not of the
+// machine, so its figures are shown but do not count for G8.
+const best = (f: (r: Run) => boolean) => Math.max(0, ...runs.filter((r) => r.durable && f(r)).map((r) => r.postingsPerSec));
+const bestShipping = best((r) => r.path === 'post()' && r.batch > 1);
+const bestMultiRow = best((r) => r.path !== 'post()');
 const invariantOk = results.every(
   (r) =>
     r.audit.total === 0n &&
     r.audit.mismatched.length === 0 &&
     r.audit.negative.length === 0 &&
-    r.replay.duplicates === r.replay.resubmitted &&
+    r.replay.duplicatesViaPost === r.replay.viaPost &&
+    r.replay.postedAgainViaBatch === 0 &&
     r.replay.balancesUnchanged,
 );
 const g8Met = bestShipping >= G8_GOAL && invariantOk;
 
 printTable(`Ledger postings (2 per transfer, 1,000 accounts, ${SECONDS} s per row; G8 goal ≥ ${G8_GOAL} durable postings/s with batching)`, [
-  ['store', 'path', 'mode', 'postings/s', 'transfers/s', 'ms/commit', 'vs G8 goal'],
+  ['store', 'durable', 'path', 'mode', 'postings/s', 'transfers/s', 'ms/commit', 'vs G8 goal'],
   ...runs.map((r) => [
     r.store,
+    r.durable ? 'yes' : 'no (fsync off)',
     r.path,
     r.mode,
     Math.round(r.postingsPerSec),
     Math.round(r.transfersPerSec),
     round(r.msPerCommit, 2),
-    r.batch > 1 ? `${round((r.postingsPerSec / G8_GOAL) * 100, 1)}% of ≥ ${G8_GOAL}` : '(unbatched)',
+    r.batch === 1 ? '(unbatched)' : r.durable ? `${round((r.postingsPerSec / G8_GOAL) * 100, 1)}% of ≥ ${G8_GOAL}` : '(not durable)',
   ]),
 ]);
 printTable('Double-entry invariant on replay (verifyLedger recomputes every balance from the postings)', [
-  ['store', 'transactions', 'postings', 'total', 'mismatched', 'negative', 'replayed', 'duplicates', 'balances unchanged', 'settings'],
+  ['store', 'transactions', 'postings', 'total', 'mismatched', 'negative', 'replayed: post() dup/sent', 'batch posted again', 'balances unchanged', 'settings'],
   ...results.map((r, i) => [
     STORES[i] as string,
     r.audit.transactions,
@@ -284,8 +304,8 @@ printTable('Double-entry invariant on replay (verifyLedger recomputes every bala
     String(r.audit.total),
     r.audit.mismatched.length,
     r.audit.negative.length,
-    r.replay.resubmitted,
-    r.replay.duplicates,
+    `${r.replay.duplicatesViaPost}/${r.replay.viaPost}`,
+    `${r.replay.postedAgainViaBatch} of ${r.replay.viaBatch}`,
     r.replay.balancesUnchanged ? 'yes' : 'NO',
     Object.entries(r.settings)
       .map(([k, v]) => `${k}=${v}`)
@@ -294,10 +314,11 @@ printTable('Double-entry invariant on replay (verifyLedger recomputes every bala
 ]);
 printTable('Verdict', [
   ['goal', 'figure', 'value', 'target', 'result'],
-  ['G8', 'best shipping post() batched', Math.round(bestShipping), `≥ ${G8_GOAL}`, yesNo(bestShipping >= G8_GOAL)],
-  ['G8', 'best bench-only multi-row batched (not shipping)', Math.round(bestMultiRow), `≥ ${G8_GOAL}`, yesNo(bestMultiRow >= G8_GOAL)],
+  ['G8', 'best durable shipping post() batched', Math.round(bestShipping), `≥ ${G8_GOAL}`, yesNo(bestShipping >= G8_GOAL)],
+  ['G8', 'best durable bench-only multi-row batched (not shipping)', Math.round(bestMultiRow), `≥ ${G8_GOAL}`, yesNo(bestMultiRow >= G8_GOAL)],
   ['G8', 'invariant on replay', invariantOk ? 'holds' : 'BROKEN', 'total 0, no mismatch, no negative', yesNo(invariantOk)],
 ]);
+console.log(loadNote());
 console.log('');
 console.log(
   JSON.stringify({
@@ -314,6 +335,7 @@ console.log(
       postingsPerSec: Math.round(r.postingsPerSec),
       transfersPerSec: Math.round(r.transfersPerSec),
       msPerCommit: round(r.msPerCommit, 3),
+      durable: r.durable,
     })),
     audit: results.map((r, i) => ({
       store: STORES[i],

@@ -12,7 +12,7 @@
  *   node --import tsx bench/matching.ts [--sizes 1000,10000,100000] [--seconds 3] [--seed 42]
  */
 import { type BookProvider, type Order, OrderBook } from '@gridwork/coordinator';
-import { makeOrder, makeProvider, machineInfo, printTable, progress, rng, round, type SimOrder, type SimProvider, yesNo } from './lib/common.ts';
+import { loadNote, makeOrder, makeProvider, machineInfo, printTable, progress, rng, round, type SimOrder, type SimProvider, yesNo } from './lib/common.ts';
 
 const args = new Map<string, string>();
 for (let i = 2; i < process.argv.length; i += 2) args.set(String(process.argv[i]).replace(/^--/, ''), String(process.argv[i + 1]));
@@ -364,6 +364,7 @@ printTable('Growth of per-placement cost (G2: ≤ 1.5× per 10× providers)', [
   ['step', 'ratio (per 10×)', 'goal', 'result'],
   ...growth.map((g) => [`${g.from} → ${g.to}`, round(g.ratio, 3), `≤ ${G2_GOAL}`, yesNo(g.ratio <= G2_GOAL)]),
 ]);
+console.log(loadNote());
 console.log('');
 console.log(
   JSON.stringify({

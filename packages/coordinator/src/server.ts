@@ -191,10 +191,13 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
       })
       .catch((err) => log.error({ err }, 'provider sweep failed'));
   }, config.heartbeatIntervalMs);
-  const moneyTimer = setInterval(() => {
-    jobs.stopUnfunded(economics.lowBalanceGraceMs).catch((err) => log.error({ err }, 'low-balance sweep failed'));
-    accounts.releaseUnbonded().catch((err) => log.error({ err }, 'unbonding sweep failed'));
-  }, Math.min(economics.meteringIntervalMs, 10_000));
+  const moneyTimer = setInterval(
+    () => {
+      jobs.stopUnfunded(economics.lowBalanceGraceMs).catch((err) => log.error({ err }, 'low-balance sweep failed'));
+      accounts.releaseUnbonded().catch((err) => log.error({ err }, 'unbonding sweep failed'));
+    },
+    Math.min(economics.meteringIntervalMs, 10_000),
+  );
   moneyTimer.unref();
   const pruneTimer = setInterval(() => auth.prune().catch((err) => log.error({ err }, 'nonce prune failed')), 60_000);
   sweepTimer.unref();

@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { cp, readFile } from 'node:fs/promises';
+import { chmod, cp, mkdir, readdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -66,6 +66,30 @@ class Network {
     this.timeline.push(`${what} @${((Date.now() - this.t0) / 1000).toFixed(1)}s`);
   }
 
+  get providerTmp(): string {
+    return join(this.dir.path, 'tmp');
+  }
+
+  /**
+   * Tasks whose workload has written its output on its provider's disk (the sandbox's
+   * /outputs), whether or not the coordinator has heard of it yet.
+   */
+  async outputsOnDisk(): Promise<number[]> {
+    const found = new Set<number>();
+    for (const root of (await readdir(this.providerTmp)).filter((n) => n.startsWith('gridwork-tasks-'))) {
+      for (const lease of await readdir(join(this.providerTmp, root)).catch(() => [])) {
+        const text = await readFile(join(this.providerTmp, root, lease, 'outputs', 'result.json'), 'utf8').catch(() => '');
+        try {
+          const r = JSON.parse(text) as { task: number; marker: string };
+          if (r.marker === this.marker) found.add(r.task);
+        } catch {
+          // not written yet (or half written)
+        }
+      }
+    }
+    return [...found].sort((a, b) => a - b);
+  }
+
   get coordinatorDir(): string {
     return join(this.dir.path, 'coordinator');
   }
@@ -83,6 +107,10 @@ class Network {
   async start(providers: number, slots: number): Promise<void> {
     this.t0 = Date.now();
     this.dir = await tempDir('gridwork-durability-');
+    // The providers' TMPDIR, where their per-lease work directories live: the sandbox's uid
+    // must be able to traverse it (0711), and the test looks into it (outputsOnDisk).
+    await chmod(this.dir.path, 0o711);
+    await mkdir(this.providerTmp, { mode: 0o711 });
     if (this.store === 'postgres') this.schema = uniqueSchema('gw_durability');
     this.port = await freePort();
     this.client = new GridworkClient({ url: this.url, identity: this.identity });
@@ -90,7 +118,9 @@ class Network {
       if (this.store === 'pglite') await cp(await pgliteTemplate(), join(this.coordinatorDir, 'db'), { recursive: true });
       await this.startCoordinator();
     };
-    await Promise.all([coordinator(), ...Array.from({ length: providers }, (_, i) => this.startProvider(`dur-p${i}`, slots))]);
+    // allSettled: when one start fails, the others are still listed (and stopped) by cleanup().
+    const started = await Promise.allSettled([coordinator(), ...Array.from({ length: providers }, (_, i) => this.startProvider(`dur-p${i}`, slots))]);
+    for (const r of started) if (r.status === 'rejected') throw r.reason;
     await this.waitConnected(this.providers.map((p) => p.id));
     this.mark('providers connected');
     await this.client.deposit('100');
@@ -123,6 +153,7 @@ class Network {
       dataDir: join(this.dir.path, 'provider-data', name),
       name,
       slots,
+      env: { TMPDIR: this.providerTmp },
     });
     this.spawned.push(p);
     this.mark(`${p.label} started`);
@@ -291,7 +322,11 @@ function expectedInputs(task: number, shards: number): string[] {
  * (result.json naming its own index and shard) and its final line once; in the database each
  * task has exactly one completed lease, no lease is left active, and no lease stored a line twice.
  */
-async function assertEachTaskSucceededOnce(net: Network, job: JobView, shards: number): Promise<{ lost: { taskIdx: number; error: string | null; providerId: string; endedAt: Date | null }[] }> {
+async function assertEachTaskSucceededOnce(
+  net: Network,
+  job: JobView,
+  shards: number,
+): Promise<{ lost: { taskIdx: number; error: string | null; providerId: string; endedAt: Date | null }[] }> {
   assert.equal(job.state, 'succeeded', `job ${job.id}: ${job.error}`);
   assert.equal(job.tasks.length, shards);
   const logs = await net.logs(job.id);
@@ -310,7 +345,11 @@ async function assertEachTaskSucceededOnce(net: Network, job: JobView, shards: n
   try {
     await net.client.results(job.id, scratch.path);
     for (const t of job.tasks) {
-      const result = JSON.parse(await readFile(join(scratch.path, `task-${t.index}`, 'result.json'), 'utf8')) as { task: number; inputs: string[]; marker: string };
+      const result = JSON.parse(await readFile(join(scratch.path, `task-${t.index}`, 'result.json'), 'utf8')) as {
+        task: number;
+        inputs: string[];
+        marker: string;
+      };
       assert.deepEqual(result, { ...result, task: t.index, inputs: expectedInputs(t.index, shards), marker: net.marker }, `task ${t.index} output`);
     }
   } finally {
@@ -367,10 +406,10 @@ async function assertEachTaskSucceededOnce(net: Network, job: JobView, shards: n
 
 for (const store of ['pglite', 'postgres'] as const) {
   describe(`coordinator killed with SIGKILL while tasks run (${store})`, () => {
-    // After a restart, providers get 3 heartbeat intervals to come back before they count as
-    // lost, while their reconnect backoff grows to 5 s ± 25% during an outage: 3 × 3 s covers
-    // the longest wait, so "resumes exactly where it was" (no lease lost) must hold.
-    const net = new Network(store, 3000);
+    // A short heartbeat (lost after 3 s) while the providers' reconnect backoff grows to
+    // 5 s ± 25% during the outage: the restarted coordinator must give them that time before
+    // judging heartbeats, so that "resumes exactly where it was" (no lease lost) holds.
+    const net = new Network(store, 1000);
     after(() => net.cleanup());
 
     test('a coordinator restarted on the same data and port finishes the job; providers reconnect by themselves', { timeout: 90_000 }, (t) =>
@@ -379,16 +418,25 @@ for (const store of ['pglite', 'postgres'] as const) {
         await net.start(3, 1);
         const submitted = await net.submit('coordinator-crash', SHARDS, 2500);
 
-        // Three tasks run in sandboxes (one slot per provider), three are queued, none finished.
+        // Up to three tasks run in sandboxes (one slot per provider), the rest are queued; the
+        // kill comes as soon as one workload runs, well before any can finish (2.5 s).
         const running = await until(
           async () => ({ logs: await net.logs(submitted.id), job: await net.client.get(submitted.id) }),
-          ({ logs }) => startedTasks(net, logs, SHARDS).length >= 2,
-          { timeoutMs: WAIT_MS, what: 'two tasks to run in the sandbox' },
+          ({ logs }) => startedTasks(net, logs, SHARDS).length >= 1,
+          { timeoutMs: WAIT_MS, what: 'a task to run in the sandbox' },
         );
         assert.ok(!running.job.tasks.some((x) => x.state === 'succeeded'), 'no task finished before the kill');
         net.mark(`${startedTasks(net, running.logs, SHARDS).length} tasks running`);
         const old = net.coordinator;
         await net.kill9(old);
+        // Stay down until a task has finished meanwhile: its report and its output upload must
+        // wait for the coordinator, not be lost (nor redone).
+        const finishedWhileDown = await until(
+          () => net.outputsOnDisk(),
+          (tasks) => tasks.length > 0,
+          { timeoutMs: WAIT_MS, what: 'a task to finish while the coordinator is down' },
+        );
+        net.mark(`task(s) ${finishedWhileDown.join(',')} finished while down`);
 
         const restarted = await net.startCoordinator();
         assert.equal(restarted.url, old.url, 'the restarted coordinator is at the same URL');
@@ -398,7 +446,10 @@ for (const store of ['pglite', 'postgres'] as const) {
           'providers to reconnect to the restarted coordinator',
         );
         net.mark('providers reconnected');
-        assert.ok(net.providers.every((p) => p.alive && p.pid === net.spawned.find((s) => s.label === `${p.name}#1`)?.pid), 'providers are the original processes');
+        assert.ok(
+          net.providers.every((p) => p.alive && p.pid === net.spawned.find((s) => s.label === `${p.name}#1`)?.pid),
+          'providers are the original processes',
+        );
 
         const job = await net.finished(submitted.id);
         // Tasks that finished while the coordinator was down reported (and uploaded) afterwards:
@@ -466,8 +517,10 @@ describe('provider killed with SIGKILL while its task runs', () => {
       assert.equal(lost[0]?.taskIdx, 0);
       assert.equal(lost[0]?.providerId, victim.id);
       assert.match(lost[0]?.error ?? '', /stopped responding/);
+      // Lost through the heartbeat timeout (3 × 300 ms since the last heartbeat, at most 300 ms
+      // before the kill), not at once when the socket closed; generous above for loaded machines.
       const detectedMs = (lost[0]?.endedAt?.getTime() ?? 0) - killedAt;
-      assert.ok(detectedMs >= 0 && detectedMs < 5000, `loss detected ${detectedMs} ms after the kill (timeout 3 × 300 ms)`);
+      assert.ok(detectedMs >= 250 && detectedMs < 10_000, `loss detected ${detectedMs} ms after the kill (timeout 3 × 300 ms)`);
     }),
   );
 });

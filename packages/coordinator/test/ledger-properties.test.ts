@@ -57,11 +57,28 @@ interface LeaseModel {
 }
 
 async function seedRows(db: Db, requesters: string[], providers: string[]): Promise<void> {
-  await db.insertInto('accounts').values([...requesters, ...providers].map((id) => ({ id }))).execute();
+  await db
+    .insertInto('accounts')
+    .values([...requesters, ...providers].map((id) => ({ id })))
+    .execute();
   const hardware = JSON.stringify({ cpu: { model: 'x', cores: 4 }, memoryGiB: 8, diskGiB: 10, gpus: [] });
   await db
     .insertInto('providers')
-    .values(providers.map((id, i) => ({ id, name: `p${i}`, state: 'online' as const, runtime: 'process', slots: 4, hardware, attributes: '{}', instance: 'i', last_seen_at: new Date(), in_seq: 0n, out_seq: 0n })))
+    .values(
+      providers.map((id, i) => ({
+        id,
+        name: `p${i}`,
+        state: 'online' as const,
+        runtime: 'process',
+        slots: 4,
+        hardware,
+        attributes: '{}',
+        instance: 'i',
+        last_seen_at: new Date(),
+        in_seq: 0n,
+        out_seq: 0n,
+      })),
+    )
     .execute();
 }
 
@@ -72,18 +89,36 @@ async function runSequence(db: Db, cmds: Cmd[]): Promise<void> {
   await seedRows(db, requesters, providers);
   const jobs: JobModel[] = [];
   const leases: LeaseModel[] = [];
-  const tx = <T,>(fn: (trx: Trx) => Promise<T>) => db.transaction().execute(fn);
+  const tx = <T>(fn: (trx: Trx) => Promise<T>) => db.transaction().execute(fn);
 
   for (const c of cmds) {
     switch (c.op) {
       case 'deposit':
-        await tx((trx) => post(trx, { kind: 'deposit', key: newId('req'), postings: [{ account: WORLD, amount: -c.amount }, { account: available(requesters[c.who] as string), amount: c.amount }] }));
+        await tx((trx) =>
+          post(trx, {
+            kind: 'deposit',
+            key: newId('req'),
+            postings: [
+              { account: WORLD, amount: -c.amount },
+              { account: available(requesters[c.who] as string), amount: c.amount },
+            ],
+          }),
+        );
         break;
       case 'withdraw': {
         const who = everyone[c.who] as string;
         const before = await balanceOf(db, available(who));
         try {
-          await tx((trx) => post(trx, { kind: 'withdraw', key: newId('req'), postings: [{ account: available(who), amount: -c.amount }, { account: WORLD, amount: c.amount }] }));
+          await tx((trx) =>
+            post(trx, {
+              kind: 'withdraw',
+              key: newId('req'),
+              postings: [
+                { account: available(who), amount: -c.amount },
+                { account: WORLD, amount: c.amount },
+              ],
+            }),
+          );
           assert.ok(before >= c.amount, 'a withdrawal beyond the balance was accepted');
         } catch (err) {
           assert.ok(err instanceof GridworkError && err.code === 'INSUFFICIENT_FUNDS', String(err));
@@ -99,7 +134,20 @@ async function runSequence(db: Db, cmds: Cmd[]): Promise<void> {
           await tx(async (trx) => {
             await trx
               .insertInto('jobs')
-              .values({ id, owner, name: 'p', kind: 'batch', state: 'running', spec: '{}', bundle_manifest: null, error: null, created_at: new Date(), updated_at: new Date(), budget: c.budget, max_per_hour: 1n })
+              .values({
+                id,
+                owner,
+                name: 'p',
+                kind: 'batch',
+                state: 'running',
+                spec: '{}',
+                bundle_manifest: null,
+                error: null,
+                created_at: new Date(),
+                updated_at: new Date(),
+                budget: c.budget,
+                max_per_hour: 1n,
+              })
               .execute();
             await holdBudget(trx, owner, id, c.budget);
           });
@@ -119,8 +167,14 @@ async function runSequence(db: Db, cmds: Cmd[]): Promise<void> {
         const taskId = newId('task');
         const money: LeaseMoney = { id: leaseId, job_id: job.id, price_per_hour: c.price, usage_ms: 0n, charged: 0n };
         await tx(async (trx) => {
-          await trx.insertInto('tasks').values({ id: taskId, job_id: job.id, idx: job.leases.length, state: 'assigned', attempts: 0, inputs: '[]', outputs: '[]', queued_at: new Date() }).execute();
-          await trx.insertInto('leases').values({ id: leaseId, task_id: taskId, job_id: job.id, provider_id: provider, state: 'running', created_at: new Date(), price_per_hour: c.price }).execute();
+          await trx
+            .insertInto('tasks')
+            .values({ id: taskId, job_id: job.id, idx: job.leases.length, state: 'assigned', attempts: 0, inputs: '[]', outputs: '[]', queued_at: new Date() })
+            .execute();
+          await trx
+            .insertInto('leases')
+            .values({ id: leaseId, task_id: taskId, job_id: job.id, provider_id: provider, state: 'running', created_at: new Date(), price_per_hour: c.price })
+            .execute();
           await fundLease(trx, money, 0n, economics);
         });
         const lease = { money, provider, active: true };
@@ -205,7 +259,14 @@ for (const store of ['pglite', 'postgres'] as const) {
     test('posting the same idempotency key twice moves money once', async () => {
       const who = accountId();
       const key = newId('req');
-      const t = { kind: 'deposit', key, postings: [{ account: WORLD, amount: -5n }, { account: available(who), amount: 5n }] };
+      const t = {
+        kind: 'deposit',
+        key,
+        postings: [
+          { account: WORLD, amount: -5n },
+          { account: available(who), amount: 5n },
+        ],
+      };
       assert.equal(await db.transaction().execute((trx) => post(trx, t)), 'posted');
       assert.equal(await db.transaction().execute((trx) => post(trx, t)), 'duplicate');
       assert.equal(await balanceOf(db, available(who)), 5n);
@@ -214,9 +275,29 @@ for (const store of ['pglite', 'postgres'] as const) {
     test('the same key with another request is refused', async () => {
       const who = accountId();
       const key = newId('req');
-      await db.transaction().execute((trx) => post(trx, { kind: 'deposit', key, requestDigest: 'a', postings: [{ account: WORLD, amount: -5n }, { account: available(who), amount: 5n }] }));
+      await db.transaction().execute((trx) =>
+        post(trx, {
+          kind: 'deposit',
+          key,
+          requestDigest: 'a',
+          postings: [
+            { account: WORLD, amount: -5n },
+            { account: available(who), amount: 5n },
+          ],
+        }),
+      );
       await assert.rejects(
-        db.transaction().execute((trx) => post(trx, { kind: 'deposit', key, requestDigest: 'b', postings: [{ account: WORLD, amount: -7n }, { account: available(who), amount: 7n }] })),
+        db.transaction().execute((trx) =>
+          post(trx, {
+            kind: 'deposit',
+            key,
+            requestDigest: 'b',
+            postings: [
+              { account: WORLD, amount: -7n },
+              { account: available(who), amount: 7n },
+            ],
+          }),
+        ),
         (err: unknown) => err instanceof GridworkError && err.code === 'IDEMPOTENCY_CONFLICT',
       );
       assert.equal(await balanceOf(db, available(who)), 5n);
@@ -225,7 +306,10 @@ for (const store of ['pglite', 'postgres'] as const) {
     test('an unbalanced transaction is refused before anything is written', async () => {
       const who = accountId();
       const key = newId('req');
-      await assert.rejects(db.transaction().execute((trx) => post(trx, { kind: 'bad', key, postings: [{ account: available(who), amount: 5n }] })), /unbalanced/);
+      await assert.rejects(
+        db.transaction().execute((trx) => post(trx, { kind: 'bad', key, postings: [{ account: available(who), amount: 5n }] })),
+        /unbalanced/,
+      );
       const row = await db.selectFrom('ledger_transactions').select('id').where('idempotency_key', '=', key).executeTakeFirst();
       assert.equal(row, undefined);
     });

@@ -50,14 +50,22 @@ describe('market and lease economics', () => {
   /** Each test brings its own providers and takes them away, so they never compete across tests. */
   async function closeProviders(): Promise<void> {
     await Promise.all(net.providers.splice(0).map((p) => p.close()));
-    await until(() => requester.market(), (m) => m.length === 0, { what: 'providers gone from the market' });
+    await until(
+      () => requester.market(),
+      (m) => m.length === 0,
+      { what: 'providers gone from the market' },
+    );
   }
 
   test('the cheapest provider by score wins, and settlement pays price × metered time minus fee and reserve', async (t) => {
     t.after(closeProviders);
     const cheap = await net.addProvider({ name: 'cheap', slots: 1, pricing: pricing('36') });
     const dear = await net.addProvider({ name: 'dear', slots: 1, pricing: pricing('72') });
-    await until(() => requester.market(), (m) => (m.find((c) => c.resourceClass === 'cpu')?.providers ?? 0) >= 2, { what: 'both asks listed' });
+    await until(
+      () => requester.market(),
+      (m) => (m.find((c) => c.resourceClass === 'cpu')?.providers ?? 0) >= 2,
+      { what: 'both asks listed' },
+    );
     const before = await requester.balance();
     const first = await requester.submit(job(['work', '1200']), { baseDir: fixturesDir });
     const done = await requester.wait(first.id, WAIT());
@@ -88,7 +96,11 @@ describe('market and lease economics', () => {
     await stakedClient.deposit('20');
     await stakedClient.stake('20');
     const spec = job(['work', '100'], { placement: { minStake: '10' } });
-    const e = await until(() => requester.explain(spec), (x) => x.candidates === 1, { what: 'stake visible to the market' });
+    const e = await until(
+      () => requester.explain(spec),
+      (x) => x.candidates === 1,
+      { what: 'stake visible to the market' },
+    );
     assert.equal(e.excluded.stake, 1);
     assert.match(e.reasons.join('\n'), /less stake than required/);
     const done = await requester.wait((await requester.submit(spec, { baseDir: fixturesDir })).id, WAIT());
@@ -100,25 +112,39 @@ describe('market and lease economics', () => {
     t.after(closeProviders);
     const script = join(net.dir, 'bid.sh');
     // Bids a quarter of the order's max price, whatever it is.
-    await writeFile(script, `#!/bin/sh\nexec node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const o=JSON.parse(s).order;console.log((Number(o.maxPerHour)/4).toFixed(6))})'\n`);
+    await writeFile(
+      script,
+      `#!/bin/sh\nexec node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const o=JSON.parse(s).order;console.log((Number(o.maxPerHour)/4).toFixed(6))})'\n`,
+    );
     await chmod(script, 0o755);
     const standing = await net.addProvider({ name: 'standing', slots: 1, pricing: pricing('10') });
     const bidder = await net.addProvider({ name: 'bidder', slots: 1, pricing: scriptPricing({ script, rates: { cpuCoreHour: '20', memoryGiBHour: '0' } }) });
-    await until(() => requester.market(), (m) => (m.find((c) => c.resourceClass === 'cpu')?.providers ?? 0) >= 2, { what: 'both asks listed' });
+    await until(
+      () => requester.market(),
+      (m) => (m.find((c) => c.resourceClass === 'cpu')?.providers ?? 0) >= 2,
+      { what: 'both asks listed' },
+    );
     const spec = job(['work', '100'], { price: { maxPerHour: '24', budget: '5', auctionWindowMs: 400 } });
     const done = await requester.wait((await requester.submit(spec, { baseDir: fixturesDir })).id, WAIT());
     assert.equal(done.state, 'succeeded');
     assert.equal(done.tasks[0]?.providerName, 'bidder');
     assert.equal(done.tasks[0]?.pricePerHour, '6', 'the winning bid is the price');
     // Without a window the standing ask decides.
-    const plain = await requester.wait((await requester.submit(job(['work', '100'], { price: { maxPerHour: '24', budget: '5' } }), { baseDir: fixturesDir })).id, WAIT());
+    const plain = await requester.wait(
+      (await requester.submit(job(['work', '100'], { price: { maxPerHour: '24', budget: '5' } }), { baseDir: fixturesDir })).id,
+      WAIT(),
+    );
     assert.equal(plain.tasks[0]?.providerName, 'standing');
   });
 
   test('a job that runs out of budget is warned, then stopped; it never spends more than its budget', async (t) => {
     t.after(closeProviders);
     const p = await net.addProvider({ name: 'meter', slots: 1, pricing: pricing('360') });
-    await until(() => requester.market(), (m) => (m.find((c) => c.resourceClass === 'cpu')?.providers ?? 0) >= 1, { what: 'ask listed' });
+    await until(
+      () => requester.market(),
+      (m) => (m.find((c) => c.resourceClass === 'cpu')?.providers ?? 0) >= 1,
+      { what: 'ask listed' },
+    );
     // 360 credits/h = 0.1 per second; a 0.25 budget lasts ~2.5 s of a task that never ends.
     const spec = job(['hang'], { price: { maxPerHour: '360', budget: '0.25' } });
     const submitted = await requester.submit(spec, { baseDir: fixturesDir });
@@ -136,15 +162,29 @@ describe('market and lease economics', () => {
     assert.ok(spent > 0n, 'the provider was paid for the metered time');
     assert.ok(spent <= parseCredits('0.25'), `spent ${final.money.spent} of a 0.25 budget`);
     assert.equal(final.money.held, '0');
-    await until(async () => p.runningLeases, (r) => r.length === 0, { what: 'the lease stopped on the provider' });
+    await until(
+      async () => p.runningLeases,
+      (r) => r.length === 0,
+      { what: 'the lease stopped on the provider' },
+    );
   });
 
   test('waiting jobs explain themselves; the market lists asks by class', async (t) => {
     t.after(closeProviders);
     const p = await net.addProvider({ name: 'cpu-only', slots: 1, pricing: pricing('3') });
-    await until(() => requester.market(), (m) => m.some((c) => c.resourceClass === 'cpu' && c.min === '3'), { what: 'ask listed' });
-    const gpuJob = await requester.submit(job(['work', '10'], { resources: { cpu: 1, memoryGiB: 1, gpu: { count: 1, models: ['h100-80gb'] } } }), { baseDir: fixturesDir });
-    const seen = await until(() => requester.get(gpuJob.id), (j) => j.state === 'matching' && j.explain !== undefined, { what: 'explained' });
+    await until(
+      () => requester.market(),
+      (m) => m.some((c) => c.resourceClass === 'cpu' && c.min === '3'),
+      { what: 'ask listed' },
+    );
+    const gpuJob = await requester.submit(job(['work', '10'], { resources: { cpu: 1, memoryGiB: 1, gpu: { count: 1, models: ['h100-80gb'] } } }), {
+      baseDir: fixturesDir,
+    });
+    const seen = await until(
+      () => requester.get(gpuJob.id),
+      (j) => j.state === 'matching' && j.explain !== undefined,
+      { what: 'explained' },
+    );
     assert.equal(seen.explain?.matchable, false);
     assert.ok((seen.explain?.excluded.gpuModel ?? 0) >= 1);
     assert.match(seen.explain?.reasons.join('\n') ?? '', /no GPU of an allowed model/);

@@ -107,7 +107,9 @@ for (const store of ['pglite', 'postgres'] as const) {
     test('many submissions racing for one balance: exactly the affordable ones are accepted', async () => {
       const c = await net.fundedClient('5');
       const attempts = 12;
-      const results = await Promise.allSettled(Array.from({ length: attempts }, () => c.submit(spec({ maxPerHour: '1', budget: '1' }), { baseDir: bundleDir })));
+      const results = await Promise.allSettled(
+        Array.from({ length: attempts }, () => c.submit(spec({ maxPerHour: '1', budget: '1' }), { baseDir: bundleDir })),
+      );
       const accepted = results.filter((r) => r.status === 'fulfilled');
       const refused = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
       assert.equal(accepted.length, 5);
@@ -145,7 +147,11 @@ for (const store of ['pglite', 'postgres'] as const) {
         b = await p.unstake('1.5');
         assert.deepEqual([b.available, b.stake, b.unbonding], ['6', '2.5', '1.5']);
         assert.equal(b.unbondings.length, 1);
-        const released = await until(() => p.balance(), (x) => x.unbonding === '0', { timeoutMs: 10_000, what: 'unbonding release' });
+        const released = await until(
+          () => p.balance(),
+          (x) => x.unbonding === '0',
+          { timeoutMs: 10_000, what: 'unbonding release' },
+        );
         assert.deepEqual([released.available, released.stake], ['7.5', '2.5']);
       } finally {
         await quick.close();
@@ -173,7 +179,10 @@ for (const store of ['pglite', 'postgres'] as const) {
       assert.equal((await provider.balance()).stake, '4');
       assert.equal((await requester.balance()).available, '4');
       assert.equal((await auditor.balance()).available, '1');
-      await assert.rejects(net.coordinator.accounts.slash({ ...slash, key: `${key}-2`, amount: parseCredits('5') }), (e: unknown) => (e as GridworkError).code === 'INSUFFICIENT_FUNDS');
+      await assert.rejects(
+        net.coordinator.accounts.slash({ ...slash, key: `${key}-2`, amount: parseCredits('5') }),
+        (e: unknown) => (e as GridworkError).code === 'INSUFFICIENT_FUNDS',
+      );
     });
 
     test('the ledger balances after all of the above', async () => {
@@ -185,4 +194,3 @@ for (const store of ['pglite', 'postgres'] as const) {
     });
   });
 }
-

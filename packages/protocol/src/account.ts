@@ -3,10 +3,7 @@ import Type from 'typebox';
 
 export const IdempotencyKey = Type.String({ minLength: 8, maxLength: 128, pattern: '^[A-Za-z0-9_.:-]+$' });
 
-export const AmountRequest = Type.Object(
-  { amount: Type.String({ maxLength: 40 }), idempotencyKey: IdempotencyKey },
-  { additionalProperties: false },
-);
+export const AmountRequest = Type.Object({ amount: Type.String({ maxLength: 40 }), idempotencyKey: IdempotencyKey }, { additionalProperties: false });
 export type AmountRequest = Type.Static<typeof AmountRequest>;
 
 export const CreditRequest = Type.Object(

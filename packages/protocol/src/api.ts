@@ -18,7 +18,12 @@ export type FileRef = Type.Static<typeof FileRef>;
 
 /** A bundle is a manifest blob (canonical JSON of this shape) naming its files by digest. */
 export const BundleManifest = Type.Object(
-  { files: Type.Array(Type.Object({ path: RelPath, digest: Digest, size: Type.Integer({ minimum: 0 }), executable: Type.Boolean() }, { additionalProperties: false }), { maxItems: 10000 }) },
+  {
+    files: Type.Array(
+      Type.Object({ path: RelPath, digest: Digest, size: Type.Integer({ minimum: 0 }), executable: Type.Boolean() }, { additionalProperties: false }),
+      { maxItems: 10000 },
+    ),
+  },
   { additionalProperties: false },
 );
 export type BundleManifest = Type.Static<typeof BundleManifest>;

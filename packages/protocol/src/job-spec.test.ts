@@ -79,59 +79,290 @@ describe('validateJobSpec', () => {
   });
 
   it('accepts well-formed env vars and optional fields at their limits', () => {
-    validateJobSpec(specWith((s) => {
-      s.runtime.env = { PATH: '/usr/bin', _X1: '', lower_case: 'ok' };
-      s.runtime.network = true;
-      s.maxRetries = 0;
-      s.resources.diskGiB = 0;
-      s.shards = 10000;
-      s.placement.minReputation = 1;
-      s.price = { maxPerHour: '0.000001', budget: '9223372036854.775807' };
-    }));
+    validateJobSpec(
+      specWith((s) => {
+        s.runtime.env = { PATH: '/usr/bin', _X1: '', lower_case: 'ok' };
+        s.runtime.network = true;
+        s.maxRetries = 0;
+        s.resources.diskGiB = 0;
+        s.shards = 10000;
+        s.placement.minReputation = 1;
+        s.price = { maxPerHour: '0.000001', budget: '9223372036854.775807' };
+      }),
+    );
   });
 
   it('accepts tolerance verification with a tolerance, and every kind', () => {
     for (const kind of ['batch', 'train', 'service', 'cluster']) {
-      validateJobSpec(specWith((s) => { s.kind = kind; s.verification = { mode: 'tolerance', tolerance: 0.01 }; }));
+      validateJobSpec(
+        specWith((s) => {
+          s.kind = kind;
+          s.verification = { mode: 'tolerance', tolerance: 0.01 };
+        }),
+      );
     }
   });
 
   describe('rejects with INVALID_SPEC naming the field', () => {
     const cases: Array<[string, (s: Spec) => void, string, RegExp?]> = [
-      ['unknown top-level field', (s) => { s.colour = 'red'; }, 'colour', /unknown field/],
-      ['unknown nested field', (s) => { s.resources.gpu.colour = 'red'; }, 'resources.gpu.colour', /unknown field/],
-      ['unknown field inside an array item', (s) => { s.inputs[0].glob = true; }, 'inputs[0].glob', /unknown field/],
-      ['wrong type (resources.cpu: "2")', (s) => { s.resources.cpu = '2'; }, 'resources.cpu', /number/],
-      ['negative cpu', (s) => { s.resources.cpu = -1; }, 'resources.cpu'],
-      ['zero cpu', (s) => { s.resources.cpu = 0; }, 'resources.cpu'],
-      ['absurd memory (1e9)', (s) => { s.resources.memoryGiB = 1e9; }, 'resources.memoryGiB'],
-      ['shards 0', (s) => { s.shards = 0; }, 'shards'],
-      ['fractional shards', (s) => { s.shards = 1.5; }, 'shards'],
-      ['version 2', (s) => { s.version = 2; }, 'version'],
-      ['missing version', (s) => { delete s.version; }, '(spec)', /version/],
-      ['bad name (uppercase)', (s) => { s.name = 'Embed-Corpus'; }, 'name'],
-      ['bad input name', (s) => { s.inputs[0].name = 'Docs'; }, 'inputs[0].name'],
-      ['unknown kind', (s) => { s.kind = 'mining'; }, 'kind'],
-      ['runtime.kind bundle without path', (s) => { delete s.runtime.path; }, 'runtime.path', /required when runtime.kind is bundle/],
-      ['runtime.kind container without image', (s) => { s.runtime = { kind: 'container', command: ['x'] }; }, 'runtime.image', /required when runtime.kind is container/],
-      ['empty command', (s) => { s.runtime.command = []; }, 'runtime.command'],
-      ['verification tolerance without tolerance', (s) => { s.verification = { mode: 'tolerance' }; }, 'verification.tolerance', /required when verification.mode is tolerance/],
-      ['tolerance above 1', (s) => { s.verification = { mode: 'tolerance', tolerance: 2 }; }, 'verification.tolerance'],
-      ['price.budget "abc"', (s) => { s.price.budget = 'abc'; }, 'price.budget', /not a plain decimal/],
-      ['price.maxPerHour "0"', (s) => { s.price.maxPerHour = '0'; }, 'price.maxPerHour', /greater than zero/],
-      ['negative price.budget', (s) => { s.price.budget = '-1'; }, 'price.budget', /negative/],
-      ['too precise price.maxPerHour', (s) => { s.price.maxPerHour = '1.0000001'; }, 'price.maxPerHour', /6 decimal places/],
-      ['price as a number', (s) => { s.price.budget = 10; }, 'price.budget', /string/],
-      ['duplicate input names', (s) => { s.inputs.push({ name: 'docs', path: './more/*.jsonl' }); }, 'inputs[1].name', /duplicate input name "docs"/],
-      ['minReputation above 1', (s) => { s.placement.minReputation = 1.5; }, 'placement.minReputation'],
-      ['negative gpu count', (s) => { s.resources.gpu.count = -1; }, 'resources.gpu.count'],
-      ['timeoutSeconds 0', (s) => { s.timeoutSeconds = 0; }, 'timeoutSeconds'],
-      ['bad env var name', (s) => { s.runtime.env = { OK_NAME: 'y', 'BAD-NAME': 'x' }; }, 'runtime.env.BAD-NAME', /unknown field/],
-      ['env var name with "="', (s) => { s.runtime.env = { 'A=B': 'x' }; }, 'runtime.env.A=B', /unknown field/],
-      ['env var value not a string', (s) => { s.runtime.env = { OK: 1 }; }, 'runtime.env.OK', /string/],
-      ['hole in inputs', (s) => { s.inputs = new Array(1); }, 'inputs[0]', /empty array slot/],
-      ['hole in runtime.command', (s) => { s.runtime.command = ['node', , 'x.mjs']; }, 'runtime.command[1]', /empty array slot/],
-      ['hole in resources.gpu.models', (s) => { s.resources.gpu.models = ['a100-80gb', ,]; }, 'resources.gpu.models[1]', /empty array slot/],
+      [
+        'unknown top-level field',
+        (s) => {
+          s.colour = 'red';
+        },
+        'colour',
+        /unknown field/,
+      ],
+      [
+        'unknown nested field',
+        (s) => {
+          s.resources.gpu.colour = 'red';
+        },
+        'resources.gpu.colour',
+        /unknown field/,
+      ],
+      [
+        'unknown field inside an array item',
+        (s) => {
+          s.inputs[0].glob = true;
+        },
+        'inputs[0].glob',
+        /unknown field/,
+      ],
+      [
+        'wrong type (resources.cpu: "2")',
+        (s) => {
+          s.resources.cpu = '2';
+        },
+        'resources.cpu',
+        /number/,
+      ],
+      [
+        'negative cpu',
+        (s) => {
+          s.resources.cpu = -1;
+        },
+        'resources.cpu',
+      ],
+      [
+        'zero cpu',
+        (s) => {
+          s.resources.cpu = 0;
+        },
+        'resources.cpu',
+      ],
+      [
+        'absurd memory (1e9)',
+        (s) => {
+          s.resources.memoryGiB = 1e9;
+        },
+        'resources.memoryGiB',
+      ],
+      [
+        'shards 0',
+        (s) => {
+          s.shards = 0;
+        },
+        'shards',
+      ],
+      [
+        'fractional shards',
+        (s) => {
+          s.shards = 1.5;
+        },
+        'shards',
+      ],
+      [
+        'version 2',
+        (s) => {
+          s.version = 2;
+        },
+        'version',
+      ],
+      [
+        'missing version',
+        (s) => {
+          delete s.version;
+        },
+        '(spec)',
+        /version/,
+      ],
+      [
+        'bad name (uppercase)',
+        (s) => {
+          s.name = 'Embed-Corpus';
+        },
+        'name',
+      ],
+      [
+        'bad input name',
+        (s) => {
+          s.inputs[0].name = 'Docs';
+        },
+        'inputs[0].name',
+      ],
+      [
+        'unknown kind',
+        (s) => {
+          s.kind = 'mining';
+        },
+        'kind',
+      ],
+      [
+        'runtime.kind bundle without path',
+        (s) => {
+          delete s.runtime.path;
+        },
+        'runtime.path',
+        /required when runtime.kind is bundle/,
+      ],
+      [
+        'runtime.kind container without image',
+        (s) => {
+          s.runtime = { kind: 'container', command: ['x'] };
+        },
+        'runtime.image',
+        /required when runtime.kind is container/,
+      ],
+      [
+        'empty command',
+        (s) => {
+          s.runtime.command = [];
+        },
+        'runtime.command',
+      ],
+      [
+        'verification tolerance without tolerance',
+        (s) => {
+          s.verification = { mode: 'tolerance' };
+        },
+        'verification.tolerance',
+        /required when verification.mode is tolerance/,
+      ],
+      [
+        'tolerance above 1',
+        (s) => {
+          s.verification = { mode: 'tolerance', tolerance: 2 };
+        },
+        'verification.tolerance',
+      ],
+      [
+        'price.budget "abc"',
+        (s) => {
+          s.price.budget = 'abc';
+        },
+        'price.budget',
+        /not a plain decimal/,
+      ],
+      [
+        'price.maxPerHour "0"',
+        (s) => {
+          s.price.maxPerHour = '0';
+        },
+        'price.maxPerHour',
+        /greater than zero/,
+      ],
+      [
+        'negative price.budget',
+        (s) => {
+          s.price.budget = '-1';
+        },
+        'price.budget',
+        /negative/,
+      ],
+      [
+        'too precise price.maxPerHour',
+        (s) => {
+          s.price.maxPerHour = '1.0000001';
+        },
+        'price.maxPerHour',
+        /6 decimal places/,
+      ],
+      [
+        'price as a number',
+        (s) => {
+          s.price.budget = 10;
+        },
+        'price.budget',
+        /string/,
+      ],
+      [
+        'duplicate input names',
+        (s) => {
+          s.inputs.push({ name: 'docs', path: './more/*.jsonl' });
+        },
+        'inputs[1].name',
+        /duplicate input name "docs"/,
+      ],
+      [
+        'minReputation above 1',
+        (s) => {
+          s.placement.minReputation = 1.5;
+        },
+        'placement.minReputation',
+      ],
+      [
+        'negative gpu count',
+        (s) => {
+          s.resources.gpu.count = -1;
+        },
+        'resources.gpu.count',
+      ],
+      [
+        'timeoutSeconds 0',
+        (s) => {
+          s.timeoutSeconds = 0;
+        },
+        'timeoutSeconds',
+      ],
+      [
+        'bad env var name',
+        (s) => {
+          s.runtime.env = { OK_NAME: 'y', 'BAD-NAME': 'x' };
+        },
+        'runtime.env.BAD-NAME',
+        /unknown field/,
+      ],
+      [
+        'env var name with "="',
+        (s) => {
+          s.runtime.env = { 'A=B': 'x' };
+        },
+        'runtime.env.A=B',
+        /unknown field/,
+      ],
+      [
+        'env var value not a string',
+        (s) => {
+          s.runtime.env = { OK: 1 };
+        },
+        'runtime.env.OK',
+        /string/,
+      ],
+      [
+        'hole in inputs',
+        (s) => {
+          s.inputs = new Array(1);
+        },
+        'inputs[0]',
+        /empty array slot/,
+      ],
+      [
+        'hole in runtime.command',
+        (s) => {
+          s.runtime.command = ['node', , 'x.mjs'];
+        },
+        'runtime.command[1]',
+        /empty array slot/,
+      ],
+      [
+        'hole in resources.gpu.models',
+        (s) => {
+          s.resources.gpu.models = ['a100-80gb', ,];
+        },
+        'resources.gpu.models[1]',
+        /empty array slot/,
+      ],
     ];
     for (const [label, edit, path, message] of cases) {
       it(`${label} → ${path}`, () => {
@@ -143,7 +374,13 @@ describe('validateJobSpec', () => {
   it('reports every problem in details, each as {path, message}', () => {
     let caught: unknown;
     try {
-      validateJobSpec(specWith((s) => { s.colour = 1; s.resources.cpu = '2'; s.shards = 0; }));
+      validateJobSpec(
+        specWith((s) => {
+          s.colour = 1;
+          s.resources.cpu = '2';
+          s.shards = 0;
+        }),
+      );
     } catch (err) {
       caught = err;
     }
@@ -155,7 +392,10 @@ describe('validateJobSpec', () => {
 
   it('rejects a spec that is not an object', () => {
     for (const v of [null, undefined, 1, 'spec', [], [designExample()], true]) {
-      assert.throws(() => validateJobSpec(v), (err: unknown) => err instanceof GridworkError && err.code === 'INVALID_SPEC');
+      assert.throws(
+        () => validateJobSpec(v),
+        (err: unknown) => err instanceof GridworkError && err.code === 'INVALID_SPEC',
+      );
     }
   });
 
@@ -197,10 +437,32 @@ describe('validateJobSpec', () => {
 
   it('never throws anything but GridworkError when one field of a valid spec is replaced by a random value', () => {
     const paths = [
-      ['version'], ['name'], ['kind'], ['runtime'], ['runtime', 'kind'], ['runtime', 'path'], ['runtime', 'command'], ['runtime', 'env'],
-      ['resources'], ['resources', 'gpu'], ['resources', 'gpu', 'count'], ['resources', 'gpu', 'models'], ['resources', 'cpu'],
-      ['inputs'], ['inputs', '0'], ['inputs', '0', 'name'], ['shards'], ['price'], ['price', 'budget'], ['price', 'maxPerHour'],
-      ['placement'], ['verification'], ['verification', 'mode'], ['verification', 'tolerance'], ['timeoutSeconds'], ['maxRetries'],
+      ['version'],
+      ['name'],
+      ['kind'],
+      ['runtime'],
+      ['runtime', 'kind'],
+      ['runtime', 'path'],
+      ['runtime', 'command'],
+      ['runtime', 'env'],
+      ['resources'],
+      ['resources', 'gpu'],
+      ['resources', 'gpu', 'count'],
+      ['resources', 'gpu', 'models'],
+      ['resources', 'cpu'],
+      ['inputs'],
+      ['inputs', '0'],
+      ['inputs', '0', 'name'],
+      ['shards'],
+      ['price'],
+      ['price', 'budget'],
+      ['price', 'maxPerHour'],
+      ['placement'],
+      ['verification'],
+      ['verification', 'mode'],
+      ['verification', 'tolerance'],
+      ['timeoutSeconds'],
+      ['maxRetries'],
     ];
     fc.assert(
       fc.property(fc.constantFrom(...paths), fc.anything({ withNullPrototype: true, withBigInt: true, withSparseArray: true }), (path, value) => {

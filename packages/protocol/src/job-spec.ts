@@ -70,7 +70,9 @@ export const JobSpec = Type.Object(
         {
           maxPerHour: Decimal,
           budget: Decimal,
-          auctionWindowMs: Type.Optional(Type.Integer({ minimum: 0, maximum: 60_000, description: 'collect bids this long before matching; 0 = match at once' })),
+          auctionWindowMs: Type.Optional(
+            Type.Integer({ minimum: 0, maximum: 60_000, description: 'collect bids this long before matching; 0 = match at once' }),
+          ),
         },
         { additionalProperties: false },
       ),
@@ -111,7 +113,12 @@ export interface SpecProblem {
 /** Turns JSON-pointer paths into the dotted field names users write in YAML. */
 export function fieldName(instancePath: string): string {
   const parts = instancePath.split('/').filter(Boolean);
-  return parts.length === 0 ? '(spec)' : parts.map((p) => (/^\d+$/.test(p) ? `[${p}]` : `.${p}`)).join('').replace(/^\./, '');
+  return parts.length === 0
+    ? '(spec)'
+    : parts
+        .map((p) => (/^\d+$/.test(p) ? `[${p}]` : `.${p}`))
+        .join('')
+        .replace(/^\./, '');
 }
 
 /** Readable problems from TypeBox errors; extra properties are named instead of "schema is false". */

@@ -51,7 +51,10 @@ export type LogChunk = Type.Static<typeof LogChunk>;
 
 export const ProviderSequenced = Type.Union([
   Type.Object({ seq: Seq, type: Type.Literal('lease.started'), leaseId: Type.String() }, { additionalProperties: false }),
-  Type.Object({ seq: Seq, type: Type.Literal('lease.log'), leaseId: Type.String(), chunks: Type.Array(LogChunk, { maxItems: 1000 }) }, { additionalProperties: false }),
+  Type.Object(
+    { seq: Seq, type: Type.Literal('lease.log'), leaseId: Type.String(), chunks: Type.Array(LogChunk, { maxItems: 1000 }) },
+    { additionalProperties: false },
+  ),
   Type.Object(
     {
       seq: Seq,
@@ -70,8 +73,14 @@ export const ProviderSequenced = Type.Union([
     { additionalProperties: false },
   ),
   Type.Object({ seq: Seq, type: Type.Literal('provider.asks'), asks: Asks, signature: Type.String({ maxLength: 128 }) }, { additionalProperties: false }),
-  Type.Object({ seq: Seq, type: Type.Literal('lease.released'), leaseId: Type.String(), reason: Type.String({ maxLength: 1024 }) }, { additionalProperties: false }),
-  Type.Object({ seq: Seq, type: Type.Literal('provider.state'), state: Type.Union([Type.Literal('online'), Type.Literal('draining'), Type.Literal('offline')]) }, { additionalProperties: false }),
+  Type.Object(
+    { seq: Seq, type: Type.Literal('lease.released'), leaseId: Type.String(), reason: Type.String({ maxLength: 1024 }) },
+    { additionalProperties: false },
+  ),
+  Type.Object(
+    { seq: Seq, type: Type.Literal('provider.state'), state: Type.Union([Type.Literal('online'), Type.Literal('draining'), Type.Literal('offline')]) },
+    { additionalProperties: false },
+  ),
 ]);
 export type ProviderSequenced = Type.Static<typeof ProviderSequenced>;
 
@@ -108,7 +117,12 @@ export const ProviderMessage = Type.Union([
   Type.Object({ type: Type.Literal('heartbeat'), running: Type.Array(Type.String(), { maxItems: 1024 }) }, { additionalProperties: false }),
   /** A bid in an auction window; signed over canonical JSON of { orderId, pricePerHour }. */
   Type.Object(
-    { type: Type.Literal('bid'), orderId: Type.String({ maxLength: 64 }), pricePerHour: Type.String({ maxLength: 32 }), signature: Type.String({ maxLength: 128 }) },
+    {
+      type: Type.Literal('bid'),
+      orderId: Type.String({ maxLength: 64 }),
+      pricePerHour: Type.String({ maxLength: 32 }),
+      signature: Type.String({ maxLength: 128 }),
+    },
     { additionalProperties: false },
   ),
   ProviderSequenced,

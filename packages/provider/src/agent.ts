@@ -129,7 +129,10 @@ export class ProviderAgent {
   }
 
   start(): void {
-    this.log.info({ coordinator: this.options.coordinatorUrl, runtime: this.runtime.kind, slots: this.options.slots, gpus: this.hardware.gpus.length }, 'provider starting');
+    this.log.info(
+      { coordinator: this.options.coordinatorUrl, runtime: this.runtime.kind, slots: this.options.slots, gpus: this.hardware.gpus.length },
+      'provider starting',
+    );
     this.link.start();
   }
 
@@ -138,7 +141,12 @@ export class ProviderAgent {
     if (!this.pricing.bid || this.draining) return;
     const price = await this.pricing.bid(order, this.asks).catch(() => null);
     if (price === null) return;
-    this.link.sendNow({ type: 'bid', orderId: order.orderId, pricePerHour: price, signature: signBytes(this.identity, canonicalJson({ orderId: order.orderId, pricePerHour: price })) });
+    this.link.sendNow({
+      type: 'bid',
+      orderId: order.orderId,
+      pricePerHour: price,
+      signature: signBytes(this.identity, canonicalJson({ orderId: order.orderId, pricePerHour: price })),
+    });
   }
 
   private async apply(msg: CoordinatorSequenced): Promise<void> {
@@ -158,7 +166,15 @@ export class ProviderAgent {
     this.running.set(lease.leaseId, ac);
     this.log.info({ leaseId: lease.leaseId, job: lease.jobId, task: lease.taskIndex }, 'lease started');
     void runLease(
-      { coordinatorUrl: this.options.coordinatorUrl, meteringIntervalMs: () => this.link.meteringIntervalMs, identity: this.identity, runtime: this.runtime, workRoot: this.options.workRoot, send: (r) => this.link.send(r), log: this.log },
+      {
+        coordinatorUrl: this.options.coordinatorUrl,
+        meteringIntervalMs: () => this.link.meteringIntervalMs,
+        identity: this.identity,
+        runtime: this.runtime,
+        workRoot: this.options.workRoot,
+        send: (r) => this.link.send(r),
+        log: this.log,
+      },
       lease,
       ac.signal,
     ).finally(() => {

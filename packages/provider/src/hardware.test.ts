@@ -52,7 +52,10 @@ describe('parseNvidiaSmi', () => {
   test('8× A100 80GB', () => {
     const gpus = parseNvidiaSmi(A100_X8);
     assert.equal(gpus.length, 8);
-    assert.deepEqual(gpus.map((g) => g.index), [0, 1, 2, 3, 4, 5, 6, 7]);
+    assert.deepEqual(
+      gpus.map((g) => g.index),
+      [0, 1, 2, 3, 4, 5, 6, 7],
+    );
     assert.equal(new Set(gpus.map((g) => g.uuid)).size, 8);
     for (const g of gpus) {
       assert.equal(g.model, 'a100-80gb');
@@ -82,7 +85,10 @@ describe('parseNvidiaSmi', () => {
 
   test('garbage lines are skipped, valid lines among them kept', () => {
     const gpus = parseNvidiaSmi(GARBAGE);
-    assert.deepEqual(gpus.map((g) => [g.index, g.model]), [[5, 'a100-40gb']]);
+    assert.deepEqual(
+      gpus.map((g) => [g.index, g.model]),
+      [[5, 'a100-40gb']],
+    );
     assert.deepEqual(parseNvidiaSmi(''), []);
     assert.deepEqual(parseNvidiaSmi('No devices were found\n'), []);
   });
@@ -91,7 +97,10 @@ describe('parseNvidiaSmi', () => {
     const gpus = parseNvidiaSmi(
       '1, GPU-bbbbbbbb-cccc-dddd-eeee-ffffffffffff, NVIDIA L4, 23034\n0, GPU-aaaaaaaa-cccc-dddd-eeee-ffffffffffff, NVIDIA L4, 23034\n',
     );
-    assert.deepEqual(gpus.map((g) => g.index), [0, 1]);
+    assert.deepEqual(
+      gpus.map((g) => g.index),
+      [0, 1],
+    );
   });
 });
 
@@ -155,7 +164,7 @@ describe('detectHardware', () => {
 
   test('a failing nvidia-smi means no GPUs', async () => {
     const fake = path.join(dir, 'failing-nvidia-smi');
-    await writeFile(fake, "#!/bin/sh\necho \"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\"\nexit 9\n");
+    await writeFile(fake, '#!/bin/sh\necho "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver."\nexit 9\n');
     await chmod(fake, 0o755);
     const hw = await detectHardware({ gpus: 'auto', dataDir: dir, nvidiaSmi: fake });
     assert.deepEqual(hw.gpus, []);
@@ -170,7 +179,10 @@ describe('detectHardware', () => {
     );
     await chmod(fake, 0o755);
     const hw = await detectHardware({ gpus: 'auto', dataDir: dir, nvidiaSmi: fake });
-    assert.deepEqual(hw.gpus.map((g) => g.model), ['rtx-3090', 't4', 'l4', 'h200-141gb']);
+    assert.deepEqual(
+      hw.gpus.map((g) => g.model),
+      ['rtx-3090', 't4', 'l4', 'h200-141gb'],
+    );
   });
 
   test('a missing data directory is reported', async () => {

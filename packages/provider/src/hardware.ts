@@ -73,9 +73,29 @@ export function parseNvidiaSmi(csv: string): GpuInfo[] {
 
 /** Words that say nothing about which GPU it is: vendor and product-line prefixes, form factors, memory types. */
 const NOISE_TOKENS = new Set([
-  'nvidia', 'geforce', 'tesla', 'gpu', 'generation',
-  'sxm', 'sxm2', 'sxm3', 'sxm4', 'sxm5', 'sxm6', 'pcie', 'nvl', 'hgx', 'dgx', 'oam',
-  'hbm', 'hbm2', 'hbm2e', 'hbm3', 'hbm3e', 'gddr6', 'gddr6x',
+  'nvidia',
+  'geforce',
+  'tesla',
+  'gpu',
+  'generation',
+  'sxm',
+  'sxm2',
+  'sxm3',
+  'sxm4',
+  'sxm5',
+  'sxm6',
+  'pcie',
+  'nvl',
+  'hgx',
+  'dgx',
+  'oam',
+  'hbm',
+  'hbm2',
+  'hbm2e',
+  'hbm3',
+  'hbm3e',
+  'gddr6',
+  'gddr6x',
 ]);
 
 /**

@@ -144,7 +144,9 @@ function inside(root: string, rel: string): string {
 async function download(deps: LeaseRunnerDeps, jobId: string, file: FileRef, dir: string, signal: AbortSignal, executable = false): Promise<void> {
   const dest = inside(dir, file.path);
   await mkdir(resolve(dest, '..'), { recursive: true });
-  const res = await whileUnreachable(signal, () => signedFetch(deps.coordinatorUrl, deps.identity, 'GET', `/v1/jobs/${jobId}/blobs/${file.digest}`, { signal }));
+  const res = await whileUnreachable(signal, () =>
+    signedFetch(deps.coordinatorUrl, deps.identity, 'GET', `/v1/jobs/${jobId}/blobs/${file.digest}`, { signal }),
+  );
   if (!res.body) throw new SetupError(`empty body for ${file.path}`);
   const hash = createHash('sha256');
   await pipeline(

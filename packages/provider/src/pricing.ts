@@ -58,7 +58,8 @@ export async function loadRates(path: string): Promise<FixedRates> {
   } catch (err) {
     throw new GridworkError('BAD_REQUEST', `pricing config ${path}: ${(err as Error).message}`);
   }
-  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new GridworkError('BAD_REQUEST', `pricing config ${path} must be a JSON object`);
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed))
+    throw new GridworkError('BAD_REQUEST', `pricing config ${path} must be a JSON object`);
   const allowed = new Set(['cpuCoreHour', 'memoryGiBHour', 'gpuHour', 'gpuDefault']);
   for (const k of Object.keys(parsed)) if (!allowed.has(k)) throw new GridworkError('BAD_REQUEST', `pricing config ${path}: unknown field ${k}`);
   return parsed as FixedRates;

@@ -193,7 +193,12 @@ export class GridworkClient {
   }
 
   addBudget(jobId: string, amount: string, options: MoneyCallOptions = {}): Promise<JobView> {
-    return this.json<JobView>('POST', `/v1/jobs/${encodeURIComponent(jobId)}/budget`, { amount, idempotencyKey: options.idempotencyKey ?? newKey() }, options.signal);
+    return this.json<JobView>(
+      'POST',
+      `/v1/jobs/${encodeURIComponent(jobId)}/budget`,
+      { amount, idempotencyKey: options.idempotencyKey ?? newKey() },
+      options.signal,
+    );
   }
 
   async market(options: CallOptions = {}): Promise<MarketClass[]> {

@@ -102,7 +102,11 @@ export async function startTestNetwork(options: TestNetworkOptions = {}): Promis
 }
 
 /** Resolves when `predicate` holds for a fresh read, re-checking on each `changed` notification or every `pollMs`. */
-export async function until<T>(read: () => Promise<T>, predicate: (value: T) => boolean, options: { timeoutMs?: number; pollMs?: number; what?: string } = {}): Promise<T> {
+export async function until<T>(
+  read: () => Promise<T>,
+  predicate: (value: T) => boolean,
+  options: { timeoutMs?: number; pollMs?: number; what?: string } = {},
+): Promise<T> {
   const deadline = Date.now() + (options.timeoutMs ?? 20_000);
   for (;;) {
     const value = await read();

@@ -65,7 +65,8 @@ class Tail {
 /** Starts `gridwork ARGS…` and resolves once it printed `{"event": readyEvent, …}` on stdout. */
 export async function startGridworkProcess(options: StartProcessOptions): Promise<GridworkProcess> {
   const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries({ ...process.env, ...options.env })) if (v !== undefined) env[k] = v;
+  // NODE_TEST_CONTEXT (set by the test runner for this process) is not the child's business.
+  for (const [k, v] of Object.entries({ ...process.env, NODE_TEST_CONTEXT: undefined, ...options.env })) if (v !== undefined) env[k] = v;
   const child = spawn(process.execPath, [GRIDWORK_BIN, ...options.args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   const out = new Tail();
   const err = new Tail();
@@ -85,7 +86,11 @@ export async function startGridworkProcess(options: StartProcessOptions): Promis
     let pending = '';
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
-      reject(new Error(`${describe()} printed no "${options.readyEvent}" line within ${options.readyTimeoutMs ?? 60_000} ms\nstdout:\n${out.value}\nstderr:\n${err.value}`));
+      reject(
+        new Error(
+          `${describe()} printed no "${options.readyEvent}" line within ${options.readyTimeoutMs ?? 60_000} ms\nstdout:\n${out.value}\nstderr:\n${err.value}`,
+        ),
+      );
     }, options.readyTimeoutMs ?? 60_000);
     const onData = (d: string) => {
       out.push(d);
@@ -176,11 +181,16 @@ export async function startCoordinatorProcess(o: CoordinatorProcessOptions): Pro
   const p = await startGridworkProcess({
     label: o.label ?? 'coordinator',
     args: [
-      'coordinator', 'start',
-      '--port', String(o.port),
-      '--data', o.dataDir,
-      '--heartbeat-ms', String(o.heartbeatMs ?? 500),
-      '--log-level', o.logLevel ?? 'warn',
+      'coordinator',
+      'start',
+      '--port',
+      String(o.port),
+      '--data',
+      o.dataDir,
+      '--heartbeat-ms',
+      String(o.heartbeatMs ?? 500),
+      '--log-level',
+      o.logLevel ?? 'warn',
       ...(o.args ?? []),
     ],
     readyEvent: 'listening',
@@ -220,15 +230,24 @@ export async function startProviderProcess(o: ProviderProcessOptions): Promise<P
   const p = await startGridworkProcess({
     label: o.label ?? o.name,
     args: [
-      'provider', 'start',
-      '--coordinator', o.coordinatorUrl,
-      '--data', o.dataDir,
-      '--name', o.name,
-      '--gpus', 'none',
-      '--runtime', o.runtime ?? 'sandbox',
-      '--slots', String(o.slots ?? 1),
-      '--drain-timeout-ms', String(o.drainTimeoutMs ?? 2000),
-      '--log-level', o.logLevel ?? 'warn',
+      'provider',
+      'start',
+      '--coordinator',
+      o.coordinatorUrl,
+      '--data',
+      o.dataDir,
+      '--name',
+      o.name,
+      '--gpus',
+      'none',
+      '--runtime',
+      o.runtime ?? 'sandbox',
+      '--slots',
+      String(o.slots ?? 1),
+      '--drain-timeout-ms',
+      String(o.drainTimeoutMs ?? 2000),
+      '--log-level',
+      o.logLevel ?? 'warn',
       ...(o.args ?? []),
     ],
     readyEvent: 'started',
@@ -237,17 +256,26 @@ export async function startProviderProcess(o: ProviderProcessOptions): Promise<P
   return Object.assign(p, { id: String(p.ready.id), name: String(p.ready.name) });
 }
 
-/** A loopback port that was free a moment ago: listen on port 0, note the port, close. */
-export function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
+/**
+ * A loopback port that was free a moment ago (listened on, then closed), for a coordinator that
+ * must come back on the same URL after a kill. It is taken below Linux's ephemeral range
+ * (/proc/sys/net/ipv4/ip_local_port_range, 32768+ by default) so that, while the coordinator is
+ * down, no outgoing connection on this machine is handed the port as its local end.
+ */
+export async function freePort(): Promise<number> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    if (await canListen(port)) return port;
+  }
+  throw new Error('no free port found between 20000 and 32000');
+}
+
+function canListen(port: number): Promise<boolean> {
+  return new Promise((resolvePort) => {
     const server = createServer();
     server.unref();
-    server.once('error', reject);
-    server.listen({ host: '127.0.0.1', port: 0 }, () => {
-      const address = server.address();
-      const port = typeof address === 'object' && address ? address.port : 0;
-      server.close(() => resolvePort(port));
-    });
+    server.once('error', () => resolvePort(false));
+    server.listen({ host: '127.0.0.1', port }, () => server.close(() => resolvePort(true)));
   });
 }
 

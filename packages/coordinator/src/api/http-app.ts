@@ -40,7 +40,12 @@ function fieldOf(instancePath: string, params: Record<string, unknown> | undefin
   const parts = instancePath.split('/').filter(Boolean);
   if (params && typeof params.additionalProperty === 'string') parts.push(params.additionalProperty);
   if (params && typeof params.missingProperty === 'string') parts.push(params.missingProperty);
-  return parts.map((p) => (/^\d+$/.test(p) ? `[${p}]` : `.${p}`)).join('').replace(/^\./, '') || '(body)';
+  return (
+    parts
+      .map((p) => (/^\d+$/.test(p) ? `[${p}]` : `.${p}`))
+      .join('')
+      .replace(/^\./, '') || '(body)'
+  );
 }
 
 export function toGridworkError(err: FastifyError): GridworkError {

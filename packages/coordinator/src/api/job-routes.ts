@@ -26,12 +26,20 @@ export function registerJobRoutes(app: FastifyInstance, deps: JobRoutesDeps): vo
 
   app.get<{ Querystring: { limit: number } }>(
     '/v1/jobs',
-    { schema: { tags: ['jobs'], summary: 'List your jobs, newest first', querystring: Type.Object({ limit: Type.Integer({ minimum: 1, maximum: 1000, default: 50 }) }) } },
+    {
+      schema: {
+        tags: ['jobs'],
+        summary: 'List your jobs, newest first',
+        querystring: Type.Object({ limit: Type.Integer({ minimum: 1, maximum: 1000, default: 50 }) }),
+      },
+    },
     async (req) => ({ jobs: await jobs.list(req.accountId, req.query.limit) }),
   );
 
-  app.get<{ Params: { id: string } }>('/v1/jobs/:id', { schema: { tags: ['jobs'], summary: 'A job with its tasks and outputs', params: JobParams } }, async (req) =>
-    jobs.get(req.accountId, req.params.id),
+  app.get<{ Params: { id: string } }>(
+    '/v1/jobs/:id',
+    { schema: { tags: ['jobs'], summary: 'A job with its tasks and outputs', params: JobParams } },
+    async (req) => jobs.get(req.accountId, req.params.id, { explain: true }),
   );
 
   app.post<{ Params: { id: string } }>('/v1/jobs/:id/cancel', { schema: { tags: ['jobs'], summary: 'Cancel a job', params: JobParams } }, async (req) =>
@@ -43,7 +51,13 @@ export function registerJobRoutes(app: FastifyInstance, deps: JobRoutesDeps): vo
     { schema: { tags: ['jobs'], summary: "Add to a job's budget (from your available balance)", params: JobParams, body: AmountRequest } },
     async (req) => {
       const amount = parseCredits(req.body.amount, { field: 'amount', allowZero: false });
-      return jobs.addBudget(req.accountId, req.params.id, amount, req.body.idempotencyKey, sha256Hex(canonicalJson({ op: 'budget', job: req.params.id, amount: req.body.amount })));
+      return jobs.addBudget(
+        req.accountId,
+        req.params.id,
+        amount,
+        req.body.idempotencyKey,
+        sha256Hex(canonicalJson({ op: 'budget', job: req.params.id, amount: req.body.amount })),
+      );
     },
   );
 

@@ -11,7 +11,13 @@ export function registerMarketRoutes(app: FastifyInstance, deps: { market: Marke
   }));
   app.post<{ Body: { spec: JobSpec } }>(
     '/v1/market/explain',
-    { schema: { tags: ['market'], summary: 'Which providers could take this spec now, and why the others cannot', body: Type.Object({ spec: JobSpec }, { additionalProperties: false }) } },
+    {
+      schema: {
+        tags: ['market'],
+        summary: 'Which providers could take this spec now, and why the others cannot',
+        body: Type.Object({ spec: JobSpec }, { additionalProperties: false }),
+      },
+    },
     async (req) => deps.jobs.explain(req.body.spec),
   );
 }

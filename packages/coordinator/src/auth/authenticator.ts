@@ -40,7 +40,11 @@ export class Authenticator {
       }
     }
     if (!this.knownAccounts.has(accountId)) {
-      await this.db.insertInto('accounts').values({ id: accountId }).onConflict((oc) => oc.doNothing()).execute();
+      await this.db
+        .insertInto('accounts')
+        .values({ id: accountId })
+        .onConflict((oc) => oc.doNothing())
+        .execute();
       this.knownAccounts.add(accountId);
     }
     return accountId;
@@ -54,6 +58,9 @@ export class Authenticator {
   async prune(): Promise<void> {
     const now = Date.now();
     this.pruneMemory(now);
-    await this.db.deleteFrom('request_nonces').where('seen_at', '<', new Date(now - 2 * MAX_CLOCK_SKEW_MS)).execute();
+    await this.db
+      .deleteFrom('request_nonces')
+      .where('seen_at', '<', new Date(now - 2 * MAX_CLOCK_SKEW_MS))
+      .execute();
   }
 }

@@ -22,7 +22,11 @@ export class BlobService {
       return { digest, size: Number(existing.size), created: false };
     }
     const size = await this.store.put(digest, body, this.maxBlobBytes);
-    await this.db.insertInto('blobs').values({ digest, size: BigInt(size) }).onConflict((oc) => oc.doNothing()).execute();
+    await this.db
+      .insertInto('blobs')
+      .values({ digest, size: BigInt(size) })
+      .onConflict((oc) => oc.doNothing())
+      .execute();
     return { digest, size, created: true };
   }
 

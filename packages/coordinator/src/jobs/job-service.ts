@@ -170,12 +170,18 @@ export class JobService {
     const unique = [...new Set(digests)];
     const found = new Set<string>();
     for (let i = 0; i < unique.length; i += 1000) {
-      const rows = await this.deps.db.selectFrom('blobs').select('digest').where('digest', 'in', unique.slice(i, i + 1000)).execute();
+      const rows = await this.deps.db
+        .selectFrom('blobs')
+        .select('digest')
+        .where('digest', 'in', unique.slice(i, i + 1000))
+        .execute();
       for (const r of rows) found.add(r.digest);
     }
     const missing = unique.filter((d) => !found.has(d));
     if (missing.length > 0) {
-      throw new GridworkError('BLOB_MISSING', `${missing.length} blob(s) were not uploaded, e.g. ${missing[0]}`, { details: { missing: missing.slice(0, 100) } });
+      throw new GridworkError('BLOB_MISSING', `${missing.length} blob(s) were not uploaded, e.g. ${missing[0]}`, {
+        details: { missing: missing.slice(0, 100) },
+      });
     }
   }
 
@@ -187,25 +193,32 @@ export class JobService {
     return job;
   }
 
-  async get(owner: string, jobId: string): Promise<JobView> {
+  /**
+   * A job as its owner sees it. `explain` adds, while tasks wait, why they do not match: it
+   * looks at every provider, so only a person asking for the job gets it (not streams).
+   */
+  async get(owner: string, jobId: string, options: { explain?: boolean } = {}): Promise<JobView> {
     const job = await this.ownedJob(owner, jobId);
-    return this.view(job);
+    return this.view(job, options.explain ?? false);
   }
 
-  private async view(job: {
-    id: string;
-    name: string;
-    kind: string;
-    owner: string;
-    state: string;
-    error: string | null;
-    created_at: Date;
-    updated_at: Date;
-    budget: bigint;
-    max_per_hour: bigint;
-    low_balance_since: Date | null;
-    spec: JobSpec;
-  }): Promise<JobView> {
+  private async view(
+    job: {
+      id: string;
+      name: string;
+      kind: string;
+      owner: string;
+      state: string;
+      error: string | null;
+      created_at: Date;
+      updated_at: Date;
+      budget: bigint;
+      max_per_hour: bigint;
+      low_balance_since: Date | null;
+      spec: JobSpec;
+    },
+    explain = false,
+  ): Promise<JobView> {
     const tasks = await this.deps.db
       .selectFrom('tasks')
       .leftJoin('providers', 'providers.id', 'tasks.provider_id')
@@ -239,7 +252,7 @@ export class JobService {
     const held = await balancesOf(this.deps.db, [holdOf(job.id), ...leases.map((l) => escrowOf(l.id))]);
     let heldTotal = 0n;
     for (const v of held.values()) heldTotal += v;
-    const waiting = tasks.some((t) => t.state === 'queued') && !['succeeded', 'failed', 'cancelled'].includes(job.state);
+    const waiting = explain && tasks.some((t) => t.state === 'queued') && !['succeeded', 'failed', 'cancelled'].includes(job.state);
     return {
       id: job.id,
       name: job.name,
@@ -265,7 +278,8 @@ export class JobService {
           error: t.error,
           outputs: t.outputs,
           outputDigest: t.output_digest,
-          pricePerHour: t.lease_id && leaseById.get(t.lease_id) ? formatCredits((leaseById.get(t.lease_id) as { price_per_hour: bigint }).price_per_hour) : null,
+          pricePerHour:
+            t.lease_id && leaseById.get(t.lease_id) ? formatCredits((leaseById.get(t.lease_id) as { price_per_hour: bigint }).price_per_hour) : null,
           cost: formatCredits(costByTask.get(t.id) ?? 0n),
         }),
       ),
@@ -388,7 +402,14 @@ export class JobService {
       .limit(limit)
       .execute();
     return {
-      entries: rows.map((r) => ({ taskIndex: r.task_idx, leaseId: r.lease_id, seq: Number(r.id), stream: r.stream as LogEntry['stream'], data: r.data, ts: r.ts.toISOString() })),
+      entries: rows.map((r) => ({
+        taskIndex: r.task_idx,
+        leaseId: r.lease_id,
+        seq: Number(r.id),
+        stream: r.stream as LogEntry['stream'],
+        data: r.data,
+        ts: r.ts.toISOString(),
+      })),
       last: rows[rows.length - 1]?.id ?? afterId,
     };
   }

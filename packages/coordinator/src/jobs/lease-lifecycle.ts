@@ -206,7 +206,10 @@ export async function enqueueForProvider(trx: Trx, providerId: string, message: 
     .returning('out_seq')
     .executeTakeFirstOrThrow();
   const seq = Number(row.out_seq);
-  await trx.insertInto('provider_outbox').values({ provider_id: providerId, seq: BigInt(seq), message: JSON.stringify({ ...message, seq }) }).execute();
+  await trx
+    .insertInto('provider_outbox')
+    .values({ provider_id: providerId, seq: BigInt(seq), message: JSON.stringify({ ...message, seq }) })
+    .execute();
   changes.providers.add(providerId);
   return seq;
 }

@@ -8,11 +8,9 @@ import { GridworkError, type InputSet } from '@gridwork/protocol';
 export function shardInputs(inputs: readonly InputSet[], shards: number): InputSet[][] {
   for (const set of inputs) {
     if (set.shard && set.files.length < shards) {
-      throw new GridworkError(
-        'INVALID_SPEC',
-        `shards: ${shards} is more than the ${set.files.length} file(s) of sharded input "${set.name}"`,
-        { details: [{ path: 'shards', message: `at most ${set.files.length} for input ${set.name}` }] },
-      );
+      throw new GridworkError('INVALID_SPEC', `shards: ${shards} is more than the ${set.files.length} file(s) of sharded input "${set.name}"`, {
+        details: [{ path: 'shards', message: `at most ${set.files.length} for input ${set.name}` }],
+      });
     }
   }
   return Array.from({ length: shards }, (_, task) =>

@@ -40,7 +40,15 @@ export class AccountService {
       .where((eb) =>
         eb.or([
           eb('account', 'in', eb.selectFrom('jobs').select(sql<string>`'job:' || id || ':hold'`.as('a')).where('owner', '=', accountId)),
-          eb('account', 'in', eb.selectFrom('leases').innerJoin('jobs', 'jobs.id', 'leases.job_id').select(sql<string>`'lease:' || leases.id || ':escrow'`.as('a')).where('jobs.owner', '=', accountId)),
+          eb(
+            'account',
+            'in',
+            eb
+              .selectFrom('leases')
+              .innerJoin('jobs', 'jobs.id', 'leases.job_id')
+              .select(sql<string>`'lease:' || leases.id || ':escrow'`.as('a'))
+              .where('jobs.owner', '=', accountId),
+          ),
         ]),
       )
       .executeTakeFirstOrThrow();
@@ -71,7 +79,16 @@ export class AccountService {
       .limit(limit)
       .execute();
     if (txs.length === 0) return [];
-    const postings = await this.db.selectFrom('ledger_postings').selectAll().where('tx_id', 'in', txs.map((t) => t.id)).orderBy('id').execute();
+    const postings = await this.db
+      .selectFrom('ledger_postings')
+      .selectAll()
+      .where(
+        'tx_id',
+        'in',
+        txs.map((t) => t.id),
+      )
+      .orderBy('id')
+      .execute();
     return txs.map((t) => {
       const ps = postings.filter((p) => p.tx_id === t.id);
       const change = ps.filter((p) => p.account === available(accountId)).reduce((a, p) => a + p.amount, 0n);
@@ -86,15 +103,24 @@ export class AccountService {
     });
   }
 
-  private async move(kind: string, accountId: string, key: string, request: unknown, postings: { account: string; amount: bigint }[], memo: Record<string, unknown> = {}) {
+  private async move(
+    kind: string,
+    accountId: string,
+    key: string,
+    request: unknown,
+    postings: { account: string; amount: bigint }[],
+    memo: Record<string, unknown> = {},
+  ) {
     await transact(this.db, (trx) => post(trx, { kind, key: `${accountId}:${key}`, requestDigest: digestOf(request), postings, memo }));
   }
 
   /** Development faucet: free credits, only when the coordinator runs with --dev. */
   async deposit(accountId: string, amount: string, key: string): Promise<BalanceView> {
-    if (!this.options.dev) throw new GridworkError('DEV_ONLY', 'the faucet only runs on a coordinator started with --dev; ask the operator to credit your account');
+    if (!this.options.dev)
+      throw new GridworkError('DEV_ONLY', 'the faucet only runs on a coordinator started with --dev; ask the operator to credit your account');
     const micros = parseAmount(amount);
-    if (micros > this.options.faucetMax) throw new GridworkError('INVALID_AMOUNT', `the faucet gives at most ${formatCredits(this.options.faucetMax)} credits per deposit`);
+    if (micros > this.options.faucetMax)
+      throw new GridworkError('INVALID_AMOUNT', `the faucet gives at most ${formatCredits(this.options.faucetMax)} credits per deposit`);
     await this.move('deposit', accountId, key, { op: 'deposit', amount }, [
       { account: WORLD, amount: -micros },
       { account: available(accountId), amount: micros },
@@ -106,11 +132,22 @@ export class AccountService {
   async credit(operatorId: string, account: string, amount: string, key: string): Promise<BalanceView> {
     if (!this.options.operators.includes(operatorId)) throw new GridworkError('FORBIDDEN', 'only the coordinator operator can credit accounts');
     const micros = parseAmount(amount);
-    await this.db.insertInto('accounts').values({ id: account }).onConflict((oc) => oc.doNothing()).execute();
-    await this.move('credit', operatorId, key, { op: 'credit', account, amount }, [
-      { account: WORLD, amount: -micros },
-      { account: available(account), amount: micros },
-    ], { account, operator: operatorId });
+    await this.db
+      .insertInto('accounts')
+      .values({ id: account })
+      .onConflict((oc) => oc.doNothing())
+      .execute();
+    await this.move(
+      'credit',
+      operatorId,
+      key,
+      { op: 'credit', account, amount },
+      [
+        { account: WORLD, amount: -micros },
+        { account: available(account), amount: micros },
+      ],
+      { account, operator: operatorId },
+    );
     return this.balance(account);
   }
 
@@ -147,7 +184,10 @@ export class AccountService {
         ],
       });
       if (r === 'posted') {
-        await trx.insertInto('stake_unbondings').values({ account_id: accountId, amount: micros, release_at: new Date(Date.now() + this.options.unbondingDelayMs) }).execute();
+        await trx
+          .insertInto('stake_unbondings')
+          .values({ account_id: accountId, amount: micros, release_at: new Date(Date.now() + this.options.unbondingDelayMs) })
+          .execute();
       }
     });
     this.onStakeChange(accountId);
@@ -177,7 +217,16 @@ export class AccountService {
    * Slashes a provider's stake: `toRequester` and `toAuditor` are paid from it, the rest of
    * `amount` goes to the reserve. Idempotent by `key` (e.g. the audit id).
    */
-  async slash(args: { provider: string; amount: bigint; requester?: string; toRequester?: bigint; auditor?: string; toAuditor?: bigint; key: string; reason: string }): Promise<void> {
+  async slash(args: {
+    provider: string;
+    amount: bigint;
+    requester?: string;
+    toRequester?: bigint;
+    auditor?: string;
+    toAuditor?: bigint;
+    key: string;
+    reason: string;
+  }): Promise<void> {
     const toRequester = args.requester ? (args.toRequester ?? 0n) : 0n;
     const toAuditor = args.auditor ? (args.toAuditor ?? 0n) : 0n;
     if (args.amount <= 0n || toRequester < 0n || toAuditor < 0n || toRequester + toAuditor > args.amount) {

@@ -56,7 +56,15 @@ export function minimumBudget(maxPerHour: bigint, cfg: EconomicsConfig): bigint 
 
 /** Holds a job's whole budget from the owner's available balance (refused if it cannot be covered). */
 export async function holdBudget(trx: Trx, owner: string, jobId: string, budget: bigint): Promise<void> {
-  await post(trx, { kind: 'job.hold', key: `hold:${jobId}`, postings: [{ account: available(owner), amount: -budget }, { account: holdOf(jobId), amount: budget }], memo: { jobId } });
+  await post(trx, {
+    kind: 'job.hold',
+    key: `hold:${jobId}`,
+    postings: [
+      { account: available(owner), amount: -budget },
+      { account: holdOf(jobId), amount: budget },
+    ],
+    memo: { jobId },
+  });
 }
 
 /** Adds to a running job's budget. */
@@ -65,7 +73,10 @@ export async function addBudget(trx: Trx, owner: string, jobId: string, amount: 
     kind: 'job.topup',
     key,
     requestDigest,
-    postings: [{ account: available(owner), amount: -amount }, { account: holdOf(jobId), amount }],
+    postings: [
+      { account: available(owner), amount: -amount },
+      { account: holdOf(jobId), amount },
+    ],
     memo: { jobId },
   });
   return r === 'posted';
@@ -94,7 +105,10 @@ export async function fundLease(trx: Trx, lease: LeaseMoney, usageMs: bigint, cf
     await post(trx, {
       kind: 'lease.escrow',
       key: `escrow:${lease.id}:${usageMs}`,
-      postings: [{ account: holdOf(lease.job_id), amount: -amount }, { account: escrowOf(lease.id), amount }],
+      postings: [
+        { account: holdOf(lease.job_id), amount: -amount },
+        { account: escrowOf(lease.id), amount },
+      ],
       memo: { leaseId: lease.id, jobId: lease.job_id },
     });
   }
@@ -114,7 +128,10 @@ export async function chargeUsage(trx: Trx, lease: LeaseMoney, usageMs: bigint):
     await post(trx, {
       kind: 'lease.charge',
       key: `charge:${lease.id}:${usageMs}`,
-      postings: [{ account: escrowOf(lease.id), amount: -amount }, { account: earnedOf(lease.id), amount }],
+      postings: [
+        { account: escrowOf(lease.id), amount: -amount },
+        { account: earnedOf(lease.id), amount },
+      ],
       memo: { leaseId: lease.id, usageMs: usageMs.toString() },
     });
   }
@@ -126,7 +143,12 @@ export async function chargeUsage(trx: Trx, lease: LeaseMoney, usageMs: bigint):
 }
 
 /** Pays the provider what the lease earned (minus fee and reserve) and returns unused escrow to the hold. */
-export async function settleLease(trx: Trx, lease: LeaseMoney, providerId: string, cfg: EconomicsConfig): Promise<{ earned: bigint; provider: bigint; fee: bigint; reserve: bigint }> {
+export async function settleLease(
+  trx: Trx,
+  lease: LeaseMoney,
+  providerId: string,
+  cfg: EconomicsConfig,
+): Promise<{ earned: bigint; provider: bigint; fee: bigint; reserve: bigint }> {
   const earned = await balanceOf(trx, earnedOf(lease.id));
   const escrow = await balanceOf(trx, escrowOf(lease.id));
   const split = splitEarnings(earned, cfg.feeBps, cfg.reserveBps);
@@ -150,6 +172,14 @@ export async function settleLease(trx: Trx, lease: LeaseMoney, providerId: strin
 export async function releaseJob(trx: Trx, owner: string, jobId: string): Promise<bigint> {
   const hold = await balanceOf(trx, holdOf(jobId));
   if (hold < 0n) throw new GridworkError('INTERNAL', `job ${jobId} hold is negative`);
-  await post(trx, { kind: 'job.release', key: `release:${jobId}`, postings: [{ account: holdOf(jobId), amount: -hold }, { account: available(owner), amount: hold }], memo: { jobId } });
+  await post(trx, {
+    kind: 'job.release',
+    key: `release:${jobId}`,
+    postings: [
+      { account: holdOf(jobId), amount: -hold },
+      { account: available(owner), amount: hold },
+    ],
+    memo: { jobId },
+  });
   return hold;
 }

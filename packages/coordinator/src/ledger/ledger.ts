@@ -48,7 +48,8 @@ export const holdOf = (jobId: string) => `job:${jobId}:hold`;
 export const escrowOf = (leaseId: string) => `lease:${leaseId}:escrow`;
 export const earnedOf = (leaseId: string) => `lease:${leaseId}:earned`;
 
-const ACCOUNT = /^(ext:world|sys:(fees|reserve)|acct:[A-Za-z0-9_-]{43}:(available|stake|unbonding)|job:job_[a-z2-7]{16}:hold|lease:lease_[a-z2-7]{16}:(escrow|earned))$/;
+const ACCOUNT =
+  /^(ext:world|sys:(fees|reserve)|acct:[A-Za-z0-9_-]{43}:(available|stake|unbonding)|job:job_[a-z2-7]{16}:hold|lease:lease_[a-z2-7]{16}:(escrow|earned))$/;
 
 export type PostResult = 'posted' | 'duplicate';
 
@@ -89,9 +90,13 @@ export async function post(trx: Trx, tx: LedgerTx): Promise<PostResult> {
     const before = balances.get(account) ?? 0n;
     const delta = deltas.get(account) as bigint;
     if (before + delta < 0n && account !== WORLD) {
-      throw new GridworkError('INSUFFICIENT_FUNDS', `insufficient funds in ${describeAccount(account)}: ${formatCredits(before)} available, ${formatCredits(-delta)} needed`, {
-        details: { account, balance: formatCredits(before), needed: formatCredits(-delta) },
-      });
+      throw new GridworkError(
+        'INSUFFICIENT_FUNDS',
+        `insufficient funds in ${describeAccount(account)}: ${formatCredits(before)} available, ${formatCredits(-delta)} needed`,
+        {
+          details: { account, balance: formatCredits(before), needed: formatCredits(-delta) },
+        },
+      );
     }
   }
   const inserted = await trx
@@ -149,7 +154,11 @@ export interface LedgerAudit {
 
 /** Recomputes every balance from the postings and checks the double-entry invariants. */
 export async function verifyLedger(db: Db | Trx): Promise<LedgerAudit> {
-  const derived = await db.selectFrom('ledger_postings').select(['account', sql<string>`sum(amount)::text`.as('sum')]).groupBy('account').execute();
+  const derived = await db
+    .selectFrom('ledger_postings')
+    .select(['account', sql<string>`sum(amount)::text`.as('sum')])
+    .groupBy('account')
+    .execute();
   const cached = await db.selectFrom('ledger_balances').select(['account', 'balance']).execute();
   const fromPostings = new Map(derived.map((r) => [r.account, BigInt(r.sum)]));
   const mismatched: string[] = [];

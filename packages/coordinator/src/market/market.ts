@@ -54,7 +54,10 @@ export class Market {
       q = q.where('id', 'in', list);
     }
     const rows = await q.execute();
-    const stakes = await balancesOf(this.db, rows.map((r) => stakeOf(r.id)));
+    const stakes = await balancesOf(
+      this.db,
+      rows.map((r) => stakeOf(r.id)),
+    );
     for (const r of rows) {
       if (r.bids) this.bidding.add(r.id);
       else this.bidding.delete(r.id);

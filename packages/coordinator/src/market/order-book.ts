@@ -11,6 +11,7 @@
 import type { Asks, Benchmarks, Hardware, MarketClass, MatchExplanation, Resources } from '@gridwork/protocol';
 import { formatCredits } from '@gridwork/protocol';
 import { baseHourly, milli, type ParsedAsks, parseAsks } from './order-price.ts';
+import { SortedList } from './sorted-list.ts';
 
 export interface BookProvider {
   id: string;
@@ -47,10 +48,15 @@ export interface Match {
 interface Entry {
   p: BookProvider;
   asks: ParsedAsks | null;
-  freeCpuMilli: bigint;
-  freeMemMilli: bigint;
+  freeCpuMilli: number;
+  freeMemMilli: number;
   freeSlots: number;
   freeGpus: Set<number>;
+  /** Free GPUs per model (an entry is listed in a GPU pool only while it has one free). */
+  freeByModel: Map<string, number>;
+  modelOf: Map<number, string>;
+  /** Pools the entry is listed in right now. */
+  listed: Set<string>;
   /** Pools this provider belongs to, with its unit score in each. */
   pools: Map<string, number>;
   /** Time limit of its earliest-ending active lease (for explain). */
@@ -59,12 +65,29 @@ interface Entry {
 
 interface Reservation {
   providerId: string;
-  cpuMilli: bigint;
-  memMilli: bigint;
+  cpuMilli: number;
+  memMilli: number;
   gpus: number[];
 }
 
-const CPU_POOL = 'cpu';
+/** Thousandths of a unit as a plain number (capacity arithmetic on the hot path). */
+const milliN = (units: number) => Number(milli(units));
+/** Entries visited per pool and order, fitting or not: the bound that keeps matching O(1) in providers. */
+const MAX_VISIT = 64;
+
+/**
+ * Pools are split by region and, for GPUs, by how many GPUs of the model are free (at least
+ * 1, 2, 4 or 8), so the first entries of the pools an order looks in usually fit it.
+ */
+const GPU_CLASSES = [1, 2, 4, 8] as const;
+interface PoolKey {
+  key: string;
+  /** null for the CPU pool of a region. */
+  model: string | null;
+  region: string;
+  cls: number;
+}
+const poolKey = (model: string | null, region: string, cls: number): string => (model === null ? `cpu@${region}` : `gpu:${model}@${region}#${cls}`);
 /** Memory a CPU-only order typically asks per core: weights memory price in the CPU pool's order. */
 const TYPICAL_GIB_PER_CORE = 4n;
 
@@ -74,9 +97,23 @@ export function reputationFactor(reputation: number): number {
 
 export class OrderBook {
   private readonly entries = new Map<string, Entry>();
-  /** pool → entries with free capacity, sorted by (unit score, id). */
-  private readonly pools = new Map<string, Entry[]>();
+  /** pool → entries that can serve the pool's smallest order now, sorted by (unit score, id). */
+  private readonly pools = new Map<string, SortedList<Entry>>();
   private readonly reservations = new Map<string, Reservation>();
+  private readonly keys = new Map<string, PoolKey>();
+  private readonly gpuPools: PoolKey[] = [];
+  private readonly cpuPools: PoolKey[] = [];
+
+  /** The key of a pool, registered in the index the first time it is seen. */
+  private declare(model: string | null, region: string, cls: number): string {
+    const key = poolKey(model, region, cls);
+    if (!this.keys.has(key)) {
+      const k = { key, model, region, cls };
+      this.keys.set(key, k);
+      (model === null ? this.cpuPools : this.gpuPools).push(k);
+    }
+    return key;
+  }
 
   constructor(private readonly probe = 8) {}
 
@@ -88,13 +125,18 @@ export class OrderBook {
     const old = this.entries.get(p.id);
     if (old) this.unlist(old);
     const asks = p.asks ? parseAsks(p.asks) : null;
+    const freeByModel = new Map<string, number>();
+    for (const g of p.hardware.gpus) freeByModel.set(g.model, (freeByModel.get(g.model) ?? 0) + 1);
     const e: Entry = {
       p,
       asks,
-      freeCpuMilli: milli(p.hardware.cpu.cores),
-      freeMemMilli: milli(p.hardware.memoryGiB),
+      freeCpuMilli: milliN(p.hardware.cpu.cores),
+      freeMemMilli: milliN(p.hardware.memoryGiB),
       freeSlots: p.slots,
       freeGpus: new Set(p.hardware.gpus.map((g) => g.index)),
+      freeByModel,
+      modelOf: new Map(p.hardware.gpus.map((g) => [g.index, g.model])),
+      listed: new Set(),
       pools: new Map(),
       leaseEnds: old?.leaseEnds ?? new Map(),
     };
@@ -104,15 +146,17 @@ export class OrderBook {
     if (asks) {
       const cpuMops = Math.max(p.benchmarks?.cpuMopsPerCore ?? 1, 1e-6);
       const rep = reputationFactor(p.reputation);
-      e.pools.set(CPU_POOL, Number(asks.cpuCoreHour + TYPICAL_GIB_PER_CORE * asks.memoryGiBHour) / cpuMops / rep);
+      const region = p.attributes.region ?? '';
+      e.pools.set(this.declare(null, region, 0), Number(asks.cpuCoreHour + TYPICAL_GIB_PER_CORE * asks.memoryGiBHour) / cpuMops / rep);
       for (const g of p.hardware.gpus) {
         const price = asks.gpuHour.get(g.model);
         if (price === undefined) continue;
         const perf = Math.max(p.benchmarks?.gpu[g.model] ?? 1, 1e-6);
-        e.pools.set(`gpu:${g.model}`, Number(price) / perf / rep);
+        const count = p.hardware.gpus.filter((x) => x.model === g.model).length;
+        for (const cls of GPU_CLASSES) if (cls <= count) e.pools.set(this.declare(g.model, region, cls), Number(price) / perf / rep);
       }
     }
-    this.list(e);
+    this.sync(e);
   }
 
   removeProvider(id: string): void {
@@ -126,55 +170,66 @@ export class OrderBook {
     return e.p.connected && e.p.state === 'online' && e.freeSlots > 0 && e.asks !== null;
   }
 
-  private list(e: Entry): void {
-    if (!this.listable(e)) return;
-    for (const [pool, score] of e.pools) {
-      let arr = this.pools.get(pool);
-      if (!arr) {
-        arr = [];
-        this.pools.set(pool, arr);
+  /** Whether the entry can serve the smallest order of a pool right now. */
+  private serves(e: Entry, pool: string): boolean {
+    if (!this.listable(e)) return false;
+    const k = this.keys.get(pool) as PoolKey;
+    if (k.model === null) return e.freeCpuMilli > 0 && e.freeMemMilli > 0;
+    return (e.freeByModel.get(k.model) ?? 0) >= k.cls;
+  }
+
+  private poolList(pool: string): SortedList<Entry> {
+    let list = this.pools.get(pool);
+    if (!list) {
+      list = new SortedList<Entry>((a, b) => {
+        const d = (a.pools.get(pool) as number) - (b.pools.get(pool) as number);
+        return d !== 0 ? d : a.p.id < b.p.id ? -1 : a.p.id > b.p.id ? 1 : 0;
+      });
+      this.pools.set(pool, list);
+    }
+    return list;
+  }
+
+  /** Brings the entry's pool listings in line with its capacity and state. */
+  private sync(e: Entry): void {
+    for (const pool of e.pools.keys()) {
+      const should = this.serves(e, pool);
+      if (should && !e.listed.has(pool)) {
+        this.poolList(pool).insert(e);
+        e.listed.add(pool);
+      } else if (!should && e.listed.has(pool)) {
+        this.poolList(pool).delete(e);
+        e.listed.delete(pool);
       }
-      if (arr.includes(e)) continue;
-      let lo = 0;
-      let hi = arr.length;
-      while (lo < hi) {
-        const mid = (lo + hi) >> 1;
-        const m = arr[mid] as Entry;
-        const ms = m.pools.get(pool) as number;
-        if (ms < score || (ms === score && m.p.id < e.p.id)) lo = mid + 1;
-        else hi = mid;
-      }
-      arr.splice(lo, 0, e);
     }
   }
 
   private unlist(e: Entry): void {
-    for (const pool of e.pools.keys()) {
-      const arr = this.pools.get(pool);
-      if (!arr) continue;
-      const i = arr.indexOf(e);
-      if (i >= 0) arr.splice(i, 1);
-    }
+    for (const pool of e.listed) this.poolList(pool).delete(e);
+    e.listed.clear();
   }
 
   private take(e: Entry, r: Reservation): void {
     e.freeCpuMilli -= r.cpuMilli;
     e.freeMemMilli -= r.memMilli;
     e.freeSlots -= 1;
-    for (const g of r.gpus) e.freeGpus.delete(g);
+    for (const g of r.gpus) {
+      if (!e.freeGpus.delete(g)) continue;
+      const m = e.modelOf.get(g);
+      if (m !== undefined) e.freeByModel.set(m, (e.freeByModel.get(m) ?? 1) - 1);
+    }
   }
 
   /** Records that `leaseId` holds these resources (from a match, or rebuilt from the database). */
   reserve(leaseId: string, providerId: string, resources: Resources, gpus: number[], endsAt?: number): void {
     if (this.reservations.has(leaseId)) return;
-    const r: Reservation = { providerId, cpuMilli: milli(resources.cpu), memMilli: milli(resources.memoryGiB), gpus };
+    const r: Reservation = { providerId, cpuMilli: milliN(resources.cpu), memMilli: milliN(resources.memoryGiB), gpus };
     this.reservations.set(leaseId, r);
     const e = this.entries.get(providerId);
     if (!e) return;
-    const was = this.listable(e);
     this.take(e, r);
     if (endsAt !== undefined) e.leaseEnds.set(leaseId, endsAt);
-    if (was && !this.listable(e)) this.unlist(e);
+    this.sync(e);
   }
 
   release(leaseId: string): void {
@@ -183,13 +238,17 @@ export class OrderBook {
     this.reservations.delete(leaseId);
     const e = this.entries.get(r.providerId);
     if (!e) return;
-    const was = this.listable(e);
     e.freeCpuMilli += r.cpuMilli;
     e.freeMemMilli += r.memMilli;
     e.freeSlots += 1;
-    for (const g of r.gpus) e.freeGpus.add(g);
+    for (const g of r.gpus) {
+      if (e.freeGpus.has(g) || !e.modelOf.has(g)) continue;
+      e.freeGpus.add(g);
+      const m = e.modelOf.get(g) as string;
+      e.freeByModel.set(m, (e.freeByModel.get(m) ?? 0) + 1);
+    }
     e.leaseEnds.delete(leaseId);
-    if (!was && this.listable(e)) this.list(e);
+    this.sync(e);
   }
 
   /** The provider's price for the order, and the GPUs it would use, ignoring capacity and filters. */
@@ -200,7 +259,12 @@ export class OrderBook {
     const gpus: number[] = [];
     if (gpu && gpu.count > 0) {
       const usable = e.p.hardware.gpus
-        .filter((g) => (!useFree || e.freeGpus.has(g.index)) && (!gpu.models?.length || gpu.models.includes(g.model)) && (gpu.minVramGiB === undefined || g.vramGiB >= gpu.minVramGiB))
+        .filter(
+          (g) =>
+            (!useFree || e.freeGpus.has(g.index)) &&
+            (!gpu.models?.length || gpu.models.includes(g.model)) &&
+            (gpu.minVramGiB === undefined || g.vramGiB >= gpu.minVramGiB),
+        )
         .map((g) => ({ index: g.index, price: e.asks?.gpuHour.get(g.model) }))
         .filter((g): g is { index: number; price: bigint } => g.price !== undefined)
         .sort((a, b) => (a.price < b.price ? -1 : a.price > b.price ? 1 : a.index - b.index));
@@ -215,7 +279,6 @@ export class OrderBook {
 
   private fitsStatic(e: Entry, order: Order): boolean {
     const r = order.resources;
-    if (milli(r.cpu) > milli(e.p.hardware.cpu.cores) || milli(r.memoryGiB) > milli(e.p.hardware.memoryGiB)) return false;
     if (r.diskGiB !== undefined && r.diskGiB > e.p.hardware.diskGiB) return false;
     if (order.regions?.length && !order.regions.includes(e.p.attributes.region ?? '')) return false;
     if (order.minReputation !== undefined && e.p.reputation < order.minReputation) return false;
@@ -228,7 +291,7 @@ export class OrderBook {
     let perf: number;
     if (gpus.length > 0) {
       let sum = 0;
-      for (const i of gpus) sum += e.p.benchmarks?.gpu[e.p.hardware.gpus.find((g) => g.index === i)?.model ?? ''] ?? 1;
+      for (const i of gpus) sum += e.p.benchmarks?.gpu[e.modelOf.get(i) ?? ''] ?? 1;
       perf = Math.max(sum / gpus.length, 1e-6);
     } else perf = Math.max(e.p.benchmarks?.cpuMopsPerCore ?? 1, 1e-6);
     return Number(price) / perf / reputationFactor(e.p.reputation);
@@ -240,29 +303,47 @@ export class OrderBook {
    */
   match(order: Order, bids?: ReadonlyMap<string, bigint>): Match | null {
     const gpu = order.resources.gpu;
-    const pools =
-      gpu && gpu.count > 0
-        ? [...this.pools.keys()].filter((k) => k.startsWith('gpu:') && (!gpu.models?.length || gpu.models.includes(k.slice(4))))
-        : [CPU_POOL];
-    const cpuNeed = milli(order.resources.cpu);
-    const memNeed = milli(order.resources.memoryGiB);
-    let best: Match | null = null;
+    const regions = order.regions?.length ? order.regions : null;
+    let pools: string[];
+    if (gpu && gpu.count > 0) {
+      let cls = 1;
+      for (const c of GPU_CLASSES) if (c <= gpu.count) cls = c;
+      pools = this.gpuPools
+        .filter((k) => k.cls === cls && (!gpu.models?.length || gpu.models.includes(k.model as string)) && (!regions || regions.includes(k.region)))
+        .map((k) => k.key);
+    } else {
+      pools = this.cpuPools.filter((k) => !regions || regions.includes(k.region)).map((k) => k.key);
+    }
+    const cpuNeed = milliN(order.resources.cpu);
+    const memNeed = milliN(order.resources.memoryGiB);
+    let best = null as Match | null;
     const seen = new Set<string>();
+    const freeAllowed = (e: Entry): number => {
+      if (!gpu?.models?.length) return e.freeGpus.size;
+      let n = 0;
+      for (const m of gpu.models) n += e.freeByModel.get(m) ?? 0;
+      return n;
+    };
     for (const pool of pools) {
       const arr = this.pools.get(pool);
       if (!arr) continue;
       let probed = 0;
-      for (const e of arr) {
-        if (probed >= this.probe) break;
-        if (seen.has(e.p.id)) continue;
+      let visited = 0;
+      arr.each((e) => {
+        if (probed >= this.probe || visited++ >= MAX_VISIT) return false;
+        if (seen.has(e.p.id)) return true;
         seen.add(e.p.id);
-        if (e.freeCpuMilli < cpuNeed || e.freeMemMilli < memNeed || !this.fitsStatic(e, order)) continue;
+        if (e.freeCpuMilli < cpuNeed || e.freeMemMilli < memNeed) return true;
+        if (gpu && gpu.count > 0 && freeAllowed(e) < gpu.count) return true;
+        if (!this.fitsStatic(e, order)) return true;
         const q = this.quote(e, order, true);
-        if (!q || q.price > order.maxPerHour) continue;
+        if (!q || q.price > order.maxPerHour) return true;
         probed++;
         const score = this.score(e, q.gpus, q.price);
-        if (!best || score < best.score || (score === best.score && e.p.id < best.providerId)) best = { providerId: e.p.id, pricePerHour: q.price, gpus: q.gpus, score };
-      }
+        if (!best || score < best.score || (score === best.score && e.p.id < best.providerId))
+          best = { providerId: e.p.id, pricePerHour: q.price, gpus: q.gpus, score };
+        return true;
+      });
     }
     for (const [providerId, bid] of bids ?? []) {
       const e = this.entries.get(providerId);
@@ -277,7 +358,21 @@ export class OrderBook {
 
   /** Why an order does (not) match: every provider is checked here, since this is for people. */
   explain(order: Order): MatchExplanation {
-    const ex: MatchExplanation['excluded'] = { offline: 0, draining: 0, gpuModel: 0, gpuVram: 0, gpuCount: 0, cpu: 0, memory: 0, disk: 0, region: 0, reputation: 0, stake: 0, price: 0, busy: 0 };
+    const ex: MatchExplanation['excluded'] = {
+      offline: 0,
+      draining: 0,
+      gpuModel: 0,
+      gpuVram: 0,
+      gpuCount: 0,
+      cpu: 0,
+      memory: 0,
+      disk: 0,
+      region: 0,
+      reputation: 0,
+      stake: 0,
+      price: 0,
+      busy: 0,
+    };
     const r = order.resources;
     let online = 0;
     let lowest: bigint | null = null;
@@ -345,7 +440,7 @@ export class OrderBook {
         continue;
       }
       const free = this.quote(e, order, true);
-      if (e.freeSlots <= 0 || e.freeCpuMilli < milli(r.cpu) || e.freeMemMilli < milli(r.memoryGiB) || !free) {
+      if (e.freeSlots <= 0 || e.freeCpuMilli < milliN(r.cpu) || e.freeMemMilli < milliN(r.memoryGiB) || !free) {
         ex.busy++;
         for (const t of e.leaseEnds.values()) if (busyUntil === null || t < busyUntil) busyUntil = t;
         continue;
@@ -371,7 +466,8 @@ export class OrderBook {
       ['busy', 'are busy'],
     ];
     for (const [k, text] of named) if (ex[k] > 0) reasons.push(`${ex[k]} provider(s) ${text}`);
-    if (lowest !== null && lowest > order.maxPerHour) reasons.push(`the lowest ask is ${formatCredits(lowest)}/h, above the max price ${formatCredits(order.maxPerHour)}/h`);
+    if (lowest !== null && lowest > order.maxPerHour)
+      reasons.push(`the lowest ask is ${formatCredits(lowest)}/h, above the max price ${formatCredits(order.maxPerHour)}/h`);
     if (candidates > 0) reasons.unshift(`${candidates} provider(s) can take this order now`);
     return {
       matchable: candidates > 0,

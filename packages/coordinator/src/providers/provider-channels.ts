@@ -133,7 +133,13 @@ export class ProviderChannels {
             this.channels.get(providerId)?.socket.close(4003, 'replaced by a newer connection');
             channel = pending;
             this.channels.set(providerId, channel);
-            channel.send({ type: 'welcome', providerId, lastApplied, heartbeatIntervalMs: this.deps.heartbeatIntervalMs, meteringIntervalMs: this.deps.meteringIntervalMs });
+            channel.send({
+              type: 'welcome',
+              providerId,
+              lastApplied,
+              heartbeatIntervalMs: this.deps.heartbeatIntervalMs,
+              meteringIntervalMs: this.deps.meteringIntervalMs,
+            });
             this.deps.onConnection?.(providerId, true);
             for (const m of outbox) {
               channel.send(m);

@@ -38,7 +38,11 @@ export class ProviderService {
     verifyAsks(providerId, hello.asks, hello.instance, hello.asksSignature);
     const changes = newChanges(this.deps.economics);
     const result = await transact(this.deps.db, async (trx) => {
-      await trx.insertInto('accounts').values({ id: providerId }).onConflict((oc) => oc.doNothing()).execute();
+      await trx
+        .insertInto('accounts')
+        .values({ id: providerId })
+        .onConflict((oc) => oc.doNothing())
+        .execute();
       const existing = await trx.selectFrom('providers').selectAll().where('id', '=', providerId).forNoKeyUpdate().executeTakeFirst();
       const now = new Date();
       const row = {
@@ -54,17 +58,28 @@ export class ProviderService {
         last_seen_at: now,
       };
       if (!existing) {
-        await trx.insertInto('providers').values({ id: providerId, state: 'online', in_seq: 0n, out_seq: 0n, ...row }).execute();
+        await trx
+          .insertInto('providers')
+          .values({ id: providerId, state: 'online', in_seq: 0n, out_seq: 0n, ...row })
+          .execute();
         return { lastApplied: 0, outbox: [] };
       }
       if (existing.instance !== hello.instance) {
         const lost = await loseProviderLeases(trx, providerId, `provider ${hello.name} restarted`, changes);
         if (lost > 0) this.deps.log.warn({ providerId, lost }, 'provider restarted: its leases are lost');
         await trx.deleteFrom('provider_outbox').where('provider_id', '=', providerId).execute();
-        await trx.updateTable('providers').set({ ...row, state: 'online', in_seq: 0n, out_seq: 0n }).where('id', '=', providerId).execute();
+        await trx
+          .updateTable('providers')
+          .set({ ...row, state: 'online', in_seq: 0n, out_seq: 0n })
+          .where('id', '=', providerId)
+          .execute();
         return { lastApplied: 0, outbox: [] };
       }
-      await trx.updateTable('providers').set({ ...row, state: existing.state === 'draining' ? 'draining' : 'online' }).where('id', '=', providerId).execute();
+      await trx
+        .updateTable('providers')
+        .set({ ...row, state: existing.state === 'draining' ? 'draining' : 'online' })
+        .where('id', '=', providerId)
+        .execute();
       await this.ackWithin(trx, providerId, hello.lastApplied);
       const outbox = await trx.selectFrom('provider_outbox').select('message').where('provider_id', '=', providerId).orderBy('seq').execute();
       return { lastApplied: Number(existing.in_seq), outbox: outbox.map((r) => r.message) };
@@ -77,12 +92,7 @@ export class ProviderService {
 
   /** Drops acknowledged outbox messages; an acknowledged assignment means the lease is starting. */
   private async ackWithin(trx: Transaction<Database>, providerId: string, seq: number): Promise<void> {
-    const acked = await trx
-      .deleteFrom('provider_outbox')
-      .where('provider_id', '=', providerId)
-      .where('seq', '<=', BigInt(seq))
-      .returning('message')
-      .execute();
+    const acked = await trx.deleteFrom('provider_outbox').where('provider_id', '=', providerId).where('seq', '<=', BigInt(seq)).returning('message').execute();
     const leaseIds = acked
       .map((r) => r.message as { type?: string; lease?: { leaseId: string } })
       .flatMap((m) => (m.type === 'lease.assign' && m.lease ? [m.lease.leaseId] : []));
@@ -109,7 +119,11 @@ export class ProviderService {
       const last = Number(p.in_seq);
       if (msg.seq <= last) return 'duplicate';
       if (msg.seq !== last + 1) return 'gap';
-      await trx.updateTable('providers').set({ in_seq: BigInt(msg.seq), last_seen_at: new Date() }).where('id', '=', providerId).execute();
+      await trx
+        .updateTable('providers')
+        .set({ in_seq: BigInt(msg.seq), last_seen_at: new Date() })
+        .where('id', '=', providerId)
+        .execute();
 
       if (msg.type === 'provider.state') {
         await trx.updateTable('providers').set({ state: msg.state }).where('id', '=', providerId).execute();
@@ -120,7 +134,11 @@ export class ProviderService {
       if (msg.type === 'provider.asks') {
         const { instance } = await trx.selectFrom('providers').select('instance').where('id', '=', providerId).executeTakeFirstOrThrow();
         verifyAsks(providerId, msg.asks, instance, msg.signature);
-        await trx.updateTable('providers').set({ asks: JSON.stringify(msg.asks) }).where('id', '=', providerId).execute();
+        await trx
+          .updateTable('providers')
+          .set({ asks: JSON.stringify(msg.asks) })
+          .where('id', '=', providerId)
+          .execute();
         changes.work = true;
         changes.providersChanged.add(providerId);
         return 'applied';
@@ -150,12 +168,21 @@ export class ProviderService {
           const task = await trx.selectFrom('tasks').select('idx').where('id', '=', lease.task_id).executeTakeFirstOrThrow();
           const rows = await trx
             .insertInto('task_logs')
-            .values(msg.chunks.map((c) => ({ job_id: lease.job_id, task_idx: task.idx, lease_id: lease.id, stream: c.stream, data: c.data, ts: new Date(c.ts) })))
+            .values(
+              msg.chunks.map((c) => ({ job_id: lease.job_id, task_idx: task.idx, lease_id: lease.id, stream: c.stream, data: c.data, ts: new Date(c.ts) })),
+            )
             .returning(['id', 'stream', 'data', 'ts'])
             .execute();
           logs.push({
             jobId: lease.job_id,
-            entries: rows.map((r) => ({ taskIndex: task.idx, leaseId: lease.id, seq: Number(r.id), stream: r.stream as LogEntry['stream'], data: r.data, ts: r.ts.toISOString() })),
+            entries: rows.map((r) => ({
+              taskIndex: task.idx,
+              leaseId: lease.id,
+              seq: Number(r.id),
+              stream: r.stream as LogEntry['stream'],
+              data: r.data,
+              ts: r.ts.toISOString(),
+            })),
           });
           return 'applied';
         }
@@ -200,7 +227,12 @@ export class ProviderService {
     }).catch(async (err) => {
       if (!(err instanceof ReportRejected)) throw err;
       // Record the seq alone, in its own transaction, so the rejected report changes nothing else.
-      await this.deps.db.updateTable('providers').set({ in_seq: BigInt(err.seq) }).where('id', '=', providerId).where('in_seq', '=', BigInt(err.seq - 1)).execute();
+      await this.deps.db
+        .updateTable('providers')
+        .set({ in_seq: BigInt(err.seq) })
+        .where('id', '=', providerId)
+        .where('in_seq', '=', BigInt(err.seq - 1))
+        .execute();
       throw new GridworkError(err.code, err.message);
     });
     for (const l of logs) this.deps.bus.emit('job.log', l.jobId, l.entries);
@@ -215,7 +247,12 @@ export class ProviderService {
   async sweep(timeoutMs: number, since: Date): Promise<string[]> {
     if (Date.now() - since.getTime() < timeoutMs) return [];
     const cutoff = new Date(Date.now() - timeoutMs);
-    const stale = await this.deps.db.selectFrom('providers').select(['id', 'name']).where('state', '!=', 'offline').where('last_seen_at', '<', cutoff).execute();
+    const stale = await this.deps.db
+      .selectFrom('providers')
+      .select(['id', 'name'])
+      .where('state', '!=', 'offline')
+      .where('last_seen_at', '<', cutoff)
+      .execute();
     const changes = newChanges(this.deps.economics);
     const lostIds: string[] = [];
     for (const p of stale) {

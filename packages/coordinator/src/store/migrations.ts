@@ -6,7 +6,10 @@ import { type Kysely, type Migration, type MigrationProvider, Migrator, sql } fr
 
 /** Prepared statements take one command each (PGlite enforces it): run them one by one. */
 async function runStatements(db: Kysely<unknown>, script: string): Promise<void> {
-  for (const statement of script.split(/;\s*\n/).map((s) => s.trim()).filter(Boolean)) {
+  for (const statement of script
+    .split(/;\s*\n/)
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     await sql.raw(statement).execute(db);
   }
 }
@@ -14,7 +17,9 @@ async function runStatements(db: Kysely<unknown>, script: string): Promise<void>
 const migrations: Record<string, Migration> = {
   '0001_foundation': {
     async up(db: Kysely<unknown>) {
-      await runStatements(db, `
+      await runStatements(
+        db,
+        `
         create table accounts (
           id text primary key,
           created_at timestamptz not null default now()
@@ -113,14 +118,17 @@ const migrations: Record<string, Migration> = {
           ts timestamptz not null
         );
         create index task_logs_job on task_logs (job_id, id);
-      `);
+      `,
+      );
     },
   },
 };
 
 migrations['0002_market_and_money'] = {
   async up(db: Kysely<unknown>) {
-    await runStatements(db, `
+    await runStatements(
+      db,
+      `
       create table ledger_transactions (
         id bigserial primary key,
         kind text not null,
@@ -162,7 +170,8 @@ migrations['0002_market_and_money'] = {
       alter table providers add column bids boolean not null default false;
       alter table providers add column leases_completed integer not null default 0;
       alter table providers add column leases_faulted integer not null default 0
-    `);
+    `,
+    );
   },
 };
 

@@ -181,7 +181,9 @@ describe('signRequest / verifyRequest', () => {
 
     it('changed nonce or timestamp header → BAD_SIGNATURE', () => {
       const good = h();
-      rejectsWith('BAD_SIGNATURE', () => verifyRequest({ ...good, [AuthHeader.nonce]: flipChar(good[AuthHeader.nonce] as string, 0) }, 'POST', '/v1/jobs', BODY, NOW));
+      rejectsWith('BAD_SIGNATURE', () =>
+        verifyRequest({ ...good, [AuthHeader.nonce]: flipChar(good[AuthHeader.nonce] as string, 0) }, 'POST', '/v1/jobs', BODY, NOW),
+      );
       rejectsWith('BAD_SIGNATURE', () => verifyRequest({ ...good, [AuthHeader.timestamp]: String(NOW + 1) }, 'POST', '/v1/jobs', BODY, NOW));
     });
 
@@ -220,7 +222,16 @@ describe('signRequest / verifyRequest', () => {
 
     it('malformed public key → BAD_SIGNATURE, never any other kind of error', () => {
       const good = h();
-      const keys = ['x', 'not a key at all', 'A'.repeat(43), '_'.repeat(43), `${id.publicKey}A`, `${id.publicKey.slice(0, 42)}=`, `${id.publicKey.slice(0, 42)}/`, '💥'.repeat(22)];
+      const keys = [
+        'x',
+        'not a key at all',
+        'A'.repeat(43),
+        '_'.repeat(43),
+        `${id.publicKey}A`,
+        `${id.publicKey.slice(0, 42)}=`,
+        `${id.publicKey.slice(0, 42)}/`,
+        '💥'.repeat(22),
+      ];
       for (const key of keys) {
         rejectsWith('BAD_SIGNATURE', () => verifyRequest({ ...good, [AuthHeader.key]: key }, 'POST', '/v1/jobs', BODY, NOW));
       }

@@ -27,7 +27,12 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
     },
     async run(req: RunRequest): Promise<RunResult> {
       validateRunRequest(req);
-      for (const [label, dir] of Object.entries({ bundleDir: req.bundleDir, inputsDir: req.inputsDir, outputsDir: req.outputsDir, checkpointsDir: req.checkpointsDir })) {
+      for (const [label, dir] of Object.entries({
+        bundleDir: req.bundleDir,
+        inputsDir: req.inputsDir,
+        outputsDir: req.outputsDir,
+        checkpointsDir: req.checkpointsDir,
+      })) {
         const st = await stat(dir).catch(() => undefined);
         if (!st?.isDirectory()) throw new GridworkError('INTERNAL', `${label} is not a directory: ${dir}`);
       }

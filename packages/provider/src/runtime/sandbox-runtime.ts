@@ -147,12 +147,22 @@ export async function buildSandboxArgv(
     '--die-with-parent',
     '--new-session',
     ...(await baseLayout(opts.etcPaths, memory)),
-    '--ro-bind', dirs.bundle, '/work',
-    '--ro-bind', dirs.inputs, '/inputs',
-    '--bind', dirs.outputs, '/outputs',
-    '--bind', dirs.checkpoints, '/checkpoints',
-    '--chdir', '/work',
-    '--info-fd', '3',
+    '--ro-bind',
+    dirs.bundle,
+    '/work',
+    '--ro-bind',
+    dirs.inputs,
+    '/inputs',
+    '--bind',
+    dirs.outputs,
+    '/outputs',
+    '--bind',
+    dirs.checkpoints,
+    '/checkpoints',
+    '--chdir',
+    '/work',
+    '--info-fd',
+    '3',
     '--clearenv',
   ];
   for (const [name, value] of Object.entries(env)) argv.push('--setenv', name, value);
@@ -180,8 +190,7 @@ async function assertTraversable(dir: string): Promise<void> {
   for (let p = path.dirname(dir); ; p = path.dirname(p)) {
     const st = await stat(p);
     const mode = st.mode;
-    const ok =
-      (st.uid === SANDBOX_TASK_ID ? mode & 0o100 : st.gid === SANDBOX_TASK_ID ? mode & 0o010 : mode & 0o001) !== 0;
+    const ok = (st.uid === SANDBOX_TASK_ID ? mode & 0o100 : st.gid === SANDBOX_TASK_ID ? mode & 0o010 : mode & 0o001) !== 0;
     if (!ok) {
       throw new GridworkError(
         'SANDBOX_UNAVAILABLE',
@@ -260,7 +269,8 @@ export class SandboxRuntime implements Runtime {
       '--die-with-parent',
       '--new-session',
       ...(await baseLayout(this.etcPaths, 1024 * 1024)),
-      '--chdir', '/',
+      '--chdir',
+      '/',
       '--',
       '/bin/true',
     ];
