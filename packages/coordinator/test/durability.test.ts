@@ -400,6 +400,17 @@ async function assertEachTaskSucceededOnce(
     const { rows: totals } = await sql<{ total: string | null }>`select sum(amount)::text as total from ledger_postings`.execute(db);
     assert.equal(BigInt(totals[0]?.total ?? '0'), 0n, 'ledger postings sum to zero');
     for (const r of ledger.rows) assert.equal(BigInt(r.balance ?? '0'), BigInt(r.posted ?? '0'), `balance of ${r.account} matches its postings`);
+    // Settlement across the crash: every ended lease settled exactly once, nothing left in escrow
+    // or unpaid, and the job's hold returned in full to its owner.
+    const { rows: settles } = await sql<{ key: string }>`select idempotency_key as key from ledger_transactions where kind = 'lease.settle'`.execute(db);
+    for (const l of leases) {
+      assert.equal(settles.filter((x) => x.key === `settle:${l.id}`).length, 1, `lease ${l.id} (${l.state}) settled exactly once`);
+    }
+    const { rows: leftover } = await sql<{ account: string; balance: string }>`
+      select account, balance::text as balance from ledger_balances
+      where balance <> 0 and (account like 'lease:%' or account like 'job:%')
+    `.execute(db);
+    assert.deepEqual(leftover, [], 'no escrow, unpaid earnings or hold left behind');
     return { lost: leases.filter((l) => l.state === 'lost').map((l) => ({ taskIdx: l.idx, error: l.error, providerId: l.provider_id, endedAt: l.ended_at })) };
   });
 }
