@@ -9,9 +9,9 @@
  *     per database transaction (batched). `post()` issues 6 statements per transfer whatever
  *     the batching (idempotency SELECT, balance-row INSERT … ON CONFLICT, SELECT … FOR
  *     UPDATE, transaction INSERT, one UPDATE per account, postings INSERT).
- *   bench-only multi-row path — NOT what ships: the same checks and the same rows written,
- *     with a constant number of multi-row statements per batch (see `postBatch` below). It
- *     shows what the ledger could do, and is what G8 would need.
+ *   batched path — `postMany()` from the same file: the same checks and the same rows written,
+ *     with a constant number of multi-row statements per batch (unnest arrays), for callers
+ *     that move money in volume.
  *
  * "Durable": every figure counts postings whose database transaction has committed (on
  * PostgreSQL with the server's fsync / synchronous_commit settings, printed below). After the
@@ -27,7 +27,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { type Db, openDatabase, verifyLedger } from '@gridwork/coordinator';
 import { sql } from 'kysely';
-import { available, type LedgerTx, post, type Trx, WORLD } from '../packages/coordinator/src/ledger/ledger.ts';
+import { available, type LedgerTx, post, postMany, type Trx, WORLD } from '../packages/coordinator/src/ledger/ledger.ts';
 import { fakeKey, loadNote, machineInfo, printTable, progress, rng, round, yesNo } from './lib/common.ts';
 
 const args = new Map<string, string>();
@@ -40,7 +40,7 @@ const PG_URL = process.env.GRIDWORK_TEST_DATABASE_URL ?? 'postgres://postgres@12
 
 interface Run {
   store: string;
-  path: 'post()' | 'multi-row (bench only)';
+  path: 'post()' | 'postMany()';
   mode: string;
   batch: number;
   concurrency: number;
@@ -52,64 +52,9 @@ interface Run {
   durable: boolean;
 }
 
-/**
- * What a batched ledger could look like (bench only, NOT the shipping path): for a batch of
- * transfers, one idempotency lookup, one balance-row upsert, one SELECT … FOR UPDATE over
- * every touched account (sorted, as post() does), the overdraft checks in order in memory,
- * then one INSERT of the transaction rows, one UPDATE of the touched balances and one INSERT
- * of the postings — 6 statements per batch instead of ~6 per transfer. Each statement takes
- * its rows as a few array parameters expanded by `unnest`, so its text and parameter count do
- * not grow with the batch (a VALUES list with one parameter per cell measured ~20–40 % slower
- * here). Same tables, same rows, same invariants as post(). Returns how many were posted
- * (duplicates and refused transfers are skipped, as post() would report them).
- */
+/** The shipping batched path: `postMany()` posts a whole batch with a fixed number of statements. */
 async function postBatch(trx: Trx, txs: LedgerTx[]): Promise<number> {
-  const keys = txs.map((t) => t.key);
-  const prior = await sql<{ k: string }>`select idempotency_key as k from ledger_transactions where idempotency_key = any(${keys}::text[])`.execute(trx);
-  const seen = new Set(prior.rows.map((r) => r.k));
-  const fresh: LedgerTx[] = [];
-  for (const t of txs) {
-    if (seen.has(t.key)) continue;
-    seen.add(t.key);
-    fresh.push(t);
-  }
-  if (fresh.length === 0) return 0;
-  const accounts = [...new Set(fresh.flatMap((t) => t.postings.map((p) => p.account)))].sort();
-  await sql`insert into ledger_balances (account, balance) select a, 0 from unnest(${accounts}::text[]) as a on conflict (account) do nothing`.execute(trx);
-  const locked = await sql<{
-    account: string;
-    balance: bigint | string;
-  }>`select account, balance from ledger_balances where account = any(${accounts}::text[]) order by account for update`.execute(trx);
-  const balances = new Map<string, bigint>(locked.rows.map((r) => [r.account, BigInt(r.balance)]));
-  const accepted: LedgerTx[] = [];
-  for (const t of fresh) {
-    let sum = 0n;
-    for (const p of t.postings) sum += p.amount;
-    if (sum !== 0n) throw new Error(`unbalanced ${t.key}`);
-    if (t.postings.some((p) => p.account !== WORLD && (balances.get(p.account) ?? 0n) + p.amount < 0n)) continue; // INSUFFICIENT_FUNDS
-    for (const p of t.postings) balances.set(p.account, (balances.get(p.account) ?? 0n) + p.amount);
-    accepted.push(t);
-  }
-  if (accepted.length === 0) return 0;
-  const ids = await sql<{ id: bigint | string; k: string }>`insert into ledger_transactions (kind, idempotency_key, memo)
-    select kind, key, memo::jsonb from unnest(${accepted.map((t) => t.kind)}::text[], ${accepted.map((t) => t.key)}::text[], ${accepted.map((t) => JSON.stringify(t.memo ?? {}))}::text[]) as u(kind, key, memo)
-    returning id, idempotency_key as k`.execute(trx);
-  const idOf = new Map(ids.rows.map((r) => [r.k, String(r.id)]));
-  const touched = [...new Set(accepted.flatMap((t) => t.postings.map((p) => p.account)))].sort();
-  await sql`update ledger_balances as b set balance = v.balance
-    from unnest(${touched}::text[], ${touched.map((a) => String(balances.get(a)))}::bigint[]) as v(account, balance) where b.account = v.account`.execute(trx);
-  const txIds: string[] = [];
-  const accts: string[] = [];
-  const amounts: string[] = [];
-  for (const t of accepted) {
-    for (const p of t.postings) {
-      txIds.push(idOf.get(t.key) as string);
-      accts.push(p.account);
-      amounts.push(String(p.amount));
-    }
-  }
-  await sql`insert into ledger_postings (tx_id, account, amount) select * from unnest(${txIds}::bigint[], ${accts}::text[], ${amounts}::bigint[])`.execute(trx);
-  return accepted.length;
+  return (await postMany(trx, txs)).filter((r) => r === 'posted').length;
 }
 
 async function benchStore(store: string): Promise<{
@@ -222,9 +167,9 @@ async function benchStore(store: string): Promise<{
   if (store === 'postgres') await measure('post()', 'unbatched, 8 concurrent clients', 1, 8, viaPost(1));
   await measure('post()', 'batched: 100 transfers per db transaction', 100, 1, viaPost(100));
   await measure('post()', 'batched: 1000 transfers per db transaction', 1000, 1, viaPost(1000));
-  await measure('multi-row (bench only)', 'batched: 100 transfers per db transaction', 100, 1, viaBatch(100));
-  await measure('multi-row (bench only)', 'batched: 1000 transfers per db transaction', 1000, 1, viaBatch(1000));
-  await measure('multi-row (bench only)', 'batched: 5000 transfers per db transaction', 5000, 1, viaBatch(5000));
+  await measure('postMany()', 'batched: 100 transfers per db transaction', 100, 1, viaBatch(100));
+  await measure('postMany()', 'batched: 1000 transfers per db transaction', 1000, 1, viaBatch(1000));
+  await measure('postMany()', 'batched: 5000 transfers per db transaction', 5000, 1, viaBatch(5000));
 
   // Replay: posting a transaction again with its idempotency key must be a no-op. A random
   // sample of 2,000 goes through post() one by one (as a retried request would), and every
@@ -280,7 +225,7 @@ const invariantOk = results.every(
     r.replay.postedAgainViaBatch === 0 &&
     r.replay.balancesUnchanged,
 );
-const g8Met = bestShipping >= G8_GOAL && invariantOk;
+const g8Met = bestMultiRow >= G8_GOAL && invariantOk;
 
 printTable(`Ledger postings (2 per transfer, 1,000 accounts, ${SECONDS} s per row; G8 goal ≥ ${G8_GOAL} durable postings/s with batching)`, [
   ['store', 'durable', 'path', 'mode', 'postings/s', 'transfers/s', 'ms/commit', 'vs G8 goal'],
@@ -314,8 +259,8 @@ printTable('Double-entry invariant on replay (verifyLedger recomputes every bala
 ]);
 printTable('Verdict', [
   ['goal', 'figure', 'value', 'target', 'result'],
-  ['G8', 'best durable shipping post() batched', Math.round(bestShipping), `≥ ${G8_GOAL}`, yesNo(bestShipping >= G8_GOAL)],
-  ['G8', 'best durable bench-only multi-row batched (not shipping)', Math.round(bestMultiRow), `≥ ${G8_GOAL}`, yesNo(bestMultiRow >= G8_GOAL)],
+  ['G8', 'best durable post() in batches (6 statements per transfer)', Math.round(bestShipping), `≥ ${G8_GOAL}`, yesNo(bestShipping >= G8_GOAL)],
+  ['G8', 'best durable postMany() batched', Math.round(bestMultiRow), `≥ ${G8_GOAL}`, yesNo(bestMultiRow >= G8_GOAL)],
   ['G8', 'invariant on replay', invariantOk ? 'holds' : 'BROKEN', 'total 0, no mismatch, no negative', yesNo(invariantOk)],
 ]);
 console.log(loadNote());
@@ -350,7 +295,7 @@ console.log(
     goals: {
       G8: {
         goal: `>= ${G8_GOAL} durable postings/s with batching; double-entry invariant on replay`,
-        value: { shippingPostBatched: Math.round(bestShipping), benchOnlyMultiRow: Math.round(bestMultiRow), invariantOnReplay: invariantOk },
+        value: { postInBatches: Math.round(bestShipping), postManyBatched: Math.round(bestMultiRow), invariantOnReplay: invariantOk },
         met: g8Met,
       },
     },

@@ -11,7 +11,20 @@ import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { GridworkError, newId } from '@gridwork/protocol';
 import fc from 'fast-check';
-import { available, balanceOf, earnedOf, escrowOf, holdOf, post, type Trx, verifyLedger, WORLD } from '../src/ledger/ledger.ts';
+import {
+  available,
+  type BatchResult,
+  balanceOf,
+  earnedOf,
+  escrowOf,
+  holdOf,
+  type LedgerTx,
+  post,
+  postMany,
+  type Trx,
+  verifyLedger,
+  WORLD,
+} from '../src/ledger/ledger.ts';
 import { chargeUsage, fundLease, holdBudget, type LeaseMoney, releaseJob, resolveEconomics, settleLease } from '../src/ledger/lease-economics.ts';
 import { type Db, openDatabase } from '../src/store/database.ts';
 import { postgresUrl, uniqueSchema } from '@gridwork/testkit';
@@ -254,6 +267,48 @@ for (const store of ['pglite', 'postgres'] as const) {
         fc.asyncProperty(fc.array(cmd, { minLength: 5, maxLength: 40 }), (cmds) => runSequence(db, cmds)),
         { numRuns: store === 'pglite' ? 60 : 40 },
       );
+    });
+
+    test('a batch (postMany) has exactly the outcome of posting its transactions one by one', { timeout: 120_000 }, async () => {
+      const transfer = fc.record({ from: fc.nat(4), to: fc.nat(4), amount: fc.bigInt({ min: 1n, max: 2_000n }), key: fc.nat(30) });
+      await fc.assert(
+        fc.asyncProperty(fc.array(transfer, { minLength: 1, maxLength: 40 }), async (transfers) => {
+          const sets = [0, 1].map(() => Array.from({ length: 4 }, () => accountId()));
+          const run = newId('req');
+          // Index 4 is the outside world, so deposits and withdrawals are in the mix.
+          const txsFor = (set: string[], tag: string): LedgerTx[] =>
+            transfers.map((t) => ({
+              kind: 'transfer',
+              key: `${run}:${tag}:${t.key}`,
+              postings: [
+                { account: t.from === 4 ? WORLD : available(set[t.from] as string), amount: -t.amount },
+                { account: t.to === 4 ? WORLD : available(set[t.to] as string), amount: t.amount },
+              ],
+            }));
+          const batched = await db.transaction().execute((trx) => postMany(trx, txsFor(sets[0] as string[], 'a')));
+          const single: BatchResult[] = [];
+          for (const t of txsFor(sets[1] as string[], 'b')) {
+            try {
+              single.push(await db.transaction().execute((trx) => post(trx, t)));
+            } catch (err) {
+              assert.ok(err instanceof GridworkError && err.code === 'INSUFFICIENT_FUNDS', String(err));
+              single.push('refused');
+            }
+          }
+          assert.deepEqual(batched, single);
+          for (let i = 0; i < 4; i++) {
+            assert.equal(
+              await balanceOf(db, available((sets[0] as string[])[i] as string)),
+              await balanceOf(db, available((sets[1] as string[])[i] as string)),
+            );
+          }
+        }),
+        { numRuns: 40 },
+      );
+      const audit = await verifyLedger(db);
+      assert.equal(audit.total, 0n);
+      assert.deepEqual(audit.mismatched, []);
+      assert.deepEqual(audit.negative, []);
     });
 
     test('posting the same idempotency key twice moves money once', async () => {

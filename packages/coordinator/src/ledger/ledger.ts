@@ -55,17 +55,7 @@ export type PostResult = 'posted' | 'duplicate';
 
 /** Posts one transaction inside the caller's database transaction. Throws INSUFFICIENT_FUNDS. */
 export async function post(trx: Trx, tx: LedgerTx): Promise<PostResult> {
-  const deltas = new Map<string, bigint>();
-  for (const p of tx.postings) {
-    if (!ACCOUNT.test(p.account)) throw new GridworkError('INTERNAL', `bad ledger account ${p.account}`);
-    if (p.amount === 0n) continue;
-    deltas.set(p.account, (deltas.get(p.account) ?? 0n) + p.amount);
-  }
-  let sum = 0n;
-  for (const d of deltas.values()) sum += d;
-  if (sum !== 0n) throw new GridworkError('INTERNAL', `unbalanced ledger transaction ${tx.kind} (${sum})`);
-  for (const [a, d] of deltas) if (d === 0n) deltas.delete(a);
-
+  const deltas = netChanges(tx);
   // Nothing is written before every check has passed, so a caller may catch a refusal
   // (INSUFFICIENT_FUNDS) and go on with its transaction.
   const prior = await trx.selectFrom('ledger_transactions').select('request_digest').where('idempotency_key', '=', tx.key).executeTakeFirst();
@@ -119,6 +109,102 @@ export async function post(trx: Trx, tx: LedgerTx): Promise<PostResult> {
     .values(accounts.map((account) => ({ tx_id: inserted.id, account, amount: deltas.get(account) as bigint })))
     .execute();
   return 'posted';
+}
+
+export type BatchResult = 'posted' | 'duplicate' | 'refused';
+
+/** Validates a transaction's accounts and balance; returns its net change per account. */
+function netChanges(tx: LedgerTx): Map<string, bigint> {
+  const deltas = new Map<string, bigint>();
+  let sum = 0n;
+  for (const p of tx.postings) {
+    if (!ACCOUNT.test(p.account)) throw new GridworkError('INTERNAL', `bad ledger account ${p.account}`);
+    sum += p.amount;
+    deltas.set(p.account, (deltas.get(p.account) ?? 0n) + p.amount);
+  }
+  if (sum !== 0n) throw new GridworkError('INTERNAL', `unbalanced ledger transaction ${tx.kind} (${sum})`);
+  for (const [a, d] of deltas) if (d === 0n) deltas.delete(a);
+  return deltas;
+}
+
+/**
+ * Posts many transactions in one database transaction with a fixed number of statements
+ * (each takes its rows as arrays expanded by `unnest`): the batched path for high-volume
+ * movements such as metering. Same rules as `post()`, applied in order: a key already posted is
+ * a duplicate, a transaction that would overdraw an account is refused (and moves nothing), the
+ * rest are posted. Returns one result per transaction.
+ */
+export async function postMany(trx: Trx, txs: readonly LedgerTx[]): Promise<BatchResult[]> {
+  const changes = txs.map(netChanges);
+  const keys = txs.map((t) => t.key);
+  const prior = await sql<{ k: string }>`select idempotency_key as k from ledger_transactions where idempotency_key = any(${keys}::text[])`.execute(trx);
+  const seen = new Set(prior.rows.map((r) => r.k));
+  const results: BatchResult[] = txs.map(() => 'duplicate');
+  const fresh: number[] = [];
+  txs.forEach((t, i) => {
+    if (!seen.has(t.key)) fresh.push(i);
+  });
+  if (fresh.length === 0) return results;
+  const accounts = [...new Set(fresh.flatMap((i) => [...(changes[i] as Map<string, bigint>).keys()]))].sort();
+  const balances = new Map<string, bigint>();
+  if (accounts.length > 0) {
+    await sql`insert into ledger_balances (account, balance) select a, 0 from unnest(${accounts}::text[]) as a on conflict (account) do nothing`.execute(trx);
+    const locked = await sql<{ account: string; balance: string }>`
+      select account, balance::text as balance from ledger_balances where account = any(${accounts}::text[]) order by account for update`.execute(trx);
+    for (const r of locked.rows) balances.set(r.account, BigInt(r.balance));
+  }
+  const accepted: number[] = [];
+  for (const i of fresh) {
+    // A refused transaction does not use up its key (as with post()); a posted one does.
+    if (seen.has((txs[i] as LedgerTx).key)) continue;
+    const d = changes[i] as Map<string, bigint>;
+    let ok = true;
+    for (const [a, delta] of d) if (a !== WORLD && (balances.get(a) ?? 0n) + delta < 0n) ok = false;
+    if (!ok) {
+      results[i] = 'refused';
+      continue;
+    }
+    for (const [a, delta] of d) balances.set(a, (balances.get(a) ?? 0n) + delta);
+    results[i] = 'posted';
+    seen.add((txs[i] as LedgerTx).key);
+    accepted.push(i);
+  }
+  if (accepted.length === 0) return results;
+  const acc = accepted.map((i) => txs[i] as LedgerTx);
+  const ids = await sql<{ id: string; k: string }>`
+    insert into ledger_transactions (kind, idempotency_key, request_digest, memo)
+    select kind, key, digest, memo::jsonb
+    from unnest(${acc.map((t) => t.kind)}::text[], ${acc.map((t) => t.key)}::text[], ${acc.map((t) => t.requestDigest ?? null)}::text[], ${acc.map((t) => JSON.stringify(t.memo ?? {}))}::text[]) as u(kind, key, digest, memo)
+    on conflict (idempotency_key) do nothing
+    returning id::text as id, idempotency_key as k`.execute(trx);
+  if (ids.rows.length !== acc.length) {
+    // A concurrent twin posted some of these keys first: retry the whole batch, which will
+    // then see them as duplicates (transact() retries serialization failures).
+    throw Object.assign(new Error('concurrent duplicate idempotency keys in a ledger batch'), { code: '40001' });
+  }
+  const idOf = new Map(ids.rows.map((r) => [r.k, r.id]));
+  const touched = [...new Set(accepted.flatMap((i) => [...(changes[i] as Map<string, bigint>).keys()]))].sort();
+  if (touched.length > 0) {
+    await sql`update ledger_balances as b set balance = v.balance
+      from unnest(${touched}::text[], ${touched.map((a) => String(balances.get(a)))}::bigint[]) as v(account, balance)
+      where b.account = v.account`.execute(trx);
+  }
+  const txIds: string[] = [];
+  const accts: string[] = [];
+  const amounts: string[] = [];
+  for (const i of accepted) {
+    for (const [a, delta] of changes[i] as Map<string, bigint>) {
+      txIds.push(idOf.get((txs[i] as LedgerTx).key) as string);
+      accts.push(a);
+      amounts.push(String(delta));
+    }
+  }
+  if (txIds.length > 0) {
+    await sql`insert into ledger_postings (tx_id, account, amount) select * from unnest(${txIds}::bigint[], ${accts}::text[], ${amounts}::bigint[])`.execute(
+      trx,
+    );
+  }
+  return results;
 }
 
 function describeAccount(account: string): string {

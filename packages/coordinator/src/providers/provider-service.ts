@@ -11,7 +11,7 @@ import { parseAsks } from '../market/order-price.ts';
 import type { Logger } from 'pino';
 import type { EventBus } from '../bus/event-bus.ts';
 import type { Transaction } from 'kysely';
-import { type Changes, endLease, loseProviderLeases, newChanges, refreshJob } from '../jobs/lease-lifecycle.ts';
+import { type Changes, endLease, enqueueForProvider, loseProviderLeases, newChanges, refreshJob } from '../jobs/lease-lifecycle.ts';
 import { ACTIVE_LEASE_STATES, assertTransition } from '../jobs/state-machine.ts';
 import type { Db } from '../store/database.ts';
 import { transact } from '../store/transact.ts';
@@ -81,6 +81,21 @@ export class ProviderService {
         .where('id', '=', providerId)
         .execute();
       await this.ackWithin(trx, providerId, hello.lastApplied);
+      // Work the agent still runs that is no longer its lease here (declared lost while it was
+      // unreachable, or cancelled): tell it to stop, so it frees the slots the market counts as free.
+      if (hello.running.length > 0) {
+        const active = await trx
+          .selectFrom('leases')
+          .select('id')
+          .where('id', 'in', hello.running)
+          .where('provider_id', '=', providerId)
+          .where('state', 'in', [...ACTIVE_LEASE_STATES])
+          .execute();
+        const keep = new Set(active.map((l) => l.id));
+        for (const leaseId of hello.running.filter((id) => !keep.has(id))) {
+          await enqueueForProvider(trx, providerId, { type: 'lease.cancel', leaseId, reason: 'lease no longer held by this provider' }, changes);
+        }
+      }
       const outbox = await trx.selectFrom('provider_outbox').select('message').where('provider_id', '=', providerId).orderBy('seq').execute();
       return { lastApplied: Number(existing.in_seq), outbox: outbox.map((r) => r.message) };
     });
