@@ -155,7 +155,7 @@ describe('OrderBook: GPU orders', () => {
       }),
       // only one allowed GPU
       provider('c-count', { gpus: [{ model: 'a100-80gb' }, { model: 'rtx-4090', vramGiB: 24 }], gpuHour: { 'a100-80gb': '0.3', 'rtx-4090': '0.1' } }),
-      // mixed: cheapest usable pair is GPU 1 (a100, 1.0) + GPU 0 (h100, 2.0; lower index than GPU 2)
+      // mixed: one a100 (1.0) and two h100s (2.0 each): the only usable pair is the h100s
       provider('d-mixed', {
         gpus: [{ model: 'h100-80gb' }, { model: 'a100-80gb' }, { model: 'h100-80gb' }, { model: 'rtx-4090', vramGiB: 24 }],
         gpuHour: { 'h100-80gb': '2', 'a100-80gb': '1', 'rtx-4090': '0.05' },
@@ -166,13 +166,14 @@ describe('OrderBook: GPU orders', () => {
       provider('f-cpu', { cpu: '0.001' }),
     );
 
-  test('only providers with enough GPUs of an allowed model and VRAM match; the cheapest GPUs are reserved', () => {
+  test('only providers with enough GPUs of one allowed model and VRAM match; a lease never mixes models', () => {
     const b = population();
     const m = b.match(gpuOrder());
     assert.ok(m);
     assert.equal(m.providerId, 'd-mixed');
-    assert.deepEqual([...m.gpus].sort(), [0, 1]);
-    assert.equal(m.pricePerHour, C('0.024') + C('3'));
+    // Its h100 pair (4.0), not h100 + a100 (3.0): a lease's GPUs are all one model.
+    assert.deepEqual([...m.gpus].sort(), [0, 2]);
+    assert.equal(m.pricePerHour, C('0.024') + C('4'));
 
     // Reserving those leaves d-mixed one usable GPU: the next order goes to e-h100.
     b.reserve('l1', m.providerId, gpuOrder().resources, m.gpus);
@@ -183,10 +184,12 @@ describe('OrderBook: GPU orders', () => {
     b.reserve('l2', 'e-h100', gpuOrder().resources, m2?.gpus ?? []);
     assert.equal(b.match(gpuOrder()), null);
 
-    // A one-GPU order still fits d-mixed's remaining h100 (index 2).
-    const one = b.match(gpuOrder({ resources: { cpu: 1, memoryGiB: 1, gpu: { count: 1, models: ['h100-80gb'] } } }));
-    assert.equal(one?.providerId, 'd-mixed');
-    assert.deepEqual(one?.gpus, [2]);
+    // A one-GPU h100 order finds no free h100 left anywhere; a one-GPU a100 order goes to the
+    // cheapest a100 with enough VRAM (c-count at 0.3, before d-mixed's remaining a100 at 1.0).
+    assert.equal(b.match(gpuOrder({ resources: { cpu: 1, memoryGiB: 1, gpu: { count: 1, models: ['h100-80gb'] } } })), null);
+    const one = b.match(gpuOrder({ resources: { cpu: 1, memoryGiB: 1, gpu: { count: 1, models: ['a100-80gb'], minVramGiB: 60 } } }));
+    assert.equal(one?.providerId, 'c-count');
+    assert.deepEqual(one?.gpus, [0]);
 
     b.release('l1');
     assert.equal(b.match(gpuOrder())?.providerId, 'd-mixed');
@@ -725,26 +728,28 @@ function bruteQuote(p: BookProvider, used: Used, order: Order): { price: bigint;
   let perf = Math.max(p.benchmarks?.cpuMopsPerCore ?? 1, 1e-6);
   const g = r.gpu;
   if (g && g.count > 0) {
+    // One model per lease: the model with the best score, then the lower price, then the name.
     const gpuHour = p.asks.gpuHour;
-    const usable = p.hardware.gpus
-      .filter(
-        (x) =>
-          !used.gpus.has(x.index) &&
-          (!g.models?.length || g.models.includes(x.model)) &&
-          (g.minVramGiB === undefined || x.vramGiB >= g.minVramGiB) &&
-          gpuHour[x.model] !== undefined,
-      )
-      .map((x) => ({ index: x.index, model: x.model, price: C(gpuHour[x.model] as string) }))
-      .sort((a, b) => (a.price === b.price ? a.index - b.index : a.price < b.price ? -1 : 1))
-      .slice(0, g.count);
-    if (usable.length < g.count) return null;
-    let sum = 0;
-    for (const u of usable) {
-      price += u.price;
-      gpus.push(u.index);
-      sum += p.benchmarks?.gpu[u.model] ?? 1;
+    let chosen: { price: bigint; gpus: number[]; unit: number; model: string; perf: number } | null = null;
+    const models = [...new Set(p.hardware.gpus.map((x) => x.model))];
+    for (const model of models) {
+      if (gpuHour[model] === undefined || (g.models?.length && !g.models.includes(model))) continue;
+      const idx = p.hardware.gpus
+        .filter((x) => x.model === model && !used.gpus.has(x.index) && (g.minVramGiB === undefined || x.vramGiB >= g.minVramGiB))
+        .map((x) => x.index)
+        .sort((a, b) => a - b);
+      if (idx.length < g.count) continue;
+      const total = price + C(gpuHour[model] as string) * BigInt(g.count);
+      const mperf = Math.max(p.benchmarks?.gpu[model] ?? 1, 1e-6);
+      const unit = Number(total) / mperf;
+      if (!chosen || unit < chosen.unit || (unit === chosen.unit && (total < chosen.price || (total === chosen.price && model < chosen.model)))) {
+        chosen = { price: total, gpus: idx.slice(0, g.count), unit, model, perf: mperf };
+      }
     }
-    perf = Math.max(sum / usable.length, 1e-6);
+    if (!chosen) return null;
+    price = chosen.price;
+    gpus.push(...chosen.gpus);
+    perf = chosen.perf;
   }
   if (price > order.maxPerHour) return null;
   return { price, gpus, score: Number(price) / perf / reputationFactor(p.reputation) };

@@ -251,30 +251,37 @@ export class OrderBook {
     this.sync(e);
   }
 
-  /** The provider's price for the order, and the GPUs it would use, ignoring capacity and filters. */
+  /**
+   * The provider's price for the order and the GPUs it would use (ignoring filters; with
+   * `useFree`, only free GPUs). A lease's GPUs are all of one model (a task's workers expect
+   * identical devices): the model with the best score per GPU among those allowed, then the
+   * lower price, then the model name; within it, the lowest indices.
+   */
   private quote(e: Entry, order: Order, useFree: boolean): { price: bigint; gpus: number[] } | null {
     if (!e.asks) return null;
-    let price = baseHourly(e.asks, order.resources);
+    const base = baseHourly(e.asks, order.resources);
     const gpu = order.resources.gpu;
-    const gpus: number[] = [];
-    if (gpu && gpu.count > 0) {
-      const usable = e.p.hardware.gpus
-        .filter(
-          (g) =>
-            (!useFree || e.freeGpus.has(g.index)) &&
-            (!gpu.models?.length || gpu.models.includes(g.model)) &&
-            (gpu.minVramGiB === undefined || g.vramGiB >= gpu.minVramGiB),
-        )
-        .map((g) => ({ index: g.index, price: e.asks?.gpuHour.get(g.model) }))
-        .filter((g): g is { index: number; price: bigint } => g.price !== undefined)
-        .sort((a, b) => (a.price < b.price ? -1 : a.price > b.price ? 1 : a.index - b.index));
-      if (usable.length < gpu.count) return null;
-      for (const g of usable.slice(0, gpu.count)) {
-        price += g.price;
-        gpus.push(g.index);
+    if (!gpu || gpu.count <= 0) return { price: base, gpus: [] };
+    let best: { price: bigint; gpus: number[]; unit: number; model: string } | null = null;
+    const byModel = new Map<string, number[]>();
+    for (const g of e.p.hardware.gpus) {
+      if (useFree && !e.freeGpus.has(g.index)) continue;
+      if (gpu.models?.length && !gpu.models.includes(g.model)) continue;
+      if (gpu.minVramGiB !== undefined && g.vramGiB < gpu.minVramGiB) continue;
+      let list = byModel.get(g.model);
+      if (!list) byModel.set(g.model, (list = []));
+      list.push(g.index);
+    }
+    for (const [model, indices] of byModel) {
+      const each = e.asks.gpuHour.get(model);
+      if (each === undefined || indices.length < gpu.count) continue;
+      const price = base + each * BigInt(gpu.count);
+      const unit = Number(price) / Math.max(e.p.benchmarks?.gpu[model] ?? 1, 1e-6);
+      if (!best || unit < best.unit || (unit === best.unit && (price < best.price || (price === best.price && model < best.model)))) {
+        best = { price, gpus: indices.sort((a, b) => a - b).slice(0, gpu.count), unit, model };
       }
     }
-    return { price, gpus };
+    return best ? { price: best.price, gpus: best.gpus } : null;
   }
 
   private fitsStatic(e: Entry, order: Order): boolean {
@@ -295,6 +302,12 @@ export class OrderBook {
       perf = Math.max(sum / gpus.length, 1e-6);
     } else perf = Math.max(e.p.benchmarks?.cpuMopsPerCore ?? 1, 1e-6);
     return Number(price) / perf / reputationFactor(e.p.reputation);
+  }
+
+  /** Unit score of a pool's first entry (Infinity for an empty pool). */
+  private headScore(pool: string): number {
+    const head = this.pools.get(pool)?.first();
+    return head ? (head.pools.get(pool) as number) : Number.POSITIVE_INFINITY;
   }
 
   /**
@@ -324,6 +337,11 @@ export class OrderBook {
       for (const m of gpu.models) n += e.freeByModel.get(m) ?? 0;
       return n;
     };
+    // For GPU orders a provider's exact score is at least `count ×` its unit score in the pool
+    // (the CPU and memory part only adds to the price): once that bound passes the best score
+    // found, nothing further in the pool can win. Pools are taken best-first so the bound bites early.
+    const gpuCount = gpu && gpu.count > 0 ? gpu.count : 0;
+    if (gpuCount > 0) pools.sort((a, b) => this.headScore(a) - this.headScore(b));
     for (const pool of pools) {
       const arr = this.pools.get(pool);
       if (!arr) continue;
@@ -331,6 +349,7 @@ export class OrderBook {
       let visited = 0;
       arr.each((e) => {
         if (probed >= this.probe || visited++ >= MAX_VISIT) return false;
+        if (gpuCount > 0 && best && gpuCount * (e.pools.get(pool) as number) > best.score) return false;
         if (seen.has(e.p.id)) return true;
         seen.add(e.p.id);
         if (e.freeCpuMilli < cpuNeed || e.freeMemMilli < memNeed) return true;
@@ -400,7 +419,9 @@ export class OrderBook {
           ex.gpuVram++;
           continue;
         }
-        if (byVram.length < gpu.count) {
+        const perModel = new Map<string, number>();
+        for (const g of byVram) perModel.set(g.model, (perModel.get(g.model) ?? 0) + 1);
+        if (Math.max(...perModel.values()) < gpu.count) {
           ex.gpuCount++;
           continue;
         }

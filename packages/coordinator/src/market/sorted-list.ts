@@ -39,6 +39,10 @@ export class SortedList<T> {
     return lo;
   }
 
+  first(): T | undefined {
+    return this.chunks[0]?.[0];
+  }
+
   insert(item: T): void {
     if (this.chunks.length === 0) {
       this.chunks.push([item]);
