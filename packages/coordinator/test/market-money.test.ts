@@ -90,7 +90,7 @@ describe('market and lease economics', () => {
 
   test('a provider that must be staked: only the staked one is matched, and explain says why the other is not', async (t) => {
     t.after(closeProviders);
-    const unstaked = await net.addProvider({ name: 'unstaked', slots: 1, pricing: pricing('1') });
+    await net.addProvider({ name: 'unstaked', slots: 1, pricing: pricing('1') });
     const staked = await net.addProvider({ name: 'staked', slots: 1, pricing: pricing('50') });
     const stakedClient = net.client(staked.identity);
     await stakedClient.deposit('20');
@@ -117,8 +117,8 @@ describe('market and lease economics', () => {
       `#!/bin/sh\nexec node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const o=JSON.parse(s).order;console.log((Number(o.maxPerHour)/4).toFixed(6))})'\n`,
     );
     await chmod(script, 0o755);
-    const standing = await net.addProvider({ name: 'standing', slots: 1, pricing: pricing('10') });
-    const bidder = await net.addProvider({ name: 'bidder', slots: 1, pricing: scriptPricing({ script, rates: { cpuCoreHour: '20', memoryGiBHour: '0' } }) });
+    await net.addProvider({ name: 'standing', slots: 1, pricing: pricing('10') });
+    await net.addProvider({ name: 'bidder', slots: 1, pricing: scriptPricing({ script, rates: { cpuCoreHour: '20', memoryGiBHour: '0' } }) });
     await until(
       () => requester.market(),
       (m) => (m.find((c) => c.resourceClass === 'cpu')?.providers ?? 0) >= 2,
@@ -171,7 +171,7 @@ describe('market and lease economics', () => {
 
   test('waiting jobs explain themselves; the market lists asks by class', async (t) => {
     t.after(closeProviders);
-    const p = await net.addProvider({ name: 'cpu-only', slots: 1, pricing: pricing('3') });
+    await net.addProvider({ name: 'cpu-only', slots: 1, pricing: pricing('3') });
     await until(
       () => requester.market(),
       (m) => m.some((c) => c.resourceClass === 'cpu' && c.min === '3'),

@@ -39,7 +39,7 @@ type Machine = keyof typeof tables;
 
 export function canTransition(machine: Machine, from: string, to: string): boolean {
   const allowed = (tables[machine] as Record<string, readonly string[]>)[from];
-  return allowed !== undefined && allowed.includes(to);
+  return allowed?.includes(to) ?? false;
 }
 
 export function assertTransition(machine: Machine, id: string, from: string, to: string): void {

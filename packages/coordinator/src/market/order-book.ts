@@ -268,9 +268,9 @@ export class OrderBook {
       if (useFree && !e.freeGpus.has(g.index)) continue;
       if (gpu.models?.length && !gpu.models.includes(g.model)) continue;
       if (gpu.minVramGiB !== undefined && g.vramGiB < gpu.minVramGiB) continue;
-      let list = byModel.get(g.model);
-      if (!list) byModel.set(g.model, (list = []));
-      list.push(g.index);
+      const list = byModel.get(g.model);
+      if (list) list.push(g.index);
+      else byModel.set(g.model, [g.index]);
     }
     for (const [model, indices] of byModel) {
       const each = e.asks.gpuHour.get(model);
