@@ -5,14 +5,13 @@
  * retries elsewhere); a non-zero exit or a timeout is the workload's.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createReadStream, } from 'node:fs';
 import { chmod, mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join, relative, resolve, sep } from 'node:path';
 import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BundleManifest, canonicalJson, type FileRef, GridworkError, type LeaseAssignment, type LogChunk } from '@gridwork/protocol';
-import { type Identity, signBytes, signedFetch } from '@gridwork/protocol/node';
+import { type Identity, signBytes, signedFetch, writeVerified } from '@gridwork/protocol/node';
 import type { Logger } from 'pino';
 import { Compile } from 'typebox/compile';
 import type { Report } from './coordinator-link.ts';
@@ -143,23 +142,10 @@ function inside(root: string, rel: string): string {
 
 async function download(deps: LeaseRunnerDeps, jobId: string, file: FileRef, dir: string, signal: AbortSignal, executable = false): Promise<void> {
   const dest = inside(dir, file.path);
-  await mkdir(resolve(dest, '..'), { recursive: true });
   const res = await whileUnreachable(signal, () =>
     signedFetch(deps.coordinatorUrl, deps.identity, 'GET', `/v1/jobs/${jobId}/blobs/${file.digest}`, { signal }),
   );
-  if (!res.body) throw new SetupError(`empty body for ${file.path}`);
-  const hash = createHash('sha256');
-  await pipeline(
-    Readable.fromWeb(res.body as import('node:stream/web').ReadableStream<Uint8Array>),
-    async function* (src: AsyncIterable<Buffer>) {
-      for await (const c of src) {
-        hash.update(c);
-        yield c;
-      }
-    },
-    createWriteStream(dest),
-  );
-  if (hash.digest('hex') !== file.digest) throw new SetupError(`${file.path}: content does not match its digest`);
+  await writeVerified(res, dest, file.digest);
   await chmod(dest, executable ? 0o755 : 0o644);
 }
 

@@ -4,12 +4,9 @@
  * server's stable codes.
  */
 import { createReadStream } from 'node:fs';
-import { mkdir, rename, rm } from 'node:fs/promises';
-import { dirname, join, resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import { createWriteStream } from 'node:fs';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import {
   type BalanceView,
   GridworkError,
@@ -24,7 +21,7 @@ import {
   type SubmitJobRequest,
   TERMINAL_JOB_STATES,
 } from '@gridwork/protocol';
-import { type Identity, type RequestBody, readNdjson, signedFetch } from '@gridwork/protocol/node';
+import { type Identity, type RequestBody, readNdjson, signedFetch, writeVerified } from '@gridwork/protocol/node';
 import { describeFiles, expandGlob, type LocalFile, packBundle } from './files.ts';
 
 export interface ClientOptions {
@@ -213,25 +210,7 @@ export class GridworkClient {
   /** Downloads one blob of a job to `dest`, checking its digest; written atomically. */
   async download(jobId: string, digest: string, dest: string, options: CallOptions = {}): Promise<void> {
     const res = await this.fetch('GET', `/v1/jobs/${encodeURIComponent(jobId)}/blobs/${digest}`, undefined, options.signal);
-    if (!res.body) throw new GridworkError('NETWORK_ERROR', 'empty download');
-    await mkdir(dirname(dest), { recursive: true });
-    const tmp = `${dest}.part`;
-    const hash = createHash('sha256');
-    await pipeline(
-      Readable.fromWeb(res.body as import('node:stream/web').ReadableStream<Uint8Array>),
-      async function* (src: AsyncIterable<Buffer>) {
-        for await (const c of src) {
-          hash.update(c);
-          yield c;
-        }
-      },
-      createWriteStream(tmp),
-    );
-    if (hash.digest('hex') !== digest) {
-      await rm(tmp, { force: true });
-      throw new GridworkError('DIGEST_MISMATCH', `downloaded bytes of ${digest} do not match their digest`);
-    }
-    await rename(tmp, dest);
+    await writeVerified(res, dest, digest);
   }
 
   /** Downloads every output of a job into `dir/task-<index>/<path>`; returns the files written. */
