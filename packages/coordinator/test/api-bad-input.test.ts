@@ -557,6 +557,27 @@ for (const store of ['pglite', 'postgres'] as const) {
     });
 
     describe('provider WebSocket', () => {
+      it('a provider reconnecting with work that is no longer its lease is told to stop it', async () => {
+        const id = generateIdentity();
+        const h = hello(id, 'stale-work');
+        const first = await RawProvider.connect(url, id);
+        first.send(h);
+        await first.next((m) => m.type === 'welcome', 'welcome');
+        first.ws.close();
+        await first.closed;
+        // Same agent instance, back after an outage, still running something the coordinator
+        // does not (or no longer) count as its lease.
+        const second = await RawProvider.connect(url, id);
+        second.send({ ...h, running: ['lease_aaaaaaaaaaaaaaaa'] });
+        await second.next((m) => m.type === 'welcome', 'welcome');
+        const cancel = await second.next((m) => m.type === 'lease.cancel', 'a cancel of the stale work');
+        assert.equal(cancel.leaseId, 'lease_aaaaaaaaaaaaaaaa');
+        assert.match(String(cancel.reason), /no longer held/);
+        second.send({ type: 'ack', seq: cancel.seq });
+        second.ws.close();
+        await second.closed;
+      });
+
       it('an unsigned upgrade is refused with HTTP 401', async () => {
         const err = (await RawProvider.connect(url, generateIdentity(), {}).then(
           () => assert.fail('upgrade accepted'),
