@@ -125,7 +125,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   };
 
   const auth = new Authenticator(db);
-  const jobs = new JobService({ db, blobs: blobStore, bus, publish, economics, market });
+  const jobs = new JobService({ db, blobs: blobStore, bus, publish, economics, market, schedule: () => scheduler?.kick() ?? Promise.resolve() });
   const providers = new ProviderService({ db, bus, log, publish, economics });
   const accounts = new AccountService(
     db,

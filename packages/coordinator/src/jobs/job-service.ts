@@ -43,6 +43,8 @@ export interface JobServiceDeps {
   blobs: BlobStore;
   bus: EventBus;
   publish: (changes: Changes) => void;
+  /** Runs a scheduling pass; submit waits for it, so its reply already shows the placements. */
+  schedule?: () => Promise<void>;
 }
 
 export class JobService {
@@ -141,6 +143,7 @@ export class JobService {
     changes.jobs.add(jobId);
     changes.work = true;
     this.deps.publish(changes);
+    await this.deps.schedule?.();
     return this.get(owner, jobId);
   }
 
