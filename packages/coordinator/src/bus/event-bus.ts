@@ -3,13 +3,12 @@
  * the bus never carries state that is not already committed there.
  */
 import { EventEmitter } from 'node:events';
-import type { LogEntry } from '@gridwork/protocol';
 
 export interface BusEvents {
   /** A job or one of its tasks changed state. */
   'job.changed': [jobId: string];
-  /** New log lines were committed for a job. */
-  'job.log': [jobId: string, entries: LogEntry[]];
+  /** New log lines were committed for a job (readers fetch them from the database). */
+  'job.log': [jobId: string];
   /** Capacity or queued work changed: the scheduler should look again. */
   'work.available': [];
 }

@@ -4,7 +4,7 @@
  * failure detector that declares silent providers lost. Owns `providers` and
  * `provider_outbox`, and the lease transitions a provider's reports cause.
  */
-import { canonicalJson, GridworkError, type LogEntry, type ProviderHello, type ProviderSequenced } from '@gridwork/protocol';
+import { canonicalJson, GridworkError, type ProviderHello, type ProviderSequenced } from '@gridwork/protocol';
 import { verifyBytes } from '@gridwork/protocol/node';
 import { chargeUsage, type EconomicsConfig, fundLease } from '../ledger/lease-economics.ts';
 import { parseAsks } from '../market/order-price.ts';
@@ -127,7 +127,7 @@ export class ProviderService {
   /** Applies one sequenced report exactly once: the effect and the new seq commit together. */
   async apply(providerId: string, msg: ProviderSequenced): Promise<ApplyResult> {
     const changes = newChanges(this.deps.economics);
-    const logs: { jobId: string; entries: LogEntry[] }[] = [];
+    const logged = new Set<string>();
     const result = await transact(this.deps.db, async (trx): Promise<ApplyResult> => {
       const p = await trx.selectFrom('providers').select(['in_seq']).where('id', '=', providerId).forNoKeyUpdate().executeTakeFirst();
       if (!p) throw new GridworkError('PROVIDER_UNKNOWN', 'say hello first');
@@ -181,24 +181,13 @@ export class ProviderService {
         case 'lease.log': {
           if (msg.chunks.length === 0) return 'applied';
           const task = await trx.selectFrom('tasks').select('idx').where('id', '=', lease.task_id).executeTakeFirstOrThrow();
-          const rows = await trx
+          await trx
             .insertInto('task_logs')
             .values(
               msg.chunks.map((c) => ({ job_id: lease.job_id, task_idx: task.idx, lease_id: lease.id, stream: c.stream, data: c.data, ts: new Date(c.ts) })),
             )
-            .returning(['id', 'stream', 'data', 'ts'])
             .execute();
-          logs.push({
-            jobId: lease.job_id,
-            entries: rows.map((r) => ({
-              taskIndex: task.idx,
-              leaseId: lease.id,
-              seq: Number(r.id),
-              stream: r.stream as LogEntry['stream'],
-              data: r.data,
-              ts: r.ts.toISOString(),
-            })),
-          });
+          logged.add(lease.job_id);
           return 'applied';
         }
         case 'lease.finished': {
@@ -250,7 +239,7 @@ export class ProviderService {
         .execute();
       throw new GridworkError(err.code, err.message);
     });
-    for (const l of logs) this.deps.bus.emit('job.log', l.jobId, l.entries);
+    for (const jobId of logged) this.deps.bus.emit('job.log', jobId);
     this.deps.publish(changes);
     return result;
   }
