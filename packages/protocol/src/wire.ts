@@ -45,7 +45,8 @@ const Seq = Type.Integer({ minimum: 1 });
 export const LogChunk = Type.Object({
   stream: Type.Union([Type.Literal('stdout'), Type.Literal('stderr'), Type.Literal('system')]),
   data: Type.String({ maxLength: 65536 }),
-  ts: Type.Integer(),
+  /** Milliseconds since the epoch (up to the year 2286). */
+  ts: Type.Integer({ minimum: 0, maximum: 9_999_999_999_999 }),
 });
 export type LogChunk = Type.Static<typeof LogChunk>;
 
@@ -61,7 +62,7 @@ export const ProviderSequenced = Type.Union([
       type: Type.Literal('lease.finished'),
       leaseId: Type.String(),
       exitCode: Type.Union([Type.Integer(), Type.Null()]),
-      durationMs: Type.Integer({ minimum: 0 }),
+      durationMs: Type.Integer({ minimum: 0, maximum: 31_536_000_000_000 }),
       outputs: Type.Array(FileRef, { maxItems: 10000 }),
       error: Type.Union([Type.String({ maxLength: 4096 }), Type.Null()]),
     },
@@ -69,7 +70,7 @@ export const ProviderSequenced = Type.Union([
   ),
   /** A debit note: cumulative run time of a lease, signed by the provider (canonical JSON of {leaseId, usageMs}). */
   Type.Object(
-    { seq: Seq, type: Type.Literal('lease.usage'), leaseId: Type.String(), usageMs: Type.Integer({ minimum: 0 }), signature: Type.String({ maxLength: 128 }) },
+    { seq: Seq, type: Type.Literal('lease.usage'), leaseId: Type.String(), usageMs: Type.Integer({ minimum: 0, maximum: 31_536_000_000_000 }), signature: Type.String({ maxLength: 128 }) },
     { additionalProperties: false },
   ),
   Type.Object({ seq: Seq, type: Type.Literal('provider.asks'), asks: Asks, signature: Type.String({ maxLength: 128 }) }, { additionalProperties: false }),

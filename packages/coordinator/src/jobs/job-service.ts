@@ -117,21 +117,24 @@ export class JobService {
         .execute();
       // The whole budget is held now, so no two jobs can spend the same credits.
       await holdBudget(trx, owner, jobId, budget);
-      await trx
-        .insertInto('tasks')
-        .values(
-          taskInputs.map((inputs, idx) => ({
-            id: newId('task'),
-            job_id: jobId,
-            idx,
-            state: 'queued',
-            attempts: 0,
-            inputs: JSON.stringify(inputs),
-            outputs: '[]',
-            queued_at: now,
-          })),
-        )
-        .execute();
+      // In chunks: one statement has at most 65,535 parameters.
+      for (let from = 0; from < taskInputs.length; from += 1000) {
+        await trx
+          .insertInto('tasks')
+          .values(
+            taskInputs.slice(from, from + 1000).map((inputs, i) => ({
+              id: newId('task'),
+              job_id: jobId,
+              idx: from + i,
+              state: 'queued',
+              attempts: 0,
+              inputs: JSON.stringify(inputs),
+              outputs: '[]',
+              queued_at: now,
+            })),
+          )
+          .execute();
+      }
       const roles = [...blobRoles.entries()];
       for (let i = 0; i < roles.length; i += 1000) {
         await trx
@@ -333,6 +336,10 @@ export class JobService {
     if (['succeeded', 'failed', 'cancelled'].includes(job.state)) throw new GridworkError('INVALID_TRANSITION', `job ${jobId} has ended (${job.state})`);
     const changes = newChanges(this.deps.economics);
     await transact(this.deps.db, async (trx) => {
+      // Re-checked under the job's row lock: a job that ended meanwhile has released its hold.
+      const locked = await trx.selectFrom('jobs').select('state').where('id', '=', jobId).forNoKeyUpdate().executeTakeFirstOrThrow();
+      if (['succeeded', 'failed', 'cancelled'].includes(locked.state))
+        throw new GridworkError('INVALID_TRANSITION', `job ${jobId} has ended (${locked.state})`);
       const posted = await addBudget(trx, owner, jobId, amount, `${owner}:${idempotencyKey}`, requestDigest);
       if (posted) {
         await trx

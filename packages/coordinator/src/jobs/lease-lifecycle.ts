@@ -8,7 +8,7 @@
 import { canonicalJson, type FileRef, type JobState, type LeaseState } from '@gridwork/protocol';
 import { sha256Hex } from '@gridwork/protocol/node';
 import type { Transaction } from 'kysely';
-import { chargeUsage, type EconomicsConfig, releaseJob, settleLease } from '../ledger/lease-economics.ts';
+import { chargeUsage, type EconomicsConfig, plausibleUsage, releaseJob, settleLease } from '../ledger/lease-economics.ts';
 import type { Database } from '../store/schema.ts';
 import { ACTIVE_LEASE_STATES, assertTransition, deriveJobState } from './state-machine.ts';
 
@@ -73,8 +73,8 @@ export async function endLease(trx: Trx, leaseId: string, outcome: LeaseOutcome,
 
   // Money: the provider is paid for metered work — for work it finished, up to the run time it
   // reports; when it lost the lease, only up to its last usage report — then the lease settles.
-  if (outcome.kind === 'completed' || outcome.kind === 'failed') {
-    await chargeUsage(trx, lease, BigInt(Math.max(outcome.durationMs, Number(lease.usage_ms))));
+  if ((outcome.kind === 'completed' || outcome.kind === 'failed') && lease.started_at) {
+    await chargeUsage(trx, lease, plausibleUsage(outcome.durationMs, lease.started_at, changes.economics));
   }
   await settleLease(trx, lease, lease.provider_id, changes.economics);
   const faulted = outcome.kind === 'lost';

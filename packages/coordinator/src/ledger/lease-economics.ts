@@ -49,6 +49,27 @@ export function splitEarnings(earned: bigint, feeBps: number, reserveBps: number
   return { provider: earned - fee - reserve, fee, reserve };
 }
 
+/**
+ * Run time a provider may bill: what it reports, but never more than has passed on this
+ * coordinator's clock since the lease started, plus one metering period of slack for clock
+ * skew and report delay. A provider cannot drain a budget by over-reporting.
+ */
+export function plausibleUsage(reportedMs: number, startedAt: Date, cfg: EconomicsConfig, now = Date.now()): bigint {
+  const ceiling = Math.max(0, now - startedAt.getTime()) + cfg.meteringIntervalMs;
+  return BigInt(Math.max(0, Math.min(reportedMs, ceiling)));
+}
+
+/** The balance of an account, locked for the rest of the transaction (so amounts computed from it stay true). */
+async function lockedBalance(trx: Trx, account: string): Promise<bigint> {
+  await trx
+    .insertInto('ledger_balances')
+    .values({ account, balance: 0n })
+    .onConflict((oc) => oc.column('account').doNothing())
+    .execute();
+  const row = await trx.selectFrom('ledger_balances').select('balance').where('account', '=', account).forUpdate().executeTakeFirstOrThrow();
+  return row.balance;
+}
+
 /** The least budget a job may have: one metering period of one task at its max price. */
 export function minimumBudget(maxPerHour: bigint, cfg: EconomicsConfig): bigint {
   return costOf(maxPerHour, BigInt(cfg.meteringIntervalMs)) || 1n;
@@ -99,12 +120,13 @@ export async function fundLease(trx: Trx, lease: LeaseMoney, usageMs: bigint, cf
   const escrow = await balanceOf(trx, escrowOf(lease.id));
   const need = target - escrow;
   if (need <= 0n) return true;
-  const hold = await balanceOf(trx, holdOf(lease.job_id));
+  const hold = await lockedBalance(trx, holdOf(lease.job_id));
   const amount = need < hold ? need : hold;
   if (amount > 0n) {
     await post(trx, {
       kind: 'lease.escrow',
-      key: `escrow:${lease.id}:${usageMs}`,
+      // (usage, charged, escrow) never repeats for a lease once escrow has moved, so neither does the key.
+      key: `escrow:${lease.id}:${usageMs}:${lease.charged}:${escrow}`,
       postings: [
         { account: holdOf(lease.job_id), amount: -amount },
         { account: escrowOf(lease.id), amount },
@@ -170,7 +192,7 @@ export async function settleLease(
 
 /** Returns what is left of a finished job's budget to its owner. */
 export async function releaseJob(trx: Trx, owner: string, jobId: string): Promise<bigint> {
-  const hold = await balanceOf(trx, holdOf(jobId));
+  const hold = await lockedBalance(trx, holdOf(jobId));
   if (hold < 0n) throw new GridworkError('INTERNAL', `job ${jobId} hold is negative`);
   await post(trx, {
     kind: 'job.release',

@@ -6,7 +6,7 @@
  */
 import { canonicalJson, GridworkError, type ProviderHello, type ProviderSequenced } from '@gridwork/protocol';
 import { verifyBytes } from '@gridwork/protocol/node';
-import { chargeUsage, type EconomicsConfig, fundLease } from '../ledger/lease-economics.ts';
+import { chargeUsage, type EconomicsConfig, fundLease, plausibleUsage } from '../ledger/lease-economics.ts';
 import { parseAsks } from '../market/order-price.ts';
 import type { Logger } from 'pino';
 import type { EventBus } from '../bus/event-bus.ts';
@@ -213,14 +213,20 @@ export class ProviderService {
           if (!verifyBytes(providerId, canonicalJson({ leaseId: lease.id, usageMs: msg.usageMs }), msg.signature)) {
             throw new ReportRejected('BAD_SIGNATURE', 'usage record signature does not verify', msg.seq);
           }
-          if (!(ACTIVE_LEASE_STATES as readonly string[]).includes(lease.state)) return 'applied';
-          await chargeUsage(trx, lease, BigInt(msg.usageMs));
-          const funded = await fundLease(trx, lease, BigInt(msg.usageMs), this.deps.economics);
+          if (!(ACTIVE_LEASE_STATES as readonly string[]).includes(lease.state) || !lease.started_at) return 'applied';
+          // A debit note never bills more time than has passed since the lease started here.
+          const usage = plausibleUsage(msg.usageMs, lease.started_at, this.deps.economics);
+          await chargeUsage(trx, lease, usage);
+          const funded = await fundLease(trx, lease, usage, this.deps.economics);
           const job = await trx.selectFrom('jobs').select('low_balance_since').where('id', '=', lease.job_id).executeTakeFirstOrThrow();
           if (!funded && !job.low_balance_since) {
             await trx.updateTable('jobs').set({ low_balance_since: new Date() }).where('id', '=', lease.job_id).execute();
             changes.jobs.add(lease.job_id);
             this.deps.log.warn({ jobId: lease.job_id }, 'job budget is running out: leases stop after the grace period unless it is topped up');
+          } else if (funded && job.low_balance_since) {
+            // Escrow returned by another lease refunded the job: the warning is over.
+            await trx.updateTable('jobs').set({ low_balance_since: null }).where('id', '=', lease.job_id).execute();
+            changes.jobs.add(lease.job_id);
           }
           return 'applied';
         }

@@ -128,6 +128,10 @@ export class Scheduler {
             }
             continue;
           }
+          if (t.low_balance_since) {
+            await trx.updateTable('jobs').set({ low_balance_since: null }).where('id', '=', t.job_id).execute();
+            changes.jobs.add(t.job_id);
+          }
           let taskCount = taskCounts.get(t.job_id);
           if (taskCount === undefined) {
             const row = await trx.selectFrom('tasks').select(trx.fn.countAll<string>().as('n')).where('job_id', '=', t.job_id).executeTakeFirstOrThrow();

@@ -1,0 +1,44 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import fc from 'fast-check';
+import { costOf, minimumBudget, plausibleUsage, resolveEconomics, splitEarnings } from './lease-economics.ts';
+
+const cfg = resolveEconomics({ meteringIntervalMs: 10_000 });
+
+test('a provider cannot bill more run time than has passed since its lease started (plus one period)', () => {
+  const started = new Date(1_000_000);
+  const now = 1_000_000 + 60_000;
+  assert.equal(plausibleUsage(30_000, started, cfg, now), 30_000n, 'honest reports are billed as reported');
+  assert.equal(plausibleUsage(65_000, started, cfg, now), 65_000n, 'within one period of slack');
+  assert.equal(plausibleUsage(10_000_000_000, started, cfg, now), 70_000n, 'an over-report is cut to elapsed + one period');
+  assert.equal(plausibleUsage(5_000, new Date(now + 5_000), cfg, now), 5_000n, 'a start in the future (clock skew) still allows one period');
+  assert.equal(plausibleUsage(-5, started, cfg, now), 0n);
+});
+
+test('metered cost rounds down and never exceeds price × time', () => {
+  fc.assert(
+    fc.property(fc.bigInt({ min: 0n, max: 10n ** 12n }), fc.bigInt({ min: 0n, max: 10n ** 10n }), (price, ms) => {
+      const c = costOf(price, ms);
+      assert.ok(c * 3_600_000n <= price * ms);
+      assert.ok((c + 1n) * 3_600_000n > price * ms);
+    }),
+  );
+});
+
+test('earnings split: fee and reserve round down, the provider gets every micro-credit left, nothing is lost', () => {
+  fc.assert(
+    fc.property(fc.bigInt({ min: 0n, max: 10n ** 15n }), fc.integer({ min: 0, max: 5000 }), fc.integer({ min: 0, max: 5000 }), (earned, feeBps, reserveBps) => {
+      const s = splitEarnings(earned, feeBps, reserveBps);
+      assert.equal(s.provider + s.fee + s.reserve, earned);
+      assert.equal(s.fee, (earned * BigInt(feeBps)) / 10_000n);
+      assert.ok(s.provider >= 0n);
+    }),
+  );
+  assert.deepEqual(splitEarnings(49n, 200, 25), { provider: 49n, fee: 0n, reserve: 0n });
+  assert.deepEqual(splitEarnings(1_000_000n, 200, 25), { provider: 977_500n, fee: 20_000n, reserve: 2_500n });
+});
+
+test('the minimum budget is one metering period at the max price (at least one micro-credit)', () => {
+  assert.equal(minimumBudget(36_000_000n, cfg), 100_000n);
+  assert.equal(minimumBudget(1n, cfg), 1n);
+});
