@@ -49,7 +49,6 @@ export function assertTransition(machine: Machine, id: string, from: string, to:
 }
 
 export const ACTIVE_LEASE_STATES: readonly LeaseState[] = ['offered', 'starting', 'running'];
-export const TERMINAL_TASK_STATES: readonly TaskState[] = ['succeeded', 'failed', 'cancelled'];
 
 /** A job's state follows from its tasks (explicit cancel aside). */
 export function deriveJobState(current: JobState, tasks: readonly { state: string }[]): JobState {
