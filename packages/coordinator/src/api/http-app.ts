@@ -101,6 +101,9 @@ export async function createHttpApp(options: HttpAppOptions): Promise<FastifyIns
 
   await app.register(swagger, {
     openapi: {
+      // TypeBox emits JSON Schema 2020-12 (numeric exclusiveMinimum, const, ...): that is the
+      // schema dialect of OpenAPI 3.1, not 3.0. Declaring 3.0.3 made validators reject the document.
+      openapi: '3.1.0',
       info: { title: 'Gridwork coordinator API', version: options.version, description: 'Every /v1 request is signed with Ed25519: see the README.' },
       components: {
         securitySchemes: {
