@@ -184,8 +184,8 @@ describe('validateJobSpec', () => {
         (s) => {
           delete s.version;
         },
-        '(spec)',
-        /version/,
+        'version',
+        /required field is missing/,
       ],
       [
         'bad name (uppercase)',
@@ -279,12 +279,12 @@ describe('validateJobSpec', () => {
         /6 decimal places/,
       ],
       [
-        'price as a number',
+        'price as a number that is no plain decimal',
         (s) => {
-          s.price.budget = 10;
+          s.price.budget = 1e-7;
         },
         'price.budget',
-        /string/,
+        /not a plain decimal; write credits as a quoted decimal string/,
       ],
       [
         'duplicate input names',
@@ -482,6 +482,128 @@ describe('validateJobSpec', () => {
         }
       }),
       { numRuns: 2000 },
+    );
+  });
+});
+
+describe('spec errors that help', () => {
+  it('a choice lists its allowed values, with the nearest one', () => {
+    const [p] = expectInvalid(
+      specWith((s) => {
+        s.kind = 'bacth';
+      }),
+      'kind',
+    );
+    assert.equal(p?.message, 'must be one of batch | train | service | cluster (got "bacth"); did you mean batch?');
+    expectInvalid(
+      specWith((s) => {
+        s.verification.mode = 'strict';
+      }),
+      'verification.mode',
+      /^must be one of exact \| tolerance \| none \(got "strict"\)$/,
+    );
+    expectInvalid(
+      specWith((s) => {
+        s.failurePolicy = 'ignore';
+      }),
+      'failurePolicy',
+      /must be one of stop \| continue/,
+    );
+  });
+
+  it('an unknown field gets the nearest known field name; a misspelt required field is reported once', () => {
+    expectInvalid(
+      specWith((s) => {
+        s.resouces = s.resources;
+        delete s.resources;
+      }),
+      'resouces',
+      /^unknown field; did you mean "resources"\?$/,
+    );
+    expectInvalid(
+      specWith((s) => {
+        s.resources.memoryGB = 8;
+      }),
+      'resources.memoryGB',
+      /unknown field/,
+    );
+    expectInvalid(
+      specWith((s) => {
+        s.placement.region = s.placement.regions;
+        delete s.placement.regions;
+      }),
+      'placement.region',
+      /did you mean "regions"/,
+    );
+    // Nothing near: no guess.
+    expectInvalid(
+      specWith((s) => {
+        s.colour = 'red';
+      }),
+      'colour',
+      /^unknown field$/,
+    );
+  });
+
+  it('a GPU model one typo away from a known one is refused with the model meant; unknown new models pass', () => {
+    expectInvalid(
+      specWith((s) => {
+        s.resources.gpu.models = ['rtx4090'];
+      }),
+      'resources.gpu.models[0]',
+      /unknown GPU model "rtx4090"; did you mean rtx-4090\?/,
+    );
+    expectInvalid(
+      specWith((s) => {
+        s.resources.gpu.models = ['a100-80gb', 'h100'];
+      }),
+      'resources.gpu.models[1]',
+      /did you mean h100-80gb or h100-94gb\?/,
+    );
+    const ok = validateJobSpec(specWith((s) => (s.resources.gpu.models = ['mi300x', 'h200-141gb'])));
+    assert.deepEqual(ok.resources.gpu?.models, ['mi300x', 'h200-141gb']);
+  });
+
+  it('numeric prices are accepted as the decimal they spell, and returned as strings', () => {
+    const input = specWith((s) => {
+      s.price = { maxPerHour: 1.2, budget: 10 };
+      s.placement.minStake = 5;
+    });
+    const spec = validateJobSpec(input);
+    assert.deepEqual(spec.price, { maxPerHour: '1.2', budget: '10' });
+    assert.equal(spec.placement?.minStake, '5');
+    assert.equal(typeof (input.price as { budget: unknown }).budget, 'number', 'the input is not changed');
+    expectInvalid(
+      specWith((s) => {
+        s.price.maxPerHour = 0.0000001;
+      }),
+      'price.maxPerHour',
+      /not a plain decimal/,
+    );
+    expectInvalid(
+      specWith((s) => {
+        s.price.maxPerHour = 1.0000001;
+      }),
+      'price.maxPerHour',
+      /6 decimal places/,
+    );
+  });
+
+  it('queueTimeoutSeconds and failurePolicy are optional and bounded', () => {
+    const spec = validateJobSpec(specWith((s) => Object.assign(s, { queueTimeoutSeconds: 600, failurePolicy: 'continue' })));
+    assert.equal(spec.queueTimeoutSeconds, 600);
+    assert.equal(spec.failurePolicy, 'continue');
+    expectInvalid(
+      specWith((s) => {
+        s.queueTimeoutSeconds = 0;
+      }),
+      'queueTimeoutSeconds',
+    );
+    expectInvalid(
+      specWith((s) => {
+        s.queueTimeoutSeconds = 1.5;
+      }),
+      'queueTimeoutSeconds',
     );
   });
 });
