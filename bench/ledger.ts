@@ -25,7 +25,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { type Db, openDatabase, verifyLedger } from '@gridwork/coordinator';
+import { type Db, openDatabase, verifyLedger } from '@gridwork/coordinator/internal';
 import { sql } from 'kysely';
 import { available, type LedgerTx, post, postMany, type Trx, WORLD } from '../packages/coordinator/src/ledger/ledger.ts';
 import { fakeKey, loadNote, machineInfo, printTable, progress, rng, round, yesNo } from './lib/common.ts';

@@ -11,7 +11,7 @@
  *
  *   node --import tsx bench/matching.ts [--sizes 1000,10000,100000] [--seconds 3] [--seed 42]
  */
-import { type BookProvider, type Order, OrderBook } from '@gridwork/coordinator';
+import { type BookProvider, type Order, OrderBook } from '@gridwork/coordinator/internal';
 import { loadNote, makeOrder, makeProvider, machineInfo, printTable, progress, rng, round, type SimOrder, type SimProvider, yesNo } from './lib/common.ts';
 
 const args = new Map<string, string>();

@@ -3,30 +3,39 @@
  * together. Everything else receives its dependencies.
  */
 import { join } from 'node:path';
-import { GRIDWORK_VERSION, parseCredits, RECONNECT_MAX_BACKOFF_MS } from '@gridwork/protocol';
-import type { FastifyInstance } from 'fastify';
+import { GRIDWORK_VERSION, parseCredits } from '@gridwork/protocol';
 import pino, { type Logger } from 'pino';
+import { registerAccountRoutes } from './api/account-routes.ts';
 import { registerBlobRoutes } from './api/blob-routes.ts';
 import { createHttpApp } from './api/http-app.ts';
 import { registerJobRoutes } from './api/job-routes.ts';
+import { registerMarketRoutes } from './api/market-routes.ts';
 import { registerProviderRoutes } from './api/provider-routes.ts';
 import { registerSystemRoutes } from './api/system-routes.ts';
 import { Authenticator } from './auth/authenticator.ts';
 import { BlobService } from './blobs/blob-service.ts';
 import { FileBlobStore } from './blobs/blob-store.ts';
-import { EventBus } from './bus/event-bus.ts';
+import { InProcessBus } from './bus/in-process-bus.ts';
+import { Housekeeping } from './housekeeping.ts';
+import { registerInternals } from './internals.ts';
 import { JobService } from './jobs/job-service.ts';
-import type { Changes } from './jobs/lease-lifecycle.ts';
-import { ProviderChannels } from './providers/provider-channels.ts';
-import { ProviderService } from './providers/provider-service.ts';
-import { Scheduler } from './scheduler/scheduler.ts';
-import { registerAccountRoutes } from './api/account-routes.ts';
-import { registerMarketRoutes } from './api/market-routes.ts';
+import { JobStreams } from './jobs/job-streams.ts';
 import { AccountService } from './ledger/account-service.ts';
 import { type EconomicsConfig, resolveEconomics } from './ledger/lease-economics.ts';
+import { Lifecycle } from './lifecycle/lifecycle.ts';
+import { Units } from './lifecycle/unit-of-work.ts';
 import { Auctions } from './market/auctions.ts';
 import { Market } from './market/market.ts';
-import { type Db, openDatabase } from './store/database.ts';
+import { MARKET_INDEX, marketIndexSubscriber } from './market/market-index-subscriber.ts';
+import { MarketPresence } from './market/market-presence.ts';
+import { FailureDetector } from './providers/failure-detector.ts';
+import { outboxDelivery } from './providers/outbox-delivery.ts';
+import { ProviderChannels } from './providers/provider-channels.ts';
+import { ProviderService } from './providers/provider-service.ts';
+import { reputationSubscriber } from './providers/reputation.ts';
+import { Scheduler } from './scheduler/scheduler.ts';
+import { SCHEDULER, schedulerWakeups } from './scheduler/scheduler-wakeups.ts';
+import { openDatabase } from './store/database.ts';
 
 export interface CoordinatorOptions {
   /** Directory for the embedded database and blobs. */
@@ -88,11 +97,9 @@ export function resolveCoordinatorOptions(o: CoordinatorOptions): CoordinatorCon
 
 export interface Coordinator {
   readonly url: string;
-  readonly accounts: AccountService;
-  readonly market: Market;
-  readonly app: FastifyInstance;
-  readonly db: Db;
   readonly config: CoordinatorConfig;
+  /** Protocol fees and reserve collected so far (credits, decimal strings). */
+  protocolBalances(): Promise<{ fees: string; reserve: string }>;
   close(): Promise<void>;
 }
 
@@ -100,69 +107,52 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   const config = resolveCoordinatorOptions(options);
   const log = options.logger ?? pino({ level: config.logLevel }, pino.destination(2));
   const db = await openDatabase({ url: config.databaseUrl, dataDir: join(config.dataDir, 'db'), schema: config.databaseSchema });
-  const startedAt = new Date();
-  const bus = new EventBus();
+  const { economics } = config;
+
+  // The event log and its bus: every state change commits its typed events; the bus delivers them.
+  const bus = new InProcessBus(db, log);
+  const units = new Units(db, bus);
+  await bus.start(units);
+  const lifecycle = new Lifecycle(economics);
+
   const blobStore = new FileBlobStore(join(config.dataDir, 'blobs'));
-
-  const economics = config.economics;
   const market = new Market(db);
-
-  // `publish` is how committed changes reach the outside: streams, providers, the matching
-  // index, the scheduler (which runs after the index has caught up).
-  let channels: ProviderChannels | undefined;
-  let scheduler: Scheduler | undefined;
-  const publish = (changes: Changes) => {
-    for (const id of changes.leasesEnded) market.book.release(id);
-    for (const id of changes.jobs) bus.emit('job.changed', id);
-    for (const id of changes.providers) void channels?.flush(id);
-    const refreshed = changes.providersChanged.size > 0 ? market.refreshProviders(changes.providersChanged) : Promise.resolve();
-    refreshed.then(
-      () => {
-        if (changes.work) void scheduler?.kick();
-      },
-      (err) => log.error({ err }, 'market refresh failed'),
-    );
-  };
-
   const auth = new Authenticator(db);
-  const jobs = new JobService({ db, blobs: blobStore, bus, publish, economics, market, schedule: () => scheduler?.kick() ?? Promise.resolve() });
-  const providers = new ProviderService({ db, bus, log, publish, economics });
   const accounts = new AccountService(
     db,
     { dev: config.dev, operators: config.operators, unbondingDelayMs: config.unbondingDelayMs, faucetMax: parseCredits(config.faucetMax) },
-    (id) => void market.refreshProviders([id]).then(() => scheduler?.kick()),
+    units,
   );
-  const auctions = new Auctions({
-    log,
-    announce: (msg) => {
-      const bidders = market.bidders();
-      channels?.broadcast(bidders, msg);
-      return bidders.length;
-    },
-    closed: () => void scheduler?.kick(),
-  });
+  const providers = new ProviderService({ db, units, lifecycle, log });
+  let channels: ProviderChannels | undefined;
+  const auctions = new Auctions({ log, announce: (msg) => channels?.announce(market.bidders(), msg) ?? 0, closed: () => void scheduler.kick() });
+  const scheduler = new Scheduler({ db, units, lifecycle, log, market, auctions });
+  const presence = new MarketPresence(market, scheduler, log);
   channels = new ProviderChannels({
     db,
     log,
     providers,
     heartbeatIntervalMs: config.heartbeatIntervalMs,
     meteringIntervalMs: economics.meteringIntervalMs,
-    onConnection: (id, connected) =>
-      void market
-        .setConnected(id, connected)
-        .then(() => scheduler?.kick())
-        .catch((err) => log.error({ err }, 'market refresh failed')),
+    onConnection: (id, connected) => presence.setConnected(id, connected),
     onBid: (id, bid) => auctions.bid(id, bid),
   });
-  const connected = channels;
-  await market.load();
-  scheduler = new Scheduler({ db, log, market, economics, auctions, publish });
+  const jobs = new JobService({ db, units, lifecycle, bus, economics, market, blobs: blobStore, scheduler: SCHEDULER });
+  const streams = new JobStreams({ jobs, bus });
   const blobs = new BlobService(db, blobStore, config.maxBlobBytes);
+  await market.load();
+
+  // The subscribers, in one place. The matching index first: the scheduler waits for it.
+  await bus.subscribe(marketIndexSubscriber(market));
+  await bus.subscribe(schedulerWakeups(scheduler, bus, MARKET_INDEX));
+  await bus.subscribe(outboxDelivery(channels));
+  await bus.subscribe(reputationSubscriber());
+  // (job streams subscribe per open request: jobs/job-streams.ts)
 
   const app = await createHttpApp({ log, auth, maxJsonBytes: config.maxJsonBytes, version: GRIDWORK_VERSION });
   registerSystemRoutes(app, { db, version: GRIDWORK_VERSION });
   registerBlobRoutes(app, { blobs });
-  registerJobRoutes(app, { jobs, blobs: blobStore, bus });
+  registerJobRoutes(app, { jobs, blobs: blobStore, streams });
   registerProviderRoutes(app, { channels, db });
   registerAccountRoutes(app, { accounts });
   registerMarketRoutes(app, { market, jobs });
@@ -171,61 +161,40 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   const port = typeof address === 'object' && address ? address.port : config.port;
   const url = `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`;
 
-  const timeoutMs = config.heartbeatIntervalMs * config.heartbeatMisses;
-  // After a (re)start, providers reconnect with backoff (at most RECONNECT_MAX_BACKOFF_MS apart):
-  // none is judged before it has had the time to find us again.
-  const startupGraceMs = timeoutMs + RECONNECT_MAX_BACKOFF_MS * 1.25; // the backoff has ±25% jitter
-  // If this process itself stalled (a long GC, an overloaded host), heartbeats may be waiting
-  // unread in its sockets: a sweep that fires far too late judges nobody, and the grace starts over.
-  let sweepSince = startedAt;
-  let lastTick = Date.now();
-  const sweepTimer = setInterval(() => {
-    const now = Date.now();
-    if (now - lastTick > 2 * config.heartbeatIntervalMs) sweepSince = new Date(now);
-    lastTick = now;
-    if (now - sweepSince.getTime() < startupGraceMs) return;
-    providers
-      .sweep(timeoutMs, sweepSince)
-      .then((lost) => {
-        for (const id of lost) connected.disconnect(id, 'missed heartbeats');
-      })
-      .catch((err) => log.error({ err }, 'provider sweep failed'));
-  }, config.heartbeatIntervalMs);
-  const moneyTimer = setInterval(
-    () => {
-      jobs.stopUnfunded(economics.lowBalanceGraceMs).catch((err) => log.error({ err }, 'low-balance sweep failed'));
-      accounts.releaseUnbonded().catch((err) => log.error({ err }, 'unbonding sweep failed'));
-    },
-    Math.min(economics.meteringIntervalMs, 10_000),
+  const connected = channels;
+  const detector = new FailureDetector(
+    { providers, log, disconnect: (id, reason) => connected.disconnect(id, reason) },
+    { intervalMs: config.heartbeatIntervalMs, misses: config.heartbeatMisses },
   );
-  moneyTimer.unref();
-  const pruneTimer = setInterval(() => auth.prune().catch((err) => log.error({ err }, 'nonce prune failed')), 60_000);
-  sweepTimer.unref();
-  pruneTimer.unref();
+  const housekeeping = new Housekeeping(
+    { jobs, accounts, auth, log },
+    { intervalMs: Math.min(economics.meteringIntervalMs, 1000), lowBalanceGraceMs: economics.lowBalanceGraceMs },
+  );
+  detector.start();
+  housekeeping.start();
   void scheduler.kick();
   log.info({ url, dataDir: config.dataDir, database: config.databaseUrl ? 'postgresql' : 'pglite', dev: config.dev }, 'coordinator listening');
 
   let closing: Promise<void> | undefined;
-  return {
+  const handle: Coordinator = {
     url,
-    app,
-    db,
     config,
-    accounts,
-    market,
+    protocolBalances: () => accounts.protocolBalances(),
     close() {
       closing ??= (async () => {
-        clearInterval(sweepTimer);
-        clearInterval(moneyTimer);
+        await detector.stop();
+        await housekeeping.stop();
         auctions.closeAll();
-        clearInterval(pruneTimer);
         connected.closeAll();
         await connected.idle();
-        await scheduler?.close();
+        await scheduler.close();
+        await bus.close();
         await app.close();
         await db.destroy();
       })();
       return closing;
     },
   };
+  registerInternals(handle, { db, app, accounts, market, bus });
+  return handle;
 }

@@ -4,6 +4,7 @@
  * not hold, replays, other people's jobs, and a provider WebSocket that misbehaves. Each must
  * be refused with the right status and stable code, and must change nothing.
  */
+import { internalsOf } from '@gridwork/coordinator/internal';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
@@ -210,7 +211,7 @@ for (const store of ['pglite', 'postgres'] as const) {
     }
 
     async function jobCount(): Promise<number> {
-      const r = await net.coordinator.db
+      const r = await internalsOf(net.coordinator).db
         .selectFrom('jobs')
         .select((eb) => eb.fn.countAll<string>().as('n'))
         .executeTakeFirstOrThrow();
@@ -606,7 +607,7 @@ for (const store of ['pglite', 'postgres'] as const) {
         assert.match(String(err.message), /hello/);
         const closed = await p.closed;
         assert.equal(closed.code, 4002);
-        const row = await net.coordinator.db.selectFrom('providers').select('id').where('id', '=', p.identity.publicKey).executeTakeFirst();
+        const row = await internalsOf(net.coordinator).db.selectFrom('providers').select('id').where('id', '=', p.identity.publicKey).executeTakeFirst();
         assert.equal(row, undefined, 'no provider was registered');
       });
 
@@ -642,7 +643,7 @@ for (const store of ['pglite', 'postgres'] as const) {
           assert.equal(err.code, code, what);
           assert.match(String(err.message), message, what);
           assert.equal((await p.closed).code, 4002, what);
-          const row = await net.coordinator.db.selectFrom('providers').select('id').where('id', '=', p.identity.publicKey).executeTakeFirst();
+          const row = await internalsOf(net.coordinator).db.selectFrom('providers').select('id').where('id', '=', p.identity.publicKey).executeTakeFirst();
           assert.equal(row, undefined, `${what}: no provider was registered`);
         }
       });
@@ -669,7 +670,7 @@ for (const store of ['pglite', 'postgres'] as const) {
         assert.ok(!other.messages.some(isAssign), 'only one provider got the lease');
         const leaseId = assign.lease.leaseId;
         owner.send({ type: 'ack', seq: assign.seq });
-        const leaseRow = () => net.coordinator.db.selectFrom('leases').selectAll().where('id', '=', leaseId).executeTakeFirstOrThrow();
+        const leaseRow = () => internalsOf(net.coordinator).db.selectFrom('leases').selectAll().where('id', '=', leaseId).executeTakeFirstOrThrow();
         await until(leaseRow, (l) => l.state === 'starting', { what: 'the acked lease to be starting' });
 
         const jobBefore = await aliceClient.get(job.id);
@@ -733,9 +734,9 @@ for (const store of ['pglite', 'postgres'] as const) {
         const after = await aliceClient.get(job.id);
         assert.deepEqual(after, done);
         assert.equal(after.tasks[0]?.outputs.length, 1);
-        const outputLinks = await net.coordinator.db.selectFrom('job_blobs').selectAll().where('job_id', '=', job.id).where('role', '=', 'output').execute();
+        const outputLinks = await internalsOf(net.coordinator).db.selectFrom('job_blobs').selectAll().where('job_id', '=', job.id).where('role', '=', 'output').execute();
         assert.equal(outputLinks.length, 1);
-        const provider = await net.coordinator.db.selectFrom('providers').select('in_seq').where('id', '=', owner.identity.publicKey).executeTakeFirstOrThrow();
+        const provider = await internalsOf(net.coordinator).db.selectFrom('providers').select('in_seq').where('id', '=', owner.identity.publicKey).executeTakeFirstOrThrow();
         assert.equal(provider.in_seq, 2n);
 
         // The requester can fetch the output; the refused provider cannot.

@@ -11,7 +11,7 @@ import { chmod, cp, mkdir, readdir, readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { type Db, openDatabase } from '@gridwork/coordinator';
+import { type Db, openDatabase } from '@gridwork/coordinator/internal';
 import { sql } from 'kysely';
 import { type Identity, signedFetch } from '@gridwork/protocol/node';
 import { GridworkClient, type JobSpec, type JobView, type LogEntry } from '@gridwork/sdk';

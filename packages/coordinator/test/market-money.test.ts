@@ -5,6 +5,7 @@
  * providers exactly price × metered time minus the fee and reserve, and that a job running out
  * of budget stops cleanly without spending more than it had.
  */
+import { internalsOf } from '@gridwork/coordinator/internal';
 import assert from 'node:assert/strict';
 import { chmod, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
@@ -73,7 +74,7 @@ describe('market and lease economics', () => {
     assert.equal(done.tasks[0]?.providerName, 'cheap');
     assert.equal(done.tasks[0]?.pricePerHour, '36');
 
-    const lease = await net.coordinator.db.selectFrom('leases').selectAll().where('job_id', '=', first.id).executeTakeFirstOrThrow();
+    const lease = await internalsOf(net.coordinator).db.selectFrom('leases').selectAll().where('job_id', '=', first.id).executeTakeFirstOrThrow();
     assert.equal(lease.state, 'completed');
     assert.ok(lease.usage_ms >= 1200n, `metered ${lease.usage_ms} ms for a 1.2 s task`);
     assert.equal(lease.charged, costOf(parseCredits('36'), lease.usage_ms), 'charged exactly price × metered time, rounded down');
@@ -192,7 +193,7 @@ describe('market and lease economics', () => {
   });
 
   test('after everything the ledger balances', async () => {
-    const audit = await verifyLedger(net.coordinator.db);
+    const audit = await verifyLedger(internalsOf(net.coordinator).db);
     assert.equal(audit.total, 0n);
     assert.deepEqual(audit.mismatched, []);
     assert.deepEqual(audit.negative, []);

@@ -2,6 +2,7 @@
  * Money over the real HTTP API, on PGlite and PostgreSQL: bad amounts, idempotency, the dev
  * faucet, operator credits, withdrawals, and many submissions racing for one balance.
  */
+import { internalsOf } from '@gridwork/coordinator/internal';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
@@ -174,19 +175,19 @@ for (const store of ['pglite', 'postgres'] as const) {
         key,
         reason: 'test',
       };
-      await net.coordinator.accounts.slash(slash);
-      await net.coordinator.accounts.slash(slash); // same key: applied once
+      await internalsOf(net.coordinator).accounts.slash(slash);
+      await internalsOf(net.coordinator).accounts.slash(slash); // same key: applied once
       assert.equal((await provider.balance()).stake, '4');
       assert.equal((await requester.balance()).available, '4');
       assert.equal((await auditor.balance()).available, '1');
       await assert.rejects(
-        net.coordinator.accounts.slash({ ...slash, key: `${key}-2`, amount: parseCredits('5') }),
+        internalsOf(net.coordinator).accounts.slash({ ...slash, key: `${key}-2`, amount: parseCredits('5') }),
         (e: unknown) => (e as GridworkError).code === 'INSUFFICIENT_FUNDS',
       );
     });
 
     test('the ledger balances after all of the above', async () => {
-      const audit = await verifyLedger(net.coordinator.db);
+      const audit = await verifyLedger(internalsOf(net.coordinator).db);
       assert.equal(audit.total, 0n);
       assert.deepEqual(audit.mismatched, []);
       assert.deepEqual(audit.negative, []);

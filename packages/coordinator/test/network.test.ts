@@ -3,6 +3,7 @@
  * provider agents running tasks in the bubblewrap sandbox, and the SDK client, all over
  * loopback HTTP and WebSockets. Nothing is mocked; conditions are awaited, never slept on.
  */
+import { internalsOf } from '@gridwork/coordinator/internal';
 import assert from 'node:assert/strict';
 import { readdir, readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
@@ -201,7 +202,7 @@ for (const store of ['pglite', 'postgres'] as const) {
       const countBlobs = async () =>
         Number(
           (
-            await net.coordinator.db
+            await internalsOf(net.coordinator).db
               .selectFrom('blobs')
               .select((eb) => eb.fn.countAll<string>().as('n'))
               .executeTakeFirstOrThrow()

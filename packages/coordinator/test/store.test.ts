@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { type Db, openDatabase } from '@gridwork/coordinator';
+import { type Db, openDatabase } from '@gridwork/coordinator/internal';
 import { postgresUrl, tempDir, uniqueSchema } from '@gridwork/testkit';
 import { sql } from 'kysely';
 import pg from 'pg';

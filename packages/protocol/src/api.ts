@@ -39,6 +39,8 @@ export const SubmitJobRequest = Type.Object(
     spec: JobSpec,
     bundle: Type.Optional(Type.Object({ manifest: Digest }, { additionalProperties: false })),
     inputs: Type.Array(InputSet, { maxItems: 64 }),
+    /** One per logical submit: a retried submit with the same key returns the same job; the same key with another request is refused. */
+    idempotencyKey: Type.Optional(Type.String({ minLength: 1, maxLength: 128 })),
   },
   { additionalProperties: false },
 );

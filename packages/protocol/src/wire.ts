@@ -50,6 +50,26 @@ export const LogChunk = Type.Object({
 });
 export type LogChunk = Type.Static<typeof LogChunk>;
 
+const Message = Type.String({ maxLength: 4096 });
+
+/**
+ * How a lease ended on the provider. `exited` with code 0 is success; any other `exited`,
+ * `timeout` and `limit` are the workload's own failure (deterministic: not retried); `cancelled`
+ * answers a coordinator cancel; `error` is the provider's fault (fetching files, uploading
+ * outputs, the runtime itself): the task is retried elsewhere.
+ */
+export const LeaseEnd = Type.Union([
+  Type.Object({ kind: Type.Literal('exited'), exitCode: Type.Integer({ minimum: 0, maximum: 255 }), signal: Type.Optional(Type.String({ maxLength: 16 })) }, { additionalProperties: false }),
+  Type.Object({ kind: Type.Literal('timeout'), limitSeconds: Type.Integer({ minimum: 0 }) }, { additionalProperties: false }),
+  Type.Object(
+    { kind: Type.Literal('limit'), limit: Type.Union([Type.Literal('memory'), Type.Literal('processes'), Type.Literal('disk')]), message: Message },
+    { additionalProperties: false },
+  ),
+  Type.Object({ kind: Type.Literal('cancelled') }, { additionalProperties: false }),
+  Type.Object({ kind: Type.Literal('error'), message: Message }, { additionalProperties: false }),
+]);
+export type LeaseEnd = Type.Static<typeof LeaseEnd>;
+
 export const ProviderSequenced = Type.Union([
   Type.Object({ seq: Seq, type: Type.Literal('lease.started'), leaseId: Type.String() }, { additionalProperties: false }),
   Type.Object(
@@ -61,10 +81,10 @@ export const ProviderSequenced = Type.Union([
       seq: Seq,
       type: Type.Literal('lease.finished'),
       leaseId: Type.String(),
-      exitCode: Type.Union([Type.Integer(), Type.Null()]),
+      /** How the task ended, as a typed value: the coordinator never parses error strings. */
+      outcome: LeaseEnd,
       durationMs: Type.Integer({ minimum: 0, maximum: 31_536_000_000_000 }),
       outputs: Type.Array(FileRef, { maxItems: 10000 }),
-      error: Type.Union([Type.String({ maxLength: 4096 }), Type.Null()]),
     },
     { additionalProperties: false },
   ),

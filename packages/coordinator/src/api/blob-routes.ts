@@ -17,7 +17,7 @@ export function registerBlobRoutes(app: FastifyInstance, deps: { blobs: BlobServ
         throw new GridworkError('UNSUPPORTED_MEDIA_TYPE', 'blobs are sent as application/octet-stream');
       }
       const declared = Number(req.headers['content-length'] ?? Number.NaN);
-      const result = await deps.blobs.put(req.params.digest, req.body as Readable, Number.isFinite(declared) ? declared : undefined);
+      const result = await deps.blobs.put(req.accountId, req.params.digest, req.body as Readable, Number.isFinite(declared) ? declared : undefined);
       reply.status(result.created ? 201 : 200);
       return result;
     },
@@ -28,10 +28,10 @@ export function registerBlobRoutes(app: FastifyInstance, deps: { blobs: BlobServ
     {
       schema: {
         tags: ['blobs'],
-        summary: 'Which of these digests the coordinator does not have yet',
+        summary: 'Which of these digests this account has not uploaded yet',
         body: Type.Object({ digests: Type.Array(Digest, { maxItems: 10000 }) }, { additionalProperties: false }),
       },
     },
-    async (req) => ({ missing: await deps.blobs.missing(req.body.digests) }),
+    async (req) => ({ missing: await deps.blobs.missing(req.accountId, req.body.digests) }),
   );
 }

@@ -1,23 +1,25 @@
 /** Requester routes: jobs, their events, logs and blobs. No business logic here. */
-import { AmountRequest, canonicalJson, Digest, parseCredits, SubmitJobRequest, TERMINAL_JOB_STATES } from '@gridwork/protocol';
+import { AmountRequest, canonicalJson, Digest, parseCredits, SubmitJobRequest } from '@gridwork/protocol';
 import { sha256Hex } from '@gridwork/protocol/node';
 import type { FastifyInstance } from 'fastify';
 import Type from 'typebox';
 import type { BlobStore } from '../blobs/blob-store.ts';
-import type { EventBus } from '../bus/event-bus.ts';
+import type { JobStreams } from '../jobs/job-streams.ts';
 import type { JobService } from '../jobs/job-service.ts';
-import { sendNdjson, waiter } from './ndjson.ts';
+import { sendNdjson } from './ndjson.ts';
 
 export interface JobRoutesDeps {
   jobs: JobService;
   blobs: BlobStore;
-  bus: EventBus;
+  streams: JobStreams;
+  /** Keepalive interval of streams. @default 15 s */
+  keepaliveMs?: number;
 }
 
 const JobParams = Type.Object({ id: Type.String({ pattern: '^job_[a-z2-7]{16}$' }) });
 
 export function registerJobRoutes(app: FastifyInstance, deps: JobRoutesDeps): void {
-  const { jobs, bus } = deps;
+  const { jobs, streams } = deps;
 
   app.post<{ Body: SubmitJobRequest }>('/v1/jobs', { schema: { tags: ['jobs'], summary: 'Submit a job', body: SubmitJobRequest } }, async (req, reply) => {
     reply.status(201);
@@ -61,27 +63,22 @@ export function registerJobRoutes(app: FastifyInstance, deps: JobRoutesDeps): vo
     },
   );
 
-  app.get<{ Params: { id: string } }>(
+  app.get<{ Params: { id: string }; Querystring: { after?: string } }>(
     '/v1/jobs/:id/events',
-    { schema: { tags: ['jobs'], summary: 'NDJSON stream of job snapshots: one now, one per change, ends when the job ends', params: JobParams } },
+    {
+      schema: {
+        tags: ['jobs'],
+        summary:
+          'NDJSON stream of job snapshots { type: "job", job, position }: one now, one per change, ends when the job ends. Empty lines are keepalives; resume with ?after=<last position>.',
+        params: JobParams,
+        querystring: Type.Object({ after: Type.Optional(Type.String({ pattern: '^[0-9]{1,19}$' })) }),
+      },
+    },
     async (req, reply) => {
       const owner = req.accountId;
       const jobId = req.params.id;
       await jobs.get(owner, jobId); // ownership check before the stream starts
-      return sendNdjson(req, reply, async function* (signal) {
-        const w = waiter(signal);
-        const off = bus.on('job.changed', (id) => id === jobId && w.wake());
-        try {
-          while (!signal.aborted) {
-            const job = await jobs.get(owner, jobId);
-            yield { type: 'job', job };
-            if (TERMINAL_JOB_STATES.includes(job.state)) return;
-            await w.wait();
-          }
-        } finally {
-          off();
-        }
-      });
+      return sendNdjson(req, reply, (signal) => streams.snapshots(owner, jobId, signal), deps.keepaliveMs);
     },
   );
 
@@ -90,7 +87,7 @@ export function registerJobRoutes(app: FastifyInstance, deps: JobRoutesDeps): vo
     {
       schema: {
         tags: ['jobs'],
-        summary: 'NDJSON log entries after a cursor; with follow, stays open until the job ends',
+        summary: 'NDJSON log entries after a cursor; with follow, stays open until the job ends (empty lines are keepalives)',
         params: JobParams,
         querystring: Type.Object({
           after: Type.String({ pattern: '^[0-9]{1,19}$', default: '0' }),
@@ -103,29 +100,9 @@ export function registerJobRoutes(app: FastifyInstance, deps: JobRoutesDeps): vo
       const owner = req.accountId;
       const jobId = req.params.id;
       const { follow, limit } = req.query;
-      let cursor = BigInt(req.query.after);
-      await jobs.logs(owner, jobId, cursor, 1);
-      return sendNdjson(req, reply, async function* (signal) {
-        const w = waiter(signal);
-        const off = bus.on('job.log', (id) => id === jobId && w.wake());
-        const offChanged = bus.on('job.changed', (id) => id === jobId && w.wake());
-        let sent = 0;
-        try {
-          while (!signal.aborted && sent < limit) {
-            const terminal = await jobs.isTerminal(jobId);
-            const page = await jobs.logsAfter(jobId, cursor, Math.min(1000, limit - sent));
-            for (const e of page.entries) yield e;
-            sent += page.entries.length;
-            cursor = page.last;
-            if (page.entries.length > 0) continue;
-            if (!follow || terminal) return;
-            await w.wait();
-          }
-        } finally {
-          off();
-          offChanged();
-        }
-      });
+      const after = BigInt(req.query.after);
+      await jobs.logs(owner, jobId, after, 1);
+      return sendNdjson(req, reply, (signal) => streams.logs(jobId, after, { follow, limit }, signal), deps.keepaliveMs);
     },
   );
 

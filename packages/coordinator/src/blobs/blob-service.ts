@@ -1,4 +1,11 @@
-/** Blob uploads and existence, over the blob store and the `blobs` table (which it owns). */
+/**
+ * Blob uploads and existence, over the blob store; owns the `blobs` and `blob_owners` tables.
+ * A digest is public knowledge (it names content, it does not prove having it), so every
+ * account that uses a blob must have uploaded its bytes once: an upload records the uploader
+ * in `blob_owners` only after the store has checked the bytes against the digest. A job may
+ * use only blobs its owner uploaded; a provider's outputs count only if it uploaded them during
+ * its lease.
+ */
 import type { Readable } from 'node:stream';
 import { GridworkError } from '@gridwork/protocol';
 import type { Db } from '../store/database.ts';
@@ -11,14 +18,21 @@ export class BlobService {
     private readonly maxBlobBytes: number,
   ) {}
 
-  async put(digest: string, body: Readable, declaredSize: number | undefined): Promise<{ digest: string; size: number; created: boolean }> {
+  async put(accountId: string, digest: string, body: Readable, declaredSize: number | undefined): Promise<{ digest: string; size: number; created: boolean }> {
     if (declaredSize !== undefined && declaredSize > this.maxBlobBytes) {
       body.resume();
       throw new GridworkError('PAYLOAD_TOO_LARGE', `blob of ${declaredSize} bytes exceeds the limit of ${this.maxBlobBytes} bytes`);
     }
-    const existing = await this.db.selectFrom('blobs').select('size').where('digest', '=', digest).executeTakeFirst();
-    if (existing && (await this.store.has(digest))) {
+    const existing = await this.db
+      .selectFrom('blobs')
+      .leftJoin('blob_owners', (j) => j.onRef('blob_owners.digest', '=', 'blobs.digest').on('blob_owners.account_id', '=', accountId))
+      .select(['blobs.size', 'blob_owners.account_id'])
+      .where('blobs.digest', '=', digest)
+      .executeTakeFirst();
+    if (existing?.account_id && (await this.store.has(digest))) {
+      // This account proved it has these bytes before: no need to send them again.
       body.resume();
+      await this.own(accountId, digest);
       return { digest, size: Number(existing.size), created: false };
     }
     const size = await this.store.put(digest, body, this.maxBlobBytes);
@@ -27,14 +41,33 @@ export class BlobService {
       .values({ digest, size: BigInt(size) })
       .onConflict((oc) => oc.doNothing())
       .execute();
-    return { digest, size, created: true };
+    await this.own(accountId, digest);
+    return { digest, size, created: !existing };
   }
 
-  async missing(digests: string[]): Promise<string[]> {
+  private async own(accountId: string, digest: string): Promise<void> {
+    const now = new Date();
+    await this.db
+      .insertInto('blob_owners')
+      .values({ digest, account_id: accountId, uploaded_at: now })
+      .onConflict((oc) => oc.columns(['digest', 'account_id']).doUpdateSet({ uploaded_at: now }))
+      .execute();
+  }
+
+  /** Which of these digests this account has not uploaded yet (whether or not someone else has). */
+  async missing(accountId: string, digests: string[]): Promise<string[]> {
     const unique = [...new Set(digests)];
     if (unique.length === 0) return [];
-    const rows = await this.db.selectFrom('blobs').select('digest').where('digest', 'in', unique).execute();
-    const have = new Set(rows.map((r) => r.digest));
+    const have = new Set<string>();
+    for (let i = 0; i < unique.length; i += 1000) {
+      const rows = await this.db
+        .selectFrom('blob_owners')
+        .select('digest')
+        .where('account_id', '=', accountId)
+        .where('digest', 'in', unique.slice(i, i + 1000))
+        .execute();
+      for (const r of rows) have.add(r.digest);
+    }
     return unique.filter((d) => !have.has(d));
   }
 }

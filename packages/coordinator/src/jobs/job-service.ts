@@ -1,10 +1,12 @@
 /**
- * Jobs as requesters see them: submission (spec, bundle and inputs checked against stored
- * blobs), views, listing, cancel, logs. Owns the `jobs`, `tasks` and `job_blobs` tables.
- * Every read checks ownership: a requester sees only their own jobs.
+ * Jobs as requesters see them: submission (spec, bundle and inputs checked against blobs the
+ * requester uploaded), views, listing, cancel, top-up, logs. Every read checks ownership: a
+ * requester sees only their own jobs. State changes are lifecycle commands; this module writes
+ * no table itself.
  */
 import {
   BundleManifest,
+  canonicalJson,
   formatCredits,
   GridworkError,
   MAX_MICROS,
@@ -16,35 +18,37 @@ import {
   type JobSummary,
   type JobView,
   type LogEntry,
-  newId,
   type SubmitJobRequest,
   type TaskView,
   validateJobSpec,
 } from '@gridwork/protocol';
+import { sha256Hex } from '@gridwork/protocol/node';
+import { sql } from 'kysely';
 import { Compile } from 'typebox/compile';
-import { balancesOf, escrowOf, holdOf } from '../ledger/ledger.ts';
-import { addBudget, type EconomicsConfig, holdBudget, minimumBudget } from '../ledger/lease-economics.ts';
-import { type Market, orderOf } from '../market/market.ts';
 import type { BlobStore } from '../blobs/blob-store.ts';
-import type { EventBus } from '../bus/event-bus.ts';
+import type { Bus } from '../bus/bus.ts';
+import type { Lifecycle } from '../lifecycle/lifecycle.ts';
+import { ACTIVE_LEASE_STATES, isTerminalJob } from '../lifecycle/state-machine.ts';
+import type { Units } from '../lifecycle/unit-of-work.ts';
+import { balancesOf, escrowOf, holdOf } from '../ledger/ledger.ts';
+import { type EconomicsConfig, minimumBudget } from '../ledger/lease-economics.ts';
+import { type Market, orderOf } from '../market/market.ts';
 import type { Db } from '../store/database.ts';
-import { transact } from '../store/transact.ts';
-import { type Changes, newChanges, refreshJob } from './lease-lifecycle.ts';
 import { shardInputs } from './sharding.ts';
-import { ACTIVE_LEASE_STATES } from './state-machine.ts';
 
 const manifestCheck = Compile(BundleManifest);
 const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 
 export interface JobServiceDeps {
   db: Db;
+  units: Units;
+  lifecycle: Lifecycle;
+  bus: Bus;
   economics: EconomicsConfig;
   market: Market;
   blobs: BlobStore;
-  bus: EventBus;
-  publish: (changes: Changes) => void;
-  /** Runs a scheduling pass; submit waits for it, so its reply already shows the placements. */
-  schedule?: () => Promise<void>;
+  /** The bus subscriber that places work; submit waits until it has seen the job, so its reply already shows the placements. */
+  scheduler: string;
 }
 
 export class JobService {
@@ -52,7 +56,14 @@ export class JobService {
 
   async submit(owner: string, req: SubmitJobRequest): Promise<JobView> {
     const spec = validateJobSpec(req.spec);
-    const { db, economics } = this.deps;
+    const { economics } = this.deps;
+    if (spec.runtime.kind === 'container') {
+      throw new GridworkError(
+        'UNSUPPORTED_RUNTIME',
+        'runtime.kind: container jobs cannot run yet (no provider offers the container runtime); package the workload as a bundle (runtime.kind: bundle)',
+        { details: [{ path: 'runtime.kind', message: 'container is not supported yet' }] },
+      );
+    }
     if (!spec.price) {
       throw new GridworkError('INVALID_SPEC', 'invalid job spec: price: required (maxPerHour and budget, in credits)', {
         details: [{ path: 'price', message: 'required' }],
@@ -72,7 +83,7 @@ export class JobService {
 
     if (spec.runtime.kind === 'bundle') {
       if (!req.bundle) throw new GridworkError('VALIDATION_FAILED', 'bundle: required when runtime.kind is bundle');
-      const manifest = await this.readManifest(req.bundle.manifest);
+      const manifest = await this.readManifest(owner, req.bundle.manifest);
       blobRoles.set(req.bundle.manifest, 'bundle');
       for (const f of manifest.files) blobRoles.set(f.digest, 'bundle');
     }
@@ -90,68 +101,28 @@ export class JobService {
     for (const name of declared.keys()) {
       if (!seen.has(name)) throw new GridworkError('VALIDATION_FAILED', `inputs: input "${name}" of the spec was not uploaded`);
     }
-    const shards = spec.shards ?? 1;
-    const taskInputs = shardInputs(req.inputs, shards);
-    await this.assertBlobsExist([...blobRoles.keys()]);
+    const taskInputs = shardInputs(req.inputs, spec.shards ?? 1);
+    await this.assertUploadedBy(owner, [...blobRoles.keys()]);
 
-    const jobId = newId('job');
-    const now = new Date();
-    const changes = newChanges(this.deps.economics);
-    await transact(db, async (trx) => {
-      await trx
-        .insertInto('jobs')
-        .values({
-          id: jobId,
-          owner,
-          name: spec.name,
-          kind: spec.kind,
-          state: 'pending',
-          spec: JSON.stringify(spec),
-          bundle_manifest: req.bundle?.manifest ?? null,
-          error: null,
-          created_at: now,
-          updated_at: now,
-          budget,
-          max_per_hour: maxPerHour,
-        })
-        .execute();
-      // The whole budget is held now, so no two jobs can spend the same credits.
-      await holdBudget(trx, owner, jobId, budget);
-      // In chunks: one statement has at most 65,535 parameters.
-      for (let from = 0; from < taskInputs.length; from += 1000) {
-        await trx
-          .insertInto('tasks')
-          .values(
-            taskInputs.slice(from, from + 1000).map((inputs, i) => ({
-              id: newId('task'),
-              job_id: jobId,
-              idx: from + i,
-              state: 'queued',
-              attempts: 0,
-              inputs: JSON.stringify(inputs),
-              outputs: '[]',
-              queued_at: now,
-            })),
-          )
-          .execute();
-      }
-      const roles = [...blobRoles.entries()];
-      for (let i = 0; i < roles.length; i += 1000) {
-        await trx
-          .insertInto('job_blobs')
-          .values(roles.slice(i, i + 1000).map(([digest, role]) => ({ job_id: jobId, digest, role })))
-          .execute();
-      }
-    });
-    changes.jobs.add(jobId);
-    changes.work = true;
-    this.deps.publish(changes);
-    await this.deps.schedule?.();
-    return this.get(owner, jobId);
+    const { jobId } = await this.deps.units.run((uow) =>
+      this.deps.lifecycle.submit(uow, {
+        owner,
+        spec,
+        bundleManifest: req.bundle?.manifest ?? null,
+        budget,
+        maxPerHour,
+        taskInputs,
+        blobs: blobRoles,
+        ...(req.idempotencyKey !== undefined ? { idempotencyKey: req.idempotencyKey } : {}),
+        requestDigest: sha256Hex(canonicalJson({ spec: req.spec, bundle: req.bundle ?? null, inputs: req.inputs })),
+      }),
+    );
+    await this.deps.bus.reached(this.deps.scheduler, this.deps.bus.head());
+    return this.get(owner, jobId, { explain: true });
   }
 
-  private async readManifest(digest: string): Promise<BundleManifest> {
-    await this.assertBlobsExist([digest]);
+  private async readManifest(owner: string, digest: string): Promise<BundleManifest> {
+    await this.assertUploadedBy(owner, [digest]);
     const { stream, size } = await this.deps.blobs.open(digest);
     if (size > MAX_MANIFEST_BYTES) {
       stream.destroy();
@@ -172,20 +143,26 @@ export class JobService {
     return parsed;
   }
 
-  async assertBlobsExist(digests: string[]): Promise<void> {
+  /**
+   * Every digest must be a blob this account uploaded (content-addressing lets anyone name a
+   * digest; only uploading the bytes proves one has them). Unknown and foreign blobs get the
+   * same answer, so the check reveals nothing about other accounts' data.
+   */
+  private async assertUploadedBy(owner: string, digests: string[]): Promise<void> {
     const unique = [...new Set(digests)];
     const found = new Set<string>();
     for (let i = 0; i < unique.length; i += 1000) {
       const rows = await this.deps.db
-        .selectFrom('blobs')
+        .selectFrom('blob_owners')
         .select('digest')
+        .where('account_id', '=', owner)
         .where('digest', 'in', unique.slice(i, i + 1000))
         .execute();
       for (const r of rows) found.add(r.digest);
     }
     const missing = unique.filter((d) => !found.has(d));
     if (missing.length > 0) {
-      throw new GridworkError('BLOB_MISSING', `${missing.length} blob(s) were not uploaded, e.g. ${missing[0]}`, {
+      throw new GridworkError('BLOB_MISSING', `${missing.length} blob(s) were not uploaded by this account, e.g. ${missing[0]}`, {
         details: { missing: missing.slice(0, 100) },
       });
     }
@@ -258,7 +235,7 @@ export class JobService {
     const held = await balancesOf(this.deps.db, [holdOf(job.id), ...leases.map((l) => escrowOf(l.id))]);
     let heldTotal = 0n;
     for (const v of held.values()) heldTotal += v;
-    const waiting = explain && tasks.some((t) => t.state === 'queued') && !['succeeded', 'failed', 'cancelled'].includes(job.state);
+    const waiting = explain && tasks.some((t) => t.state === 'queued') && !isTerminalJob(job.state);
     return {
       id: job.id,
       name: job.name,
@@ -312,16 +289,30 @@ export class JobService {
       .where('low_balance_since', '<', new Date(Date.now() - graceMs))
       .where('state', 'not in', ['succeeded', 'failed', 'cancelled'])
       .execute();
-    const changes = newChanges(this.deps.economics);
+    const stopped: string[] = [];
     for (const j of due) {
-      await transact(this.deps.db, async (trx) => {
-        const job = await trx.selectFrom('jobs').select(['state', 'low_balance_since']).where('id', '=', j.id).forNoKeyUpdate().executeTakeFirstOrThrow();
-        if (!job.low_balance_since || ['succeeded', 'failed', 'cancelled'].includes(job.state)) return;
-        await refreshJob(trx, j.id, changes, 'failed', 'budget exhausted: the job ran out of budget and its grace period ended');
-      });
+      if (await this.deps.units.run((uow) => this.deps.lifecycle.failUnfunded(uow, j.id, graceMs))) stopped.push(j.id);
     }
-    this.deps.publish(changes);
-    return due.map((j) => j.id);
+    return stopped;
+  }
+
+  /** Jobs with a task queued longer than their spec's `queueTimeoutSeconds` fail, saying why nothing could run them. */
+  async expireQueued(): Promise<string[]> {
+    const due = await this.deps.db
+      .selectFrom('tasks')
+      .innerJoin('jobs', 'jobs.id', 'tasks.job_id')
+      .select(['jobs.id', 'jobs.spec', 'jobs.max_per_hour'])
+      .distinct()
+      .where('tasks.state', '=', 'queued')
+      .where(sql<boolean>`jobs.spec ? 'queueTimeoutSeconds'`)
+      .where(sql<boolean>`tasks.queued_at < now() - make_interval(secs => (jobs.spec->>'queueTimeoutSeconds')::float8)`)
+      .execute();
+    const expired: string[] = [];
+    for (const j of due) {
+      const why = this.deps.market.explain(orderOf(j.spec, j.max_per_hour)).reasons.join('; ');
+      if (await this.deps.units.run((uow) => this.deps.lifecycle.expireQueued(uow, j.id, why))) expired.push(j.id);
+    }
+    return expired;
   }
 
   /** Why a spec would (not) match right now, before submitting it. */
@@ -333,25 +324,8 @@ export class JobService {
   /** Adds budget to a job that has not ended (e.g. to clear a low balance). */
   async addBudget(owner: string, jobId: string, amount: bigint, idempotencyKey: string, requestDigest: string): Promise<JobView> {
     const job = await this.ownedJob(owner, jobId);
-    if (['succeeded', 'failed', 'cancelled'].includes(job.state)) throw new GridworkError('INVALID_TRANSITION', `job ${jobId} has ended (${job.state})`);
-    const changes = newChanges(this.deps.economics);
-    await transact(this.deps.db, async (trx) => {
-      // Re-checked under the job's row lock: a job that ended meanwhile has released its hold.
-      const locked = await trx.selectFrom('jobs').select('state').where('id', '=', jobId).forNoKeyUpdate().executeTakeFirstOrThrow();
-      if (['succeeded', 'failed', 'cancelled'].includes(locked.state))
-        throw new GridworkError('INVALID_TRANSITION', `job ${jobId} has ended (${locked.state})`);
-      const posted = await addBudget(trx, owner, jobId, amount, `${owner}:${idempotencyKey}`, requestDigest);
-      if (posted) {
-        await trx
-          .updateTable('jobs')
-          .set((eb) => ({ budget: eb('budget', '+', amount), low_balance_since: null, updated_at: new Date() }))
-          .where('id', '=', jobId)
-          .execute();
-      }
-    });
-    changes.jobs.add(jobId);
-    changes.work = true;
-    this.deps.publish(changes);
+    if (isTerminalJob(job.state)) throw new GridworkError('INVALID_TRANSITION', `job ${jobId} has ended (${job.state})`);
+    await this.deps.units.run((uow) => this.deps.lifecycle.topUp(uow, owner, jobId, amount, idempotencyKey, requestDigest));
     return this.get(owner, jobId);
   }
 
@@ -386,14 +360,8 @@ export class JobService {
   }
 
   async cancel(owner: string, jobId: string): Promise<JobView> {
-    const job = await this.ownedJob(owner, jobId);
-    if (!['succeeded', 'failed', 'cancelled'].includes(job.state)) {
-      const changes = newChanges(this.deps.economics);
-      await transact(this.deps.db, async (trx) => {
-        await refreshJob(trx, jobId, changes, 'cancelled', 'cancelled by requester');
-      });
-      this.deps.publish(changes);
-    }
+    await this.ownedJob(owner, jobId);
+    await this.deps.units.run((uow) => this.deps.lifecycle.cancel(uow, jobId, 'cancelled by requester'));
     return this.get(owner, jobId);
   }
 
@@ -426,7 +394,7 @@ export class JobService {
 
   async isTerminal(jobId: string): Promise<boolean> {
     const job = await this.deps.db.selectFrom('jobs').select('state').where('id', '=', jobId).executeTakeFirst();
-    return !job || ['succeeded', 'failed', 'cancelled'].includes(job.state);
+    return !job || isTerminalJob(job.state);
   }
 
   /** The owner of a job, or a provider holding an active lease on it, may read its blobs. */

@@ -7,6 +7,7 @@
 import { canonicalJson, formatCredits, GridworkError, parseCredits, type BalanceView, type HistoryEntry } from '@gridwork/protocol';
 import { sha256Hex } from '@gridwork/protocol/node';
 import { sql } from 'kysely';
+import type { Units } from '../lifecycle/unit-of-work.ts';
 import type { Db } from '../store/database.ts';
 import { transact } from '../store/transact.ts';
 import { available, balancesOf, FEES, post, RESERVE, stakeOf, unbondingOf, WORLD } from './ledger.ts';
@@ -29,7 +30,8 @@ export class AccountService {
   constructor(
     private readonly db: Db,
     private readonly options: AccountServiceOptions,
-    private readonly onStakeChange: (accountId: string) => void = () => {},
+    /** Stake changes run as units of work: they announce `provider.changed` (the matching index filters on stake). */
+    private readonly units: Units,
   ) {}
 
   async balance(accountId: string): Promise<BalanceView> {
@@ -162,18 +164,25 @@ export class AccountService {
 
   async stake(accountId: string, amount: string, key: string): Promise<BalanceView> {
     const micros = parseAmount(amount);
-    await this.move('stake', accountId, key, { op: 'stake', amount }, [
-      { account: available(accountId), amount: -micros },
-      { account: stakeOf(accountId), amount: micros },
-    ]);
-    this.onStakeChange(accountId);
+    await this.units.run(async (uow) => {
+      await post(uow.trx, {
+        kind: 'stake',
+        key: `${accountId}:${key}`,
+        requestDigest: digestOf({ op: 'stake', amount }),
+        postings: [
+          { account: available(accountId), amount: -micros },
+          { account: stakeOf(accountId), amount: micros },
+        ],
+      });
+      uow.emit({ type: 'provider.changed', providerId: accountId, what: 'stake' });
+    });
     return this.balance(accountId);
   }
 
   /** Starts unbonding: the credits leave the stake now and become available after the delay. */
   async unstake(accountId: string, amount: string, key: string): Promise<BalanceView> {
     const micros = parseAmount(amount);
-    await transact(this.db, async (trx) => {
+    await this.units.run(async ({ trx, emit }) => {
       const r = await post(trx, {
         kind: 'unstake',
         key: `${accountId}:${key}`,
@@ -189,8 +198,8 @@ export class AccountService {
           .values({ account_id: accountId, amount: micros, release_at: new Date(Date.now() + this.options.unbondingDelayMs) })
           .execute();
       }
+      emit({ type: 'provider.changed', providerId: accountId, what: 'stake' });
     });
-    this.onStakeChange(accountId);
     return this.balance(accountId);
   }
 
@@ -238,8 +247,10 @@ export class AccountService {
     ];
     if (args.requester && toRequester > 0n) postings.push({ account: available(args.requester), amount: toRequester });
     if (args.auditor && toAuditor > 0n) postings.push({ account: available(args.auditor), amount: toAuditor });
-    await transact(this.db, (trx) => post(trx, { kind: 'slash', key: `slash:${args.key}`, postings, memo: { provider: args.provider, reason: args.reason } }));
-    this.onStakeChange(args.provider);
+    await this.units.run(async ({ trx, emit }) => {
+      await post(trx, { kind: 'slash', key: `slash:${args.key}`, postings, memo: { provider: args.provider, reason: args.reason } });
+      emit({ type: 'provider.changed', providerId: args.provider, what: 'stake' });
+    });
   }
 
   /** Protocol totals, for operators. */

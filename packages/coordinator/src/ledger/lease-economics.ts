@@ -138,8 +138,9 @@ export async function fundLease(trx: Trx, lease: LeaseMoney, usageMs: bigint, cf
 }
 
 /**
- * Charges metered usage from the lease's escrow (never beyond what the escrow holds) and
- * records it. Returns the new charged total.
+ * Charges metered usage from the lease's escrow (never beyond what the escrow holds). Updates
+ * `lease.usage_ms` and `lease.charged` in memory and returns the new charged total; the
+ * lifecycle records them on the lease row.
  */
 export async function chargeUsage(trx: Trx, lease: LeaseMoney, usageMs: bigint): Promise<bigint> {
   if (usageMs <= lease.usage_ms) return lease.charged;
@@ -158,7 +159,6 @@ export async function chargeUsage(trx: Trx, lease: LeaseMoney, usageMs: bigint):
     });
   }
   const charged = lease.charged + (amount > 0n ? amount : 0n);
-  await trx.updateTable('leases').set({ usage_ms: usageMs, charged }).where('id', '=', lease.id).execute();
   lease.usage_ms = usageMs;
   lease.charged = charged;
   return charged;

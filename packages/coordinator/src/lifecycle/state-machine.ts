@@ -1,11 +1,10 @@
 /**
- * The legal transitions of jobs, tasks and leases. Every state change in the store goes
- * through `assertTransition`, so an illegal one is a bug that fails loudly, never a silent
- * corruption.
+ * The legal transitions of jobs, tasks and leases. Every state change goes through
+ * `assertTransition`, so an illegal one is a bug that fails loudly, never a silent corruption.
  */
 import { GridworkError, type JobState, type LeaseState, type TaskState } from '@gridwork/protocol';
 
-const jobTransitions: Record<JobState, readonly JobState[]> = {
+export const JOB_TRANSITIONS: Record<JobState, readonly JobState[]> = {
   pending: ['matching', 'running', 'succeeded', 'failed', 'cancelled'],
   matching: ['running', 'succeeded', 'failed', 'cancelled'],
   running: ['matching', 'verifying', 'succeeded', 'failed', 'cancelled'],
@@ -15,7 +14,7 @@ const jobTransitions: Record<JobState, readonly JobState[]> = {
   cancelled: [],
 };
 
-const taskTransitions: Record<TaskState, readonly TaskState[]> = {
+export const TASK_TRANSITIONS: Record<TaskState, readonly TaskState[]> = {
   queued: ['assigned', 'cancelled', 'failed'],
   assigned: ['running', 'queued', 'succeeded', 'failed', 'cancelled'],
   running: ['queued', 'succeeded', 'failed', 'cancelled'],
@@ -24,7 +23,7 @@ const taskTransitions: Record<TaskState, readonly TaskState[]> = {
   cancelled: [],
 };
 
-const leaseTransitions: Record<LeaseState, readonly LeaseState[]> = {
+export const LEASE_TRANSITIONS: Record<LeaseState, readonly LeaseState[]> = {
   offered: ['starting', 'running', 'completed', 'failed', 'cancelled', 'lost'],
   starting: ['running', 'completed', 'failed', 'cancelled', 'lost'],
   running: ['completed', 'failed', 'cancelled', 'lost'],
@@ -34,8 +33,8 @@ const leaseTransitions: Record<LeaseState, readonly LeaseState[]> = {
   lost: [],
 };
 
-const tables = { job: jobTransitions, task: taskTransitions, lease: leaseTransitions } as const;
-type Machine = keyof typeof tables;
+const tables = { job: JOB_TRANSITIONS, task: TASK_TRANSITIONS, lease: LEASE_TRANSITIONS } as const;
+export type Machine = keyof typeof tables;
 
 export function canTransition(machine: Machine, from: string, to: string): boolean {
   const allowed = (tables[machine] as Record<string, readonly string[]>)[from];
@@ -49,12 +48,27 @@ export function assertTransition(machine: Machine, id: string, from: string, to:
 }
 
 export const ACTIVE_LEASE_STATES: readonly LeaseState[] = ['offered', 'starting', 'running'];
+export const TERMINAL_JOB: readonly JobState[] = ['succeeded', 'failed', 'cancelled'];
+export const OPEN_TASK_STATES: readonly TaskState[] = ['queued', 'assigned', 'running'];
+
+export function isActiveLease(state: string): boolean {
+  return (ACTIVE_LEASE_STATES as readonly string[]).includes(state);
+}
+
+export function isTerminalJob(state: string): boolean {
+  return (TERMINAL_JOB as readonly string[]).includes(state);
+}
+
+/** What a job does when one of its tasks fails: stop the rest at once, or let them finish. */
+export type FailurePolicy = 'stop' | 'continue';
 
 /** A job's state follows from its tasks (explicit cancel aside). */
-export function deriveJobState(current: JobState, tasks: readonly { state: string }[]): JobState {
-  if (current === 'cancelled' || current === 'succeeded' || current === 'failed') return current;
-  if (tasks.some((t) => t.state === 'failed')) return 'failed';
+export function deriveJobState(current: JobState, tasks: readonly { state: string }[], policy: FailurePolicy = 'stop'): JobState {
+  if (isTerminalJob(current)) return current;
+  const open = tasks.some((t) => (OPEN_TASK_STATES as readonly string[]).includes(t.state));
+  if (tasks.some((t) => t.state === 'failed') && (policy === 'stop' || !open)) return 'failed';
   if (tasks.length > 0 && tasks.every((t) => t.state === 'succeeded')) return 'succeeded';
   if (tasks.some((t) => t.state === 'running' || t.state === 'assigned')) return 'running';
+  if (!open && tasks.some((t) => t.state === 'cancelled')) return 'cancelled';
   return current === 'pending' ? 'pending' : 'matching';
 }

@@ -5,7 +5,7 @@
  */
 import { parseCredits, type JobSpec, type MarketClass, type MatchExplanation } from '@gridwork/protocol';
 import { balancesOf, stakeOf } from '../ledger/ledger.ts';
-import { ACTIVE_LEASE_STATES } from '../jobs/state-machine.ts';
+import { ACTIVE_LEASE_STATES } from '../lifecycle/state-machine.ts';
 import type { Db } from '../store/database.ts';
 import { type BookProvider, type Match, type Order, OrderBook } from './order-book.ts';
 
@@ -34,13 +34,24 @@ export class Market {
   /** Rebuilds the index from the database: providers, their stake, and the leases holding capacity. */
   async load(): Promise<void> {
     await this.refreshProviders();
-    const leases = await this.db
+    await this.loadLeases();
+  }
+
+  /** Reloads what the active leases of these providers hold (the database refused a placement the index allowed). */
+  async resync(providerIds: Iterable<string>): Promise<void> {
+    const ids = [...providerIds];
+    for (const id of ids) this.book.releaseProvider(id);
+    await this.loadLeases(ids);
+  }
+
+  private async loadLeases(providerIds?: string[]): Promise<void> {
+    let q = this.db
       .selectFrom('leases')
       .innerJoin('jobs', 'jobs.id', 'leases.job_id')
       .select(['leases.id', 'leases.provider_id', 'leases.created_at', 'leases.gpus', 'jobs.spec'])
-      .where('leases.state', 'in', [...ACTIVE_LEASE_STATES])
-      .execute();
-    for (const l of leases) {
+      .where('leases.state', 'in', [...ACTIVE_LEASE_STATES]);
+    if (providerIds) q = q.where('leases.provider_id', 'in', providerIds);
+    for (const l of await q.execute()) {
       this.book.reserve(l.id, l.provider_id, l.spec.resources, l.gpus, l.created_at.getTime() + (l.spec.timeoutSeconds ?? 3600) * 1000);
     }
   }

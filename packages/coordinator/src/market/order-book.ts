@@ -232,6 +232,11 @@ export class OrderBook {
     this.sync(e);
   }
 
+  /** Releases every reservation held on a provider (before reloading them from the database). */
+  releaseProvider(providerId: string): void {
+    for (const [leaseId, r] of this.reservations) if (r.providerId === providerId) this.release(leaseId);
+  }
+
   release(leaseId: string): void {
     const r = this.reservations.get(leaseId);
     if (!r) return;

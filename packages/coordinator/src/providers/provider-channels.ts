@@ -80,9 +80,16 @@ export class ProviderChannels {
     this.channels.get(providerId)?.socket.close(4000, reason.slice(0, 120));
   }
 
-  /** Sends an unsequenced message to connected providers (auction announcements: losing one is harmless). */
-  broadcast(providerIds: Iterable<string>, msg: CoordinatorMessage): void {
-    for (const id of providerIds) this.channels.get(id)?.send(msg);
+  /** Sends an unsequenced message to connected providers (auction announcements: losing one is harmless); returns how many got it. */
+  announce(providerIds: Iterable<string>, msg: CoordinatorMessage): number {
+    let told = 0;
+    for (const id of providerIds) {
+      const ch = this.channels.get(id);
+      if (!ch) continue;
+      ch.send(msg);
+      told++;
+    }
+    return told;
   }
 
   closeAll(): void {

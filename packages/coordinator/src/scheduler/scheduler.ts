@@ -1,32 +1,44 @@
 /**
- * Places queued tasks on providers through the market. One pass runs at a time; kicks during a
- * pass coalesce into one more pass. A placement (lease row at the matched price, escrow drawn
- * from the job's hold, task update, outbox message) commits in one transaction before anything
- * is sent, so a crash never leaves a task half-placed or money half-moved.
+ * Places queued tasks on providers through the market. One pass runs at a time; wake-ups during
+ * a pass coalesce into one more pass. A pass is one unit of work: each placement is a lifecycle
+ * `place` command (capacity taken in the database, lease, escrow, assignment in the provider's
+ * outbox), so a crash never leaves a task half-placed or money half-moved.
+ *
+ * Fair share across requesters: candidates are ranked within each account (oldest first) and
+ * the accounts interleave by (leases they hold now + rank), so a small job queued behind a large
+ * one starts within a pass or two instead of after the large one drains; within that order a
+ * higher max price goes first.
  */
-import { type LeaseAssignment, newId } from '@gridwork/protocol';
 import type { Logger } from 'pino';
-import { type Changes, enqueueForProvider, newChanges, refreshJob } from '../jobs/lease-lifecycle.ts';
-import { assertTransition } from '../jobs/state-machine.ts';
-import { balanceOf, holdOf } from '../ledger/ledger.ts';
-import { costOf, type EconomicsConfig, fundLease } from '../ledger/lease-economics.ts';
+import { sql } from 'kysely';
+import type { JobSpec } from '@gridwork/protocol';
+import type { Lifecycle, PlaceResult } from '../lifecycle/lifecycle.ts';
+import type { Units } from '../lifecycle/unit-of-work.ts';
 import type { Auctions } from '../market/auctions.ts';
 import { type Market, orderOf } from '../market/market.ts';
 import type { Db } from '../store/database.ts';
-import { transact } from '../store/transact.ts';
 
 export interface SchedulerDeps {
   db: Db;
+  units: Units;
+  lifecycle: Lifecycle;
   log: Logger;
   market: Market;
-  economics: EconomicsConfig;
-  publish: (changes: Changes) => void;
   auctions: Auctions;
 }
 
 export interface SchedulerOptions {
   /** Most tasks considered per pass. @default 500 */
   batchSize?: number;
+}
+
+interface Candidate {
+  id: string;
+  job_id: string;
+  job_state: string;
+  spec: JobSpec;
+  max_per_hour: bigint;
+  queued_at: Date;
 }
 
 export class Scheduler {
@@ -71,38 +83,39 @@ export class Scheduler {
     await this.running;
   }
 
+  /** Queued tasks in fair-share order. */
+  private async candidates(): Promise<Candidate[]> {
+    const rows = await sql<Candidate & { max_per_hour: bigint | string }>`
+      with held as (
+        select j.owner, count(*) as n
+        from leases l join jobs j on j.id = l.job_id
+        where l.state in ('offered', 'starting', 'running')
+        group by j.owner
+      ), ranked as (
+        select t.id, t.idx, t.job_id, t.queued_at, j.owner, j.state as job_state, j.spec, j.max_per_hour,
+               row_number() over (partition by j.owner order by t.queued_at, t.idx) as rank
+        from tasks t join jobs j on j.id = t.job_id
+        where t.state = 'queued'
+      )
+      select r.id, r.job_id, r.job_state, r.spec, r.max_per_hour, r.queued_at
+      from ranked r left join held h on h.owner = r.owner
+      where r.rank <= ${this.batchSize}
+      order by coalesce(h.n, 0) + r.rank, r.max_per_hour desc, r.queued_at, r.idx
+      limit ${this.batchSize}`.execute(this.deps.db);
+    return rows.rows.map((r) => ({ ...r, max_per_hour: BigInt(r.max_per_hour), queued_at: new Date(r.queued_at) }));
+  }
+
   private async pass(): Promise<number> {
-    const { market, economics } = this.deps;
-    const changes = newChanges(economics);
-    const period = BigInt(economics.meteringIntervalMs);
-    const placed = await transact(this.deps.db, async (trx) => {
+    const { market, lifecycle } = this.deps;
+    const queued = await this.candidates();
+    if (queued.length === 0) return 0;
+    const stale = new Set<string>();
+    const placed = await this.deps.units.run(async (uow) => {
       // Capacity is reserved in the matching index as tasks are placed; if this attempt does
       // not commit, those reservations are undone before any retry.
       const reserved: string[] = [];
+      const waiting = new Set<string>();
       try {
-        const queued = await trx
-          .selectFrom('tasks')
-          .innerJoin('jobs', 'jobs.id', 'tasks.job_id')
-          .select([
-            'tasks.id',
-            'tasks.idx',
-            'tasks.state',
-            'tasks.inputs',
-            'tasks.job_id',
-            'jobs.spec',
-            'jobs.bundle_manifest',
-            'jobs.state as job_state',
-            'jobs.max_per_hour',
-            'jobs.low_balance_since',
-            'tasks.queued_at',
-          ])
-          .where('tasks.state', '=', 'queued')
-          .orderBy('tasks.queued_at')
-          .orderBy('tasks.idx')
-          .limit(this.batchSize)
-          .forNoKeyUpdate()
-          .execute();
-        const taskCounts = new Map<string, number>();
         let count = 0;
         for (const t of queued) {
           const order = orderOf(t.spec, t.max_per_hour);
@@ -117,79 +130,17 @@ export class Scheduler {
           const match = market.match(order, bids);
           if (windowMs > 0 && match) this.deps.auctions.finish(orderId);
           if (!match) {
-            if (t.job_state === 'pending') await refreshJob(trx, t.job_id, changes, 'matching');
-            continue;
-          }
-          // The job's remaining budget must fund at least one metering period at this price.
-          if ((await balanceOf(trx, holdOf(t.job_id))) < costOf(match.pricePerHour, period)) {
-            if (!t.low_balance_since) {
-              await trx.updateTable('jobs').set({ low_balance_since: new Date() }).where('id', '=', t.job_id).execute();
-              changes.jobs.add(t.job_id);
+            if (t.job_state === 'pending' && !waiting.has(t.job_id)) {
+              waiting.add(t.job_id);
+              await lifecycle.awaitMatch(uow, t.job_id);
             }
             continue;
           }
-          if (t.low_balance_since) {
-            await trx.updateTable('jobs').set({ low_balance_since: null }).where('id', '=', t.job_id).execute();
-            changes.jobs.add(t.job_id);
-          }
-          let taskCount = taskCounts.get(t.job_id);
-          if (taskCount === undefined) {
-            const row = await trx.selectFrom('tasks').select(trx.fn.countAll<string>().as('n')).where('job_id', '=', t.job_id).executeTakeFirstOrThrow();
-            taskCount = Number(row.n);
-            taskCounts.set(t.job_id, taskCount);
-          }
-          const leaseId = newId('lease');
-          const now = new Date();
-          assertTransition('task', t.id, t.state, 'assigned');
-          await trx
-            .insertInto('leases')
-            .values({
-              id: leaseId,
-              task_id: t.id,
-              job_id: t.job_id,
-              provider_id: match.providerId,
-              state: 'offered',
-              created_at: now,
-              price_per_hour: match.pricePerHour,
-              gpus: JSON.stringify(match.gpus),
-            })
-            .execute();
-          await fundLease(trx, { id: leaseId, job_id: t.job_id, price_per_hour: match.pricePerHour, usage_ms: 0n, charged: 0n }, 0n, economics);
-          await trx
-            .updateTable('tasks')
-            .set({ state: 'assigned', lease_id: leaseId, provider_id: match.providerId, error: null })
-            .where('id', '=', t.id)
-            .execute();
-          const spec = t.spec;
-          const timeoutSeconds = spec.timeoutSeconds ?? 3600;
-          const lease: LeaseAssignment = {
-            leaseId,
-            taskId: t.id,
-            jobId: t.job_id,
-            taskIndex: t.idx,
-            taskCount,
-            runtime: {
-              kind: spec.runtime.kind,
-              command: spec.runtime.command,
-              env: {
-                ...(spec.runtime.env ?? {}),
-                GRIDWORK_JOB_ID: t.job_id,
-                GRIDWORK_TASK_INDEX: String(t.idx),
-                GRIDWORK_TASK_COUNT: String(taskCount),
-                GRIDWORK_LEASE_ID: leaseId,
-              },
-              network: spec.runtime.network ?? false,
-              ...(spec.runtime.image ? { image: spec.runtime.image } : {}),
-            },
-            bundle: t.bundle_manifest ? { manifest: t.bundle_manifest } : null,
-            inputs: t.inputs,
-            resources: spec.resources,
-            gpus: match.gpus,
-            timeoutSeconds,
-          };
-          await enqueueForProvider(trx, match.providerId, { type: 'lease.assign', lease }, changes);
-          await refreshJob(trx, t.job_id, changes);
-          market.book.reserve(leaseId, match.providerId, spec.resources, match.gpus, now.getTime() + timeoutSeconds * 1000);
+          const result: PlaceResult = await lifecycle.place(uow, { taskId: t.id, providerId: match.providerId, pricePerHour: match.pricePerHour, gpus: match.gpus });
+          if (result.status === 'capacity-taken') stale.add(match.providerId);
+          if (result.status !== 'placed') continue;
+          const leaseId = result.leaseId;
+          market.book.reserve(leaseId, match.providerId, t.spec.resources, match.gpus, Date.now() + (t.spec.timeoutSeconds ?? 3600) * 1000);
           reserved.push(leaseId);
           count++;
         }
@@ -199,8 +150,9 @@ export class Scheduler {
         throw err;
       }
     });
+    // The index believed these providers had room the database had not: reload them from it.
+    if (stale.size > 0) await market.resync(stale);
     if (placed > 0) this.deps.log.debug({ placed }, 'tasks placed');
-    this.deps.publish(changes);
     return placed;
   }
 }

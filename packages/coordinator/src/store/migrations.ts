@@ -175,6 +175,60 @@ migrations['0002_market_and_money'] = {
   },
 };
 
+migrations['0003_lifecycle_events_capacity'] = {
+  async up(db: Kysely<unknown>) {
+    await runStatements(
+      db,
+      `
+      create table events (
+        position bigint primary key,
+        type text not null,
+        job_id text,
+        provider_id text,
+        data jsonb not null,
+        at timestamptz not null default now()
+      );
+      create index events_job on events (job_id, position) where job_id is not null;
+      create table event_head (
+        id integer primary key check (id = 1),
+        position bigint not null
+      );
+      insert into event_head (id, position) values (1, 0);
+      create table bus_positions (
+        subscriber text primary key,
+        position bigint not null
+      );
+      create table provider_capacity (
+        provider_id text primary key references providers (id),
+        slots integer not null,
+        cpu_milli bigint not null,
+        mem_milli bigint not null,
+        used_slots integer not null default 0 check (used_slots >= 0),
+        used_cpu_milli bigint not null default 0 check (used_cpu_milli >= 0),
+        used_mem_milli bigint not null default 0 check (used_mem_milli >= 0)
+      );
+      create table lease_gpus (
+        provider_id text not null references providers (id),
+        gpu integer not null,
+        lease_id text not null references leases (id),
+        primary key (provider_id, gpu)
+      );
+      create table blob_owners (
+        digest text not null references blobs (digest),
+        account_id text not null,
+        uploaded_at timestamptz not null,
+        primary key (digest, account_id)
+      );
+      alter table jobs add column idempotency_key text;
+      alter table jobs add column request_digest text;
+      create unique index jobs_idempotency on jobs (owner, idempotency_key) where idempotency_key is not null;
+      alter table leases add column cpu_milli bigint not null default 0;
+      alter table leases add column mem_milli bigint not null default 0
+    `,
+    );
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 /**

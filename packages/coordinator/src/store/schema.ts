@@ -68,6 +68,8 @@ export interface JobsTable {
   budget: Int8Default;
   max_per_hour: Int8Default;
   low_balance_since: Timestamp | null;
+  idempotency_key: string | null;
+  request_digest: string | null;
 }
 
 export interface JobBlobsTable {
@@ -110,6 +112,8 @@ export interface LeasesTable {
   usage_ms: Int8Default;
   charged: Int8Default;
   gpus: ColumnType<number[], string | undefined, string>;
+  cpu_milli: Int8Default;
+  mem_milli: Int8Default;
 }
 
 export interface TaskLogsTable {
@@ -151,7 +155,56 @@ export interface StakeUnbondingsTable {
   released_at: Timestamp | null;
 }
 
+/** The domain event log (transactional outbox), written only through a unit of work. */
+export interface EventsTable {
+  position: Int8;
+  type: string;
+  job_id: string | null;
+  provider_id: string | null;
+  data: JSONColumnType<Record<string, unknown>>;
+  at: TimestampDefault;
+}
+
+export interface EventHeadTable {
+  id: number;
+  position: Int8;
+}
+
+export interface BusPositionsTable {
+  subscriber: string;
+  position: Int8;
+}
+
+/** Capacity of each provider and what its active leases hold: the guard against overbooking. */
+export interface ProviderCapacityTable {
+  provider_id: string;
+  slots: number;
+  cpu_milli: Int8;
+  mem_milli: Int8;
+  used_slots: Generated<number>;
+  used_cpu_milli: Int8Default;
+  used_mem_milli: Int8Default;
+}
+
+export interface LeaseGpusTable {
+  provider_id: string;
+  gpu: number;
+  lease_id: string;
+}
+
+export interface BlobOwnersTable {
+  digest: string;
+  account_id: string;
+  uploaded_at: Timestamp;
+}
+
 export interface Database {
+  events: EventsTable;
+  event_head: EventHeadTable;
+  bus_positions: BusPositionsTable;
+  provider_capacity: ProviderCapacityTable;
+  lease_gpus: LeaseGpusTable;
+  blob_owners: BlobOwnersTable;
   ledger_transactions: LedgerTransactionsTable;
   ledger_postings: LedgerPostingsTable;
   ledger_balances: LedgerBalancesTable;

@@ -1,0 +1,31 @@
+/**
+ * What tests and benchmarks of other packages may reach inside a running coordinator (through
+ * the `@gridwork/coordinator/internal` entry, never the public one): its database, its HTTP app,
+ * its services. The public handle exposes none of them.
+ */
+import type { FastifyInstance } from 'fastify';
+import type { Bus } from './bus/bus.ts';
+import type { AccountService } from './ledger/account-service.ts';
+import type { Market } from './market/market.ts';
+import type { Coordinator } from './server.ts';
+import type { Db } from './store/database.ts';
+
+export interface CoordinatorInternals {
+  db: Db;
+  app: FastifyInstance;
+  accounts: AccountService;
+  market: Market;
+  bus: Bus;
+}
+
+const registry = new WeakMap<Coordinator, CoordinatorInternals>();
+
+export function registerInternals(handle: Coordinator, internals: CoordinatorInternals): void {
+  registry.set(handle, internals);
+}
+
+export function internalsOf(handle: Coordinator): CoordinatorInternals {
+  const found = registry.get(handle);
+  if (!found) throw new Error('not a coordinator started in this process');
+  return found;
+}

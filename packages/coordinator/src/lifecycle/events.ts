@@ -1,0 +1,73 @@
+/**
+ * The typed domain events. Every change to jobs, tasks, leases and providers appends one or
+ * more of these to the `events` table in the same transaction as the change (a transactional
+ * outbox); the bus delivers them after commit, in position order, to the subscribers listed
+ * in `server.ts`. An event says what happened, never what to do; it carries ids and the few
+ * facts subscribers need, and a subscriber that needs more reads the committed state.
+ */
+import type { JobState } from '@gridwork/protocol';
+
+/** How a lease ended, as a typed value (never a string to parse). */
+export type LeaseOutcomeKind = 'completed' | 'failed' | 'lost' | 'released' | 'cancelled';
+
+/** Why a workload failed by itself: not retried, the same input would fail again. */
+export type FailureReason = 'exit' | 'timeout' | 'limit';
+
+export type DomainEvent =
+  | { type: 'job.submitted'; jobId: string; owner: string; tasks: number }
+  /** A live state change (pending → matching → running → …) short of the end. */
+  | { type: 'job.progressed'; jobId: string; from: JobState; to: JobState }
+  | { type: 'job.ended'; jobId: string; owner: string; state: 'succeeded' | 'failed' | 'cancelled'; error: string | null }
+  /** The job's budget cannot fund its leases (`low: true`), or can again. */
+  | { type: 'job.funding'; jobId: string; low: boolean }
+  | { type: 'job.topped-up'; jobId: string; amount: string }
+  | { type: 'task.requeued'; jobId: string; taskId: string; index: number; attempts: number; reason: string }
+  | { type: 'task.ended'; jobId: string; taskId: string; index: number; state: 'succeeded' | 'failed' | 'cancelled' }
+  /** New log lines of a job's tasks were stored, up to log id `last`. */
+  | { type: 'task.logged'; jobId: string; last: string }
+  | {
+      type: 'lease.placed';
+      jobId: string;
+      taskId: string;
+      leaseId: string;
+      providerId: string;
+      pricePerHour: string;
+      gpus: number[];
+      cpuMilli: number;
+      memMilli: number;
+      /** When its time limit runs out (ms since the epoch; for explain). */
+      endsAt: number;
+    }
+  | { type: 'lease.started'; jobId: string; leaseId: string; providerId: string }
+  | {
+      type: 'lease.ended';
+      jobId: string;
+      taskId: string;
+      leaseId: string;
+      providerId: string;
+      outcome: LeaseOutcomeKind;
+      reason?: FailureReason;
+      error: string | null;
+      charged: string;
+    }
+  | { type: 'provider.online'; providerId: string; restarted: boolean }
+  | { type: 'provider.offline'; providerId: string; reason: string }
+  /** Asks, drain state, stake or reputation changed: the matching index reloads the provider. */
+  | { type: 'provider.changed'; providerId: string; what: 'asks' | 'state' | 'stake' | 'reputation' | 'capacity' }
+  /** A sequenced message waits in the provider's durable outbox. */
+  | { type: 'provider.messaged'; providerId: string; seq: number };
+
+export type DomainEventType = DomainEvent['type'];
+
+/** An event as committed: its position in the log and when it was written. */
+export type StoredEvent = DomainEvent & { readonly position: bigint; readonly at: Date };
+
+/** The job an event is about, if any (indexed, for per-job streams). */
+export function jobOf(e: DomainEvent): string | null {
+  return 'jobId' in e ? e.jobId : null;
+}
+
+/** The provider an event is about, if any. */
+export function providerOf(e: DomainEvent): string | null {
+  return 'providerId' in e ? e.providerId : null;
+}

@@ -1,0 +1,631 @@
+/**
+ * The job lifecycle: the only writer of `jobs`, `tasks`, `leases` and `task_logs` (and, through
+ * capacity.ts, of the capacity that leases hold). Everyone else sends it commands:
+ *
+ *   jobs     submit · cancel · topUp · failUnfunded · expireQueued · setFunding
+ *   leases   place · acknowledge · start · recordUsage · appendLogs · finish · lose · release ·
+ *            loseProvider (every active lease of a provider) · declareCapacity
+ *
+ * Each command runs inside the caller's unit of work — one transaction, so a provider report's
+ * sequence number commits with its effect — checks every transition against the state tables
+ * (state-machine.ts), moves the money that goes with it (ledger/lease-economics.ts) and appends
+ * typed events (events.ts). Requeueing a task is part of `lose` and `release`.
+ *
+ * Row locks are FOR NO KEY UPDATE, never FOR UPDATE: a transaction that inserted a row
+ * referencing a job/task/provider holds a KEY SHARE lock on it, and FOR UPDATE conflicts with
+ * KEY SHARE (two such transactions deadlocked on PostgreSQL). Lock order: provider, job, task, lease.
+ */
+import {
+  canonicalJson,
+  type FileRef,
+  formatCredits,
+  GridworkError,
+  type InputSet,
+  type JobSpec,
+  type JobState,
+  type LeaseAssignment,
+  type LeaseState,
+  type LogChunk,
+  newId,
+} from '@gridwork/protocol';
+import { sha256Hex } from '@gridwork/protocol/node';
+import { balanceOf, holdOf } from '../ledger/ledger.ts';
+import {
+  addBudget,
+  chargeUsage,
+  costOf,
+  type EconomicsConfig,
+  fundLease,
+  holdBudget,
+  type LeaseMoney,
+  plausibleUsage,
+  releaseJob,
+  settleLease,
+} from '../ledger/lease-economics.ts';
+import { enqueueForProvider } from '../providers/outbox.ts';
+import { type Capacity, declareCapacity, freeCapacity, holdCapacity } from './capacity.ts';
+import type { FailureReason, LeaseOutcomeKind } from './events.ts';
+import {
+  ACTIVE_LEASE_STATES,
+  assertTransition,
+  deriveJobState,
+  type FailurePolicy,
+  isActiveLease,
+  isTerminalJob,
+  OPEN_TASK_STATES,
+} from './state-machine.ts';
+import type { Trx, UnitOfWork } from './unit-of-work.ts';
+
+/** How a lease ended, as the lifecycle records it. */
+export type LeaseOutcome =
+  | { kind: 'completed'; durationMs: number; outputs: FileRef[] }
+  /** The workload failed by itself (non-zero exit, time limit, resource limit): deterministic, not retried. */
+  | { kind: 'failed'; reason: FailureReason; exitCode: number | null; durationMs: number; error: string }
+  /** The provider failed (crash, lost heartbeat, setup error, a broken report): retried elsewhere. */
+  | { kind: 'lost'; error: string }
+  /** The provider handed the task back (draining): retried without counting an attempt. */
+  | { kind: 'released'; error: string }
+  | { kind: 'cancelled'; error: string };
+
+export interface NewJob {
+  owner: string;
+  spec: JobSpec;
+  bundleManifest: string | null;
+  budget: bigint;
+  maxPerHour: bigint;
+  taskInputs: InputSet[][];
+  blobs: ReadonlyMap<string, 'bundle' | 'input'>;
+  idempotencyKey?: string;
+  /** Digest of the request, so one key reused for another request is refused. */
+  requestDigest: string;
+}
+
+export interface Placement {
+  taskId: string;
+  providerId: string;
+  pricePerHour: bigint;
+  gpus: number[];
+}
+
+export type PlaceResult = { status: 'placed'; leaseId: string } | { status: 'capacity-taken' | 'underfunded' | 'gone' };
+
+type LeaseRow = LeaseMoney & {
+  task_id: string;
+  created_at: Date;
+  provider_id: string;
+  state: string;
+  started_at: Date | null;
+  cpu_milli: bigint;
+  mem_milli: bigint;
+  gpus: number[];
+};
+
+export function cpuMilliOf(cores: number): number {
+  return Math.ceil(Math.round(cores * 1e6) / 1000);
+}
+
+/** Digest over a task's outputs, stable across providers: sha256 of the canonical sorted list. */
+export function outputDigest(outputs: readonly FileRef[]): string {
+  return sha256Hex(canonicalJson([...outputs].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0))));
+}
+
+export class Lifecycle {
+  constructor(private readonly economics: EconomicsConfig) {}
+
+  // ---- jobs ---------------------------------------------------------------------------------
+
+  /** Records a validated job with its tasks and holds its whole budget. Idempotent per (owner, key). */
+  async submit(uow: UnitOfWork, job: NewJob): Promise<{ jobId: string; created: boolean }> {
+    const { trx } = uow;
+    if (job.idempotencyKey !== undefined) {
+      const prior = await trx
+        .selectFrom('jobs')
+        .select(['id', 'request_digest'])
+        .where('owner', '=', job.owner)
+        .where('idempotency_key', '=', job.idempotencyKey)
+        .executeTakeFirst();
+      if (prior) {
+        if (prior.request_digest !== job.requestDigest) {
+          throw new GridworkError('IDEMPOTENCY_CONFLICT', 'this idempotency key was already used to submit a different job', { details: { jobId: prior.id } });
+        }
+        return { jobId: prior.id, created: false };
+      }
+    }
+    const jobId = newId('job');
+    const now = new Date();
+    await trx
+      .insertInto('jobs')
+      .values({
+        id: jobId,
+        owner: job.owner,
+        name: job.spec.name,
+        kind: job.spec.kind,
+        state: 'pending',
+        spec: JSON.stringify(job.spec),
+        bundle_manifest: job.bundleManifest,
+        error: null,
+        created_at: now,
+        updated_at: now,
+        budget: job.budget,
+        max_per_hour: job.maxPerHour,
+        idempotency_key: job.idempotencyKey ?? null,
+        request_digest: job.requestDigest,
+      })
+      .execute();
+    // The whole budget is held now, so no two jobs can spend the same credits.
+    await holdBudget(trx, job.owner, jobId, job.budget);
+    // In chunks: one statement has at most 65,535 parameters.
+    for (let from = 0; from < job.taskInputs.length; from += 1000) {
+      await trx
+        .insertInto('tasks')
+        .values(
+          job.taskInputs.slice(from, from + 1000).map((inputs, i) => ({
+            id: newId('task'),
+            job_id: jobId,
+            idx: from + i,
+            state: 'queued',
+            attempts: 0,
+            inputs: JSON.stringify(inputs),
+            outputs: '[]',
+            queued_at: now,
+          })),
+        )
+        .execute();
+    }
+    const roles = [...job.blobs.entries()];
+    for (let i = 0; i < roles.length; i += 1000) {
+      await trx
+        .insertInto('job_blobs')
+        .values(roles.slice(i, i + 1000).map(([digest, role]) => ({ job_id: jobId, digest, role })))
+        .execute();
+    }
+    uow.emit({ type: 'job.submitted', jobId, owner: job.owner, tasks: job.taskInputs.length });
+    return { jobId, created: true };
+  }
+
+  /** Cancels a job that has not ended: open tasks stop, running leases are paid their time so far. */
+  async cancel(uow: UnitOfWork, jobId: string, reason: string): Promise<void> {
+    const job = await this.lockJob(uow.trx, jobId);
+    if (isTerminalJob(job.state)) return;
+    await this.refreshJob(uow, jobId, { force: 'cancelled', error: reason });
+  }
+
+  /** Adds to the budget of a job that has not ended; clears its low-balance mark. */
+  async topUp(uow: UnitOfWork, owner: string, jobId: string, amount: bigint, key: string, requestDigest: string): Promise<void> {
+    // Checked under the job's row lock: a job that ended meanwhile has released its hold.
+    const job = await this.lockJob(uow.trx, jobId);
+    if (isTerminalJob(job.state)) throw new GridworkError('INVALID_TRANSITION', `job ${jobId} has ended (${job.state})`);
+    if (!(await addBudget(uow.trx, owner, jobId, amount, `${owner}:${key}`, requestDigest))) return;
+    await uow.trx
+      .updateTable('jobs')
+      .set((eb) => ({ budget: eb('budget', '+', amount), low_balance_since: null, updated_at: new Date() }))
+      .where('id', '=', jobId)
+      .execute();
+    uow.emit({ type: 'job.topped-up', jobId, amount: formatCredits(amount) });
+    if (job.low_balance_since) uow.emit({ type: 'job.funding', jobId, low: false });
+  }
+
+  /** A job whose grace period for a low balance ran out fails; finished tasks keep their outputs. */
+  async failUnfunded(uow: UnitOfWork, jobId: string, graceMs: number): Promise<boolean> {
+    const job = await this.lockJob(uow.trx, jobId);
+    if (isTerminalJob(job.state) || !job.low_balance_since || job.low_balance_since.getTime() > Date.now() - graceMs) return false;
+    await this.refreshJob(uow, jobId, { force: 'failed', error: 'budget exhausted: the job ran out of budget and its grace period ended' });
+    return true;
+  }
+
+  /** A job with a task queued longer than its spec's `queueTimeoutSeconds` fails with the reason. */
+  async expireQueued(uow: UnitOfWork, jobId: string, why: string): Promise<boolean> {
+    const job = await this.lockJob(uow.trx, jobId);
+    if (isTerminalJob(job.state)) return false;
+    const timeout = job.spec.queueTimeoutSeconds;
+    if (timeout === undefined) return false;
+    const waiting = await uow.trx
+      .selectFrom('tasks')
+      .select(['idx'])
+      .where('job_id', '=', jobId)
+      .where('state', '=', 'queued')
+      .where('queued_at', '<', new Date(Date.now() - timeout * 1000))
+      .orderBy('idx')
+      .executeTakeFirst();
+    if (!waiting) return false;
+    await this.refreshJob(uow, jobId, {
+      force: 'failed',
+      error: `queue timeout: task ${waiting.idx} waited more than ${timeout}s for a provider${why ? ` (${why})` : ''}`,
+    });
+    return true;
+  }
+
+  /** Marks (or clears) that a job's budget cannot fund its leases; the grace period runs from the mark. */
+  async setFunding(uow: UnitOfWork, jobId: string, low: boolean): Promise<void> {
+    const updated = await uow.trx
+      .updateTable('jobs')
+      .set({ low_balance_since: low ? new Date() : null })
+      .where('id', '=', jobId)
+      .where('low_balance_since', low ? 'is' : 'is not', null)
+      .returning('id')
+      .executeTakeFirst();
+    if (updated) uow.emit({ type: 'job.funding', jobId, low });
+  }
+
+  // ---- leases -------------------------------------------------------------------------------
+
+  /**
+   * Places a queued task on a provider at a price: checks the job can fund a metering period,
+   * takes the capacity in the database, writes the lease, draws its escrow, assigns the task and
+   * queues the assignment in the provider's outbox. Nothing is written unless it is placed.
+   */
+  async place(uow: UnitOfWork, p: Placement): Promise<PlaceResult> {
+    const { trx } = uow;
+    const peek = await trx.selectFrom('tasks').select('job_id').where('id', '=', p.taskId).executeTakeFirst();
+    if (!peek) return { status: 'gone' };
+    const job = await this.lockJob(trx, peek.job_id); // job before task: the lock order of every command
+    const task = await trx.selectFrom('tasks').selectAll().where('id', '=', p.taskId).forNoKeyUpdate().executeTakeFirstOrThrow();
+    if (task.state !== 'queued' || isTerminalJob(job.state)) return { status: 'gone' };
+    // The job's remaining budget must fund at least one metering period at this price.
+    if ((await balanceOf(trx, holdOf(job.id))) < costOf(p.pricePerHour, BigInt(this.economics.meteringIntervalMs))) {
+      await this.setFunding(uow, job.id, true);
+      return { status: 'underfunded' };
+    }
+    const spec = job.spec;
+    const leaseId = newId('lease');
+    const now = new Date();
+    const cpuMilli = cpuMilliOf(spec.resources.cpu);
+    const memMilli = cpuMilliOf(spec.resources.memoryGiB);
+    assertTransition('task', task.id, task.state, 'assigned');
+    await trx
+      .insertInto('leases')
+      .values({
+        id: leaseId,
+        task_id: task.id,
+        job_id: job.id,
+        provider_id: p.providerId,
+        state: 'offered',
+        created_at: now,
+        price_per_hour: p.pricePerHour,
+        gpus: JSON.stringify(p.gpus),
+        cpu_milli: BigInt(cpuMilli),
+        mem_milli: BigInt(memMilli),
+      })
+      .execute();
+    if (!(await holdCapacity(trx, { leaseId, providerId: p.providerId, cpuMilli, memMilli, gpus: p.gpus }))) {
+      await trx.deleteFrom('leases').where('id', '=', leaseId).execute();
+      return { status: 'capacity-taken' };
+    }
+    if (job.low_balance_since) await this.setFunding(uow, job.id, false);
+    await fundLease(trx, { id: leaseId, job_id: job.id, price_per_hour: p.pricePerHour, usage_ms: 0n, charged: 0n }, 0n, this.economics);
+    await trx.updateTable('tasks').set({ state: 'assigned', lease_id: leaseId, provider_id: p.providerId, error: null }).where('id', '=', task.id).execute();
+    const taskCount = await this.taskCount(trx, job.id);
+    const timeoutSeconds = spec.timeoutSeconds ?? 3600;
+    const lease: LeaseAssignment = {
+      leaseId,
+      taskId: task.id,
+      jobId: job.id,
+      taskIndex: task.idx,
+      taskCount,
+      runtime: {
+        kind: spec.runtime.kind,
+        command: spec.runtime.command,
+        env: {
+          ...(spec.runtime.env ?? {}),
+          GRIDWORK_JOB_ID: job.id,
+          GRIDWORK_TASK_INDEX: String(task.idx),
+          GRIDWORK_TASK_COUNT: String(taskCount),
+          GRIDWORK_LEASE_ID: leaseId,
+        },
+        network: spec.runtime.network ?? false,
+        ...(spec.runtime.image ? { image: spec.runtime.image } : {}),
+      },
+      bundle: job.bundle_manifest ? { manifest: job.bundle_manifest } : null,
+      inputs: task.inputs,
+      resources: spec.resources,
+      gpus: p.gpus,
+      timeoutSeconds,
+    };
+    await enqueueForProvider(uow, p.providerId, { type: 'lease.assign', lease });
+    uow.emit({
+      type: 'lease.placed',
+      jobId: job.id,
+      taskId: task.id,
+      leaseId,
+      providerId: p.providerId,
+      pricePerHour: formatCredits(p.pricePerHour),
+      gpus: p.gpus,
+      cpuMilli,
+      memMilli,
+      endsAt: now.getTime() + timeoutSeconds * 1000,
+    });
+    await this.refreshJob(uow, job.id);
+    return { status: 'placed', leaseId };
+  }
+
+  /** No provider matches the job now: pending → matching (a waiting job says so). */
+  async awaitMatch(uow: UnitOfWork, jobId: string): Promise<void> {
+    const job = await this.lockJob(uow.trx, jobId);
+    if (job.state !== 'pending') return;
+    assertTransition('job', jobId, 'pending', 'matching');
+    await uow.trx.updateTable('jobs').set({ state: 'matching', updated_at: new Date() }).where('id', '=', jobId).execute();
+    uow.emit({ type: 'job.progressed', jobId, from: 'pending', to: 'matching' });
+  }
+
+  private readonly taskCounts = new Map<string, number>();
+
+  private async taskCount(trx: Trx, jobId: string): Promise<number> {
+    // A job's task count never changes after submit: cache it (bounded).
+    const known = this.taskCounts.get(jobId);
+    if (known !== undefined) return known;
+    const row = await trx.selectFrom('tasks').select(trx.fn.countAll<string>().as('n')).where('job_id', '=', jobId).executeTakeFirstOrThrow();
+    const n = Number(row.n);
+    if (this.taskCounts.size > 10_000) this.taskCounts.clear();
+    this.taskCounts.set(jobId, n);
+    return n;
+  }
+
+  /** The provider acknowledged these assignments: offered → starting. */
+  async acknowledge(uow: UnitOfWork, providerId: string, leaseIds: readonly string[]): Promise<void> {
+    if (leaseIds.length === 0) return;
+    await uow.trx
+      .updateTable('leases')
+      .set({ state: 'starting' })
+      .where('id', 'in', [...leaseIds])
+      .where('provider_id', '=', providerId)
+      .where('state', '=', 'offered')
+      .execute();
+  }
+
+  /**
+   * A lease of `providerId`, locked, for a report about it. Throws NOT_LEASE_OWNER or
+   * LEASE_NOT_FOUND: a provider reports only on its own leases.
+   */
+  async leaseOf(uow: UnitOfWork, providerId: string, leaseId: string): Promise<LeaseRow> {
+    const lease = await uow.trx.selectFrom('leases').selectAll().where('id', '=', leaseId).forNoKeyUpdate().executeTakeFirst();
+    if (!lease) throw new GridworkError('LEASE_NOT_FOUND', `lease ${leaseId} does not exist`);
+    if (lease.provider_id !== providerId) throw new GridworkError('NOT_LEASE_OWNER', `lease ${leaseId} is not yours`);
+    return lease;
+  }
+
+  /** The task began running on the provider: lease, task and job become running. */
+  async start(uow: UnitOfWork, lease: LeaseRow): Promise<void> {
+    if (lease.state !== 'offered' && lease.state !== 'starting') return;
+    const { trx } = uow;
+    const job = await this.lockJob(trx, lease.job_id);
+    assertTransition('lease', lease.id, lease.state, 'running');
+    const now = new Date();
+    await trx.updateTable('leases').set({ state: 'running', started_at: now }).where('id', '=', lease.id).execute();
+    lease.state = 'running';
+    lease.started_at = now;
+    uow.emit({ type: 'lease.started', jobId: lease.job_id, leaseId: lease.id, providerId: lease.provider_id });
+    const task = await trx.selectFrom('tasks').select(['id', 'state', 'lease_id']).where('id', '=', lease.task_id).forNoKeyUpdate().executeTakeFirstOrThrow();
+    if (task.lease_id === lease.id && task.state === 'assigned' && !isTerminalJob(job.state)) {
+      assertTransition('task', task.id, task.state, 'running');
+      await trx.updateTable('tasks').set({ state: 'running', started_at: now }).where('id', '=', task.id).execute();
+      await this.refreshJob(uow, lease.job_id);
+    }
+  }
+
+  /**
+   * A signed debit note: bills the run time (never more than has passed on this coordinator's
+   * clock since the lease started, plus one metering period), tops up escrow from the job's
+   * hold, and marks the job low on funds when the hold cannot.
+   */
+  async recordUsage(uow: UnitOfWork, lease: LeaseRow, reportedMs: number): Promise<void> {
+    if (!isActiveLease(lease.state) || !lease.started_at) return;
+    const { trx } = uow;
+    await this.lockJob(trx, lease.job_id);
+    const usage = plausibleUsage(reportedMs, lease.started_at, this.economics);
+    await this.charge(trx, lease, usage);
+    const funded = await fundLease(trx, lease, usage, this.economics);
+    await this.setFunding(uow, lease.job_id, !funded);
+  }
+
+  /** Stores a batch of a lease's log lines. */
+  async appendLogs(uow: UnitOfWork, lease: LeaseRow, chunks: readonly LogChunk[]): Promise<void> {
+    if (chunks.length === 0) return;
+    const task = await uow.trx.selectFrom('tasks').select('idx').where('id', '=', lease.task_id).executeTakeFirstOrThrow();
+    const rows = await uow.trx
+      .insertInto('task_logs')
+      .values(chunks.map((c) => ({ job_id: lease.job_id, task_idx: task.idx, lease_id: lease.id, stream: c.stream, data: c.data, ts: new Date(c.ts) })))
+      .returning('id')
+      .execute();
+    const last = rows.reduce((m, r) => (r.id > m ? r.id : m), 0n);
+    uow.emit({ type: 'task.logged', jobId: lease.job_id, last: last.toString() });
+  }
+
+  /** The task ran to its end on the provider: it succeeded, or the workload failed by itself. */
+  finish(uow: UnitOfWork, leaseId: string, outcome: Extract<LeaseOutcome, { kind: 'completed' | 'failed' }>): Promise<boolean> {
+    return this.end(uow, leaseId, outcome);
+  }
+
+  /** The provider failed the task (crash, lost contact, setup error): it is retried elsewhere, up to the job's retries. */
+  lose(uow: UnitOfWork, leaseId: string, error: string): Promise<boolean> {
+    return this.end(uow, leaseId, { kind: 'lost', error });
+  }
+
+  /** The provider handed the task back (draining): it is retried without counting an attempt. */
+  release(uow: UnitOfWork, leaseId: string, error: string): Promise<boolean> {
+    return this.end(uow, leaseId, { kind: 'released', error });
+  }
+
+  /** A provider is gone (heartbeat timeout, or a new agent instance): its active leases are lost. */
+  async loseProvider(uow: UnitOfWork, providerId: string, reason: string): Promise<number> {
+    const active = await uow.trx
+      .selectFrom('leases')
+      .select('id')
+      .where('provider_id', '=', providerId)
+      .where('state', 'in', [...ACTIVE_LEASE_STATES])
+      .orderBy('id')
+      .execute();
+    for (const l of active) await this.end(uow, l.id, { kind: 'lost', error: reason });
+    return active.length;
+  }
+
+  /** Sets a provider's capacity (from its hello) and recounts what its leases hold. */
+  async declareCapacity(uow: UnitOfWork, providerId: string, total: Capacity): Promise<void> {
+    await declareCapacity(uow.trx, providerId, total);
+  }
+
+  // ---- internals ----------------------------------------------------------------------------
+
+  private async lockJob(trx: Trx, jobId: string) {
+    const job = await trx.selectFrom('jobs').selectAll().where('id', '=', jobId).forNoKeyUpdate().executeTakeFirst();
+    if (!job) throw new GridworkError('JOB_NOT_FOUND', `job ${jobId} does not exist`);
+    return job;
+  }
+
+  private async charge(trx: Trx, lease: LeaseRow, usageMs: bigint): Promise<void> {
+    const before = lease.usage_ms;
+    await chargeUsage(trx, lease, usageMs);
+    if (lease.usage_ms !== before) await trx.updateTable('leases').set({ usage_ms: lease.usage_ms, charged: lease.charged }).where('id', '=', lease.id).execute();
+  }
+
+  /** Ends an active lease with its outcome; the task follows (succeeded, failed, requeued) and so does the job. */
+  private async end(uow: UnitOfWork, leaseId: string, outcome: LeaseOutcome): Promise<boolean> {
+    const { trx } = uow;
+    const peek = await trx.selectFrom('leases').select(['job_id', 'state']).where('id', '=', leaseId).executeTakeFirst();
+    if (!peek || !isActiveLease(peek.state)) return false;
+    const job = await this.lockJob(trx, peek.job_id);
+    const lease = await trx.selectFrom('leases').selectAll().where('id', '=', leaseId).forNoKeyUpdate().executeTakeFirstOrThrow();
+    if (!isActiveLease(lease.state)) return false;
+    const now = new Date();
+    const leaseState: LeaseState = outcome.kind === 'released' ? 'cancelled' : outcome.kind;
+    assertTransition('lease', lease.id, lease.state, leaseState);
+
+    // Money: the provider is paid for metered work — for work it finished, up to the run time it
+    // reports; when the requester cancelled, the run time so far; when it lost the lease, only up
+    // to its last usage report — then the lease settles and its capacity is free again.
+    if (lease.started_at) {
+      if (outcome.kind === 'completed' || outcome.kind === 'failed') await this.charge(trx, lease, plausibleUsage(outcome.durationMs, lease.started_at, this.economics));
+      else if (outcome.kind === 'cancelled') await this.charge(trx, lease, BigInt(Math.max(0, now.getTime() - lease.started_at.getTime())));
+    }
+    await settleLease(trx, lease, lease.provider_id, this.economics);
+    const error = outcome.kind === 'completed' ? null : outcome.error;
+    await trx
+      .updateTable('leases')
+      .set({ state: leaseState, ended_at: now, exit_code: outcome.kind === 'failed' ? outcome.exitCode : outcome.kind === 'completed' ? 0 : null, error })
+      .where('id', '=', lease.id)
+      .execute();
+    await freeCapacity(trx, { leaseId: lease.id, providerId: lease.provider_id, cpuMilli: Number(lease.cpu_milli), memMilli: Number(lease.mem_milli), gpus: lease.gpus });
+    uow.emit({
+      type: 'lease.ended',
+      jobId: lease.job_id,
+      taskId: lease.task_id,
+      leaseId: lease.id,
+      providerId: lease.provider_id,
+      outcome: outcome.kind as LeaseOutcomeKind,
+      ...(outcome.kind === 'failed' ? { reason: outcome.reason } : {}),
+      error,
+      charged: formatCredits(lease.charged),
+    });
+    if (outcome.kind === 'cancelled') {
+      await enqueueForProvider(uow, lease.provider_id, { type: 'lease.cancel', leaseId: lease.id, reason: outcome.error });
+    }
+
+    const task = await trx.selectFrom('tasks').selectAll().where('id', '=', lease.task_id).forNoKeyUpdate().executeTakeFirstOrThrow();
+    if (task.lease_id !== lease.id || !(OPEN_TASK_STATES as readonly string[]).includes(task.state)) return true; // the task moved on (e.g. job cancelled)
+    const maxRetries = job.spec.maxRetries ?? 2;
+    const requeue = outcome.kind === 'released' || (outcome.kind === 'lost' && task.attempts + 1 <= maxRetries);
+    if (outcome.kind === 'completed') {
+      assertTransition('task', task.id, task.state, 'succeeded');
+      await trx
+        .updateTable('tasks')
+        .set({
+          state: 'succeeded',
+          exit_code: 0,
+          duration_ms: outcome.durationMs,
+          outputs: JSON.stringify(outcome.outputs),
+          output_digest: outputDigest(outcome.outputs),
+          finished_at: now,
+          error: null,
+        })
+        .where('id', '=', task.id)
+        .execute();
+      if (outcome.outputs.length > 0) {
+        await trx
+          .insertInto('job_blobs')
+          .values(outcome.outputs.map((o) => ({ job_id: task.job_id, digest: o.digest, role: 'output' as const })))
+          .onConflict((oc) => oc.doNothing())
+          .execute();
+      }
+      uow.emit({ type: 'task.ended', jobId: task.job_id, taskId: task.id, index: task.idx, state: 'succeeded' });
+    } else if (requeue) {
+      const attempts = outcome.kind === 'lost' ? task.attempts + 1 : task.attempts;
+      assertTransition('task', task.id, task.state, 'queued');
+      await trx
+        .updateTable('tasks')
+        .set({ state: 'queued', attempts, lease_id: null, provider_id: null, started_at: null, error: outcome.error, queued_at: now })
+        .where('id', '=', task.id)
+        .execute();
+      uow.emit({ type: 'task.requeued', jobId: task.job_id, taskId: task.id, index: task.idx, attempts, reason: outcome.error });
+    } else if (outcome.kind === 'failed' || outcome.kind === 'lost') {
+      const attempts = outcome.kind === 'lost' ? task.attempts + 1 : task.attempts;
+      assertTransition('task', task.id, task.state, 'failed');
+      await trx
+        .updateTable('tasks')
+        .set({
+          state: 'failed',
+          attempts,
+          exit_code: outcome.kind === 'failed' ? outcome.exitCode : null,
+          duration_ms: outcome.kind === 'failed' ? outcome.durationMs : null,
+          error: outcome.kind === 'lost' ? `${outcome.error} (retries exhausted after ${attempts} attempts)` : outcome.error,
+          finished_at: now,
+        })
+        .where('id', '=', task.id)
+        .execute();
+      uow.emit({ type: 'task.ended', jobId: task.job_id, taskId: task.id, index: task.idx, state: 'failed' });
+    } else {
+      // A cancelled lease whose task is still open: the job was not cancelled, so the task ends with it.
+      assertTransition('task', task.id, task.state, 'cancelled');
+      await trx.updateTable('tasks').set({ state: 'cancelled', error: outcome.error, finished_at: now }).where('id', '=', task.id).execute();
+      uow.emit({ type: 'task.ended', jobId: task.job_id, taskId: task.id, index: task.idx, state: 'cancelled' });
+    }
+    await this.refreshJob(uow, task.job_id);
+    return true;
+  }
+
+  /** Recomputes a job's state from its tasks (or forces an end); an ended job stops its open work and releases its hold. */
+  private async refreshJob(uow: UnitOfWork, jobId: string, force?: { force: 'failed' | 'cancelled'; error: string }): Promise<JobState> {
+    const { trx } = uow;
+    const job = await this.lockJob(trx, jobId);
+    const tasks = await trx.selectFrom('tasks').select(['id', 'state', 'error', 'idx']).where('job_id', '=', jobId).execute();
+    const current = job.state as JobState;
+    const policy: FailurePolicy = job.spec.failurePolicy ?? 'stop';
+    const next = force?.force ?? deriveJobState(current, tasks, policy);
+    if (next === current) return current;
+    assertTransition('job', jobId, current, next);
+    let jobError = force?.error ?? null;
+    if (next === 'failed' && !jobError) {
+      const failed = tasks.filter((t) => t.state === 'failed');
+      const first = failed[0];
+      jobError = first ? `task ${first.idx} failed: ${first.error ?? 'unknown error'}${failed.length > 1 ? ` (and ${failed.length - 1} more)` : ''}` : 'failed';
+    }
+    await trx.updateTable('jobs').set({ state: next, error: jobError, updated_at: new Date() }).where('id', '=', jobId).execute();
+    if (next === 'succeeded' || next === 'failed' || next === 'cancelled') {
+      await this.cancelOpenTasks(uow, jobId, `job ${next}`);
+      // Every lease of the job has settled by now: what is left of the budget goes back.
+      await releaseJob(trx, job.owner, jobId);
+      uow.emit({ type: 'job.ended', jobId, owner: job.owner, state: next, error: jobError });
+    } else {
+      uow.emit({ type: 'job.progressed', jobId, from: current, to: next });
+    }
+    return next;
+  }
+
+  /** Cancels every unfinished task of an ended job and stops their leases (paid for their run time so far). */
+  private async cancelOpenTasks(uow: UnitOfWork, jobId: string, reason: string): Promise<void> {
+    const { trx } = uow;
+    const open = await trx
+      .selectFrom('tasks')
+      .select(['id', 'idx', 'state', 'lease_id'])
+      .where('job_id', '=', jobId)
+      .where('state', 'in', [...OPEN_TASK_STATES])
+      .orderBy('idx')
+      .forNoKeyUpdate()
+      .execute();
+    const now = new Date();
+    for (const t of open) {
+      assertTransition('task', t.id, t.state, 'cancelled');
+      await trx.updateTable('tasks').set({ state: 'cancelled', error: reason, finished_at: now }).where('id', '=', t.id).execute();
+      uow.emit({ type: 'task.ended', jobId, taskId: t.id, index: t.idx, state: 'cancelled' });
+      if (t.lease_id) await this.end(uow, t.lease_id, { kind: 'cancelled', error: reason });
+    }
+  }
+}

@@ -1,0 +1,85 @@
+/**
+ * A unit of work: one database transaction plus the domain events it appends. The events are
+ * written at the end of the transaction, under the single `event_head` row lock, so positions
+ * are committed in increasing order (a subscriber reading `position > n` never skips an event
+ * that commits later with a smaller position). The lock is held only from the append to the
+ * commit. After the commit the events go to the bus. A retried transaction (deadlock) starts
+ * with an empty event list: nothing of an aborted attempt is published.
+ */
+import type { Transaction } from 'kysely';
+import type { Db } from '../store/database.ts';
+import type { Database } from '../store/schema.ts';
+import { transact } from '../store/transact.ts';
+import { type DomainEvent, jobOf, providerOf, type StoredEvent } from './events.ts';
+
+export type Trx = Transaction<Database>;
+
+export interface UnitOfWork {
+  readonly trx: Trx;
+  /** Appends an event; it is stored with the transaction and published after it commits. */
+  emit(event: DomainEvent): void;
+}
+
+/** Where committed events go (the bus). */
+export interface EventSink {
+  publish(events: readonly StoredEvent[]): void;
+}
+
+export class Units {
+  constructor(
+    private readonly db: Db,
+    private readonly sink: EventSink,
+  ) {}
+
+  /** Runs `fn` as one transaction; its events are stored with it and published after the commit. */
+  async run<T>(fn: (uow: UnitOfWork) => Promise<T>): Promise<T> {
+    let stored: StoredEvent[] = [];
+    const result = await transact(this.db, async (trx) => {
+      const events: DomainEvent[] = [];
+      const value = await fn({ trx, emit: (e) => void events.push(e) });
+      stored = await appendEvents(trx, events);
+      return value;
+    });
+    if (stored.length > 0) this.sink.publish(stored);
+    return result;
+  }
+}
+
+async function appendEvents(trx: Trx, events: readonly DomainEvent[]): Promise<StoredEvent[]> {
+  if (events.length === 0) return [];
+  const head = await trx
+    .updateTable('event_head')
+    .set((eb) => ({ position: eb('position', '+', BigInt(events.length)) }))
+    .where('id', '=', 1)
+    .returning('position')
+    .executeTakeFirstOrThrow();
+  const first = head.position - BigInt(events.length) + 1n;
+  const at = new Date();
+  const stored = events.map((e, i): StoredEvent => ({ ...e, position: first + BigInt(i), at }));
+  for (let i = 0; i < stored.length; i += 1000) {
+    await trx
+      .insertInto('events')
+      .values(
+        stored.slice(i, i + 1000).map((e) => {
+          const { position, at: _at, type, ...data } = e;
+          return { position, type, job_id: jobOf(e), provider_id: providerOf(e), data: JSON.stringify(data), at };
+        }),
+      )
+      .execute();
+  }
+  return stored;
+}
+
+/** Reads committed events after `position` (oldest first). */
+export async function readEvents(db: Db | Trx, after: bigint, limit: number, filter: { jobId?: string } = {}): Promise<StoredEvent[]> {
+  let q = db.selectFrom('events').selectAll().where('position', '>', after);
+  if (filter.jobId) q = q.where('job_id', '=', filter.jobId);
+  const rows = await q.orderBy('position').limit(limit).execute();
+  return rows.map((r) => ({ ...(r.data as object), type: r.type, position: BigInt(r.position), at: r.at }) as StoredEvent);
+}
+
+/** The position of the last committed event. */
+export async function eventHead(db: Db | Trx): Promise<bigint> {
+  const row = await db.selectFrom('event_head').select('position').where('id', '=', 1).executeTakeFirstOrThrow();
+  return BigInt(row.position);
+}

@@ -1,0 +1,30 @@
+/**
+ * Keeps the matching index in step with committed changes: leases placed elsewhere (another
+ * replica's scheduler) take capacity, ended leases give it back, providers whose row changed
+ * (online, offline, asks, drain, stake, reputation) are reloaded. Not durable: at start the
+ * index is rebuilt from the database, so it begins at the head.
+ */
+import type { Subscriber } from '../bus/bus.ts';
+import type { Market } from './market.ts';
+
+export const MARKET_INDEX = 'market-index';
+
+export function marketIndexSubscriber(market: Market): Subscriber {
+  return {
+    name: MARKET_INDEX,
+    types: ['lease.placed', 'lease.ended', 'provider.online', 'provider.offline', 'provider.changed'],
+    async handle(events) {
+      const reload = new Set<string>();
+      for (const e of events) {
+        if (e.type === 'lease.placed') {
+          market.book.reserve(e.leaseId, e.providerId, { cpu: e.cpuMilli / 1000, memoryGiB: e.memMilli / 1000 }, e.gpus, e.endsAt);
+        } else if (e.type === 'lease.ended') {
+          market.book.release(e.leaseId);
+        } else if (e.type === 'provider.online' || e.type === 'provider.offline' || e.type === 'provider.changed') {
+          reload.add(e.providerId);
+        }
+      }
+      if (reload.size > 0) await market.refreshProviders(reload);
+    },
+  };
+}

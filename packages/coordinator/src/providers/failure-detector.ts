@@ -1,0 +1,58 @@
+/**
+ * The heartbeat failure detector: every interval it asks the provider service to declare
+ * offline the providers silent for `misses` intervals, and closes their sockets.
+ *
+ * After a (re)start, providers reconnect with backoff (at most RECONNECT_MAX_BACKOFF_MS apart):
+ * none is judged before it has had the time to find us again. And if this process itself
+ * stalled (a long GC, an overloaded host), heartbeats may be waiting unread in its sockets: a
+ * sweep that fires far too late judges nobody, and the grace starts over.
+ */
+import { RECONNECT_MAX_BACKOFF_MS } from '@gridwork/protocol';
+import type { Logger } from 'pino';
+import type { ProviderService } from './provider-service.ts';
+
+export interface FailureDetectorOptions {
+  /** How often providers heartbeat. */
+  intervalMs: number;
+  /** Missed heartbeats before a provider is declared offline. */
+  misses: number;
+}
+
+export class FailureDetector {
+  private timer: NodeJS.Timeout | undefined;
+  private sweeping: Promise<void> | undefined;
+
+  constructor(
+    private readonly deps: { providers: ProviderService; log: Logger; disconnect: (providerId: string, reason: string) => void },
+    private readonly options: FailureDetectorOptions,
+  ) {}
+
+  start(): void {
+    const { intervalMs, misses } = this.options;
+    const timeoutMs = intervalMs * misses;
+    const graceMs = timeoutMs + RECONNECT_MAX_BACKOFF_MS * 1.25; // the backoff has ±25% jitter
+    let since = new Date();
+    let lastTick = Date.now();
+    this.timer = setInterval(() => {
+      const now = Date.now();
+      if (now - lastTick > 2 * intervalMs) since = new Date(now);
+      lastTick = now;
+      if (now - since.getTime() < graceMs || this.sweeping) return;
+      this.sweeping = this.deps.providers
+        .sweep(timeoutMs, since)
+        .then((lost) => {
+          for (const id of lost) this.deps.disconnect(id, 'missed heartbeats');
+        })
+        .catch((err) => this.deps.log.error({ err }, 'provider sweep failed'))
+        .finally(() => {
+          this.sweeping = undefined;
+        });
+    }, intervalMs);
+    this.timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    await this.sweeping;
+  }
+}

@@ -1,0 +1,110 @@
+/**
+ * One small handler per sequenced provider report. Each runs inside the unit of work that also
+ * records the report's sequence number, and turns the report into lifecycle commands. A report
+ * about a lease that is not the sender's throws NOT_LEASE_OWNER / LEASE_NOT_FOUND; a usage record
+ * whose signature does not verify throws BAD_SIGNATURE: the report is consumed without effect.
+ */
+import { canonicalJson, type FileRef, type LeaseEnd, type ProviderSequenced } from '@gridwork/protocol';
+import { verifyBytes } from '@gridwork/protocol/node';
+import { GridworkError } from '@gridwork/protocol';
+import type { Lifecycle, LeaseOutcome } from '../lifecycle/lifecycle.ts';
+import type { UnitOfWork } from '../lifecycle/unit-of-work.ts';
+import { verifyAsks } from './asks.ts';
+
+export interface ReportContext {
+  uow: UnitOfWork;
+  providerId: string;
+  lifecycle: Lifecycle;
+}
+
+type Handlers = { [K in ProviderSequenced['type']]: (ctx: ReportContext, msg: Extract<ProviderSequenced, { type: K }>) => Promise<void> };
+
+/** The codes of reports that are consumed (their seq recorded) but change nothing. */
+export const REJECTED_REPORT_CODES = new Set(['NOT_LEASE_OWNER', 'LEASE_NOT_FOUND', 'BAD_SIGNATURE']);
+
+export const reportHandlers: Handlers = {
+  async 'provider.state'({ uow, providerId }, msg) {
+    await uow.trx.updateTable('providers').set({ state: msg.state }).where('id', '=', providerId).execute();
+    uow.emit({ type: 'provider.changed', providerId, what: 'state' });
+  },
+
+  async 'provider.asks'({ uow, providerId }, msg) {
+    const { instance } = await uow.trx.selectFrom('providers').select('instance').where('id', '=', providerId).executeTakeFirstOrThrow();
+    verifyAsks(providerId, msg.asks, instance, msg.signature);
+    await uow.trx
+      .updateTable('providers')
+      .set({ asks: JSON.stringify(msg.asks) })
+      .where('id', '=', providerId)
+      .execute();
+    uow.emit({ type: 'provider.changed', providerId, what: 'asks' });
+  },
+
+  async 'lease.started'({ uow, providerId, lifecycle }, msg) {
+    await lifecycle.start(uow, await lifecycle.leaseOf(uow, providerId, msg.leaseId));
+  },
+
+  async 'lease.log'({ uow, providerId, lifecycle }, msg) {
+    await lifecycle.appendLogs(uow, await lifecycle.leaseOf(uow, providerId, msg.leaseId), msg.chunks);
+  },
+
+  async 'lease.usage'({ uow, providerId, lifecycle }, msg) {
+    const lease = await lifecycle.leaseOf(uow, providerId, msg.leaseId);
+    if (!verifyBytes(providerId, canonicalJson({ leaseId: lease.id, usageMs: msg.usageMs }), msg.signature)) {
+      throw new GridworkError('BAD_SIGNATURE', 'usage record signature does not verify');
+    }
+    await lifecycle.recordUsage(uow, lease, msg.usageMs);
+  },
+
+  async 'lease.finished'({ uow, providerId, lifecycle }, msg) {
+    const lease = await lifecycle.leaseOf(uow, providerId, msg.leaseId);
+    if (msg.outputs.length > 0 && !(await uploadedDuring(uow, providerId, lease.created_at, msg.outputs))) {
+      await lifecycle.lose(uow, lease.id, 'provider reported outputs it did not upload during the lease');
+      return;
+    }
+    const outcome = outcomeOf(msg.outcome, msg.durationMs, msg.outputs);
+    if (outcome.kind === 'lost') await lifecycle.lose(uow, lease.id, outcome.error);
+    else if (outcome.kind === 'completed' || outcome.kind === 'failed') await lifecycle.finish(uow, lease.id, outcome);
+  },
+
+  async 'lease.released'({ uow, providerId, lifecycle }, msg) {
+    await lifecycle.leaseOf(uow, providerId, msg.leaseId);
+    await lifecycle.release(uow, msg.leaseId, `handed back by provider: ${msg.reason}`);
+  },
+};
+
+const LIMIT_CODE = { memory: 'MEMORY_LIMIT', processes: 'PROCESS_LIMIT', disk: 'DISK_LIMIT' } as const;
+
+/** The wire's typed end of a lease as the lifecycle's outcome. */
+export function outcomeOf(end: LeaseEnd, durationMs: number, outputs: FileRef[]): LeaseOutcome {
+  switch (end.kind) {
+    case 'exited':
+      if (end.exitCode === 0) return { kind: 'completed', durationMs, outputs };
+      return { kind: 'failed', reason: 'exit', exitCode: end.exitCode, durationMs, error: `exited with code ${end.exitCode}${end.signal ? ` (${end.signal})` : ''}` };
+    case 'timeout':
+      return { kind: 'failed', reason: 'timeout', exitCode: null, durationMs, error: `timeout after ${end.limitSeconds}s` };
+    case 'limit':
+      return { kind: 'failed', reason: 'limit', exitCode: null, durationMs, error: `${LIMIT_CODE[end.limit]}: ${end.message}` };
+    case 'cancelled':
+      // Only a lease the coordinator still counts as active gets here: the provider stopped it by itself.
+      return { kind: 'lost', error: 'the provider stopped the task without being asked' };
+    case 'error':
+      return { kind: 'lost', error: end.message };
+  }
+}
+
+/** Outputs count only if this provider uploaded each of them since the lease was created. */
+async function uploadedDuring(uow: UnitOfWork, providerId: string, since: Date, outputs: readonly FileRef[]): Promise<boolean> {
+  const digests = [...new Set(outputs.map((o) => o.digest))];
+  let found = 0;
+  for (let i = 0; i < digests.length; i += 1000) {
+    const rows = await uow.trx
+      .selectFrom('blob_owners')
+      .select('digest')
+      .where('account_id', '=', providerId)
+      .where('digest', 'in', digests.slice(i, i + 1000))
+      .where('uploaded_at', '>=', since)
+      .execute();
+    found += rows.length;
+  }
+  return found === digests.length;
+}
