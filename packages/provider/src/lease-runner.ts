@@ -81,6 +81,9 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
       network: lease.runtime.network,
       timeoutMs: lease.timeoutSeconds * 1000,
       memoryBytes: Math.ceil(lease.resources.memoryGiB * GiB),
+      cpu: lease.resources.cpu,
+      // No diskGiB in the spec: 10 GiB, DEFAULT_TASK_DISK_BYTES of runtime/runtime.ts.
+      diskBytes: lease.resources.diskGiB === undefined ? 10 * GiB : Math.ceil(lease.resources.diskGiB * GiB),
       signal,
       onOutput: (stream, data) => logs.push(stream, data),
     });

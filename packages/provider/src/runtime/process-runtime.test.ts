@@ -46,6 +46,8 @@ function request(t: Task, command: string[], extra: Partial<RunRequest> = {}) {
     network: false,
     timeoutMs: 30_000,
     memoryBytes: 1024 ** 3,
+    cpu: 1,
+    diskBytes: 10 * 1024 ** 3,
     onOutput: (stream, data) => {
       out[stream] += data;
     },
@@ -123,8 +125,9 @@ describe('process runtime', () => {
   test('the time limit kills the task and a grandchild that ignores SIGTERM', async () => {
     const t = await makeTask();
     let grandchild: Promise<boolean> | undefined;
+    // The limit must not fire before sh has installed its trap; 3 s leaves a loaded machine room for that.
     const { req, out } = request(t, ['sh', '-c', "trap '' TERM; sleep 86400 & echo $!; wait"], {
-      timeoutMs: 1000,
+      timeoutMs: 3000,
       onOutput: (stream, data) => {
         out[stream] += data;
         if (out.stdout.endsWith('\n')) grandchild ??= alive(Number(out.stdout.trim()));
@@ -134,18 +137,25 @@ describe('process runtime', () => {
     assert.equal(result.timedOut, true);
     assert.equal(result.aborted, false);
     assert.equal(result.signal, 'SIGKILL', 'SIGTERM was ignored, so SIGKILL ended it');
-    assert.ok(result.durationMs >= 1000 && result.durationMs < 10_000, String(result.durationMs));
+    assert.ok(result.durationMs >= 3000 && result.durationMs < 15_000, String(result.durationMs));
     assert.equal(await grandchild, true, 'the grandchild ran');
     assert.equal(await alive(Number(out.stdout.trim())), false, 'the grandchild is gone');
   });
 
   test('SIGTERM comes first', async () => {
     const t = await makeTask();
-    const { req } = request(t, ['sh', '-c', `trap 'echo saved > "$GRIDWORK_CHECKPOINTS/on-term"; exit 0' TERM; sleep 86400 & wait`], {
-      timeoutMs: 500,
+    // Stopped once the trap is installed, not by a short time limit that could fire before sh even starts.
+    const controller = new AbortController();
+    const script = `trap 'echo saved > "$GRIDWORK_CHECKPOINTS/on-term"; exit 0' TERM; sleep 86400 & echo ready; wait`;
+    const { req, out } = request(t, ['sh', '-c', script], {
+      signal: controller.signal,
+      onOutput: (stream, data) => {
+        out[stream] += data;
+        if (out.stdout.includes('ready')) controller.abort();
+      },
     });
     const result = await runtime.run(req);
-    assert.equal(result.timedOut, true);
+    assert.equal(result.aborted, true);
     assert.equal(result.exitCode, 0);
     assert.equal(await readFile(path.join(t.checkpoints, 'on-term'), 'utf8'), 'saved\n');
   });
@@ -196,6 +206,17 @@ describe('process runtime', () => {
     const result = await runtime.run(req);
     assert.equal(result.exitCode, 127);
     assert.match(out.stderr, /cannot start no-such-command-xyz/);
+  });
+
+  test('accepts cpu and diskBytes and enforces neither (development only)', async () => {
+    const t = await makeTask();
+    const { req, out } = request(t, ['sh', '-c', 'head -c 65536 /dev/zero > "$GRIDWORK_OUTPUTS/f"; echo ok'], { cpu: 0.5, diskBytes: 1024 });
+    const result = await runtime.run(req);
+    assert.equal(result.exitCode, 0, out.stderr);
+    assert.equal(out.stdout, 'ok\n');
+    assert.equal(result.limit, undefined);
+    await assert.rejects(runtime.run(request(t, ['true'], { cpu: 0 }).req), { code: 'INVALID_SPEC' });
+    await assert.rejects(runtime.run(request(t, ['true'], { diskBytes: -1 }).req), { code: 'INVALID_SPEC' });
   });
 
   test('missing directories are rejected', async () => {

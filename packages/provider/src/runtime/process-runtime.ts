@@ -6,7 +6,8 @@ import { runProcessGroup } from './spawn-group.ts';
 /**
  * Development runtime: the task runs directly on the host, as the agent's user, with the real directory
  * paths in GRIDWORK_*. It gives the same env contract, time limit and abort as the sandbox, but no
- * isolation at all (network, files, and memory are unrestricted: memoryBytes is ignored).
+ * isolation at all (network, files, memory, processes, CPU and disk are unrestricted: memoryBytes, cpu and
+ * diskBytes are accepted and ignored; RunResult.limit is never set).
  */
 
 export const PROCESS_RUNTIME_WARNING = "process runtime: tasks run UNSANDBOXED with the agent's privileges — development only";

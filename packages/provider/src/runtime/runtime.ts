@@ -23,10 +23,24 @@ export interface RunRequest {
   timeoutMs: number;
   /** Address-space limit (prlimit --as) in the sandbox runtime; ignored by the process runtime. */
   memoryBytes: number;
+  /**
+   * CPU cores the task may use (may be fractional, e.g. 0.5): a cgroup CPU quota in the sandbox runtime where
+   * the agent may create cgroups, otherwise only a lower priority (nice). Ignored by the process runtime.
+   */
+  cpu: number;
+  /**
+   * Bytes the task may keep in /outputs and /checkpoints together (see disk-usage.ts); exceeding it ends the
+   * run with `limit: 'disk'`. Callers without a figure from the spec use DEFAULT_TASK_DISK_BYTES. Ignored by
+   * the process runtime.
+   */
+  diskBytes: number;
   /** Abort kills the process group the same way as a timeout. */
   signal?: AbortSignal;
   onOutput: (stream: 'stdout' | 'stderr', data: string) => void;
 }
+
+/** A resource limit that ended a run. */
+export type RunLimit = 'processes' | 'disk' | 'memory';
 
 export interface RunResult {
   exitCode: number | null;
@@ -34,7 +48,18 @@ export interface RunResult {
   timedOut: boolean;
   aborted: boolean;
   durationMs: number;
+  /**
+   * Set when the run ended because the task hit a limit: 'processes' (its process/thread limit), 'disk' (its
+   * diskBytes), 'memory' (only where it can be detected reliably). Absent otherwise.
+   */
+  limit?: RunLimit;
 }
+
+/**
+ * Disk a task gets when its spec sets no resources.diskGiB.
+ * @default 10 GiB
+ */
+export const DEFAULT_TASK_DISK_BYTES = 10 * 1024 ** 3;
 
 export interface Runtime {
   readonly kind: 'sandbox' | 'process';
@@ -86,5 +111,9 @@ export function validateRunRequest(req: RunRequest): void {
   }
   if (!Number.isFinite(req.memoryBytes) || req.memoryBytes <= 0) {
     throw new GridworkError('INVALID_SPEC', `memoryBytes must be a positive number, got ${req.memoryBytes}`);
+  }
+  if (!Number.isFinite(req.cpu) || req.cpu <= 0) throw new GridworkError('INVALID_SPEC', `cpu must be a positive number, got ${req.cpu}`);
+  if (!Number.isFinite(req.diskBytes) || req.diskBytes < 0) {
+    throw new GridworkError('INVALID_SPEC', `diskBytes must be a non-negative number, got ${req.diskBytes}`);
   }
 }

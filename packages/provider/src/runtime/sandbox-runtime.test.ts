@@ -7,7 +7,8 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { GridworkError } from '@gridwork/protocol';
 import type { RunRequest } from './runtime.ts';
-import { MIN_SANDBOX_MEMORY_BYTES, SANDBOX_INSTALL_HINT, SANDBOX_TASK_ID, createSandboxRuntime } from './sandbox-runtime.ts';
+import { FALLBACK_NICE, FALLBACK_UID_BASE, MIN_SANDBOX_MEMORY_BYTES, SANDBOX_INSTALL_HINT, SANDBOX_TASK_ID, createSandboxRuntime } from './sandbox-runtime.ts';
+import { detectCgroups } from './task-cgroup.ts';
 
 // These tests run real bubblewrap (apt-get install -y bubblewrap). When the agent is root the tasks run
 // as uid 65534, so the test root is made traversable (0711) like the agent's task directory must be.
@@ -57,6 +58,8 @@ function request(t: Task, command: string[], extra: Partial<RunRequest> = {}) {
     network: false,
     timeoutMs: 30_000,
     memoryBytes: 2 * GiB,
+    cpu: 1,
+    diskBytes: 10 * 1024 ** 3,
     onOutput: (stream, data) => {
       out[stream] += data;
     },
@@ -248,12 +251,105 @@ describe('sandbox runtime', () => {
       assert.equal(connections, before);
     });
 
-    test('network: true shares the host network', async () => {
-      const t = await makeTask({ 'client.js': client });
-      const { req, out } = request(t, ['node', 'client.js'], { env: { PORT: String(port) }, network: true });
+    // Only loopback services of this machine are contacted (directly, or through slirp's alias 10.0.2.2 of
+    // the host's loopback); nothing here sends traffic anywhere else.
+    const probe = `
+      const net = require('node:net');
+      const fs = require('node:fs');
+      const tryConnect = (host, port) => new Promise((resolve) => {
+        const s = net.connect({ host, port: Number(port), timeout: 5000 });
+        s.on('connect', () => { s.destroy(); resolve('connected'); });
+        s.on('timeout', () => { s.destroy(); resolve('ETIMEDOUT'); });
+        s.on('error', (e) => resolve(e.code));
+      });
+      (async () => {
+        console.log(JSON.stringify({
+          hostLoopback: await tryConnect('127.0.0.1', process.env.PORT),
+          hostLoopbackViaGateway: await tryConnect('10.0.2.2', process.env.PORT),
+          postgres: await tryConnect('127.0.0.1', 5432),
+          postgresViaGateway: await tryConnect('10.0.2.2', 5432),
+          interfaces: require('node:os').networkInterfaces(),
+          routes: fs.readFileSync('/proc/net/route', 'utf8'),
+          resolv: fs.readFileSync('/etc/resolv.conf', 'utf8'),
+        }));
+      })();
+    `;
+
+    /** Whether the host itself reaches 127.0.0.1:port (so a refusal inside the sandbox means something). */
+    const hostReaches = (p: number) =>
+      new Promise<boolean>((resolve) => {
+        const s = net.connect({ host: '127.0.0.1', port: p });
+        s.on('connect', () => {
+          s.destroy();
+          resolve(true);
+        });
+        s.on('error', () => resolve(false));
+      });
+
+    test('network: true gives the task its own namespace: no host loopback, no PostgreSQL, private ranges unreachable', async (ctx) => {
+      const t = await makeTask({ 'probe.js': probe });
+      const before = connections;
+      const postgresUp = await hostReaches(5432);
+      const { req, out } = request(t, ['node', 'probe.js'], { env: { PORT: String(port) }, network: true });
       const result = await runtime.run(req);
       assert.equal(result.exitCode, 0, out.stdout + out.stderr);
-      assert.equal(out.stdout, 'hello\n');
+      const r = JSON.parse(out.stdout) as Record<string, unknown>;
+      for (const key of ['hostLoopback', 'hostLoopbackViaGateway', 'postgres', 'postgresViaGateway']) {
+        assert.notEqual(r[key], 'connected', `${key}: ${r[key]}`);
+      }
+      assert.equal(connections, before, 'the test server on the host loopback saw no connection');
+      if (!postgresUp) ctx.diagnostic('PostgreSQL is not listening on the host here; its refusal proves less');
+      // A non-loopback interface configured by slirp4netns.
+      const interfaces = r.interfaces as Record<string, { address: string; family: string }[]>;
+      assert.ok(
+        interfaces.tap0?.some((a) => a.family === 'IPv4' && a.address === '10.0.2.100'),
+        JSON.stringify(interfaces),
+      );
+      // unreachable (RTF_REJECT 0x0200) routes for private and link-local ranges; /proc/net/route prints
+      // destinations as little-endian hex.
+      const rejected = new Set(
+        (r.routes as string)
+          .trim()
+          .split('\n')
+          .slice(1)
+          .map((l) => l.trim().split(/\s+/))
+          .filter((f) => (Number.parseInt(f[3] ?? '0', 16) & 0x0200) !== 0)
+          .map((f) => `${f[1]}/${f[7]}`),
+      );
+      for (const [range, hex] of [
+        ['10.0.0.0/8', '0000000A/000000FF'],
+        ['172.16.0.0/12', '000010AC/0000F0FF'],
+        ['192.168.0.0/16', '0000A8C0/0000FFFF'],
+        ['169.254.0.0/16', '0000FEA9/0000FFFF'],
+      ] as const) {
+        assert.ok(rejected.has(hex), `${range} is not rejected: ${r.routes}`);
+      }
+      assert.equal(r.resolv, 'nameserver 10.0.2.3\n');
+    });
+
+    test('the task cannot change its routes back', async () => {
+      const t = await makeTask();
+      const { req, out } = request(t, ['sh', '-c', '/usr/sbin/ip route del unreachable 10.0.0.0/8 && echo removed'], { network: true });
+      const result = await runtime.run(req);
+      assert.notEqual(result.exitCode, 0);
+      assert.equal(out.stdout, '');
+      assert.match(out.stderr, /Operation not permitted/);
+    });
+
+    test('without slirp4netns network is refused, never shared with the host', async () => {
+      const noSlirp = createSandboxRuntime({ slirp4netnsPath: '/nonexistent/slirp4netns' });
+      const t = await makeTask();
+      const { req } = request(t, ['sh', '-c', 'echo started > /outputs/x'], { network: true });
+      await assert.rejects(noSlirp.run(req), (err: unknown) => {
+        assert.ok(err instanceof GridworkError);
+        assert.equal(err.code, 'SANDBOX_UNAVAILABLE');
+        assert.match(err.message, /slirp4netns/);
+        return true;
+      });
+      assert.deepEqual(await readdir(t.outputs), []);
+      // The same runtime still runs tasks without network.
+      const plain = request(t, ['true']);
+      assert.equal((await noSlirp.run(plain.req)).exitCode, 0);
     });
   });
 
@@ -262,8 +358,11 @@ describe('sandbox runtime', () => {
       const marker = `86400.${randomBytes(4).readUInt32BE()}`;
       const t = await makeTask();
       let grandchildSeen: Promise<number[]> | undefined;
-      const { req, out } = request(t, ['sh', '-c', `trap '' TERM; sleep ${marker} & echo ready; wait`], {
-        timeoutMs: 1000,
+      // "ready" is printed only once the background sleep has exec'd (its /proc cmdline names the marker): a
+      // forked shell that has not exec'd yet would not be found by the scan below.
+      const script = `trap '' TERM; sleep ${marker} & until grep -qa ${marker} /proc/$!/cmdline; do :; done; echo ready; wait`;
+      const { req, out } = request(t, ['sh', '-c', script], {
+        timeoutMs: 3000,
         onOutput: (stream, data) => {
           out[stream] += data;
           if (out.stdout.includes('ready')) grandchildSeen ??= processesWith(marker);
@@ -273,17 +372,25 @@ describe('sandbox runtime', () => {
       assert.equal(result.timedOut, true);
       assert.equal(result.aborted, false);
       assert.notEqual(result.exitCode, 0);
-      assert.ok(result.durationMs >= 1000 && result.durationMs < 10_000, String(result.durationMs));
+      assert.ok(result.durationMs >= 3000 && result.durationMs < 15_000, String(result.durationMs));
       assert.equal((await grandchildSeen)?.length, 1, 'the grandchild ran');
       assert.deepEqual(await processesWith(marker), [], 'the grandchild is gone');
     });
 
     test('SIGTERM reaches the task first so it can save a checkpoint', async () => {
       const t = await makeTask();
+      // Stopped once the trap is installed (not by a short time limit that could fire before sh even starts).
+      const controller = new AbortController();
       const script = `trap 'echo saved > /checkpoints/on-term; exit 0' TERM; sleep 86400 & echo ready; wait`;
-      const { req, out } = request(t, ['sh', '-c', script], { timeoutMs: 1000 });
+      const { req, out } = request(t, ['sh', '-c', script], {
+        signal: controller.signal,
+        onOutput: (stream, data) => {
+          out[stream] += data;
+          if (out.stdout.includes('ready')) controller.abort();
+        },
+      });
       const result = await runtime.run(req);
-      assert.equal(result.timedOut, true);
+      assert.equal(result.aborted, true);
       assert.equal(out.stdout, 'ready\n');
       assert.equal(await readFile(path.join(t.checkpoints, 'on-term'), 'utf8'), 'saved\n');
       assert.equal(result.exitCode, 0);
@@ -361,6 +468,195 @@ describe('sandbox runtime', () => {
     });
   });
 
+  describe('process limit', () => {
+    // A fork bomb: every f starts two more in the background; bash retries a refused fork, so the bomb stays at
+    // the limit instead of dying out, and the main shell then waits far longer than the test: only the limit
+    // can end the run.
+    const bomb = (marker: string) => ['bash', '-c', 'f() { f | f & }; f; sleep 600', marker];
+
+    test('a fork bomb stops at pids.max of its cgroup and the run reports the process limit', async (ctx) => {
+      if (!(await detectCgroups())) return ctx.skip('no pids cgroup can be created here');
+      const limited = createSandboxRuntime({ killGraceMs: 300, maxProcesses: 64, limitPollMs: 100 });
+      const marker = `gw-bomb-${randomBytes(4).toString('hex')}`;
+      const t = await makeTask();
+      const { req, out } = request(t, bomb(marker), { timeoutMs: 60_000 });
+      const result = await limited.run(req);
+      assert.equal(result.limit, 'processes', JSON.stringify(result) + out.stderr.slice(0, 500));
+      assert.equal(result.timedOut, false);
+      assert.deepEqual(await processesWith(marker), [], 'nothing of the bomb is left on the host');
+    });
+
+    test('without cgroups each running task gets its own uid with prlimit --nproc, and a fork bomb is still stopped', async () => {
+      if (!isRoot) return;
+      const warnings: string[] = [];
+      const fallback = createSandboxRuntime({ killGraceMs: 300, maxProcesses: 64, limitPollMs: 100, cgroups: 'off', warn: (m) => warnings.push(m) });
+
+      // Two tasks at once: the first waits (for a file the test creates) until the second has reported its uid.
+      const a = await makeTask();
+      const b = await makeTask();
+      const first = request(a, ['sh', '-c', 'id -u; until [ -e /outputs/go ]; do sleep 0.05; done']);
+      let firstUid!: (uid: string) => void;
+      const firstStarted = new Promise<string>((resolve) => {
+        firstUid = resolve;
+      });
+      first.req.onOutput = (stream, data) => {
+        first.out[stream] += data;
+        if (first.out.stdout.endsWith('\n')) firstUid(first.out.stdout.trim());
+      };
+      const firstRun = fallback.run(first.req);
+      const uidA = await firstStarted;
+      const second = request(b, ['id', '-u']);
+      assert.equal((await fallback.run(second.req)).exitCode, 0, second.out.stderr);
+      await writeFile(path.join(a.outputs, 'go'), '');
+      assert.equal((await firstRun).exitCode, 0, first.out.stderr);
+      const uidB = second.out.stdout.trim();
+      assert.ok(Number(uidA) >= FALLBACK_UID_BASE && Number(uidB) >= FALLBACK_UID_BASE, `${uidA} ${uidB}`);
+      assert.notEqual(uidA, uidB, 'concurrent tasks must not share a uid (RLIMIT_NPROC is per uid)');
+      assert.ok(
+        warnings.some((w) => w.includes('prlimit --nproc')),
+        warnings.join('\n'),
+      );
+
+      const marker = `gw-bomb-${randomBytes(4).toString('hex')}`;
+      const t = await makeTask();
+      const { req, out } = request(t, bomb(marker), { timeoutMs: 60_000 });
+      const result = await fallback.run(req);
+      assert.equal(result.limit, 'processes', JSON.stringify(result) + out.stderr.slice(0, 500));
+      assert.equal(result.timedOut, false);
+      assert.deepEqual(await processesWith(marker), []);
+    });
+  });
+
+  describe('cpu limit', () => {
+    /** The task's group directory for a controller, from /proc/<pid>/cgroup (v1 "n:cpu,…:/path", v2 "0::/path"). */
+    async function cgroupDir(pid: number): Promise<{ version: 1 | 2; dir: string } | undefined> {
+      const lines = (await readFile(`/proc/${pid}/cgroup`, 'utf8')).trim().split('\n');
+      const v1 = lines.map((l) => l.split(':')).find((f) => f[1]?.split(',').includes('cpu'));
+      if (v1?.[2] !== undefined) {
+        const mount = (await readFile('/proc/self/mounts', 'utf8'))
+          .split('\n')
+          .map((l) => l.split(' '))
+          .find((f) => f[2] === 'cgroup' && f[3]?.split(',').includes('cpu'));
+        if (mount?.[1]) return { version: 1, dir: path.join(mount[1], v1[2]) };
+      }
+      const v2 = lines.find((l) => l.startsWith('0::'));
+      const mount2 = (await readFile('/proc/self/mounts', 'utf8'))
+        .split('\n')
+        .map((l) => l.split(' '))
+        .find((f) => f[2] === 'cgroup2');
+      if (v2 && mount2?.[1]) return { version: 2, dir: path.join(mount2[1], v2.slice(3)) };
+      return undefined;
+    }
+
+    test('a task spinning on every core is held to its cpu quota (cgroup files, throttling)', async (ctx) => {
+      const host = await detectCgroups();
+      if (!host?.bases.cpu) return ctx.skip('no cpu cgroup can be created here');
+      const marker = `gw-spin-${randomBytes(4).toString('hex')}`;
+      const t = await makeTask();
+      const controller = new AbortController();
+      const spinners = Math.max(2, os.availableParallelism());
+      const script = `i=0; while [ $i -lt ${spinners} ]; do (while :; do :; done) & i=$((i + 1)); done; echo spinning; wait`;
+      let seen: (() => void) | undefined;
+      const spinning = new Promise<void>((resolve) => {
+        seen = resolve;
+      });
+      const { req, out } = request(t, ['sh', '-c', script, marker], {
+        cpu: 0.5,
+        signal: controller.signal,
+        onOutput: (stream, data) => {
+          out[stream] += data;
+          if (out.stdout.includes('spinning')) seen?.();
+        },
+      });
+      const running = runtime.run(req);
+      let dir = '';
+      try {
+        await spinning;
+        const [pid] = await processesWith(marker);
+        assert.ok(pid, 'the spinners run on the host');
+        const group = await cgroupDir(pid);
+        assert.ok(group && group.version === host.version, JSON.stringify(group));
+        dir = group.dir;
+        if (group.version === 1) {
+          assert.equal((await readFile(path.join(dir, 'cpu.cfs_quota_us'), 'utf8')).trim(), '50000');
+          assert.equal((await readFile(path.join(dir, 'cpu.cfs_period_us'), 'utf8')).trim(), '100000');
+        } else {
+          assert.equal((await readFile(path.join(dir, 'cpu.max'), 'utf8')).trim(), '50000 100000');
+        }
+        // The kernel enforces it: wait (no fixed sleep) until it has throttled the group.
+        const deadline = Date.now() + 20_000;
+        let cpuStat = '';
+        while (Date.now() < deadline) {
+          cpuStat = await readFile(path.join(dir, 'cpu.stat'), 'utf8');
+          if (Number(/^nr_throttled (\d+)$/m.exec(cpuStat)?.[1] ?? 0) > 0) break;
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        assert.ok(Number(/^nr_throttled (\d+)$/m.exec(cpuStat)?.[1] ?? 0) > 0, cpuStat);
+      } finally {
+        controller.abort();
+        await running;
+      }
+      assert.equal(await stat(dir).catch(() => undefined), undefined, 'the task cgroup is removed after the run');
+    });
+
+    test('without cgroups the task runs under nice, with a warning', async () => {
+      const warnings: string[] = [];
+      const fallback = createSandboxRuntime({ cgroups: 'off', warn: (m) => warnings.push(m) });
+      const t = await makeTask();
+      const { req, out } = request(t, ['nice'], { cpu: 0.5 });
+      const result = await fallback.run(req);
+      assert.equal(result.exitCode, 0, out.stderr);
+      assert.equal(out.stdout, `${FALLBACK_NICE}\n`);
+      assert.ok(
+        warnings.some((w) => w.includes('nice')),
+        warnings.join('\n'),
+      );
+    });
+  });
+
+  describe('disk limit', () => {
+    const MiB = 2 ** 20;
+    const fill = (dir: string, files: number) => `i=0; while [ $i -lt ${files} ]; do head -c 65536 /dev/zero > ${dir}/f$i; i=$((i + 1)); done`;
+
+    test('outputs and checkpoints together past diskBytes: the task is stopped with the disk limit', async () => {
+      const limited = createSandboxRuntime({ killGraceMs: 300, limitPollMs: 100 });
+      const t = await makeTask();
+      // 640 KiB in each directory: neither alone exceeds 1 MiB, both together do.
+      const { req, out } = request(t, ['sh', '-c', `${fill('/outputs', 10)}; ${fill('/checkpoints', 10)}; echo written; sleep 600`], {
+        diskBytes: MiB,
+        timeoutMs: 60_000,
+      });
+      const result = await limited.run(req);
+      assert.equal(result.limit, 'disk', JSON.stringify(result) + out.stderr);
+      assert.equal(result.timedOut, false);
+    });
+
+    test('a task that exceeds the limit and exits before the next check still reports it', async () => {
+      const limited = createSandboxRuntime({ limitPollMs: 60_000 });
+      const t = await makeTask();
+      const { req, out } = request(t, ['sh', '-c', fill('/outputs', 20)], { diskBytes: MiB });
+      const result = await limited.run(req);
+      assert.equal(result.exitCode, 0, out.stderr);
+      assert.equal(result.limit, 'disk');
+    });
+
+    test('one file can never grow past the limit (prlimit --fsize)', async () => {
+      const t = await makeTask();
+      const { req } = request(t, ['sh', '-c', 'head -c 8388608 /dev/zero > /outputs/big'], { diskBytes: MiB });
+      const result = await runtime.run(req);
+      assert.equal(result.limit, 'disk', JSON.stringify(result));
+      assert.ok((await stat(path.join(t.outputs, 'big'))).size <= MiB);
+    });
+
+    test('a task within its disk limit is not flagged', async () => {
+      const t = await makeTask();
+      const { req, out } = request(t, ['sh', '-c', fill('/outputs', 8)], { diskBytes: MiB });
+      const result = await runtime.run(req);
+      assert.equal(result.exitCode, 0, out.stderr);
+      assert.equal(result.limit, undefined);
+    });
+  });
+
   describe('results', () => {
     test('nonzero exit codes are reported', async () => {
       const t = await makeTask();
@@ -397,6 +693,8 @@ describe('sandbox runtime', () => {
       await assert.rejects(runtime.run(request(t, []).req), { code: 'INVALID_SPEC' });
       await assert.rejects(runtime.run(request(t, ['true'], { env: { 'A=B': 'x' } }).req), { code: 'INVALID_SPEC' });
       await assert.rejects(runtime.run(request(t, ['true'], { timeoutMs: 0 }).req), { code: 'INVALID_SPEC' });
+      await assert.rejects(runtime.run(request(t, ['true'], { cpu: 0 }).req), { code: 'INVALID_SPEC' });
+      await assert.rejects(runtime.run(request(t, ['true'], { diskBytes: Number.NaN }).req), { code: 'INVALID_SPEC' });
     });
   });
 });

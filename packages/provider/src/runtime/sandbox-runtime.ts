@@ -1,9 +1,13 @@
-import { lstat, readlink, realpath, stat, chmod, lchown, readdir } from 'node:fs/promises';
+import { lstat, readlink, realpath, stat, chmod, lchown, readdir, mkdtemp, writeFile, rm, readFile } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { GridworkError } from '@gridwork/protocol';
-import { buildTaskEnv, validateRunRequest, type RunRequest, type RunResult, type Runtime } from './runtime.ts';
-import { runProcessGroup } from './spawn-group.ts';
+import { diskUsage, DISK_POLL_MS } from './disk-usage.ts';
+import { buildTaskEnv, validateRunRequest, type RunLimit, type RunRequest, type RunResult, type Runtime } from './runtime.ts';
+import { type GroupControl, runProcessGroup } from './spawn-group.ts';
+import { type CgroupHost, detectCgroups, TaskCgroup } from './task-cgroup.ts';
+import { assertNetworkTools, networkNamespacePrefix, startTaskNetwork, TASK_RESOLV_CONF, type TaskNetwork, type TaskNetworkTools } from './task-network.ts';
 
 /**
  * Sandbox runtime: every task runs under bubblewrap with a read-only view of /usr, a handful of files
@@ -15,8 +19,9 @@ import { runProcessGroup } from './spawn-group.ts';
  *   /checkpoints  writable
  *
  * Nothing else of the host is visible: not /root, not /home, not the agent's data directory (which holds
- * its private key), not other tasks' directories. All namespaces are unshared; the network namespace is
- * shared only when the request allows network.
+ * its private key), not other tasks' directories. All namespaces are unshared, the network namespace too:
+ * a task with `network: true` gets a namespace of its own with outbound access through slirp4netns, never
+ * the host's loopback nor private/link-local ranges (task-network.ts); without slirp4netns it is refused.
  *
  * When the agent runs as root, bwrap's --uid would only rename root inside a user namespace (a task could
  * still read root-only files through any bind); so the real uid is dropped first with
@@ -24,7 +29,8 @@ import { runProcessGroup } from './spawn-group.ts';
  *   - every ancestor of the four directories must be traversable by uid 65534 (o+x; listing is not
  *     needed), otherwise run() refuses with SANDBOX_UNAVAILABLE: keep task directories under a directory
  *     with mode 0711 or 0755, and the agent's key in a file of mode 0600;
- *   - run() makes bundle and inputs world-readable and chowns outputs and checkpoints to 65534.
+ *   - run() makes bundle and inputs world-readable and chowns outputs and checkpoints to the task's uid
+ *     (65534, or FALLBACK_UID_BASE + slot where no pids cgroup can be made, see below).
  *
  * Memory: `prlimit --as` caps the address space of bwrap and everything in it. Node/V8 reserves a lot
  * of virtual memory up front; measured on Node 20.20 x64 (this machine): `node -e 1` needs about
@@ -32,6 +38,17 @@ import { runProcessGroup } from './spawn-group.ts';
  * (one worker needed ~1.4 GiB). Limits below MIN_SANDBOX_MEMORY_BYTES (1 GiB) are raised to it so a
  * plain Node task can always start. /tmp and /dev/shm are tmpfs (RAM, not counted by RLIMIT_AS) and
  * are each capped at the same byte count.
+ *
+ * Processes and CPU (task-cgroup.ts): each task runs in a cgroup of its own with pids.max = maxProcesses
+ * (a fork bomb stops there and the run ends with `limit: 'processes'`) and a CPU quota of `cpu` cores; the
+ * launcher joins the group before anything of the task runs, and the group is removed after. Where no cgroup
+ * can be made (a warning says so): each concurrently running task gets a uid of its own (FALLBACK_UID_BASE +
+ * slot; `prlimit --nproc` counts all processes of a real uid system-wide, so a shared uid would share one
+ * limit) with `prlimit --nproc`, and runs under `nice` instead of a CPU quota.
+ *
+ * Disk (disk-usage.ts): /outputs and /checkpoints together may hold req.diskBytes; `prlimit --fsize` stops any
+ * single file at that size and a watcher measuring the directories stops the task when their total exceeds
+ * it: `limit: 'disk'`.
  *
  * Stopping: the outer bwrap is the leader of our process group; bwrap --new-session puts the task in a
  * second session inside the sandbox, whose id we learn from --info-fd. SIGTERM goes to that inner session
@@ -46,6 +63,21 @@ export const MIN_SANDBOX_MEMORY_BYTES = 1024 ** 3;
 
 /** The unprivileged uid/gid tasks run as when the agent is root ("nobody" on Debian). */
 export const SANDBOX_TASK_ID = 65534;
+
+/** Without a pids cgroup, task slot n runs as uid/gid FALLBACK_UID_BASE + n, so that RLIMIT_NPROC is per task. */
+export const FALLBACK_UID_BASE = 100_000;
+
+/**
+ * Processes + threads one task may have at once (Node alone runs ~11 threads).
+ * @default 1024
+ */
+export const DEFAULT_MAX_PROCESSES = 1024;
+
+/** Niceness of tasks where no CPU cgroup can be made. */
+export const FALLBACK_NICE = 10;
+
+/** Exit status bwrap reports for a task killed by SIGXFSZ (RLIMIT_FSIZE, i.e. our disk limit): 128 + 25. */
+const SIGXFSZ_EXIT = 128 + 25;
 
 /** Files and directories of /etc a task may need (TLS roots, name resolution, users, time zone, libc). */
 export const DEFAULT_ETC_PATHS: readonly string[] = [
@@ -92,6 +124,24 @@ export interface SandboxRuntimeOptions {
   killGraceMs?: number;
   /** Overrides the root detection (tests, or an agent that manages uids itself). @default process.getuid() === 0 */
   dropRoot?: boolean;
+  /** Processes + threads per task (pids.max, or prlimit --nproc in the fallback). @default DEFAULT_MAX_PROCESSES */
+  maxProcesses?: number;
+  /** 'off' skips cgroups and uses the fallbacks (per-slot uid + prlimit --nproc, nice). @default 'auto' */
+  cgroups?: 'auto' | 'off';
+  /** How often the disk and process limits are checked while a task runs. @default DISK_POLL_MS */
+  limitPollMs?: number;
+  /** @default 'slirp4netns' */
+  slirp4netnsPath?: string;
+  /** @default 'unshare' */
+  unsharePath?: string;
+  /** @default 'nsenter' */
+  nsenterPath?: string;
+  /** @default 'ip' */
+  ipPath?: string;
+  /** @default 'nice' */
+  nicePath?: string;
+  /** Degraded isolation (no cgroups) is reported here, once per runtime. @default process.emitWarning */
+  warn?: (message: string) => void;
 }
 
 interface SandboxDirs {
@@ -122,10 +172,28 @@ async function baseLayout(etcPaths: readonly string[], scratchBytes: number | un
 }
 
 /** setpriv prefix when the agent is root (see the header comment), else nothing. */
-function dropPrefix(setprivPath: string, dropRoot: boolean): string[] {
+function dropPrefix(setprivPath: string, dropRoot: boolean, uid = SANDBOX_TASK_ID): string[] {
   if (!dropRoot) return [];
-  const id = String(SANDBOX_TASK_ID);
+  const id = String(uid);
   return [setprivPath, `--reuid=${id}`, `--regid=${id}`, '--clear-groups', '--nnp', '--'];
+}
+
+/** Writes the launcher's pid into each cgroup.procs file, then execs the rest: nothing runs outside the group. */
+const JOIN_SCRIPT = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit 125; shift; n=$((n - 1)); done; exec "$@"';
+
+/** How one run is launched (decided by SandboxRuntime.run from what the host allows). */
+export interface LaunchPlan {
+  /** Real uid/gid of the task (when the agent is root). */
+  uid: number;
+  /** cgroup.procs files to join before anything else. */
+  cgroupProcs: readonly string[];
+  /** prlimit --nproc (the no-cgroup fallback). */
+  nproc?: number;
+  /** nice -n (the no-cgroup fallback for CPU). */
+  nice?: number;
+  /** Own network namespace via slirp4netns; bwrap waits on --block-fd 4 until it is configured. */
+  network?: { tools: TaskNetworkTools; resolvConf: string };
+  nicePath: string;
 }
 
 /** The full argv (launcher first) for one task; exported for inspection and tests. */
@@ -133,20 +201,31 @@ export async function buildSandboxArgv(
   req: RunRequest,
   dirs: SandboxDirs,
   opts: { bwrapPath: string; setprivPath: string; prlimitPath: string; etcPaths: readonly string[]; dropRoot: boolean },
+  plan: LaunchPlan = { uid: SANDBOX_TASK_ID, cgroupProcs: [], nicePath: 'nice' },
 ): Promise<string[]> {
   const memory = Math.max(Math.floor(req.memoryBytes), MIN_SANDBOX_MEMORY_BYTES);
   const env = buildTaskEnv(req, { inputs: '/inputs', outputs: '/outputs', checkpoints: '/checkpoints' });
+  const join = plan.cgroupProcs.length > 0 ? ['/bin/sh', '-c', JOIN_SCRIPT, 'gridwork-cgroup-join', String(plan.cgroupProcs.length), ...plan.cgroupProcs] : [];
+  const ids = opts.dropRoot ? { uid: plan.uid, gid: plan.uid } : { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
   const argv = [
-    ...dropPrefix(opts.setprivPath, opts.dropRoot),
+    ...join,
+    ...(plan.nice === undefined ? [] : [plan.nicePath, '-n', String(plan.nice)]),
+    ...dropPrefix(opts.setprivPath, opts.dropRoot, plan.uid),
     opts.prlimitPath,
     `--as=${memory}`,
+    `--fsize=${Math.floor(req.diskBytes)}`,
+    ...(plan.nproc === undefined ? [] : [`--nproc=${plan.nproc}`]),
     '--',
+    ...(plan.network ? networkNamespacePrefix(plan.network.tools, ids.uid, ids.gid) : []),
     opts.bwrapPath,
     '--unshare-all',
-    ...(req.network ? ['--share-net'] : []),
+    // With network the namespace made by unshare above is kept (and configured by slirp4netns); without, bwrap
+    // makes an empty one.
+    ...(plan.network ? ['--share-net'] : []),
     '--die-with-parent',
     '--new-session',
     ...(await baseLayout(opts.etcPaths, memory)),
+    ...(plan.network ? ['--ro-bind', plan.network.resolvConf, '/etc/resolv.conf', '--block-fd', '4'] : []),
     '--ro-bind',
     dirs.bundle,
     '/work',
@@ -185,16 +264,16 @@ async function resolveDir(label: string, dir: string): Promise<string> {
   return real;
 }
 
-/** Whether uid/gid 65534 (no supplementary groups) may traverse every ancestor of dir. */
-async function assertTraversable(dir: string): Promise<void> {
+/** Whether the task's uid/gid (no supplementary groups) may traverse every ancestor of dir. */
+async function assertTraversable(dir: string, uid: number): Promise<void> {
   for (let p = path.dirname(dir); ; p = path.dirname(p)) {
     const st = await stat(p);
     const mode = st.mode;
-    const ok = (st.uid === SANDBOX_TASK_ID ? mode & 0o100 : st.gid === SANDBOX_TASK_ID ? mode & 0o010 : mode & 0o001) !== 0;
+    const ok = (st.uid === uid ? mode & 0o100 : st.gid === uid ? mode & 0o010 : mode & 0o001) !== 0;
     if (!ok) {
       throw new GridworkError(
         'SANDBOX_UNAVAILABLE',
-        `sandbox: ${p} (mode ${(mode & 0o7777).toString(8)}) is not traversable by uid ${SANDBOX_TASK_ID}, so bwrap ` +
+        `sandbox: ${p} (mode ${(mode & 0o7777).toString(8)}) is not traversable by uid ${uid}, so bwrap ` +
           `cannot bind ${dir}; keep task directories under directories with mode 0711 or 0755`,
       );
     }
@@ -227,14 +306,27 @@ async function makeReadable(dir: string): Promise<void> {
 }
 
 /** Hands a writable tree to the task's uid (lchown: symlinks themselves, never their targets). */
-async function giveToTask(dir: string): Promise<void> {
+async function giveToTask(dir: string, uid: number): Promise<void> {
   await walk(dir, async (p, isDir) => {
-    await lchown(p, SANDBOX_TASK_ID, SANDBOX_TASK_ID);
+    await lchown(p, uid, uid);
     if (isDir) {
       const mode = (await lstat(p)).mode & 0o7777;
       if ((mode & 0o700) !== 0o700) await chmod(p, mode | 0o700);
     }
   });
+}
+
+/** Sum of the threads of all processes whose real uid is uid (what RLIMIT_NPROC counts). */
+async function threadsOfUid(uid: number): Promise<number> {
+  let total = 0;
+  for (const entry of await readdir('/proc').catch(() => [] as string[])) {
+    if (!/^\d+$/.test(entry)) continue;
+    const status = await readFile(`/proc/${entry}/status`, 'utf8').catch(() => '');
+    const real = /^Uid:\s+(\d+)/m.exec(status)?.[1];
+    if (real === undefined || Number(real) !== uid) continue;
+    total += Number(/^Threads:\s+(\d+)/m.exec(status)?.[1] ?? 1);
+  }
+  return total;
 }
 
 export class SandboxRuntime implements Runtime {
@@ -246,6 +338,16 @@ export class SandboxRuntime implements Runtime {
   private readonly protectedPaths: readonly string[];
   private readonly killGraceMs: number | undefined;
   private readonly dropRoot: boolean;
+  private readonly maxProcesses: number;
+  private readonly cgroupMode: 'auto' | 'off';
+  private readonly limitPollMs: number;
+  private readonly nicePath: string;
+  private readonly networkTools: TaskNetworkTools;
+  private readonly warn: (message: string) => void;
+  private cgroupHost: Promise<CgroupHost | undefined> | undefined;
+  private readonly warned = new Set<string>();
+  /** Fallback uid slots in use (see FALLBACK_UID_BASE). */
+  private readonly slots = new Set<number>();
 
   constructor(opts: SandboxRuntimeOptions = {}) {
     this.bwrapPath = opts.bwrapPath ?? 'bwrap';
@@ -255,6 +357,30 @@ export class SandboxRuntime implements Runtime {
     this.protectedPaths = (opts.protectedPaths ?? []).map((p) => path.resolve(p));
     this.killGraceMs = opts.killGraceMs;
     this.dropRoot = opts.dropRoot ?? process.getuid?.() === 0;
+    this.maxProcesses = opts.maxProcesses ?? DEFAULT_MAX_PROCESSES;
+    this.cgroupMode = opts.cgroups ?? 'auto';
+    this.limitPollMs = opts.limitPollMs ?? DISK_POLL_MS;
+    this.nicePath = opts.nicePath ?? 'nice';
+    this.networkTools = {
+      slirp4netnsPath: opts.slirp4netnsPath ?? 'slirp4netns',
+      unsharePath: opts.unsharePath ?? 'unshare',
+      nsenterPath: opts.nsenterPath ?? 'nsenter',
+      ipPath: opts.ipPath ?? 'ip',
+      setprivPath: this.setprivPath,
+    };
+    this.warn = opts.warn ?? ((message) => process.emitWarning(message));
+  }
+
+  private warnOnce(message: string): void {
+    if (this.warned.has(message)) return;
+    this.warned.add(message);
+    this.warn(message);
+  }
+
+  /** Where task cgroups can be made; detected once. */
+  private cgroups(): Promise<CgroupHost | undefined> {
+    this.cgroupHost ??= this.cgroupMode === 'off' ? Promise.resolve(undefined) : detectCgroups();
+    return this.cgroupHost;
   }
 
   /** Starts `/bin/true` in a minimal sandbox through the same launcher chain a task uses. */
@@ -291,6 +417,30 @@ export class SandboxRuntime implements Runtime {
         details: { exitCode: result.exitCode, signal: result.signal, stderr: stderr.trim() },
       });
     }
+    // Report degraded isolation at start-up rather than at the first task.
+    await this.cgroupFor({ cpu: 1 }).then((g) => g?.remove());
+  }
+
+  /** The task's cgroup, or undefined (with a warning) where none can be made. */
+  private async cgroupFor(req: Pick<RunRequest, 'cpu'>): Promise<TaskCgroup | undefined> {
+    const host = await this.cgroups();
+    let group: TaskCgroup | undefined;
+    if (host) {
+      try {
+        group = await TaskCgroup.create(host, { maxProcesses: this.maxProcesses, cpu: req.cpu });
+      } catch (err) {
+        this.warnOnce(`sandbox: cannot create a task cgroup (${(err as Error).message}); using the fallback limits`);
+      }
+    }
+    if (!group?.dirs.pids) {
+      this.warnOnce(
+        this.dropRoot
+          ? 'sandbox: no pids cgroup can be created here; tasks get per-slot uids with prlimit --nproc instead'
+          : 'sandbox: no pids cgroup can be created here and the agent is not root; tasks have no process limit',
+      );
+    }
+    if (!group?.dirs.cpu) this.warnOnce(`sandbox: no cpu cgroup can be created here; tasks run under nice -n ${FALLBACK_NICE} instead of a CPU quota`);
+    return group;
   }
 
   async run(req: RunRequest): Promise<RunResult> {
@@ -309,47 +459,171 @@ export class SandboxRuntime implements Runtime {
         }
       }
     }
-    if (this.dropRoot) {
-      for (const dir of Object.values(dirs)) await assertTraversable(dir);
-      await makeReadable(dirs.bundle);
-      await makeReadable(dirs.inputs);
-      await giveToTask(dirs.outputs);
-      await giveToTask(dirs.checkpoints);
+    // Refuse network before anything is changed on disk: it never falls back to the host's namespace.
+    if (req.network) await assertNetworkTools(this.networkTools, LAUNCHER_ENV.PATH);
+    if (req.signal?.aborted) return { exitCode: null, signal: null, timedOut: false, aborted: true, durationMs: 0 };
+
+    const cleanups: (() => Promise<void>)[] = [];
+    try {
+      const group = await this.cgroupFor(req);
+      if (group) cleanups.push(() => group.remove());
+
+      // Without a pids cgroup the process limit is RLIMIT_NPROC, which is per real uid: one uid per running task.
+      let uid = SANDBOX_TASK_ID;
+      let nproc: number | undefined;
+      if (!group?.dirs.pids && this.dropRoot) {
+        let slot = 0;
+        while (this.slots.has(slot)) slot++;
+        this.slots.add(slot);
+        cleanups.push(async () => {
+          this.slots.delete(slot);
+        });
+        uid = FALLBACK_UID_BASE + slot;
+        nproc = this.maxProcesses;
+      }
+
+      if (this.dropRoot) {
+        for (const dir of Object.values(dirs)) await assertTraversable(dir, uid);
+        await makeReadable(dirs.bundle);
+        await makeReadable(dirs.inputs);
+        await giveToTask(dirs.outputs, uid);
+        await giveToTask(dirs.checkpoints, uid);
+      }
+
+      let network: LaunchPlan['network'];
+      if (req.network) {
+        // A world-readable resolv.conf for the task (bwrap binds it as the task's uid).
+        const etcDir = await mkdtemp(path.join(os.tmpdir(), 'gw-net-'));
+        cleanups.push(() => rm(etcDir, { recursive: true, force: true }));
+        await chmod(etcDir, 0o755);
+        const resolvConf = path.join(etcDir, 'resolv.conf');
+        await writeFile(resolvConf, TASK_RESOLV_CONF, { mode: 0o644 });
+        network = { tools: this.networkTools, resolvConf };
+      }
+
+      const plan: LaunchPlan = {
+        uid,
+        cgroupProcs: group?.procsFiles() ?? [],
+        ...(nproc === undefined ? {} : { nproc }),
+        ...(group?.dirs.cpu ? {} : { nice: FALLBACK_NICE }),
+        ...(network ? { network } : {}),
+        nicePath: this.nicePath,
+      };
+      const argv = await buildSandboxArgv(
+        req,
+        dirs,
+        { bwrapPath: this.bwrapPath, setprivPath: this.setprivPath, prlimitPath: this.prlimitPath, etcPaths: this.etcPaths, dropRoot: this.dropRoot },
+        plan,
+      );
+      return await this.launch(req, argv, { dirs, group, uid, nproc, network: network !== undefined });
+    } finally {
+      for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});
     }
+  }
 
-    const argv = await buildSandboxArgv(req, dirs, {
-      bwrapPath: this.bwrapPath,
-      setprivPath: this.setprivPath,
-      prlimitPath: this.prlimitPath,
-      etcPaths: this.etcPaths,
-      dropRoot: this.dropRoot,
-    });
-
+  private async launch(
+    req: RunRequest,
+    argv: string[],
+    ctx: { dirs: SandboxDirs; group: TaskCgroup | undefined; uid: number; nproc: number | undefined; network: boolean },
+  ): Promise<RunResult> {
     // bwrap writes {"child-pid": N, ...} to --info-fd once the sandbox exists; N leads the inner session.
     let innerSession: number | undefined;
+    let onSandbox: (() => void) | undefined;
     const readInfo = (stream: Readable) => {
       let text = '';
       stream.setEncoding('utf8');
       stream.on('data', (chunk: string) => {
         text += chunk;
         const m = /"child-pid"\s*:\s*(\d+)/.exec(text);
-        if (m?.[1]) innerSession = Number(m[1]);
+        if (m?.[1] && innerSession === undefined) {
+          innerSession = Number(m[1]);
+          onSandbox?.();
+        }
       });
-      stream.on('error', () => {});
     };
 
-    return runProcessGroup({
-      file: argv[0] ?? this.prlimitPath,
-      args: argv.slice(1),
-      cwd: '/',
-      env: LAUNCHER_ENV,
-      timeoutMs: req.timeoutMs,
-      ...(req.signal ? { signal: req.signal } : {}),
-      ...(this.killGraceMs === undefined ? {} : { killGraceMs: this.killGraceMs }),
-      onOutput: req.onOutput,
-      onFd3: readInfo,
-      termGroups: () => (innerSession === undefined ? [] : [innerSession]),
-    });
+    const writable = [ctx.dirs.outputs, ctx.dirs.checkpoints];
+    let watchTimer: NodeJS.Timeout | undefined;
+    let watching = true;
+    let networkSetup: Promise<TaskNetwork | undefined> | undefined;
+    let setupError: unknown;
+
+    /** Polls the process and disk limits; stops the task at the first one exceeded. */
+    const watch = (control: GroupControl) => {
+      const tick = async () => {
+        if (!watching) return;
+        let hit: RunLimit | undefined;
+        if (ctx.group?.dirs.pids) {
+          if (await ctx.group.processLimitHit()) hit = 'processes';
+        } else if (ctx.nproc !== undefined && (await threadsOfUid(ctx.uid)) >= ctx.nproc) {
+          // The kernel keeps no count of refused forks per uid: only a task that stays at its limit is seen here
+          // (a bomb whose shells die on a refused fork collapses by itself).
+          hit = 'processes';
+        }
+        if (!hit && (await diskUsage(writable)) > req.diskBytes) hit = 'disk';
+        if (!watching) return;
+        if (hit) control.stop(hit);
+        else watchTimer = setTimeout(() => void tick(), this.limitPollMs);
+      };
+      watchTimer = setTimeout(() => void tick(), this.limitPollMs);
+    };
+
+    const onStart = (control: GroupControl) => {
+      const [info, block] = control.pipes;
+      if (info) readInfo(info);
+      watch(control);
+      if (!ctx.network) return;
+      // bwrap blocks on fd 4 until the namespace is configured; nothing of the task runs before that.
+      onSandbox = () => {
+        networkSetup = startTaskNetwork(control.pid, this.networkTools, {
+          env: LAUNCHER_ENV,
+          ...(this.dropRoot ? { dropTo: { uid: ctx.uid, gid: ctx.uid } } : {}),
+        }).then(
+          (net) => {
+            block?.write('1');
+            return net;
+          },
+          (err: unknown) => {
+            // Kill before the block pipe closes: EOF on --block-fd would let bwrap start the task.
+            control.kill();
+            setupError = err;
+            return undefined;
+          },
+        );
+      };
+    };
+
+    let result: RunResult;
+    try {
+      result = await runProcessGroup({
+        file: argv[0] ?? this.prlimitPath,
+        args: argv.slice(1),
+        cwd: '/',
+        env: LAUNCHER_ENV,
+        timeoutMs: req.timeoutMs,
+        ...(req.signal ? { signal: req.signal } : {}),
+        ...(this.killGraceMs === undefined ? {} : { killGraceMs: this.killGraceMs }),
+        onOutput: req.onOutput,
+        extraPipes: ctx.network ? 2 : 1,
+        onStart,
+        termGroups: () => (innerSession === undefined ? [] : [innerSession]),
+      });
+    } finally {
+      watching = false;
+      clearTimeout(watchTimer);
+    }
+    // The setup may still be under way if the run ended early (aborted during setup): wait, then stop slirp4netns.
+    await (await networkSetup)?.close();
+    // A setup that failed because the run was already being stopped is not the task's error.
+    if (setupError && !result.aborted && !result.timedOut) throw setupError;
+
+    // Limits hit between the last poll and the end of the run.
+    if (!result.limit && !result.timedOut && !result.aborted) {
+      const usage = await diskUsage(writable);
+      if (usage > req.diskBytes || (result.exitCode === SIGXFSZ_EXIT && usage >= req.diskBytes)) result = { ...result, limit: 'disk' };
+      else if (result.exitCode !== 0 && (await ctx.group?.processLimitHit())) result = { ...result, limit: 'processes' };
+    }
+    return result;
   }
 }
 

@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
-import type { Readable } from 'node:stream';
-import type { RunResult } from './runtime.ts';
+import type { Duplex } from 'node:stream';
+import type { RunLimit, RunResult } from './runtime.ts';
 
 /** Time between SIGTERM and SIGKILL when a task is stopped. */
 export const DEFAULT_KILL_GRACE_MS = 2000;
@@ -18,14 +18,27 @@ export interface SpawnGroupOptions {
   signal?: AbortSignal;
   killGraceMs?: number;
   onOutput: (stream: 'stdout' | 'stderr', data: string) => void;
-  /** When given, fd 3 of the child is a pipe handed to this callback (bwrap --info-fd 3). */
-  onFd3?: (stream: Readable) => void;
+  /** Extra pipes the child gets as fd 3, 4, … (bwrap --info-fd 3, --block-fd 4); handed to onStart. */
+  extraPipes?: number;
+  /** Called once the child exists (not for a failed spawn): its pid, the extra pipes, and ways to stop it. */
+  onStart?: (control: GroupControl) => void;
   /**
    * Process groups that get the polite SIGTERM instead of the leader's own group. The sandbox returns
    * bwrap's inner session here: SIGTERM to the outer bwrap kills it at once, and --die-with-parent then
    * SIGKILLs the task without a chance to write a checkpoint. SIGKILL always goes to the leader's group too.
    */
   termGroups?: () => readonly number[];
+}
+
+/** What onStart receives. */
+export interface GroupControl {
+  pid: number;
+  /** The child's fd 3, 4, … in order (see extraPipes). */
+  pipes: Duplex[];
+  /** Ends the run because a limit was hit: SIGTERM, SIGKILL after the grace period; the result carries the limit. */
+  stop: (limit: RunLimit) => void;
+  /** SIGKILLs the whole group at once (a failed setup: nothing of the task may run). */
+  kill: () => void;
 }
 
 /**
@@ -47,12 +60,13 @@ export function runProcessGroup(opts: SpawnGroupOptions): Promise<RunResult> {
     }
 
     const stdio: ('ignore' | 'pipe')[] = ['ignore', 'pipe', 'pipe'];
-    if (opts.onFd3) stdio.push('pipe');
+    for (let i = 0; i < (opts.extraPipes ?? 0); i++) stdio.push('pipe');
     const child = spawn(opts.file, opts.args, { cwd: opts.cwd, env: opts.env, detached: true, stdio });
     const pgid = child.pid;
 
     let timedOut = false;
     let aborted = false;
+    let limit: RunLimit | undefined;
     let exited = false;
     let finished = false;
     let exitCode: number | null = null;
@@ -70,10 +84,11 @@ export function runProcessGroup(opts: SpawnGroupOptions): Promise<RunResult> {
       }
     };
 
-    const terminate = (cause: 'timeout' | 'abort') => {
+    const terminate = (cause: 'timeout' | 'abort' | RunLimit) => {
       if (exited || finished || killTimer !== undefined || pgid === undefined) return;
       if (cause === 'timeout') timedOut = true;
-      else aborted = true;
+      else if (cause === 'abort') aborted = true;
+      else limit = cause;
       const polite = opts.termGroups?.() ?? [];
       signalGroups(polite.length > 0 ? polite : [pgid], 'SIGTERM');
       killTimer = setTimeout(() => signalGroups([pgid, ...polite], 'SIGKILL'), graceMs);
@@ -90,7 +105,7 @@ export function runProcessGroup(opts: SpawnGroupOptions): Promise<RunResult> {
       clearTimeout(killTimer);
       clearTimeout(closeTimer);
       opts.signal?.removeEventListener('abort', onAbort);
-      resolve({ ...result, timedOut, aborted, durationMs: elapsed() });
+      resolve({ ...result, timedOut, aborted, durationMs: elapsed(), ...(limit ? { limit } : {}) });
     };
 
     for (const name of ['stdout', 'stderr'] as const) {
@@ -99,8 +114,18 @@ export function runProcessGroup(opts: SpawnGroupOptions): Promise<RunResult> {
       stream?.setEncoding('utf8');
       stream?.on('data', (data: string) => opts.onOutput(name, data));
     }
-    const fd3 = child.stdio[3];
-    if (opts.onFd3 && fd3 && 'read' in fd3) opts.onFd3(fd3 as Readable);
+    if (pgid !== undefined && opts.onStart) {
+      const pipes = child.stdio.slice(3).filter((s): s is NonNullable<typeof s> => s !== null && s !== undefined) as Duplex[];
+      for (const pipe of pipes) pipe.on('error', () => {});
+      opts.onStart({
+        pid: pgid,
+        pipes,
+        stop: (cause) => terminate(cause),
+        kill: () => {
+          if (!exited) signalGroups([pgid, ...(opts.termGroups?.() ?? [])], 'SIGKILL');
+        },
+      });
+    }
 
     child.on('error', (err) => {
       // Only a failed spawn has no pid; later errors (a failed kill) are not fatal to the run.

@@ -1,0 +1,45 @@
+import { lstat, readdir } from 'node:fs/promises';
+import path from 'node:path';
+
+/**
+ * Disk usage of a task's writable directories (/outputs and /checkpoints), for the sandbox's disk limit.
+ *
+ * Why a measurement and not a filesystem of its own: the task's directories are ordinary directories under the
+ * agent's work root, which the agent reads (hashes, uploads) after the run, and a bind mount has no size of its
+ * own. A size-limited tmpfs would hold outputs in RAM; a loop-mounted image needs loop devices, mkfs and root, and
+ * a copy of everything back out after the run. So the limit is enforced in two layers that work on any host:
+ *
+ *   1. `prlimit --fsize=diskBytes`: the kernel refuses to grow any single file past the limit (the writer gets
+ *      SIGXFSZ/EFBIG at once), so one huge file never overshoots, whatever the write speed;
+ *   2. a watcher that measures the directories every DISK_POLL_MS and stops the task once their total exceeds
+ *      the limit; many files written in parallel can overshoot by at most what the task writes in one poll
+ *      interval (plus the time one walk takes), and the run ends with `limit: 'disk'`.
+ *
+ * A file counts with the larger of its apparent size and its allocated blocks (a sparse file would still be
+ * uploaded whole); hard links count once; directories (but not the two top directories) and symlinks count their own blocks. Entries that vanish
+ * during the walk are skipped.
+ */
+
+/** How often the sandbox measures a task's writable directories. */
+export const DISK_POLL_MS = 500;
+
+/** Bytes used by the trees under dirs (see the header comment for what counts). */
+export async function diskUsage(dirs: readonly string[]): Promise<number> {
+  const seen = new Set<string>();
+  let total = 0;
+  const visit = async (p: string, isRoot = false): Promise<void> => {
+    const st = await lstat(p, { bigint: true }).catch(() => undefined);
+    if (!st) return;
+    const key = `${st.dev}:${st.ino}`;
+    if (seen.has(key)) return;
+    seen.add(key);
+    const allocated = Number(st.blocks) * 512;
+    // The directories themselves were made by the agent; only what the task puts in them counts.
+    if (!isRoot) total += st.isFile() ? Math.max(Number(st.size), allocated) : allocated;
+    if (!st.isDirectory()) return;
+    const entries = await readdir(p).catch(() => [] as string[]);
+    for (const name of entries) await visit(path.join(p, name));
+  };
+  for (const dir of dirs) await visit(dir, true);
+  return total;
+}
