@@ -1,28 +1,38 @@
 /**
  * The requester's client: submit (packs and uploads the bundle and inputs), get, list, watch,
- * logs, results, cancel. Every call takes an AbortSignal; errors are GridworkError with the
- * server's stable codes.
+ * wait, logs, results, cancel, money. Every call takes an AbortSignal; errors are
+ * GridworkError with the server's stable codes, or one of the typed errors in errors.ts.
+ *
+ * Waiting survives: `watch`, `wait` and following logs reconnect with backoff after a broken
+ * stream or a coordinator restart and resume from the last event position / log sequence they
+ * saw. Only the job's end ends them — or `giveUpAfterMs` without contact (LostContactError).
  */
+import { randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
-import { randomBytes } from 'node:crypto';
 import {
   type BalanceView,
   GridworkError,
   type HistoryEntry,
-  type MarketClass,
-  type MatchExplanation,
   type InputSet,
   type JobSpec,
   type JobSummary,
   type JobView,
   type LogEntry,
+  type MarketClass,
+  type MatchExplanation,
   type SubmitJobRequest,
   TERMINAL_JOB_STATES,
 } from '@gridwork/protocol';
-import { type Identity, type RequestBody, readNdjson, signedFetch, writeVerified } from '@gridwork/protocol/node';
+import { type Identity, loadOrCreateIdentity, writeVerified } from '@gridwork/protocol/node';
+import { type ConfigOptions, resolveConfig } from './config.ts';
+import { isTransient, LostContactError } from './errors.ts';
 import { describeFiles, expandGlob, type LocalFile, packBundle } from './files.ts';
+import { normalizeCoordinatorUrl, type RequestBody, readNdjsonLines, signedRequest } from './http.ts';
+import { type LogLine, LogLineSplitter } from './log-lines.ts';
+import { readSpecFile } from './spec-file.ts';
+import type { ProviderListing } from './types.ts';
 
 export interface ClientOptions {
   /** Coordinator base URL, e.g. http://127.0.0.1:7070 */
@@ -39,13 +49,112 @@ export interface MoneyCallOptions extends CallOptions {
   idempotencyKey?: string;
 }
 
-const newKey = () => randomBytes(16).toString('base64url');
+/** What a reconnecting stream reports while it has no contact. */
+export interface ConnectionEvent {
+  state: 'lost' | 'restored';
+  /** Why contact was lost (for 'lost'). */
+  error?: unknown;
+  /** Time without contact so far. */
+  lostForMs: number;
+  /** Delay before the next attempt (for 'lost'). */
+  retryInMs?: number;
+}
+
+export interface ReconnectOptions extends CallOptions {
+  /**
+   * Give up (LostContactError) after this long without contact with the coordinator. Contact
+   * means a successful (re)connection; keepalives on an open stream count as contact too.
+   * @default Infinity (wait as long as it takes)
+   */
+  giveUpAfterMs?: number;
+  /** Told when contact is lost and when it comes back. */
+  onConnection?: (event: ConnectionEvent) => void;
+  /** First retry delay; doubles up to maxRetryDelayMs. @default 250 */
+  retryDelayMs?: number;
+  /** @default 5000 */
+  maxRetryDelayMs?: number;
+}
+
+export interface WaitOptions extends ReconnectOptions {
+  /** Called with every snapshot of the job (the first one at once). */
+  onUpdate?: (job: JobView) => void;
+}
+
+export interface LogOptions extends ReconnectOptions {
+  /** Keep reading new entries until the job ends. @default false */
+  follow?: boolean;
+  /** Only entries after this sequence number. @default 0 */
+  after?: number;
+}
 
 export interface SubmitOptions extends CallOptions {
-  /** Directory that relative paths in the spec are resolved against. */
-  baseDir: string;
-  /** Called as files are uploaded. */
-  onUpload?: (info: { uploaded: number; total: number; bytes: number }) => void;
+  /** Directory that relative paths in the spec are resolved against. @default process.cwd() */
+  baseDir?: string;
+  /** Called as files are uploaded: files and bytes done so far of those the coordinator lacked. */
+  onUpload?: (info: { uploaded: number; total: number; bytes: number; totalBytes: number }) => void;
+  /**
+   * One key per logical submit: a retried submit with the same key returns the same job
+   * instead of creating a second one. @default a random UUID per call
+   */
+  idempotencyKey?: string;
+}
+
+const newKey = () => randomUUID();
+const sleep = (ms: number, signal?: AbortSignal) =>
+  new Promise<void>((res, rej) => {
+    if (signal?.aborted) return rej(new GridworkError('ABORTED', 'aborted'));
+    const t = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      res();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(t);
+      rej(new GridworkError('ABORTED', 'aborted'));
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+
+/** Events of `GET /v1/jobs/:id/events`; `position` lets a reconnecting client resume. */
+interface JobEventLine {
+  type: 'job';
+  job: JobView;
+  position?: string;
+}
+
+/**
+ * Tracks contact for a reconnecting stream: backoff between attempts, and the give-up clock
+ * that starts when contact is lost and stops when it comes back.
+ */
+class Contact {
+  private lostAt: number | undefined;
+  private delay: number;
+
+  constructor(
+    private readonly jobId: string,
+    private readonly options: ReconnectOptions,
+  ) {
+    this.delay = options.retryDelayMs ?? 250;
+  }
+
+  ok(): void {
+    if (this.lostAt !== undefined) this.options.onConnection?.({ state: 'restored', lostForMs: Date.now() - this.lostAt });
+    this.lostAt = undefined;
+    this.delay = this.options.retryDelayMs ?? 250;
+  }
+
+  /** After a transient failure: waits before the next attempt, or throws when it is time to give up. */
+  async failed(error: unknown, lastSeen: JobView | undefined): Promise<void> {
+    const now = Date.now();
+    this.lostAt ??= now;
+    const lostForMs = now - this.lostAt;
+    const giveUp = this.options.giveUpAfterMs ?? Number.POSITIVE_INFINITY;
+    if (lostForMs >= giveUp) throw new LostContactError(this.jobId, lastSeen, lostForMs, { cause: error });
+    const jitter = 0.8 + Math.random() * 0.4;
+    const wait = Math.min(Math.round(this.delay * jitter), Math.max(1, giveUp - lostForMs));
+    this.options.onConnection?.({ state: 'lost', error, lostForMs, retryInMs: wait });
+    await sleep(wait, this.options.signal);
+    this.delay = Math.min(this.delay * 2, this.options.maxRetryDelayMs ?? 5000);
+  }
 }
 
 export class GridworkClient {
@@ -54,13 +163,24 @@ export class GridworkClient {
   private readonly identity: Identity;
 
   constructor(options: ClientOptions) {
-    this.url = options.url.replace(/\/+$/, '');
+    this.url = normalizeCoordinatorUrl(options.url);
     this.identity = options.identity;
     this.accountId = options.identity.publicKey;
   }
 
-  private fetch(method: string, path: string, body?: RequestBody, signal?: AbortSignal): Promise<Response> {
-    return signedFetch(this.url, this.identity, method, path, { ...(body ? { body } : {}), ...(signal ? { signal } : {}) });
+  /**
+   * A client configured as the `gridwork` CLI is: GRIDWORK_COORDINATOR, GRIDWORK_KEY_FILE,
+   * GRIDWORK_PROFILE and the profiles in $GRIDWORK_HOME/config.json (see config.ts). The key
+   * file is created on first use, as the CLI does.
+   */
+  static async fromEnv(options: ConfigOptions = {}): Promise<GridworkClient> {
+    const config = await resolveConfig(options);
+    const url = normalizeCoordinatorUrl(config.coordinator); // a typo fails before a key is created
+    return new GridworkClient({ url, identity: await loadOrCreateIdentity(config.keyFile) });
+  }
+
+  private fetch(method: string, path: string, body?: RequestBody, signal?: AbortSignal, accept: 'json' | 'ndjson' | 'bytes' = 'json'): Promise<Response> {
+    return signedRequest(this.url, this.identity, method, path, { ...(body ? { body } : {}), ...(signal ? { signal } : {}), accept });
   }
 
   private async json<T>(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<T> {
@@ -68,14 +188,21 @@ export class GridworkClient {
     return (await res.json()) as T;
   }
 
+  /** Reads a spec file (YAML or JSON), then submits it with paths relative to the file. */
+  async submitFile(path: string, options: SubmitOptions = {}): Promise<JobView> {
+    const spec = await readSpecFile(path);
+    return this.submit(spec, { ...options, baseDir: options.baseDir ?? dirname(resolve(path)) });
+  }
+
   /** Packs the spec's bundle and inputs, uploads what the coordinator lacks, and submits. */
-  async submit(spec: JobSpec, options: SubmitOptions): Promise<JobView> {
+  async submit(spec: JobSpec, options: SubmitOptions = {}): Promise<JobView> {
+    const baseDir = options.baseDir ?? process.cwd();
     const upload: LocalFile[] = [];
     let bundle: SubmitJobRequest['bundle'];
     let manifestBytes: Buffer | undefined;
     let manifestDigest = '';
     if (spec.runtime.kind === 'bundle' && spec.runtime.path) {
-      const packed = await packBundle(resolve(options.baseDir, spec.runtime.path));
+      const packed = await packBundle(resolve(baseDir, spec.runtime.path));
       upload.push(...packed.files);
       bundle = { manifest: packed.manifestDigest };
       manifestBytes = packed.manifestBytes;
@@ -83,8 +210,8 @@ export class GridworkClient {
     }
     const inputs: InputSet[] = [];
     for (const [i, input] of (spec.inputs ?? []).entries()) {
-      const files = await describeFiles(await expandGlob(options.baseDir, input.path));
-      if (files.length === 0) throw new GridworkError('INVALID_SPEC', `inputs[${i}].path: "${input.path}" matches no files in ${options.baseDir}`);
+      const files = await describeFiles(await expandGlob(baseDir, input.path));
+      if (files.length === 0) throw new GridworkError('INVALID_SPEC', `inputs[${i}].path: "${input.path}" matches no files in ${baseDir}`);
       upload.push(...files);
       inputs.push({ name: input.name, shard: input.shard ?? false, files: files.map((f) => ({ path: f.path, digest: f.digest, size: f.size })) });
     }
@@ -93,13 +220,16 @@ export class GridworkClient {
     return this.submitPrepared({ spec, ...(bundle ? { bundle } : {}), inputs }, options);
   }
 
-  async submitPrepared(request: SubmitJobRequest, options: CallOptions = {}): Promise<JobView> {
-    return this.json<JobView>('POST', '/v1/jobs', request, options.signal);
+  /** Submits a request whose blobs are already uploaded. */
+  async submitPrepared(request: SubmitJobRequest, options: CallOptions & { idempotencyKey?: string } = {}): Promise<JobView> {
+    const body = { ...request, idempotencyKey: request.idempotencyKey ?? options.idempotencyKey ?? newKey() };
+    return this.json<JobView>('POST', '/v1/jobs', body, options.signal);
   }
 
   private async uploadFiles(files: LocalFile[], options: SubmitOptions): Promise<void> {
     const byDigest = new Map(files.map((f) => [f.digest, f]));
     const { missing } = await this.json<{ missing: string[] }>('POST', '/v1/blobs/missing', { digests: [...byDigest.keys()] }, options.signal);
+    const totalBytes = missing.reduce((n, d) => n + (byDigest.get(d)?.size ?? 0), 0);
     let uploaded = 0;
     let bytes = 0;
     for (const digest of missing) {
@@ -107,12 +237,13 @@ export class GridworkClient {
       await this.uploadBlob(Readable.toWeb(createReadStream(f.absPath)) as ReadableStream<Uint8Array>, digest, options.signal);
       uploaded++;
       bytes += f.size;
-      options.onUpload?.({ uploaded, total: missing.length, bytes });
+      options.onUpload?.({ uploaded, total: missing.length, bytes, totalBytes });
     }
   }
 
   async uploadBlob(data: Uint8Array | ReadableStream<Uint8Array>, digest: string, signal?: AbortSignal): Promise<void> {
-    await this.fetch('PUT', `/v1/blobs/${digest}`, { blob: data, digest }, signal);
+    const res = await this.fetch('PUT', `/v1/blobs/${digest}`, { blob: data, digest }, signal);
+    await res.body?.cancel().catch(() => {});
   }
 
   get(jobId: string, options: CallOptions = {}): Promise<JobView> {
@@ -128,33 +259,112 @@ export class GridworkClient {
     return this.json<JobView>('POST', `/v1/jobs/${encodeURIComponent(jobId)}/cancel`, undefined, options.signal);
   }
 
-  /** Job snapshots: the current one at once, then one per change, ending when the job ends. */
-  async *watch(jobId: string, options: CallOptions = {}): AsyncGenerator<JobView> {
-    const res = await this.fetch('GET', `/v1/jobs/${encodeURIComponent(jobId)}/events`, undefined, options.signal);
-    try {
-      for await (const ev of readNdjson<{ type: 'job'; job: JobView }>(res)) yield ev.job;
-    } catch (err) {
-      if (options.signal?.aborted) throw new GridworkError('ABORTED', 'watch aborted', { cause: err });
-      throw new GridworkError('NETWORK_ERROR', `event stream broke: ${(err as Error).message}`, { cause: err });
+  /**
+   * Job snapshots: the current one at once, then one per change, ending when the job ends.
+   * A broken stream is reopened (with backoff) from the last position seen; a snapshot that
+   * repeats the last one after a reconnect is not yielded again.
+   */
+  async *watch(jobId: string, options: ReconnectOptions = {}): AsyncGenerator<JobView> {
+    const contact = new Contact(jobId, options);
+    let position: string | undefined;
+    let last: JobView | undefined;
+    let lastKey = '';
+    for (;;) {
+      const ac = new AbortController();
+      const onAbort = () => ac.abort();
+      options.signal?.addEventListener('abort', onAbort, { once: true });
+      try {
+        const q = position === undefined ? '' : `?after=${encodeURIComponent(position)}`;
+        const res = await this.fetch('GET', `/v1/jobs/${encodeURIComponent(jobId)}/events${q}`, undefined, ac.signal, 'ndjson');
+        contact.ok();
+        for await (const ev of readNdjsonLines<JobEventLine>(res)) {
+          if (ev.position !== undefined) position = ev.position;
+          if (ev.type !== 'job' || !ev.job) continue;
+          const key = JSON.stringify(ev.job);
+          if (key !== lastKey) {
+            lastKey = key;
+            last = ev.job;
+            yield ev.job;
+          }
+          if (TERMINAL_JOB_STATES.includes(ev.job.state)) return;
+        }
+        // The stream ended without the job ending (a coordinator shutting down ends it cleanly).
+        await contact.failed(new GridworkError('NETWORK_ERROR', 'event stream ended before the job did'), last);
+      } catch (err) {
+        if (options.signal?.aborted) throw new GridworkError('ABORTED', 'watch aborted', { cause: err });
+        if (err instanceof LostContactError || !isTransient(err)) throw err;
+        await contact.failed(err, last);
+      } finally {
+        options.signal?.removeEventListener('abort', onAbort);
+        ac.abort();
+      }
     }
   }
 
-  /** Waits until the job ends and returns its final state. */
-  async wait(jobId: string, options: CallOptions & { onUpdate?: (job: JobView) => void } = {}): Promise<JobView> {
+  /** Waits until the job ends and returns its final state (see `watch` for reconnects and giving up). */
+  async wait(jobId: string, options: WaitOptions = {}): Promise<JobView> {
     let last: JobView | undefined;
     for await (const job of this.watch(jobId, options)) {
       last = job;
       options.onUpdate?.(job);
     }
-    if (!last || !TERMINAL_JOB_STATES.includes(last.state)) return this.get(jobId, options);
+    if (!last) throw new GridworkError('INTERNAL', `no state received for job ${jobId}`);
     return last;
   }
 
-  /** Log entries; with `follow`, new ones as they arrive until the job ends. */
-  async *logs(jobId: string, options: CallOptions & { follow?: boolean; after?: number } = {}): AsyncGenerator<LogEntry> {
-    const q = `after=${options.after ?? 0}&follow=${options.follow ? 'true' : 'false'}`;
-    const res = await this.fetch('GET', `/v1/jobs/${encodeURIComponent(jobId)}/logs?${q}`, undefined, options.signal);
-    yield* readNdjson<LogEntry>(res);
+  /**
+   * Log entries, as the coordinator stores them (chunks of output); with `follow`, new ones as
+   * they arrive until the job ends, reconnecting and resuming after the last sequence seen.
+   */
+  async *logs(jobId: string, options: LogOptions = {}): AsyncGenerator<LogEntry> {
+    const contact = new Contact(jobId, options);
+    const follow = options.follow ?? false;
+    let after = options.after ?? 0;
+    for (;;) {
+      const ac = new AbortController();
+      const onAbort = () => ac.abort();
+      options.signal?.addEventListener('abort', onAbort, { once: true });
+      try {
+        const q = `after=${after}&follow=${follow ? 'true' : 'false'}`;
+        const res = await this.fetch('GET', `/v1/jobs/${encodeURIComponent(jobId)}/logs?${q}`, undefined, ac.signal, 'ndjson');
+        contact.ok();
+        for await (const e of readNdjsonLines<LogEntry>(res)) {
+          if (e.seq <= after) continue;
+          after = e.seq;
+          yield e;
+        }
+        if (!follow) return;
+        // A follow stream ends when the job has ended, or when a server closes it (restart, page limit).
+        const job = await this.get(jobId, { ...(options.signal ? { signal: options.signal } : {}) });
+        if (TERMINAL_JOB_STATES.includes(job.state)) {
+          // Entries written between the stream's end and the job's end, if any.
+          const tail = await this.fetch('GET', `/v1/jobs/${encodeURIComponent(jobId)}/logs?after=${after}&follow=false`, undefined, ac.signal, 'ndjson');
+          for await (const e of readNdjsonLines<LogEntry>(tail)) {
+            if (e.seq <= after) continue;
+            after = e.seq;
+            yield e;
+          }
+          return;
+        }
+      } catch (err) {
+        if (options.signal?.aborted) throw new GridworkError('ABORTED', 'log stream aborted', { cause: err });
+        if (err instanceof LostContactError || !isTransient(err) || !follow) throw err;
+        await contact.failed(err, undefined);
+      } finally {
+        options.signal?.removeEventListener('abort', onAbort);
+        ac.abort();
+      }
+    }
+  }
+
+  /**
+   * Log output as whole lines, per task and stream: chunks are split at newlines, and a
+   * partial last line is held until its newline arrives (or the log ends).
+   */
+  async *logLines(jobId: string, options: LogOptions = {}): AsyncGenerator<LogLine> {
+    const splitter = new LogLineSplitter();
+    for await (const e of this.logs(jobId, options)) yield* splitter.push(e);
+    yield* splitter.flush();
   }
 
   // ── money ────────────────────────────────────────────────────────────────────────────────
@@ -189,6 +399,7 @@ export class GridworkClient {
     return this.json<BalanceView>('POST', '/v1/stake/unbond', { amount, idempotencyKey: options.idempotencyKey ?? newKey() }, options.signal);
   }
 
+  /** Adds to a running job's budget from your available balance. */
   addBudget(jobId: string, amount: string, options: MoneyCallOptions = {}): Promise<JobView> {
     return this.json<JobView>(
       'POST',
@@ -202,6 +413,11 @@ export class GridworkClient {
     return (await this.json<{ classes: MarketClass[] }>('GET', '/v1/market', undefined, options.signal)).classes;
   }
 
+  /** Providers known to the coordinator: state, hardware, asks, reputation, benchmarks. */
+  async providers(options: CallOptions & { all?: boolean } = {}): Promise<ProviderListing[]> {
+    return (await this.json<{ providers: ProviderListing[] }>('GET', `/v1/providers${options.all ? '?all=true' : ''}`, undefined, options.signal)).providers;
+  }
+
   /** Why a spec would (not) match now, without submitting it. */
   explain(spec: JobSpec, options: CallOptions = {}): Promise<MatchExplanation> {
     return this.json<MatchExplanation>('POST', '/v1/market/explain', { spec }, options.signal);
@@ -209,11 +425,14 @@ export class GridworkClient {
 
   /** Downloads one blob of a job to `dest`, checking its digest; written atomically. */
   async download(jobId: string, digest: string, dest: string, options: CallOptions = {}): Promise<void> {
-    const res = await this.fetch('GET', `/v1/jobs/${encodeURIComponent(jobId)}/blobs/${digest}`, undefined, options.signal);
+    const res = await this.fetch('GET', `/v1/jobs/${encodeURIComponent(jobId)}/blobs/${digest}`, undefined, options.signal, 'bytes');
     await writeVerified(res, dest, digest);
   }
 
-  /** Downloads every output of a job into `dir/task-<index>/<path>`; returns the files written. */
+  /**
+   * Downloads every output of a job into `dir/task-<index>/<path>`; returns the files written.
+   * Outputs exist only for tasks that succeeded: check the job's state first (or use `wait`).
+   */
   async results(jobId: string, dir: string, options: CallOptions = {}): Promise<string[]> {
     const job = await this.get(jobId, options);
     const written: string[] = [];
