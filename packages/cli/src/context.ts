@@ -1,7 +1,13 @@
-/** Where the CLI finds the coordinator and the requester's key: flags, then environment, then defaults. */
+/**
+ * Where the CLI finds the coordinator and the requester's key: flags, then environment
+ * variables, then the profile in $GRIDWORK_HOME/config.json, then defaults (the SDK's
+ * `resolveConfig`, so `GridworkClient.fromEnv()` sees the same). The SDK is imported when a
+ * command needs it, not when the CLI starts.
+ */
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import { GridworkClient, loadOrCreateIdentity } from '@gridwork/sdk';
+import type { GridworkClient } from '@gridwork/sdk';
+import type { Command } from 'commander';
 
 export const DEFAULT_COORDINATOR = 'http://127.0.0.1:7070';
 
@@ -10,12 +16,27 @@ export function gridworkHome(): string {
   return process.env.GRIDWORK_HOME ?? join(homedir(), '.gridwork');
 }
 
-export function coordinatorUrl(flag: string | undefined): string {
-  return flag ?? process.env.GRIDWORK_COORDINATOR ?? DEFAULT_COORDINATOR;
+export interface ClientFlags {
+  coordinator?: string;
+  profile?: string;
 }
 
-/** The requester's client; the key is created on first use under GRIDWORK_HOME. */
-export async function requesterClient(flag: string | undefined): Promise<GridworkClient> {
-  const identity = await loadOrCreateIdentity(join(gridworkHome(), 'requester-key.json'));
-  return new GridworkClient({ url: coordinatorUrl(flag), identity });
+/** --coordinator and --profile, on every command that talks to a coordinator. */
+export function withClientOptions(c: Command): Command {
+  return c
+    .option('--coordinator <url>', 'coordinator URL (env GRIDWORK_COORDINATOR; default http://127.0.0.1:7070)')
+    .option('--profile <name>', 'profile from $GRIDWORK_HOME/config.json (env GRIDWORK_PROFILE)')
+    .option('--json', 'print JSON on stdout (errors too)');
+}
+
+export async function coordinatorUrl(flags: ClientFlags): Promise<string> {
+  const { resolveConfig, normalizeCoordinatorUrl } = await import('@gridwork/sdk');
+  const config = await resolveConfig({ coordinator: flags.coordinator, profile: flags.profile });
+  return normalizeCoordinatorUrl(config.coordinator);
+}
+
+/** The requester's client; the key is created on first use (GRIDWORK_KEY_FILE, default GRIDWORK_HOME/requester-key.json). */
+export async function requesterClient(flags: ClientFlags): Promise<GridworkClient> {
+  const { GridworkClient } = await import('@gridwork/sdk');
+  return GridworkClient.fromEnv({ coordinator: flags.coordinator, profile: flags.profile });
 }

@@ -1,8 +1,7 @@
+/** `gridwork coordinator start`. The coordinator's modules load only when it starts. */
 import { join } from 'node:path';
-import { startCoordinator } from '@gridwork/coordinator';
 import type { Command } from 'commander';
 import { gridworkHome } from '../context.ts';
-import { loadOrCreateIdentity } from '@gridwork/sdk';
 import { CliExit, EXIT_USAGE, info } from '../output.ts';
 import { intOption, waitForSignal } from './shared.ts';
 
@@ -40,6 +39,8 @@ export function registerCoordinatorCommands(program: Command): void {
       }) => {
         if (opts.feeBps + opts.reserveBps > 10_000) throw new CliExit(EXIT_USAGE, '--fee-bps plus --reserve-bps must not exceed 10000');
         if (opts.meteringMs < 100) throw new CliExit(EXIT_USAGE, '--metering-ms must be at least 100');
+        const { startCoordinator } = await import('@gridwork/coordinator');
+        const { loadOrCreateIdentity } = await import('@gridwork/sdk');
         const operatorKeyFile = opts.operatorKey ?? join(opts.data, 'operator-key.json');
         const operator = await loadOrCreateIdentity(operatorKeyFile);
         // GRIDWORK_DATABASE_SCHEMA: PostgreSQL schema (default public), so several coordinators can share one database.

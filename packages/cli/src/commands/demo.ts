@@ -7,14 +7,13 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type Coordinator, startCoordinator } from '@gridwork/coordinator';
-import { formatCredits, GridworkError } from '@gridwork/protocol';
-import { fixedPricing, ProviderAgent } from '@gridwork/provider';
-import { GridworkClient, loadOrCreateIdentity, readSpecFile } from '@gridwork/sdk';
+import type { Coordinator } from '@gridwork/coordinator';
+import type { ProviderAgent } from '@gridwork/provider';
 import type { Command } from 'commander';
-import pino from 'pino';
+import type pino from 'pino';
 import { CliExit, color, EXIT_FAILED, EXIT_USAGE, formatDuration, info, printJson } from '../output.ts';
 import { Progress } from '../progress.ts';
+import { printExplanation } from './job.ts';
 import { intOption } from './shared.ts';
 
 const EXAMPLE = fileURLToPath(new URL('../../../../examples/embed-corpus/job.yaml', import.meta.url));
@@ -29,6 +28,8 @@ interface DemoOptions {
 
 /** Demo providers ask different prices, so the market has something to choose between. */
 async function createProvider(coordinator: Coordinator, dataDir: string, i: number, runtime: 'sandbox' | 'process', logger: pino.Logger) {
+  const { formatCredits } = await import('@gridwork/protocol');
+  const { fixedPricing, ProviderAgent } = await import('@gridwork/provider');
   const cpuCoreHour = formatCredits(BigInt(2_500_000 + 500_000 * i)); // 3.00, 3.50, 4.00 … per core-hour
   return ProviderAgent.create({
     coordinatorUrl: coordinator.url,
@@ -54,6 +55,10 @@ export function registerDemoCommand(program: Command): void {
     .action(async (opts: DemoOptions) => {
       if (opts.providers < 1 || opts.providers > 32) throw new CliExit(EXIT_USAGE, '--providers must be between 1 and 32');
       const started = Date.now();
+      const { startCoordinator } = await import('@gridwork/coordinator');
+      const { GridworkError } = await import('@gridwork/protocol');
+      const { GridworkClient, loadOrCreateIdentity, readSpecFile } = await import('@gridwork/sdk');
+      const { default: pino } = await import('pino');
       const dataDir = opts.data ? resolve(opts.data) : await mkdtemp(join(tmpdir(), 'gridwork-demo-'));
       const logger = pino({ level: process.env.GRIDWORK_LOG_LEVEL ?? 'error' }, pino.destination(2));
       const spec = await readSpecFile(opts.spec);
@@ -92,6 +97,21 @@ export function registerDemoCommand(program: Command): void {
         const client = new GridworkClient({ url: coordinator.url, identity: await loadOrCreateIdentity(join(dataDir, 'requester-key.json')) });
         const funded = await client.deposit('10', { idempotencyKey: 'demo-faucet' });
         step(`requester funded from the dev faucet: ${funded.available} credits`);
+        // Say so at once when the demo's providers cannot run the spec (a max price below their
+        // asks, more cores than they have) instead of waiting for capacity that never comes.
+        const fit = await client.explain(spec);
+        if (!fit.matchable) {
+          if (!opts.json) printExplanation(fit, info);
+          const priceOnly = fit.excluded.price > 0 && fit.lowestAsk !== null;
+          throw new CliExit(
+            EXIT_FAILED,
+            priceOnly
+              ? `the demo providers ask more than the spec's max price: the lowest ask for this order is ${fit.lowestAsk}/h, the spec allows ${fit.maxPerHour}/h (raise price.maxPerHour in ${opts.spec})`
+              : `the demo providers cannot run ${opts.spec}: ${fit.reasons.join('; ')}`,
+            'NO_MATCH',
+            fit,
+          );
+        }
         const submitted = await client.submit(spec, { baseDir: dirname(opts.spec) });
         step(`submitted ${spec.name} as ${submitted.id}: ${submitted.tasks.length} tasks`);
         const progress = opts.json ? undefined : new Progress();
@@ -115,7 +135,7 @@ export function registerDemoCommand(program: Command): void {
           })),
         );
         const after = await client.balance();
-        const fees = await coordinator.accounts.protocolBalances();
+        const fees = await coordinator.protocolBalances();
         const summary = {
           ok: job.state === 'succeeded',
           job: { id: job.id, name: job.name, state: job.state, error: job.error },

@@ -1,49 +1,50 @@
-import { readSpecFile } from '@gridwork/sdk';
-import type { MatchExplanation } from '@gridwork/protocol';
+/** `gridwork market` (asks by resource class) and `gridwork providers` (who is online, with what). */
 import type { Command } from 'commander';
-import { requesterClient } from '../context.ts';
-import { CliExit, color, EXIT_FAILED, info, printJson } from '../output.ts';
-
-export function printExplanation(e: MatchExplanation): void {
-  info(e.matchable ? color.green('matches now') : color.yellow('does not match now'));
-  info(`  providers: ${e.providers.total} known, ${e.providers.online} online, ${e.candidates} can take it`);
-  for (const r of e.reasons) info(`  - ${r}`);
-  if (e.lowestAsk) info(`  lowest ask for this order: ${e.lowestAsk}/h (max price ${e.maxPerHour}/h)`);
-  if (e.busyUntil) info(`  busy capacity frees up by ${e.busyUntil} at the latest`);
-}
+import { type ClientFlags, requesterClient, withClientOptions } from '../context.ts';
+import { info, out, outColor, printJson, relativeTime, table } from '../output.ts';
 
 export function registerMarketCommands(program: Command): void {
-  program
-    .command('market')
-    .description('standing asks by resource class: min / median / max price and free units')
-    .option('--coordinator <url>', 'coordinator URL (env GRIDWORK_COORDINATOR)')
-    .option('--json', 'print JSON on stdout')
-    .action(async (opts: { coordinator?: string; json?: boolean }) => {
-      const classes = await (await requesterClient(opts.coordinator)).market();
+  withClientOptions(program.command('market').description('standing asks by resource class: min / median / max price and free units')).action(
+    async (opts: ClientFlags & { json?: boolean }) => {
+      const classes = await (await requesterClient(opts)).market();
       if (opts.json) return printJson({ classes });
       if (classes.length === 0) return info('no provider is offering capacity right now');
-      info(
-        `${'class'.padEnd(20)} ${'unit'.padEnd(10)} ${'providers'.padStart(9)} ${'free'.padStart(8)} ${'min'.padStart(10)} ${'median'.padStart(10)} ${'max'.padStart(10)}`,
-      );
-      for (const c of classes) {
-        info(
-          `${c.resourceClass.padEnd(20)} ${c.unit.padEnd(10)} ${String(c.providers).padStart(9)} ${String(c.freeUnits).padStart(8)} ${c.min.padStart(10)} ${c.median.padStart(10)} ${c.max.padStart(10)}`,
-        );
-      }
-    });
-}
+      const rows = classes.map((c) => [c.resourceClass, c.unit, String(c.providers), String(c.freeUnits), c.min, c.median, c.max]);
+      for (const l of table(['class', 'unit', 'providers', 'free', 'min', 'median', 'max'], rows, { right: ['providers', 'free', 'min', 'median', 'max'] })) out(l);
+    },
+  );
 
-export function registerExplainCommand(job: Command): void {
-  job
-    .command('explain <spec>')
-    .description('say which providers could run a spec now, and why the others cannot (exit 1 if none can)')
-    .option('--coordinator <url>', 'coordinator URL (env GRIDWORK_COORDINATOR)')
-    .option('--json', 'print JSON on stdout')
-    .action(async (specPath: string, opts: { coordinator?: string; json?: boolean }) => {
-      const spec = await readSpecFile(specPath);
-      const e = await (await requesterClient(opts.coordinator)).explain(spec);
-      if (opts.json) printJson(e);
-      else printExplanation(e);
-      if (!e.matchable) throw new CliExit(EXIT_FAILED, 'no provider can take this spec now');
+  withClientOptions(program.command('providers').description('providers on the network: state, hardware, asks, reputation, benchmark'))
+    .option('--all', 'include offline providers')
+    .action(async (opts: ClientFlags & { json?: boolean; all?: boolean }) => {
+      const providers = await (await requesterClient(opts)).providers({ all: opts.all ?? false });
+      if (opts.json) return printJson({ providers });
+      if (providers.length === 0) return info(opts.all ? 'no provider has ever connected' : 'no provider is online right now (--all lists offline ones too)');
+      const rows = providers.map((p) => {
+        const gpus = new Map<string, number>();
+        for (const g of p.hardware.gpus) gpus.set(g.model, (gpus.get(g.model) ?? 0) + 1);
+        const gpuText = [...gpus].map(([m, n]) => `${n}× ${m}`).join(', ') || '-';
+        const gpuAsk = Object.entries(p.asks?.gpuHour ?? {})
+          .map(([m, price]) => `${m} ${price}`)
+          .join(', ');
+        const state = p.state === 'online' && p.connected ? outColor.green('online') : p.state === 'online' ? outColor.yellow('online (not connected)') : p.state;
+        return [
+          p.name,
+          state,
+          String(p.hardware.cpu.cores),
+          String(Math.round(p.hardware.memoryGiB)),
+          gpuText,
+          p.asks ? `${p.asks.cpuCoreHour}/core-h${gpuAsk ? `, ${gpuAsk}/gpu-h` : ''}` : '-',
+          p.reputation.toFixed(2),
+          p.stake,
+          p.benchmarks ? `${Math.round(p.benchmarks.cpuMopsPerCore)} Mops/core` : '-',
+          p.attributes.region ?? '-',
+          relativeTime(p.lastSeenAt),
+        ];
+      });
+      for (const l of table(['name', 'state', 'cores', 'mem GiB', 'gpus', 'asks', 'reputation', 'stake', 'benchmark', 'region', 'seen'], rows, {
+        right: ['cores', 'mem GiB', 'reputation', 'stake'],
+      }))
+        out(l);
     });
 }

@@ -1,13 +1,48 @@
+/** `gridwork provider …`: run the agent; stake, unstake and balance of a provider's account. */
+import { access } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { BalanceView } from '@gridwork/protocol';
-import { GridworkClient, loadOrCreateIdentity } from '@gridwork/sdk';
-import { type FixedRates, fixedPricing, loadRates, ProviderAgent, scriptPricing } from '@gridwork/provider';
+import type { GridworkClient, Identity } from '@gridwork/sdk';
+import type { FixedRates } from '@gridwork/provider';
 import { type Command, Option } from 'commander';
-import pino from 'pino';
 import { coordinatorUrl, gridworkHome } from '../context.ts';
-import { CliExit, EXIT_USAGE, info, printJson } from '../output.ts';
+import { CliExit, color, EXIT_USAGE, info, printJson } from '../output.ts';
 import { printBalance } from './account.ts';
 import { intOption, waitForSignal } from './shared.ts';
+
+/** The provider's key, which must already exist: reading a balance must not invent a new provider. */
+async function existingProviderIdentity(dataDir: string, dataFlagGiven: boolean): Promise<Identity> {
+  const file = join(dataDir, 'provider-key.json');
+  try {
+    await access(file);
+  } catch {
+    throw new CliExit(
+      EXIT_USAGE,
+      `no provider key at ${file} (looked in ${dataFlagGiven ? 'the --data directory' : `the default data directory ${dataDir}; pass --data DIR for another`}). A provider's key is created by \`gridwork provider start\`.`,
+      'NO_PROVIDER_KEY',
+    );
+  }
+  const { loadOrCreateIdentity } = await import('@gridwork/sdk');
+  return loadOrCreateIdentity(file);
+}
+
+/** Says at once when the coordinator cannot be reached, instead of "started" and silence. */
+async function probeCoordinator(url: string): Promise<void> {
+  try {
+    const res = await fetch(new URL('/healthz', `${url}/`), { signal: AbortSignal.timeout(5000) });
+    const body = (await res.json().catch(() => undefined)) as { ok?: unknown; version?: unknown } | undefined;
+    if (!res.ok || body?.ok !== true || typeof body.version !== 'string') {
+      info(color.yellow(`! ${url} does not answer as a Gridwork coordinator (GET /healthz: HTTP ${res.status}); the agent keeps trying`));
+    }
+  } catch (err) {
+    const { CoordinatorUnreachableError, unreachableReason } = await import('@gridwork/sdk');
+    const reason = unreachableReason(err);
+    const e = new CoordinatorUnreachableError(url, reason, { cause: err });
+    info(color.yellow(`! ${e.message}; the agent keeps retrying in the background`));
+  }
+}
+
+const defaultData = () => join(gridworkHome(), 'provider');
 
 export function registerProviderCommands(program: Command): void {
   const provider = program.command('provider').description('sell compute: run the provider agent');
@@ -33,6 +68,7 @@ export function registerProviderCommands(program: Command): void {
     .action(
       async (opts: {
         coordinator?: string;
+        profile?: string;
         data: string;
         name?: string;
         runtime: 'sandbox' | 'process';
@@ -47,6 +83,9 @@ export function registerProviderCommands(program: Command): void {
         pricingConfig?: string;
         pricingScript?: string;
       }) => {
+        const { fixedPricing, loadRates, ProviderAgent, scriptPricing } = await import('@gridwork/provider');
+        const { default: pino } = await import('pino');
+        const url = await coordinatorUrl(opts);
         let rates: FixedRates = { cpuCoreHour: opts.priceCpu, memoryGiBHour: opts.priceMemory, gpuHour: {} };
         for (const pair of opts.priceGpu ?? []) {
           const [model, price] = pair.split('=');
@@ -57,7 +96,7 @@ export function registerProviderCommands(program: Command): void {
         const pricing = opts.pricingScript ? scriptPricing({ script: resolve(opts.pricingScript), rates }) : fixedPricing(rates);
         if (opts.slots === 0) throw new CliExit(EXIT_USAGE, '--slots must be at least 1');
         const agent = await ProviderAgent.create({
-          coordinatorUrl: coordinatorUrl(opts.coordinator),
+          coordinatorUrl: url,
           dataDir: opts.data,
           runtime: opts.runtime,
           gpus: opts.gpus,
@@ -68,6 +107,7 @@ export function registerProviderCommands(program: Command): void {
           ...(opts.slots ? { slots: opts.slots } : {}),
           ...(opts.region ? { attributes: { region: opts.region } } : {}),
         });
+        await probeCoordinator(url);
         agent.start();
         info(
           `provider ${agent.name} (${agent.id}) started: ${agent.hardware.cpu.cores} cores, ${agent.hardware.memoryGiB} GiB, ${agent.hardware.gpus.length} GPU(s), runtime ${opts.runtime}`,
@@ -86,12 +126,13 @@ export function registerProviderCommands(program: Command): void {
       .command(`${name} <amount>`)
       .description(description)
       .option('--coordinator <url>', 'coordinator URL (env GRIDWORK_COORDINATOR)')
-      .option('--data <dir>', 'agent data directory (holds its key)', join(gridworkHome(), 'provider'))
+      .option('--data <dir>', 'agent data directory (holds its key; default $GRIDWORK_HOME/provider)')
       .option('--idempotency-key <key>', 'retry-safe key: the same key moves money once (default: random)')
       .option('--json', 'print JSON on stdout')
-      .action(async (amount: string, opts: { coordinator?: string; data: string; idempotencyKey?: string; json?: boolean }) => {
-        const identity = await loadOrCreateIdentity(join(opts.data, 'provider-key.json'));
-        const b = await call(new GridworkClient({ url: coordinatorUrl(opts.coordinator), identity }), amount, opts.idempotencyKey);
+      .action(async (amount: string, opts: { coordinator?: string; profile?: string; data?: string; idempotencyKey?: string; json?: boolean }) => {
+        const identity = await existingProviderIdentity(opts.data ?? defaultData(), opts.data !== undefined);
+        const { GridworkClient } = await import('@gridwork/sdk');
+        const b = await call(new GridworkClient({ url: await coordinatorUrl(opts), identity }), amount, opts.idempotencyKey);
         if (opts.json) printJson(b);
         else printBalance(b);
       });
@@ -101,11 +142,12 @@ export function registerProviderCommands(program: Command): void {
     .command('balance')
     .description("this provider's earnings and stake")
     .option('--coordinator <url>', 'coordinator URL (env GRIDWORK_COORDINATOR)')
-    .option('--data <dir>', 'agent data directory (holds its key)', join(gridworkHome(), 'provider'))
+    .option('--data <dir>', 'agent data directory (holds its key; default $GRIDWORK_HOME/provider)')
     .option('--json', 'print JSON on stdout')
-    .action(async (opts: { coordinator?: string; data: string; json?: boolean }) => {
-      const identity = await loadOrCreateIdentity(join(opts.data, 'provider-key.json'));
-      const b = await new GridworkClient({ url: coordinatorUrl(opts.coordinator), identity }).balance();
+    .action(async (opts: { coordinator?: string; profile?: string; data?: string; json?: boolean }) => {
+      const identity = await existingProviderIdentity(opts.data ?? defaultData(), opts.data !== undefined);
+      const { GridworkClient } = await import('@gridwork/sdk');
+      const b = await new GridworkClient({ url: await coordinatorUrl(opts), identity }).balance();
       if (opts.json) printJson(b);
       else printBalance(b);
     });
