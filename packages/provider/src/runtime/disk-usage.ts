@@ -16,18 +16,27 @@ import path from 'node:path';
  *      interval (plus the time one walk takes), and the run ends with `limit: 'disk'`.
  *
  * A file counts with the larger of its apparent size and its allocated blocks (a sparse file would still be
- * uploaded whole); hard links count once; directories (but not the two top directories) and symlinks count their own blocks. Entries that vanish
- * during the walk are skipped.
+ * uploaded whole); hard links count once; directories (but not the two top directories) and symlinks count
+ * their own blocks; every entry counts at least MIN_ENTRY_BYTES, so a flood of empty files (each costs an inode
+ * and makes every later walk slower) runs into the same limit. Entries that vanish during the walk are skipped.
+ * The walk stops as soon as the total passes the limit it was given.
  */
+
+/** What one file or directory costs at least: one filesystem block. */
+export const MIN_ENTRY_BYTES = 4096;
 
 /** How often the sandbox measures a task's writable directories. */
 export const DISK_POLL_MS = 500;
 
-/** Bytes used by the trees under dirs (see the header comment for what counts). */
-export async function diskUsage(dirs: readonly string[]): Promise<number> {
+/**
+ * Bytes used by the trees under dirs (see the header comment for what counts). With stopAbove, the walk ends
+ * once the total exceeds it (the result is then only known to be larger).
+ */
+export async function diskUsage(dirs: readonly string[], stopAbove = Number.POSITIVE_INFINITY): Promise<number> {
   const seen = new Set<string>();
   let total = 0;
   const visit = async (p: string, isRoot = false): Promise<void> => {
+    if (total > stopAbove) return;
     const st = await lstat(p, { bigint: true }).catch(() => undefined);
     if (!st) return;
     const key = `${st.dev}:${st.ino}`;
@@ -35,7 +44,7 @@ export async function diskUsage(dirs: readonly string[]): Promise<number> {
     seen.add(key);
     const allocated = Number(st.blocks) * 512;
     // The directories themselves were made by the agent; only what the task puts in them counts.
-    if (!isRoot) total += st.isFile() ? Math.max(Number(st.size), allocated) : allocated;
+    if (!isRoot) total += Math.max(MIN_ENTRY_BYTES, st.isFile() ? Math.max(Number(st.size), allocated) : allocated);
     if (!st.isDirectory()) return;
     const entries = await readdir(p).catch(() => [] as string[]);
     for (const name of entries) await visit(path.join(p, name));

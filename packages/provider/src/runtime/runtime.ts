@@ -17,7 +17,11 @@ export interface RunRequest {
    * GRIDWORK_CHECKPOINTS pointing where the task sees those dirs.
    */
   env: Record<string, string>;
-  /** Allow network; the default sandbox has none. */
+  /**
+   * Allow outbound network. The sandbox gives such a task a network namespace of its own (slirp4netns), never
+   * the host's: the host's loopback services and private/link-local ranges stay unreachable, and without
+   * slirp4netns the run is refused. Without it the sandbox has no network at all. The process runtime ignores it.
+   */
   network: boolean;
   /** Wall-time limit; on expiry the whole process group is killed (SIGTERM, then SIGKILL after a grace period). */
   timeoutMs: number;

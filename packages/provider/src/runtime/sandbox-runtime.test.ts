@@ -648,6 +648,15 @@ describe('sandbox runtime', () => {
       assert.ok((await stat(path.join(t.outputs, 'big'))).size <= MiB);
     });
 
+    test('a flood of empty files counts against the limit too (each costs at least a block)', async () => {
+      const t = await makeTask();
+      const script = 'i=0; while [ $i -lt 300 ]; do : > /outputs/e$i; i=$((i + 1)); done';
+      const { req, out } = request(t, ['sh', '-c', script], { diskBytes: MiB });
+      const result = await runtime.run(req);
+      assert.equal(result.exitCode, 0, out.stderr);
+      assert.equal(result.limit, 'disk');
+    });
+
     test('a task within its disk limit is not flagged', async () => {
       const t = await makeTask();
       const { req, out } = request(t, ['sh', '-c', fill('/outputs', 8)], { diskBytes: MiB });

@@ -30,7 +30,7 @@ import { assertNetworkTools, networkNamespacePrefix, startTaskNetwork, TASK_RESO
  *     needed), otherwise run() refuses with SANDBOX_UNAVAILABLE: keep task directories under a directory
  *     with mode 0711 or 0755, and the agent's key in a file of mode 0600;
  *   - run() makes bundle and inputs world-readable and chowns outputs and checkpoints to the task's uid
- *     (65534, or FALLBACK_UID_BASE + slot where no pids cgroup can be made, see below).
+ *     (65534, or a uid of its own from FALLBACK_UID_BASE up where no pids cgroup can be made, see below).
  *
  * Memory: `prlimit --as` caps the address space of bwrap and everything in it. Node/V8 reserves a lot
  * of virtual memory up front; measured on Node 20.20 x64 (this machine): `node -e 1` needs about
@@ -42,9 +42,9 @@ import { assertNetworkTools, networkNamespacePrefix, startTaskNetwork, TASK_RESO
  * Processes and CPU (task-cgroup.ts): each task runs in a cgroup of its own with pids.max = maxProcesses
  * (a fork bomb stops there and the run ends with `limit: 'processes'`) and a CPU quota of `cpu` cores; the
  * launcher joins the group before anything of the task runs, and the group is removed after. Where no cgroup
- * can be made (a warning says so): each concurrently running task gets a uid of its own (FALLBACK_UID_BASE +
- * slot; `prlimit --nproc` counts all processes of a real uid system-wide, so a shared uid would share one
- * limit) with `prlimit --nproc`, and runs under `nice` instead of a CPU quota.
+ * can be made (a warning says so): each concurrently running task gets a uid of its own (from
+ * FALLBACK_UID_BASE up; `prlimit --nproc` counts all processes of a real uid system-wide, so a shared uid
+ * would share one limit) with `prlimit --nproc`, and runs under `nice` instead of a CPU quota.
  *
  * Disk (disk-usage.ts): /outputs and /checkpoints together may hold req.diskBytes; `prlimit --fsize` stops any
  * single file at that size and a watcher measuring the directories stops the task when their total exceeds
@@ -64,8 +64,15 @@ export const MIN_SANDBOX_MEMORY_BYTES = 1024 ** 3;
 /** The unprivileged uid/gid tasks run as when the agent is root ("nobody" on Debian). */
 export const SANDBOX_TASK_ID = 65534;
 
-/** Without a pids cgroup, task slot n runs as uid/gid FALLBACK_UID_BASE + n, so that RLIMIT_NPROC is per task. */
+/**
+ * Without a pids cgroup, a running task gets the lowest free uid/gid from FALLBACK_UID_BASE up, so that
+ * RLIMIT_NPROC is per task. The uids in use are shared by every runtime of this process (an agent process with
+ * several runtimes, or tests); two agent processes on one host need different bases (fallbackUidBase).
+ */
 export const FALLBACK_UID_BASE = 100_000;
+
+/** Fallback uids of tasks running now, process-wide. */
+const fallbackUidsInUse = new Set<number>();
 
 /**
  * Processes + threads one task may have at once (Node alone runs ~11 threads).
@@ -126,6 +133,8 @@ export interface SandboxRuntimeOptions {
   dropRoot?: boolean;
   /** Processes + threads per task (pids.max, or prlimit --nproc in the fallback). @default DEFAULT_MAX_PROCESSES */
   maxProcesses?: number;
+  /** First uid of the no-cgroup fallback (see FALLBACK_UID_BASE). @default FALLBACK_UID_BASE */
+  fallbackUidBase?: number;
   /** 'off' skips cgroups and uses the fallbacks (per-slot uid + prlimit --nproc, nice). @default 'auto' */
   cgroups?: 'auto' | 'off';
   /** How often the disk and process limits are checked while a task runs. @default DISK_POLL_MS */
@@ -346,8 +355,7 @@ export class SandboxRuntime implements Runtime {
   private readonly warn: (message: string) => void;
   private cgroupHost: Promise<CgroupHost | undefined> | undefined;
   private readonly warned = new Set<string>();
-  /** Fallback uid slots in use (see FALLBACK_UID_BASE). */
-  private readonly slots = new Set<number>();
+  private readonly fallbackUidBase: number;
 
   constructor(opts: SandboxRuntimeOptions = {}) {
     this.bwrapPath = opts.bwrapPath ?? 'bwrap';
@@ -358,6 +366,7 @@ export class SandboxRuntime implements Runtime {
     this.killGraceMs = opts.killGraceMs;
     this.dropRoot = opts.dropRoot ?? process.getuid?.() === 0;
     this.maxProcesses = opts.maxProcesses ?? DEFAULT_MAX_PROCESSES;
+    this.fallbackUidBase = opts.fallbackUidBase ?? FALLBACK_UID_BASE;
     this.cgroupMode = opts.cgroups ?? 'auto';
     this.limitPollMs = opts.limitPollMs ?? DISK_POLL_MS;
     this.nicePath = opts.nicePath ?? 'nice';
@@ -472,13 +481,13 @@ export class SandboxRuntime implements Runtime {
       let uid = SANDBOX_TASK_ID;
       let nproc: number | undefined;
       if (!group?.dirs.pids && this.dropRoot) {
-        let slot = 0;
-        while (this.slots.has(slot)) slot++;
-        this.slots.add(slot);
+        uid = this.fallbackUidBase;
+        while (fallbackUidsInUse.has(uid)) uid++;
+        fallbackUidsInUse.add(uid);
+        const taken = uid;
         cleanups.push(async () => {
-          this.slots.delete(slot);
+          fallbackUidsInUse.delete(taken);
         });
-        uid = FALLBACK_UID_BASE + slot;
         nproc = this.maxProcesses;
       }
 
@@ -560,7 +569,7 @@ export class SandboxRuntime implements Runtime {
           // (a bomb whose shells die on a refused fork collapses by itself).
           hit = 'processes';
         }
-        if (!hit && (await diskUsage(writable)) > req.diskBytes) hit = 'disk';
+        if (!hit && (await diskUsage(writable, req.diskBytes)) > req.diskBytes) hit = 'disk';
         if (!watching) return;
         if (hit) control.stop(hit);
         else watchTimer = setTimeout(() => void tick(), this.limitPollMs);
@@ -619,7 +628,7 @@ export class SandboxRuntime implements Runtime {
 
     // Limits hit between the last poll and the end of the run.
     if (!result.limit && !result.timedOut && !result.aborted) {
-      const usage = await diskUsage(writable);
+      const usage = await diskUsage(writable, req.diskBytes);
       if (usage > req.diskBytes || (result.exitCode === SIGXFSZ_EXIT && usage >= req.diskBytes)) result = { ...result, limit: 'disk' };
       else if (result.exitCode !== 0 && (await ctx.group?.processLimitHit())) result = { ...result, limit: 'processes' };
     }

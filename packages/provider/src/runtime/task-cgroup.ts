@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, rmdir, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rmdir, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
 /**
@@ -147,13 +147,29 @@ async function detectV2(all: MountInfo[]): Promise<CgroupHost | undefined> {
 }
 
 /**
+ * Removes empty task groups left by agents that died before cleaning up (their tasks died with them:
+ * bwrap --die-with-parent). Groups of live agents, and groups that still hold processes, are left alone.
+ */
+async function removeStale(host: CgroupHost): Promise<void> {
+  for (const base of new Set(Object.values(host.bases))) {
+    for (const name of await readdir(base).catch(() => [] as string[])) {
+      const owner = /^task-(\d+)-/.exec(name)?.[1];
+      if (owner === undefined || (await exists(`/proc/${owner}`))) continue;
+      await rmdir(path.join(base, name)).catch(() => {});
+    }
+  }
+}
+
+/**
  * Finds where this agent may make task groups. v1 is preferred where its pids or cpu hierarchy is mounted (on a
  * hybrid host the v2 hierarchy usually has neither controller). Never throws; undefined when nothing is usable.
  */
 export async function detectCgroups(): Promise<CgroupHost | undefined> {
   try {
     const all = await mounts();
-    return (await detectV1(all)) ?? (await detectV2(all));
+    const host = (await detectV1(all)) ?? (await detectV2(all));
+    if (host) await removeStale(host);
+    return host;
   } catch {
     return undefined;
   }
