@@ -27,7 +27,8 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { type Coordinator, type Order, startCoordinator } from '@gridwork/coordinator';
+import { type Coordinator, startCoordinator } from '@gridwork/coordinator';
+import { internalsOf, type Order } from '@gridwork/coordinator/internal';
 import { type JobSpec, parseCredits, type SubmitJobRequest } from '@gridwork/protocol';
 import { generateIdentity, GridworkClient, packBundle } from '@gridwork/sdk';
 import { sql } from 'kysely';
@@ -86,7 +87,7 @@ async function addProviders(c: Coordinator, list: SimProvider[]): Promise<void> 
   const now = new Date();
   for (let i = 0; i < list.length; i += 500) {
     const batch = list.slice(i, i + 500);
-    await c.db.transaction().execute(async (trx) => {
+    await internalsOf(c).db.transaction().execute(async (trx) => {
       await trx
         .insertInto('accounts')
         .values(batch.map((p) => ({ id: p.id })))
@@ -122,12 +123,12 @@ async function addProviders(c: Coordinator, list: SimProvider[]): Promise<void> 
     });
   }
   // Market.setConnected(id, true) = connected.add(id) + refreshProviders([id]). The same, in bulk.
-  const market = c.market as unknown as { connected?: unknown };
+  const market = internalsOf(c).market as unknown as { connected?: unknown };
   if (market.connected instanceof Set) {
     for (const p of list) market.connected.add(p.id);
-    await c.market.refreshProviders(list.map((p) => p.id));
+    await internalsOf(c).market.refreshProviders(list.map((p) => p.id));
   } else {
-    for (const p of list) await c.market.setConnected(p.id, true); // slower, same result
+    for (const p of list) await internalsOf(c).market.setConnected(p.id, true); // slower, same result
   }
 }
 
@@ -202,7 +203,7 @@ async function runStore(store: string): Promise<Phase[]> {
         // Only orders some provider can take now: an order nobody can serve measures the
         // workload, not the latency (read-only check on the coordinator's own book).
         let spec = specFor(sr, jobNo++);
-        while (!coordinator.market.match(orderFor(spec))) {
+        while (!internalsOf(coordinator).market.match(orderFor(spec))) {
           skipped++;
           spec = specFor(sr, jobNo++);
         }
@@ -243,7 +244,7 @@ async function runStore(store: string): Promise<Phase[]> {
       }
       // Server-side stamp of each lease row, against the client's clock (same process).
       const ids = [...jobStarts.keys()];
-      const leases = ids.length ? await coordinator.db.selectFrom('leases').select(['job_id', 'created_at']).where('job_id', 'in', ids).execute() : [];
+      const leases = ids.length ? await internalsOf(coordinator).db.selectFrom('leases').select(['job_id', 'created_at']).where('job_id', 'in', ids).execute() : [];
       const byJob = new Map(leases.map((l) => [l.job_id, l.created_at.getTime()]));
       ids.forEach((id, k) => {
         const at = byJob.get(id);
@@ -254,7 +255,7 @@ async function runStore(store: string): Promise<Phase[]> {
       // provider (on PostgreSQL the POST's own reply is usually built before the placement commits).
       const er = rng(5);
       const e0 = performance.now();
-      for (let k = 0; k < 50; k++) coordinator.market.explain(orderFor(specFor(er, k)));
+      for (let k = 0; k < 50; k++) internalsOf(coordinator).market.explain(orderFor(specFor(er, k)));
       const explainMs = (performance.now() - e0) / 50;
       const o = summarize(samples.map((s) => s.orderToLeaseMs));
       progress(`${store} @ ${size}${busy ? ' (busy book)' : ''}: order→lease p50 ${round(o.p50)} ms, p99 ${round(o.p99)} ms`);
@@ -271,9 +272,9 @@ async function runStore(store: string): Promise<Phase[]> {
       // Providers join a real network over hours, not 9k in a second: refresh the planner's
       // statistics after the bulk load, as autovacuum would have long since done, so the
       // phase does not measure a one-off ANALYZE running under it.
-      await sql`analyze`.execute(coordinator.db);
+      await sql`analyze`.execute(internalsOf(coordinator).db);
       const setupMs = performance.now() - s0;
-      const summary = coordinator.market.summary();
+      const summary = internalsOf(coordinator).market.summary();
       progress(
         `${store}: ${size} providers in the book (${summary.find((c) => c.resourceClass === 'cpu')?.providers ?? 0} listed for CPU), added in ${Math.round(setupMs)} ms`,
       );
@@ -304,9 +305,9 @@ async function runStore(store: string): Promise<Phase[]> {
         attempts++;
         const o = makeOrder(fr);
         const order: Order = { resources: o.resources, regions: o.regions, minReputation: o.minReputation, maxPerHour: BigInt(Math.round(o.maxPerHour * 1e6)) };
-        const m = coordinator.market.book.match(order);
+        const m = internalsOf(coordinator).market.book.match(order);
         if (!m) continue;
-        coordinator.market.book.reserve(`bench-busy-${attempts}`, m.providerId, order.resources, m.gpus);
+        internalsOf(coordinator).market.book.reserve(`bench-busy-${attempts}`, m.providerId, order.resources, m.gpus);
         gpus += m.gpus.length;
         slots++;
         cores += order.resources.cpu;

@@ -44,11 +44,22 @@ function spec(name: string, overrides: Partial<JobSpec> = {}): JobSpec {
     version: 1,
     name,
     kind: 'batch',
-    runtime: { kind: 'container', image: 'example/never-runs:1', command: ['true'] },
+    runtime: { kind: 'bundle', path: '.', command: ['true'] },
     resources: { cpu: 64, memoryGiB: 1 },
     price: { maxPerHour: '1.00', budget: '1.00' },
     ...overrides,
   };
+}
+
+/** Uploads a one-file bundle and its manifest as `client`'s blobs. */
+async function uploadTinyBundle(client: GridworkClient): Promise<{ manifest: string }> {
+  const file = Buffer.from('process.exit(0);\n');
+  const fileDigest = createHash('sha256').update(file).digest('hex');
+  await client.uploadBlob(file, fileDigest);
+  const manifest = Buffer.from(JSON.stringify({ files: [{ path: 'main.mjs', digest: fileDigest, size: file.length, executable: false }] }));
+  const manifestDigest = createHash('sha256').update(manifest).digest('hex');
+  await client.uploadBlob(manifest, manifestDigest);
+  return { manifest: manifestDigest };
 }
 
 const ASKS = { cpuCoreHour: '0.01', memoryGiBHour: '0.001', gpuHour: {} };
@@ -182,6 +193,8 @@ for (const store of ['pglite', 'postgres'] as const) {
     const alice = generateIdentity();
     const mallory = generateIdentity();
     let aliceClient: GridworkClient;
+    /** A one-file bundle alice uploaded: raw submits of hers name it. */
+    let tinyBundle: { manifest: string };
     const raw: RawProvider[] = [];
 
     async function send(
@@ -242,6 +255,7 @@ for (const store of ['pglite', 'postgres'] as const) {
       net = await startTestNetwork({ store, coordinator: { maxJsonBytes: MAX_JSON, maxBlobBytes: MAX_BLOB, heartbeatIntervalMs: 2000 } });
       url = net.coordinator.url;
       aliceClient = await net.fundedClient('100', alice);
+      tinyBundle = await uploadTinyBundle(aliceClient);
     });
 
     after(async () => {
@@ -469,7 +483,7 @@ for (const store of ['pglite', 'postgres'] as const) {
       });
 
       it('replayed POST with identical headers → 409 REPLAYED_REQUEST; no second job', async () => {
-        const body = JSON.stringify({ spec: spec('replayed-once'), inputs: [] });
+        const body = JSON.stringify({ spec: spec('replayed-once'), bundle: tinyBundle, inputs: [] });
         const headers = { 'content-type': 'application/json', ...signRequest(alice, 'POST', '/v1/jobs', body) };
         const before = await jobCount();
         const first = await send('POST', '/v1/jobs', { headers, body });
@@ -657,7 +671,7 @@ for (const store of ['pglite', 'postgres'] as const) {
         assert.equal(wa.providerId, a.identity.publicKey);
         assert.equal(wb.lastApplied, 0);
 
-        const job = await aliceClient.submitPrepared({ spec: spec('contested', { resources: { cpu: 1, memoryGiB: 1 } }), inputs: [] });
+        const job = await aliceClient.submitPrepared({ spec: spec('contested', { resources: { cpu: 1, memoryGiB: 1 } }), bundle: tinyBundle, inputs: [] });
         const isAssign = (m: Msg) => m.type === 'lease.assign' && (m.lease as { jobId: string }).jobId === job.id;
         const first = await Promise.race([
           a.next(isAssign, 'assign to a').then((m) => ({ m, owner: a, other: b })),
@@ -680,7 +694,7 @@ for (const store of ['pglite', 'postgres'] as const) {
         const leaseBefore = await leaseRow();
 
         // The other provider claims the lease finished.
-        const forged = { seq: 1, type: 'lease.finished', leaseId, exitCode: 0, durationMs: 1, outputs: [], error: null };
+        const forged = { seq: 1, type: 'lease.finished', leaseId, outcome: { kind: 'exited', exitCode: 0 }, durationMs: 1, outputs: [] };
         other.send(forged);
         const refusal = await other.next((m) => m.type === 'error', 'NOT_LEASE_OWNER');
         assert.equal(refusal.code, 'NOT_LEASE_OWNER');
@@ -706,10 +720,9 @@ for (const store of ['pglite', 'postgres'] as const) {
           seq: 2,
           type: 'lease.finished',
           leaseId,
-          exitCode: 0,
+          outcome: { kind: 'exited', exitCode: 0 },
           durationMs: 42,
           outputs: [{ path: 'out.txt', digest, size: output.length }],
-          error: null,
         };
         owner.send(finished);
         await owner.next((m) => m.type === 'ack' && m.seq === 2, 'ack 2');
@@ -727,7 +740,7 @@ for (const store of ['pglite', 'postgres'] as const) {
         const acksBefore = owner.messages.filter((m) => m.type === 'ack' && m.seq === 2).length;
         owner.send(finished);
         await owner.waitNew((m) => m.type === 'ack' && m.seq === 2, 'ack of the duplicate');
-        owner.send({ ...finished, exitCode: 3, error: 'second thoughts', outputs: [] });
+        owner.send({ ...finished, outcome: { kind: 'exited', exitCode: 3 }, outputs: [] });
         await owner.waitNew((m) => m.type === 'ack' && m.seq === 2, 'ack of the second duplicate');
         assert.equal(owner.messages.filter((m) => m.type === 'ack' && m.seq === 2).length, acksBefore + 2);
         assert.ok(!owner.messages.some((m) => m.type === 'error'), JSON.stringify(owner.messages.filter((m) => m.type === 'error')));

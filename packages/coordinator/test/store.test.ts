@@ -16,7 +16,7 @@ import pg from 'pg';
 import { migrateToLatest } from '../src/store/migrations.ts';
 
 const repoRoot = fileURLToPath(new URL('../../..', import.meta.url));
-const coordinatorEntry = pathToFileURL(fileURLToPath(new URL('../src/index.ts', import.meta.url))).href;
+const coordinatorEntry = pathToFileURL(fileURLToPath(new URL('../src/internal.ts', import.meta.url))).href;
 
 const uid = (prefix: string) => `${prefix}-${randomBytes(6).toString('hex')}`;
 
