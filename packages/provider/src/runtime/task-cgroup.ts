@@ -15,7 +15,7 @@ import path from 'node:path';
  * cgroup v2 (one hierarchy): groups are made under the agent's own group, which must be delegated to it (systemd
  * Delegate=yes, or root). v2 forbids processes in a group that hands controllers to its children ("no internal
  * processes"), so when the agent's own group does not already enable pids/cpu for its children, the agent moves
- * itself into a leaf `<own>/agent` first and then enables them. A hybrid host whose v2 hierarchy has no pids/cpu
+ * itself (only itself) into a leaf `<own>/agent` first and then enables them. A hybrid host whose v2 hierarchy has no pids/cpu
  * controller (like these CI machines: /sys/fs/cgroup/unified) uses v1.
  *
  * Whatever cannot be created is reported as unavailable (`detectCgroups` never throws); the runtime then falls back
@@ -121,11 +121,14 @@ async function detectV2(all: MountInfo[]): Promise<CgroupHost | undefined> {
     const enabled = (await readFile(path.join(own, 'cgroup.subtree_control'), 'utf8')).trim().split(/\s+/);
     const missing = wanted.filter((c) => !enabled.includes(c));
     if (missing.length > 0) {
-      // No internal processes: leave our own group for a leaf before handing controllers to children.
-      const leaf = path.join(own, 'agent');
-      await mkdir(leaf, { recursive: true });
-      const members = (await readFile(path.join(own, 'cgroup.procs'), 'utf8')).trim().split('\n').filter(Boolean);
-      for (const pid of members) await writeFile(path.join(leaf, 'cgroup.procs'), pid).catch(() => {});
+      // No internal processes (except in the root group): the agent moves itself into a leaf before handing
+      // controllers to children. Only itself: if other processes share its group, enabling fails and the
+      // fallbacks are used.
+      if (mine.path !== '/') {
+        const leaf = path.join(own, 'agent');
+        await mkdir(leaf, { recursive: true });
+        await writeFile(path.join(leaf, 'cgroup.procs'), String(process.pid));
+      }
       await writeFile(path.join(own, 'cgroup.subtree_control'), missing.map((c) => `+${c}`).join(' '));
     }
   } catch {
