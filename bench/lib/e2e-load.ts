@@ -130,14 +130,24 @@ function onApplied(leaseId: string, what: 'started' | 'finished', at: number): v
   }
 }
 
-/** Uploads a bundle once; jobs then only name its manifest. */
-async function uploadBundle(client: GridworkClient, dir: string): Promise<string> {
+let bundle: { files: { absPath: string; digest: string }[]; manifestBytes: Uint8Array; manifestDigest: string } | undefined;
+
+/** Packs the bundle once; jobs then only name its manifest. */
+async function packTheBundle(dir: string): Promise<string> {
   await mkdir(join(dir, 'bundle'), { recursive: true });
   await writeFile(join(dir, 'bundle', 'task.mjs'), 'console.log("hello from an e2e bench task");\n');
-  const packed = await packBundle(join(dir, 'bundle'));
-  for (const f of packed.files) await client.uploadBlob(await readFile(f.absPath), f.digest);
-  await client.uploadBlob(packed.manifestBytes, packed.manifestDigest);
-  return packed.manifestDigest;
+  bundle = await packBundle(join(dir, 'bundle'));
+  return bundle.manifestDigest;
+}
+
+/**
+ * Uploads the bundle as `client`: each account uploads what its jobs name (a coordinator may
+ * accept only blobs the submitting account has uploaded itself; re-uploading a blob is cheap).
+ */
+async function uploadBundle(client: GridworkClient): Promise<void> {
+  if (!bundle) throw new Error('bundle not packed');
+  for (const f of bundle.files) await client.uploadBlob(await readFile(f.absPath), f.digest);
+  await client.uploadBlob(bundle.manifestBytes, bundle.manifestDigest);
 }
 
 async function setup(req: SetupRequest): Promise<{ connectMs: number }> {
@@ -158,7 +168,8 @@ async function setup(req: SetupRequest): Promise<{ connectMs: number }> {
     await c.deposit('500');
     submitters.push(c);
   }
-  manifest = await uploadBundle(submitters[0] as GridworkClient, join(req.dir, 'job'));
+  manifest = await packTheBundle(join(req.dir, 'job'));
+  for (const c of submitters) await uploadBundle(c);
   return { connectMs };
 }
 
@@ -242,6 +253,10 @@ async function fairness(req: FairnessRequest): Promise<FairnessReply> {
   let bRunning: number | undefined;
   let aDoneWhenBRan: number | null = null;
   let allDone: (() => void) | undefined;
+  let bStartedNow: (() => void) | undefined;
+  const bStarted = new Promise<void>((r) => {
+    bStartedNow = r;
+  });
   const leaseJob = new Map<string, string>();
   const providers = [0, 1].map(
     (i) =>
@@ -258,6 +273,7 @@ async function fairness(req: FairnessRequest): Promise<FairnessReply> {
           if (who === 'B' && what === 'started') {
             bRunning = at;
             aDoneWhenBRan = aDone;
+            bStartedNow?.();
           }
           if (who === 'A' && what === 'finished') {
             aDone++;
@@ -274,6 +290,8 @@ async function fairness(req: FairnessRequest): Promise<FairnessReply> {
     const b = new GridworkClient({ url: req.url, identity: generateIdentity() });
     await a.deposit('100');
     await b.deposit('10');
+    await uploadBundle(a);
+    await uploadBundle(b);
 
     const p0 = nowMs();
     const matched = await expandGlob(base, 'inputs/*.txt');
@@ -312,7 +330,7 @@ async function fairness(req: FairnessRequest): Promise<FairnessReply> {
         bResp = nowMs();
       })
       .catch((err: Error) => onError(`B's submit failed: ${err.message}`));
-    const capped = await Promise.race([Promise.all([finished, bSubmit]).then(() => false), sleep(req.capMs).then(() => true)]);
+    const capped = await Promise.race([Promise.all([finished, bSubmit, bStarted]).then(() => false), sleep(req.capMs).then(() => true)]);
     const capEnd = nowMs();
     return {
       shards: req.shards,
