@@ -29,6 +29,9 @@ interface FixtureJob {
   /** Only providers with this `region` attribute may take the tasks. */
   region?: string;
   gpus?: number;
+  diskGiB?: number;
+  /** A shell command instead of task.mjs. */
+  sh?: string;
 }
 
 function fixtureSpec(job: FixtureJob): JobSpec {
@@ -36,8 +39,8 @@ function fixtureSpec(job: FixtureJob): JobSpec {
     version: 1,
     name: job.name,
     kind: 'batch',
-    runtime: { kind: 'bundle', path: './tasks', command: ['node', 'task.mjs', ...job.args] },
-    resources: { cpu: 1, memoryGiB: 1, ...(job.gpus ? { gpu: { count: job.gpus } } : {}) },
+    runtime: { kind: 'bundle', path: './tasks', command: job.sh ? ['sh', '-c', job.sh] : ['node', 'task.mjs', ...job.args] },
+    resources: { cpu: 1, memoryGiB: 1, ...(job.gpus ? { gpu: { count: job.gpus } } : {}), ...(job.diskGiB !== undefined ? { diskGiB: job.diskGiB } : {}) },
     price: { maxPerHour: '0.50', budget: '1.00' },
     ...(job.shards ? { shards: job.shards } : {}),
     ...(job.timeoutSeconds ? { timeoutSeconds: job.timeoutSeconds } : {}),
@@ -251,6 +254,25 @@ for (const store of ['pglite', 'postgres'] as const) {
       assert.match(task.error ?? '', /timeout/);
       assert.match(job.error ?? '', /timeout/);
       assert.match(text(await allLogs(client, job.id), 0, 'system'), /time limit of 1s reached/);
+    });
+
+    test('a fork bomb ends its task with PROCESS_LIMIT; the provider stays online for the next job', async () => {
+      const submitted = await submitFixture(client, { name: 'fork-bomb', args: [], sh: 'bomb() { bomb | bomb & }; bomb; sleep 20' });
+      const job = await waitFor(client, submitted.id);
+      assert.equal(job.state, 'failed');
+      const [task] = job.tasks;
+      assert.equal(task?.attempts, 0, 'a workload limit is not retried');
+      assert.match(task?.error ?? '', /^PROCESS_LIMIT: processes limit reached/);
+      const next = await waitFor(client, (await submitFixture(client, { name: 'after-bomb', args: ['work', '10'] })).id);
+      assert.equal(next.state, 'succeeded', 'the providers still run work');
+    });
+
+    test('a task writing more than its diskGiB ends with DISK_LIMIT', async () => {
+      const submitted = await submitFixture(client, { name: 'disk-hog', args: [], diskGiB: 0.001, sh: 'head -c 3000000 /dev/zero > "$GRIDWORK_OUTPUTS/big"; sleep 5' });
+      const job = await waitFor(client, submitted.id);
+      assert.equal(job.state, 'failed');
+      assert.match(job.tasks[0]?.error ?? '', /^DISK_LIMIT: disk limit reached/);
+      assert.deepEqual(job.tasks[0]?.outputs, [], 'nothing of it is uploaded');
     });
 
     test('cancel stops a running task on its provider', async () => {

@@ -6,11 +6,15 @@ import type { MatchExplanation } from './market.ts';
 
 export const Digest = Type.String({ pattern: SHA256_PATTERN, description: 'hex sha256' });
 
-/** A file path inside a bundle, an input set or an output directory: relative, no "..". */
+/**
+ * A file path inside a bundle, an input set or an output directory: relative, no "." or ".."
+ * segment, no backslash and no control character (a line break once hid ".." from the
+ * look-ahead, whose "." stops at line ends).
+ */
 export const RelPath = Type.String({
   minLength: 1,
   maxLength: 512,
-  pattern: '^(?!/)(?!.*(^|/)\\.\\.?(/|$))[^\\\\\\x00]+$',
+  pattern: '^(?!/)(?!.*(^|/)\\.\\.?(/|$))[^\\\\\\x00-\\x1f\\x7f]+$',
 });
 
 export const FileRef = Type.Object({ path: RelPath, digest: Digest, size: Type.Integer({ minimum: 0 }) }, { additionalProperties: false });

@@ -15,7 +15,7 @@ import { type Identity, signBytes, signedFetch, writeVerified } from '@gridwork/
 import type { Logger } from 'pino';
 import { Compile } from 'typebox/compile';
 import type { Report } from './coordinator-link.ts';
-import type { Runtime } from './runtime/runtime.ts';
+import type { RunResult, Runtime } from './runtime/runtime.ts';
 
 const manifestCheck = Compile(BundleManifest);
 const GiB = 1024 ** 3;
@@ -92,7 +92,14 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
     if (result.timedOut) {
       logs.push('system', `time limit of ${lease.timeoutSeconds}s reached: task killed\n`);
       logs.flush();
-      send({ type: 'lease.finished', leaseId: lease.leaseId, exitCode: null, durationMs, outputs: [], error: `timeout after ${lease.timeoutSeconds}s` });
+      send({ type: 'lease.finished', leaseId: lease.leaseId, outcome: { kind: 'timeout', limitSeconds: lease.timeoutSeconds }, durationMs, outputs: [] });
+      return;
+    }
+    if (result.limit) {
+      const message = LIMIT_MESSAGES[result.limit](lease);
+      logs.push('system', `${result.limit} limit reached, task stopped: ${message}\n`);
+      logs.flush();
+      send({ type: 'lease.finished', leaseId: lease.leaseId, outcome: { kind: 'limit', limit: result.limit, message }, durationMs, outputs: [] });
       return;
     }
     const exitCode = result.exitCode ?? (result.signal ? 128 : 1);
@@ -107,13 +114,19 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
     }
     logs.push('system', `exit code ${exitCode}${result.signal ? ` (signal ${result.signal})` : ''}; ${outputs.length} output file(s)\n`);
     logs.flush();
-    send({ type: 'lease.finished', leaseId: lease.leaseId, exitCode, durationMs, outputs, error: exitCode === 0 ? null : `exited with code ${exitCode}` });
+    send({
+      type: 'lease.finished',
+      leaseId: lease.leaseId,
+      outcome: { kind: 'exited', exitCode: Math.min(255, Math.max(0, exitCode)), ...(result.signal ? { signal: result.signal } : {}) },
+      durationMs,
+      outputs,
+    });
   } catch (err) {
     const message = err instanceof SetupError || err instanceof GridworkError ? err.message : `agent error: ${(err as Error).message}`;
     log.warn({ leaseId: lease.leaseId, err: message }, 'lease failed on this provider');
     logs.push('system', `${message}\n`);
     logs.flush();
-    send({ type: 'lease.finished', leaseId: lease.leaseId, exitCode: null, durationMs: Date.now() - started, outputs: [], error: message });
+    send({ type: 'lease.finished', leaseId: lease.leaseId, outcome: { kind: 'error', message: message.slice(0, 4096) }, durationMs: Date.now() - started, outputs: [] });
   } finally {
     clearTimeout(meter);
     logs.stop();
@@ -130,11 +143,17 @@ function endAborted(deps: LeaseRunnerDeps, lease: LeaseAssignment, signal: Abort
   } else {
     logs.push('system', 'task cancelled\n');
     logs.flush();
-    deps.send({ type: 'lease.finished', leaseId: lease.leaseId, exitCode: null, durationMs: Date.now() - started, outputs: [], error: 'cancelled' });
+    deps.send({ type: 'lease.finished', leaseId: lease.leaseId, outcome: { kind: 'cancelled' }, durationMs: Date.now() - started, outputs: [] });
   }
 }
 
 class SetupError extends Error {}
+
+const LIMIT_MESSAGES: Record<NonNullable<RunResult['limit']>, (lease: LeaseAssignment) => string> = {
+  processes: () => 'the task started more processes than it may',
+  disk: (lease) => `the task wrote more than ${lease.resources.diskGiB ?? 10} GiB to /outputs and /checkpoints`,
+  memory: (lease) => `the task needed more than ${lease.resources.memoryGiB} GiB`,
+};
 
 /** Resolves `rel` under `root`, refusing anything that would escape it. */
 function inside(root: string, rel: string): string {

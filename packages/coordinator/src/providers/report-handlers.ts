@@ -83,7 +83,7 @@ export function outcomeOf(end: LeaseEnd, durationMs: number, outputs: FileRef[])
     case 'timeout':
       return { kind: 'failed', reason: 'timeout', exitCode: null, durationMs, error: `timeout after ${end.limitSeconds}s` };
     case 'limit':
-      return { kind: 'failed', reason: 'limit', exitCode: null, durationMs, error: `${LIMIT_CODE[end.limit]}: ${end.message}` };
+      return { kind: 'failed', reason: 'limit', exitCode: null, durationMs, error: `${LIMIT_CODE[end.limit]}: ${end.limit} limit reached: ${end.message}` };
     case 'cancelled':
       // Only a lease the coordinator still counts as active gets here: the provider stopped it by itself.
       return { kind: 'lost', error: 'the provider stopped the task without being asked' };
