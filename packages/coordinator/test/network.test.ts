@@ -101,7 +101,7 @@ for (const store of ['pglite', 'postgres'] as const) {
       // 300 ms heartbeats (testkit) × 8 misses: a provider closed abruptly is declared lost in
       // ~2.5 s, and a test process starved of CPU by parallel suites (load ≫ cores on CI) does
       // not see healthy providers declared lost, which would turn into unexpected retries.
-      net = await startTestNetwork({ store, providers: 3, coordinator: { heartbeatMisses: 8 } });
+      net = await startTestNetwork({ store, providers: 3, coordinator: { heartbeatMisses: 4 } });
       client = await net.fundedClient('100');
     });
 

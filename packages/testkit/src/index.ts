@@ -57,7 +57,10 @@ export async function startTestNetwork(options: TestNetworkOptions = {}): Promis
     dataDir: join(dir.path, 'coordinator'),
     port: 0,
     logger,
-    heartbeatIntervalMs: 300,
+    // A provider is declared dead after 4 s of silence: fast enough for tests that kill one, and
+    // far from a CPU stall of a loaded 2-core machine (300 ms × 3 once flaked).
+    heartbeatIntervalMs: 1000,
+    heartbeatMisses: 4,
     dev: true,
     economics: { meteringIntervalMs: 500 },
     ...(options.store === 'postgres' ? { databaseUrl: postgresUrl(), databaseSchema: uniqueSchema() } : { databaseUrl: '' }),
