@@ -80,20 +80,20 @@ describe('market and lease economics', () => {
     assert.equal(lease.charged, costOf(parseCredits('36'), lease.usage_ms), 'charged exactly price × metered time, rounded down');
     const split = splitEarnings(lease.charged, 200, 25);
     assert.equal(split.provider + split.fee + split.reserve, lease.charged);
-    const earned = await net.client(cheap.identity).balance();
+    const earned = await net.client(net.identityOf(cheap)).balance();
     assert.equal(parseCredits(earned.available), split.provider);
     const after = await requester.balance();
     assert.equal(parseCredits(before.available) - parseCredits(after.available), lease.charged, 'the requester paid exactly the charge');
     assert.equal(done.money.held, '0');
     assert.equal(parseCredits(done.money.spent), lease.charged);
-    assert.equal((await net.client(dear.identity).balance()).available, '0');
+    assert.equal((await net.client(net.identityOf(dear)).balance()).available, '0');
   });
 
   test('a provider that must be staked: only the staked one is matched, and explain says why the other is not', async (t) => {
     t.after(closeProviders);
     await net.addProvider({ name: 'unstaked', slots: 1, pricing: pricing('1') });
     const staked = await net.addProvider({ name: 'staked', slots: 1, pricing: pricing('50') });
-    const stakedClient = net.client(staked.identity);
+    const stakedClient = net.client(net.identityOf(staked));
     await stakedClient.deposit('20');
     await stakedClient.stake('20');
     const spec = job(['work', '100'], { placement: { minStake: '10' } });

@@ -3,6 +3,7 @@
  * connected providers, read through the SDK. The route is mounted on its own HTTP app sharing
  * the coordinator's database, so this test does not depend on how server.ts wires it.
  */
+import { internalsOf } from '@gridwork/coordinator/internal';
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { generateIdentity, startTestNetwork, type TestNetwork, silentLogger, until } from '@gridwork/testkit';
@@ -17,8 +18,8 @@ let app: FastifyInstance;
 let url: string;
 before(async () => {
   net = await startTestNetwork({ providers: 2 });
-  app = await createHttpApp({ log: silentLogger(), auth: new Authenticator(net.coordinator.db), maxJsonBytes: 1 << 20, version: 'test' });
-  registerNetworkRoutes(app, { db: net.coordinator.db });
+  app = await createHttpApp({ log: silentLogger(), auth: new Authenticator(internalsOf(net.coordinator).db), maxJsonBytes: 1 << 20, version: 'test' });
+  registerNetworkRoutes(app, { db: internalsOf(net.coordinator).db });
   url = await app.listen({ host: '127.0.0.1', port: 0 });
 });
 after(async () => {

@@ -758,15 +758,15 @@ for (const store of ['pglite', 'postgres'] as const) {
         const split = splitEarnings(charged, feeBps, reserveBps);
         assert.equal(split.provider + split.fee + split.reserve, charged);
         const s = await settlement(leaseId);
-        assert.equal(s.get(`acct:${agent.identity.publicKey}:available`) ?? 0n, split.provider, 'provider: earned − fee − reserve');
+        assert.equal(s.get(`acct:${agent.id}:available`) ?? 0n, split.provider, 'provider: earned − fee − reserve');
         assert.equal(s.get('sys:fees') ?? 0n, split.fee, 'sys:fees got the fee');
         assert.equal(s.get('sys:reserve') ?? 0n, split.reserve, 'sys:reserve got its share');
-        assert.equal(await available(agent.identity.publicKey), providerBefore + split.provider);
+        assert.equal(await available(agent.id), providerBefore + split.provider);
       }
 
       test('a successful job: the provider is paid earned − fee − reserve, the requester gets the unspent budget back', async () => {
         const c = await net.fundedClient('10');
-        const providerBefore = await available(agent.identity.publicKey);
+        const providerBefore = await available(agent.id);
         const feesBefore = await balance('sys:fees');
         const reserveBefore = await balance('sys:reserve');
         const done = await c.wait((await c.submit(fixtureSpec('paid', ['work', '1200'], 'agent'), { baseDir: fixturesDir })).id, {
@@ -791,7 +791,7 @@ for (const store of ['pglite', 'postgres'] as const) {
 
       test('a cancelled running job: the provider is paid its metered time, the requester the rest', async () => {
         const c = await net.fundedClient('10');
-        const providerBefore = await available(agent.identity.publicKey);
+        const providerBefore = await available(agent.id);
         const job = await c.submit(fixtureSpec('cancelled', ['hang'], 'agent'), { baseDir: fixturesDir });
         await until(() => c.get(job.id), (j) => j.tasks[0]?.state === 'running', { what: 'the task to run', timeoutMs: WAIT_MS });
         const [running] = await leasesOf(job.id);
@@ -818,7 +818,7 @@ for (const store of ['pglite', 'postgres'] as const) {
 
       test('a failed job: the provider is paid its metered time only, the requester the rest', async () => {
         const c = await net.fundedClient('10');
-        const providerBefore = await available(agent.identity.publicKey);
+        const providerBefore = await available(agent.id);
         const done = await c.wait((await c.submit(fixtureSpec('failing', ['fail', '3'], 'agent'), { baseDir: fixturesDir })).id, {
           signal: AbortSignal.timeout(WAIT_MS),
         });

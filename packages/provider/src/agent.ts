@@ -7,8 +7,8 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { type Asks, type Benchmarks, canonicalJson, type CoordinatorSequenced, GRIDWORK_VERSION, type Hardware } from '@gridwork/protocol';
-import { type Identity, loadOrCreateIdentity, signBytes } from '@gridwork/protocol/node';
+import { type Asks, type BalanceView, type Benchmarks, canonicalJson, type CoordinatorSequenced, GRIDWORK_VERSION, GridworkError, type Hardware } from '@gridwork/protocol';
+import { type Identity, loadOrCreateIdentity, signBytes, signedFetch } from '@gridwork/protocol/node';
 import { benchmark } from './benchmark.ts';
 import { type AnnouncedOrder, fixedPricing, type PricingPolicy } from './pricing.ts';
 import pino, { type Logger } from 'pino';
@@ -48,7 +48,8 @@ export interface ProviderAgentOptions {
 }
 
 export class ProviderAgent {
-  readonly identity: Identity;
+  /** The agent's key pair; never exposed: the private key stays in this object and its key file. */
+  readonly #identity: Identity;
   readonly hardware: Hardware;
   readonly asks: Asks;
   private readonly benchmarks: Benchmarks;
@@ -67,7 +68,7 @@ export class ProviderAgent {
     private readonly runtime: Runtime,
     private readonly log: Logger,
   ) {
-    this.identity = identity;
+    this.#identity = identity;
     this.hardware = hardware;
     this.pricing = options.pricing ?? fixedPricing();
     this.asks = this.pricing.asks(hardware);
@@ -117,11 +118,19 @@ export class ProviderAgent {
   }
 
   get id(): string {
-    return this.identity.publicKey;
+    return this.#identity.publicKey;
   }
 
   get name(): string {
     return this.options.name;
+  }
+
+  /** This provider's account at its coordinator: earnings available, stake, unbonding. */
+  async balance(signal?: AbortSignal): Promise<BalanceView> {
+    const res = await signedFetch(this.options.coordinatorUrl, this.#identity, 'GET', '/v1/account', { ...(signal ? { signal } : {}) });
+    const body = (await res.json()) as unknown;
+    if (!res.ok) throw GridworkError.fromBody(body, res.status);
+    return body as BalanceView;
   }
 
   get runningLeases(): string[] {
@@ -145,7 +154,7 @@ export class ProviderAgent {
       type: 'bid',
       orderId: order.orderId,
       pricePerHour: price,
-      signature: signBytes(this.identity, canonicalJson({ orderId: order.orderId, pricePerHour: price })),
+      signature: signBytes(this.#identity, canonicalJson({ orderId: order.orderId, pricePerHour: price })),
     });
   }
 
@@ -169,7 +178,7 @@ export class ProviderAgent {
       {
         coordinatorUrl: this.options.coordinatorUrl,
         meteringIntervalMs: () => this.link.meteringIntervalMs,
-        identity: this.identity,
+        identity: this.#identity,
         runtime: this.runtime,
         workRoot: this.options.workRoot,
         send: (r) => this.link.send(r),

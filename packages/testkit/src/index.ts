@@ -3,11 +3,11 @@
  * temporary directories that clean themselves up. Nothing here is a mock.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Coordinator, type CoordinatorOptions, startCoordinator } from '@gridwork/coordinator';
-import { type Identity, generateIdentity } from '@gridwork/protocol/node';
+import { type Identity, generateIdentity, loadOrCreateIdentity } from '@gridwork/protocol/node';
 import { ProviderAgent, type ProviderAgentOptions } from '@gridwork/provider';
 import { GridworkClient } from '@gridwork/sdk';
 import pino from 'pino';
@@ -39,6 +39,8 @@ export interface TestNetwork {
   /** A client whose account holds `amount` credits from the dev faucet. @default '100' */
   fundedClient(amount?: string, identity?: Identity): Promise<GridworkClient>;
   addProvider(options?: Partial<ProviderAgentOptions>): Promise<ProviderAgent>;
+  /** The key pair of a provider of this network (tests act as its account: stake, balance). */
+  identityOf(agent: ProviderAgent): Identity;
   close(): Promise<void>;
 }
 
@@ -67,12 +69,17 @@ export async function startTestNetwork(options: TestNetworkOptions = {}): Promis
     ...options.coordinator,
   });
   const providers: ProviderAgent[] = [];
+  const identities = new Map<ProviderAgent, Identity>();
   let n = 0;
   const addProvider = async (extra: Partial<ProviderAgentOptions> = {}) => {
     const i = n++;
+    const dataDir = extra.dataDir ?? options.provider?.dataDir ?? join(dir.path, `provider-${i}`);
+    // The agent never hands out its key: the test makes the key file first and keeps the pair.
+    await mkdir(dataDir, { recursive: true, mode: 0o700 });
+    const identity = await loadOrCreateIdentity(join(dataDir, 'provider-key.json'));
     const agent = await ProviderAgent.create({
       coordinatorUrl: coordinator.url,
-      dataDir: join(dir.path, `provider-${i}`),
+      dataDir,
       name: `provider-${i}`,
       gpus: 'none',
       slots: 2,
@@ -82,6 +89,7 @@ export async function startTestNetwork(options: TestNetworkOptions = {}): Promis
     });
     agent.start();
     providers.push(agent);
+    identities.set(agent, identity);
     return agent;
   };
   for (let i = 0; i < (options.providers ?? 0); i++) await addProvider();
@@ -90,6 +98,11 @@ export async function startTestNetwork(options: TestNetworkOptions = {}): Promis
     providers,
     dir: dir.path,
     addProvider,
+    identityOf(agent) {
+      const identity = identities.get(agent);
+      if (!identity) throw new Error(`provider ${agent.name} is not part of this test network`);
+      return identity;
+    },
     client: (identity = generateIdentity()) => new GridworkClient({ url: coordinator.url, identity }),
     async fundedClient(amount = '100', identity = generateIdentity()) {
       const c = new GridworkClient({ url: coordinator.url, identity });

@@ -131,7 +131,7 @@ export function registerDemoCommand(program: Command): void {
           providers.map(async (p) => ({
             name: p.name,
             id: p.id,
-            earned: (await new GridworkClient({ url: coordinator.url, identity: p.identity }).balance()).available,
+            earned: (await p.balance()).available,
           })),
         );
         const after = await client.balance();
