@@ -10,6 +10,7 @@ import { registerBlobRoutes } from './api/blob-routes.ts';
 import { createHttpApp } from './api/http-app.ts';
 import { registerJobRoutes } from './api/job-routes.ts';
 import { registerMarketRoutes } from './api/market-routes.ts';
+import { registerNetworkRoutes } from './api/network-routes.ts';
 import { registerProviderRoutes } from './api/provider-routes.ts';
 import { registerSystemRoutes } from './api/system-routes.ts';
 import { Authenticator } from './auth/authenticator.ts';
@@ -153,7 +154,8 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   registerSystemRoutes(app, { db, version: GRIDWORK_VERSION });
   registerBlobRoutes(app, { blobs });
   registerJobRoutes(app, { jobs, blobs: blobStore, streams });
-  registerProviderRoutes(app, { channels, db });
+  registerProviderRoutes(app, { channels });
+  registerNetworkRoutes(app, { db });
   registerAccountRoutes(app, { accounts });
   registerMarketRoutes(app, { market, jobs });
   await app.listen({ host: config.host, port: config.port });

@@ -17,7 +17,7 @@ import { sql } from 'kysely';
 import { InProcessBus } from '../src/bus/in-process-bus.ts';
 import type { StoredEvent } from '../src/lifecycle/events.ts';
 import { Lifecycle } from '../src/lifecycle/lifecycle.ts';
-import { canTransition, deriveJobState, JOB_TRANSITIONS, LEASE_TRANSITIONS, TASK_TRANSITIONS } from '../src/lifecycle/state-machine.ts';
+import { canTransition, countTasks, deriveJobState, JOB_TRANSITIONS, LEASE_TRANSITIONS, TASK_TRANSITIONS } from '../src/lifecycle/state-machine.ts';
 import { Units } from '../src/lifecycle/unit-of-work.ts';
 import { available, post, WORLD } from '../src/ledger/ledger.ts';
 import { resolveEconomics } from '../src/ledger/lease-economics.ts';
@@ -305,7 +305,7 @@ describe('state tables', () => {
         fc.array(fc.constantFrom(...taskStates), { minLength: 1, maxLength: 8 }),
         fc.constantFrom('stop' as const, 'continue' as const),
         (current, tasks, policy) => {
-          const next = deriveJobState(current, tasks.map((state) => ({ state })), policy);
+          const next = deriveJobState(current, countTasks(tasks.map((state) => ({ state }))), policy);
           if (next !== current) assert.ok(canTransition('job', current, next), `${current} → ${next}`);
           if (policy === 'continue' && tasks.some((t) => ['queued', 'assigned', 'running'].includes(t))) assert.notEqual(next, 'failed');
           if (policy === 'stop' && tasks.includes('failed')) assert.equal(next, 'failed');

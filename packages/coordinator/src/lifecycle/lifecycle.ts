@@ -27,6 +27,7 @@ import {
   type LeaseState,
   type LogChunk,
   newId,
+  type TaskState,
 } from '@gridwork/protocol';
 import { sha256Hex } from '@gridwork/protocol/node';
 import { balanceOf, holdOf } from '../ledger/ledger.ts';
@@ -53,6 +54,7 @@ import {
   isActiveLease,
   isTerminalJob,
   OPEN_TASK_STATES,
+  type TaskCounts,
 } from './state-machine.ts';
 import type { Trx, UnitOfWork } from './unit-of-work.ts';
 
@@ -585,17 +587,20 @@ export class Lifecycle {
   private async refreshJob(uow: UnitOfWork, jobId: string, force?: { force: 'failed' | 'cancelled'; error: string }): Promise<JobState> {
     const { trx } = uow;
     const job = await this.lockJob(trx, jobId);
-    const tasks = await trx.selectFrom('tasks').select(['id', 'state', 'error', 'idx']).where('job_id', '=', jobId).execute();
+    // Counts, not rows: a 10,000-task job must not cost 10,000 rows per lease transition.
+    const rows = await trx.selectFrom('tasks').select(['state', (eb) => eb.fn.countAll<string>().as('n')]).where('job_id', '=', jobId).groupBy('state').execute();
+    const counts: TaskCounts = {};
+    for (const r of rows) counts[r.state as TaskState] = Number(r.n);
     const current = job.state as JobState;
     const policy: FailurePolicy = job.spec.failurePolicy ?? 'stop';
-    const next = force?.force ?? deriveJobState(current, tasks, policy);
+    const next = force?.force ?? deriveJobState(current, counts, policy);
     if (next === current) return current;
     assertTransition('job', jobId, current, next);
     let jobError = force?.error ?? null;
     if (next === 'failed' && !jobError) {
-      const failed = tasks.filter((t) => t.state === 'failed');
-      const first = failed[0];
-      jobError = first ? `task ${first.idx} failed: ${first.error ?? 'unknown error'}${failed.length > 1 ? ` (and ${failed.length - 1} more)` : ''}` : 'failed';
+      const first = await trx.selectFrom('tasks').select(['idx', 'error']).where('job_id', '=', jobId).where('state', '=', 'failed').orderBy('idx').limit(1).executeTakeFirst();
+      const more = (counts.failed ?? 0) - 1;
+      jobError = first ? `task ${first.idx} failed: ${first.error ?? 'unknown error'}${more > 0 ? ` (and ${more} more)` : ''}` : 'failed';
     }
     await trx.updateTable('jobs').set({ state: next, error: jobError, updated_at: new Date() }).where('id', '=', jobId).execute();
     if (next === 'succeeded' || next === 'failed' || next === 'cancelled') {

@@ -62,13 +62,24 @@ export function isTerminalJob(state: string): boolean {
 /** What a job does when one of its tasks fails: stop the rest at once, or let them finish. */
 export type FailurePolicy = 'stop' | 'continue';
 
-/** A job's state follows from its tasks (explicit cancel aside). */
-export function deriveJobState(current: JobState, tasks: readonly { state: string }[], policy: FailurePolicy = 'stop'): JobState {
+/** How many of a job's tasks are in each state. */
+export type TaskCounts = Partial<Record<TaskState, number>>;
+
+export function countTasks(tasks: readonly { state: string }[]): TaskCounts {
+  const counts: TaskCounts = {};
+  for (const t of tasks) counts[t.state as TaskState] = (counts[t.state as TaskState] ?? 0) + 1;
+  return counts;
+}
+
+/** A job's state follows from how many of its tasks are in each state (explicit cancel aside). */
+export function deriveJobState(current: JobState, counts: TaskCounts, policy: FailurePolicy = 'stop'): JobState {
   if (isTerminalJob(current)) return current;
-  const open = tasks.some((t) => (OPEN_TASK_STATES as readonly string[]).includes(t.state));
-  if (tasks.some((t) => t.state === 'failed') && (policy === 'stop' || !open)) return 'failed';
-  if (tasks.length > 0 && tasks.every((t) => t.state === 'succeeded')) return 'succeeded';
-  if (tasks.some((t) => t.state === 'running' || t.state === 'assigned')) return 'running';
-  if (!open && tasks.some((t) => t.state === 'cancelled')) return 'cancelled';
+  const n = (s: TaskState) => counts[s] ?? 0;
+  const total = Object.values(counts).reduce((a, b) => a + (b ?? 0), 0);
+  const open = n('queued') + n('assigned') + n('running') > 0;
+  if (n('failed') > 0 && (policy === 'stop' || !open)) return 'failed';
+  if (total > 0 && n('succeeded') === total) return 'succeeded';
+  if (n('running') + n('assigned') > 0) return 'running';
+  if (!open && n('cancelled') > 0) return 'cancelled';
   return current === 'pending' ? 'pending' : 'matching';
 }

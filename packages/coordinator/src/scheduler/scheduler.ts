@@ -1,8 +1,9 @@
 /**
  * Places queued tasks on providers through the market. One pass runs at a time; wake-ups during
- * a pass coalesce into one more pass. A pass is one unit of work: each placement is a lifecycle
- * `place` command (capacity taken in the database, lease, escrow, assignment in the provider's
- * outbox), so a crash never leaves a task half-placed or money half-moved.
+ * a pass coalesce into one more pass. A pass places in units of work of CHUNK tasks: each
+ * placement is a lifecycle `place` command (capacity taken in the database, lease, escrow,
+ * assignment in the provider's outbox), so a crash never leaves a task half-placed or money
+ * half-moved, and a failed pass is retried shortly (nothing stays stranded in the queue).
  *
  * Fair share across requesters: candidates are ranked within each account (oldest first) and
  * the accounts interleave by (leases they hold now + rank), so a small job queued behind a large
@@ -41,10 +42,19 @@ interface Candidate {
   queued_at: Date;
 }
 
+/** Placements per unit of work: small enough that a pass never holds many locks for long. */
+const CHUNK = 50;
+/** A pass that failed (e.g. a deadlock that outlived its retries) runs again after this. */
+const RETRY_MS = 250;
+
 export class Scheduler {
-  private running: Promise<void> | undefined;
+  private loop: Promise<void> | undefined;
   private again = false;
   private closed = false;
+  private started = 0;
+  private finished = 0;
+  private waiters: { pass: number; resolve: () => void }[] = [];
+  private retry: NodeJS.Timeout | undefined;
   private readonly batchSize: number;
 
   constructor(
@@ -54,33 +64,50 @@ export class Scheduler {
     this.batchSize = options.batchSize ?? 500;
   }
 
-  /** Asks for a pass soon; resolves when a pass that started after this call has finished. */
+  /**
+   * Asks for a pass; resolves when a pass that started after this call has finished (not when
+   * the scheduler next goes idle: under steady load a submitter must not wait behind every
+   * other submitter's passes).
+   */
   kick(): Promise<void> {
     if (this.closed) return Promise.resolve();
-    if (this.running) {
-      this.again = true;
-      return this.running;
-    }
-    this.running = (async () => {
-      try {
-        do {
-          this.again = false;
-          const placed = await this.pass().catch((err) => {
-            this.deps.log.error({ err }, 'scheduler pass failed');
-            return 0;
-          });
-          if (placed >= this.batchSize) this.again = true;
-        } while (this.again && !this.closed);
-      } finally {
-        this.running = undefined;
+    const done = new Promise<void>((resolve) => this.waiters.push({ pass: this.started + 1, resolve }));
+    this.again = true;
+    this.loop ??= this.run();
+    return done;
+  }
+
+  private async run(): Promise<void> {
+    try {
+      while (this.again && !this.closed) {
+        this.again = false;
+        this.started++;
+        const placed = await this.pass().catch((err) => {
+          this.deps.log.error({ err }, 'scheduler pass failed; retrying');
+          clearTimeout(this.retry);
+          this.retry = setTimeout(() => void this.kick(), RETRY_MS);
+          this.retry.unref();
+          return 0;
+        });
+        this.finished++;
+        this.waiters = this.waiters.filter((w) => {
+          if (w.pass > this.finished) return true;
+          w.resolve();
+          return false;
+        });
+        if (placed >= this.batchSize) this.again = true;
       }
-    })();
-    return this.running;
+    } finally {
+      this.loop = undefined;
+      if (this.closed) for (const w of this.waiters.splice(0)) w.resolve();
+    }
   }
 
   async close(): Promise<void> {
     this.closed = true;
-    await this.running;
+    clearTimeout(this.retry);
+    await this.loop;
+    for (const w of this.waiters.splice(0)) w.resolve();
   }
 
   /** Queued tasks in fair-share order. */
@@ -106,18 +133,29 @@ export class Scheduler {
   }
 
   private async pass(): Promise<number> {
-    const { market, lifecycle } = this.deps;
     const queued = await this.candidates();
-    if (queued.length === 0) return 0;
     const stale = new Set<string>();
-    const placed = await this.deps.units.run(async (uow) => {
+    const waiting = new Set<string>();
+    let placed = 0;
+    for (let i = 0; i < queued.length && !this.closed; i += CHUNK) {
+      placed += await this.placeChunk(queued.slice(i, i + CHUNK), stale, waiting);
+    }
+    // The index believed these providers had room the database had not: reload them from it.
+    if (stale.size > 0) await this.deps.market.resync(stale);
+    if (placed > 0) this.deps.log.debug({ placed }, 'tasks placed');
+    return placed;
+  }
+
+  /** One unit of work: places what it can of `chunk`. */
+  private placeChunk(chunk: readonly Candidate[], stale: Set<string>, waiting: Set<string>): Promise<number> {
+    const { market, lifecycle } = this.deps;
+    return this.deps.units.run(async (uow) => {
       // Capacity is reserved in the matching index as tasks are placed; if this attempt does
       // not commit, those reservations are undone before any retry.
       const reserved: string[] = [];
-      const waiting = new Set<string>();
       try {
         let count = 0;
-        for (const t of queued) {
+        for (const t of chunk) {
           const order = orderOf(t.spec, t.max_per_hour);
           const windowMs = t.spec.price?.auctionWindowMs ?? 0;
           const orderId = `${t.id}@${t.queued_at.getTime()}`;
@@ -139,9 +177,8 @@ export class Scheduler {
           const result: PlaceResult = await lifecycle.place(uow, { taskId: t.id, providerId: match.providerId, pricePerHour: match.pricePerHour, gpus: match.gpus });
           if (result.status === 'capacity-taken') stale.add(match.providerId);
           if (result.status !== 'placed') continue;
-          const leaseId = result.leaseId;
-          market.book.reserve(leaseId, match.providerId, t.spec.resources, match.gpus, Date.now() + (t.spec.timeoutSeconds ?? 3600) * 1000);
-          reserved.push(leaseId);
+          market.book.reserve(result.leaseId, match.providerId, t.spec.resources, match.gpus, Date.now() + (t.spec.timeoutSeconds ?? 3600) * 1000);
+          reserved.push(result.leaseId);
           count++;
         }
         return count;
@@ -150,9 +187,5 @@ export class Scheduler {
         throw err;
       }
     });
-    // The index believed these providers had room the database had not: reload them from it.
-    if (stale.size > 0) await market.resync(stale);
-    if (placed > 0) this.deps.log.debug({ placed }, 'tasks placed');
-    return placed;
   }
 }
