@@ -3,13 +3,18 @@
  * together. Everything else receives its dependencies.
  */
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { GRIDWORK_VERSION, parseCredits } from '@gridwork/protocol';
 import pino, { type Logger } from 'pino';
 import { registerAccountRoutes } from './api/account-routes.ts';
 import { registerBlobRoutes } from './api/blob-routes.ts';
+import { registerConsoleRoutes } from './api/console-routes.ts';
 import { createHttpApp } from './api/http-app.ts';
 import { registerJobRoutes } from './api/job-routes.ts';
+import { registerLiveRoutes } from './api/live-routes.ts';
 import { registerMarketRoutes } from './api/market-routes.ts';
+import { registerMetricsRoutes } from './api/metrics-routes.ts';
+import { registerOperatorRoutes } from './api/operator-routes.ts';
 import { registerNetworkRoutes } from './api/network-routes.ts';
 import { registerProviderRoutes } from './api/provider-routes.ts';
 import { registerSystemRoutes } from './api/system-routes.ts';
@@ -29,6 +34,10 @@ import { Auctions } from './market/auctions.ts';
 import { Market } from './market/market.ts';
 import { MARKET_INDEX, marketIndexSubscriber } from './market/market-index-subscriber.ts';
 import { MarketPresence } from './market/market-presence.ts';
+import { CoordinatorMetrics } from './observe/coordinator-metrics.ts';
+import { NetworkFeed } from './observe/network-feed.ts';
+import { OperatorReports } from './observe/operator-report.ts';
+import { PriceHistory } from './observe/price-history.ts';
 import { FailureDetector } from './providers/failure-detector.ts';
 import { outboxDelivery } from './providers/outbox-delivery.ts';
 import { ProviderChannels } from './providers/provider-channels.ts';
@@ -71,6 +80,8 @@ export interface CoordinatorOptions {
   unbondingDelayMs?: number;
   /** Largest faucet deposit in credits (dev mode only). @default '1000' */
   faucetMax?: string;
+  /** The web console's build output, served at `/`. @default packages/console/built of this checkout */
+  consoleDir?: string;
 }
 
 export type CoordinatorConfig = Required<Omit<CoordinatorOptions, 'databaseUrl' | 'logger' | 'economics'>> &
@@ -93,6 +104,7 @@ export function resolveCoordinatorOptions(o: CoordinatorOptions): CoordinatorCon
     operators: o.operators ?? [],
     unbondingDelayMs: o.unbondingDelayMs ?? 7 * 24 * 3600 * 1000,
     faucetMax: o.faucetMax ?? '1000',
+    consoleDir: o.consoleDir ?? fileURLToPath(new URL('../../console/built', import.meta.url)),
   };
 }
 
@@ -149,8 +161,13 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   await bus.subscribe(outboxDelivery(channels));
   await bus.subscribe(reputationSubscriber());
   // (job streams subscribe per open request: jobs/job-streams.ts)
+  const feed = new NetworkFeed({ db, market, history: new PriceHistory() });
+  await bus.subscribe(feed.subscriber());
+  const metrics = new CoordinatorMetrics(db);
+  await bus.subscribe(metrics.subscriber());
 
   const app = await createHttpApp({ log, auth, maxJsonBytes: config.maxJsonBytes, version: GRIDWORK_VERSION });
+  registerMetricsRoutes(app, { metrics });
   registerSystemRoutes(app, { db, version: GRIDWORK_VERSION });
   registerBlobRoutes(app, { blobs });
   registerJobRoutes(app, { jobs, blobs: blobStore, streams });
@@ -158,6 +175,9 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   registerNetworkRoutes(app, { db });
   registerAccountRoutes(app, { accounts });
   registerMarketRoutes(app, { market, jobs });
+  registerLiveRoutes(app, { feed });
+  registerOperatorRoutes(app, { reports: new OperatorReports(db, config.operators) });
+  registerConsoleRoutes(app, { dir: config.consoleDir });
   await app.listen({ host: config.host, port: config.port });
   const address = app.server.address();
   const port = typeof address === 'object' && address ? address.port : config.port;
@@ -187,6 +207,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
         await detector.stop();
         await housekeeping.stop();
         auctions.closeAll();
+        feed.close();
         connected.closeAll();
         await connected.idle();
         await scheduler.close();
