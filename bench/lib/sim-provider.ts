@@ -188,7 +188,8 @@ export class SimulatedProvider {
           return;
         }
         if (seqMsg.type === 'lease.assign') this.start(seqMsg.lease);
-        else this.running.delete(seqMsg.leaseId); // lease.cancel: nothing runs, nothing to stop
+        else if (seqMsg.type === 'lease.cancel') this.running.delete(seqMsg.leaseId); // nothing runs, nothing to stop
+        // challenge.issue / challenge.open: a simulated provider does not answer capacity challenges (they count as missed)
         this.lastApplied = seqMsg.seq;
         this.raw({ type: 'ack', seq: seqMsg.seq });
       }

@@ -10,3 +10,6 @@ export * from './wire.ts';
 export * from './version.ts';
 export * from './market.ts';
 export * from './account.ts';
+export * from './merkle.ts';
+export * from './challenge.ts';
+export * from './commitment.ts';

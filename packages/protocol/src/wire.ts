@@ -12,6 +12,7 @@ import { FileRef, InputSet } from './api.ts';
 import { Hardware } from './hardware.ts';
 import { Asks, Benchmarks } from './market.ts';
 import { Resources } from './job-spec.ts';
+import type { CapacityChallenge } from './challenge.ts';
 
 export const PROTOCOL_VERSION = 1;
 
@@ -37,10 +38,18 @@ export const LeaseAssignment = Type.Object({
   /** Indices of the provider's GPUs reserved for this lease. */
   gpus: Type.Array(Type.Integer({ minimum: 0 })),
   timeoutSeconds: Type.Integer(),
+  /**
+   * The coordinator's commitment to this lease's audit randomness: hex sha256 of a secret seed it
+   * reveals only after the provider committed to its result (commit–reveal, trust layer L2).
+   */
+  auditCommitment: Type.Optional(Type.String({ pattern: '^[0-9a-f]{64}$' })),
 });
 export type LeaseAssignment = Type.Static<typeof LeaseAssignment>;
 
 const Seq = Type.Integer({ minimum: 1 });
+const Hex64 = Type.String({ pattern: '^[0-9a-f]{64}$' });
+const Int32 = Type.Integer({ minimum: -2147483648, maximum: 2147483647 });
+const Proof = Type.Array(Hex64, { maxItems: 48 });
 
 export const LogChunk = Type.Object({
   stream: Type.Union([Type.Literal('stdout'), Type.Literal('stderr'), Type.Literal('system')]),
@@ -85,6 +94,36 @@ export const ProviderSequenced = Type.Union([
       outcome: LeaseEnd,
       durationMs: Type.Integer({ minimum: 0, maximum: 31_536_000_000_000 }),
       outputs: Type.Array(FileRef, { maxItems: 10000 }),
+      /**
+       * The provider's signed commitment (commitment.ts): a Merkle root over `outputs` and an
+       * Ed25519 signature over `leaseCommitmentMessage`. A commitment that does not match is a
+       * proven fault. Optional on the wire while raw-protocol clients catch up; the agent always sends it.
+       */
+      commitment: Type.Optional(
+        Type.Object({ outputsRoot: Hex64, signature: Type.String({ maxLength: 128 }) }, { additionalProperties: false }),
+      ),
+    },
+    { additionalProperties: false },
+  ),
+  /** A capacity challenge's roots (Merkle over result rows, and over memory blocks), signed: `committedMessage`. */
+  Type.Object(
+    { seq: Seq, type: Type.Literal('challenge.committed'), challengeId: Type.String({ maxLength: 64 }), matrixRoot: Hex64, memoryRoot: Hex64, signature: Type.String({ maxLength: 128 }) },
+    { additionalProperties: false },
+  ),
+  /** The opened rows and memory blocks with their proofs, signed: `openedMessage`. */
+  Type.Object(
+    {
+      seq: Seq,
+      type: Type.Literal('challenge.opened'),
+      challengeId: Type.String({ maxLength: 64 }),
+      rows: Type.Array(Type.Object({ index: Type.Integer({ minimum: 0 }), values: Type.Array(Int32, { maxItems: 4096 }), proof: Proof }, { additionalProperties: false }), {
+        maxItems: 64,
+      }),
+      blocks: Type.Array(
+        Type.Object({ index: Type.Integer({ minimum: 0 }), words: Type.Array(Int32, { maxItems: 256 }), proof: Proof }, { additionalProperties: false }),
+        { maxItems: 3 * 64 },
+      ),
+      signature: Type.String({ maxLength: 128 }),
     },
     { additionalProperties: false },
   ),
@@ -152,7 +191,11 @@ export type ProviderMessage = Type.Static<typeof ProviderMessage>;
 
 export type CoordinatorSequenced =
   | { seq: number; type: 'lease.assign'; lease: LeaseAssignment }
-  | { seq: number; type: 'lease.cancel'; leaseId: string; reason: string };
+  | { seq: number; type: 'lease.cancel'; leaseId: string; reason: string }
+  /** A capacity challenge (L1): compute, commit to the roots by `deadlineMs`. */
+  | { seq: number; type: 'challenge.issue'; challenge: CapacityChallenge }
+  /** The secret behind the challenge's `openCommitment`: open the rows and blocks it picks, within `answerWithinMs`. */
+  | { seq: number; type: 'challenge.open'; challengeId: string; openSeed: string; answerWithinMs: number };
 
 export type CoordinatorMessage =
   | {

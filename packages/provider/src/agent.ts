@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { type Asks, type BalanceView, type Benchmarks, canonicalJson, type CoordinatorSequenced, GRIDWORK_VERSION, GridworkError, type Hardware } from '@gridwork/protocol';
 import { type Identity, loadOrCreateIdentity, signBytes, signedFetch } from '@gridwork/protocol/node';
 import { benchmark } from './benchmark.ts';
+import { ChallengeResponder, type ChallengeSolver, honestSolver } from './challenge-solver.ts';
 import { type AnnouncedOrder, fixedPricing, type PricingPolicy } from './pricing.ts';
 import pino, { type Logger } from 'pino';
 import { CoordinatorLink } from './coordinator-link.ts';
@@ -45,6 +46,8 @@ export interface ProviderAgentOptions {
    */
   workRoot?: string;
   logger?: Logger;
+  /** How capacity challenges are answered (tests give a cheating one). @default honestSolver */
+  challengeSolver?: ChallengeSolver;
 }
 
 export class ProviderAgent {
@@ -60,6 +63,7 @@ export class ProviderAgent {
   private readonly instance = randomBytes(12).toString('base64url');
   private idleWaiters: (() => void)[] = [];
   private readonly pricing: PricingPolicy;
+  private readonly challenges: ChallengeResponder;
 
   private constructor(
     private readonly options: ProviderAgentOptions & { name: string; slots: number; workRoot: string },
@@ -73,6 +77,12 @@ export class ProviderAgent {
     this.pricing = options.pricing ?? fixedPricing();
     this.asks = this.pricing.asks(hardware);
     this.benchmarks = options.benchmarks ?? benchmark(hardware);
+    this.challenges = new ChallengeResponder(
+      identity,
+      options.challengeSolver ?? honestSolver,
+      (r) => this.link.send(r),
+      (obj, msg) => log.warn(obj, msg),
+    );
     const asksSignature = signBytes(identity, canonicalJson({ asks: this.asks, instance: this.instance }));
     this.link = new CoordinatorLink({
       url: options.coordinatorUrl,
@@ -159,6 +169,9 @@ export class ProviderAgent {
   }
 
   private async apply(msg: CoordinatorSequenced): Promise<void> {
+    // Challenges run beside the work (answered when computed), never holding up later messages.
+    if (msg.type === 'challenge.issue') return this.challenges.issue(msg.challenge);
+    if (msg.type === 'challenge.open') return this.challenges.open(msg.challengeId, msg.openSeed);
     if (msg.type === 'lease.cancel') {
       this.running.get(msg.leaseId)?.abort('cancelled' satisfies AbortReason);
       this.seen.add(msg.leaseId);

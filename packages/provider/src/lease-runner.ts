@@ -10,8 +10,18 @@ import { chmod, mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join, relative, resolve, sep } from 'node:path';
 import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { BundleManifest, canonicalJson, type FileRef, GridworkError, type LeaseAssignment, type LogChunk } from '@gridwork/protocol';
-import { type Identity, signBytes, signedFetch, writeVerified } from '@gridwork/protocol/node';
+import {
+  BundleManifest,
+  canonicalJson,
+  type FileRef,
+  GridworkError,
+  type LeaseAssignment,
+  type LeaseEnd,
+  type LogChunk,
+  leaseCommitmentMessage,
+  outputsRoot,
+} from '@gridwork/protocol';
+import { type Identity, sha256Bytes, signBytes, signedFetch, writeVerified } from '@gridwork/protocol/node';
 import type { Logger } from 'pino';
 import { Compile } from 'typebox/compile';
 import type { Report } from './coordinator-link.ts';
@@ -92,14 +102,14 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
     if (result.timedOut) {
       logs.push('system', `time limit of ${lease.timeoutSeconds}s reached: task killed\n`);
       logs.flush();
-      send({ type: 'lease.finished', leaseId: lease.leaseId, outcome: { kind: 'timeout', limitSeconds: lease.timeoutSeconds }, durationMs, outputs: [] });
+      send(finished(deps, lease, { kind: 'timeout', limitSeconds: lease.timeoutSeconds }, durationMs, []));
       return;
     }
     if (result.limit) {
       const message = LIMIT_MESSAGES[result.limit](lease);
       logs.push('system', `${result.limit} limit reached, task stopped: ${message}\n`);
       logs.flush();
-      send({ type: 'lease.finished', leaseId: lease.leaseId, outcome: { kind: 'limit', limit: result.limit, message }, durationMs, outputs: [] });
+      send(finished(deps, lease, { kind: 'limit', limit: result.limit, message }, durationMs, []));
       return;
     }
     const exitCode = result.exitCode ?? (result.signal ? 128 : 1);
@@ -114,19 +124,13 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
     }
     logs.push('system', `exit code ${exitCode}${result.signal ? ` (signal ${result.signal})` : ''}; ${outputs.length} output file(s)\n`);
     logs.flush();
-    send({
-      type: 'lease.finished',
-      leaseId: lease.leaseId,
-      outcome: { kind: 'exited', exitCode: Math.min(255, Math.max(0, exitCode)), ...(result.signal ? { signal: result.signal } : {}) },
-      durationMs,
-      outputs,
-    });
+    send(finished(deps, lease, { kind: 'exited', exitCode: Math.min(255, Math.max(0, exitCode)), ...(result.signal ? { signal: result.signal } : {}) }, durationMs, outputs));
   } catch (err) {
     const message = err instanceof SetupError || err instanceof GridworkError ? err.message : `agent error: ${(err as Error).message}`;
     log.warn({ leaseId: lease.leaseId, err: message }, 'lease failed on this provider');
     logs.push('system', `${message}\n`);
     logs.flush();
-    send({ type: 'lease.finished', leaseId: lease.leaseId, outcome: { kind: 'error', message: message.slice(0, 4096) }, durationMs: Date.now() - started, outputs: [] });
+    send(finished(deps, lease, { kind: 'error', message: message.slice(0, 4096) }, Date.now() - started, []));
   } finally {
     clearTimeout(meter);
     logs.stop();
@@ -143,8 +147,21 @@ function endAborted(deps: LeaseRunnerDeps, lease: LeaseAssignment, signal: Abort
   } else {
     logs.push('system', 'task cancelled\n');
     logs.flush();
-    deps.send({ type: 'lease.finished', leaseId: lease.leaseId, outcome: { kind: 'cancelled' }, durationMs: Date.now() - started, outputs: [] });
+    deps.send(finished(deps, lease, { kind: 'cancelled' }, Date.now() - started, []));
   }
+}
+
+/**
+ * The report that ends a lease, with the provider's signed commitment (trust layer L2): a Merkle
+ * root over the outputs and the outcome, bound to the coordinator's audit commitment.
+ */
+function finished(deps: LeaseRunnerDeps, lease: LeaseAssignment, outcome: LeaseEnd, durationMs: number, outputs: FileRef[]): Report {
+  const root = outputsRoot(sha256Bytes, outputs);
+  const signature = signBytes(
+    deps.identity,
+    leaseCommitmentMessage({ leaseId: lease.leaseId, outcome, durationMs, outputsRoot: root, auditCommitment: lease.auditCommitment ?? '' }),
+  );
+  return { type: 'lease.finished', leaseId: lease.leaseId, outcome, durationMs, outputs, commitment: { outputsRoot: root, signature } };
 }
 
 class SetupError extends Error {}
