@@ -4,7 +4,7 @@
  * that the network, market and money pages share.
  */
 import { render } from 'preact';
-import { useEffect, useMemo, useState } from 'preact/hooks';
+import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { Api } from './lib/api.ts';
 import { type Identity, loadIdentity, saveIdentity } from './lib/identity.ts';
 import { useLive } from './lib/live.ts';
@@ -48,9 +48,13 @@ function App() {
     setIdentityState(id);
   };
   const [, page = 'network', arg] = hash.split('/');
+  const firstRender = useRef(true);
   useEffect(() => {
     document.title = `Gridwork — ${PAGES.find(([p]) => p === page)?.[1] ?? 'console'}`;
-    document.getElementById('main')?.focus({ preventScroll: true });
+    // After navigation, keyboard and screen-reader users land on the new page, not the menu;
+    // on first load focus stays at the top so Tab reaches the skip link first.
+    if (!firstRender.current) document.getElementById('main')?.focus({ preventScroll: true });
+    firstRender.current = false;
   }, [page, arg]);
   // Money and operator totals change when leases end: re-read them then, not on a timer.
   const moneyVersion = `${network.value?.leases.placed}:${JSON.stringify(network.value?.leases.ended)}`;
