@@ -2,7 +2,7 @@
 // The `gridwork` command runs compiled JavaScript (dist/, built by `npm run build`, which the
 // root `prepare` script runs on `npm ci`). Only inside a source checkout whose TypeScript is
 // newer than its build — a developer editing, a test run — does it run the sources through tsx
-// instead, so nobody ever runs stale code. Set GRIDWORK_FROM_SOURCE=1 to force the sources.
+// instead, so nobody ever runs stale code. GRIDWORK_FROM_SOURCE=1 forces the sources, =0 the build.
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
@@ -32,7 +32,8 @@ function buildIsStale() {
   return false;
 }
 
-if (process.env.GRIDWORK_FROM_SOURCE === '1' || !existsSync(`${cli}/dist/main.js`) || buildIsStale()) {
+const fromSource = process.env.GRIDWORK_FROM_SOURCE;
+if (fromSource === '1' || (fromSource !== '0' && (!existsSync(`${cli}/dist/main.js`) || buildIsStale()))) {
   const { register } = await import('tsx/esm/api');
   // The repository's tsconfig maps @gridwork/* to their sources.
   register({ tsconfig: fileURLToPath(new URL('../../../tsconfig.json', import.meta.url)) });

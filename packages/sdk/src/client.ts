@@ -11,27 +11,27 @@ import { randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
-import {
-  type BalanceView,
-  GridworkError,
-  type HistoryEntry,
-  type InputSet,
-  type JobSpec,
-  type JobSummary,
-  type JobView,
-  type LogEntry,
-  type MarketClass,
-  type MatchExplanation,
-  type SubmitJobRequest,
-  TERMINAL_JOB_STATES,
+import type {
+  BalanceView,
+  HistoryEntry,
+  InputSet,
+  JobSpec,
+  JobSummary,
+  JobView,
+  LogEntry,
+  MarketClass,
+  MatchExplanation,
+  SubmitJobRequest,
 } from '@gridwork/protocol';
+import { GridworkError } from '@gridwork/protocol/errors';
 import { type Identity, loadOrCreateIdentity, writeVerified } from '@gridwork/protocol/node';
 import { type ConfigOptions, resolveConfig } from './config.ts';
 import { isTransient, LostContactError } from './errors.ts';
 import { describeFiles, expandGlob, type LocalFile, packBundle } from './files.ts';
-import { normalizeCoordinatorUrl, type RequestBody, readNdjsonLines, signedRequest } from './http.ts';
+import { type HttpResponse, normalizeCoordinatorUrl, type RequestBody, readNdjsonLines, signedRequest } from './http.ts';
 import { type LogLine, LogLineSplitter } from './log-lines.ts';
 import { readSpecFile } from './spec-file.ts';
+import { TERMINAL_JOB_STATES } from './states.ts';
 import type { ProviderListing } from './types.ts';
 
 export interface ClientOptions {
@@ -179,7 +179,7 @@ export class GridworkClient {
     return new GridworkClient({ url, identity: await loadOrCreateIdentity(config.keyFile) });
   }
 
-  private fetch(method: string, path: string, body?: RequestBody, signal?: AbortSignal, accept: 'json' | 'ndjson' | 'bytes' = 'json'): Promise<Response> {
+  private fetch(method: string, path: string, body?: RequestBody, signal?: AbortSignal, accept: 'json' | 'ndjson' | 'bytes' = 'json'): Promise<HttpResponse> {
     return signedRequest(this.url, this.identity, method, path, { ...(body ? { body } : {}), ...(signal ? { signal } : {}), accept });
   }
 
@@ -243,7 +243,7 @@ export class GridworkClient {
 
   async uploadBlob(data: Uint8Array | ReadableStream<Uint8Array>, digest: string, signal?: AbortSignal): Promise<void> {
     const res = await this.fetch('PUT', `/v1/blobs/${digest}`, { blob: data, digest }, signal);
-    await res.body?.cancel().catch(() => {});
+    await res.text();
   }
 
   get(jobId: string, options: CallOptions = {}): Promise<JobView> {
@@ -277,7 +277,7 @@ export class GridworkClient {
         const q = position === undefined ? '' : `?after=${encodeURIComponent(position)}`;
         const res = await this.fetch('GET', `/v1/jobs/${encodeURIComponent(jobId)}/events${q}`, undefined, ac.signal, 'ndjson');
         contact.ok();
-        for await (const ev of readNdjsonLines<JobEventLine>(res)) {
+        for await (const ev of readNdjsonLines<JobEventLine>(res.body)) {
           if (ev.position !== undefined) position = ev.position;
           if (ev.type !== 'job' || !ev.job) continue;
           const key = JSON.stringify(ev.job);
@@ -328,7 +328,7 @@ export class GridworkClient {
         const q = `after=${after}&follow=${follow ? 'true' : 'false'}`;
         const res = await this.fetch('GET', `/v1/jobs/${encodeURIComponent(jobId)}/logs?${q}`, undefined, ac.signal, 'ndjson');
         contact.ok();
-        for await (const e of readNdjsonLines<LogEntry>(res)) {
+        for await (const e of readNdjsonLines<LogEntry>(res.body)) {
           if (e.seq <= after) continue;
           after = e.seq;
           yield e;
@@ -339,7 +339,7 @@ export class GridworkClient {
         if (TERMINAL_JOB_STATES.includes(job.state)) {
           // Entries written between the stream's end and the job's end, if any.
           const tail = await this.fetch('GET', `/v1/jobs/${encodeURIComponent(jobId)}/logs?after=${after}&follow=false`, undefined, ac.signal, 'ndjson');
-          for await (const e of readNdjsonLines<LogEntry>(tail)) {
+          for await (const e of readNdjsonLines<LogEntry>(tail.body)) {
             if (e.seq <= after) continue;
             after = e.seq;
             yield e;
@@ -426,7 +426,7 @@ export class GridworkClient {
   /** Downloads one blob of a job to `dest`, checking its digest; written atomically. */
   async download(jobId: string, digest: string, dest: string, options: CallOptions = {}): Promise<void> {
     const res = await this.fetch('GET', `/v1/jobs/${encodeURIComponent(jobId)}/blobs/${digest}`, undefined, options.signal, 'bytes');
-    await writeVerified(res, dest, digest);
+    await writeVerified(new Response(Readable.toWeb(res.body) as ReadableStream<Uint8Array>, { status: res.status }), dest, digest);
   }
 
   /**

@@ -13,7 +13,7 @@
 import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { isAbsolute, join, resolve } from 'node:path';
-import { GridworkError } from '@gridwork/protocol';
+import { GridworkError } from '@gridwork/protocol/errors';
 
 export const DEFAULT_COORDINATOR = 'http://127.0.0.1:7070';
 

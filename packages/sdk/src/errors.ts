@@ -3,7 +3,8 @@
  * what kind of trouble it was, so a program can react without parsing messages:
  * `err instanceof CoordinatorUnreachableError`, `err instanceof LostContactError`, ...
  */
-import { GridworkError, type JobView } from '@gridwork/protocol';
+import type { JobView } from '@gridwork/protocol';
+import { GridworkError } from '@gridwork/protocol/errors';
 
 export type UnreachableReason = 'refused' | 'dns' | 'timeout' | 'reset' | 'other';
 

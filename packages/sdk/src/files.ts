@@ -7,7 +7,9 @@ import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import { join, posix, relative, resolve, sep } from 'node:path';
-import { type BundleManifest, canonicalJson, type FileRef, GridworkError } from '@gridwork/protocol';
+import type { BundleManifest, FileRef } from '@gridwork/protocol';
+import { canonicalJson } from '@gridwork/protocol/canonical-json';
+import { GridworkError } from '@gridwork/protocol/errors';
 
 export interface LocalFile extends FileRef {
   /** Absolute path on this machine. */

@@ -3,7 +3,11 @@
  * failures come back typed — unreachable (refused, DNS, timeout), "not a Gridwork
  * coordinator", or a GridworkError with the server's stable code.
  */
-import { type ErrorBody, GridworkError, isErrorCode } from '@gridwork/protocol';
+import { type IncomingMessage, request as httpRequest } from 'node:http';
+import { request as httpsRequest } from 'node:https';
+import { Readable } from 'node:stream';
+import type { ReadableStream as WebReadableStream } from 'node:stream/web';
+import { type ErrorBody, GridworkError, isErrorCode } from '@gridwork/protocol/errors';
 import { type Identity, signRequest } from '@gridwork/protocol/node';
 import { CoordinatorUnreachableError, NotACoordinatorError, unreachableReason } from './errors.ts';
 
@@ -32,40 +36,88 @@ function isErrorBody(value: unknown): value is ErrorBody {
   return typeof e === 'object' && e !== null && isErrorCode(e.code) && typeof e.message === 'string';
 }
 
+/** A response from the coordinator: status, lower-case headers and the body as a Node stream. */
+export interface HttpResponse {
+  status: number;
+  headers: Record<string, string>;
+  body: IncomingMessage;
+  text(): Promise<string>;
+  json(): Promise<unknown>;
+  /** Discards the body (and the connection). */
+  cancel(): void;
+}
+
+/**
+ * One HTTP exchange on node:http(s). Not fetch: undici loads and compiles its HTTP parser
+ * (WebAssembly) on first use, which cost 40 MiB and a few hundred milliseconds per CLI command.
+ * No idle timeout on responses either: a stream lasts as long as its keepalives do.
+ */
+function send(
+  url: URL,
+  method: string,
+  headers: Record<string, string>,
+  payload: string | Uint8Array | Readable | undefined,
+  signal: AbortSignal | undefined,
+): Promise<HttpResponse> {
+  return new Promise((resolve, reject) => {
+    const request = (url.protocol === 'https:' ? httpsRequest : httpRequest)(url, {
+      method,
+      headers: typeof payload === 'string' || payload instanceof Uint8Array ? { ...headers, 'content-length': String(Buffer.byteLength(payload)) } : headers,
+      ...(signal ? { signal } : {}),
+    });
+    request.once('error', reject);
+    request.once('response', (res) => {
+      const hdrs: Record<string, string> = {};
+      for (const [k, v] of Object.entries(res.headers)) if (v !== undefined) hdrs[k] = Array.isArray(v) ? v.join(', ') : v;
+      const text = async () => {
+        const chunks: Buffer[] = [];
+        for await (const c of res) chunks.push(c as Buffer);
+        return Buffer.concat(chunks).toString('utf8');
+      };
+      resolve({
+        status: res.statusCode ?? 0,
+        headers: hdrs,
+        body: res,
+        text,
+        json: async () => JSON.parse(await text()),
+        cancel: () => res.destroy(),
+      });
+    });
+    if (payload instanceof Readable) {
+      payload.once('error', (err) => request.destroy(err));
+      payload.pipe(request);
+    } else request.end(payload);
+  });
+}
+
 export async function signedRequest(
   baseUrl: string,
   identity: Identity,
   method: string,
   path: string,
   options: { body?: RequestBody; signal?: AbortSignal; accept?: 'json' | 'ndjson' | 'bytes' } = {},
-): Promise<Response> {
+): Promise<HttpResponse> {
   const { body } = options;
-  let payload: string | Uint8Array | ReadableStream<Uint8Array> | undefined;
+  let payload: string | Uint8Array | Readable | undefined;
   let headers: Record<string, string>;
   if (body && 'json' in body) {
     payload = JSON.stringify(body.json);
     headers = { 'content-type': 'application/json', ...signRequest(identity, method, path, payload) };
   } else if (body) {
-    payload = body.blob;
+    payload = body.blob instanceof Uint8Array ? body.blob : Readable.fromWeb(body.blob as WebReadableStream<Uint8Array>);
     headers = { 'content-type': 'application/octet-stream', ...signRequest(identity, method, path, { digest: body.digest }) };
   } else {
     headers = signRequest(identity, method, path);
   }
-  let res: Response;
+  let res: HttpResponse;
   try {
-    res = await fetch(new URL(path, `${baseUrl}/`), {
-      method,
-      headers,
-      ...(payload === undefined ? {} : { body: payload }),
-      ...(payload instanceof ReadableStream ? { duplex: 'half' } : {}),
-      ...(options.signal ? { signal: options.signal } : {}),
-    } as RequestInit);
+    res = await send(new URL(path, `${baseUrl}/`), method, headers, payload, options.signal);
   } catch (err) {
     if (options.signal?.aborted) throw new GridworkError('ABORTED', 'request aborted', { cause: err });
     throw new CoordinatorUnreachableError(baseUrl, unreachableReason(err), { cause: err });
   }
-  const type = res.headers.get('content-type') ?? '';
-  if (!res.ok) {
+  const type = res.headers['content-type'] ?? '';
+  if (res.status < 200 || res.status >= 300) {
     const text = await res.text().catch(() => '');
     let parsed: unknown;
     try {
@@ -81,11 +133,11 @@ export async function signedRequest(
   }
   const expected = options.accept ?? 'json';
   if (expected === 'json' && !type.includes('application/json')) {
-    await res.body?.cancel().catch(() => {});
+    res.cancel();
     throw new NotACoordinatorError(baseUrl, res.status, `${method} ${path.split('?')[0]} answered ${type.split(';')[0] || 'without a content type'}, not JSON`);
   }
   if (expected === 'ndjson' && !type.includes('ndjson')) {
-    await res.body?.cancel().catch(() => {});
+    res.cancel();
     throw new NotACoordinatorError(baseUrl, res.status, `${method} ${path.split('?')[0]} answered ${type.split(';')[0] || 'without a content type'}, not an NDJSON stream`);
   }
   return res;
@@ -95,12 +147,11 @@ export async function signedRequest(
  * Reads an NDJSON body line by line. Empty lines are keepalives (the coordinator sends one
  * every 15 s so that idle streams outlive HTTP clients' body timeouts) and are skipped.
  */
-export async function* readNdjsonLines<T>(res: Response): AsyncGenerator<T> {
-  if (!res.body) return;
+export async function* readNdjsonLines<T>(body: AsyncIterable<Uint8Array | string>): AsyncGenerator<T> {
   const decoder = new TextDecoder();
   let buffer = '';
-  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-    buffer += decoder.decode(chunk, { stream: true });
+  for await (const chunk of body) {
+    buffer += typeof chunk === 'string' ? chunk : decoder.decode(chunk, { stream: true });
     let nl = buffer.indexOf('\n');
     while (nl >= 0) {
       const line = buffer.slice(0, nl).trim();

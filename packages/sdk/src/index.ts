@@ -1,3 +1,6 @@
+// The SDK's declarations use Node's types (Buffer, streams): bring them into any project that
+// imports it, even one whose tsconfig lists no "types" (the default of `tsc --init`).
+/// <reference types="node" preserve="true" />
 /**
  * @gridwork/sdk — the requester's client library. Start with `GridworkClient.fromEnv()` (same
  * settings as the `gridwork` CLI) or `new GridworkClient({ url, identity })`.
@@ -20,21 +23,20 @@ export { type LogLine, LogLineSplitter } from './log-lines.ts';
 export type { ProviderListing } from './types.ts';
 export { readSpecFile, parseSpecText } from './spec-file.ts';
 export { expandGlob, packBundle, hashFile } from './files.ts';
-export {
-  GridworkError,
-  ErrorCode,
-  TERMINAL_JOB_STATES,
-  type JobSpec,
-  type JobView,
-  type TaskView,
-  type JobState,
-  type LogEntry,
-  type JobSummary,
-  type BalanceView,
-  type HistoryEntry,
-  type MarketClass,
-  type MatchExplanation,
-  formatCredits,
-  parseCredits,
+export { TERMINAL_JOB_STATES } from './states.ts';
+// From the protocol's light entry points only: importing the SDK must not load its schemas.
+export { GridworkError, ErrorCode } from '@gridwork/protocol/errors';
+export { formatCredits, parseCredits } from '@gridwork/protocol/money';
+export type {
+  JobSpec,
+  JobView,
+  TaskView,
+  JobState,
+  LogEntry,
+  JobSummary,
+  BalanceView,
+  HistoryEntry,
+  MarketClass,
+  MatchExplanation,
 } from '@gridwork/protocol';
 export { loadOrCreateIdentity, generateIdentity, type Identity } from '@gridwork/protocol/node';

@@ -1,15 +1,19 @@
-/** Reads a job spec from YAML or JSON and validates it; problems name the file and the field. */
+/**
+ * Reads a job spec from YAML or JSON and validates it; problems name the file and the field.
+ * The YAML parser and the spec schema load on first use, not with the SDK.
+ */
 import { readFile } from 'node:fs/promises';
-import { GridworkError, type JobSpec, validateJobSpec } from '@gridwork/protocol';
-import { parse as parseYaml } from 'yaml';
+import type { JobSpec } from '@gridwork/protocol';
+import { GridworkError } from '@gridwork/protocol/errors';
 
-export function parseSpecText(text: string, source: string): JobSpec {
+export async function parseSpecText(text: string, source: string): Promise<JobSpec> {
   let value: unknown;
   try {
-    value = source.endsWith('.json') ? JSON.parse(text) : parseYaml(text, { prettyErrors: true, uniqueKeys: true });
+    value = source.endsWith('.json') ? JSON.parse(text) : (await import('yaml')).parse(text, { prettyErrors: true, uniqueKeys: true });
   } catch (err) {
     throw new GridworkError('INVALID_SPEC', `${source}: not valid ${source.endsWith('.json') ? 'JSON' : 'YAML'}: ${(err as Error).message.split('\n')[0]}`);
   }
+  const { validateJobSpec } = await import('@gridwork/protocol');
   try {
     return validateJobSpec(value);
   } catch (err) {

@@ -9,7 +9,7 @@ import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import type { LogEntry } from '@gridwork/protocol';
+import { TERMINAL_JOB_STATES as PROTOCOL_TERMINAL, type LogEntry } from '@gridwork/protocol';
 import { generateIdentity, startTestNetwork, type TestNetwork, tempDir } from '@gridwork/testkit';
 import { freePort } from '../../testkit/src/processes.ts';
 import {
@@ -21,6 +21,7 @@ import {
   loadOrCreateIdentity,
   NotACoordinatorError,
   resolveConfig,
+  TERMINAL_JOB_STATES,
 } from '../src/index.ts';
 import { readNdjsonLines } from '../src/http.ts';
 
@@ -36,11 +37,15 @@ function streamOf(chunks: string[]): Response {
   );
 }
 
+test("the SDK's copy of the terminal job states is the protocol's", () => {
+  assert.deepEqual([...TERMINAL_JOB_STATES].sort(), [...PROTOCOL_TERMINAL].sort());
+});
+
 describe('NDJSON reader', () => {
   test('skips keepalive (empty) lines and joins lines split across chunks', async () => {
     const res = streamOf(['{"a":1}\n', '\n', '\n{"a"', ':2}\n\n', '  \n{"a":3}']);
     const got: unknown[] = [];
-    for await (const v of readNdjsonLines(res)) got.push(v);
+    for await (const v of readNdjsonLines(res.body as unknown as AsyncIterable<Uint8Array>)) got.push(v);
     assert.deepEqual(got, [{ a: 1 }, { a: 2 }, { a: 3 }]);
   });
 });
