@@ -46,6 +46,9 @@ import { reputationSubscriber } from './providers/reputation.ts';
 import { Scheduler } from './scheduler/scheduler.ts';
 import { SCHEDULER, schedulerWakeups } from './scheduler/scheduler-wakeups.ts';
 import { openDatabase } from './store/database.ts';
+import { registerVerifyRoutes } from './api/verify-routes.ts';
+import { CapacityChallenges } from './verify/capacity-challenges.ts';
+import { type ChallengeConfig, type ChallengeOptions, resolveChallengeOptions } from './verify/challenge-sizing.ts';
 
 export interface CoordinatorOptions {
   /** Directory for the embedded database and blobs. */
@@ -80,12 +83,14 @@ export interface CoordinatorOptions {
   unbondingDelayMs?: number;
   /** Largest faucet deposit in credits (dev mode only). @default '1000' */
   faucetMax?: string;
+  /** Capacity challenges (trust layer L1); see verify/challenge-sizing.ts for each default (mean interval 6 h). */
+  challenges?: ChallengeOptions;
   /** The web console's build output, served at `/`. @default packages/console/built of this checkout */
   consoleDir?: string;
 }
 
-export type CoordinatorConfig = Required<Omit<CoordinatorOptions, 'databaseUrl' | 'logger' | 'economics'>> &
-  Pick<CoordinatorOptions, 'databaseUrl'> & { economics: EconomicsConfig };
+export type CoordinatorConfig = Required<Omit<CoordinatorOptions, 'databaseUrl' | 'logger' | 'economics' | 'challenges'>> &
+  Pick<CoordinatorOptions, 'databaseUrl'> & { economics: EconomicsConfig; challenges: ChallengeConfig };
 
 export function resolveCoordinatorOptions(o: CoordinatorOptions): CoordinatorConfig {
   return {
@@ -104,6 +109,7 @@ export function resolveCoordinatorOptions(o: CoordinatorOptions): CoordinatorCon
     operators: o.operators ?? [],
     unbondingDelayMs: o.unbondingDelayMs ?? 7 * 24 * 3600 * 1000,
     faucetMax: o.faucetMax ?? '1000',
+    challenges: resolveChallengeOptions(o.challenges),
     consoleDir: o.consoleDir ?? fileURLToPath(new URL('../../console/built', import.meta.url)),
   };
 }
@@ -129,15 +135,16 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   const lifecycle = new Lifecycle(economics);
 
   const blobStore = new FileBlobStore(join(config.dataDir, 'blobs'));
-  const market = new Market(db);
+  const market = new Market(db, config.challenges.maxConsecutiveFailures);
   const auth = new Authenticator(db);
   const accounts = new AccountService(
     db,
     { dev: config.dev, operators: config.operators, unbondingDelayMs: config.unbondingDelayMs, faucetMax: parseCredits(config.faucetMax) },
     units,
   );
-  const providers = new ProviderService({ db, units, lifecycle, log });
   let channels: ProviderChannels | undefined;
+  const challenges = new CapacityChallenges({ units, log, config: config.challenges, isConnected: (id) => channels?.connectedIds().has(id) ?? false });
+  const providers = new ProviderService({ db, units, lifecycle, log, challenges });
   const auctions = new Auctions({ log, announce: (msg) => channels?.announce(market.bidders(), msg) ?? 0, closed: () => void scheduler.kick() });
   const scheduler = new Scheduler({ db, units, lifecycle, log, market, auctions });
   const presence = new MarketPresence(market, scheduler, log);
@@ -160,6 +167,8 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   await bus.subscribe(schedulerWakeups(scheduler, bus, MARKET_INDEX));
   await bus.subscribe(outboxDelivery(channels));
   await bus.subscribe(reputationSubscriber());
+  await challenges.start();
+  await bus.subscribe(challenges.subscriber());
   // (job streams subscribe per open request: jobs/job-streams.ts)
   const feed = new NetworkFeed({ db, market, history: new PriceHistory() });
   await bus.subscribe(feed.subscriber());
@@ -175,6 +184,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   registerNetworkRoutes(app, { db });
   registerAccountRoutes(app, { accounts });
   registerMarketRoutes(app, { market, jobs });
+  registerVerifyRoutes(app, { db, challenges: config.challenges });
   registerLiveRoutes(app, { feed });
   registerOperatorRoutes(app, { reports: new OperatorReports(db, config.operators) });
   registerConsoleRoutes(app, { dir: config.consoleDir });
@@ -211,6 +221,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
         connected.closeAll();
         await connected.idle();
         await scheduler.close();
+        await challenges.close();
         await bus.close();
         await app.close();
         await db.destroy();

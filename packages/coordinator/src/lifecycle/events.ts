@@ -13,6 +13,16 @@ export type LeaseOutcomeKind = 'completed' | 'failed' | 'lost' | 'released' | 'c
 /** Why a workload failed by itself: not retried, the same input would fail again. */
 export type FailureReason = 'exit' | 'timeout' | 'limit';
 
+/**
+ * A provider's proven fault (not bad luck: evidence it signed or failed to back). A commitment
+ * whose root does not match the outputs it lists, a commitment signature that does not verify,
+ * or outputs listed that it never uploaded.
+ */
+export type ProviderFaultKind = 'commitment-mismatch' | 'bad-commitment-signature' | 'outputs-not-uploaded';
+
+/** How a capacity challenge ended (verify/capacity-challenges.ts). */
+export type ChallengeVerdict = 'passed' | 'missed-deadline' | 'bad-signature' | 'bad-proof' | 'wrong-product' | 'bad-memory';
+
 export type DomainEvent =
   | { type: 'job.submitted'; jobId: string; owner: string; tasks: number }
   /** A live state change (pending → matching → running → …) short of the end. */
@@ -47,9 +57,15 @@ export type DomainEvent =
       providerId: string;
       outcome: LeaseOutcomeKind;
       reason?: FailureReason;
+      /** Set when the lease was lost to a proven fault. */
+      fault?: ProviderFaultKind;
       error: string | null;
       charged: string;
     }
+  /** A proven fault of a provider on a lease (counts heavily against its reputation). */
+  | { type: 'provider.fault'; providerId: string; jobId: string; leaseId: string; fault: ProviderFaultKind; detail: string }
+  /** A capacity challenge ended; `busyMs` is the provider time it took (issue to last answer). */
+  | { type: 'provider.challenged'; providerId: string; challengeId: string; verdict: ChallengeVerdict; detail: string | null; busyMs: number }
   | { type: 'provider.online'; providerId: string; restarted: boolean }
   | { type: 'provider.offline'; providerId: string; reason: string }
   /** Asks, drain state, stake or reputation changed: the matching index reloads the provider. */

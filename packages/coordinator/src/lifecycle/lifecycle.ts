@@ -3,8 +3,12 @@
  * capacity.ts, of the capacity that leases hold). Everyone else sends it commands:
  *
  *   jobs     submit · cancel · topUp · failUnfunded · expireQueued · setFunding
- *   leases   place · acknowledge · start · recordUsage · appendLogs · finish · lose · release ·
- *            loseProvider (every active lease of a provider) · declareCapacity
+ *   leases   place · acknowledge · start · recordUsage · appendLogs · finish · lose · fault ·
+ *            release · loseProvider (every active lease of a provider) · declareCapacity
+ *
+ * Trust (L2): `place` draws a secret audit seed per lease and sends only its hash with the
+ * assignment; `finish` stores the provider's signed result commitment; `fault` ends a lease lost
+ * to a proven fault, keeping the evidence on the lease.
  *
  * Each command runs inside the caller's unit of work — one transaction, so a provider report's
  * sequence number commits with its effect — checks every transition against the state tables
@@ -30,6 +34,7 @@ import {
   type TaskState,
 } from '@gridwork/protocol';
 import { sha256Hex } from '@gridwork/protocol/node';
+import { randomBytes } from 'node:crypto';
 import { balanceOf, holdOf } from '../ledger/ledger.ts';
 import {
   addBudget,
@@ -45,7 +50,7 @@ import {
 } from '../ledger/lease-economics.ts';
 import { enqueueForProvider } from '../providers/outbox.ts';
 import { type Capacity, declareCapacity, freeCapacity, holdCapacity } from './capacity.ts';
-import type { FailureReason, LeaseOutcomeKind } from './events.ts';
+import type { FailureReason, LeaseOutcomeKind, ProviderFaultKind } from './events.ts';
 import {
   ACTIVE_LEASE_STATES,
   assertTransition,
@@ -60,14 +65,20 @@ import type { Trx, UnitOfWork } from './unit-of-work.ts';
 
 /** How a lease ended, as the lifecycle records it. */
 export type LeaseOutcome =
-  | { kind: 'completed'; durationMs: number; outputs: FileRef[] }
+  | { kind: 'completed'; durationMs: number; outputs: FileRef[]; commitment?: ResultCommitment }
   /** The workload failed by itself (non-zero exit, time limit, resource limit): deterministic, not retried. */
-  | { kind: 'failed'; reason: FailureReason; exitCode: number | null; durationMs: number; error: string }
+  | { kind: 'failed'; reason: FailureReason; exitCode: number | null; durationMs: number; error: string; commitment?: ResultCommitment }
   /** The provider failed (crash, lost heartbeat, setup error, a broken report): retried elsewhere. */
-  | { kind: 'lost'; error: string }
+  | { kind: 'lost'; error: string; fault?: ProviderFaultKind; commitment?: ResultCommitment }
   /** The provider handed the task back (draining): retried without counting an attempt. */
   | { kind: 'released'; error: string }
   | { kind: 'cancelled'; error: string };
+
+/** A provider's signed result commitment (verified by verify/commitments.ts before it gets here). */
+export interface ResultCommitment {
+  outputsRoot: string;
+  signature: string;
+}
 
 export interface NewJob {
   owner: string;
@@ -270,6 +281,9 @@ export class Lifecycle {
     }
     const spec = job.spec;
     const leaseId = newId('lease');
+    // Commit–reveal of audit randomness: only the hash goes to the provider now.
+    const auditSeed = randomBytes(32).toString('hex');
+    const auditCommitment = sha256Hex(auditSeed);
     const now = new Date();
     const cpuMilli = cpuMilliOf(spec.resources.cpu);
     const memMilli = cpuMilliOf(spec.resources.memoryGiB);
@@ -287,6 +301,8 @@ export class Lifecycle {
         gpus: JSON.stringify(p.gpus),
         cpu_milli: BigInt(cpuMilli),
         mem_milli: BigInt(memMilli),
+        audit_seed: auditSeed,
+        audit_commitment: auditCommitment,
       })
       .execute();
     if (!(await holdCapacity(trx, { leaseId, providerId: p.providerId, cpuMilli, memMilli, gpus: p.gpus }))) {
@@ -322,6 +338,7 @@ export class Lifecycle {
       resources: spec.resources,
       gpus: p.gpus,
       timeoutSeconds,
+      auditCommitment,
     };
     await enqueueForProvider(uow, p.providerId, { type: 'lease.assign', lease });
     uow.emit({
@@ -442,6 +459,18 @@ export class Lifecycle {
     return this.end(uow, leaseId, { kind: 'lost', error });
   }
 
+  /**
+   * A proven fault (verify/commitments.ts has the evidence): the lease ends lost like `lose`, the
+   * fault and the commitment are kept on it, and `provider.fault` tells reputation.
+   */
+  async fault(uow: UnitOfWork, leaseId: string, fault: ProviderFaultKind, detail: string, commitment?: ResultCommitment): Promise<boolean> {
+    const ended = await this.end(uow, leaseId, { kind: 'lost', error: `proven fault (${fault}): ${detail}`, fault, ...(commitment ? { commitment } : {}) });
+    if (!ended) return false;
+    const lease = await uow.trx.selectFrom('leases').select(['job_id', 'provider_id']).where('id', '=', leaseId).executeTakeFirstOrThrow();
+    uow.emit({ type: 'provider.fault', providerId: lease.provider_id, jobId: lease.job_id, leaseId, fault, detail });
+    return true;
+  }
+
   /** The provider handed the task back (draining): it is retried without counting an attempt. */
   release(uow: UnitOfWork, leaseId: string, error: string): Promise<boolean> {
     return this.end(uow, leaseId, { kind: 'released', error });
@@ -500,9 +529,18 @@ export class Lifecycle {
     }
     await settleLease(trx, lease, lease.provider_id, this.economics);
     const error = outcome.kind === 'completed' ? null : outcome.error;
+    const commitment = 'commitment' in outcome ? outcome.commitment : undefined;
+    const fault = outcome.kind === 'lost' ? outcome.fault : undefined;
     await trx
       .updateTable('leases')
-      .set({ state: leaseState, ended_at: now, exit_code: outcome.kind === 'failed' ? outcome.exitCode : outcome.kind === 'completed' ? 0 : null, error })
+      .set({
+        state: leaseState,
+        ended_at: now,
+        exit_code: outcome.kind === 'failed' ? outcome.exitCode : outcome.kind === 'completed' ? 0 : null,
+        error,
+        ...(commitment ? { outputs_root: commitment.outputsRoot, commitment_signature: commitment.signature } : {}),
+        ...(fault ? { fault } : {}),
+      })
       .where('id', '=', lease.id)
       .execute();
     await freeCapacity(trx, { leaseId: lease.id, providerId: lease.provider_id, cpuMilli: Number(lease.cpu_milli), memMilli: Number(lease.mem_milli), gpus: lease.gpus });
@@ -514,6 +552,7 @@ export class Lifecycle {
       providerId: lease.provider_id,
       outcome: outcome.kind as LeaseOutcomeKind,
       ...(outcome.kind === 'failed' ? { reason: outcome.reason } : {}),
+      ...(fault ? { fault } : {}),
       error,
       charged: formatCredits(lease.charged),
     });

@@ -9,9 +9,46 @@ import { ACTIVE_LEASE_STATES } from '../lifecycle/state-machine.ts';
 import type { Db } from '../store/database.ts';
 import { type BookProvider, type Match, type Order, OrderBook } from './order-book.ts';
 
-/** Reputation from lease history, with a neutral prior: (completed + 1) / (completed + faulted + 2). */
-export function reputationOf(completed: number, faulted: number): number {
-  return (completed + 1) / (completed + faulted + 2);
+/** How much one failed capacity challenge weighs against a provider, in lost leases. */
+export const CHALLENGE_FAILURE_WEIGHT = 2;
+/** How much one proven fault (a commitment that does not match) weighs, in lost leases. */
+export const PROVEN_FAULT_WEIGHT = 10;
+
+/** A provider's trust record beyond its lease history (trust layers L1, L2). */
+export interface TrustRecord {
+  challengesPassed?: number;
+  challengesFailed?: number;
+  faultsProven?: number;
+}
+
+/**
+ * Reputation with a neutral prior: (good + 1) / (good + bad + 2), where good = completed leases
+ * + passed challenges and bad = lost leases + 2 × failed challenges + 10 × proven faults. Lying
+ * costs more than bad luck: a failed challenge or a proven fault is evidence, a lost lease may
+ * be a power cut.
+ */
+export function reputationOf(completed: number, faulted: number, trust: TrustRecord = {}): number {
+  const good = completed + (trust.challengesPassed ?? 0);
+  const bad = faulted + CHALLENGE_FAILURE_WEIGHT * (trust.challengesFailed ?? 0) + PROVEN_FAULT_WEIGHT * (trust.faultsProven ?? 0);
+  return (good + 1) / (good + bad + 2);
+}
+
+type ProviderCounters = {
+  leases_completed: number;
+  leases_faulted: number;
+  challenges_passed: number;
+  challenges_failed: number;
+  challenge_fail_streak: number;
+  faults_proven: number;
+};
+
+export function reputationOfProvider(r: ProviderCounters): number {
+  return reputationOf(r.leases_completed, r.leases_faulted, { challengesPassed: r.challenges_passed, challengesFailed: r.challenges_failed, faultsProven: r.faults_proven });
+}
+
+/** A provider that failed `maxConsecutiveFailures` capacity challenges in a row gets no work until it passes one. */
+export function isEligible(r: Pick<ProviderCounters, 'challenge_fail_streak'>, maxConsecutiveFailures: number): boolean {
+  return r.challenge_fail_streak < maxConsecutiveFailures;
 }
 
 export function orderOf(spec: JobSpec, maxPerHour: bigint): Order {
@@ -29,7 +66,11 @@ export class Market {
   private readonly connected = new Set<string>();
   private readonly bidding = new Set<string>();
 
-  constructor(private readonly db: Db) {}
+  constructor(
+    private readonly db: Db,
+    /** Failed capacity challenges in a row that take a provider out of matching. @default 3 */
+    private readonly maxConsecutiveFailures = 3,
+  ) {}
 
   /** Rebuilds the index from the database: providers, their stake, and the leases holding capacity. */
   async load(): Promise<void> {
@@ -70,6 +111,12 @@ export class Market {
       rows.map((r) => stakeOf(r.id)),
     );
     for (const r of rows) {
+      if (!isEligible(r, this.maxConsecutiveFailures)) {
+        // Out of the index until it passes a challenge again; its running leases stay reserved.
+        this.book.removeProvider(r.id);
+        this.bidding.delete(r.id);
+        continue;
+      }
       if (r.bids) this.bidding.add(r.id);
       else this.bidding.delete(r.id);
       const p: BookProvider = {
@@ -82,7 +129,7 @@ export class Market {
         asks: r.asks,
         benchmarks: r.benchmarks,
         slots: r.slots,
-        reputation: reputationOf(r.leases_completed, r.leases_faulted),
+        reputation: reputationOfProvider(r),
         stake: stakes.get(stakeOf(r.id)) ?? 0n,
       };
       this.book.upsertProvider(p);

@@ -10,6 +10,7 @@ import { cpuMilliOf, type Lifecycle } from '../lifecycle/lifecycle.ts';
 import { ACTIVE_LEASE_STATES } from '../lifecycle/state-machine.ts';
 import type { Units, UnitOfWork } from '../lifecycle/unit-of-work.ts';
 import type { Db } from '../store/database.ts';
+import type { CapacityChallenges } from '../verify/capacity-challenges.ts';
 import { verifyAsks } from './asks.ts';
 import { enqueueForProvider } from './outbox.ts';
 import { REJECTED_REPORT_CODES, reportHandlers } from './report-handlers.ts';
@@ -19,6 +20,8 @@ export interface ProviderServiceDeps {
   units: Units;
   lifecycle: Lifecycle;
   log: Logger;
+  /** Capacity challenges: their answers arrive as sequenced reports. */
+  challenges: CapacityChallenges;
 }
 
 export type ApplyResult = 'applied' | 'duplicate' | 'gap';
@@ -123,7 +126,7 @@ export class ProviderService {
 
   /** Applies one sequenced report exactly once: its effect and the new seq commit together. */
   async apply(providerId: string, msg: ProviderSequenced): Promise<ApplyResult> {
-    const { lifecycle } = this.deps;
+    const { lifecycle, challenges } = this.deps;
     try {
       return await this.deps.units.run(async (uow): Promise<ApplyResult> => {
         const p = await uow.trx.selectFrom('providers').select(['in_seq']).where('id', '=', providerId).forNoKeyUpdate().executeTakeFirst();
@@ -137,7 +140,7 @@ export class ProviderService {
           .where('id', '=', providerId)
           .execute();
         const handle = reportHandlers[msg.type] as (ctx: Parameters<(typeof reportHandlers)['lease.started']>[0], m: ProviderSequenced) => Promise<void>;
-        await handle({ uow, providerId, lifecycle }, msg);
+        await handle({ uow, providerId, lifecycle, challenges }, msg);
         return 'applied';
       });
     } catch (err) {

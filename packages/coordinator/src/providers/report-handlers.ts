@@ -9,12 +9,15 @@ import { verifyBytes } from '@gridwork/protocol/node';
 import { GridworkError } from '@gridwork/protocol';
 import type { Lifecycle, LeaseOutcome } from '../lifecycle/lifecycle.ts';
 import type { UnitOfWork } from '../lifecycle/unit-of-work.ts';
+import { checkResultCommitment } from '../verify/commitments.ts';
+import type { CapacityChallenges } from '../verify/capacity-challenges.ts';
 import { verifyAsks } from './asks.ts';
 
 export interface ReportContext {
   uow: UnitOfWork;
   providerId: string;
   lifecycle: Lifecycle;
+  challenges: CapacityChallenges;
 }
 
 type Handlers = { [K in ProviderSequenced['type']]: (ctx: ReportContext, msg: Extract<ProviderSequenced, { type: K }>) => Promise<void> };
@@ -57,13 +60,30 @@ export const reportHandlers: Handlers = {
 
   async 'lease.finished'({ uow, providerId, lifecycle }, msg) {
     const lease = await lifecycle.leaseOf(uow, providerId, msg.leaseId);
+    // L2: a signed commitment that does not match what is delivered is a proven fault.
+    const { audit_commitment } = await uow.trx.selectFrom('leases').select('audit_commitment').where('id', '=', lease.id).executeTakeFirstOrThrow();
+    const check = checkResultCommitment(providerId, audit_commitment, msg);
+    if (!check.ok) {
+      await lifecycle.fault(uow, lease.id, check.fault, check.detail, msg.commitment);
+      return;
+    }
     if (msg.outputs.length > 0 && !(await uploadedDuring(uow, providerId, lease.created_at, msg.outputs))) {
-      await lifecycle.lose(uow, lease.id, 'provider reported outputs it did not upload during the lease');
+      await lifecycle.fault(uow, lease.id, 'outputs-not-uploaded', 'provider reported outputs it did not upload during the lease', msg.commitment);
       return;
     }
     const outcome = outcomeOf(msg.outcome, msg.durationMs, msg.outputs);
     if (outcome.kind === 'lost') await lifecycle.lose(uow, lease.id, outcome.error);
-    else if (outcome.kind === 'completed' || outcome.kind === 'failed') await lifecycle.finish(uow, lease.id, outcome);
+    else if (outcome.kind === 'completed' || outcome.kind === 'failed') {
+      await lifecycle.finish(uow, lease.id, msg.commitment ? { ...outcome, commitment: msg.commitment } : outcome);
+    }
+  },
+
+  async 'challenge.committed'({ uow, providerId, challenges }, msg) {
+    await challenges.committed(uow, providerId, msg);
+  },
+
+  async 'challenge.opened'({ uow, providerId, challenges }, msg) {
+    await challenges.opened(uow, providerId, msg);
   },
 
   async 'lease.released'({ uow, providerId, lifecycle }, msg) {

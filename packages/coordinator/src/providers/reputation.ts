@@ -1,30 +1,74 @@
 /**
- * Reputation from lease history: every lease a provider finished (completed, or failed by the
- * workload itself) counts for it, every lease it lost counts against it. A durable subscriber:
- * its position commits with the counters, so each lease counts exactly once, across restarts.
- * The score itself is `reputationOf` in market/market.ts.
+ * Reputation from history: every lease a provider finished (completed, or failed by the
+ * workload itself) counts for it, every lease it lost counts against it; capacity challenges
+ * (`provider.challenged`: passed, failed, failures in a row, time taken) and proven faults
+ * (`provider.fault`) are counted here too. A durable subscriber: its position commits with the
+ * counters, so each event counts exactly once, across restarts. The score itself is
+ * `reputationOf` in market/market.ts.
  */
 import type { Subscriber } from '../bus/bus.ts';
+
+interface Tally {
+  completed: number;
+  faulted: number;
+  passed: number;
+  failed: number;
+  /** Failures in a row at the end of the batch (null: no challenge ended in it); `reset` when one passed. */
+  streak: { reset: boolean; add: number } | null;
+  busyMs: number;
+  proven: number;
+}
 
 export function reputationSubscriber(): Subscriber {
   return {
     name: 'reputation',
     durable: true,
-    types: ['lease.ended'],
+    types: ['lease.ended', 'provider.challenged', 'provider.fault'],
     async handle(events, uow) {
       if (!uow) throw new Error('reputation is a durable subscriber');
-      const tally = new Map<string, { completed: number; faulted: number }>();
+      const tally = new Map<string, Tally>();
+      const of = (id: string) => {
+        let t = tally.get(id);
+        if (!t) {
+          t = { completed: 0, faulted: 0, passed: 0, failed: 0, streak: null, busyMs: 0, proven: 0 };
+          tally.set(id, t);
+        }
+        return t;
+      };
       for (const e of events) {
-        if (e.type !== 'lease.ended' || (e.outcome !== 'completed' && e.outcome !== 'failed' && e.outcome !== 'lost')) continue;
-        const t = tally.get(e.providerId) ?? { completed: 0, faulted: 0 };
-        if (e.outcome === 'lost') t.faulted++;
-        else t.completed++;
-        tally.set(e.providerId, t);
+        if (e.type === 'lease.ended') {
+          if (e.outcome !== 'completed' && e.outcome !== 'failed' && e.outcome !== 'lost') continue;
+          const t = of(e.providerId);
+          if (e.outcome === 'lost') t.faulted++;
+          else t.completed++;
+        } else if (e.type === 'provider.challenged') {
+          const t = of(e.providerId);
+          t.busyMs += e.busyMs;
+          if (e.verdict === 'passed') {
+            t.passed++;
+            t.streak = { reset: true, add: 0 };
+          } else {
+            t.failed++;
+            t.streak = t.streak ? { reset: t.streak.reset, add: t.streak.add + 1 } : { reset: false, add: 1 };
+          }
+        } else if (e.type === 'provider.fault') {
+          of(e.providerId).proven++;
+        }
       }
       for (const [providerId, t] of [...tally].sort(([a], [b]) => (a < b ? -1 : 1))) {
         await uow.trx
           .updateTable('providers')
-          .set((eb) => ({ leases_completed: eb('leases_completed', '+', t.completed), leases_faulted: eb('leases_faulted', '+', t.faulted) }))
+          .set((eb) => ({
+            leases_completed: eb('leases_completed', '+', t.completed),
+            leases_faulted: eb('leases_faulted', '+', t.faulted),
+            challenges_passed: eb('challenges_passed', '+', t.passed),
+            challenges_failed: eb('challenges_failed', '+', t.failed),
+            challenge_busy_ms: eb('challenge_busy_ms', '+', BigInt(t.busyMs)),
+            faults_proven: eb('faults_proven', '+', t.proven),
+            ...(t.streak === null
+              ? {}
+              : { challenge_fail_streak: t.streak.reset ? t.streak.add : eb('challenge_fail_streak', '+', t.streak.add) }),
+          }))
           .where('id', '=', providerId)
           .execute();
         uow.emit({ type: 'provider.changed', providerId, what: 'reputation' });

@@ -229,6 +229,48 @@ migrations['0003_lifecycle_events_capacity'] = {
   },
 };
 
+migrations['0004_trust_capacity_commitments'] = {
+  async up(db: Kysely<unknown>) {
+    await runStatements(
+      db,
+      `
+      create table capacity_challenges (
+        id text primary key,
+        provider_id text not null references providers (id),
+        seed text not null,
+        open_seed text not null,
+        n integer not null,
+        memory_blocks integer not null,
+        rows_to_open integer not null,
+        blocks_to_open integer not null,
+        state text not null,
+        issued_at timestamptz not null,
+        deadline_at timestamptz not null,
+        matrix_root text,
+        memory_root text,
+        committed_at timestamptz,
+        open_deadline_at timestamptz,
+        ended_at timestamptz,
+        reason text,
+        busy_ms bigint
+      );
+      create index capacity_challenges_provider on capacity_challenges (provider_id, issued_at);
+      create index capacity_challenges_open on capacity_challenges (state) where state in ('issued', 'committed');
+      alter table providers add column challenges_passed integer not null default 0;
+      alter table providers add column challenges_failed integer not null default 0;
+      alter table providers add column challenge_fail_streak integer not null default 0;
+      alter table providers add column challenge_busy_ms bigint not null default 0;
+      alter table providers add column faults_proven integer not null default 0;
+      alter table leases add column audit_seed text;
+      alter table leases add column audit_commitment text;
+      alter table leases add column outputs_root text;
+      alter table leases add column commitment_signature text;
+      alter table leases add column fault text
+    `,
+    );
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 /**

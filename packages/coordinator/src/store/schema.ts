@@ -40,6 +40,36 @@ export interface ProvidersTable {
   bids: Generated<boolean>;
   leases_completed: Generated<number>;
   leases_faulted: Generated<number>;
+  /** Capacity challenges (verify/): passed, failed, failed in a row, and provider time they took. */
+  challenges_passed: Generated<number>;
+  challenges_failed: Generated<number>;
+  challenge_fail_streak: Generated<number>;
+  challenge_busy_ms: Int8Default;
+  /** Proven faults (a commitment that does not match, a failed audit). */
+  faults_proven: Generated<number>;
+}
+
+/** One capacity challenge and its verdict (verify/capacity-challenges.ts). */
+export interface CapacityChallengesTable {
+  id: string;
+  provider_id: string;
+  seed: string;
+  /** The secret behind the open commitment; revealed to the provider once its roots arrive. */
+  open_seed: string;
+  n: number;
+  memory_blocks: number;
+  rows_to_open: number;
+  blocks_to_open: number;
+  state: 'issued' | 'committed' | 'passed' | 'failed';
+  issued_at: Timestamp;
+  deadline_at: Timestamp;
+  matrix_root: string | null;
+  memory_root: string | null;
+  committed_at: Timestamp | null;
+  open_deadline_at: Timestamp | null;
+  ended_at: Timestamp | null;
+  reason: string | null;
+  busy_ms: Int8 | null;
 }
 
 export interface ProviderOutboxTable {
@@ -114,6 +144,14 @@ export interface LeasesTable {
   gpus: ColumnType<number[], string | undefined, string>;
   cpu_milli: Int8Default;
   mem_milli: Int8Default;
+  /** Audit randomness (L2 commit–reveal): the secret seed, and its hash sent with the assignment. */
+  audit_seed: string | null;
+  audit_commitment: string | null;
+  /** The provider's signed result commitment (hex Merkle root over outputs, Ed25519 signature). */
+  outputs_root: string | null;
+  commitment_signature: string | null;
+  /** The proven fault that ended the lease, if one did. */
+  fault: string | null;
 }
 
 export interface TaskLogsTable {
@@ -200,6 +238,7 @@ export interface BlobOwnersTable {
 
 export interface Database {
   events: EventsTable;
+  capacity_challenges: CapacityChallengesTable;
   event_head: EventHeadTable;
   bus_positions: BusPositionsTable;
   provider_capacity: ProviderCapacityTable;
