@@ -6,13 +6,16 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import http from 'node:http';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { canonicalJson, GridworkError, type JobSpec, ProviderMessage, type ProviderHello, type ProviderSequenced } from '@gridwork/protocol';
 import { generateIdentity, type Identity, signBytes } from '@gridwork/protocol/node';
 import { postgresUrl, silentLogger, tempDir, uniqueSchema, until } from '@gridwork/testkit';
 import { sql } from 'kysely';
+import Fastify from 'fastify';
 import { Compile } from 'typebox/compile';
+import { sendNdjson } from '../src/api/ndjson.ts';
 import { JobService, type JobServiceDeps } from '../src/jobs/job-service.ts';
 import type { StoredEvent } from '../src/lifecycle/events.ts';
 import { Lifecycle } from '../src/lifecycle/lifecycle.ts';
@@ -498,5 +501,57 @@ describe('adversarial (postgres)', () => {
     assert.equal((b as { jobId: string }).jobId, a.jobId);
     const jobs = await db.selectFrom('jobs').select('id').where('owner', '=', owner).execute();
     assert.equal(jobs.length, 1);
+  });
+});
+
+describe('adversarial (streams)', () => {
+  it('an NDJSON stream whose client disconnects while the stream is backed up is closed (its bus subscriber does not leak)', async () => {
+    // sendNdjson awaits 'drain' after a write that returned false; when the client goes away the
+    // response is destroyed, 'drain' never comes, and the generator is never returned: its
+    // finally (the job stream's bus unsubscribe) never runs. A logs --follow stream interrupted
+    // in the middle of a page (or any slow reader that hangs up) leaves a bus cursor behind for
+    // the life of the process, handed every later event.
+    const app = Fastify();
+    let opened = 0;
+    let finished = 0;
+    app.get('/stream', async (req, reply) =>
+      sendNdjson(
+        req,
+        reply,
+        async function* (signal) {
+          opened++;
+          try {
+            for (let i = 0; !signal.aborted; i++) yield { i, pad: 'x'.repeat(1000) };
+          } finally {
+            finished++;
+          }
+        },
+        60_000,
+      ),
+    );
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    try {
+      const { port } = app.server.address() as { port: number };
+      for (let k = 0; k < 3; k++) {
+        await new Promise<void>((resolve, reject) => {
+          const req = http.get({ host: '127.0.0.1', port, path: '/stream' }, (res) => {
+            res.once('data', () => {
+              res.pause(); // a slow reader ...
+              req.destroy(); // ... that hangs up
+              resolve();
+            });
+          });
+          req.on('error', () => {});
+          req.on('timeout', reject);
+        });
+      }
+      await until(
+        async () => ({ opened, finished }),
+        (v) => v.opened === 3 && v.finished === 3,
+        { what: 'every stream generator to be returned after its client left', timeoutMs: 10_000 },
+      );
+    } finally {
+      await app.close().catch(() => {});
+    }
   });
 });
