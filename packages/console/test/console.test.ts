@@ -90,7 +90,7 @@ test('signs in with the CLI key file, submits a spec, watches it finish live, re
   await nav('Key').click();
   await page.getByLabel(/import the CLI's key file/).setInputFiles(keyFile);
   assert.equal(await page.getByTestId('account-id').textContent(), alice.publicKey);
-  assert.equal(await page.evaluate(() => JSON.parse(localStorage.getItem('gridwork.identity') ?? '{}').publicKey), alice.publicKey);
+  assert.equal(await page.evaluate<string>("JSON.parse(localStorage.getItem('gridwork.identity') ?? '{}').publicKey"), alice.publicKey);
 
   await nav('Money').click();
   assert.equal(await page.getByTestId('balance-available').textContent(), '10');
@@ -151,7 +151,7 @@ test('signs in with the CLI key file, submits a spec, watches it finish live, re
 test('the operator view shows totals by account class and the ledger check passing; others cannot open it', { skip }, async () => {
   await nav('Operator').click();
   await page.getByRole('alert').filter({ hasText: /operators/ }).waitFor();
-  await page.evaluate((id) => localStorage.setItem('gridwork.identity', JSON.stringify(id)), operator);
+  await page.evaluate(`localStorage.setItem('gridwork.identity', ${JSON.stringify(JSON.stringify(operator))})`);
   await page.reload();
   await page.locator('[data-testid="ledger-check"]', { hasText: 'passing' }).waitFor();
   await page.getByRole('rowheader', { name: 'available balances' }).waitFor();
@@ -168,10 +168,9 @@ test('every form control has a label, and the layout fits a phone', { skip }, as
   for (const hash of ['#/key', '#/jobs', '#/market']) {
     await page.goto(`${net.coordinator.url}/${hash}`);
     await page.locator('main h2').first().waitFor();
-    const unlabelled = await page.evaluate(() =>
-      [...document.querySelectorAll('input, textarea, select')]
-        .filter((el) => (el as HTMLInputElement).labels?.length === 0 && !el.getAttribute('aria-label'))
-        .map((el) => el.outerHTML),
+    // Browser-side code as text: this file is typechecked without the DOM library.
+    const unlabelled = await page.evaluate<string[]>(
+      "[...document.querySelectorAll('input, textarea, select')].filter((el) => el.labels?.length === 0 && !el.getAttribute('aria-label')).map((el) => el.outerHTML)",
     );
     assert.deepEqual(unlabelled, [], `unlabelled controls on ${hash}`);
   }
@@ -179,9 +178,9 @@ test('every form control has a label, and the layout fits a phone', { skip }, as
   await page.goto(`${net.coordinator.url}/#/network`);
   await page.reload();
   await page.getByTestId('provider-row').first().waitFor();
-  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  const overflow = await page.evaluate<number>('document.documentElement.scrollWidth - window.innerWidth');
   assert.ok(overflow <= 0, `page wider than the phone by ${overflow}px`);
   await page.keyboard.press('Tab');
-  assert.equal(await page.evaluate(() => document.activeElement?.textContent?.trim()), 'Skip to content');
+  assert.equal(await page.evaluate<string | undefined>('document.activeElement?.textContent?.trim()'), 'Skip to content');
   await shot('phone');
 });

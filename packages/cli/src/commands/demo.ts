@@ -14,7 +14,7 @@ import type pino from 'pino';
 import { CliExit, color, EXIT_FAILED, EXIT_USAGE, formatDuration, info, printJson } from '../output.ts';
 import { Progress } from '../progress.ts';
 import { printExplanation } from './job.ts';
-import { intOption } from './shared.ts';
+import { intOption, waitForSignal } from './shared.ts';
 
 const EXAMPLE = fileURLToPath(new URL('../../../../examples/embed-corpus/job.yaml', import.meta.url));
 
@@ -24,6 +24,7 @@ interface DemoOptions {
   data?: string;
   spec: string;
   runtime?: 'sandbox' | 'process';
+  keep?: boolean;
 }
 
 /** Demo providers ask different prices, so the market has something to choose between. */
@@ -52,6 +53,7 @@ export function registerDemoCommand(program: Command): void {
     .option('--spec <file>', 'job spec to run', EXAMPLE)
     .option('--runtime <kind>', 'sandbox or process (default: sandbox when bubblewrap works here)')
     .option('--json', 'print the summary as one JSON document on stdout')
+    .option('--keep', 'keep the network and its web console running after the job, until Ctrl-C')
     .action(async (opts: DemoOptions) => {
       if (opts.providers < 1 || opts.providers > 32) throw new CliExit(EXIT_USAGE, '--providers must be between 1 and 32');
       const started = Date.now();
@@ -73,6 +75,7 @@ export function registerDemoCommand(program: Command): void {
         dev: true,
         economics: { meteringIntervalMs: 1000 },
       });
+      step(`web console: ${color.bold(`${coordinator.url}/`)} (import ${join(dataDir, 'requester-key.json')} on its Key page to see the demo's job and money)`);
       const providers: ProviderAgent[] = [];
       try {
         let runtime = opts.runtime ?? 'sandbox';
@@ -177,6 +180,10 @@ export function registerDemoCommand(program: Command): void {
           info(
             `  ${files.length} output files${opts.data ? ` in ${resultsDir}` : ' (temporary; use --data DIR to keep them)'}; ${formatDuration(summary.elapsedMs)} in all`,
           );
+        }
+        if (opts.keep) {
+          info(`the network keeps running; web console at ${coordinator.url}/ — press Ctrl-C to stop`);
+          await waitForSignal();
         }
         if (!summary.ok) throw new CliExit(EXIT_FAILED, `demo job ${job.state}${job.error ? `: ${job.error}` : ''}`);
       } finally {

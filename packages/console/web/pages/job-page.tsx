@@ -21,7 +21,16 @@ function Logs({ api, jobId }: { api: Api; jobId: string }) {
   return (
     // biome-ignore lint/a11y/noNoninteractiveTabindex: scrollable log, focusable so the keyboard can scroll it
     <pre ref={box} class="logs" data-testid="logs" role="log" tabIndex={0} aria-label="Task logs">
-      {lines.length === 0 ? 'No log lines yet.' : lines.map((l) => `[task ${l.taskIndex}${l.stream === 'stdout' ? '' : ` ${l.stream}`}] ${l.data.replace(/\n$/, '')}\n`).join('')}
+      {lines.length === 0
+        ? 'No log lines yet.'
+        : lines
+            .flatMap((l) =>
+              l.data
+                .replace(/\n$/, '')
+                .split('\n')
+                .map((text) => `[task ${l.taskIndex}${l.stream === 'stdout' ? '' : ` ${l.stream}`}] ${text}\n`),
+            )
+            .join('')}
     </pre>
   );
 }
@@ -146,7 +155,13 @@ export function JobPage({ api, jobId }: { api: Api; jobId: string }) {
                 <td>{t.cost}</td>
                 <td>
                   {t.outputs.map((o) => (
-                    <button key={o.digest} type="button" class="link" onClick={() => void download(o.digest, o.path)} aria-label={`Download ${o.path} of task ${t.index}`}>
+                    <button
+                      key={o.digest}
+                      type="button"
+                      class="link"
+                      onClick={() => void download(o.digest, o.path)}
+                      aria-label={`Download ${o.path} of task ${t.index}`}
+                    >
                       {o.path}
                     </button>
                   ))}
