@@ -26,6 +26,8 @@ import { type Identity, sha256Bytes, signBytes } from '@gridwork/protocol/node';
 
 /** Work done between two yields to the event loop. */
 const SLICE_MS = 8;
+/** How long a solved challenge waits for its opening after the commit deadline (the coordinator's opening window is shorter). */
+const KEEP_AFTER_DEADLINE_MS = 120_000;
 
 export interface SolvedChallenge {
   challenge: CapacityChallenge;
@@ -113,9 +115,11 @@ export class ChallengeResponder {
       .solve(challenge, giveUpAt)
       .then((done) => {
         if (!done) return this.warn({ challengeId: challenge.challengeId }, 'capacity challenge not finished before its deadline');
-        // Only the latest challenge is kept: the coordinator has at most one open per provider.
+        // Only the latest challenge is kept (the coordinator has at most one open per provider),
+        // and not past the time its opening could still count: the buffer may be large.
         this.solved.clear();
         this.solved.set(challenge.challengeId, done);
+        setTimeout(() => this.solved.delete(challenge.challengeId), challenge.deadlineMs + KEEP_AFTER_DEADLINE_MS).unref();
         const matrixRoot = done.rows.rootHex;
         const memoryRoot = done.blocks.rootHex;
         this.send({

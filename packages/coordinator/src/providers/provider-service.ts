@@ -20,8 +20,8 @@ export interface ProviderServiceDeps {
   units: Units;
   lifecycle: Lifecycle;
   log: Logger;
-  /** Capacity challenges: their answers arrive as sequenced reports. */
-  challenges: CapacityChallenges;
+  /** Capacity challenges: their answers arrive as sequenced reports (consumed without effect when absent). */
+  challenges?: CapacityChallenges;
 }
 
 export type ApplyResult = 'applied' | 'duplicate' | 'gap';

@@ -17,7 +17,7 @@ export interface ReportContext {
   uow: UnitOfWork;
   providerId: string;
   lifecycle: Lifecycle;
-  challenges: CapacityChallenges;
+  challenges?: CapacityChallenges;
 }
 
 type Handlers = { [K in ProviderSequenced['type']]: (ctx: ReportContext, msg: Extract<ProviderSequenced, { type: K }>) => Promise<void> };
@@ -79,11 +79,11 @@ export const reportHandlers: Handlers = {
   },
 
   async 'challenge.committed'({ uow, providerId, challenges }, msg) {
-    await challenges.committed(uow, providerId, msg);
+    await challenges?.committed(uow, providerId, msg);
   },
 
   async 'challenge.opened'({ uow, providerId, challenges }, msg) {
-    await challenges.opened(uow, providerId, msg);
+    await challenges?.opened(uow, providerId, msg);
   },
 
   async 'lease.released'({ uow, providerId, lifecycle }, msg) {
