@@ -153,7 +153,10 @@ export class InProcessBus implements Bus {
   private async deliver(c: Cursor, batch: readonly StoredEvent[]): Promise<void> {
     const lastPosition = (batch[batch.length - 1] as StoredEvent).position;
     const relevant = c.types ? batch.filter((e) => c.types?.has(e.type)) : batch;
-    if (c.sub.durable) {
+    // A durable subscriber with nothing to handle moves only its in-memory position: the stored
+    // one catches up with the next batch it handles, and after a restart it re-reads (and skips)
+    // these events again. No transaction per batch of events it does not care about.
+    if (c.sub.durable && relevant.length > 0) {
       const units = this.units;
       if (!units) throw new Error('bus not started');
       await units.run(async (uow) => {
@@ -167,7 +170,7 @@ export class InProcessBus implements Bus {
           .onConflict((oc) => oc.column('subscriber').doUpdateSet({ position: lastPosition }))
           .execute();
       });
-    } else if (relevant.length > 0) {
+    } else if (!c.sub.durable && relevant.length > 0) {
       await c.sub.handle(relevant);
     }
     c.position = lastPosition;
