@@ -56,7 +56,12 @@ export async function openDatabase(options: DatabaseOptions): Promise<Db> {
     if (!dataDir.startsWith('memory://')) await mkdir(dataDir, { recursive: true });
     // PGlite's own int8 parser gives a number when the value is small and a bigint otherwise:
     // parse int8 as bigint always, as node-postgres does above.
-    const pglite = await PGlite.create(dataDir, { parsers: { 20: (v: string) => BigInt(v) } });
+    const pglite = await PGlite.create(dataDir, {
+      parsers: { 20: (v: string) => BigInt(v) },
+      // Sized for an embedded store with one connection: PostgreSQL's defaults (128 MB of shared
+      // buffers, 100 connections' worth of shared memory) live in WebAssembly memory here.
+      postgresqlconf: ['shared_buffers = 16MB', 'max_connections = 5', 'wal_buffers = 1MB'],
+    });
     db = new Kysely<Database>({ dialect: new PGliteDialect(pglite) });
   }
   if (options.migrate !== false) {
