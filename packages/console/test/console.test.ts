@@ -47,7 +47,16 @@ before(async () => {
     acceptDownloads: true,
     viewport: { width: 1100, height: 760 },
     // The closed network here refuses background connections: keep chromium from trying.
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
   });
   page = context.pages()[0] ?? (await context.newPage());
   page.setDefaultTimeout(30_000);
@@ -148,9 +157,47 @@ test('signs in with the CLI key file, submits a spec, watches it finish live, re
   (globalThis as { consoleJobId?: string }).consoleJobId = jobId;
 });
 
+test('explains a spec, tops up and cancels a running job from its page', { skip }, async () => {
+  await nav('Market').click();
+  await page
+    .getByLabel('Job spec (JSON or YAML)')
+    .fill(
+      'version: 1\nname: too-cheap\nkind: batch\nruntime: { kind: bundle, path: ., command: [node, x.mjs] }\nresources: { cpu: 1, memoryGiB: 1 }\nprice: { maxPerHour: 0.000001, budget: 1 }\n',
+    );
+  await page.getByRole('button', { name: 'Explain' }).click();
+  await page.locator('[data-testid="explain-result"]', { hasText: 'Would not match now' }).waitFor();
+
+  const client = net.client(alice);
+  await mkdir(join(work, 'slow'), { recursive: true });
+  await writeFile(join(work, 'slow', 'main.mjs'), "console.log('waiting'); setTimeout(() => {}, 120000);\n");
+  const job = await client.submit(
+    {
+      version: 1,
+      name: 'slow',
+      kind: 'batch',
+      runtime: { kind: 'bundle', path: './slow', command: ['node', 'main.mjs'] },
+      resources: { cpu: 1, memoryGiB: 1 },
+      price: { maxPerHour: '5', budget: '1' },
+    } as never,
+    { baseDir: work },
+  );
+  await page.goto(`${net.coordinator.url}/#/jobs/${job.id}`);
+  await page.locator('[data-testid="job-state"]', { hasText: 'running' }).waitFor();
+  await page.locator('[data-testid="logs"]', { hasText: 'waiting' }).waitFor();
+  await page.getByLabel('Top up (credits)').fill('0.5');
+  await page.getByRole('button', { name: 'Top up' }).click();
+  await page.getByRole('status').filter({ hasText: 'Added 0.5 credits' }).waitFor();
+  await page.getByRole('listitem').filter({ hasText: 'budget' }).getByText('1.5').waitFor();
+  await page.getByRole('button', { name: 'Cancel job' }).click();
+  await page.locator('[data-testid="job-state"]', { hasText: 'cancelled' }).waitFor();
+});
+
 test('the operator view shows totals by account class and the ledger check passing; others cannot open it', { skip }, async () => {
   await nav('Operator').click();
-  await page.getByRole('alert').filter({ hasText: /operators/ }).waitFor();
+  await page
+    .getByRole('alert')
+    .filter({ hasText: /operators/ })
+    .waitFor();
   await page.evaluate(`localStorage.setItem('gridwork.identity', ${JSON.stringify(JSON.stringify(operator))})`);
   await page.reload();
   await page.locator('[data-testid="ledger-check"]', { hasText: 'passing' }).waitFor();

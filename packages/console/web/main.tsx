@@ -56,7 +56,7 @@ function App() {
     if (!firstRender.current) document.getElementById('main')?.focus({ preventScroll: true });
     firstRender.current = false;
   }, [page, arg]);
-  // Money and operator totals change when leases end: re-read them then, not on a timer.
+  // Job lists, money and operator totals change when leases are placed or end: re-read them then, not on a timer.
   const moneyVersion = `${network.value?.leases.placed}:${JSON.stringify(network.value?.leases.ended)}`;
   const needsKey = ['jobs', 'money', 'operator'].includes(page) && !identity;
 
@@ -97,7 +97,7 @@ function App() {
         ) : page === 'jobs' && arg ? (
           <JobPage api={api} jobId={arg} />
         ) : page === 'jobs' ? (
-          <JobsPage api={api} go={go} />
+          <JobsPage api={api} go={go} version={moneyVersion} />
         ) : page === 'money' ? (
           <MoneyPage api={api} version={moneyVersion} />
         ) : page === 'operator' ? (

@@ -23,7 +23,10 @@ after(async () => {
 async function runJob(): Promise<string> {
   const work = join(net.dir, 'work');
   await mkdir(work, { recursive: true });
-  await writeFile(join(work, 'main.mjs'), "import { writeFileSync } from 'node:fs';\nconsole.log('hello');\nwriteFileSync(process.env.GRIDWORK_OUTPUTS + '/r.txt', 'ok');\n");
+  await writeFile(
+    join(work, 'main.mjs'),
+    "import { writeFileSync } from 'node:fs';\nconsole.log('hello');\nwriteFileSync(process.env.GRIDWORK_OUTPUTS + '/r.txt', 'ok');\n",
+  );
   const client = await net.fundedClient('10');
   const job = await client.submit(
     {

@@ -20,7 +20,10 @@ export function PricePlot({ history }: { history: PricePoint[] }) {
       {
         width,
         height: 220,
-        series: [{}, ...classes.map((c, i) => ({ label: `${c} median`, stroke: COLOURS[i % COLOURS.length], width: 2, paths: uPlot.paths.stepped?.({ align: 1 }) }))],
+        series: [
+          {},
+          ...classes.map((c, i) => ({ label: `${c} median`, stroke: COLOURS[i % COLOURS.length], width: 2, paths: uPlot.paths.stepped?.({ align: 1 }) })),
+        ],
         axes: [{}, { label: 'credits / unit-hour', size: 60 }],
         scales: { x: { time: true } },
       },

@@ -1,11 +1,11 @@
-/** Jobs: your jobs (newest first) and the submit form. */
+/** Jobs: your jobs (newest first), re-read when leases are placed or end on the network, and the submit form. */
 import { useEffect, useState } from 'preact/hooks';
 import type { Api } from '../lib/api.ts';
 import { ago } from '../lib/format.ts';
 import type { JobSummary } from '../lib/types.ts';
 import { SubmitForm } from './submit-form.tsx';
 
-export function JobsPage({ api, go }: { api: Api; go: (hash: string) => void }) {
+export function JobsPage({ api, go, version }: { api: Api; go: (hash: string) => void; version: unknown }) {
   const [jobs, setJobs] = useState<JobSummary[] | undefined>();
   const [error, setError] = useState<string | undefined>();
   const [tick, setTick] = useState(0);
@@ -14,7 +14,7 @@ export function JobsPage({ api, go }: { api: Api; go: (hash: string) => void }) 
       .json<{ jobs: JobSummary[] }>('GET', '/v1/jobs?limit=100')
       .then((r) => setJobs(r.jobs))
       .catch((err: Error) => setError(err.message));
-  }, [api, tick]);
+  }, [api, tick, version]);
   return (
     <section aria-labelledby="jobs-title">
       <h2 id="jobs-title">Jobs</h2>

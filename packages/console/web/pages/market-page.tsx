@@ -79,8 +79,8 @@ export function MarketPage({ live, api }: { live: LiveState<NetworkSnapshot>; ap
       {result && (
         <div aria-live="polite" data-testid="explain-result">
           <p>
-            <strong>{result.matchable ? 'Matches now' : 'Would not match now'}</strong>: {result.candidates} candidate providers of {result.providers.online} online;
-            lowest ask {result.lowestAsk ?? '—'}, your max {result.maxPerHour ?? '—'}.
+            <strong>{result.matchable ? 'Matches now' : 'Would not match now'}</strong>: {result.candidates} candidate providers of {result.providers.online}{' '}
+            online; lowest ask {result.lowestAsk ?? '—'}, your max {result.maxPerHour ?? '—'}.
           </p>
           {result.reasons.length > 0 && (
             <ul>

@@ -28,16 +28,25 @@ export function NetworkPage({ live }: { live: LiveState<NetworkSnapshot> }) {
       <h2 id="network-title">Network</h2>
       <ul class="cards" aria-label="Providers by state">
         <li class="card">
-          <span class="big" data-testid="count-online">{count('online')}</span> online
+          <span class="big" data-testid="count-online">
+            {count('online')}
+          </span>{' '}
+          online
         </li>
         <li class="card">
-          <span class="big" data-testid="count-busy">{count('busy')}</span> busy
+          <span class="big" data-testid="count-busy">
+            {count('busy')}
+          </span>{' '}
+          busy
         </li>
         <li class="card">
           <span class="big">{count('draining')}</span> draining
         </li>
         <li class="card">
-          <span class="big" data-testid="count-offline">{count('offline')}</span> offline
+          <span class="big" data-testid="count-offline">
+            {count('offline')}
+          </span>{' '}
+          offline
         </li>
         <li class="card">
           <span class="big">{snap.leases.placed}</span> leases placed
@@ -103,7 +112,10 @@ export function NetworkPage({ live }: { live: LiveState<NetworkSnapshot> }) {
                 </td>
                 <td>{p.attributes.region ?? '—'}</td>
                 <td>
-                  {(p.reputation * 100).toFixed(0)}% <small>({p.leasesCompleted} done, {p.leasesFaulted} lost)</small>
+                  {(p.reputation * 100).toFixed(0)}%{' '}
+                  <small>
+                    ({p.leasesCompleted} done, {p.leasesFaulted} lost)
+                  </small>
                 </td>
                 <td>{p.stake}</td>
                 <td>{ago(p.lastSeenAt)}</td>

@@ -71,7 +71,9 @@ export function SubmitForm({ api, onSubmitted }: { api: Api; onSubmitted: (jobId
       <small>{bundle.length > 0 ? bundle.map((f) => f.path).join(', ') : 'No files picked'}</small>
       {declared.map((input) => (
         <div key={input.name}>
-          <label for={`input-${input.name}`}>Files of input “{input.name}”{input.shard ? ' (sharded)' : ''}</label>
+          <label for={`input-${input.name}`}>
+            Files of input “{input.name}”{input.shard ? ' (sharded)' : ''}
+          </label>
           <input
             id={`input-${input.name}`}
             type="file"

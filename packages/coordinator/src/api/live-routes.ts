@@ -14,7 +14,8 @@ export function registerLiveRoutes(app: FastifyInstance, deps: { feed: NetworkFe
       config: { public: true },
       schema: {
         tags: ['market'],
-        summary: 'NDJSON stream of network snapshots { type: "network", providers, market, history, leases }: one now, one per change. Empty lines are keepalives.',
+        summary:
+          'NDJSON stream of network snapshots { type: "network", providers, market, history, leases }: one now, one per change. Empty lines are keepalives.',
         security: [],
       },
     },

@@ -51,7 +51,11 @@ export class CoordinatorMetrics {
       labelNames: ['state'],
       registers,
       async collect() {
-        const rows = await db.selectFrom('providers').select(['state', db.fn.countAll<string>().as('n')]).groupBy('state').execute();
+        const rows = await db
+          .selectFrom('providers')
+          .select(['state', db.fn.countAll<string>().as('n')])
+          .groupBy('state')
+          .execute();
         this.reset();
         for (const s of ['online', 'draining', 'offline']) this.set({ state: s }, Number(rows.find((r) => r.state === s)?.n ?? 0));
       },
