@@ -33,6 +33,9 @@ export class NetworkFeed {
   private placed = 0;
   private readonly ended: Record<string, number> = {};
   private readonly coalesceMs: number;
+  /** One snapshot per change, shared by every open stream. */
+  private generation = 0;
+  private cached: { generation: number; snapshot: Promise<NetworkSnapshot> } | undefined;
 
   constructor(
     private readonly deps: { db: Db; market: Market; history: PriceHistory },
@@ -61,13 +64,23 @@ export class NetworkFeed {
     if (this.timer) return;
     this.timer = setTimeout(() => {
       this.timer = undefined;
+      this.generation++;
       this.deps.history.record(this.deps.market.summary());
       for (const l of this.listeners) l();
     }, this.coalesceMs);
     this.timer.unref();
   }
 
-  async snapshot(): Promise<NetworkSnapshot> {
+  snapshot(): Promise<NetworkSnapshot> {
+    if (this.cached?.generation !== this.generation) {
+      const snapshot = this.read();
+      this.cached = { generation: this.generation, snapshot };
+      snapshot.catch(() => (this.cached = undefined));
+    }
+    return this.cached!.snapshot;
+  }
+
+  private async read(): Promise<NetworkSnapshot> {
     const { db, market, history } = this.deps;
     const providers = await listProviders(db, { all: true });
     const active = await db
