@@ -1,5 +1,6 @@
 /**
- * Waiting that survives (issue 9): `job submit --wait` and the SDK's log follow keep going
+ * Waiting that survives (issue 9): idle streams carry keepalive lines the SDK skips;
+ * `job submit --wait` and the SDK's log follow keep going
  * across a coordinator killed with SIGKILL and started again, resuming where they were (no
  * line twice, none lost); a wait that cannot reach the coordinator for longer than
  * --give-up-after exits 3 ("lost contact, the job is still running"), not 1 ("failed").
@@ -8,9 +9,11 @@
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdir, writeFile } from 'node:fs/promises';
+import { request } from 'node:http';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import type { ProviderAgent } from '@gridwork/provider';
+import { type Identity, signRequest } from '@gridwork/protocol/node';
 import { GridworkClient } from '@gridwork/sdk';
 import { generateIdentity, silentLogger, tempDir, until } from '@gridwork/testkit';
 import { type CoordinatorProcess, diagnostics, freePort, GRIDWORK_BIN, startCoordinatorProcess, stopAll } from '../../testkit/src/processes.ts';
@@ -57,6 +60,7 @@ let port: number;
 let coordinator: CoordinatorProcess | undefined;
 let provider: ProviderAgent | undefined;
 let client: GridworkClient;
+let identity: Identity;
 let env: Record<string, string>;
 const clis: Cli[] = [];
 
@@ -96,7 +100,7 @@ before(async () => {
     logger: silentLogger(),
   });
   provider.start();
-  const identity = generateIdentity();
+  identity = generateIdentity();
   await writeFile(join(home.path, 'requester-key.json'), JSON.stringify(identity));
   client = new GridworkClient({ url: `http://127.0.0.1:${port}`, identity });
   await client.deposit('50');
@@ -172,4 +176,42 @@ test('a wait that loses contact for longer than --give-up-after exits 3 and says
   await writeFile(gate, 'open');
   const final = await client.wait(submitted.id);
   assert.equal(final.state, 'succeeded');
+});
+
+test('an idle stream carries keepalive lines (so no client or proxy times it out), and the SDK skips them', { timeout: 120_000 }, async () => {
+  const gate = join(home.path, 'gate-3');
+  const spec = await writeGatedJob('quiet', gate);
+  const submitted = await client.submitFile(spec);
+  await until(
+    () => client.get(submitted.id),
+    (j) => j.tasks[0]?.state === 'running',
+    { what: 'the task to run', timeoutMs: 60_000 },
+  );
+  const lines: string[] = [];
+  const follow = (async () => {
+    for await (const l of client.logLines(submitted.id, { follow: true })) if (l.stream === 'stdout') lines.push(l.line);
+  })();
+  // The same stream, raw: resolves once an empty line (a keepalive) arrives after the first entry.
+  const path = `/v1/jobs/${submitted.id}/logs?after=0&follow=true`;
+  const sawKeepalive = await new Promise<string>((resolve, reject) => {
+    const req = request(`http://127.0.0.1:${port}${path}`, { headers: signRequest(identity, 'GET', path) }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => {
+        text += d;
+        if (/\}\n\n/.test(text)) {
+          req.destroy();
+          resolve(text);
+        }
+      });
+      res.on('end', () => reject(new Error(`stream ended without a keepalive: ${text}`)));
+    });
+    req.on('error', (err) => (err.message === 'socket hang up' ? undefined : reject(err)));
+    req.end();
+  });
+  assert.match(sawKeepalive, /"data":"before\\n"[^\n]*\n\n/);
+  await writeFile(gate, 'open');
+  await follow;
+  assert.deepEqual(lines, ['before', 'after']);
+  assert.equal((await client.wait(submitted.id)).state, 'succeeded');
 });
