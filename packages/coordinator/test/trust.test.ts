@@ -12,10 +12,11 @@ import { dirname, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { internalsOf } from '@gridwork/coordinator/internal';
-import { canonicalJson, type JobSpec, leaseCommitmentMessage, MerkleTree, outputsRoot, wordsLeaf } from '@gridwork/protocol';
+import { canonicalJson, type JobSpec, leaseCommitmentMessage, MEMORY_BLOCK_WORDS, MerkleTree, outputsRoot, SeededRandom, wordsLeaf } from '@gridwork/protocol';
 import { generateIdentity, type Identity, sha256Bytes, sha256Hex, signBytes, signRequest } from '@gridwork/protocol/node';
-import { type ChallengeSolver, honestSolver } from '@gridwork/provider';
-import { startTestNetwork, type TestNetwork, until } from '@gridwork/testkit';
+import { startCoordinator } from '@gridwork/coordinator';
+import { type ChallengeSolver, honestSolver, ProviderAgent } from '@gridwork/provider';
+import { postgresUrl, silentLogger, startTestNetwork, type TestNetwork, tempDir, uniqueSchema, until } from '@gridwork/testkit';
 import WebSocket from 'ws';
 import { challengeShare, resolveChallengeOptions, sizeChallenge } from '../src/verify/challenge-sizing.ts';
 
@@ -50,6 +51,23 @@ const wrongProduct: ChallengeSolver = {
       Array.from({ length: n }, (_, i) => wordsLeaf(sha256Bytes, c.subarray(i * n, (i + 1) * n))),
     );
     return { ...done, c, rows };
+  },
+};
+
+/**
+ * Computes the product but not the memory chain: its "buffer" is a seekable stream it could
+ * regenerate anywhere without holding it (a provider short of the memory it claims).
+ */
+const skippedMemory: ChallengeSolver = {
+  async solve(challenge, giveUpAt) {
+    const done = await honestSolver.solve(challenge, giveUpAt);
+    if (!done) return null;
+    const memory = new SeededRandom(challenge.seed).fill(new Int32Array(done.memory.length));
+    const blocks = new MerkleTree(
+      sha256Bytes,
+      Array.from({ length: challenge.memoryBlocks }, (_, i) => wordsLeaf(sha256Bytes, memory.subarray(i * MEMORY_BLOCK_WORDS, (i + 1) * MEMORY_BLOCK_WORDS))),
+    );
+    return { ...done, memory, blocks };
   },
 };
 
@@ -222,6 +240,15 @@ for (const store of ['pglite', 'postgres'] as const) {
       await cheat.close();
     });
 
+    test('a provider that does not hold the memory buffer fails its challenges as bad-memory', async () => {
+      const short = await net.addProvider({ attributes: { region: 'short' }, challengeSolver: skippedMemory });
+      const row = await providerWhen(short.id, (p) => p.challenges_failed >= 1, 'a failed challenge');
+      assert.equal(row.challenges_passed, 0);
+      const record = await me(net.coordinator.url, net.identityOf(short));
+      assert.ok(record.challenges.recent.some((c) => c.reason?.startsWith('bad-memory')), JSON.stringify(record.challenges.recent));
+      await short.close();
+    });
+
     test('a finished lease stores the provider’s signed commitment over its outputs, checked against the audit commitment', async () => {
       const client = await net.fundedClient('10');
       const job = await client.submit(spec('committed', 'honest'), { baseDir: fixturesDir });
@@ -278,6 +305,51 @@ for (const store of ['pglite', 'postgres'] as const) {
         assert.ok((await me(net.coordinator.url, raw.identity)).reputation < 0.2);
         await client.cancel(job.id);
       });
+    }
+  });
+}
+
+/** Never answers: its challenges stay open until their deadline. */
+const silentSolver: ChallengeSolver = {
+  solve: (_challenge, giveUpAt) => new Promise((resolve) => setTimeout(() => resolve(null), Math.max(0, giveUpAt - Date.now())).unref()),
+};
+
+for (const store of ['pglite', 'postgres'] as const) {
+  test(`a challenge open when the coordinator stops fails as missed after it restarts (${store})`, async () => {
+    const dir = await tempDir();
+    const database = store === 'postgres' ? { databaseUrl: postgresUrl(), databaseSchema: uniqueSchema() } : { databaseUrl: '' };
+    const options = { dataDir: join(dir.path, 'coordinator'), port: 0, logger: silentLogger(), heartbeatIntervalMs: 300, dev: true, ...database };
+    let coordinator = await startCoordinator({ ...options, challenges: { meanIntervalMs: 50, workMs: 10, latencyMs: 4000, maxMemoryBytes: 65536 } });
+    const agent = await ProviderAgent.create({ coordinatorUrl: coordinator.url, dataDir: join(dir.path, 'provider'), gpus: 'none', slots: 1, runtime: 'process', logger: silentLogger(), challengeSolver: silentSolver });
+    try {
+      agent.start();
+      const open = await until(
+        () => internalsOf(coordinator).db.selectFrom('capacity_challenges').selectAll().where('state', '=', 'issued').executeTakeFirst(),
+        (c) => c !== undefined,
+        { timeoutMs: WAIT_MS, what: 'an issued challenge' },
+      );
+      assert.ok(open);
+      await agent.close();
+      await coordinator.close();
+      const restartedAt = new Date();
+      coordinator = await startCoordinator({ ...options, challenges: { meanIntervalMs: 3_600_000 } });
+      const ended = await until(
+        () => internalsOf(coordinator).db.selectFrom('capacity_challenges').selectAll().where('id', '=', open.id).executeTakeFirstOrThrow(),
+        (c) => c.state === 'failed',
+        { timeoutMs: WAIT_MS, what: 'the open challenge to fail after the restart' },
+      );
+      assert.match(ended.reason ?? '', /^missed-deadline/);
+      assert.ok((ended.ended_at as Date) >= restartedAt, 'it failed after the restart');
+      const row = await until(
+        () => internalsOf(coordinator).db.selectFrom('providers').selectAll().where('id', '=', agent.id).executeTakeFirstOrThrow(),
+        (p) => p.challenges_failed >= 1,
+        { what: 'the failure to be counted' },
+      );
+      assert.equal(row.challenge_fail_streak, row.challenges_failed);
+    } finally {
+      await agent.close();
+      await coordinator.close();
+      await dir.remove();
     }
   });
 }
