@@ -77,8 +77,15 @@ test('the committed build exists and was built from these sources', async () => 
 
 const skip = !existsSync(CHROMIUM) && `no chromium at ${CHROMIUM} (Debian package chromium; .ci/run installs it)`;
 
+const cspViolations: string[] = [];
+
 test('the public view shows the network and the market without a key', { skip }, async () => {
-  await page.goto(net.coordinator.url);
+  // The page runs under a strict content security policy: any violation is a bug.
+  page.on('console', (m) => {
+    if (/Content Security Policy/i.test(m.text())) cspViolations.push(m.text());
+  });
+  const res = await page.goto(net.coordinator.url);
+  assert.match((await res?.allHeaders())?.['content-security-policy'] ?? '', /script-src 'self'/);
   await page.getByTestId('provider-row').nth(1).waitFor();
   assert.equal(await page.getByTestId('provider-row').count(), 2);
   assert.equal(await page.getByTestId('count-online').textContent(), '2');
@@ -230,4 +237,5 @@ test('every form control has a label, and the layout fits a phone', { skip }, as
   await page.keyboard.press('Tab');
   assert.equal(await page.evaluate<string | undefined>('document.activeElement?.textContent?.trim()'), 'Skip to content');
   await shot('phone');
+  assert.deepEqual(cspViolations, []);
 });

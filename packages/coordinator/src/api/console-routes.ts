@@ -20,6 +20,22 @@ const TYPES: Record<string, string> = {
   '.txt': 'text/plain; charset=utf-8',
 };
 
+/**
+ * The page holds a private key in localStorage: it runs only its own scripts, talks only to
+ * this coordinator, and cannot be framed.
+ */
+const PAGE_POLICY = [
+  "default-src 'self'",
+  "script-src 'self'",
+  "style-src 'self' 'unsafe-inline'",
+  "img-src 'self' data: blob:",
+  "connect-src 'self'",
+  "object-src 'none'",
+  "base-uri 'none'",
+  "form-action 'none'",
+  "frame-ancestors 'none'",
+].join('; ');
+
 export interface ConsoleRoutesDeps {
   /** The console's build output (index.html and assets/). */
   dir: string;
@@ -50,7 +66,8 @@ export function registerConsoleRoutes(app: FastifyInstance, deps: ConsoleRoutesD
   }
 
   const page = { config: { public: true }, schema: { hide: true } };
-  const index = (_req: unknown, reply: FastifyReply) => sendFile(reply, 'index.html', 'no-cache');
+  const index = (_req: unknown, reply: FastifyReply) =>
+    sendFile(reply.header('content-security-policy', PAGE_POLICY).header('referrer-policy', 'no-referrer'), 'index.html', 'no-cache');
   app.get('/', page, index);
   app.get('/console', page, index);
   app.get('/console/', page, index);
