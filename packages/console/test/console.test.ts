@@ -234,8 +234,8 @@ test('every form control has a label, and the layout fits a phone', { skip }, as
   await page.getByTestId('provider-row').first().waitFor();
   const overflow = await page.evaluate<number>('document.documentElement.scrollWidth - window.innerWidth');
   assert.ok(overflow <= 0, `page wider than the phone by ${overflow}px`);
+  await shot('phone');
   await page.keyboard.press('Tab');
   assert.equal(await page.evaluate<string | undefined>('document.activeElement?.textContent?.trim()'), 'Skip to content');
-  await shot('phone');
   assert.deepEqual(cspViolations, []);
 });
