@@ -240,6 +240,28 @@ for (const store of ['pglite', 'postgres'] as const) {
       await cheat.close();
     });
 
+    test('a provider out of matching after three failures gets work again once it passes a challenge', async () => {
+      let honestNow = false;
+      const recovering: ChallengeSolver = { solve: (c, giveUpAt) => (honestNow ? honestSolver : wrongProduct).solve(c, giveUpAt) };
+      const p = await net.addProvider({ attributes: { region: 'recovering' }, challengeSolver: recovering });
+      await providerWhen(p.id, (r) => r.challenge_fail_streak >= 3, 'three failed challenges in a row');
+      const { bus } = internalsOf(net.coordinator);
+      await bus.reached('market-index', bus.head());
+      const client = await net.fundedClient('10');
+      const job = await client.submit(spec('after-recovery', 'recovering'), { baseDir: fixturesDir });
+      const waiting = await client.get(job.id);
+      assert.equal(waiting.tasks[0]?.providerId ?? null, null, 'not placed while ineligible');
+      honestNow = true;
+      const done = await client.wait(job.id, { signal: AbortSignal.timeout(WAIT_MS) });
+      assert.equal(done.state, 'succeeded');
+      assert.equal(done.tasks[0]?.providerId, p.id);
+      const record = await me(net.coordinator.url, net.identityOf(p));
+      assert.equal(record.eligible, true);
+      assert.equal(record.challenges.failedInARow, 0);
+      assert.ok(record.challenges.passed >= 1);
+      await p.close();
+    });
+
     test('a provider that does not hold the memory buffer fails its challenges as bad-memory', async () => {
       const short = await net.addProvider({ attributes: { region: 'short' }, challengeSolver: skippedMemory });
       const row = await providerWhen(short.id, (p) => p.challenges_failed >= 1, 'a failed challenge');
