@@ -1,6 +1,7 @@
 /**
  * Time-driven work, on timers: jobs whose low-balance grace ran out stop, jobs queued past their
- * `queueTimeoutSeconds` fail, unbonded stake is released, old request nonces are pruned. Each
+ * `queueTimeoutSeconds` fail, leases their provider neither started nor ended in time are lost,
+ * unbonded stake is released, old request nonces are pruned. Each
  * step is a command of the module that owns it; this file only keeps the clock.
  */
 import type { Logger } from 'pino';
@@ -22,6 +23,10 @@ export interface HousekeepingOptions {
   lowBalanceGraceMs: number;
   /** @default 60 s */
   pruneIntervalMs?: number;
+  /** How long past its time limit a running lease may go unreported before it is lost. @default 60 s */
+  overdueGraceMs?: number;
+  /** How long a placed lease may wait to start (bundle and inputs download included). @default 15 min */
+  startDeadlineMs?: number;
 }
 
 export class Housekeeping {
@@ -44,6 +49,11 @@ export class Housekeeping {
     };
     every(this.options.intervalMs, () => jobs.stopUnfunded(this.options.lowBalanceGraceMs), 'low-balance sweep');
     every(this.options.intervalMs, () => jobs.expireQueued(), 'queue-timeout sweep');
+    every(
+      this.options.intervalMs,
+      () => jobs.expireOverdueLeases(this.options.overdueGraceMs ?? 60_000, this.options.startDeadlineMs ?? 15 * 60_000),
+      'overdue-lease sweep',
+    );
     every(this.options.intervalMs, () => accounts.releaseUnbonded(), 'unbonding sweep');
     every(this.options.pruneIntervalMs ?? 60_000, () => auth.prune(), 'nonce prune');
   }

@@ -35,7 +35,9 @@ export function sendNdjson(
     try {
       for await (const item of produce(ac.signal)) {
         last = Date.now();
-        if (!out.write(`${JSON.stringify(item)}\n`)) await new Promise((r) => out.once('drain', r));
+        if (!out.write(`${JSON.stringify(item)}\n`)) await drainedOrGone(out, ac.signal);
+        // Leaving the loop returns the generator, so its `finally` (unsubscribing) runs.
+        if (ac.signal.aborted) break;
       }
     } catch (err) {
       req.log.warn({ err }, 'stream ended with an error');
@@ -46,6 +48,22 @@ export function sendNdjson(
   })();
   reply.header('content-type', 'application/x-ndjson; charset=utf-8').header('cache-control', 'no-store');
   return reply.send(out);
+}
+
+/** Resolves when a backed-up stream drains, or when it will never drain (closed, or the client left). */
+function drainedOrGone(out: PassThrough, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      out.off('drain', done);
+      out.off('close', done);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    out.once('drain', done);
+    out.once('close', done);
+    signal.addEventListener('abort', done, { once: true });
+    if (signal.aborted || out.destroyed) done();
+  });
 }
 
 /** Waits until `wake` is called or the signal aborts. */

@@ -27,7 +27,7 @@ import { sql } from 'kysely';
 import { Compile } from 'typebox/compile';
 import type { BlobStore } from '../blobs/blob-store.ts';
 import type { Bus } from '../bus/bus.ts';
-import type { Lifecycle } from '../lifecycle/lifecycle.ts';
+import { type Lifecycle, limitMsOf } from '../lifecycle/lifecycle.ts';
 import { ACTIVE_LEASE_STATES, isTerminalJob } from '../lifecycle/state-machine.ts';
 import type { Units } from '../lifecycle/unit-of-work.ts';
 import { balancesOf, escrowOf, holdOf } from '../ledger/ledger.ts';
@@ -296,6 +296,31 @@ export class JobService {
     return stopped;
   }
 
+  /**
+   * Leases the provider did not end by itself: one still running well past its task's time limit
+   * (the agent should have killed it and reported a timeout), or one never started long after it
+   * was placed. They are lost — provider faults, the task is retried elsewhere — so a silent but
+   * heartbeating provider cannot hold a task, its escrow and its capacity forever.
+   */
+  async expireOverdueLeases(graceMs: number, startDeadlineMs: number): Promise<string[]> {
+    const now = Date.now();
+    const active = await this.deps.db
+      .selectFrom('leases')
+      .innerJoin('jobs', 'jobs.id', 'leases.job_id')
+      .select(['leases.id', 'leases.state', 'leases.created_at', 'leases.started_at', 'jobs.spec'])
+      .where('leases.state', 'in', [...ACTIVE_LEASE_STATES])
+      .where('leases.created_at', '<', new Date(now - Math.min(graceMs, startDeadlineMs)))
+      .execute();
+    const expired: string[] = [];
+    for (const l of active) {
+      const overdue = l.started_at ? l.started_at.getTime() + limitMsOf(l.spec) + graceMs < now : l.created_at.getTime() + startDeadlineMs < now;
+      if (!overdue) continue;
+      const why = l.started_at ? 'the provider did not stop the task at its time limit' : 'the provider did not start the task in time';
+      if (await this.deps.units.run((uow) => this.deps.lifecycle.lose(uow, l.id, why))) expired.push(l.id);
+    }
+    return expired;
+  }
+
   /** Jobs with a task queued longer than their spec's `queueTimeoutSeconds` fail, saying why nothing could run them. */
   async expireQueued(): Promise<string[]> {
     const due = await this.deps.db
@@ -401,18 +426,23 @@ export class JobService {
   async assertBlobAccess(accountId: string, jobId: string, digest: string): Promise<void> {
     const job = await this.deps.db.selectFrom('jobs').select(['owner']).where('id', '=', jobId).executeTakeFirst();
     if (!job) throw new GridworkError('JOB_NOT_FOUND', `job ${jobId} does not exist`);
-    if (job.owner !== accountId) {
-      const lease = await this.deps.db
-        .selectFrom('leases')
-        .select('id')
-        .where('job_id', '=', jobId)
-        .where('provider_id', '=', accountId)
-        .where('state', 'in', [...ACTIVE_LEASE_STATES])
-        .executeTakeFirst();
-      if (!lease) throw new GridworkError('FORBIDDEN', `job ${jobId} belongs to another account`);
+    const link = await this.deps.db.selectFrom('job_blobs').select('role').where('job_id', '=', jobId).where('digest', '=', digest).executeTakeFirst();
+    if (job.owner === accountId) {
+      if (!link) throw new GridworkError('NOT_FOUND', `blob ${digest} is not part of job ${jobId}`);
+      return;
     }
-    const link = await this.deps.db.selectFrom('job_blobs').select('digest').where('job_id', '=', jobId).where('digest', '=', digest).executeTakeFirst();
-    if (!link) throw new GridworkError('NOT_FOUND', `blob ${digest} is not part of job ${jobId}`);
+    // A provider reads only what a live lease of its needs: the job's bundle, and its own task's inputs.
+    const leases = await this.deps.db
+      .selectFrom('leases')
+      .innerJoin('tasks', 'tasks.id', 'leases.task_id')
+      .select('tasks.inputs')
+      .where('leases.job_id', '=', jobId)
+      .where('leases.provider_id', '=', accountId)
+      .where('leases.state', 'in', [...ACTIVE_LEASE_STATES])
+      .execute();
+    if (leases.length === 0) throw new GridworkError('FORBIDDEN', `job ${jobId} belongs to another account`);
+    const needed = link?.role === 'bundle' || leases.some((l) => l.inputs.some((set) => set.files.some((f) => f.digest === digest)));
+    if (!needed) throw new GridworkError('FORBIDDEN', `blob ${digest} is not needed by your lease of job ${jobId}`);
   }
 }
 

@@ -8,11 +8,12 @@ const cfg = resolveEconomics({ meteringIntervalMs: 10_000 });
 test('a provider cannot bill more run time than has passed since its lease started (plus one period)', () => {
   const started = new Date(1_000_000);
   const now = 1_000_000 + 60_000;
-  assert.equal(plausibleUsage(30_000, started, cfg, now), 30_000n, 'honest reports are billed as reported');
-  assert.equal(plausibleUsage(65_000, started, cfg, now), 65_000n, 'within one period of slack');
-  assert.equal(plausibleUsage(10_000_000_000, started, cfg, now), 70_000n, 'an over-report is cut to elapsed + one period');
-  assert.equal(plausibleUsage(5_000, new Date(now + 5_000), cfg, now), 5_000n, 'a start in the future (clock skew) still allows one period');
-  assert.equal(plausibleUsage(-5, started, cfg, now), 0n);
+  assert.equal(plausibleUsage(30_000, started, cfg, Number.POSITIVE_INFINITY, now), 30_000n, 'honest reports are billed as reported');
+  assert.equal(plausibleUsage(65_000, started, cfg, Number.POSITIVE_INFINITY, now), 65_000n, 'within one period of slack');
+  assert.equal(plausibleUsage(10_000_000_000, started, cfg, Number.POSITIVE_INFINITY, now), 70_000n, 'an over-report is cut to elapsed + one period');
+  assert.equal(plausibleUsage(10_000_000_000, started, cfg, 45_000, now), 45_000n, 'and never beyond the time limit');
+  assert.equal(plausibleUsage(5_000, new Date(now + 5_000), cfg, Number.POSITIVE_INFINITY, now), 5_000n, 'a start in the future (clock skew) still allows one period');
+  assert.equal(plausibleUsage(-5, started, cfg, Number.POSITIVE_INFINITY, now), 0n);
 });
 
 test('metered cost rounds down and never exceeds price × time', () => {

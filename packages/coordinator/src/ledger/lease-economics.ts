@@ -52,10 +52,13 @@ export function splitEarnings(earned: bigint, feeBps: number, reserveBps: number
 /**
  * Run time a provider may bill: what it reports, but never more than has passed on this
  * coordinator's clock since the lease started, plus one metering period of slack for clock
- * skew and report delay. A provider cannot drain a budget by over-reporting.
+ * skew and report delay, and never more than the task's time limit (`limitMs`). A provider
+ * cannot drain a budget by over-reporting.
  */
-export function plausibleUsage(reportedMs: number, startedAt: Date, cfg: EconomicsConfig, now = Date.now()): bigint {
-  const ceiling = Math.max(0, now - startedAt.getTime()) + cfg.meteringIntervalMs;
+export function plausibleUsage(reportedMs: number, startedAt: Date, cfg: EconomicsConfig, limitMs = Number.POSITIVE_INFINITY, now = Date.now()): bigint {
+  // Nor more than the task's time limit: a provider that does not stop a task at its limit
+  // is not paid for the overrun.
+  const ceiling = Math.min(Math.max(0, now - startedAt.getTime()) + cfg.meteringIntervalMs, limitMs);
   return BigInt(Math.max(0, Math.min(reportedMs, ceiling)));
 }
 

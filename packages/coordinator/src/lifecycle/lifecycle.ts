@@ -17,7 +17,9 @@
  *
  * Row locks are FOR NO KEY UPDATE, never FOR UPDATE: a transaction that inserted a row
  * referencing a job/task/provider holds a KEY SHARE lock on it, and FOR UPDATE conflicts with
- * KEY SHARE (two such transactions deadlocked on PostgreSQL). Lock order: provider, job, task, lease.
+ * KEY SHARE (two such transactions deadlocked on PostgreSQL). Lock order: job, task, lease, then
+ * the provider's rows (capacity, outbox sequence); a provider report records its sequence
+ * number last, so placements and reports take their locks in the same order.
  */
 import {
   canonicalJson,
@@ -113,6 +115,11 @@ type LeaseRow = LeaseMoney & {
   gpus: number[];
 };
 
+/** A task's wall-time limit in ms (the spec's timeoutSeconds, default 1 h). */
+export function limitMsOf(spec: JobSpec): number {
+  return (spec.timeoutSeconds ?? 3600) * 1000;
+}
+
 export function cpuMilliOf(cores: number): number {
   return Math.ceil(Math.round(cores * 1e6) / 1000);
 }
@@ -130,23 +137,11 @@ export class Lifecycle {
   /** Records a validated job with its tasks and holds its whole budget. Idempotent per (owner, key). */
   async submit(uow: UnitOfWork, job: NewJob): Promise<{ jobId: string; created: boolean }> {
     const { trx } = uow;
-    if (job.idempotencyKey !== undefined) {
-      const prior = await trx
-        .selectFrom('jobs')
-        .select(['id', 'request_digest'])
-        .where('owner', '=', job.owner)
-        .where('idempotency_key', '=', job.idempotencyKey)
-        .executeTakeFirst();
-      if (prior) {
-        if (prior.request_digest !== job.requestDigest) {
-          throw new GridworkError('IDEMPOTENCY_CONFLICT', 'this idempotency key was already used to submit a different job', { details: { jobId: prior.id } });
-        }
-        return { jobId: prior.id, created: false };
-      }
-    }
     const jobId = newId('job');
     const now = new Date();
-    await trx
+    // With a key, the insert itself is the check: a concurrent submit with the same key waits on
+    // the unique index and then inserts nothing, and both answer with the one job.
+    const inserted = await trx
       .insertInto('jobs')
       .values({
         id: jobId,
@@ -164,7 +159,21 @@ export class Lifecycle {
         idempotency_key: job.idempotencyKey ?? null,
         request_digest: job.requestDigest,
       })
-      .execute();
+      .onConflict((oc) => oc.columns(['owner', 'idempotency_key']).where('idempotency_key', 'is not', null).doNothing())
+      .returning('id')
+      .executeTakeFirst();
+    if (!inserted) {
+      const prior = await trx
+        .selectFrom('jobs')
+        .select(['id', 'request_digest'])
+        .where('owner', '=', job.owner)
+        .where('idempotency_key', '=', job.idempotencyKey ?? '')
+        .executeTakeFirstOrThrow();
+      if (prior.request_digest !== job.requestDigest) {
+        throw new GridworkError('IDEMPOTENCY_CONFLICT', 'this idempotency key was already used to submit a different job', { details: { jobId: prior.id } });
+      }
+      return { jobId: prior.id, created: false };
+    }
     // The whole budget is held now, so no two jobs can spend the same credits.
     await holdBudget(trx, job.owner, jobId, job.budget);
     // In chunks: one statement has at most 65,535 parameters.
@@ -396,17 +405,19 @@ export class Lifecycle {
    * LEASE_NOT_FOUND: a provider reports only on its own leases.
    */
   async leaseOf(uow: UnitOfWork, providerId: string, leaseId: string): Promise<LeaseRow> {
-    const lease = await uow.trx.selectFrom('leases').selectAll().where('id', '=', leaseId).forNoKeyUpdate().executeTakeFirst();
+    // Not locked here: commands lock the job, then the lease (the one lock order of this module).
+    const lease = await uow.trx.selectFrom('leases').selectAll().where('id', '=', leaseId).executeTakeFirst();
     if (!lease) throw new GridworkError('LEASE_NOT_FOUND', `lease ${leaseId} does not exist`);
     if (lease.provider_id !== providerId) throw new GridworkError('NOT_LEASE_OWNER', `lease ${leaseId} is not yours`);
     return lease;
   }
 
   /** The task began running on the provider: lease, task and job become running. */
-  async start(uow: UnitOfWork, lease: LeaseRow): Promise<void> {
-    if (lease.state !== 'offered' && lease.state !== 'starting') return;
+  async start(uow: UnitOfWork, reported: LeaseRow): Promise<void> {
     const { trx } = uow;
-    const job = await this.lockJob(trx, lease.job_id);
+    const job = await this.lockJob(trx, reported.job_id);
+    const lease = await this.lockLease(trx, reported.id);
+    if (lease.state !== 'offered' && lease.state !== 'starting') return;
     assertTransition('lease', lease.id, lease.state, 'running');
     const now = new Date();
     await trx.updateTable('leases').set({ state: 'running', started_at: now }).where('id', '=', lease.id).execute();
@@ -426,11 +437,12 @@ export class Lifecycle {
    * clock since the lease started, plus one metering period), tops up escrow from the job's
    * hold, and marks the job low on funds when the hold cannot.
    */
-  async recordUsage(uow: UnitOfWork, lease: LeaseRow, reportedMs: number): Promise<void> {
-    if (!isActiveLease(lease.state) || !lease.started_at) return;
+  async recordUsage(uow: UnitOfWork, reported: LeaseRow, reportedMs: number): Promise<void> {
     const { trx } = uow;
-    await this.lockJob(trx, lease.job_id);
-    const usage = plausibleUsage(reportedMs, lease.started_at, this.economics);
+    const job = await this.lockJob(trx, reported.job_id);
+    const lease = await this.lockLease(trx, reported.id);
+    if (!isActiveLease(lease.state) || !lease.started_at) return;
+    const usage = plausibleUsage(reportedMs, lease.started_at, this.economics, limitMsOf(job.spec));
     await this.charge(trx, lease, usage);
     const funded = await fundLease(trx, lease, usage, this.economics);
     await this.setFunding(uow, lease.job_id, !funded);
@@ -438,7 +450,8 @@ export class Lifecycle {
 
   /** Stores a batch of a lease's log lines. */
   async appendLogs(uow: UnitOfWork, lease: LeaseRow, chunks: readonly LogChunk[]): Promise<void> {
-    if (chunks.length === 0) return;
+    // The agent sends a lease's last lines before it reports the end: later ones are not the task's.
+    if (chunks.length === 0 || !isActiveLease(lease.state)) return;
     const task = await uow.trx.selectFrom('tasks').select('idx').where('id', '=', lease.task_id).executeTakeFirstOrThrow();
     const rows = await uow.trx
       .insertInto('task_logs')
@@ -496,6 +509,10 @@ export class Lifecycle {
 
   // ---- internals ----------------------------------------------------------------------------
 
+  private lockLease(trx: Trx, leaseId: string) {
+    return trx.selectFrom('leases').selectAll().where('id', '=', leaseId).forNoKeyUpdate().executeTakeFirstOrThrow();
+  }
+
   private async lockJob(trx: Trx, jobId: string) {
     const job = await trx.selectFrom('jobs').selectAll().where('id', '=', jobId).forNoKeyUpdate().executeTakeFirst();
     if (!job) throw new GridworkError('JOB_NOT_FOUND', `job ${jobId} does not exist`);
@@ -524,8 +541,9 @@ export class Lifecycle {
     // reports; when the requester cancelled, the run time so far; when it lost the lease, only up
     // to its last usage report — then the lease settles and its capacity is free again.
     if (lease.started_at) {
-      if (outcome.kind === 'completed' || outcome.kind === 'failed') await this.charge(trx, lease, plausibleUsage(outcome.durationMs, lease.started_at, this.economics));
-      else if (outcome.kind === 'cancelled') await this.charge(trx, lease, BigInt(Math.max(0, now.getTime() - lease.started_at.getTime())));
+      const limitMs = limitMsOf(job.spec);
+      if (outcome.kind === 'completed' || outcome.kind === 'failed') await this.charge(trx, lease, plausibleUsage(outcome.durationMs, lease.started_at, this.economics, limitMs));
+      else if (outcome.kind === 'cancelled') await this.charge(trx, lease, BigInt(Math.min(limitMs, Math.max(0, now.getTime() - lease.started_at.getTime()))));
     }
     await settleLease(trx, lease, lease.provider_id, this.economics);
     const error = outcome.kind === 'completed' ? null : outcome.error;

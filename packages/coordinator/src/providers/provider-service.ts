@@ -35,6 +35,10 @@ export class ProviderService {
    */
   async hello(providerId: string, hello: ProviderHello): Promise<{ lastApplied: number; outbox: Record<string, unknown>[] }> {
     verifyAsks(providerId, hello.asks, hello.instance, hello.asksSignature);
+    // Each GPU once: a doubled index would be quoted for orders the database then refuses,
+    // capturing them forever (the index would keep choosing it).
+    const indices = hello.hardware.gpus.map((g) => g.index);
+    if (new Set(indices).size !== indices.length) throw new GridworkError('PROTOCOL_ERROR', 'hello lists a GPU index twice');
     const { lifecycle, log } = this.deps;
     return this.deps.units.run(async (uow) => {
       const { trx } = uow;
@@ -129,21 +133,28 @@ export class ProviderService {
     const { lifecycle, challenges } = this.deps;
     try {
       return await this.deps.units.run(async (uow): Promise<ApplyResult> => {
-        const p = await uow.trx.selectFrom('providers').select(['in_seq']).where('id', '=', providerId).forNoKeyUpdate().executeTakeFirst();
+        // Read without a lock, checked again when the seq is recorded: the provider row is locked
+        // last (after the job and lease rows the handler locks), the order placements use too.
+        const p = await uow.trx.selectFrom('providers').select(['in_seq']).where('id', '=', providerId).executeTakeFirst();
         if (!p) throw new GridworkError('PROVIDER_UNKNOWN', 'say hello first');
         const last = Number(p.in_seq);
         if (msg.seq <= last) return 'duplicate';
         if (msg.seq !== last + 1) return 'gap';
-        await uow.trx
+        const handle = reportHandlers[msg.type] as (ctx: Parameters<(typeof reportHandlers)['lease.started']>[0], m: ProviderSequenced) => Promise<void>;
+        await handle({ uow, providerId, lifecycle, challenges }, msg);
+        const recorded = await uow.trx
           .updateTable('providers')
           .set({ in_seq: BigInt(msg.seq), last_seen_at: new Date() })
           .where('id', '=', providerId)
-          .execute();
-        const handle = reportHandlers[msg.type] as (ctx: Parameters<(typeof reportHandlers)['lease.started']>[0], m: ProviderSequenced) => Promise<void>;
-        await handle({ uow, providerId, lifecycle, challenges }, msg);
+          .where('in_seq', '=', BigInt(last))
+          .returning('id')
+          .executeTakeFirst();
+        // Applied meanwhile by another connection of the same provider: undo ours.
+        if (!recorded) throw new AppliedElsewhere();
         return 'applied';
       });
     } catch (err) {
+      if (err instanceof AppliedElsewhere) return 'duplicate';
       if (!(err instanceof GridworkError && REJECTED_REPORT_CODES.has(err.code))) throw err;
       // Consumed (so the stream goes on) but without effect: record the seq alone.
       this.deps.log.warn({ providerId, type: msg.type, code: err.code }, 'provider report rejected');
@@ -194,3 +205,6 @@ export class ProviderService {
     return [...lostIds];
   }
 }
+
+/** Rolls back a report whose sequence number another connection recorded first. */
+class AppliedElsewhere extends Error {}

@@ -26,7 +26,10 @@ type Handlers = { [K in ProviderSequenced['type']]: (ctx: ReportContext, msg: Ex
 export const REJECTED_REPORT_CODES = new Set(['NOT_LEASE_OWNER', 'LEASE_NOT_FOUND', 'BAD_SIGNATURE']);
 
 export const reportHandlers: Handlers = {
-  async 'provider.state'({ uow, providerId }, msg) {
+  async 'provider.state'({ uow, providerId, lifecycle }, msg) {
+    // A provider that says it is going offline gives up its leases now: the sweep never judges
+    // an offline provider again, so leases left on it would never be requeued.
+    if (msg.state === 'offline') await lifecycle.loseProvider(uow, providerId, 'provider went offline');
     await uow.trx.updateTable('providers').set({ state: msg.state }).where('id', '=', providerId).execute();
     uow.emit({ type: 'provider.changed', providerId, what: 'state' });
   },
@@ -88,7 +91,11 @@ export const reportHandlers: Handlers = {
 
   async 'lease.released'({ uow, providerId, lifecycle }, msg) {
     await lifecycle.leaseOf(uow, providerId, msg.leaseId);
-    await lifecycle.release(uow, msg.leaseId, `handed back by provider: ${msg.reason}`);
+    // Handing work back is free only while draining (announced first); otherwise it counts as
+    // a lost attempt, so a provider cannot hold a task hostage by taking and returning it.
+    const provider = await uow.trx.selectFrom('providers').select('state').where('id', '=', providerId).executeTakeFirstOrThrow();
+    if (provider.state === 'draining') await lifecycle.release(uow, msg.leaseId, `handed back by provider: ${msg.reason}`);
+    else await lifecycle.lose(uow, msg.leaseId, `handed back by a provider that is not draining: ${msg.reason}`);
   },
 };
 

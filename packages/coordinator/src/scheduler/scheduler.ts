@@ -18,6 +18,7 @@ import type { Units } from '../lifecycle/unit-of-work.ts';
 import type { Auctions } from '../market/auctions.ts';
 import { type Market, orderOf } from '../market/market.ts';
 import type { Db } from '../store/database.ts';
+import { isRetryable } from '../store/transact.ts';
 
 export interface SchedulerDeps {
   db: Db;
@@ -174,7 +175,20 @@ export class Scheduler {
             }
             continue;
           }
-          const result: PlaceResult = await lifecycle.place(uow, { taskId: t.id, providerId: match.providerId, pricePerHour: match.pricePerHour, gpus: match.gpus });
+          // Each placement behind a savepoint: one that fails (bad data from a provider, a broken
+          // row) is undone alone and skipped, instead of failing every placement of the pass again and again.
+          await sql`savepoint placement`.execute(uow.trx);
+          let result: PlaceResult;
+          try {
+            result = await lifecycle.place(uow, { taskId: t.id, providerId: match.providerId, pricePerHour: match.pricePerHour, gpus: match.gpus });
+            await sql`release savepoint placement`.execute(uow.trx);
+          } catch (err) {
+            if (isRetryable(err)) throw err; // a deadlock aborts the whole transaction: retry it all
+            await sql`rollback to savepoint placement`.execute(uow.trx);
+            this.deps.log.error({ err, taskId: t.id, providerId: match.providerId }, 'placement failed; task skipped this pass');
+            stale.add(match.providerId);
+            continue;
+          }
           if (result.status === 'capacity-taken') stale.add(match.providerId);
           if (result.status !== 'placed') continue;
           market.book.reserve(result.leaseId, match.providerId, t.spec.resources, match.gpus, Date.now() + (t.spec.timeoutSeconds ?? 3600) * 1000);
