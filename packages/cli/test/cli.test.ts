@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { GRIDWORK_VERSION } from '@gridwork/protocol';
 import { startTestNetwork, type TestNetwork, tempDir } from '@gridwork/testkit';
-import { freePort, GRIDWORK_BIN } from '../../testkit/src/processes.ts';
+import { freePort, GRIDWORK_BIN, startProviderProcess } from '../../testkit/src/processes.ts';
 
 interface Run {
   code: number;
@@ -154,6 +154,19 @@ describe('gridwork CLI', () => {
     assert.equal(balance.stderr, '');
   });
 
+  test('`gridwork providers` lists who is online, with hardware, asks and reputation', async () => {
+    const table = await gridwork(['providers'], env);
+    assert.equal(table.code, 0, table.stderr);
+    const [header, ...rows] = table.stdout.trimEnd().split('\n');
+    assert.match(header as string, /^NAME\s+STATE\s+CORES\s+MEM GIB\s+GPUS\s+ASKS\s+REPUTATION\s+STAKE/);
+    assert.equal(rows.length, 1);
+    assert.match(rows[0] as string, /^provider-0\s+online\s+\d+/);
+    const json = await gridwork(['providers', '--json'], env);
+    const [p] = JSON.parse(json.stdout).providers;
+    assert.equal(p.name, 'provider-0');
+    assert.match(p.asks.cpuCoreHour, /^\d/);
+  });
+
   test('colour only when asked for (FORCE_COLOR) and never with NO_COLOR; not on a pipe', async () => {
     const plain = await gridwork(['market'], env);
     assert.doesNotMatch(plain.stdout + plain.stderr, /\x1b\[/);
@@ -181,6 +194,17 @@ describe('gridwork CLI', () => {
     assert.equal(r.code, 2);
     assert.match(r.stderr, new RegExp(`no provider key at ${join(home.path, 'provider', 'provider-key.json').replaceAll('/', '\\/')}`));
     assert.equal(existsSync(join(home.path, 'provider')), false);
+  });
+
+  test('a provider started against a dead coordinator says it cannot connect (and keeps retrying)', async () => {
+    const dead = `http://127.0.0.1:${await freePort()}`;
+    const p = await startProviderProcess({ coordinatorUrl: dead, dataDir: join(home.path, 'lonely-provider'), name: 'lonely', runtime: 'process', env: { GRIDWORK_HOME: home.path } });
+    try {
+      assert.match(p.stderr(), /cannot reach the coordinator at http:\/\/127\.0\.0\.1:\d+: connection refused.*keeps retrying/);
+      assert.equal(p.alive, true);
+    } finally {
+      await p.stop();
+    }
   });
 
   test('profiles: a named coordinator from config.json; environment variables win; an unknown profile is exit 2', async () => {

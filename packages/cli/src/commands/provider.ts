@@ -26,20 +26,36 @@ async function existingProviderIdentity(dataDir: string, dataFlagGiven: boolean)
   return loadOrCreateIdentity(file);
 }
 
-/** Says at once when the coordinator cannot be reached, instead of "started" and silence. */
+/**
+ * Says at once when the coordinator cannot be reached, instead of "started" and silence.
+ * node:http, not fetch: fetch would load undici's WebAssembly parser into a daemon for one probe.
+ */
 async function probeCoordinator(url: string): Promise<void> {
-  try {
-    const res = await fetch(new URL('/healthz', `${url}/`), { signal: AbortSignal.timeout(5000) });
-    const body = (await res.json().catch(() => undefined)) as { ok?: unknown; version?: unknown } | undefined;
-    if (!res.ok || body?.ok !== true || typeof body.version !== 'string') {
-      info(color.yellow(`! ${url} does not answer as a Gridwork coordinator (GET /healthz: HTTP ${res.status}); the agent keeps trying`));
-    }
-  } catch (err) {
+  const { get } = (url.startsWith('https:') ? await import('node:https') : await import('node:http')) as typeof import('node:http');
+  const answer = await new Promise<{ status: number; body: string } | { error: unknown }>((resolve) => {
+    const req = get(new URL('/healthz', `${url}/`), { timeout: 5000 }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => {
+        body += d;
+      });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    });
+    req.on('timeout', () => req.destroy(Object.assign(new Error('timed out'), { code: 'ETIMEDOUT' })));
+    req.on('error', (error) => resolve({ error }));
+  });
+  if ('error' in answer) {
     const { CoordinatorUnreachableError, unreachableReason } = await import('@gridwork/sdk');
-    const reason = unreachableReason(err);
-    const e = new CoordinatorUnreachableError(url, reason, { cause: err });
+    const e = new CoordinatorUnreachableError(url, unreachableReason(answer.error), { cause: answer.error });
     info(color.yellow(`! ${e.message}; the agent keeps retrying in the background`));
+    return;
   }
+  let ok = false;
+  try {
+    const body = JSON.parse(answer.body) as { ok?: unknown; version?: unknown };
+    ok = answer.status === 200 && body.ok === true && typeof body.version === 'string';
+  } catch {}
+  if (!ok) info(color.yellow(`! ${url} does not answer as a Gridwork coordinator (GET /healthz: HTTP ${answer.status}); the agent keeps trying`));
 }
 
 const defaultData = () => join(gridworkHome(), 'provider');
