@@ -218,6 +218,20 @@ test('the operator view shows totals by account class and the ledger check passi
   }
 });
 
+test('a key made in the browser signs requests the coordinator accepts (dev faucet)', { skip }, async () => {
+  await page.evaluate("localStorage.removeItem('gridwork.identity')");
+  await page.goto(`${net.coordinator.url}/#/key`);
+  await page.reload();
+  await page.getByRole('button', { name: 'Create a new key in this browser' }).click();
+  const made = await page.getByTestId('account-id').textContent();
+  assert.match(made ?? '', /^[A-Za-z0-9_-]{43}$/);
+  assert.notEqual(made, alice.publicKey);
+  await nav('Money').click();
+  assert.equal(await page.getByTestId('balance-available').textContent(), '0');
+  await page.getByRole('button', { name: 'Get 10 test credits' }).click();
+  await page.locator('[data-testid="balance-available"]', { hasText: '10' }).waitFor();
+});
+
 test('every form control has a label, and the layout fits a phone', { skip }, async () => {
   for (const hash of ['#/key', '#/jobs', '#/market']) {
     await page.goto(`${net.coordinator.url}/${hash}`);

@@ -8,6 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
+import { internalsOf } from '@gridwork/coordinator/internal';
 import { signRequest } from '@gridwork/protocol/node';
 import { generateIdentity, startTestNetwork, type TestNetwork, until } from '@gridwork/testkit';
 
@@ -99,6 +100,19 @@ test('the operator report answers operators only, with the ledger check passing'
   assert.equal(report.ledger.total, '0');
   assert.match(report.fees, /^\d+(\.\d+)?$/);
   assert.ok(report.totals.available && report.totals.world);
+  // A balance that no longer matches its postings turns the check red, naming the account.
+  const { db } = internalsOf(net.coordinator);
+  const row = await db.selectFrom('ledger_balances').select(['account', 'balance']).where('account', 'like', 'acct:%:available').executeTakeFirstOrThrow();
+  await db.updateTable('ledger_balances').set({ balance: row.balance + 1n }).where('account', '=', row.account).execute();
+  try {
+    const bad = (await (await fetch(`${net.coordinator.url}${path}`, { headers: signRequest(operator, 'GET', path) })).json()) as {
+      ledger: { ok: boolean; mismatched: string[] };
+    };
+    assert.equal(bad.ledger.ok, false);
+    assert.deepEqual(bad.ledger.mismatched, [row.account]);
+  } finally {
+    await db.updateTable('ledger_balances').set({ balance: row.balance }).where('account', '=', row.account).execute();
+  }
   const someone = generateIdentity();
   const refused = await fetch(`${net.coordinator.url}${path}`, { headers: signRequest(someone, 'GET', path) });
   assert.equal(refused.status, 403);

@@ -6,6 +6,9 @@ import { type PickedFile, pathOf, submitJob } from '../lib/submit.ts';
 
 type SpecInput = { name: string; shard?: boolean };
 
+/** Folder pickers (every current browser; not in the DOM typings). Paths inside the folder are kept. */
+const FOLDER = { webkitdirectory: true } as Record<string, unknown>;
+
 function picked(list: FileList | null): PickedFile[] {
   return Array.from(list ?? [], (file) => ({ path: pathOf(file), file }));
 }
@@ -68,6 +71,8 @@ export function SubmitForm({ api, onSubmitted }: { api: Api; onSubmitted: (jobId
       )}
       <label for="bundle-files">Bundle files (the folder named by runtime.path)</label>
       <input id="bundle-files" type="file" multiple onChange={(e) => setBundle(picked(e.currentTarget.files))} />
+      <label for="bundle-folder">Or the whole bundle folder, with its subfolders</label>
+      <input id="bundle-folder" type="file" {...FOLDER} onChange={(e) => setBundle(picked(e.currentTarget.files))} />
       <small>{bundle.length > 0 ? bundle.map((f) => f.path).join(', ') : 'No files picked'}</small>
       {declared.map((input) => (
         <div key={input.name}>
