@@ -103,7 +103,11 @@ test('the operator report answers operators only, with the ledger check passing'
   // A balance that no longer matches its postings turns the check red, naming the account.
   const { db } = internalsOf(net.coordinator);
   const row = await db.selectFrom('ledger_balances').select(['account', 'balance']).where('account', 'like', 'acct:%:available').executeTakeFirstOrThrow();
-  await db.updateTable('ledger_balances').set({ balance: row.balance + 1n }).where('account', '=', row.account).execute();
+  await db
+    .updateTable('ledger_balances')
+    .set({ balance: row.balance + 1n })
+    .where('account', '=', row.account)
+    .execute();
   try {
     const bad = (await (await fetch(`${net.coordinator.url}${path}`, { headers: signRequest(operator, 'GET', path) })).json()) as {
       ledger: { ok: boolean; mismatched: string[] };
