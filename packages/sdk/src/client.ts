@@ -92,6 +92,8 @@ export interface SubmitOptions extends CallOptions {
   baseDir?: string;
   /** Called as files are uploaded: files and bytes done so far of those the coordinator lacked. */
   onUpload?: (info: { uploaded: number; total: number; bytes: number; totalBytes: number }) => void;
+  /** Times a submit that failed on the network is sent again (same idempotency key). @default 3 */
+  retries?: number;
   /**
    * One key per logical submit: a retried submit with the same key returns the same job
    * instead of creating a second one. @default a random UUID per call
@@ -220,10 +222,23 @@ export class GridworkClient {
     return this.submitPrepared({ spec, ...(bundle ? { bundle } : {}), inputs }, options);
   }
 
-  /** Submits a request whose blobs are already uploaded. */
-  async submitPrepared(request: SubmitJobRequest, options: CallOptions & { idempotencyKey?: string } = {}): Promise<JobView> {
+  /**
+   * Submits a request whose blobs are already uploaded. A submit that fails on the way (the
+   * connection broke, the coordinator restarting) is sent again with the same idempotency key,
+   * so it creates one job however often it is retried.
+   */
+  async submitPrepared(request: SubmitJobRequest, options: CallOptions & { idempotencyKey?: string; retries?: number } = {}): Promise<JobView> {
     const body = { ...request, idempotencyKey: request.idempotencyKey ?? options.idempotencyKey ?? newKey() };
-    return this.json<JobView>('POST', '/v1/jobs', body, options.signal);
+    const retries = options.retries ?? 3;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.json<JobView>('POST', '/v1/jobs', body, options.signal);
+      } catch (err) {
+        const retriable = err instanceof GridworkError && (err.code === 'NETWORK_ERROR' || err.code === 'UNAVAILABLE');
+        if (!retriable || attempt >= retries || options.signal?.aborted) throw err;
+        await sleep(500 * 2 ** attempt, options.signal);
+      }
+    }
   }
 
   private async uploadFiles(files: LocalFile[], options: SubmitOptions): Promise<void> {

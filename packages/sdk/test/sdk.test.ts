@@ -166,7 +166,11 @@ describe('against a coordinator', () => {
       'version: 1\nname: sdk-test\nkind: batch\nruntime: { kind: bundle, path: ./work, command: [node, main.mjs] }\nresources: { cpu: 1, memoryGiB: 1 }\nprice: { maxPerHour: 1, budget: 0.5 }\n',
     );
     const client = await net.fundedClient('10');
-    const submitted = await client.submitFile(join(dir.path, 'job.yaml'), { idempotencyKey: `sdk-test-${Date.now()}` });
+    const key = `sdk-test-${Date.now()}`;
+    const submitted = await client.submitFile(join(dir.path, 'job.yaml'), { idempotencyKey: key });
+    const again = await client.submitFile(join(dir.path, 'job.yaml'), { idempotencyKey: key });
+    assert.equal(again.id, submitted.id, 'a retried submit with the same key is the same job');
+    assert.equal((await client.list()).length, 1);
     const seen: string[] = [];
     const final = await client.wait(submitted.id, { onUpdate: (j) => seen.push(j.state) });
     assert.equal(final.state, 'succeeded');
