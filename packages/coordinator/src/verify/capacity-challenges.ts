@@ -35,10 +35,13 @@
  * The memory probe: each block mixes its predecessor with a block picked by the predecessor's
  * content, so a provider that did not keep the buffer must regenerate from scratch (memory-hard,
  * as scrypt) to open a block, and a buffer filled with anything else fails the parent check on
- * every opened block it touches. The deadline (slack × expected time at the claimed speed)
- * is what turns "computed it" into "has the claimed hardware": a provider that claims a
- * benchmark class it does not have cannot finish in time, and one short on memory cannot hold
- * the buffer between commit and open.
+ * every opened block it touches. The deadline (slack × expected time at the claimed speed,
+ * plus latency) is what turns "computed it" into "has the claimed hardware": a provider that
+ * overstates its benchmark class by more than the slack tolerates (≈ 5.6× at the defaults,
+ * challenge-sizing.ts) cannot finish in time, and one short on memory cannot hold the buffer
+ * between commit and open. Finer lies about speed are left to what a provider is paid for
+ * (metered time) and to audits (L3); the cores a provider claims are not tested (the solver
+ * uses one), nor GPUs until the agent has a GPU kernel for the product.
  *
  * A challenge that is not answered in time (offline, restarted, too slow) fails as missed.
  */

@@ -3,6 +3,12 @@
  * claims (its benchmark class and memory), so an honest provider finishes well inside the
  * deadline and one that overstates its hardware cannot. Also the expected share of provider time
  * challenges take at a given rate. Pure functions and the options (with defaults).
+ *
+ * The deadline tolerates load (an honest agent also runs tasks), so it catches gross lies, not
+ * fine ones: with the defaults (10 s of matrix work at the claimed speed, slack 4, 5 s of latency,
+ * a 128 MiB probe) a provider overstating its CPU class by more than about 5.6× misses it
+ * ((4 × (10 + 2.7) + 5) / 10). More work per challenge tightens that at the same slack; the
+ * overhead stays small (≈ 13 s per 6 h ≈ 0.06% of the provider's time).
  */
 import type { Benchmarks, Hardware } from '@gridwork/protocol';
 import { MEMORY_BLOCK_BYTES } from '@gridwork/protocol';
@@ -10,7 +16,7 @@ import { MEMORY_BLOCK_BYTES } from '@gridwork/protocol';
 export interface ChallengeOptions {
   /** Mean time between two challenges of one connected provider (a Poisson process). @default 6 hours */
   meanIntervalMs?: number;
-  /** Matrix work per challenge, in milliseconds at the provider's claimed CPU speed. @default 2000 */
+  /** Matrix work per challenge, in milliseconds at the provider's claimed CPU speed. @default 10_000 */
   workMs?: number;
   /** The deadline is `slack` × the expected time at the claimed speed, plus `latencyMs`. @default 4 */
   slack?: number;
@@ -22,7 +28,7 @@ export interface ChallengeOptions {
   maxN?: number;
   /** Share of the claimed memory the probe fills. @default 0.25 */
   memoryShare?: number;
-  /** Cap on the probe's size in bytes. @default 256 MiB */
+  /** Cap on the probe's size in bytes (filling and hashing it costs the provider ~20–50 ms per MiB). @default 128 MiB */
   maxMemoryBytes?: number;
   /** Result rows opened per challenge. @default 16 */
   rowsToOpen?: number;
@@ -39,13 +45,13 @@ export type ChallengeConfig = Required<ChallengeOptions>;
 export function resolveChallengeOptions(o: ChallengeOptions = {}): ChallengeConfig {
   return {
     meanIntervalMs: o.meanIntervalMs ?? 6 * 3600_000,
-    workMs: o.workMs ?? 2000,
+    workMs: o.workMs ?? 10_000,
     slack: o.slack ?? 4,
     latencyMs: o.latencyMs ?? 5000,
     minN: o.minN ?? 32,
     maxN: o.maxN ?? 2048,
     memoryShare: o.memoryShare ?? 0.25,
-    maxMemoryBytes: o.maxMemoryBytes ?? 256 * 1024 * 1024,
+    maxMemoryBytes: o.maxMemoryBytes ?? 128 * 1024 * 1024,
     rowsToOpen: o.rowsToOpen ?? 16,
     blocksToOpen: o.blocksToOpen ?? 16,
     exactRows: o.exactRows ?? 2,
