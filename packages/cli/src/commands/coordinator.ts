@@ -2,7 +2,7 @@
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { gridworkHome } from '../context.ts';
-import { CliExit, EXIT_USAGE, info } from '../output.ts';
+import { CliExit, EXIT_USAGE, info, isTty } from '../output.ts';
 import { intOption, waitForSignal } from './shared.ts';
 
 export function registerCoordinatorCommands(program: Command): void {
@@ -45,7 +45,10 @@ export function registerCoordinatorCommands(program: Command): void {
         const operator = await loadOrCreateIdentity(operatorKeyFile);
         // GRIDWORK_DATABASE_SCHEMA: PostgreSQL schema (default public), so several coordinators can share one database.
         const schema = process.env.GRIDWORK_DATABASE_SCHEMA;
+        // On a terminal, readable lines instead of JSON (see log-format.ts).
+        const logger = isTty ? (await import('pino')).default({ level: opts.logLevel }, (await import('../log-format.ts')).prettyStderr) : undefined;
         const c = await startCoordinator({
+          ...(logger ? { logger } : {}),
           host: opts.host,
           port: opts.port,
           dataDir: opts.data,

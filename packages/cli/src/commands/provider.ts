@@ -6,7 +6,7 @@ import type { GridworkClient, Identity } from '@gridwork/sdk';
 import type { FixedRates } from '@gridwork/provider';
 import { type Command, Option } from 'commander';
 import { coordinatorUrl, gridworkHome } from '../context.ts';
-import { CliExit, color, EXIT_USAGE, info, printJson } from '../output.ts';
+import { CliExit, color, EXIT_USAGE, info, isTty, printJson } from '../output.ts';
 import { printBalance } from './account.ts';
 import { intOption, waitForSignal } from './shared.ts';
 
@@ -118,7 +118,7 @@ export function registerProviderCommands(program: Command): void {
           gpus: opts.gpus,
           drainTimeoutMs: opts.drainTimeoutMs,
           pricing,
-          logger: pino({ level: opts.logLevel }, pino.destination(2)),
+          logger: pino({ level: opts.logLevel }, isTty ? (await import('../log-format.ts')).prettyStderr : pino.destination(2)),
           ...(opts.name ? { name: opts.name } : {}),
           ...(opts.slots ? { slots: opts.slots } : {}),
           ...(opts.region ? { attributes: { region: opts.region } } : {}),
