@@ -271,6 +271,39 @@ for (const store of ['pglite', 'postgres'] as const) {
       await short.close();
     });
 
+    test('challenge answers: one signed by another key fails the challenge; one for a challenge the provider was not given changes nothing; /me refuses a non-provider', async () => {
+      const raw = await RawProvider.connect(net.coordinator.url);
+      raws.push(raw);
+      await raw.hello('raw-challenges');
+      const issue = (await raw.next((m) => m.type === 'challenge.issue', 'a challenge')) as Msg & { challenge: { challengeId: string } };
+      const { db } = internalsOf(net.coordinator);
+      const root = 'a'.repeat(64);
+      // An answer for someone else's challenge (or one that never existed): acknowledged, without effect.
+      const foreign = await db.selectFrom('capacity_challenges').select(['id', 'state']).where('provider_id', '!=', raw.identity.publicKey).executeTakeFirst();
+      for (const challengeId of [foreign?.id ?? null, `chal_${randomBytes(10).toString('hex')}`].filter((x) => x !== null)) {
+        const existed = (await db.selectFrom('capacity_challenges').select('id').where('id', '=', challengeId).executeTakeFirst()) !== undefined;
+        const signature = signBytes(raw.identity, canonicalJson({ v: 1, type: 'challenge.committed', challengeId, matrixRoot: root, memoryRoot: root }));
+        await raw.report({ type: 'challenge.committed', challengeId, matrixRoot: root, memoryRoot: root, signature });
+        const after = await db.selectFrom('capacity_challenges').selectAll().where('id', '=', challengeId).executeTakeFirst();
+        assert.equal(after !== undefined, existed);
+        assert.notEqual(after?.matrix_root, root);
+      }
+      // Its own challenge, answered with a signature by another key: failed as bad-signature.
+      const id = issue.challenge.challengeId;
+      const forged = signBytes(generateIdentity(), canonicalJson({ v: 1, type: 'challenge.committed', challengeId: id, matrixRoot: root, memoryRoot: root }));
+      await raw.report({ type: 'challenge.committed', challengeId: id, matrixRoot: root, memoryRoot: root, signature: forged });
+      const mine = await db.selectFrom('capacity_challenges').selectAll().where('id', '=', id).executeTakeFirstOrThrow();
+      assert.equal(mine.state, 'failed');
+      assert.match(mine.reason ?? '', /^bad-signature/);
+
+      const path = '/v1/providers/me';
+      const res = await fetch(new URL(path, net.coordinator.url), { headers: signRequest(generateIdentity(), 'GET', path) });
+      assert.equal(res.status, 404);
+      assert.equal(((await res.json()) as { error: { code: string } }).error.code, 'PROVIDER_UNKNOWN');
+      const unsigned = await fetch(new URL(path, net.coordinator.url));
+      assert.equal(unsigned.status, 401);
+    });
+
     test('a finished lease stores the provider’s signed commitment over its outputs, checked against the audit commitment', async () => {
       const client = await net.fundedClient('10');
       const job = await client.submit(spec('committed', 'honest'), { baseDir: fixturesDir });
