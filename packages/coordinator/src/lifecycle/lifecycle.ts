@@ -107,6 +107,7 @@ export type PlaceResult = { status: 'placed'; leaseId: string } | { status: 'cap
 type LeaseRow = LeaseMoney & {
   task_id: string;
   created_at: Date;
+  ended_at: Date | null;
   provider_id: string;
   state: string;
   started_at: Date | null;
@@ -114,6 +115,9 @@ type LeaseRow = LeaseMoney & {
   mem_milli: bigint;
   gpus: number[];
 };
+
+/** How long after the coordinator stopped a lease its agent's last log lines are still kept. */
+const CLOSING_LOGS_MS = 30_000;
 
 /** A task's wall-time limit in ms (the spec's timeoutSeconds, default 1 h). */
 export function limitMsOf(spec: JobSpec): number {
@@ -450,8 +454,12 @@ export class Lifecycle {
 
   /** Stores a batch of a lease's log lines. */
   async appendLogs(uow: UnitOfWork, lease: LeaseRow, chunks: readonly LogChunk[]): Promise<void> {
-    // The agent sends a lease's last lines before it reports the end: later ones are not the task's.
-    if (chunks.length === 0 || !isActiveLease(lease.state)) return;
+    // The agent sends a lease's last lines before it reports the end: later ones are not the
+    // task's. The one exception is a lease the coordinator stopped (cancelled): the agent's
+    // closing lines ("task cancelled") arrive after, and are kept for a short while.
+    if (chunks.length === 0) return;
+    const closingWords = lease.state === 'cancelled' && lease.ended_at !== null && Date.now() - lease.ended_at.getTime() < CLOSING_LOGS_MS;
+    if (!isActiveLease(lease.state) && !closingWords) return;
     const task = await uow.trx.selectFrom('tasks').select('idx').where('id', '=', lease.task_id).executeTakeFirstOrThrow();
     const rows = await uow.trx
       .insertInto('task_logs')
