@@ -56,6 +56,8 @@ export interface MatchExplanation {
   /** Providers that fit but are busy: when their earliest running lease reaches its time limit. */
   busyUntil: string | null;
   candidates: number;
+  /** The best-ranked providers that can take the order now (lowest score first: price per unit of measured throughput, adjusted by reputation). */
+  best: { providerId: string; name: string; pricePerHour: string; score: number }[];
   reasons: string[];
 }
 

@@ -65,6 +65,8 @@ export async function startTestNetwork(options: TestNetworkOptions = {}): Promis
     heartbeatMisses: 4,
     dev: true,
     economics: { meteringIntervalMs: 500 },
+    // No capacity challenge by surprise (each costs a core for seconds): tests of L1 ask for them.
+    challenges: { meanIntervalMs: 365 * 24 * 3600_000 },
     ...(options.store === 'postgres' ? { databaseUrl: postgresUrl(), databaseSchema: uniqueSchema() } : { databaseUrl: '' }),
     ...options.coordinator,
   });

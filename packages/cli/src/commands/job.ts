@@ -75,6 +75,9 @@ export function printExplanation(e: MatchExplanation, write: (line: string) => v
   for (const r of e.reasons) write(`  - ${r}`);
   if (e.lowestAsk) write(`  lowest ask for this order: ${e.lowestAsk}/h (max price ${e.maxPerHour}/h)`);
   if (e.busyUntil) write(`  busy capacity frees up by ${e.busyUntil} at the latest`);
+  // Older coordinators do not name their best candidates.
+  const best = e.best ?? [];
+  if (best.length > 0) write(`  best ranked: ${best.map((c) => `${c.name} at ${c.pricePerHour}/h`).join(', ')}`);
 }
 
 /** The last stderr lines of each failed task (its latest attempt), and where to see the rest. */

@@ -72,6 +72,8 @@ interface Reservation {
 
 /** Thousandths of a unit as a plain number (capacity arithmetic on the hot path). */
 const milliN = (units: number) => Number(milli(units));
+/** Candidates named by explain, best first. */
+const EXPLAIN_BEST = 5;
 /** Entries visited per pool and order, fitting or not: the bound that keeps matching O(1) in providers. */
 const MAX_VISIT = 64;
 
@@ -402,6 +404,7 @@ export class OrderBook {
     let lowest: bigint | null = null;
     let busyUntil: number | null = null;
     let candidates = 0;
+    const ranked: { providerId: string; name: string; price: bigint; score: number }[] = [];
     for (const e of this.entries.values()) {
       if (!e.p.connected || e.p.state === 'offline') {
         ex.offline++;
@@ -472,7 +475,11 @@ export class OrderBook {
         continue;
       }
       candidates++;
+      ranked.push({ providerId: e.p.id, name: e.p.name, price: free.price, score: this.score(e, free.gpus, free.price) });
     }
+    // The best-ranked candidates, as matching would take them (lower score wins).
+    ranked.sort((a, b) => a.score - b.score || (a.price < b.price ? -1 : a.price > b.price ? 1 : 0));
+    const best = ranked.slice(0, EXPLAIN_BEST).map((c) => ({ providerId: c.providerId, name: c.name, pricePerHour: formatCredits(c.price), score: c.score }));
     const reasons: string[] = [];
     const total = this.entries.size;
     if (total === 0) reasons.push('no provider has registered with this coordinator');
@@ -503,6 +510,7 @@ export class OrderBook {
       maxPerHour: formatCredits(order.maxPerHour),
       busyUntil: busyUntil === null ? null : new Date(busyUntil).toISOString(),
       candidates,
+      best,
       reasons,
     };
   }

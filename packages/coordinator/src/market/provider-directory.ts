@@ -6,7 +6,7 @@
 import { formatCredits } from '@gridwork/protocol';
 import { balancesOf, stakeOf } from '../ledger/ledger.ts';
 import type { Db } from '../store/database.ts';
-import { reputationOf } from './market.ts';
+import { reputationOfProvider } from './market.ts';
 
 export interface ProviderListing {
   id: string;
@@ -56,7 +56,7 @@ export async function listProviders(db: Db, options: ListProvidersOptions = {}):
     asks: r.asks,
     benchmarks: r.benchmarks,
     slots: r.slots,
-    reputation: reputationOf(r.leases_completed, r.leases_faulted),
+    reputation: reputationOfProvider(r),
     leasesCompleted: r.leases_completed,
     leasesFaulted: r.leases_faulted,
     stake: formatCredits(stakes.get(stakeOf(r.id)) ?? 0n),
