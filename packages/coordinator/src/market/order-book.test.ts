@@ -503,8 +503,11 @@ describe('OrderBook: explain', () => {
     assert.ok(ex.reasons.includes('1 provider(s) have no GPU with enough VRAM'));
     assert.ok(ex.reasons.includes('2 provider(s) ask more than the max price'));
     assert.ok(!ex.reasons.some((r) => r.startsWith('the lowest ask')));
-    // explain agrees with match about who can take it.
+    // explain agrees with match about who can take it, and names the candidates best first.
     assert.equal(b.match(order('10'))?.providerId, 'ok-1');
+    assert.equal(ex.best.length, 3);
+    assert.equal(ex.best[0]?.providerId, 'ok-1');
+    for (let i = 1; i < ex.best.length; i++) assert.ok((ex.best[i - 1]?.score ?? 0) <= (ex.best[i]?.score ?? 0), 'ranked by score');
 
     // Releasing the busy leases frees them; busyUntil goes away.
     b.release('busy-lease-1');
@@ -514,6 +517,7 @@ describe('OrderBook: explain', () => {
     assert.equal(ex2.candidates, 5);
     assert.equal(ex2.busyUntil, null);
     assert.equal(b.match(order('10'))?.providerId, 'busy-1');
+    assert.equal(ex2.best[0]?.providerId, 'busy-1');
   });
 
   test('a max price below the lowest ask says so, and nothing is matchable', () => {
