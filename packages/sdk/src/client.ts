@@ -34,6 +34,8 @@ import { readSpecFile } from './spec-file.ts';
 import { TERMINAL_JOB_STATES } from './states.ts';
 import type { ProviderListing } from './types.ts';
 
+/** Blob uploads in flight at once during a submit. */
+const UPLOAD_CONCURRENCY = 8;
 export interface ClientOptions {
   /** Coordinator base URL, e.g. http://127.0.0.1:7070 */
   url: string;
@@ -247,13 +249,27 @@ export class GridworkClient {
     const totalBytes = missing.reduce((n, d) => n + (byDigest.get(d)?.size ?? 0), 0);
     let uploaded = 0;
     let bytes = 0;
-    for (const digest of missing) {
-      const f = byDigest.get(digest) as LocalFile;
-      await this.uploadBlob(Readable.toWeb(createReadStream(f.absPath)) as ReadableStream<Uint8Array>, digest, options.signal);
-      uploaded++;
-      bytes += f.size;
-      options.onUpload?.({ uploaded, total: missing.length, bytes, totalBytes });
-    }
+    // A few uploads at once: thousands of small files (a sharded data set) spent most of their
+    // time in round trips one after another. The first failure stops the others from starting.
+    let next = 0;
+    const worker = async () => {
+      while (next < missing.length) {
+        const digest = missing[next++] as string;
+        const f = byDigest.get(digest) as LocalFile;
+        await this.uploadBlob(Readable.toWeb(createReadStream(f.absPath)) as ReadableStream<Uint8Array>, digest, options.signal);
+        uploaded++;
+        bytes += f.size;
+        options.onUpload?.({ uploaded, total: missing.length, bytes, totalBytes });
+      }
+    };
+    await Promise.all(
+      Array.from({ length: Math.min(UPLOAD_CONCURRENCY, missing.length) }, () =>
+        worker().catch((err) => {
+          next = missing.length;
+          throw err;
+        }),
+      ),
+    );
   }
 
   async uploadBlob(data: Uint8Array | ReadableStream<Uint8Array>, digest: string, signal?: AbortSignal): Promise<void> {
