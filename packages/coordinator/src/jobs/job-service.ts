@@ -37,6 +37,13 @@ import type { Db } from '../store/database.ts';
 import { shardInputs } from './sharding.ts';
 
 const manifestCheck = Compile(BundleManifest);
+/** How long a submit waits for the scheduling pass that places its tasks. */
+const SUBMIT_WAITS_FOR_PLACEMENT_MS = 1000;
+
+function waitAtMost(p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([p, new Promise<void>((r) => (timer = setTimeout(r, ms)))]).then(() => clearTimeout(timer));
+}
 const MAX_MANIFEST_BYTES = 4 * 1024 * 1024;
 
 export interface JobServiceDeps {
@@ -117,7 +124,9 @@ export class JobService {
         requestDigest: sha256Hex(canonicalJson({ spec: req.spec, bundle: req.bundle ?? null, inputs: req.inputs })),
       }),
     );
-    await this.deps.bus.reached(this.deps.scheduler, this.deps.bus.head());
+    // The reply shows where the tasks went when the scheduler gets to them soon; a busy
+    // scheduler (a long queue on the embedded store) must not hold the reply for seconds.
+    await waitAtMost(this.deps.bus.reached(this.deps.scheduler, this.deps.bus.head()), SUBMIT_WAITS_FOR_PLACEMENT_MS);
     return this.get(owner, jobId, { explain: true });
   }
 
