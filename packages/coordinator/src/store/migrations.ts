@@ -278,10 +278,19 @@ const provider: MigrationProvider = { getMigrations: async () => migrations };
  * looks for its bookkeeping tables in every schema, so a database where another schema
  * already holds them (tests sharing one PostgreSQL) skips creating ours and then fails.
  */
-export async function migrateToLatest(db: Kysely<unknown>, schema?: string): Promise<void> {
-  const { error, results } = await new Migrator({ db, provider, ...(schema ? { migrationTableSchema: schema } : {}) }).migrateToLatest();
-  const failed = results?.find((r) => r.status === 'Error');
-  if (error || failed) {
-    throw new Error(`database migration failed${failed ? ` at ${failed.migrationName}` : ''}`, { cause: error });
+export async function migrateToLatest(db: Kysely<unknown>, schema?: string, attempts = 3): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    const { error, results } = await new Migrator({ db, provider, ...(schema ? { migrationTableSchema: schema } : {}) }).migrateToLatest();
+    const failed = results?.find((r) => r.status === 'Error');
+    if (!error && !failed) return;
+    // Migrations run in one transaction, so a failed attempt left nothing behind. On a shared
+    // PostgreSQL, catalog updates of other sessions can make one fail now and then ("tuple
+    // concurrently updated"): try again before giving up, and say why when giving up.
+    if (attempt < attempts) {
+      await new Promise((r) => setTimeout(r, 100 * attempt));
+      continue;
+    }
+    const why = error instanceof Error ? `: ${error.message}` : '';
+    throw new Error(`database migration failed${failed ? ` at ${failed.migrationName}` : ''}${why}`, { cause: error });
   }
 }
