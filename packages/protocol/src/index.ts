@@ -1,15 +1,136 @@
-export * from './errors.ts';
-export * from './money.ts';
-export * from './canonical-json.ts';
-export * from './ids.ts';
-export * from './job-spec.ts';
-export * from './auth.ts';
-export * from './api.ts';
-export * from './hardware.ts';
-export * from './wire.ts';
-export * from './version.ts';
-export * from './market.ts';
-export * from './account.ts';
-export * from './merkle.ts';
-export * from './challenge.ts';
-export * from './commitment.ts';
+/**
+ * @gridwork/protocol — the contract between coordinator, providers and requesters: schemas,
+ * wire messages, error codes, money, canonical JSON, request signing formats, and the trust
+ * primitives (Merkle trees, capacity challenges, result commitments). Isomorphic: Node-only
+ * helpers (keys, signing, signed fetch) are in `@gridwork/protocol/node`. Each export is listed
+ * by name: what is not here is internal to its module.
+ */
+export {
+  type ErrorBody,
+  ErrorCode,
+  GridworkError,
+  httpStatusOf,
+  isErrorCode,
+} from './errors.ts';
+export {
+  formatCredits,
+  MAX_MICROS,
+  type Micros,
+  MICROS_PER_CREDIT,
+  parseCredits,
+  type ParseCreditsOptions,
+} from './money.ts';
+export {
+  canonicalJson,
+} from './canonical-json.ts';
+export {
+  ID_PATTERN,
+  type IdPrefix,
+  newId,
+} from './ids.ts';
+export {
+  GpuRequest,
+  InputSpec,
+  JobSpec,
+  KNOWN_GPU_MODELS,
+  nearest,
+  Resources,
+  RuntimeSpec,
+  type SpecProblem,
+  validateJobSpec,
+} from './job-spec.ts';
+export {
+  ACCOUNT_ID_PATTERN,
+  AuthHeader,
+  canonicalRequest,
+  MAX_CLOCK_SKEW_MS,
+  type RequestToSign,
+  SHA256_PATTERN,
+} from './auth.ts';
+export {
+  BundleManifest,
+  Digest,
+  FileRef,
+  InputSet,
+  type JobEvent,
+  JobState,
+  JobSummary,
+  JobView,
+  type LeaseState,
+  LogEntry,
+  RelPath,
+  SubmitJobRequest,
+  type TaskState,
+  TaskView,
+  TERMINAL_JOB_STATES,
+} from './api.ts';
+export {
+  GpuInfo,
+  Hardware,
+} from './hardware.ts';
+export {
+  type CoordinatorMessage,
+  type CoordinatorSequenced,
+  LeaseAssignment,
+  LeaseEnd,
+  LogChunk,
+  PROTOCOL_VERSION,
+  ProviderHello,
+  ProviderMessage,
+  ProviderSequenced,
+  RECONNECT_MAX_BACKOFF_MS,
+} from './wire.ts';
+export {
+  GRIDWORK_VERSION,
+} from './version.ts';
+export {
+  Asks,
+  Benchmarks,
+  type MarketClass,
+  type MatchExplanation,
+} from './market.ts';
+export {
+  AmountRequest,
+  type BalanceView,
+  CreditRequest,
+  type HistoryEntry,
+  IdempotencyKey,
+} from './account.ts';
+export {
+  fromHex,
+  type HashFn,
+  leafHash,
+  MerkleTree,
+  outputLeaf,
+  outputsRoot,
+  toHex,
+  verifyMerkleProof,
+} from './merkle.ts';
+export {
+  type CapacityChallenge,
+  challengeMatrices,
+  checkMemoryOpening,
+  committedMessage,
+  dot,
+  fillMemory,
+  matVec,
+  MEMORY_BLOCK_BYTES,
+  MEMORY_BLOCK_WORDS,
+  memoryBlock,
+  memoryParent,
+  multiplyRows,
+  openCommitmentOf,
+  type OpenedBlock,
+  openedIndices,
+  openedMessage,
+  type OpenedRow,
+  productRow,
+  SeededRandom,
+  wordBytes,
+  wordsLeaf,
+} from './challenge.ts';
+export {
+  type LeaseCommitmentFields,
+  leaseCommitmentMessage,
+} from './commitment.ts';
+
