@@ -11,7 +11,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { canonicalJson, type ErrorBody, type JobSpec, type JobView, newId } from '@gridwork/protocol';
+import { canonicalJson, type ErrorBody, GridworkError, type JobSpec, type JobView, newId, parseCredits } from '@gridwork/protocol';
 import { generateIdentity, type Identity, sha256Hex, signBytes, signRequest } from '@gridwork/protocol/node';
 import { type GridworkClient, packBundle } from '@gridwork/sdk';
 import { startTestNetwork, type TestNetwork, until } from '@gridwork/testkit';
@@ -52,8 +52,8 @@ function spec(name: string, overrides: Partial<JobSpec> = {}): JobSpec {
 }
 
 /** Uploads a one-file bundle and its manifest as `client`'s blobs. */
-async function uploadTinyBundle(client: GridworkClient): Promise<{ manifest: string }> {
-  const file = Buffer.from('process.exit(0);\n');
+async function uploadTinyBundle(client: GridworkClient, note = ''): Promise<{ manifest: string }> {
+  const file = Buffer.from(`process.exit(0);${note ? ` // ${note}` : ''}\n`);
   const fileDigest = createHash('sha256').update(file).digest('hex');
   await client.uploadBlob(file, fileDigest);
   const manifest = Buffer.from(JSON.stringify({ files: [{ path: 'main.mjs', digest: fileDigest, size: file.length, executable: false }] }));
@@ -162,8 +162,8 @@ class RawProvider {
     });
   }
 
-  async hello(name: string): Promise<Msg> {
-    this.send(hello(this.identity, name));
+  async hello(name: string, extra: Record<string, unknown> = {}): Promise<Msg> {
+    this.send(hello(this.identity, name, extra));
     const welcome = await this.next((m) => m.type === 'welcome' || m.type === 'error', 'welcome');
     assert.equal(welcome.type, 'welcome', JSON.stringify(welcome));
     this.heartbeat = setInterval(() => this.send({ type: 'heartbeat', running: [] }), Number(welcome.heartbeatIntervalMs) / 2);
@@ -757,6 +757,73 @@ for (const store of ['pglite', 'postgres'] as const) {
         assert.equal(dl.status, 200);
         assert.equal(dl.text, output.toString());
         assertError(await signed(other.identity, 'GET', `/v1/jobs/${job.id}/blobs/${digest}`), 403, 'FORBIDDEN');
+      });
+    });
+    describe('whose data a job may use, and idempotent submits', () => {
+      const rejectsWith = (p: Promise<unknown>, code: string) => assert.rejects(p, (e: unknown) => e instanceof GridworkError && e.code === code);
+
+      it("outputs a provider did not upload during its lease (someone else's digest) do not count: the lease is lost, nothing succeeds", async () => {
+        const p = await RawProvider.connect(url);
+        raw.push(p);
+        await p.hello('raw-claimer', { attributes: { region: 'claimers' } });
+        const secret = Buffer.from(`alice's data ${randomBytes(4).toString('hex')}\n`);
+        const digest = createHash('sha256').update(secret).digest('hex');
+        await aliceClient.uploadBlob(secret, digest);
+        const job = await aliceClient.submitPrepared({
+          spec: spec('claimed-output', { resources: { cpu: 1, memoryGiB: 1 }, placement: { regions: ['claimers'] }, maxRetries: 0 }),
+          bundle: tinyBundle,
+          inputs: [],
+        });
+        const assign = await p.next((m) => m.type === 'lease.assign' && (m.lease as { jobId: string }).jobId === job.id, 'the assignment');
+        const leaseId = (assign.lease as { leaseId: string }).leaseId;
+        p.send({ type: 'ack', seq: assign.seq });
+        p.send({ seq: 1, type: 'lease.started', leaseId });
+        p.send({ seq: 2, type: 'lease.finished', leaseId, outcome: { kind: 'exited', exitCode: 0 }, durationMs: 5, outputs: [{ path: 'stolen.txt', digest, size: secret.length }] });
+        await p.next((m) => m.type === 'ack' && m.seq === 2, 'ack 2');
+        const ended = await until(
+          () => aliceClient.get(job.id),
+          (j) => j.state === 'failed',
+          { what: 'the job to fail' },
+        );
+        assert.match(ended.tasks[0]?.error ?? '', /upload/);
+        assert.deepEqual(ended.tasks[0]?.outputs, []);
+        assertError(await signed(p.identity, 'GET', `/v1/jobs/${job.id}/blobs/${digest}`), 403, 'FORBIDDEN');
+      });
+
+      it('a digest another account uploaded is no input or bundle of yours until you upload its bytes', async () => {
+        const bob = generateIdentity();
+        const bobClient = await net.fundedClient('10', bob);
+        const bobBundle = await uploadTinyBundle(bobClient);
+        const data = Buffer.from(`alice's input ${randomBytes(4).toString('hex')}\n`);
+        const digest = createHash('sha256').update(data).digest('hex');
+        await aliceClient.uploadBlob(data, digest);
+        const inputs = [{ name: 'data', shard: false, files: [{ path: 'x.txt', digest, size: data.length }] }];
+        const withInput = spec('borrowed-input', { inputs: [{ name: 'data', path: 'x.txt' }] });
+        await rejectsWith(bobClient.submitPrepared({ spec: withInput, bundle: bobBundle, inputs }), 'BLOB_MISSING');
+        const aliceOnly = await uploadTinyBundle(aliceClient, `alice only ${randomBytes(4).toString('hex')}`);
+        await rejectsWith(bobClient.submitPrepared({ spec: spec('borrowed-bundle'), bundle: aliceOnly, inputs: [] }), 'BLOB_MISSING');
+        const missing = await signed(bob, 'POST', '/v1/blobs/missing', { digests: [digest] });
+        assert.deepEqual(JSON.parse(missing.text).missing, [digest], 'the blob exists, but bob has not uploaded it');
+        await bobClient.uploadBlob(data, digest);
+        const accepted = await bobClient.submitPrepared({ spec: withInput, bundle: bobBundle, inputs });
+        assert.equal(accepted.owner, bob.publicKey);
+      });
+
+      it('a submit retried with its idempotency key returns the same job and holds the budget once; another request under that key is refused', async () => {
+        const before = parseCredits((await aliceClient.balance()).available);
+        const key = `submit-${randomBytes(6).toString('hex')}`;
+        const request = { spec: spec('idempotent-submit'), bundle: tinyBundle, inputs: [] };
+        const first = await aliceClient.submitPrepared(request, { idempotencyKey: key });
+        const again = await aliceClient.submitPrepared(request, { idempotencyKey: key });
+        assert.equal(again.id, first.id);
+        const after = parseCredits((await aliceClient.balance()).available);
+        assert.equal(before - after, parseCredits('1.00'), 'one budget held');
+        await rejectsWith(aliceClient.submitPrepared({ ...request, spec: spec('another-job') }, { idempotencyKey: key }), 'IDEMPOTENCY_CONFLICT');
+      });
+
+      it('a container job is refused at submit until the container runtime exists', async () => {
+        const container = { ...spec('container-job'), runtime: { kind: 'container' as const, image: 'example/app:1', command: ['true'] } };
+        await rejectsWith(aliceClient.submitPrepared({ spec: container, inputs: [] }), 'UNSUPPORTED_RUNTIME');
       });
     });
   });
