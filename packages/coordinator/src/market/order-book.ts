@@ -123,6 +123,12 @@ export class OrderBook {
     return this.entries.size;
   }
 
+  /** Whether any provider could take any work right now (connected, online, a free slot). */
+  hasFreeCapacity(): boolean {
+    for (const e of this.entries.values()) if (this.listable(e)) return true;
+    return false;
+  }
+
   upsertProvider(p: BookProvider): void {
     const old = this.entries.get(p.id);
     if (old) this.unlist(old);

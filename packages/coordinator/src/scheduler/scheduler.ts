@@ -134,6 +134,12 @@ export class Scheduler {
   }
 
   private async pass(): Promise<number> {
+    // A full network places nothing: skip reading the queue (on the embedded store, a pass per
+    // ended lease over a long queue kept the one connection busy for everyone else).
+    if (!this.deps.market.book.hasFreeCapacity()) {
+      await this.markWaiting();
+      return 0;
+    }
     const queued = await this.candidates();
     const stale = new Set<string>();
     const waiting = new Set<string>();
@@ -145,6 +151,15 @@ export class Scheduler {
     if (stale.size > 0) await this.deps.market.resync(stale);
     if (placed > 0) this.deps.log.debug({ placed }, 'tasks placed');
     return placed;
+  }
+
+  /** New jobs that nothing can take now say so (pending → matching), without reading the queue. */
+  private async markWaiting(): Promise<void> {
+    const pending = await this.deps.db.selectFrom('jobs').select('id').where('state', '=', 'pending').limit(this.batchSize).execute();
+    if (pending.length === 0) return;
+    await this.deps.units.run(async (uow) => {
+      for (const j of pending) await this.deps.lifecycle.awaitMatch(uow, j.id);
+    });
   }
 
   /** One unit of work: places what it can of `chunk`. */
