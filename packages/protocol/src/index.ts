@@ -88,6 +88,7 @@ export {
   Benchmarks,
   type MarketClass,
   type MatchExplanation,
+  type ProviderListing,
 } from './market.ts';
 export {
   AmountRequest,

@@ -3,6 +3,7 @@
  * its measured benchmark, and what the coordinator answers to "why does this not match?".
  */
 import Type from 'typebox';
+import type { Hardware } from './hardware.ts';
 
 const Decimal = Type.String({ maxLength: 32, pattern: '^(0|[1-9][0-9]*)(\\.[0-9]{1,6})?$' });
 
@@ -69,4 +70,25 @@ export interface MarketClass {
   min: string;
   median: string;
   max: string;
+}
+
+/** One provider as `GET /v1/providers` lists it (`gridwork providers`, the console's network view). */
+export interface ProviderListing {
+  id: string;
+  name: string;
+  state: 'online' | 'draining' | 'offline';
+  /** Connected to this coordinator right now. */
+  connected: boolean;
+  hardware: Hardware;
+  attributes: Record<string, string>;
+  asks: Asks | null;
+  benchmarks: Benchmarks | null;
+  slots: number;
+  /** 0..1: the reputation matching uses (lease history, capacity challenges, proven faults). */
+  reputation: number;
+  leasesCompleted: number;
+  leasesFaulted: number;
+  /** Staked credits (decimal string). */
+  stake: string;
+  lastSeenAt: string;
 }

@@ -3,27 +3,10 @@
  * reputation and stake — a read-only query for `GET /v1/providers` (`gridwork providers`).
  * It writes nothing and owns no table.
  */
-import { formatCredits } from '@gridwork/protocol';
+import { formatCredits, type ProviderListing } from '@gridwork/protocol';
 import { balancesOf, stakeOf } from '../ledger/ledger.ts';
 import type { Db } from '../store/database.ts';
 import { reputationOfProvider } from './market.ts';
-
-export interface ProviderListing {
-  id: string;
-  name: string;
-  state: 'online' | 'draining' | 'offline';
-  connected: boolean;
-  hardware: unknown;
-  attributes: Record<string, string>;
-  asks: unknown;
-  benchmarks: unknown;
-  slots: number;
-  reputation: number;
-  leasesCompleted: number;
-  leasesFaulted: number;
-  stake: string;
-  lastSeenAt: string;
-}
 
 export interface ListProvidersOptions {
   /** Include offline providers. @default false */

@@ -4,11 +4,11 @@
  * bus subscriber (not durable: it reads committed state) that coalesces bursts of events into
  * one snapshot for every open stream. Owns no table; reads providers and leases.
  */
-import type { MarketClass } from '@gridwork/protocol';
+import type { MarketClass, ProviderListing } from '@gridwork/protocol';
 import type { Subscriber } from '../bus/bus.ts';
 import { ACTIVE_LEASE_STATES } from '../lifecycle/state-machine.ts';
 import type { Market } from '../market/market.ts';
-import { listProviders, type ProviderListing } from '../market/provider-directory.ts';
+import { listProviders } from '../market/provider-directory.ts';
 import type { Db } from '../store/database.ts';
 import type { PricePoint, PriceHistory } from './price-history.ts';
 
