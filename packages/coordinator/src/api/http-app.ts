@@ -78,9 +78,14 @@ export function toGridworkError(err: FastifyError): GridworkError {
 export async function createHttpApp(options: HttpAppOptions): Promise<FastifyInstance> {
   const app = Fastify({
     loggerInstance: options.log as FastifyBaseLogger,
+    // One line per request, at debug level (Fastify's own two lines at info drowned the log).
+    disableRequestLogging: true,
     bodyLimit: options.maxJsonBytes,
     return503OnClosing: true,
     forceCloseConnections: true,
+  });
+  app.addHook('onResponse', async (req, reply) => {
+    req.log.debug({ method: req.method, url: req.url, status: reply.statusCode, ms: Math.round(reply.elapsedTime) }, 'request');
   });
   app.decorateRequest('accountId', '');
   app.decorateRequest('rawBody', undefined);
