@@ -8,7 +8,9 @@
  */
 import type { Readable } from 'node:stream';
 import { GridworkError } from '@gridwork/protocol';
+import type { Transaction } from 'kysely';
 import type { Db } from '../store/database.ts';
+import type { Database } from '../store/schema.ts';
 import type { BlobStore } from './blob-store.ts';
 
 export class BlobService {
@@ -55,19 +57,22 @@ export class BlobService {
   }
 
   /** Which of these digests this account has not uploaded yet (whether or not someone else has). */
-  async missing(accountId: string, digests: string[]): Promise<string[]> {
-    const unique = [...new Set(digests)];
-    if (unique.length === 0) return [];
-    const have = new Set<string>();
-    for (let i = 0; i < unique.length; i += 1000) {
-      const rows = await this.db
-        .selectFrom('blob_owners')
-        .select('digest')
-        .where('account_id', '=', accountId)
-        .where('digest', 'in', unique.slice(i, i + 1000))
-        .execute();
-      for (const r of rows) have.add(r.digest);
-    }
-    return unique.filter((d) => !have.has(d));
+  missing(accountId: string, digests: readonly string[]): Promise<string[]> {
+    return notUploadedBy(this.db, accountId, digests);
   }
+}
+
+/**
+ * The digests among `digests` that `accountId` has not uploaded (since `since`, when given):
+ * the one ownership check of submits, provider outputs and the missing-blobs route.
+ */
+export async function notUploadedBy(db: Db | Transaction<Database>, accountId: string, digests: readonly string[], since?: Date): Promise<string[]> {
+  const unique = [...new Set(digests)];
+  const have = new Set<string>();
+  for (let i = 0; i < unique.length; i += 1000) {
+    let q = db.selectFrom('blob_owners').select('digest').where('account_id', '=', accountId).where('digest', 'in', unique.slice(i, i + 1000));
+    if (since) q = q.where('uploaded_at', '>=', since);
+    for (const r of await q.execute()) have.add(r.digest);
+  }
+  return unique.filter((d) => !have.has(d));
 }

@@ -25,6 +25,7 @@ import {
 import { sha256Hex } from '@gridwork/protocol/node';
 import { sql } from 'kysely';
 import { Compile } from 'typebox/compile';
+import { notUploadedBy } from '../blobs/blob-service.ts';
 import type { BlobStore } from '../blobs/blob-store.ts';
 import type { Bus } from '../bus/bus.ts';
 import { type Lifecycle, limitMsOf } from '../lifecycle/lifecycle.ts';
@@ -158,18 +159,7 @@ export class JobService {
    * same answer, so the check reveals nothing about other accounts' data.
    */
   private async assertUploadedBy(owner: string, digests: string[]): Promise<void> {
-    const unique = [...new Set(digests)];
-    const found = new Set<string>();
-    for (let i = 0; i < unique.length; i += 1000) {
-      const rows = await this.deps.db
-        .selectFrom('blob_owners')
-        .select('digest')
-        .where('account_id', '=', owner)
-        .where('digest', 'in', unique.slice(i, i + 1000))
-        .execute();
-      for (const r of rows) found.add(r.digest);
-    }
-    const missing = unique.filter((d) => !found.has(d));
+    const missing = await notUploadedBy(this.deps.db, owner, digests);
     if (missing.length > 0) {
       throw new GridworkError('BLOB_MISSING', `${missing.length} blob(s) were not uploaded by this account, e.g. ${missing[0]}`, {
         details: { missing: missing.slice(0, 100) },

@@ -8,6 +8,7 @@ import { canonicalJson, type FileRef, type LeaseEnd, type ProviderSequenced } fr
 import { verifyBytes } from '@gridwork/protocol/node';
 import { GridworkError } from '@gridwork/protocol';
 import type { Lifecycle, LeaseOutcome } from '../lifecycle/lifecycle.ts';
+import { notUploadedBy } from '../blobs/blob-service.ts';
 import type { UnitOfWork } from '../lifecycle/unit-of-work.ts';
 import { checkResultCommitment } from '../verify/commitments.ts';
 import type { CapacityChallenges } from '../verify/capacity-challenges.ts';
@@ -121,17 +122,5 @@ export function outcomeOf(end: LeaseEnd, durationMs: number, outputs: FileRef[])
 
 /** Outputs count only if this provider uploaded each of them since the lease was created. */
 async function uploadedDuring(uow: UnitOfWork, providerId: string, since: Date, outputs: readonly FileRef[]): Promise<boolean> {
-  const digests = [...new Set(outputs.map((o) => o.digest))];
-  let found = 0;
-  for (let i = 0; i < digests.length; i += 1000) {
-    const rows = await uow.trx
-      .selectFrom('blob_owners')
-      .select('digest')
-      .where('account_id', '=', providerId)
-      .where('digest', 'in', digests.slice(i, i + 1000))
-      .where('uploaded_at', '>=', since)
-      .execute();
-    found += rows.length;
-  }
-  return found === digests.length;
+  return (await notUploadedBy(uow.trx, providerId, outputs.map((o) => o.digest), since)).length === 0;
 }
