@@ -50,6 +50,7 @@ import {
   releaseJob,
   settleLease,
 } from '../ledger/lease-economics.ts';
+import { milliN } from '../market/order-price.ts';
 import { enqueueForProvider } from '../providers/outbox.ts';
 import { type Capacity, declareCapacity, freeCapacity, holdCapacity } from './capacity.ts';
 import type { FailureReason, LeaseOutcomeKind, ProviderFaultKind } from './events.ts';
@@ -124,9 +125,6 @@ export function limitMsOf(spec: JobSpec): number {
   return (spec.timeoutSeconds ?? 3600) * 1000;
 }
 
-export function cpuMilliOf(cores: number): number {
-  return Math.ceil(Math.round(cores * 1e6) / 1000);
-}
 
 /** Digest over a task's outputs, stable across providers: sha256 of the canonical sorted list. */
 export function outputDigest(outputs: readonly FileRef[]): string {
@@ -298,8 +296,8 @@ export class Lifecycle {
     const auditSeed = randomBytes(32).toString('hex');
     const auditCommitment = sha256Hex(auditSeed);
     const now = new Date();
-    const cpuMilli = cpuMilliOf(spec.resources.cpu);
-    const memMilli = cpuMilliOf(spec.resources.memoryGiB);
+    const cpuMilli = milliN(spec.resources.cpu);
+    const memMilli = milliN(spec.resources.memoryGiB);
     assertTransition('task', task.id, task.state, 'assigned');
     await trx
       .insertInto('leases')
@@ -326,7 +324,7 @@ export class Lifecycle {
     await fundLease(trx, { id: leaseId, job_id: job.id, price_per_hour: p.pricePerHour, usage_ms: 0n, charged: 0n }, 0n, this.economics);
     await trx.updateTable('tasks').set({ state: 'assigned', lease_id: leaseId, provider_id: p.providerId, error: null }).where('id', '=', task.id).execute();
     const taskCount = await this.taskCount(trx, job.id);
-    const timeoutSeconds = spec.timeoutSeconds ?? 3600;
+    const timeoutSeconds = limitMsOf(spec) / 1000;
     const lease: LeaseAssignment = {
       leaseId,
       taskId: task.id,

@@ -5,6 +5,7 @@
  */
 import { parseCredits, type JobSpec, type MarketClass, type MatchExplanation } from '@gridwork/protocol';
 import { balancesOf, stakeOf } from '../ledger/ledger.ts';
+import { limitMsOf } from '../lifecycle/lifecycle.ts';
 import { ACTIVE_LEASE_STATES } from '../lifecycle/state-machine.ts';
 import type { Db } from '../store/database.ts';
 import { type BookProvider, type Match, type Order, OrderBook } from './order-book.ts';
@@ -93,7 +94,7 @@ export class Market {
       .where('leases.state', 'in', [...ACTIVE_LEASE_STATES]);
     if (providerIds) q = q.where('leases.provider_id', 'in', providerIds);
     for (const l of await q.execute()) {
-      this.book.reserve(l.id, l.provider_id, l.spec.resources, l.gpus, l.created_at.getTime() + (l.spec.timeoutSeconds ?? 3600) * 1000);
+      this.book.reserve(l.id, l.provider_id, l.spec.resources, l.gpus, l.created_at.getTime() + limitMsOf(l.spec));
     }
   }
 

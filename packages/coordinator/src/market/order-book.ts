@@ -10,7 +10,7 @@
  */
 import type { Asks, Benchmarks, Hardware, MarketClass, MatchExplanation, Resources } from '@gridwork/protocol';
 import { formatCredits } from '@gridwork/protocol';
-import { baseHourly, milli, type ParsedAsks, parseAsks } from './order-price.ts';
+import { baseHourly, milli, milliN, type ParsedAsks, parseAsks } from './order-price.ts';
 import { SortedList } from './sorted-list.ts';
 
 export interface BookProvider {
@@ -70,8 +70,6 @@ interface Reservation {
   gpus: number[];
 }
 
-/** Thousandths of a unit as a plain number (capacity arithmetic on the hot path). */
-const milliN = (units: number) => Number(milli(units));
 /** Candidates named by explain, best first. */
 const EXPLAIN_BEST = 5;
 /** Entries visited per pool and order, fitting or not: the bound that keeps matching O(1) in providers. */

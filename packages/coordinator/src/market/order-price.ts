@@ -26,6 +26,9 @@ export function milli(units: number): bigint {
   return BigInt(Math.ceil(Math.round(units * 1e6) / 1000));
 }
 
+/** Thousandths of a unit as a plain number (capacity arithmetic: the order book and the database guard agree). */
+export const milliN = (units: number): number => Number(milli(units));
+
 /** Price per hour of the non-GPU part of an order. */
 export function baseHourly(asks: ParsedAsks, r: Resources): bigint {
   return ceilDiv(asks.cpuCoreHour * milli(r.cpu), 1000n) + ceilDiv(asks.memoryGiBHour * milli(r.memoryGiB), 1000n);

@@ -6,7 +6,8 @@
  */
 import { GridworkError, type ProviderHello, type ProviderSequenced } from '@gridwork/protocol';
 import type { Logger } from 'pino';
-import { cpuMilliOf, type Lifecycle } from '../lifecycle/lifecycle.ts';
+import type { Lifecycle } from '../lifecycle/lifecycle.ts';
+import { milliN } from '../market/order-price.ts';
 import { ACTIVE_LEASE_STATES } from '../lifecycle/state-machine.ts';
 import type { Units, UnitOfWork } from '../lifecycle/unit-of-work.ts';
 import type { Db } from '../store/database.ts';
@@ -60,7 +61,7 @@ export class ProviderService {
         instance: hello.instance,
         last_seen_at: new Date(),
       };
-      const capacity = { slots: hello.slots, cpuMilli: cpuMilliOf(hello.hardware.cpu.cores), memMilli: cpuMilliOf(hello.hardware.memoryGiB) };
+      const capacity = { slots: hello.slots, cpuMilli: milliN(hello.hardware.cpu.cores), memMilli: milliN(hello.hardware.memoryGiB) };
       if (!existing) {
         await trx
           .insertInto('providers')

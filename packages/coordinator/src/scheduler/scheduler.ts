@@ -13,7 +13,7 @@
 import type { Logger } from 'pino';
 import { sql } from 'kysely';
 import type { JobSpec } from '@gridwork/protocol';
-import type { Lifecycle, PlaceResult } from '../lifecycle/lifecycle.ts';
+import { type Lifecycle, limitMsOf, type PlaceResult } from '../lifecycle/lifecycle.ts';
 import type { Units } from '../lifecycle/unit-of-work.ts';
 import type { Auctions } from '../market/auctions.ts';
 import { type Market, orderOf } from '../market/market.ts';
@@ -206,7 +206,7 @@ export class Scheduler {
           }
           if (result.status === 'capacity-taken') stale.add(match.providerId);
           if (result.status !== 'placed') continue;
-          market.book.reserve(result.leaseId, match.providerId, t.spec.resources, match.gpus, Date.now() + (t.spec.timeoutSeconds ?? 3600) * 1000);
+          market.book.reserve(result.leaseId, match.providerId, t.spec.resources, match.gpus, Date.now() + limitMsOf(t.spec));
           reserved.push(result.leaseId);
           count++;
         }
