@@ -65,29 +65,3 @@ function drainedOrGone(out: PassThrough, signal: AbortSignal): Promise<void> {
     if (signal.aborted || out.destroyed) done();
   });
 }
-
-/** Waits until `wake` is called or the signal aborts. */
-export function waiter(signal: AbortSignal): { wait: () => Promise<void>; wake: () => void } {
-  let resolve: (() => void) | undefined;
-  let pending = false;
-  const wake = () => {
-    pending = true;
-    resolve?.();
-  };
-  signal.addEventListener('abort', wake, { once: true });
-  return {
-    wake,
-    wait: () =>
-      pending
-        ? Promise.resolve().then(() => {
-            pending = false;
-          })
-        : new Promise<void>((r) => {
-            resolve = () => {
-              pending = false;
-              resolve = undefined;
-              r();
-            };
-          }),
-  };
-}

@@ -29,7 +29,7 @@ import { notUploadedBy } from '../blobs/blob-service.ts';
 import type { BlobStore } from '../blobs/blob-store.ts';
 import type { Bus } from '../bus/bus.ts';
 import { type Lifecycle, limitMsOf } from '../lifecycle/lifecycle.ts';
-import { ACTIVE_LEASE_STATES, isTerminalJob } from '../lifecycle/state-machine.ts';
+import { ACTIVE_LEASE_STATES, isTerminalJob, TERMINAL_JOB } from '../lifecycle/state-machine.ts';
 import type { Units } from '../lifecycle/unit-of-work.ts';
 import { balancesOf, escrowOf, holdOf } from '../ledger/ledger.ts';
 import { type EconomicsConfig, minimumBudget } from '../ledger/lease-economics.ts';
@@ -286,7 +286,7 @@ export class JobService {
       .selectFrom('jobs')
       .select(['id'])
       .where('low_balance_since', '<', new Date(Date.now() - graceMs))
-      .where('state', 'not in', ['succeeded', 'failed', 'cancelled'])
+      .where('state', 'not in', [...TERMINAL_JOB])
       .execute();
     const stopped: string[] = [];
     for (const j of due) {

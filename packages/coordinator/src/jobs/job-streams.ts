@@ -8,7 +8,6 @@ import { type JobView, type LogEntry, TERMINAL_JOB_STATES } from '@gridwork/prot
 import type { Bus } from '../bus/bus.ts';
 import type { DomainEventType } from '../lifecycle/events.ts';
 import type { JobService } from './job-service.ts';
-import { waiter } from '../api/ndjson.ts';
 
 const JOB_EVENTS: DomainEventType[] = [
   'job.progressed',
@@ -75,4 +74,30 @@ export class JobStreams {
       off();
     }
   }
+}
+
+/** Waits until `wake` is called or the signal aborts. */
+function waiter(signal: AbortSignal): { wait: () => Promise<void>; wake: () => void } {
+  let resolve: (() => void) | undefined;
+  let pending = false;
+  const wake = () => {
+    pending = true;
+    resolve?.();
+  };
+  signal.addEventListener('abort', wake, { once: true });
+  return {
+    wake,
+    wait: () =>
+      pending
+        ? Promise.resolve().then(() => {
+            pending = false;
+          })
+        : new Promise<void>((r) => {
+            resolve = () => {
+              pending = false;
+              resolve = undefined;
+              r();
+            };
+          }),
+  };
 }
