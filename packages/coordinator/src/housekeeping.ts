@@ -1,19 +1,21 @@
 /**
  * Time-driven work, on timers: jobs whose low-balance grace ran out stop, jobs queued past their
  * `queueTimeoutSeconds` fail, leases their provider neither started nor ended in time are lost,
- * unbonded stake is released, old request nonces are pruned. Each
+ * unbonded stake is released, results whose audit window closed are paid (and stale checks abandoned), old request nonces are pruned. Each
  * step is a command of the module that owns it; this file only keeps the clock.
  */
 import type { Logger } from 'pino';
 import type { Authenticator } from './auth/authenticator.ts';
 import type { JobService } from './jobs/job-service.ts';
 import type { AccountService } from './ledger/account-service.ts';
+import type { Verifier } from './verify/verification.ts';
 
 export interface HousekeepingDeps {
   jobs: JobService;
   accounts: AccountService;
   auth: Authenticator;
   log: Logger;
+  verifier: Verifier;
 }
 
 export interface HousekeepingOptions {
@@ -39,7 +41,7 @@ export class Housekeeping {
   ) {}
 
   start(): void {
-    const { jobs, accounts, auth, log } = this.deps;
+    const { jobs, accounts, auth, log, verifier } = this.deps;
     const every = (ms: number, step: () => Promise<unknown>, what: string) => {
       const t = setInterval(() => {
         this.running = Promise.all([this.running, step().catch((err) => log.error({ err }, `${what} failed`))]);
@@ -55,6 +57,7 @@ export class Housekeeping {
       'overdue-lease sweep',
     );
     every(this.options.intervalMs, () => accounts.releaseUnbonded(), 'unbonding sweep');
+    every(this.options.intervalMs, () => verifier.sweep(), 'verification sweep');
     every(this.options.pruneIntervalMs ?? 60_000, () => auth.prune(), 'nonce prune');
   }
 

@@ -49,6 +49,8 @@ import { openDatabase } from './store/database.ts';
 import { registerVerifyRoutes } from './api/verify-routes.ts';
 import { CapacityChallenges } from './verify/capacity-challenges.ts';
 import { type ChallengeConfig, type ChallengeOptions, resolveChallengeOptions } from './verify/challenge-sizing.ts';
+import { Verifier } from './verify/verification.ts';
+import { resolveVerification, slashFor, type VerificationConfig, type VerificationOptions } from './verify/verification-policy.ts';
 
 export interface CoordinatorOptions {
   /** Directory for the embedded database and blobs. */
@@ -85,12 +87,14 @@ export interface CoordinatorOptions {
   faucetMax?: string;
   /** Capacity challenges (trust layer L1); see verify/challenge-sizing.ts for each default (mean interval 6 h). */
   challenges?: ChallengeOptions;
+  /** Result verification (trust layers L3–L6: audit window, audit rate, canaries, slashing); see verify/verification-policy.ts for each default. */
+  verification?: VerificationOptions;
   /** The web console's build output, served at `/`. @default packages/console/built of this checkout */
   consoleDir?: string;
 }
 
-export type CoordinatorConfig = Required<Omit<CoordinatorOptions, 'databaseUrl' | 'logger' | 'economics' | 'challenges'>> &
-  Pick<CoordinatorOptions, 'databaseUrl'> & { economics: EconomicsConfig; challenges: ChallengeConfig };
+export type CoordinatorConfig = Required<Omit<CoordinatorOptions, 'databaseUrl' | 'logger' | 'economics' | 'challenges' | 'verification'>> &
+  Pick<CoordinatorOptions, 'databaseUrl'> & { economics: EconomicsConfig; challenges: ChallengeConfig; verification: VerificationConfig };
 
 export function resolveCoordinatorOptions(o: CoordinatorOptions): CoordinatorConfig {
   return {
@@ -110,6 +114,7 @@ export function resolveCoordinatorOptions(o: CoordinatorOptions): CoordinatorCon
     unbondingDelayMs: o.unbondingDelayMs ?? 7 * 24 * 3600 * 1000,
     faucetMax: o.faucetMax ?? '1000',
     challenges: resolveChallengeOptions(o.challenges),
+    verification: resolveVerification(o.verification, o.dev ?? false),
     consoleDir: o.consoleDir ?? fileURLToPath(new URL('../../console/built', import.meta.url)),
   };
 }
@@ -132,14 +137,20 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   const bus = new InProcessBus(db, log);
   const units = new Units(db, bus);
   await bus.start(units);
-  const lifecycle = new Lifecycle(economics);
+  const lifecycle = new Lifecycle(economics, config.verification);
 
   const blobStore = new FileBlobStore(join(config.dataDir, 'blobs'));
   const market = new Market(db, config.challenges.maxConsecutiveFailures);
   const auth = new Authenticator(db);
   const accounts = new AccountService(
     db,
-    { dev: config.dev, operators: config.operators, unbondingDelayMs: config.unbondingDelayMs, faucetMax: parseCredits(config.faucetMax) },
+    {
+      dev: config.dev,
+      operators: config.operators,
+      unbondingDelayMs: config.unbondingDelayMs,
+      faucetMax: parseCredits(config.faucetMax),
+      slashFor: (charged) => slashFor(charged, config.verification),
+    },
     units,
   );
   let channels: ProviderChannels | undefined;
@@ -160,13 +171,17 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   const jobs = new JobService({ db, units, lifecycle, bus, economics, market, blobs: blobStore, scheduler: SCHEDULER });
   const streams = new JobStreams({ jobs, bus });
   const blobs = new BlobService(db, blobStore, config.maxBlobBytes);
+  const verifier = new Verifier({ db, units, lifecycle, blobs: blobStore, log, config: config.verification });
   await market.load();
+  // A dev coordinator funds checks from the start (in production the operator credits sys:fees, and fees accrue).
+  if (config.verification.genesisFees > 0n) await accounts.genesisFees(config.verification.genesisFees);
 
   // The subscribers, in one place. The matching index first: the scheduler waits for it.
   await bus.subscribe(marketIndexSubscriber(market));
   await bus.subscribe(schedulerWakeups(scheduler, bus, MARKET_INDEX));
   await bus.subscribe(outboxDelivery(channels));
   await bus.subscribe(reputationSubscriber());
+  await bus.subscribe(verifier.subscriber());
   await challenges.start();
   await bus.subscribe(challenges.subscriber());
   // (job streams subscribe per open request: jobs/job-streams.ts)
@@ -179,7 +194,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   registerMetricsRoutes(app, { metrics });
   registerSystemRoutes(app, { db, version: GRIDWORK_VERSION });
   registerBlobRoutes(app, { blobs });
-  registerJobRoutes(app, { jobs, blobs: blobStore, streams });
+  registerJobRoutes(app, { jobs, blobs: blobStore, streams, verifier });
   registerProviderRoutes(app, { channels });
   registerNetworkRoutes(app, { db });
   registerAccountRoutes(app, { accounts });
@@ -199,7 +214,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
     { intervalMs: config.heartbeatIntervalMs, misses: config.heartbeatMisses },
   );
   const housekeeping = new Housekeeping(
-    { jobs, accounts, auth, log },
+    { jobs, accounts, auth, log, verifier },
     { intervalMs: Math.min(economics.meteringIntervalMs, 1000), lowBalanceGraceMs: economics.lowBalanceGraceMs },
   );
   detector.start();

@@ -4,11 +4,10 @@
  */
 import { internalsOf } from '@gridwork/coordinator/internal';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { formatCredits, type JobSpec, parseCredits } from '@gridwork/protocol';
+import { formatCredits, type JobSpec } from '@gridwork/protocol';
 import { generateIdentity, signRequest } from '@gridwork/protocol/node';
 import { GridworkClient, GridworkError } from '@gridwork/sdk';
 import { startTestNetwork, type TestNetwork, until } from '@gridwork/testkit';
@@ -157,33 +156,6 @@ for (const store of ['pglite', 'postgres'] as const) {
       } finally {
         await quick.close();
       }
-    });
-
-    test('slashing pays the requester and the auditor from the stake, the rest to the reserve', async () => {
-      const provider = await net.fundedClient('10');
-      await provider.stake('10');
-      const requester = net.client();
-      const auditor = net.client();
-      const key = randomBytes(8).toString('hex');
-      const slash = {
-        provider: provider.accountId,
-        amount: parseCredits('6'),
-        requester: requester.accountId,
-        toRequester: parseCredits('4'),
-        auditor: auditor.accountId,
-        toAuditor: parseCredits('1'),
-        key,
-        reason: 'test',
-      };
-      await internalsOf(net.coordinator).accounts.slash(slash);
-      await internalsOf(net.coordinator).accounts.slash(slash); // same key: applied once
-      assert.equal((await provider.balance()).stake, '4');
-      assert.equal((await requester.balance()).available, '4');
-      assert.equal((await auditor.balance()).available, '1');
-      await assert.rejects(
-        internalsOf(net.coordinator).accounts.slash({ ...slash, key: `${key}-2`, amount: parseCredits('5') }),
-        (e: unknown) => (e as GridworkError).code === 'INSUFFICIENT_FUNDS',
-      );
     });
 
     test('the ledger balances after all of the above', async () => {

@@ -74,6 +74,28 @@ export const TaskView = Type.Object({
   /** Price per hour of the current or last lease (credits), and what it has cost so far. */
   pricePerHour: Type.Union([Type.String(), Type.Null()]),
   cost: Type.String(),
+  /**
+   * The result's verification (absent until the task has a completed result, or when the job
+   * opted out): `pending` while its audit window is open (earnings not yet paid), then
+   * `verified` or `failed`; `disputed` while a dispute is decided. `auditSeed` reveals the
+   * secret behind the lease's audit commitment once the result is in.
+   */
+  verification: Type.Optional(
+    Type.Object({
+      state: Type.Union([Type.Literal('pending'), Type.Literal('verified'), Type.Literal('disputed'), Type.Literal('failed')]),
+      pendingUntil: Type.Union([Type.String(), Type.Null()]),
+      auditSeed: Type.Union([Type.String(), Type.Null()]),
+      checks: Type.Array(
+        Type.Object({
+          id: Type.String(),
+          kind: Type.String(),
+          state: Type.String(),
+          outcome: Type.Union([Type.String(), Type.Null()]),
+          detail: Type.Union([Type.String(), Type.Null()]),
+        }),
+      ),
+    }),
+  ),
 });
 export type TaskView = Type.Static<typeof TaskView>;
 

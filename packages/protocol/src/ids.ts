@@ -1,7 +1,7 @@
 /** Opaque, sortable-enough, URL-safe ids: a type prefix and 80 random bits in base32. */
 const ALPHABET = 'abcdefghijklmnopqrstuvwxyz234567';
 
-export type IdPrefix = 'job' | 'task' | 'lease' | 'req';
+export type IdPrefix = 'job' | 'task' | 'lease' | 'req' | 'ver';
 
 export function newId(prefix: IdPrefix): string {
   const bytes = new Uint8Array(10);

@@ -15,7 +15,7 @@ import { type AnnouncedOrder, fixedPricing, type PricingPolicy } from './pricing
 import pino, { type Logger } from 'pino';
 import { CoordinatorLink } from './coordinator-link.ts';
 import { detectHardware } from './hardware.ts';
-import { type AbortReason, runLease } from './lease-runner.ts';
+import { type AbortReason, type ResultTamper, runLease } from './lease-runner.ts';
 import { createProcessRuntime } from './runtime/process-runtime.ts';
 import type { Runtime } from './runtime/runtime.ts';
 import { createSandboxRuntime } from './runtime/sandbox-runtime.ts';
@@ -48,6 +48,11 @@ export interface ProviderAgentOptions {
   logger?: Logger;
   /** How capacity challenges are answered (tests give a cheating one). @default honestSolver */
   challengeSolver?: ChallengeSolver;
+  /**
+   * Runs on a finished task's `/outputs` before they are hashed, committed and uploaded. Only
+   * tests and the trust simulation set it, to play a provider that returns wrong results. @default none
+   */
+  resultTamper?: ResultTamper;
 }
 
 export class ProviderAgent {
@@ -196,6 +201,7 @@ export class ProviderAgent {
         workRoot: this.options.workRoot,
         send: (r) => this.link.send(r),
         log: this.log,
+        ...(this.options.resultTamper ? { resultTamper: this.options.resultTamper } : {}),
       },
       lease,
       ac.signal,

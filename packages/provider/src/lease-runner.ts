@@ -44,7 +44,11 @@ export interface LeaseRunnerDeps {
   workRoot: string;
   send: (report: Report) => void;
   log: Logger;
+  resultTamper?: ResultTamper;
 }
+
+/** Rewrites a finished task's outputs before they are committed (a cheating provider, for tests). */
+export type ResultTamper = (outputsDir: string, lease: LeaseAssignment) => Promise<void>;
 
 /** Why a run was aborted: the coordinator cancelled it, or the agent is draining and hands it back. */
 export type AbortReason = 'cancelled' | 'drain';
@@ -116,6 +120,7 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
     let outputs: FileRef[] = [];
     if (exitCode === 0) {
       try {
+        await deps.resultTamper?.(dirs.outputs, lease);
         outputs = await uploadOutputs(deps, dirs.outputs, signal);
       } catch (err) {
         if (signal.aborted) return endAborted(deps, lease, signal, logs, started);

@@ -69,6 +69,9 @@ export async function startTestNetwork(options: TestNetworkOptions = {}): Promis
     challenges: { meanIntervalMs: 365 * 24 * 3600_000 },
     ...(options.store === 'postgres' ? { databaseUrl: postgresUrl(), databaseSchema: uniqueSchema() } : { databaseUrl: '' }),
     ...options.coordinator,
+    // Results are paid at once and audited only when a test asks (an audit needs a second
+    // provider; a seeded verification fund would change the fee totals tests check).
+    verification: { windowMs: 0, probationTasks: 0, minAuditRate: 0, canaryRate: 0, genesisFees: '0', ...options.coordinator?.verification },
   });
   const providers: ProviderAgent[] = [];
   const identities = new Map<ProviderAgent, Identity>();

@@ -6,12 +6,14 @@ import Type from 'typebox';
 import type { BlobStore } from '../blobs/blob-store.ts';
 import type { JobStreams } from '../jobs/job-streams.ts';
 import type { JobService } from '../jobs/job-service.ts';
+import type { Verifier } from '../verify/verification.ts';
 import { sendNdjson } from './ndjson.ts';
 
 export interface JobRoutesDeps {
   jobs: JobService;
   blobs: BlobStore;
   streams: JobStreams;
+  verifier: Verifier;
   /** Keepalive interval of streams. @default 15 s */
   keepaliveMs?: number;
 }
@@ -46,6 +48,21 @@ export function registerJobRoutes(app: FastifyInstance, deps: JobRoutesDeps): vo
 
   app.post<{ Params: { id: string } }>('/v1/jobs/:id/cancel', { schema: { tags: ['jobs'], summary: 'Cancel a job', params: JobParams } }, async (req) =>
     jobs.cancel(req.accountId, req.params.id),
+  );
+
+  app.post<{ Params: { id: string; index: number } }>(
+    '/v1/jobs/:id/tasks/:index/dispute',
+    {
+      schema: {
+        tags: ['jobs'],
+        summary: "Dispute a task's pending result: post a bond, a referee provider re-runs the task",
+        params: Type.Object({ id: JobParams.properties.id, index: Type.Integer({ minimum: 0, maximum: 9999 }) }),
+      },
+    },
+    async (req, reply) => {
+      reply.status(201);
+      return deps.verifier.dispute(req.accountId, req.params.id, req.params.index);
+    },
   );
 
   app.post<{ Params: { id: string }; Body: AmountRequest }>(

@@ -35,6 +35,7 @@ import { balancesOf, escrowOf, holdOf } from '../ledger/ledger.ts';
 import { type EconomicsConfig, minimumBudget } from '../ledger/lease-economics.ts';
 import { type Market, orderOf } from '../market/market.ts';
 import type { Db } from '../store/database.ts';
+import type { VerificationState } from '../store/schema.ts';
 import { shardInputs } from './sharding.ts';
 
 const manifestCheck = Compile(BundleManifest);
@@ -223,7 +224,22 @@ export class JobService {
       .where('tasks.job_id', '=', job.id)
       .orderBy('tasks.idx')
       .execute();
-    const leases = await this.deps.db.selectFrom('leases').select(['id', 'task_id', 'price_per_hour', 'charged']).where('job_id', '=', job.id).execute();
+    const leases = await this.deps.db
+      .selectFrom('leases')
+      .select(['id', 'task_id', 'price_per_hour', 'charged', 'verification', 'settle_at', 'audit_seed'])
+      .where('job_id', '=', job.id)
+      .execute();
+    const verified = leases.filter((l) => l.verification !== null).map((l) => l.id);
+    const checks =
+      verified.length === 0
+        ? []
+        : await this.deps.db
+            .selectFrom('verifications')
+            .select(['id', 'lease_id', 'kind', 'state', 'outcome', 'detail'])
+            .where('lease_id', 'in', verified)
+            .where('kind', '!=', 'canary')
+            .orderBy('created_at')
+            .execute();
     const costByTask = new Map<string, bigint>();
     const leaseById = new Map(leases.map((l) => [l.id, l]));
     let spent = 0n;
@@ -263,6 +279,7 @@ export class JobService {
           pricePerHour:
             t.lease_id && leaseById.get(t.lease_id) ? formatCredits((leaseById.get(t.lease_id) as { price_per_hour: bigint }).price_per_hour) : null,
           cost: formatCredits(costByTask.get(t.id) ?? 0n),
+          ...verificationOf(t.lease_id ? leaseById.get(t.lease_id) : undefined, checks),
         }),
       ),
       money: {
@@ -446,3 +463,18 @@ export class JobService {
 }
 
 export type { JobSpec, InputSet };
+
+function verificationOf(
+  lease: { id: string; verification: VerificationState | null; settle_at: Date | null; audit_seed: string | null } | undefined,
+  checks: readonly { id: string; lease_id: string; kind: string; state: string; outcome: string | null; detail: string | null }[],
+): Pick<TaskView, 'verification'> {
+  if (!lease?.verification) return {};
+  return {
+    verification: {
+      state: lease.verification,
+      pendingUntil: lease.settle_at?.toISOString() ?? null,
+      auditSeed: lease.audit_seed,
+      checks: checks.filter((c) => c.lease_id === lease.id).map((c) => ({ id: c.id, kind: c.kind, state: c.state, outcome: c.outcome, detail: c.detail })),
+    },
+  };
+}

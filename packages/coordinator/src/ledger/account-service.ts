@@ -1,6 +1,7 @@
 /**
  * Accounts as their owners see them: balances, history, deposits (a faucet in development,
- * an operator credit otherwise), withdrawals, stake with an unbonding delay, and slashing.
+ * an operator credit otherwise), withdrawals, stake with an unbonding delay (slashing is
+ * verify/verification.ts).
  * Every request that moves money carries an idempotency key: the same key and request moves
  * money once; the same key with another request is refused.
  */
@@ -21,6 +22,8 @@ export interface AccountServiceOptions {
   unbondingDelayMs: number;
   /** Largest faucet deposit. @default 1000 credits */
   faucetMax: bigint;
+  /** What a proven fault costs (verify/verification-policy.ts): stake that must stay behind open work. */
+  slashFor: (charged: bigint) => bigint;
 }
 
 const parseAmount = (amount: string, field = 'amount') => parseCredits(amount, { field, allowZero: false });
@@ -179,10 +182,30 @@ export class AccountService {
     return this.balance(accountId);
   }
 
-  /** Starts unbonding: the credits leave the stake now and become available after the delay. */
+  /**
+   * Starts unbonding: the credits leave the stake now and become available after the delay.
+   * Refused (STAKE_LOCKED) while it would leave less stake than the slashes its open work could
+   * cost: its running leases and results still in their audit window. (Unbonding stake can be
+   * slashed too, until it is released.)
+   */
   async unstake(accountId: string, amount: string, key: string): Promise<BalanceView> {
     const micros = parseAmount(amount);
     await this.units.run(async ({ trx, emit }) => {
+      const open = await trx
+        .selectFrom('leases')
+        .select('charged')
+        .where('provider_id', '=', accountId)
+        .where((eb) => eb.or([eb('state', 'in', ['offered', 'starting', 'running']), eb('settle_at', 'is not', null)]))
+        .execute();
+      const required = open.reduce((sum, l) => sum + this.options.slashFor(l.charged), 0n);
+      const staked = (await balancesOf(trx, [stakeOf(accountId)])).get(stakeOf(accountId)) ?? 0n;
+      if (required > 0n && staked - micros < required) {
+        throw new GridworkError(
+          'STAKE_LOCKED',
+          `${formatCredits(required)} credits of stake must stay behind ${open.length} open lease(s) and result(s) in their audit window; you may unstake at most ${formatCredits(staked > required ? staked - required : 0n)} now`,
+          { details: { required: formatCredits(required), staked: formatCredits(staked), openWork: open.length } },
+        );
+      }
       const r = await post(trx, {
         kind: 'unstake',
         key: `${accountId}:${key}`,
@@ -222,35 +245,19 @@ export class AccountService {
     return due.length;
   }
 
-  /**
-   * Slashes a provider's stake: `toRequester` and `toAuditor` are paid from it, the rest of
-   * `amount` goes to the reserve. Idempotent by `key` (e.g. the audit id).
-   */
-  async slash(args: {
-    provider: string;
-    amount: bigint;
-    requester?: string;
-    toRequester?: bigint;
-    auditor?: string;
-    toAuditor?: bigint;
-    key: string;
-    reason: string;
-  }): Promise<void> {
-    const toRequester = args.requester ? (args.toRequester ?? 0n) : 0n;
-    const toAuditor = args.auditor ? (args.toAuditor ?? 0n) : 0n;
-    if (args.amount <= 0n || toRequester < 0n || toAuditor < 0n || toRequester + toAuditor > args.amount) {
-      throw new GridworkError('INVALID_AMOUNT', 'slash shares must be non-negative and within the slashed amount');
-    }
-    const postings = [
-      { account: stakeOf(args.provider), amount: -args.amount },
-      { account: RESERVE, amount: args.amount - toRequester - toAuditor },
-    ];
-    if (args.requester && toRequester > 0n) postings.push({ account: available(args.requester), amount: toRequester });
-    if (args.auditor && toAuditor > 0n) postings.push({ account: available(args.auditor), amount: toAuditor });
-    await this.units.run(async ({ trx, emit }) => {
-      await post(trx, { kind: 'slash', key: `slash:${args.key}`, postings, memo: { provider: args.provider, reason: args.reason } });
-      emit({ type: 'provider.changed', providerId: args.provider, what: 'stake' });
-    });
+  /** Seeds the verification fund (`sys:fees`) once per database: a dev coordinator's checks are paid from the first task. */
+  async genesisFees(amount: bigint): Promise<void> {
+    await transact(this.db, (trx) =>
+      post(trx, {
+        kind: 'genesis',
+        key: 'genesis:fees',
+        postings: [
+          { account: WORLD, amount: -amount },
+          { account: FEES, amount },
+        ],
+        memo: { why: 'development coordinator: funds audits and canaries from the start' },
+      }),
+    );
   }
 
   /** Protocol totals, for operators. */

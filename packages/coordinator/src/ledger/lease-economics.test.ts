@@ -26,16 +26,20 @@ test('metered cost rounds down and never exceeds price × time', () => {
   );
 });
 
-test('earnings split: fee and reserve round down, the provider gets every micro-credit left, nothing is lost', () => {
+test('earnings split: fee and reserve round up (small leases cannot escape them), the provider gets the rest, nothing is lost', () => {
   fc.assert(
     fc.property(fc.bigInt({ min: 0n, max: 10n ** 15n }), fc.integer({ min: 0, max: 5000 }), fc.integer({ min: 0, max: 5000 }), (earned, feeBps, reserveBps) => {
       const s = splitEarnings(earned, feeBps, reserveBps);
       assert.equal(s.provider + s.fee + s.reserve, earned);
-      assert.equal(s.fee, (earned * BigInt(feeBps)) / 10_000n);
-      assert.ok(s.provider >= 0n);
+      const exactFee = earned * BigInt(feeBps);
+      assert.ok(s.fee * 10_000n >= exactFee || s.fee === earned, 'the fee is never rounded below its share');
+      assert.ok((s.fee - 1n) * 10_000n < exactFee, 'nor above it by a whole micro-credit');
+      if (earned > 0n && feeBps > 0) assert.ok(s.fee > 0n, 'a lease that earned anything pays a fee');
+      assert.ok(s.provider >= 0n && s.reserve >= 0n);
     }),
   );
-  assert.deepEqual(splitEarnings(49n, 200, 25), { provider: 49n, fee: 0n, reserve: 0n });
+  assert.deepEqual(splitEarnings(49n, 200, 25), { provider: 47n, fee: 1n, reserve: 1n });
+  assert.deepEqual(splitEarnings(1n, 200, 25), { provider: 0n, fee: 1n, reserve: 0n });
   assert.deepEqual(splitEarnings(1_000_000n, 200, 25), { provider: 977_500n, fee: 20_000n, reserve: 2_500n });
 });
 

@@ -5,8 +5,9 @@
  * Rounding rules (all integer micro-credits):
  *  - metered cost of `ms` at `pricePerHour` µc/h is floor(pricePerHour × ms / 3_600_000); it is
  *    computed from the cumulative usage each time, so rounding never accumulates;
- *  - protocol fee = floor(earned × feeBps / 10_000), reserve = floor(earned × reserveBps / 10_000),
- *    the provider gets the rest: the provider receives every micro-credit the rounding leaves;
+ *  - protocol fee = ceil(earned × feeBps / 10_000), reserve = ceil(earned × reserveBps / 10_000)
+ *    (each at most what is left), the provider gets the rest: rounding never lets a small lease
+ *    escape the fee (a lease that earned 1 µc pays it all as fee);
  *  - escrow is topped up to cover the metered usage plus `escrowPeriods` metering periods, from
  *    the job's hold, never beyond it: a job never spends more than its budget.
  */
@@ -43,9 +44,14 @@ export function costOf(pricePerHour: bigint, ms: bigint): bigint {
   return (pricePerHour * ms) / MS_PER_HOUR;
 }
 
+/** Rounded up, never beyond what is left: a lease too small for a whole micro-credit of fee still pays one. */
 export function splitEarnings(earned: bigint, feeBps: number, reserveBps: number): { provider: bigint; fee: bigint; reserve: bigint } {
-  const fee = (earned * BigInt(feeBps)) / 10_000n;
-  const reserve = (earned * BigInt(reserveBps)) / 10_000n;
+  const share = (bps: number, cap: bigint) => {
+    const x = (earned * BigInt(bps) + 9_999n) / 10_000n;
+    return x < cap ? x : cap;
+  };
+  const fee = share(feeBps, earned);
+  const reserve = share(reserveBps, earned - fee);
   return { provider: earned - fee - reserve, fee, reserve };
 }
 
@@ -167,15 +173,29 @@ export async function chargeUsage(trx: Trx, lease: LeaseMoney, usageMs: bigint):
   return charged;
 }
 
-/** Pays the provider what the lease earned (minus fee and reserve) and returns unused escrow to the hold. */
-export async function settleLease(
+/** Returns a lease's unused escrow to its job's hold (the lease has ended). */
+export async function returnEscrow(trx: Trx, lease: Pick<LeaseMoney, 'id' | 'job_id'>): Promise<void> {
+  const escrow = await balanceOf(trx, escrowOf(lease.id));
+  if (escrow === 0n) return;
+  await post(trx, {
+    kind: 'lease.escrow-return',
+    key: `escrow-return:${lease.id}`,
+    postings: [
+      { account: escrowOf(lease.id), amount: -escrow },
+      { account: holdOf(lease.job_id), amount: escrow },
+    ],
+    memo: { leaseId: lease.id, jobId: lease.job_id },
+  });
+}
+
+/** Pays the provider what the lease earned, minus the protocol fee and the reserve share. */
+export async function payEarnings(
   trx: Trx,
-  lease: LeaseMoney,
+  lease: Pick<LeaseMoney, 'id' | 'job_id'>,
   providerId: string,
   cfg: EconomicsConfig,
 ): Promise<{ earned: bigint; provider: bigint; fee: bigint; reserve: bigint }> {
   const earned = await balanceOf(trx, earnedOf(lease.id));
-  const escrow = await balanceOf(trx, escrowOf(lease.id));
   const split = splitEarnings(earned, cfg.feeBps, cfg.reserveBps);
   await post(trx, {
     kind: 'lease.settle',
@@ -185,16 +205,41 @@ export async function settleLease(
       { account: available(providerId), amount: split.provider },
       { account: FEES, amount: split.fee },
       { account: RESERVE, amount: split.reserve },
-      { account: escrowOf(lease.id), amount: -escrow },
-      { account: holdOf(lease.job_id), amount: escrow },
     ],
     memo: { leaseId: lease.id, jobId: lease.job_id, providerId, earned: earned.toString() },
   });
   return { earned, ...split };
 }
 
-/** Returns what is left of a finished job's budget to its owner. */
-export async function releaseJob(trx: Trx, owner: string, jobId: string): Promise<bigint> {
+/** A result that failed verification: what the lease earned, still pending, goes back to the requester. */
+export async function refundEarnings(trx: Trx, lease: Pick<LeaseMoney, 'id' | 'job_id'>, requester: string, reason: string): Promise<bigint> {
+  const earned = await balanceOf(trx, earnedOf(lease.id));
+  if (earned === 0n) return 0n;
+  await post(trx, {
+    kind: 'lease.refund',
+    key: `refund:${lease.id}`,
+    postings: [
+      { account: earnedOf(lease.id), amount: -earned },
+      { account: available(requester), amount: earned },
+    ],
+    memo: { leaseId: lease.id, jobId: lease.job_id, reason },
+  });
+  return earned;
+}
+
+/** Pays the provider what the lease earned (minus fee and reserve) and returns unused escrow to the hold. */
+export async function settleLease(
+  trx: Trx,
+  lease: LeaseMoney,
+  providerId: string,
+  cfg: EconomicsConfig,
+): Promise<{ earned: bigint; provider: bigint; fee: bigint; reserve: bigint }> {
+  await returnEscrow(trx, lease);
+  return payEarnings(trx, lease, providerId, cfg);
+}
+
+/** Returns what is left of a finished job's budget to its owner (`null`: a protocol check job, whose budget came from `sys:fees`). */
+export async function releaseJob(trx: Trx, owner: string | null, jobId: string): Promise<bigint> {
   const hold = await lockedBalance(trx, holdOf(jobId));
   if (hold < 0n) throw new GridworkError('INTERNAL', `job ${jobId} hold is negative`);
   await post(trx, {
@@ -202,7 +247,7 @@ export async function releaseJob(trx: Trx, owner: string, jobId: string): Promis
     key: `release:${jobId}`,
     postings: [
       { account: holdOf(jobId), amount: -hold },
-      { account: available(owner), amount: hold },
+      { account: owner === null ? FEES : available(owner), amount: hold },
     ],
     memo: { jobId },
   });

@@ -14,7 +14,8 @@
  *   job:<jobId>:hold           a job's budget, held when the job is accepted
  *   lease:<leaseId>:escrow     drawn from the hold for the metering period ahead
  *   lease:<leaseId>:earned     metered charges, paid out when the lease ends
- *   sys:fees, sys:reserve      the protocol fee and the reserve share
+ *   ver:<verificationId>:bond  a dispute's bond, until the dispute is decided
+ *   sys:fees, sys:reserve      the protocol fee (which pays for checks: verify/) and the reserve share
  */
 import { formatCredits, GridworkError } from '@gridwork/protocol';
 import { sql, type Transaction } from 'kysely';
@@ -47,9 +48,10 @@ export const unbondingOf = (id: string) => `acct:${id}:unbonding`;
 export const holdOf = (jobId: string) => `job:${jobId}:hold`;
 export const escrowOf = (leaseId: string) => `lease:${leaseId}:escrow`;
 export const earnedOf = (leaseId: string) => `lease:${leaseId}:earned`;
+export const bondOf = (verificationId: string) => `ver:${verificationId}:bond`;
 
 const ACCOUNT =
-  /^(ext:world|sys:(fees|reserve)|acct:[A-Za-z0-9_-]{43}:(available|stake|unbonding)|job:job_[a-z2-7]{16}:hold|lease:lease_[a-z2-7]{16}:(escrow|earned))$/;
+  /^(ext:world|sys:(fees|reserve)|acct:[A-Za-z0-9_-]{43}:(available|stake|unbonding)|job:job_[a-z2-7]{16}:hold|lease:lease_[a-z2-7]{16}:(escrow|earned)|ver:ver_[a-z2-7]{16}:bond)$/;
 
 export type PostResult = 'posted' | 'duplicate';
 

@@ -18,7 +18,24 @@ export type FailureReason = 'exit' | 'timeout' | 'limit';
  * whose root does not match the outputs it lists, a commitment signature that does not verify,
  * or outputs listed that it never uploaded.
  */
-export type ProviderFaultKind = 'commitment-mismatch' | 'bad-commitment-signature' | 'outputs-not-uploaded';
+export type ProviderFaultKind =
+  | 'commitment-mismatch'
+  | 'bad-commitment-signature'
+  | 'outputs-not-uploaded'
+  /** An independent re-execution (and a referee) gave another result (L3). */
+  | 'failed-audit'
+  /** A known-answer task came back wrong (L4). */
+  | 'failed-canary'
+  /** A requester's dispute was upheld by a referee (L5). */
+  | 'lost-dispute'
+  /** As an auditor, it disagreed with a result a referee then confirmed. */
+  | 'false-audit';
+
+/** A completed task's result as verification sees it. */
+export type VerificationState = 'pending' | 'verified' | 'disputed' | 'failed';
+
+/** The kinds of checks (verify/verification.ts). */
+export type CheckKind = 'audit' | 'canary' | 'referee' | 'dispute';
 
 /** How a capacity challenge ended (verify/capacity-challenges.ts). */
 export type ChallengeVerdict = 'passed' | 'missed-deadline' | 'bad-signature' | 'bad-proof' | 'wrong-product' | 'bad-memory';
@@ -64,6 +81,13 @@ export type DomainEvent =
     }
   /** A proven fault of a provider on a lease (counts heavily against its reputation). */
   | { type: 'provider.fault'; providerId: string; jobId: string; leaseId: string; fault: ProviderFaultKind; detail: string }
+  /** A lease's result changed verification state (pending → verified | disputed | failed); `paid` once its earnings moved. */
+  | { type: 'lease.verification'; jobId: string; taskId: string; leaseId: string; providerId: string; state: VerificationState; detail: string | null }
+  /** A check of a lease's result was opened, or ended. */
+  | { type: 'check.opened'; checkId: string; kind: CheckKind; leaseId: string; providerId: string; checkJobId: string | null }
+  | { type: 'check.closed'; checkId: string; kind: CheckKind; leaseId: string; providerId: string; state: 'passed' | 'failed' | 'abandoned'; detail: string | null }
+  /** A provider lost stake for a proven fault. */
+  | { type: 'provider.slashed'; providerId: string; amount: string; fault: ProviderFaultKind; leaseId: string }
   /** A capacity challenge ended; `busyMs` is the provider time it took (issue to last answer). */
   | { type: 'provider.challenged'; providerId: string; challengeId: string; verdict: ChallengeVerdict; detail: string | null; busyMs: number }
   | { type: 'provider.online'; providerId: string; restarted: boolean }

@@ -37,7 +37,8 @@ import {
 } from '@gridwork/protocol';
 import { sha256Hex } from '@gridwork/protocol/node';
 import { randomBytes } from 'node:crypto';
-import { balanceOf, holdOf } from '../ledger/ledger.ts';
+import { sql } from 'kysely';
+import { balanceOf, FEES, holdOf, post, stakeOf } from '../ledger/ledger.ts';
 import {
   addBudget,
   chargeUsage,
@@ -46,14 +47,19 @@ import {
   fundLease,
   holdBudget,
   type LeaseMoney,
+  payEarnings,
   plausibleUsage,
+  refundEarnings,
   releaseJob,
+  returnEscrow,
   settleLease,
 } from '../ledger/lease-economics.ts';
 import { milliN } from '../market/order-price.ts';
 import { enqueueForProvider } from '../providers/outbox.ts';
+import type { JobPurpose } from '../store/schema.ts';
+import { auditRate, drawOf, resolveVerification, type VerificationConfig } from '../verify/verification-policy.ts';
 import { type Capacity, declareCapacity, freeCapacity, holdCapacity } from './capacity.ts';
-import type { FailureReason, LeaseOutcomeKind, ProviderFaultKind } from './events.ts';
+import type { CheckKind, FailureReason, LeaseOutcomeKind, ProviderFaultKind } from './events.ts';
 import {
   ACTIVE_LEASE_STATES,
   assertTransition,
@@ -103,6 +109,28 @@ export interface Placement {
   gpus: number[];
 }
 
+/** A check of a lease's result: another provider re-executes its task (verify/verification.ts decides what the result means). */
+export interface NewCheck {
+  kind: CheckKind;
+  /** The lease whose result is checked. */
+  leaseId: string;
+  /** The output digest a faithful re-execution reproduces. */
+  expectedDigest: string;
+  /** Providers (with everyone of their operator) the check must not run on; the checked provider always is. */
+  exclude?: readonly string[];
+  /** The one provider the check runs on (a canary's target). */
+  only?: string;
+  /** A referee check settles a disagreement its parent found. */
+  parentId?: string;
+  /** A requester's dispute, with the bond it posted. */
+  openedBy?: string;
+  bondPosted?: bigint;
+  checkId?: string;
+}
+
+/** The account that owns the protocol's check jobs (paid from `sys:fees`). */
+export const PROTOCOL_ACCOUNT = 'protocol';
+
 export type PlaceResult = { status: 'placed'; leaseId: string } | { status: 'capacity-taken' | 'underfunded' | 'gone' };
 
 type LeaseRow = LeaseMoney & {
@@ -132,7 +160,11 @@ export function outputDigest(outputs: readonly FileRef[]): string {
 }
 
 export class Lifecycle {
-  constructor(private readonly economics: EconomicsConfig) {}
+  constructor(
+    private readonly economics: EconomicsConfig,
+    /** Result verification; off unless given (the coordinator always gives it). */
+    private readonly verification: VerificationConfig = resolveVerification({ enabled: false }),
+  ) {}
 
   // ---- jobs ---------------------------------------------------------------------------------
 
@@ -285,6 +317,8 @@ export class Lifecycle {
     const job = await this.lockJob(trx, peek.job_id); // job before task: the lock order of every command
     const task = await trx.selectFrom('tasks').selectAll().where('id', '=', p.taskId).forNoKeyUpdate().executeTakeFirstOrThrow();
     if (task.state !== 'queued' || isTerminalJob(job.state)) return { status: 'gone' };
+    // A check never runs on a provider it checks (the scheduler's order already excludes them).
+    if (job.exclude_providers.includes(p.providerId) || (job.only_provider !== null && job.only_provider !== p.providerId)) return { status: 'gone' };
     // The job's remaining budget must fund at least one metering period at this price.
     if ((await balanceOf(trx, holdOf(job.id))) < costOf(p.pricePerHour, BigInt(this.economics.meteringIntervalMs))) {
       await this.setFunding(uow, job.id, true);
@@ -323,13 +357,16 @@ export class Lifecycle {
     if (job.low_balance_since) await this.setFunding(uow, job.id, false);
     await fundLease(trx, { id: leaseId, job_id: job.id, price_per_hour: p.pricePerHour, usage_ms: 0n, charged: 0n }, 0n, this.economics);
     await trx.updateTable('tasks').set({ state: 'assigned', lease_id: leaseId, provider_id: p.providerId, error: null }).where('id', '=', task.id).execute();
-    const taskCount = await this.taskCount(trx, job.id);
+    // A check replays the checked task: same index and count (its spec carries them).
+    const replay = job.purpose === 'work' ? undefined : spec.runtime.env;
+    const taskIndex = replay?.GRIDWORK_TASK_INDEX ? Number(replay.GRIDWORK_TASK_INDEX) : task.idx;
+    const taskCount = replay?.GRIDWORK_TASK_COUNT ? Number(replay.GRIDWORK_TASK_COUNT) : await this.taskCount(trx, job.id);
     const timeoutSeconds = limitMsOf(spec) / 1000;
     const lease: LeaseAssignment = {
       leaseId,
       taskId: task.id,
       jobId: job.id,
-      taskIndex: task.idx,
+      taskIndex,
       taskCount,
       runtime: {
         kind: spec.runtime.kind,
@@ -337,7 +374,7 @@ export class Lifecycle {
         env: {
           ...(spec.runtime.env ?? {}),
           GRIDWORK_JOB_ID: job.id,
-          GRIDWORK_TASK_INDEX: String(task.idx),
+          GRIDWORK_TASK_INDEX: String(taskIndex),
           GRIDWORK_TASK_COUNT: String(taskCount),
           GRIDWORK_LEASE_ID: leaseId,
         },
@@ -513,6 +550,207 @@ export class Lifecycle {
     await declareCapacity(uow.trx, providerId, total);
   }
 
+
+  // ---- results and their verification (trust L3–L6; verify/verification.ts decides) ---------
+
+  private verifies(job: { purpose: JobPurpose; spec: JobSpec }): boolean {
+    return this.verification.enabled && job.purpose === 'work' && job.spec.verification?.mode !== 'none';
+  }
+
+  /**
+   * A completed task's result is pending: its earnings wait in the lease's account until the
+   * audit window closes. Whether it is audited is drawn from the lease's secret seed, whose hash
+   * the provider received with the task (commit–reveal): it could not know when it committed.
+   */
+  private async holdForVerification(uow: UnitOfWork, lease: LeaseRow & { audit_seed: string | null }, digest: string): Promise<void> {
+    const { trx } = uow;
+    const cfg = this.verification;
+    const provider = await trx.selectFrom('providers').select('leases_completed').where('id', '=', lease.provider_id).executeTakeFirst();
+    const stake = await balanceOf(trx, stakeOf(lease.provider_id));
+    const p = auditRate(lease.charged, stake, provider?.leases_completed ?? 0, cfg);
+    const audited = drawOf(lease.audit_seed ?? lease.id, 'audit') < p;
+    await trx
+      .updateTable('leases')
+      .set({ verification: 'pending', settle_at: new Date(Date.now() + cfg.windowMs) })
+      .where('id', '=', lease.id)
+      .execute();
+    this.emitVerification(uow, lease, 'pending', audited ? `audited (p = ${p.toFixed(4)})` : null);
+    if (audited) await this.openCheck(uow, { kind: 'audit', leaseId: lease.id, expectedDigest: digest });
+    else if (cfg.windowMs === 0) await this.confirmResult(uow, lease.id, null);
+  }
+
+  private emitVerification(
+    uow: UnitOfWork,
+    lease: { id: string; job_id: string; task_id: string; provider_id: string },
+    state: 'pending' | 'verified' | 'disputed' | 'failed',
+    detail: string | null,
+  ): void {
+    uow.emit({ type: 'lease.verification', jobId: lease.job_id, taskId: lease.task_id, leaseId: lease.id, providerId: lease.provider_id, state, detail });
+  }
+
+  /**
+   * Opens a check of a lease's result: a job of the protocol's, paid from `sys:fees`, that runs
+   * the same task on another provider (never the checked one, nor one of its operator). Returns
+   * the check's id; a check the fees cannot pay for is recorded as abandoned.
+   */
+  async openCheck(uow: UnitOfWork, c: NewCheck): Promise<string> {
+    const { trx } = uow;
+    const lease = await trx.selectFrom('leases').selectAll().where('id', '=', c.leaseId).executeTakeFirstOrThrow();
+    const job = await trx.selectFrom('jobs').selectAll().where('id', '=', lease.job_id).executeTakeFirstOrThrow();
+    const task = await trx.selectFrom('tasks').selectAll().where('id', '=', lease.task_id).executeTakeFirstOrThrow();
+    const checkId = c.checkId ?? newId('ver');
+    const cfg = this.verification;
+    // Everyone of the same operator as an excluded provider is excluded too.
+    const named = [lease.provider_id, ...(c.exclude ?? [])];
+    const excluded = await sql<{ id: string }>`
+      select id from providers
+      where coalesce(attributes->>'operator', id) in (select coalesce(attributes->>'operator', id) from providers where id = any(${named}::text[]))`.execute(trx);
+    const exclude = [...new Set([...named, ...excluded.rows.map((r) => r.id)])].sort();
+    const multiple = BigInt(Math.round(cfg.checkPriceMultiple * 1000));
+    const byLease = (lease.price_per_hour * multiple) / 1000n;
+    const maxPerHour = byLease > job.max_per_hour ? byLease : job.max_per_hour;
+    const limitMs = limitMsOf(job.spec);
+    const runMs = Math.min(limitMs, 4 * (task.duration_ms ?? limitMs) + 4 * this.economics.meteringIntervalMs);
+    const budget = costOf(maxPerHour, BigInt(runMs)) || 1n;
+    const base = { id: checkId, kind: c.kind, lease_id: lease.id, provider_id: lease.provider_id, expected_digest: c.expectedDigest, opened_by: c.openedBy ?? null, bond: c.bondPosted ?? 0n, parent_id: c.parentId ?? null };
+    const jobId = newId('job');
+    try {
+      await post(trx, {
+        kind: 'check.fund',
+        key: `check:${checkId}`,
+        postings: [
+          { account: FEES, amount: -budget },
+          { account: holdOf(jobId), amount: budget },
+        ],
+        memo: { checkId, kind: c.kind, leaseId: lease.id, jobId },
+      });
+    } catch (err) {
+      if ((err as GridworkError).code !== 'INSUFFICIENT_FUNDS') throw err;
+      const detail = 'the verification fund (sys:fees) cannot pay for this check now';
+      await trx.insertInto('verifications').values({ ...base, state: 'abandoned', detail, ended_at: new Date() }).execute();
+      uow.emit({ type: 'check.closed', checkId, kind: c.kind, leaseId: lease.id, providerId: lease.provider_id, state: 'abandoned', detail });
+      return checkId;
+    }
+    const now = new Date();
+    const count = await this.taskCount(trx, job.id);
+    const spec: JobSpec = {
+      ...job.spec,
+      runtime: { ...job.spec.runtime, env: { ...(job.spec.runtime.env ?? {}), GRIDWORK_TASK_INDEX: String(task.idx), GRIDWORK_TASK_COUNT: String(count) } },
+      name: `${c.kind}-${job.name}`.slice(0, 64),
+      price: { maxPerHour: formatCredits(maxPerHour), budget: formatCredits(budget) },
+      maxRetries: 1,
+      queueTimeoutSeconds: Math.max(1, Math.ceil(cfg.checkTimeoutMs / 1000)),
+      failurePolicy: 'stop',
+    };
+    await trx
+      .insertInto('jobs')
+      .values({
+        id: jobId,
+        owner: PROTOCOL_ACCOUNT,
+        name: spec.name,
+        kind: job.kind,
+        state: 'pending',
+        spec: JSON.stringify(spec),
+        bundle_manifest: job.bundle_manifest,
+        error: null,
+        created_at: now,
+        updated_at: now,
+        budget,
+        max_per_hour: maxPerHour,
+        request_digest: null,
+        purpose: c.kind,
+        exclude_providers: JSON.stringify(c.only ? [] : exclude),
+        only_provider: c.only ?? null,
+      })
+      .execute();
+    await trx
+      .insertInto('tasks')
+      .values({ id: newId('task'), job_id: jobId, idx: 0, state: 'queued', attempts: 0, inputs: JSON.stringify(task.inputs), outputs: '[]', queued_at: now })
+      .execute();
+    // The check reads what the checked task read.
+    await sql`insert into job_blobs (job_id, digest, role) select ${jobId}, digest, role from job_blobs where job_id = ${job.id} and role in ('bundle', 'input') on conflict do nothing`.execute(trx);
+    await trx.insertInto('verifications').values({ ...base, state: 'open', check_job_id: jobId }).execute();
+    uow.emit({ type: 'job.submitted', jobId, owner: PROTOCOL_ACCOUNT, tasks: 1 });
+    uow.emit({ type: 'check.opened', checkId, kind: c.kind, leaseId: lease.id, providerId: lease.provider_id, checkJobId: jobId });
+    return checkId;
+  }
+
+  /** Records how a check ended (verify/ decided); stops its job if it still runs. */
+  async closeCheck(uow: UnitOfWork, checkId: string, state: 'passed' | 'failed' | 'abandoned', outcome: string, detail: string | null): Promise<boolean> {
+    const row = await uow.trx
+      .updateTable('verifications')
+      .set({ state, outcome, detail, ended_at: new Date() })
+      .where('id', '=', checkId)
+      .where('state', '=', 'open')
+      .returning(['kind', 'lease_id', 'provider_id', 'check_job_id'])
+      .executeTakeFirst();
+    if (!row) return false;
+    if (row.check_job_id) await this.cancel(uow, row.check_job_id, `check ${state}`);
+    uow.emit({ type: 'check.closed', checkId, kind: row.kind, leaseId: row.lease_id, providerId: row.provider_id, state, detail });
+    return true;
+  }
+
+  /** A result stands (confirmed by a check, or its window closed unchallenged): its earnings are paid. */
+  async confirmResult(uow: UnitOfWork, leaseId: string, detail: string | null): Promise<boolean> {
+    const { trx } = uow;
+    const peek = await trx.selectFrom('leases').select('job_id').where('id', '=', leaseId).executeTakeFirstOrThrow();
+    await this.lockJob(trx, peek.job_id);
+    const lease = await this.lockLease(trx, leaseId);
+    if (lease.verification !== 'pending' && lease.verification !== 'disputed') return false;
+    if (lease.settle_at !== null) await payEarnings(trx, lease, lease.provider_id, this.economics);
+    await trx.updateTable('leases').set({ verification: 'verified', settle_at: null }).where('id', '=', leaseId).execute();
+    this.emitVerification(uow, lease, 'verified', detail);
+    await this.refreshJob(uow, lease.job_id);
+    return true;
+  }
+
+  /**
+   * A result proven wrong: the lease's earnings, if still pending, go back to the requester
+   * (verify/ slashes the provider), and a job still verifying fails with the reason.
+   */
+  async rejectResult(uow: UnitOfWork, leaseId: string, detail: string): Promise<{ refunded: bigint; wasPaid: boolean } | null> {
+    const { trx } = uow;
+    const peek = await trx.selectFrom('leases').select('job_id').where('id', '=', leaseId).executeTakeFirstOrThrow();
+    const job = await this.lockJob(trx, peek.job_id);
+    const lease = await this.lockLease(trx, leaseId);
+    if (lease.verification === 'failed' || lease.verification === null) return null;
+    const wasPaid = lease.settle_at === null;
+    const refunded = wasPaid ? 0n : await refundEarnings(trx, lease, job.owner, detail);
+    await trx.updateTable('leases').set({ verification: 'failed', settle_at: null }).where('id', '=', leaseId).execute();
+    this.emitVerification(uow, lease, 'failed', detail);
+    if (!isTerminalJob(job.state)) {
+      const task = await trx.selectFrom('tasks').select('idx').where('id', '=', lease.task_id).executeTakeFirstOrThrow();
+      await this.refreshJob(uow, job.id, { force: 'failed', error: `task ${task.idx}'s result failed verification: ${detail}` });
+    }
+    return { refunded, wasPaid };
+  }
+
+  /** A requester disputes a pending result: it stays unpaid until the dispute is decided. */
+  async markDisputed(uow: UnitOfWork, leaseId: string, disputed: boolean): Promise<void> {
+    const lease = await this.lockLease(uow.trx, leaseId);
+    const from = disputed ? 'pending' : 'disputed';
+    if (lease.verification !== from) return;
+    const to = disputed ? 'disputed' : 'pending';
+    await uow.trx.updateTable('leases').set({ verification: to }).where('id', '=', leaseId).execute();
+    this.emitVerification(uow, lease, to, null);
+  }
+
+  /** Pending results whose window has closed with no check open. */
+  async dueResults(db: Trx | import('../store/database.ts').Db, limit: number): Promise<string[]> {
+    const rows = await db
+      .selectFrom('leases')
+      .select('id')
+      .where('settle_at', '<=', new Date())
+      .where('verification', '=', 'pending')
+      .where(({ not, exists, selectFrom }) =>
+        not(exists(selectFrom('verifications').select('id').whereRef('verifications.lease_id', '=', 'leases.id').where('verifications.state', '=', 'open'))),
+      )
+      .orderBy('settle_at')
+      .limit(limit)
+      .execute();
+    return rows.map((r) => r.id);
+  }
+
   // ---- internals ----------------------------------------------------------------------------
 
   private lockLease(trx: Trx, leaseId: string) {
@@ -551,7 +789,11 @@ export class Lifecycle {
       if (outcome.kind === 'completed' || outcome.kind === 'failed') await this.charge(trx, lease, plausibleUsage(outcome.durationMs, lease.started_at, this.economics, limitMs));
       else if (outcome.kind === 'cancelled') await this.charge(trx, lease, BigInt(Math.min(limitMs, Math.max(0, now.getTime() - lease.started_at.getTime()))));
     }
-    await settleLease(trx, lease, lease.provider_id, this.economics);
+    // A completed task's earnings stay pending while its result can still be checked (verify/);
+    // the unused escrow goes back at once either way.
+    const verify = outcome.kind === 'completed' && this.verifies(job);
+    if (verify) await returnEscrow(trx, lease);
+    else await settleLease(trx, lease, lease.provider_id, this.economics);
     const error = outcome.kind === 'completed' ? null : outcome.error;
     const commitment = 'commitment' in outcome ? outcome.commitment : undefined;
     const fault = outcome.kind === 'lost' ? outcome.fault : undefined;
@@ -611,6 +853,7 @@ export class Lifecycle {
           .execute();
       }
       uow.emit({ type: 'task.ended', jobId: task.job_id, taskId: task.id, index: task.idx, state: 'succeeded' });
+      if (verify) await this.holdForVerification(uow, lease, outputDigest(outcome.outputs));
     } else if (requeue) {
       const attempts = outcome.kind === 'lost' ? task.attempts + 1 : task.attempts;
       assertTransition('task', task.id, task.state, 'queued');
@@ -656,7 +899,12 @@ export class Lifecycle {
     for (const r of rows) counts[r.state as TaskState] = Number(r.n);
     const current = job.state as JobState;
     const policy: FailurePolicy = job.spec.failurePolicy ?? 'stop';
-    const next = force?.force ?? deriveJobState(current, counts, policy);
+    let next = force?.force ?? deriveJobState(current, counts, policy);
+    // Every task done, but results still pending verification: the job is verifying until they settle.
+    if (next === 'succeeded') {
+      const open = await trx.selectFrom('leases').select('id').where('job_id', '=', jobId).where('verification', 'in', ['pending', 'disputed']).limit(1).executeTakeFirst();
+      if (open) next = 'verifying';
+    }
     if (next === current) return current;
     assertTransition('job', jobId, current, next);
     let jobError = force?.error ?? null;
@@ -669,7 +917,7 @@ export class Lifecycle {
     if (next === 'succeeded' || next === 'failed' || next === 'cancelled') {
       await this.cancelOpenTasks(uow, jobId, `job ${next}`);
       // Every lease of the job has settled by now: what is left of the budget goes back.
-      await releaseJob(trx, job.owner, jobId);
+      await releaseJob(trx, job.purpose === 'work' ? job.owner : null, jobId);
       uow.emit({ type: 'job.ended', jobId, owner: job.owner, state: next, error: jobError });
     } else {
       uow.emit({ type: 'job.progressed', jobId, from: current, to: next });

@@ -52,8 +52,10 @@ export function isEligible(r: Pick<ProviderCounters, 'challenge_fail_streak'>, m
   return r.challenge_fail_streak < maxConsecutiveFailures;
 }
 
-export function orderOf(spec: JobSpec, maxPerHour: bigint): Order {
+export function orderOf(spec: JobSpec, maxPerHour: bigint, only?: { exclude?: readonly string[]; provider?: string | null }): Order {
   return {
+    ...(only?.exclude?.length ? { excludeProviders: only.exclude } : {}),
+    ...(only?.provider ? { onlyProvider: only.provider } : {}),
     resources: spec.resources,
     regions: spec.placement?.regions,
     minReputation: spec.placement?.minReputation,

@@ -35,6 +35,10 @@ export interface Order {
   minStake?: bigint | undefined;
   /** µc per hour. */
   maxPerHour: bigint;
+  /** Providers the order must not go to (a check never runs on the provider it checks). */
+  excludeProviders?: readonly string[] | undefined;
+  /** The one provider the order may go to (a canary is aimed at its target). */
+  onlyProvider?: string | undefined;
 }
 
 export interface Match {
@@ -301,6 +305,8 @@ export class OrderBook {
     if (order.regions?.length && !order.regions.includes(e.p.attributes.region ?? '')) return false;
     if (order.minReputation !== undefined && e.p.reputation < order.minReputation) return false;
     if (order.minStake !== undefined && e.p.stake < order.minStake) return false;
+    if (order.excludeProviders?.includes(e.p.id)) return false;
+    if (order.onlyProvider !== undefined && order.onlyProvider !== e.p.id) return false;
     return true;
   }
 

@@ -41,6 +41,8 @@ interface Candidate {
   spec: JobSpec;
   max_per_hour: bigint;
   queued_at: Date;
+  exclude_providers: string[];
+  only_provider: string | null;
 }
 
 /** Placements per unit of work: small enough that a pass never holds many locks for long. */
@@ -120,12 +122,12 @@ export class Scheduler {
         where l.state in ('offered', 'starting', 'running')
         group by j.owner
       ), ranked as (
-        select t.id, t.idx, t.job_id, t.queued_at, j.owner, j.state as job_state, j.spec, j.max_per_hour,
+        select t.id, t.idx, t.job_id, t.queued_at, j.owner, j.state as job_state, j.spec, j.max_per_hour, j.exclude_providers, j.only_provider,
                row_number() over (partition by j.owner order by t.queued_at, t.idx) as rank
         from tasks t join jobs j on j.id = t.job_id
         where t.state = 'queued'
       )
-      select r.id, r.job_id, r.job_state, r.spec, r.max_per_hour, r.queued_at
+      select r.id, r.job_id, r.job_state, r.spec, r.max_per_hour, r.queued_at, r.exclude_providers, r.only_provider
       from ranked r left join held h on h.owner = r.owner
       where r.rank <= ${this.batchSize}
       order by coalesce(h.n, 0) + r.rank, r.max_per_hour desc, r.queued_at, r.idx
@@ -172,7 +174,7 @@ export class Scheduler {
       try {
         let count = 0;
         for (const t of chunk) {
-          const order = orderOf(t.spec, t.max_per_hour);
+          const order = orderOf(t.spec, t.max_per_hour, { exclude: t.exclude_providers, provider: t.only_provider });
           const windowMs = t.spec.price?.auctionWindowMs ?? 0;
           const orderId = `${t.id}@${t.queued_at.getTime()}`;
           let bids: ReadonlyMap<string, bigint> | undefined;

@@ -271,6 +271,47 @@ migrations['0004_trust_capacity_commitments'] = {
   },
 };
 
+migrations['0005_trust_verification'] = {
+  async up(db: Kysely<unknown>) {
+    await runStatements(
+      db,
+      `
+      insert into accounts (id) values ('protocol') on conflict do nothing;
+      alter table jobs add column purpose text not null default 'work' check (purpose in ('work', 'audit', 'canary', 'referee', 'dispute'));
+      alter table jobs add column exclude_providers jsonb not null default '[]';
+      alter table jobs add column only_provider text;
+      alter table leases add column verification text check (verification in ('pending', 'verified', 'disputed', 'failed'));
+      alter table leases add column settle_at timestamptz;
+      create index leases_unsettled on leases (settle_at) where settle_at is not null;
+      create table verifications (
+        id text primary key,
+        kind text not null check (kind in ('audit', 'canary', 'referee', 'dispute')),
+        state text not null check (state in ('open', 'passed', 'failed', 'abandoned')),
+        lease_id text not null references leases (id),
+        provider_id text not null references providers (id),
+        check_job_id text references jobs (id),
+        expected_digest text,
+        opened_by text,
+        bond bigint not null default 0,
+        parent_id text references verifications (id),
+        outcome text,
+        detail text,
+        created_at timestamptz not null default now(),
+        ended_at timestamptz
+      );
+      create index verifications_lease on verifications (lease_id);
+      create index verifications_check_job on verifications (check_job_id);
+      create index verifications_provider on verifications (provider_id, created_at);
+      alter table providers add column audits_passed integer not null default 0;
+      alter table providers add column audits_failed integer not null default 0;
+      alter table providers add column audit_streak integer not null default 0;
+      alter table providers add column last_audit_passed_at timestamptz;
+      alter table providers add column stake_slashed bigint not null default 0
+    `,
+    );
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 /**

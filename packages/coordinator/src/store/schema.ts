@@ -47,6 +47,12 @@ export interface ProvidersTable {
   challenge_busy_ms: Int8Default;
   /** Proven faults (a commitment that does not match, a failed audit). */
   faults_proven: Generated<number>;
+  /** Audits and canaries (verify/verification.ts): passed, failed, passed in a row, last pass, stake lost. */
+  audits_passed: Generated<number>;
+  audits_failed: Generated<number>;
+  audit_streak: Generated<number>;
+  last_audit_passed_at: Timestamp | null;
+  stake_slashed: Int8Default;
 }
 
 /** One capacity challenge and its verdict (verify/capacity-challenges.ts). */
@@ -100,6 +106,39 @@ export interface JobsTable {
   low_balance_since: Timestamp | null;
   idempotency_key: string | null;
   request_digest: string | null;
+  /** Who the job is for: a requester's work, or a check the protocol runs and pays for (verify/). */
+  purpose: ColumnType<JobPurpose, JobPurpose | undefined, JobPurpose>;
+  /** Providers the job's tasks must not be placed on (an audit never goes to the audited provider). */
+  exclude_providers: ColumnType<string[], string | undefined, string>;
+  /** The one provider the job's tasks may go to (a canary is aimed at its target). */
+  only_provider: string | null;
+}
+
+export type JobPurpose = 'work' | 'audit' | 'canary' | 'referee' | 'dispute';
+export type VerificationState = 'pending' | 'verified' | 'disputed' | 'failed';
+
+/** A check of one lease's result (verify/verification.ts). */
+export interface VerificationsTable {
+  id: string;
+  kind: 'audit' | 'canary' | 'referee' | 'dispute';
+  state: 'open' | 'passed' | 'failed' | 'abandoned';
+  /** The lease whose result is checked. */
+  lease_id: string;
+  provider_id: string;
+  /** The job that re-executes the task. */
+  check_job_id: string | null;
+  /** The output digest the check must reproduce. */
+  expected_digest: string | null;
+  /** Who opened it: the coordinator, or the requester who disputes (with a bond). */
+  opened_by: string | null;
+  bond: Int8Default;
+  /** A referee check settles a disagreement found by its parent. */
+  parent_id: string | null;
+  /** How it ended: which side the evidence was on. */
+  outcome: string | null;
+  detail: string | null;
+  created_at: TimestampDefault;
+  ended_at: Timestamp | null;
 }
 
 export interface JobBlobsTable {
@@ -152,6 +191,10 @@ export interface LeasesTable {
   commitment_signature: string | null;
   /** The proven fault that ended the lease, if one did. */
   fault: string | null;
+  /** The result's verification (completed leases only). */
+  verification: VerificationState | null;
+  /** Set while the lease's earnings are pending (its audit window is open); null once paid or refunded. */
+  settle_at: Timestamp | null;
 }
 
 export interface TaskLogsTable {
@@ -254,6 +297,7 @@ export interface Database {
   provider_outbox: ProviderOutboxTable;
   blobs: BlobsTable;
   jobs: JobsTable;
+  verifications: VerificationsTable;
   job_blobs: JobBlobsTable;
   tasks: TasksTable;
   leases: LeasesTable;

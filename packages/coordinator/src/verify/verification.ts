@@ -1,0 +1,416 @@
+/**
+ * Result verification (trust layers L3–L6): what a finished check means, and what follows.
+ *
+ *   audit    another provider re-ran a completed task. Agreement confirms the result (paid at
+ *            once); disagreement calls a referee, a third provider, and the majority stands.
+ *   referee  settles an audit's disagreement: the side it agrees with is right, the other side
+ *            committed a proven fault (the provider, or the auditor that lied about it).
+ *   canary   a task whose answer is known (two providers agreed on it) aimed at another
+ *            provider, shaped and priced like real work, paid by the protocol; a wrong answer
+ *            is a proven fault.
+ *   dispute  a requester bonds its doubt about a pending result; a referee re-runs the task.
+ *            Upheld: the bond returns, the provider is slashed and the requester refunded and
+ *            rewarded; dismissed: the bond pays the provider.
+ *
+ * A proven fault slashes the provider (stake first, then unbonding stake; the requester is
+ * refunded, the finder rewarded, the rest goes to the reserve) and re-audits every result it
+ * gave since its last passed audit (backtracking). Nobody is punished on an inconclusive check
+ * (a referee that agrees with neither side, a check that produced no result).
+ *
+ * A durable bus subscriber (`job.ended` of check jobs) plus the dispute command and a sweep;
+ * the lifecycle owns jobs, tasks and leases, this module owns `verifications`' verdicts and the
+ * providers' audit counters.
+ */
+import { formatCredits, GridworkError, newId, type FileRef } from '@gridwork/protocol';
+import { type Selectable, sql } from 'kysely';
+import type { Logger } from 'pino';
+import { buffer } from 'node:stream/consumers';
+import type { BlobStore } from '../blobs/blob-store.ts';
+import type { Subscriber } from '../bus/bus.ts';
+import { available, balanceOf, bondOf, post, RESERVE, stakeOf, unbondingOf } from '../ledger/ledger.ts';
+import type { ProviderFaultKind } from '../lifecycle/events.ts';
+import type { Lifecycle } from '../lifecycle/lifecycle.ts';
+import type { Units, UnitOfWork } from '../lifecycle/unit-of-work.ts';
+import type { Db } from '../store/database.ts';
+import type { VerificationsTable } from '../store/schema.ts';
+import { type CompareMode, outputsAgree } from './result-comparison.ts';
+import { bondFor, slashFor, type VerificationConfig } from './verification-policy.ts';
+
+export interface VerifierDeps {
+  db: Db;
+  units: Units;
+  lifecycle: Lifecycle;
+  blobs: BlobStore;
+  log: Logger;
+  config: VerificationConfig;
+  /** Draws in [0, 1) for canaries (a seeded one makes a simulation deterministic). @default Math.random */
+  random?: () => number;
+}
+
+type Check = Selectable<VerificationsTable>;
+
+/** What one execution of a task produced: its outputs, or nothing usable. */
+type Result = { ok: true; outputs: FileRef[]; providerId: string; leaseId: string } | { ok: false; why: string; providerId: string | null; leaseId: string | null };
+
+export interface DisputeView {
+  id: string;
+  jobId: string;
+  taskIndex: number;
+  state: 'open';
+  bond: string;
+  checkJobId: string | null;
+}
+
+export class Verifier {
+  private readonly random: () => number;
+
+  constructor(private readonly deps: VerifierDeps) {
+    this.random = deps.random ?? Math.random;
+  }
+
+  subscriber(): Subscriber {
+    return {
+      name: 'verification',
+      durable: true,
+      types: ['job.ended'],
+      handle: async (events, uow) => {
+        if (!uow) throw new Error('verification is a durable subscriber');
+        for (const e of events) if (e.type === 'job.ended') await this.checkEnded(uow, e.jobId);
+      },
+    };
+  }
+
+  /** Pays results whose window closed unchallenged; abandons checks that outlived their time. */
+  async sweep(): Promise<void> {
+    const { db, units, lifecycle, config } = this.deps;
+    for (const leaseId of await lifecycle.dueResults(db, 200)) {
+      await units.run((uow) => lifecycle.confirmResult(uow, leaseId, 'audit window closed'));
+    }
+    const stale = await db
+      .selectFrom('verifications')
+      .selectAll()
+      .where('state', '=', 'open')
+      .where('created_at', '<', new Date(Date.now() - config.checkTimeoutMs))
+      .limit(100)
+      .execute();
+    for (const c of stale) await units.run((uow) => this.abandon(uow, c, `no result within ${Math.round(config.checkTimeoutMs / 1000)} s`));
+  }
+
+  /** A requester disputes one task's pending result, posting a bond. */
+  async dispute(owner: string, jobId: string, taskIndex: number): Promise<DisputeView> {
+    const { units, lifecycle, config } = this.deps;
+    return units.run(async (uow) => {
+      const { trx } = uow;
+      const job = await trx.selectFrom('jobs').select(['id', 'owner', 'purpose']).where('id', '=', jobId).executeTakeFirst();
+      if (!job || job.owner !== owner || job.purpose !== 'work') throw new GridworkError('JOB_NOT_FOUND', `job ${jobId} does not exist`);
+      const task = await trx.selectFrom('tasks').selectAll().where('job_id', '=', jobId).where('idx', '=', taskIndex).executeTakeFirst();
+      if (!task) throw new GridworkError('TASK_NOT_FOUND', `job ${jobId} has no task ${taskIndex}`);
+      const lease = task.lease_id ? await trx.selectFrom('leases').selectAll().where('id', '=', task.lease_id).executeTakeFirst() : undefined;
+      if (!lease || task.state !== 'succeeded' || !task.output_digest) {
+        throw new GridworkError('NOT_DISPUTABLE', `task ${taskIndex} has no result to dispute (it is ${task.state})`);
+      }
+      if (lease.verification === 'disputed') throw new GridworkError('DISPUTE_EXISTS', `task ${taskIndex}'s result is already disputed`);
+      if (lease.verification !== 'pending' || !lease.settle_at || lease.settle_at.getTime() <= Date.now()) {
+        throw new GridworkError('DISPUTE_WINDOW_CLOSED', `task ${taskIndex}'s result can no longer be disputed: it is ${lease.verification ?? 'not verified'} and its audit window has closed`);
+      }
+      const bond = bondFor(lease.charged, config);
+      const checkId = newId('ver');
+      await post(trx, {
+        kind: 'dispute.bond',
+        key: `bond:${checkId}`,
+        postings: [
+          { account: available(owner), amount: -bond },
+          { account: bondOf(checkId), amount: bond },
+        ],
+        memo: { jobId, taskIndex, leaseId: lease.id },
+      });
+      await lifecycle.markDisputed(uow, lease.id, true);
+      await lifecycle.openCheck(uow, { kind: 'dispute', checkId, leaseId: lease.id, expectedDigest: task.output_digest, openedBy: owner, bondPosted: bond });
+      const check = await trx.selectFrom('verifications').selectAll().where('id', '=', checkId).executeTakeFirstOrThrow();
+      if (check.state !== 'open') throw new GridworkError('VERIFICATION_UNAVAILABLE', `no referee can be paid for now: ${check.detail ?? 'try again later'}`);
+      return { id: checkId, jobId, taskIndex, state: 'open', bond: formatCredits(bond), checkJobId: check.check_job_id };
+    });
+  }
+
+  // ---- verdicts -------------------------------------------------------------------------------
+
+  private async checkEnded(uow: UnitOfWork, checkJobId: string): Promise<void> {
+    const check = await uow.trx.selectFrom('verifications').selectAll().where('check_job_id', '=', checkJobId).where('state', '=', 'open').executeTakeFirst();
+    if (!check) return;
+    const result = await this.resultOf(uow, checkJobId);
+    if (!result.ok) {
+      await this.abandon(uow, check, result.why);
+      return;
+    }
+    const original = await this.resultOfLease(uow, check.lease_id);
+    if (!original.ok) {
+      await this.abandon(uow, check, 'the checked result is gone');
+      return;
+    }
+    const mode = await this.modeOf(uow, check.lease_id);
+    const verdict = await outputsAgree(original.outputs, result.outputs, mode, (d) => this.read(d));
+    const { lifecycle } = this.deps;
+    switch (check.kind) {
+      case 'audit':
+        if (verdict.agree) {
+          await lifecycle.closeCheck(uow, check.id, 'passed', 'confirmed', null);
+          await this.passed(uow, check.provider_id);
+          await lifecycle.confirmResult(uow, check.lease_id, `audit passed (re-run by ${short(result.providerId)})`);
+          await this.maybeCanary(uow, check, [check.provider_id, result.providerId]);
+        } else {
+          // Two providers disagree: a third decides. The audit stays open until it does.
+          await lifecycle.openCheck(uow, {
+            kind: 'referee',
+            leaseId: check.lease_id,
+            expectedDigest: check.expected_digest ?? '',
+            exclude: [result.providerId],
+            parentId: check.id,
+          });
+        }
+        return;
+      case 'referee': {
+        const parent = check.parent_id ? await uow.trx.selectFrom('verifications').selectAll().where('id', '=', check.parent_id).executeTakeFirst() : undefined;
+        const auditor = parent?.check_job_id ? await this.resultOf(uow, parent.check_job_id) : null;
+        if (!parent || !auditor?.ok) {
+          await this.abandon(uow, check, 'the disagreeing audit is gone');
+          return;
+        }
+        const withAuditor = await outputsAgree(auditor.outputs, result.outputs, mode, (d) => this.read(d));
+        if (verdict.agree) {
+          await lifecycle.closeCheck(uow, check.id, 'passed', 'original-confirmed', null);
+          await lifecycle.closeCheck(uow, parent.id, 'passed', 'auditor-overruled', `a referee agreed with the provider, not with auditor ${short(auditor.providerId)}`);
+          await this.passed(uow, check.provider_id);
+          await lifecycle.confirmResult(uow, check.lease_id, 'audit disagreement settled by a referee in the provider’s favour');
+          await this.fault(uow, { providerId: auditor.providerId, leaseId: auditor.leaseId, fault: 'false-audit', checkId: parent.id, detail: 'its audit result disagreed with the provider and a referee' });
+        } else if (withAuditor.agree) {
+          const detail = `an audit by ${short(auditor.providerId)} and a referee (${short(result.providerId)}) both produced another result: ${verdict.detail}`;
+          await lifecycle.closeCheck(uow, check.id, 'failed', 'original-refuted', null);
+          await lifecycle.closeCheck(uow, parent.id, 'failed', 'original-refuted', detail);
+          await this.convict(uow, check, 'failed-audit', detail, auditor.providerId);
+        } else {
+          const detail = 'the provider, the auditor and the referee all disagree (is the task deterministic?)';
+          await lifecycle.closeCheck(uow, check.id, 'abandoned', 'inconclusive', detail);
+          await lifecycle.closeCheck(uow, parent.id, 'abandoned', 'inconclusive', detail);
+        }
+        return;
+      }
+      case 'canary':
+        // The known answer is the checked lease's (confirmed by an audit); the canary's provider is on trial.
+        if (verdict.agree) {
+          await lifecycle.closeCheck(uow, check.id, 'passed', 'canary-correct', null);
+          await this.passed(uow, result.providerId);
+        } else {
+          await lifecycle.closeCheck(uow, check.id, 'failed', 'canary-wrong', verdict.detail);
+          await this.failedCounter(uow, result.providerId);
+          await this.fault(uow, { providerId: result.providerId, leaseId: result.leaseId, fault: 'failed-canary', checkId: check.id, detail: `a known-answer task came back wrong: ${verdict.detail}` });
+          await this.backtrack(uow, result.providerId);
+        }
+        return;
+      case 'dispute':
+        if (verdict.agree) {
+          await lifecycle.closeCheck(uow, check.id, 'passed', 'dispute-dismissed', 'a referee reproduced the result');
+          await this.payBond(uow, check, check.provider_id, 'dispute dismissed');
+          await this.passed(uow, check.provider_id);
+          await lifecycle.markDisputed(uow, check.lease_id, false);
+          await lifecycle.confirmResult(uow, check.lease_id, 'dispute dismissed: a referee reproduced the result');
+        } else {
+          const detail = `a referee (${short(result.providerId)}) produced another result: ${verdict.detail}`;
+          await lifecycle.closeCheck(uow, check.id, 'failed', 'dispute-upheld', detail);
+          await this.payBond(uow, check, check.opened_by as string, 'dispute upheld: bond returned');
+          await this.convict(uow, check, 'lost-dispute', detail, check.opened_by as string);
+        }
+        return;
+    }
+  }
+
+  /** The checked provider's result is refuted: refund, slash (finder rewarded), backtrack. */
+  private async convict(uow: UnitOfWork, check: Check, fault: ProviderFaultKind, detail: string, finder: string): Promise<void> {
+    const rejected = await this.deps.lifecycle.rejectResult(uow, check.lease_id, detail);
+    await this.failedCounter(uow, check.provider_id);
+    const charged = await uow.trx.selectFrom('leases').select('charged').where('id', '=', check.lease_id).executeTakeFirstOrThrow();
+    const owner = await uow.trx.selectFrom('leases').innerJoin('jobs', 'jobs.id', 'leases.job_id').select('jobs.owner').where('leases.id', '=', check.lease_id).executeTakeFirstOrThrow();
+    await this.fault(uow, {
+      providerId: check.provider_id,
+      leaseId: check.lease_id,
+      fault,
+      checkId: check.id,
+      detail,
+      finder,
+      // Earnings already paid out (a result re-audited after its window) are refunded from the slash.
+      ...(rejected?.wasPaid ? { refund: { to: owner.owner, amount: charged.charged } } : {}),
+    });
+    await this.backtrack(uow, check.provider_id);
+  }
+
+  /** A check produced no usable result: nobody is punished; a dispute's bond goes back. */
+  private async abandon(uow: UnitOfWork, check: Check, why: string): Promise<void> {
+    const { lifecycle } = this.deps;
+    if (!(await lifecycle.closeCheck(uow, check.id, 'abandoned', 'no-result', why))) return;
+    if (check.kind === 'dispute') {
+      await this.payBond(uow, check, check.opened_by as string, 'dispute abandoned: bond returned');
+      await lifecycle.markDisputed(uow, check.lease_id, false);
+    }
+    if (check.kind === 'referee' && check.parent_id) {
+      const parent = await uow.trx.selectFrom('verifications').selectAll().where('id', '=', check.parent_id).executeTakeFirst();
+      if (parent) await lifecycle.closeCheck(uow, parent.id, 'abandoned', 'inconclusive', `its referee ended without a result: ${why}`);
+    }
+  }
+
+  private async payBond(uow: UnitOfWork, check: Check, to: string, why: string): Promise<void> {
+    const bond = await balanceOf(uow.trx, bondOf(check.id));
+    if (bond === 0n) return;
+    await post(uow.trx, {
+      kind: 'dispute.bond-paid',
+      key: `bond-paid:${check.id}`,
+      postings: [
+        { account: bondOf(check.id), amount: -bond },
+        { account: available(to), amount: bond },
+      ],
+      memo: { checkId: check.id, to, why },
+    });
+  }
+
+  /**
+   * A proven fault: the provider loses `slashFor(charge)` — from its stake, then its unbonding
+   * stake, never more than both — shared as refund to the requester (for earnings already paid),
+   * a reward to whoever found it, and the rest to the reserve.
+   */
+  private async fault(
+    uow: UnitOfWork,
+    f: { providerId: string; leaseId: string; fault: ProviderFaultKind; checkId: string; detail: string; finder?: string; refund?: { to: string; amount: bigint } },
+  ): Promise<void> {
+    const { trx } = uow;
+    const { config } = this.deps;
+    const lease = await trx.selectFrom('leases').select(['charged', 'job_id']).where('id', '=', f.leaseId).executeTakeFirstOrThrow();
+    const stake = await balanceOf(trx, stakeOf(f.providerId));
+    const unbonding = await balanceOf(trx, unbondingOf(f.providerId));
+    const want = slashFor(lease.charged, config);
+    const amount = min(want, stake + unbonding);
+    if (amount > 0n) {
+      const refund = f.refund ? min(f.refund.amount, amount) : 0n;
+      const reward = f.finder ? ((amount - refund) * BigInt(config.finderRewardBps)) / 10_000n : 0n;
+      const fromStake = min(stake, amount);
+      const fromUnbonding = amount - fromStake;
+      const postings = [
+        { account: stakeOf(f.providerId), amount: -fromStake },
+        { account: unbondingOf(f.providerId), amount: -fromUnbonding },
+        { account: RESERVE, amount: amount - refund - reward },
+      ];
+      if (f.refund && refund > 0n) postings.push({ account: available(f.refund.to), amount: refund });
+      if (f.finder && reward > 0n) postings.push({ account: available(f.finder), amount: reward });
+      await post(trx, { kind: 'slash', key: `slash:${f.checkId}:${f.providerId}`, postings, memo: { provider: f.providerId, leaseId: f.leaseId, fault: f.fault, reason: f.detail } });
+      if (fromUnbonding > 0n) await this.drawUnbonding(uow, f.providerId, fromUnbonding);
+      await trx
+        .updateTable('providers')
+        .set((eb) => ({ stake_slashed: eb('stake_slashed', '+', amount) }))
+        .where('id', '=', f.providerId)
+        .execute();
+      uow.emit({ type: 'provider.slashed', providerId: f.providerId, amount: formatCredits(amount), fault: f.fault, leaseId: f.leaseId });
+      uow.emit({ type: 'provider.changed', providerId: f.providerId, what: 'stake' });
+    }
+    uow.emit({ type: 'provider.fault', providerId: f.providerId, jobId: lease.job_id, leaseId: f.leaseId, fault: f.fault, detail: f.detail });
+    this.deps.log.warn({ providerId: f.providerId, fault: f.fault, slashed: formatCredits(amount), wanted: formatCredits(want) }, 'provider slashed for a proven fault');
+  }
+
+  /** Unbonding stake slashed: the pending releases shrink, latest first, by as much. */
+  private async drawUnbonding(uow: UnitOfWork, providerId: string, amount: bigint): Promise<void> {
+    const rows = await uow.trx
+      .selectFrom('stake_unbondings')
+      .selectAll()
+      .where('account_id', '=', providerId)
+      .where('released_at', 'is', null)
+      .orderBy('release_at', 'desc')
+      .forUpdate()
+      .execute();
+    let left = amount;
+    for (const r of rows) {
+      if (left === 0n) break;
+      const take = min(r.amount, left);
+      left -= take;
+      await uow.trx
+        .updateTable('stake_unbondings')
+        .set({ amount: r.amount - take, ...(r.amount === take ? { released_at: new Date() } : {}) })
+        .where('id', '=', r.id)
+        .execute();
+    }
+  }
+
+  /** After a proven fault, every result of the provider since its last passed audit is audited again. */
+  private async backtrack(uow: UnitOfWork, providerId: string): Promise<void> {
+    const { trx } = uow;
+    const p = await trx.selectFrom('providers').select('last_audit_passed_at').where('id', '=', providerId).executeTakeFirst();
+    const since = p?.last_audit_passed_at ?? new Date(0);
+    const rows = await sql<{ id: string; digest: string }>`
+      select l.id, t.output_digest as digest
+      from leases l join tasks t on t.lease_id = l.id join jobs j on j.id = l.job_id
+      where l.provider_id = ${providerId} and l.state = 'completed' and j.purpose = 'work'
+        and l.verification in ('pending', 'verified') and t.output_digest is not null and l.ended_at > ${since}
+        and not exists (select 1 from verifications v where v.lease_id = l.id and v.kind in ('audit', 'dispute', 'referee') and v.state in ('open', 'passed'))
+      order by l.ended_at desc
+      limit ${this.deps.config.backtrackLimit}`.execute(trx);
+    for (const r of rows.rows) await this.deps.lifecycle.openCheck(uow, { kind: 'audit', leaseId: r.id, expectedDigest: r.digest });
+    if (rows.rows.length > 0) this.deps.log.info({ providerId, results: rows.rows.length }, 're-auditing results since the last passed audit');
+  }
+
+  /** An audit-confirmed result becomes, now and then, a known-answer task for the least-verified other provider. */
+  private async maybeCanary(uow: UnitOfWork, check: Check, agreed: readonly string[]): Promise<void> {
+    if (this.random() >= this.deps.config.canaryRate) return;
+    const target = await uow.trx
+      .selectFrom('providers')
+      .select('id')
+      .where('state', '=', 'online')
+      .where('id', 'not in', [...agreed])
+      .orderBy('audits_passed')
+      .orderBy('id')
+      .executeTakeFirst();
+    if (!target) return;
+    await this.deps.lifecycle.openCheck(uow, { kind: 'canary', leaseId: check.lease_id, expectedDigest: check.expected_digest ?? '', only: target.id });
+  }
+
+  private async passed(uow: UnitOfWork, providerId: string): Promise<void> {
+    await uow.trx
+      .updateTable('providers')
+      .set((eb) => ({ audits_passed: eb('audits_passed', '+', 1), audit_streak: eb('audit_streak', '+', 1), last_audit_passed_at: new Date() }))
+      .where('id', '=', providerId)
+      .execute();
+  }
+
+  private async failedCounter(uow: UnitOfWork, providerId: string): Promise<void> {
+    await uow.trx
+      .updateTable('providers')
+      .set((eb) => ({ audits_failed: eb('audits_failed', '+', 1), audit_streak: 0 }))
+      .where('id', '=', providerId)
+      .execute();
+  }
+
+  // ---- reading results ------------------------------------------------------------------------
+
+  private async resultOf(uow: UnitOfWork, jobId: string): Promise<Result> {
+    const job = await uow.trx.selectFrom('jobs').select(['state', 'error']).where('id', '=', jobId).executeTakeFirstOrThrow();
+    const task = await uow.trx.selectFrom('tasks').select(['state', 'outputs', 'provider_id', 'lease_id']).where('job_id', '=', jobId).where('idx', '=', 0).executeTakeFirstOrThrow();
+    if (job.state !== 'succeeded' || task.state !== 'succeeded' || !task.provider_id || !task.lease_id) {
+      return { ok: false, why: `the check job ${job.state}${job.error ? `: ${job.error}` : ''}`, providerId: task.provider_id, leaseId: task.lease_id };
+    }
+    return { ok: true, outputs: task.outputs, providerId: task.provider_id, leaseId: task.lease_id };
+  }
+
+  private async resultOfLease(uow: UnitOfWork, leaseId: string): Promise<Result> {
+    const t = await uow.trx.selectFrom('tasks').select(['state', 'outputs', 'provider_id', 'lease_id']).where('lease_id', '=', leaseId).executeTakeFirst();
+    if (t?.state !== 'succeeded' || !t.provider_id) return { ok: false, why: 'no result', providerId: null, leaseId };
+    return { ok: true, outputs: t.outputs, providerId: t.provider_id, leaseId };
+  }
+
+  private async modeOf(uow: UnitOfWork, leaseId: string): Promise<CompareMode> {
+    const j = await uow.trx.selectFrom('leases').innerJoin('jobs', 'jobs.id', 'leases.job_id').select('jobs.spec').where('leases.id', '=', leaseId).executeTakeFirstOrThrow();
+    const v = j.spec.verification;
+    return v?.mode === 'tolerance' ? { mode: 'tolerance', tolerance: v.tolerance ?? 0 } : { mode: 'exact' };
+  }
+
+  private async read(digest: string): Promise<Buffer> {
+    const { stream } = await this.deps.blobs.open(digest);
+    return buffer(stream);
+  }
+}
+
+const min = (a: bigint, b: bigint) => (a < b ? a : b);
+const short = (id: string) => `${id.slice(0, 8)}…`;
