@@ -6,6 +6,8 @@
 import type { FastifyInstance } from 'fastify';
 import type { Bus } from './bus/bus.ts';
 import type { AccountService } from './ledger/account-service.ts';
+import type { Lifecycle } from './lifecycle/lifecycle.ts';
+import type { Units } from './lifecycle/unit-of-work.ts';
 import type { Market } from './market/market.ts';
 import type { Coordinator } from './server.ts';
 import type { Db } from './store/database.ts';
@@ -16,6 +18,8 @@ export interface CoordinatorInternals {
   accounts: AccountService;
   market: Market;
   bus: Bus;
+  units: Units;
+  lifecycle: Lifecycle;
 }
 
 const registry = new WeakMap<Coordinator, CoordinatorInternals>();

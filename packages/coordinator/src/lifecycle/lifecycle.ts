@@ -633,8 +633,11 @@ export class Lifecycle {
     }
     const now = new Date();
     const count = await this.taskCount(trx, job.id);
+    // The requester's placement wishes (regions, reputation, stake) are for its own work: a check
+    // may run anywhere but on the providers it must not trust.
+    const { placement: _placement, ...checked } = job.spec;
     const spec: JobSpec = {
-      ...job.spec,
+      ...checked,
       runtime: { ...job.spec.runtime, env: { ...(job.spec.runtime.env ?? {}), GRIDWORK_TASK_INDEX: String(task.idx), GRIDWORK_TASK_COUNT: String(count) } },
       name: `${c.kind}-${job.name}`.slice(0, 64),
       price: { maxPerHour: formatCredits(maxPerHour), budget: formatCredits(budget) },
