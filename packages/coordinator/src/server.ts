@@ -244,6 +244,6 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
       return closing;
     },
   };
-  registerInternals(handle, { db, app, accounts, market, bus });
+  registerInternals(handle, { db, app, accounts, market, bus, units, lifecycle });
   return handle;
 }
