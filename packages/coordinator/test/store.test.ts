@@ -114,7 +114,7 @@ for (const store of ['pglite', 'postgres'] as const) {
           assert.ok(names.includes('0001_foundation'));
           assert.equal(new Set(names).size, names.length, 'no migration recorded twice');
           await (opened[0] as Db).insertInto('accounts').values({ id: 'raced' }).execute();
-          const seen = await (opened[3] as Db).selectFrom('accounts').select('id').executeTakeFirst();
+          const seen = await (opened[3] as Db).selectFrom('accounts').select('id').where('id', '=', 'raced').executeTakeFirst();
           assert.equal(seen?.id, 'raced', 'all opens use the same schema');
         } finally {
           await Promise.all(opened.map((d) => d.destroy()));

@@ -23,7 +23,7 @@ import { verifyLedger } from '../src/ledger/ledger.ts';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const WAIT_MS = 90_000;
-const VERIFICATION = { windowMs: 300_000, probationTasks: 0, minAuditRate: 0, canaryRate: 0, genesisFees: '50', minSlash: '5', checkTimeoutMs: 300_000 };
+const VERIFICATION = { windowMs: 300_000, probationTasks: 0, minAuditRate: 0, maxAuditRate: 1, canaryRate: 0, genesisFees: '50', minSlash: '5', checkTimeoutMs: 300_000 };
 
 function spec(name: string, region: string): JobSpec {
   return {

@@ -71,7 +71,7 @@ export async function startTestNetwork(options: TestNetworkOptions = {}): Promis
     ...options.coordinator,
     // Results are paid at once and audited only when a test asks (an audit needs a second
     // provider; a seeded verification fund would change the fee totals tests check).
-    verification: { windowMs: 0, probationTasks: 0, minAuditRate: 0, canaryRate: 0, genesisFees: '0', ...options.coordinator?.verification },
+    verification: { windowMs: 0, probationTasks: 0, minAuditRate: 0, maxAuditRate: 0, canaryRate: 0, genesisFees: '0', ...options.coordinator?.verification },
   });
   const providers: ProviderAgent[] = [];
   const identities = new Map<ProviderAgent, Identity>();

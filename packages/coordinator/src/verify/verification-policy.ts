@@ -23,6 +23,8 @@ export interface VerificationConfig {
   windowMs: number;
   /** Least audit probability of any completed task. @default 0.01 */
   minAuditRate: number;
+  /** Most audit probability outside probation (an unstaked provider's p is 1); tests of other things set 0. @default 1 */
+  maxAuditRate: number;
   /** Every one of a new provider's first N completed tasks is audited. @default 10 */
   probationTasks: number;
   /** Chance that a completed, audit-confirmed task becomes a canary for another provider. @default 0.02 */
@@ -56,6 +58,7 @@ export function resolveVerification(o: VerificationOptions = {}, dev = false): V
     enabled: o.enabled ?? true,
     windowMs: o.windowMs ?? 10 * 60_000,
     minAuditRate: o.minAuditRate ?? 0.01,
+    maxAuditRate: o.maxAuditRate ?? 1,
     probationTasks: o.probationTasks ?? 10,
     canaryRate: o.canaryRate ?? 0.02,
     slashMultiple: o.slashMultiple ?? 20,
@@ -74,7 +77,7 @@ export function auditRate(charged: bigint, stake: bigint, completedBefore: numbe
   if (completedBefore < cfg.probationTasks) return 1;
   const total = stake + charged;
   const p = total <= 0n ? 1 : Number(charged) / Number(total);
-  return Math.min(1, Math.max(cfg.minAuditRate, p));
+  return Math.min(cfg.maxAuditRate, Math.max(cfg.minAuditRate, p));
 }
 
 /**
