@@ -728,14 +728,20 @@ export class Lifecycle {
     return { refunded, wasPaid };
   }
 
-  /** A requester disputes a pending result: it stays unpaid until the dispute is decided. */
-  async markDisputed(uow: UnitOfWork, leaseId: string, disputed: boolean): Promise<void> {
+  /**
+   * A requester disputes a pending result (`disputed: true`; only while its window is open), or a
+   * dispute ended without a verdict (`false`): the result stays unpaid until the dispute is decided.
+   * Returns whether the result was in the expected state.
+   */
+  async markDisputed(uow: UnitOfWork, leaseId: string, disputed: boolean): Promise<boolean> {
+    const peek = await uow.trx.selectFrom('leases').select('job_id').where('id', '=', leaseId).executeTakeFirstOrThrow();
+    await this.lockJob(uow.trx, peek.job_id);
     const lease = await this.lockLease(uow.trx, leaseId);
-    const from = disputed ? 'pending' : 'disputed';
-    if (lease.verification !== from) return;
+    if (disputed ? lease.verification !== 'pending' || !lease.settle_at || lease.settle_at.getTime() <= Date.now() : lease.verification !== 'disputed') return false;
     const to = disputed ? 'disputed' : 'pending';
     await uow.trx.updateTable('leases').set({ verification: to }).where('id', '=', leaseId).execute();
     this.emitVerification(uow, lease, to, null);
+    return true;
   }
 
   /** Pending results whose window has closed with no check open. */

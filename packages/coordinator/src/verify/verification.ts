@@ -124,7 +124,10 @@ export class Verifier {
         ],
         memo: { jobId, taskIndex, leaseId: lease.id },
       });
-      await lifecycle.markDisputed(uow, lease.id, true);
+      // Checked again under the job's and the lease's locks: the window may have closed meanwhile.
+      if (!(await lifecycle.markDisputed(uow, lease.id, true))) {
+        throw new GridworkError('DISPUTE_WINDOW_CLOSED', `task ${taskIndex}'s result can no longer be disputed: its audit window has closed`);
+      }
       await lifecycle.openCheck(uow, { kind: 'dispute', checkId, leaseId: lease.id, expectedDigest: task.output_digest, openedBy: owner, bondPosted: bond });
       const check = await trx.selectFrom('verifications').selectAll().where('id', '=', checkId).executeTakeFirstOrThrow();
       if (check.state !== 'open') throw new GridworkError('VERIFICATION_UNAVAILABLE', `no referee can be paid for now: ${check.detail ?? 'try again later'}`);
