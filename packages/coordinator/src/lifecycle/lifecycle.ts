@@ -565,9 +565,9 @@ export class Lifecycle {
   private async holdForVerification(uow: UnitOfWork, lease: LeaseRow & { audit_seed: string | null }, digest: string): Promise<void> {
     const { trx } = uow;
     const cfg = this.verification;
-    const provider = await trx.selectFrom('providers').select('leases_completed').where('id', '=', lease.provider_id).executeTakeFirst();
+    const provider = await trx.selectFrom('providers').select('audit_streak').where('id', '=', lease.provider_id).executeTakeFirst();
     const stake = await balanceOf(trx, stakeOf(lease.provider_id));
-    const p = auditRate(lease.charged, stake, provider?.leases_completed ?? 0, cfg);
+    const p = auditRate(lease.charged, stake, provider?.audit_streak ?? 0, cfg);
     const audited = drawOf(lease.audit_seed ?? lease.id, 'audit') < p;
     await trx
       .updateTable('leases')

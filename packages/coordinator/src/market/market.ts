@@ -17,6 +17,8 @@ export const PROVEN_FAULT_WEIGHT = 10;
 
 /** A provider's trust record beyond its lease history (trust layers L1, L2). */
 export interface TrustRecord {
+  /** Audits, canaries and disputes its results passed (L3–L5): evidence, like a passed challenge. */
+  auditsPassed?: number;
   challengesPassed?: number;
   challengesFailed?: number;
   faultsProven?: number;
@@ -24,12 +26,12 @@ export interface TrustRecord {
 
 /**
  * Reputation with a neutral prior: (good + 1) / (good + bad + 2), where good = completed leases
- * + passed challenges and bad = lost leases + 2 × failed challenges + 10 × proven faults. Lying
+ * + passed challenges + passed audits and bad = lost leases + 2 × failed challenges + 10 × proven faults. Lying
  * costs more than bad luck: a failed challenge or a proven fault is evidence, a lost lease may
  * be a power cut.
  */
 export function reputationOf(completed: number, faulted: number, trust: TrustRecord = {}): number {
-  const good = completed + (trust.challengesPassed ?? 0);
+  const good = completed + (trust.challengesPassed ?? 0) + (trust.auditsPassed ?? 0);
   const bad = faulted + CHALLENGE_FAILURE_WEIGHT * (trust.challengesFailed ?? 0) + PROVEN_FAULT_WEIGHT * (trust.faultsProven ?? 0);
   return (good + 1) / (good + bad + 2);
 }
@@ -41,10 +43,16 @@ type ProviderCounters = {
   challenges_failed: number;
   challenge_fail_streak: number;
   faults_proven: number;
+  audits_passed: number;
 };
 
 export function reputationOfProvider(r: ProviderCounters): number {
-  return reputationOf(r.leases_completed, r.leases_faulted, { challengesPassed: r.challenges_passed, challengesFailed: r.challenges_failed, faultsProven: r.faults_proven });
+  return reputationOf(r.leases_completed, r.leases_faulted, {
+    challengesPassed: r.challenges_passed,
+    challengesFailed: r.challenges_failed,
+    faultsProven: r.faults_proven,
+    auditsPassed: r.audits_passed,
+  });
 }
 
 /** A provider that failed `maxConsecutiveFailures` capacity challenges in a row gets no work until it passes one. */

@@ -7,7 +7,9 @@
  * keeps the price R; caught with probability p it loses its stake S and R. Cheating does not
  * pay when p ≥ c/(S + R). We price c and R by what the lease charged, so
  *     p = max(minAuditRate, charged / (stake + charged)),
- * and every one of a new provider's first `probationTasks` completed tasks is audited.
+ * and a provider is on probation — every completed task audited — until its last
+ * `probationTasks` audits in a row passed: a new provider, and one just caught cheating, alike.
+ * Its record of consecutive valid audits is what earns it the lower rate.
  *
  * Who pays for checks: the protocol, from `sys:fees` (the 2% fee on every lease is the
  * verification share); a check never draws on a requester's budget. A dev coordinator seeds
@@ -25,7 +27,7 @@ export interface VerificationConfig {
   minAuditRate: number;
   /** Most audit probability outside probation (an unstaked provider's p is 1); tests of other things set 0. @default 1 */
   maxAuditRate: number;
-  /** Every one of a new provider's first N completed tasks is audited. @default 10 */
+  /** Every completed task of a provider is audited until N audits in a row have passed (new, or caught). @default 10 */
   probationTasks: number;
   /** Chance that a completed, audit-confirmed task becomes a canary for another provider. @default 0.02 */
   canaryRate: number;
@@ -72,9 +74,9 @@ export function resolveVerification(o: VerificationOptions = {}, dev = false): V
   };
 }
 
-/** p = max(floor, c / (S + R)) with c = R = what the lease charged; 1 on probation. */
-export function auditRate(charged: bigint, stake: bigint, completedBefore: number, cfg: VerificationConfig): number {
-  if (completedBefore < cfg.probationTasks) return 1;
+/** p = max(floor, c / (S + R)) with c = R = what the lease charged (at most the cap); 1 on probation. */
+export function auditRate(charged: bigint, stake: bigint, auditStreak: number, cfg: VerificationConfig): number {
+  if (auditStreak < cfg.probationTasks) return 1;
   const total = stake + charged;
   const p = total <= 0n ? 1 : Number(charged) / Number(total);
   return Math.min(cfg.maxAuditRate, Math.max(cfg.minAuditRate, p));

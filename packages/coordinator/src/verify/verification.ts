@@ -376,6 +376,7 @@ export class Verifier {
       .set((eb) => ({ audits_passed: eb('audits_passed', '+', 1), audit_streak: eb('audit_streak', '+', 1), last_audit_passed_at: new Date() }))
       .where('id', '=', providerId)
       .execute();
+    uow.emit({ type: 'provider.changed', providerId, what: 'reputation' });
   }
 
   private async failedCounter(uow: UnitOfWork, providerId: string): Promise<void> {
@@ -384,6 +385,7 @@ export class Verifier {
       .set((eb) => ({ audits_failed: eb('audits_failed', '+', 1), audit_streak: 0 }))
       .where('id', '=', providerId)
       .execute();
+    uow.emit({ type: 'provider.changed', providerId, what: 'reputation' });
   }
 
   // ---- reading results ------------------------------------------------------------------------
