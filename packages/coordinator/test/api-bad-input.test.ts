@@ -821,9 +821,12 @@ for (const store of ['pglite', 'postgres'] as const) {
         await rejectsWith(aliceClient.submitPrepared({ ...request, spec: spec('another-job') }, { idempotencyKey: key }), 'IDEMPOTENCY_CONFLICT');
       });
 
-      it('a container job is refused at submit until the container runtime exists', async () => {
+      it('a container job is accepted (it waits for a provider offering containers), but not with a bundle beside it', async () => {
         const container = { ...spec('container-job'), runtime: { kind: 'container' as const, image: 'example/app:1', command: ['true'] } };
-        await rejectsWith(aliceClient.submitPrepared({ spec: container, inputs: [] }), 'UNSUPPORTED_RUNTIME');
+        await rejectsWith(aliceClient.submitPrepared({ spec: container, bundle: tinyBundle, inputs: [] }), 'VALIDATION_FAILED');
+        const job = await aliceClient.submitPrepared({ spec: container, inputs: [] });
+        assert.notEqual(job.state, 'failed', 'it waits for a provider');
+        await aliceClient.cancel(job.id);
       });
     });
   });

@@ -81,6 +81,23 @@ export {
   RECONNECT_MAX_BACKOFF_MS,
 } from './wire.ts';
 export {
+  formatRuntimeList,
+  isRuntimeKind,
+  offeredRuntimes,
+  offersWorkload,
+  parseRuntimeList,
+  RUNTIME_KINDS,
+  RUNTIMES,
+  type RuntimeKind,
+  RuntimeKindSchema,
+  runtimeFor,
+  runtimeNameFor,
+  WORKLOAD_KINDS,
+  WORKLOADS,
+  type WorkloadKind,
+  WorkloadKindSchema,
+} from './runtimes.ts';
+export {
   GRIDWORK_VERSION,
 } from './version.ts';
 export {

@@ -13,6 +13,7 @@ import Type from 'typebox';
 import { Compile } from 'typebox/compile';
 import { GridworkError } from './errors.ts';
 import { parseCredits } from './money.ts';
+import { WorkloadKindSchema } from './runtimes.ts';
 
 const Name = Type.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,62}$', description: 'lowercase letters, digits, . _ -' });
 const Decimal = Type.String({ maxLength: 32, description: 'credits as a decimal string, e.g. "1.20"' });
@@ -39,7 +40,8 @@ export type Resources = Type.Static<typeof Resources>;
 
 export const RuntimeSpec = Type.Object(
   {
-    kind: Type.Union([Type.Literal('bundle'), Type.Literal('container')]),
+    /** The workload's form (runtimes.ts): a provider runs it only if it offers a runtime for this kind. */
+    kind: WorkloadKindSchema,
     path: Type.Optional(Type.String({ minLength: 1, maxLength: 1024 })),
     image: Type.Optional(Type.String({ minLength: 1, maxLength: 512 })),
     command: Type.Array(Type.String({ minLength: 1, maxLength: 4096 }), { minItems: 1, maxItems: 256 }),

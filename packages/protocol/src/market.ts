@@ -39,6 +39,8 @@ export interface MatchExplanation {
   excluded: {
     offline: number;
     draining: number;
+    /** Offer no runtime for the spec's `runtime.kind` (runtimes.ts). */
+    runtime: number;
     gpuModel: number;
     gpuVram: number;
     gpuCount: number;

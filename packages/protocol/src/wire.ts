@@ -13,6 +13,7 @@ import { Hardware } from './hardware.ts';
 import { Asks, Benchmarks } from './market.ts';
 import { Resources } from './job-spec.ts';
 import type { CapacityChallenge } from './challenge.ts';
+import { RUNTIME_KINDS, RuntimeKindSchema, WorkloadKindSchema } from './runtimes.ts';
 
 export const PROTOCOL_VERSION = 1;
 
@@ -26,7 +27,7 @@ export const LeaseAssignment = Type.Object({
   taskIndex: Type.Integer(),
   taskCount: Type.Integer(),
   runtime: Type.Object({
-    kind: Type.Union([Type.Literal('bundle'), Type.Literal('container')]),
+    kind: WorkloadKindSchema,
     command: Type.Array(Type.String()),
     env: Type.Record(Type.String(), Type.String()),
     network: Type.Boolean(),
@@ -150,7 +151,13 @@ export const ProviderHello = Type.Object(
     protocol: Type.Literal(PROTOCOL_VERSION),
     name: Type.String({ minLength: 1, maxLength: 64 }),
     agentVersion: Type.String({ maxLength: 64 }),
-    runtime: Type.Union([Type.Literal('sandbox'), Type.Literal('process')]),
+    /** The runtime that runs this agent's bundles (or its only runtime). */
+    runtime: RuntimeKindSchema,
+    /**
+     * Every runtime the agent offers, `runtime` included (a container runtime only where its engine
+     * answered). Absent from agents that offer `runtime` alone.
+     */
+    runtimes: Type.Optional(Type.Array(RuntimeKindSchema, { minItems: 1, maxItems: RUNTIME_KINDS.length, uniqueItems: true })),
     slots: Type.Integer({ minimum: 1, maximum: 1024 }),
     hardware: Hardware,
     attributes: Type.Record(Type.String({ maxLength: 64 }), Type.String({ maxLength: 256 })),

@@ -66,12 +66,11 @@ export class JobService {
   async submit(owner: string, req: SubmitJobRequest): Promise<JobView> {
     const spec = validateJobSpec(req.spec);
     const { economics } = this.deps;
-    if (spec.runtime.kind === 'container') {
-      throw new GridworkError(
-        'UNSUPPORTED_RUNTIME',
-        'runtime.kind: container jobs cannot run yet (no provider offers the container runtime); package the workload as a bundle (runtime.kind: bundle)',
-        { details: [{ path: 'runtime.kind', message: 'container is not supported yet' }] },
-      );
+    // Every runtime.kind is accepted: matching places a job only on providers offering a runtime
+    // for it, and `job explain` says when none does (a container job waits for one). A container
+    // brings its files in its image: a bundle beside it would be stored unchecked and never run.
+    if (spec.runtime.kind !== 'bundle' && req.bundle) {
+      throw new GridworkError('VALIDATION_FAILED', `bundle: only allowed when runtime.kind is bundle (this job's is ${spec.runtime.kind})`);
     }
     if (!spec.price) {
       throw new GridworkError('INVALID_SPEC', 'invalid job spec: price: required (maxPerHour and budget, in credits)', {

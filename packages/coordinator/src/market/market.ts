@@ -3,7 +3,7 @@
  * from the database at start and refreshed from committed changes, plus explain and summary.
  * Nothing here is the source of truth: it can always be rebuilt from the database.
  */
-import { parseCredits, type JobSpec, type MarketClass, type MatchExplanation } from '@gridwork/protocol';
+import { parseCredits, parseRuntimeList, type JobSpec, type MarketClass, type MatchExplanation } from '@gridwork/protocol';
 import { balancesOf, stakeOf } from '../ledger/ledger.ts';
 import { limitMsOf } from '../lifecycle/lifecycle.ts';
 import { ACTIVE_LEASE_STATES } from '../lifecycle/state-machine.ts';
@@ -65,6 +65,7 @@ export function orderOf(spec: JobSpec, maxPerHour: bigint, only?: { exclude?: re
     ...(only?.exclude?.length ? { excludeProviders: only.exclude } : {}),
     ...(only?.provider ? { onlyProvider: only.provider } : {}),
     resources: spec.resources,
+    workload: spec.runtime.kind,
     regions: spec.placement?.regions,
     minReputation: spec.placement?.minReputation,
     minStake: spec.placement?.minStake === undefined ? undefined : parseCredits(spec.placement.minStake),
@@ -142,6 +143,8 @@ export class Market {
         slots: r.slots,
         reputation: reputationOfProvider(r),
         stake: stakes.get(stakeOf(r.id)) ?? 0n,
+        // The column holds the offered runtimes as a list (formatRuntimeList); old rows hold one name.
+        runtimes: parseRuntimeList(r.runtime),
       };
       this.book.upsertProvider(p);
     }

@@ -479,6 +479,7 @@ describe('OrderBook: explain', () => {
     assert.deepEqual(ex.excluded, {
       offline: 2,
       draining: 1,
+      runtime: 0,
       gpuModel: 3,
       gpuVram: 1,
       gpuCount: 2,
@@ -875,5 +876,48 @@ describe('OrderBook: properties', () => {
         assert.equal(ex.candidates, ps.filter((p) => bruteQuote(p, { cpu: 0n, mem: 0n, slots: 0, gpus: new Set() }, order) !== null).length);
       }),
     );
+  });
+});
+
+describe('OrderBook: runtimes', () => {
+  const withRuntimes = (id: string, runtimes: BookProvider['runtimes'], o: ProviderOptions = {}): BookProvider => ({ ...provider(id, o), runtimes });
+
+  test('a container order goes only to a provider offering the container runtime, however many cheaper bundle providers there are', () => {
+    const cheap = Array.from({ length: 100 }, (_, i) => withRuntimes(`cheap-${String(i).padStart(3, '0')}`, ['sandbox'], { cpu: '0.01' }));
+    const b = book(...cheap, withRuntimes('docker', ['sandbox', 'container'], { cpu: '0.05' }));
+    assert.equal(b.match(cpuOrder({ workload: 'container' }))?.providerId, 'docker');
+    // A bundle order still takes the cheapest, and a provider without a runtimes list runs bundles.
+    assert.equal(b.match(cpuOrder())?.providerId, 'cheap-000');
+    assert.equal(book(provider('legacy')).match(cpuOrder({ workload: 'bundle' }))?.providerId, 'legacy');
+    assert.equal(book(provider('legacy')).match(cpuOrder({ workload: 'container' })), null);
+  });
+
+  test('a container-only provider takes no bundle order; GPU orders are split by runtime too', () => {
+    const gpus = { gpus: [{ model: 't4' }], gpuHour: { t4: '0.5' } };
+    const b = book(withRuntimes('bundles', ['process'], { ...gpus, cpu: '0.01' }), withRuntimes('containers', ['container'], { ...gpus, cpu: '0.02' }));
+    const gpuOrder = (workload: 'bundle' | 'container'): Order => ({ resources: { cpu: 1, memoryGiB: 1, gpu: { count: 1 } }, maxPerHour: C('100'), workload });
+    assert.equal(b.match(gpuOrder('container'))?.providerId, 'containers');
+    assert.equal(b.match(gpuOrder('bundle'))?.providerId, 'bundles');
+    assert.equal(b.match(cpuOrder({ workload: 'bundle' }))?.providerId, 'bundles');
+    // Bids are filtered the same way: a bundle-only bidder cannot take a container order.
+    assert.equal(b.match(cpuOrder({ workload: 'container' }), new Map([['bundles', 1n]]))?.providerId, 'containers');
+  });
+
+  test('explain says when no provider offers the runtime, and counts those that do not', () => {
+    const b = book(withRuntimes('a', ['sandbox']), withRuntimes('b', ['process']), provider('c'));
+    const ex = b.explain(cpuOrder({ workload: 'container' }));
+    assert.equal(ex.matchable, false);
+    assert.equal(ex.excluded.runtime, 3);
+    assert.ok(ex.reasons.includes('no provider offers the container runtime'), ex.reasons.join('; '));
+    assert.ok(ex.reasons.includes('3 provider(s) do not offer the container runtime'));
+    assert.equal(b.explain(cpuOrder()).matchable, true);
+    assert.equal(b.explain(cpuOrder()).excluded.runtime, 0);
+
+    const offline = book(withRuntimes('a', ['sandbox']), withRuntimes('d', ['container'], { connected: false }));
+    assert.ok(offline.explain(cpuOrder({ workload: 'container' })).reasons.includes('no provider that offers the container runtime is online'));
+    const ok = book(withRuntimes('a', ['sandbox']), withRuntimes('d', ['sandbox', 'container']));
+    const fits = ok.explain(cpuOrder({ workload: 'container' }));
+    assert.equal(fits.candidates, 1);
+    assert.equal(fits.excluded.runtime, 1);
   });
 });

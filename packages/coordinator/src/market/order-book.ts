@@ -7,9 +7,13 @@
  *
  * Score = price per hour ÷ measured throughput ÷ reputation factor (lower is better); ties go
  * to the lower provider id, so matching is deterministic.
+ *
+ * Pools are per workload kind too (runtimes.ts): a provider is listed in the pools of each kind
+ * it offers a runtime for, so a container order walks only providers that run containers, however
+ * many cheaper bundle-only providers there are.
  */
-import type { Asks, Benchmarks, Hardware, MarketClass, MatchExplanation, Resources } from '@gridwork/protocol';
-import { formatCredits } from '@gridwork/protocol';
+import type { Asks, Benchmarks, Hardware, MarketClass, MatchExplanation, Resources, RuntimeKind, WorkloadKind } from '@gridwork/protocol';
+import { formatCredits, RUNTIMES, runtimeNameFor } from '@gridwork/protocol';
 import { baseHourly, milli, milliN, type ParsedAsks, parseAsks } from './order-price.ts';
 import { SortedList } from './sorted-list.ts';
 
@@ -26,10 +30,14 @@ export interface BookProvider {
   /** 0..1, from lease history. */
   reputation: number;
   stake: bigint;
+  /** Runtimes it offers. @default ['sandbox'] (runs bundles only) */
+  runtimes?: readonly RuntimeKind[] | undefined;
 }
 
 export interface Order {
   resources: Resources;
+  /** The spec's `runtime.kind`: only providers offering a runtime for it fit. @default 'bundle' */
+  workload?: WorkloadKind | undefined;
   regions?: readonly string[] | undefined;
   minReputation?: number | undefined;
   minStake?: bigint | undefined;
@@ -63,6 +71,8 @@ interface Entry {
   listed: Set<string>;
   /** Pools this provider belongs to, with its unit score in each. */
   pools: Map<string, number>;
+  /** Workload kinds it offers a runtime for. */
+  workloads: Set<WorkloadKind>;
   /** Time limit of its earliest-ending active lease (for explain). */
   leaseEnds: Map<string, number>;
 }
@@ -86,12 +96,15 @@ const MAX_VISIT = 64;
 const GPU_CLASSES = [1, 2, 4, 8] as const;
 interface PoolKey {
   key: string;
+  workload: WorkloadKind;
   /** null for the CPU pool of a region. */
   model: string | null;
   region: string;
   cls: number;
 }
-const poolKey = (model: string | null, region: string, cls: number): string => (model === null ? `cpu@${region}` : `gpu:${model}@${region}#${cls}`);
+const poolKey = (workload: WorkloadKind, model: string | null, region: string, cls: number): string =>
+  `${workload}/${model === null ? `cpu@${region}` : `gpu:${model}@${region}#${cls}`}`;
+const DEFAULT_RUNTIMES: readonly RuntimeKind[] = ['sandbox'];
 /** Memory a CPU-only order typically asks per core: weights memory price in the CPU pool's order. */
 const TYPICAL_GIB_PER_CORE = 4n;
 
@@ -109,10 +122,10 @@ export class OrderBook {
   private readonly cpuPools: PoolKey[] = [];
 
   /** The key of a pool, registered in the index the first time it is seen. */
-  private declare(model: string | null, region: string, cls: number): string {
-    const key = poolKey(model, region, cls);
+  private declare(workload: WorkloadKind, model: string | null, region: string, cls: number): string {
+    const key = poolKey(workload, model, region, cls);
     if (!this.keys.has(key)) {
-      const k = { key, model, region, cls };
+      const k = { key, workload, model, region, cls };
       this.keys.set(key, k);
       (model === null ? this.cpuPools : this.gpuPools).push(k);
     }
@@ -148,6 +161,7 @@ export class OrderBook {
       modelOf: new Map(p.hardware.gpus.map((g) => [g.index, g.model])),
       listed: new Set(),
       pools: new Map(),
+      workloads: new Set((p.runtimes ?? DEFAULT_RUNTIMES).map((k) => RUNTIMES[k].runs)),
       leaseEnds: old?.leaseEnds ?? new Map(),
     };
     this.entries.set(p.id, e);
@@ -157,13 +171,15 @@ export class OrderBook {
       const cpuMops = Math.max(p.benchmarks?.cpuMopsPerCore ?? 1, 1e-6);
       const rep = reputationFactor(p.reputation);
       const region = p.attributes.region ?? '';
-      e.pools.set(this.declare(null, region, 0), Number(asks.cpuCoreHour + TYPICAL_GIB_PER_CORE * asks.memoryGiBHour) / cpuMops / rep);
-      for (const g of p.hardware.gpus) {
-        const price = asks.gpuHour.get(g.model);
-        if (price === undefined) continue;
-        const perf = Math.max(p.benchmarks?.gpu[g.model] ?? 1, 1e-6);
-        const count = p.hardware.gpus.filter((x) => x.model === g.model).length;
-        for (const cls of GPU_CLASSES) if (cls <= count) e.pools.set(this.declare(g.model, region, cls), Number(price) / perf / rep);
+      for (const workload of e.workloads) {
+        e.pools.set(this.declare(workload, null, region, 0), Number(asks.cpuCoreHour + TYPICAL_GIB_PER_CORE * asks.memoryGiBHour) / cpuMops / rep);
+        for (const g of p.hardware.gpus) {
+          const price = asks.gpuHour.get(g.model);
+          if (price === undefined) continue;
+          const perf = Math.max(p.benchmarks?.gpu[g.model] ?? 1, 1e-6);
+          const count = p.hardware.gpus.filter((x) => x.model === g.model).length;
+          for (const cls of GPU_CLASSES) if (cls <= count) e.pools.set(this.declare(workload, g.model, region, cls), Number(price) / perf / rep);
+        }
       }
     }
     this.sync(e);
@@ -301,6 +317,7 @@ export class OrderBook {
 
   private fitsStatic(e: Entry, order: Order): boolean {
     const r = order.resources;
+    if (!e.workloads.has(order.workload ?? 'bundle')) return false;
     if (r.diskGiB !== undefined && r.diskGiB > e.p.hardware.diskGiB) return false;
     if (order.regions?.length && !order.regions.includes(e.p.attributes.region ?? '')) return false;
     if (order.minReputation !== undefined && e.p.reputation < order.minReputation) return false;
@@ -334,15 +351,19 @@ export class OrderBook {
   match(order: Order, bids?: ReadonlyMap<string, bigint>): Match | null {
     const gpu = order.resources.gpu;
     const regions = order.regions?.length ? order.regions : null;
+    const workload = order.workload ?? 'bundle';
     let pools: string[];
     if (gpu && gpu.count > 0) {
       let cls = 1;
       for (const c of GPU_CLASSES) if (c <= gpu.count) cls = c;
       pools = this.gpuPools
-        .filter((k) => k.cls === cls && (!gpu.models?.length || gpu.models.includes(k.model as string)) && (!regions || regions.includes(k.region)))
+        .filter(
+          (k) =>
+            k.workload === workload && k.cls === cls && (!gpu.models?.length || gpu.models.includes(k.model as string)) && (!regions || regions.includes(k.region)),
+        )
         .map((k) => k.key);
     } else {
-      pools = this.cpuPools.filter((k) => !regions || regions.includes(k.region)).map((k) => k.key);
+      pools = this.cpuPools.filter((k) => k.workload === workload && (!regions || regions.includes(k.region))).map((k) => k.key);
     }
     const cpuNeed = milliN(order.resources.cpu);
     const memNeed = milliN(order.resources.memoryGiB);
@@ -397,6 +418,7 @@ export class OrderBook {
     const ex: MatchExplanation['excluded'] = {
       offline: 0,
       draining: 0,
+      runtime: 0,
       gpuModel: 0,
       gpuVram: 0,
       gpuCount: 0,
@@ -410,19 +432,28 @@ export class OrderBook {
       busy: 0,
     };
     const r = order.resources;
+    const workload = order.workload ?? 'bundle';
     let online = 0;
+    let offering = 0;
+    let offeringOnline = 0;
     let lowest: bigint | null = null;
     let busyUntil: number | null = null;
     let candidates = 0;
     const ranked: { providerId: string; name: string; price: bigint; score: number }[] = [];
     for (const e of this.entries.values()) {
+      if (e.workloads.has(workload)) offering++;
       if (!e.p.connected || e.p.state === 'offline') {
         ex.offline++;
         continue;
       }
       online++;
+      if (e.workloads.has(workload)) offeringOnline++;
       if (e.p.state === 'draining') {
         ex.draining++;
+        continue;
+      }
+      if (!e.workloads.has(workload)) {
+        ex.runtime++;
         continue;
       }
       const gpu = r.gpu;
@@ -494,8 +525,12 @@ export class OrderBook {
     const total = this.entries.size;
     if (total === 0) reasons.push('no provider has registered with this coordinator');
     else if (online === 0) reasons.push('no provider is online');
+    // Said outright: no price, region or patience changes this; only a provider with that runtime does.
+    else if (offering === 0) reasons.push(`no provider offers ${runtimeNameFor(workload)}`);
+    else if (offeringOnline === 0) reasons.push(`no provider that offers ${runtimeNameFor(workload)} is online`);
     const named: [keyof typeof ex, string][] = [
       ['draining', 'draining (shutting down)'],
+      ['runtime', `do not offer ${runtimeNameFor(workload)}`],
       ['gpuModel', 'have no GPU of an allowed model'],
       ['gpuVram', 'have no GPU with enough VRAM'],
       ['gpuCount', 'have too few matching GPUs'],

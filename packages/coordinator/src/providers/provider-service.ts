@@ -4,7 +4,7 @@
  * durable outbox, heartbeats, and the sweep that declares silent providers offline. Owns
  * `providers` (and, through outbox.ts, `provider_outbox`); lease changes go through the lifecycle.
  */
-import { GridworkError, type ProviderHello, type ProviderSequenced } from '@gridwork/protocol';
+import { formatRuntimeList, GridworkError, offeredRuntimes, type ProviderHello, type ProviderSequenced } from '@gridwork/protocol';
 import type { Logger } from 'pino';
 import type { Lifecycle } from '../lifecycle/lifecycle.ts';
 import { milliN } from '../market/order-price.ts';
@@ -51,7 +51,8 @@ export class ProviderService {
       const existing = await trx.selectFrom('providers').selectAll().where('id', '=', providerId).forNoKeyUpdate().executeTakeFirst();
       const row = {
         name: hello.name,
-        runtime: hello.runtime,
+        // Every runtime offered, as a list (the matching index reads it back with parseRuntimeList).
+        runtime: formatRuntimeList(offeredRuntimes(hello)),
         slots: hello.slots,
         hardware: JSON.stringify(hello.hardware),
         attributes: JSON.stringify(hello.attributes),
