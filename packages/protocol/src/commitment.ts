@@ -21,3 +21,26 @@ export interface LeaseCommitmentFields {
 export function leaseCommitmentMessage(c: LeaseCommitmentFields): string {
   return canonicalJson({ v: 1, type: 'lease.commitment', ...c });
 }
+
+export interface CheckpointCommitmentFields {
+  leaseId: string;
+  step: number;
+  /** sha256 of the checkpoint file (its blob digest). */
+  digest: string;
+  usageMs: number;
+  /** The coordinator's hash(audit seed) from the assignment; '' when it sent none. */
+  auditCommitment: string;
+}
+
+/** The exact text a provider signs (Ed25519) for `lease.checkpoint`. */
+export function checkpointMessage(c: CheckpointCommitmentFields): string {
+  return canonicalJson({ v: 1, type: 'lease.checkpoint', ...c });
+}
+
+/** Checkpoint files are named `step-<N>` with any extension; the step, or null for any other name. */
+export function checkpointStep(name: string): number | null {
+  const m = /^step-(\d{1,10})(\.[A-Za-z0-9._-]+)?$/.exec(name);
+  if (!m) return null;
+  const n = Number(m[1]);
+  return n <= 2_147_483_647 ? n : null;
+}

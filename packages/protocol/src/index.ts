@@ -148,6 +148,9 @@ export {
   wordsLeaf,
 } from './challenge.ts';
 export {
+  type CheckpointCommitmentFields,
+  checkpointMessage,
+  checkpointStep,
   type LeaseCommitmentFields,
   leaseCommitmentMessage,
 } from './commitment.ts';

@@ -44,6 +44,13 @@ export const LeaseAssignment = Type.Object({
    * reveals only after the provider committed to its result (commit–reveal, trust layer L2).
    */
   auditCommitment: Type.Optional(Type.String({ pattern: '^[0-9a-f]{64}$' })),
+  /**
+   * Resume from a checkpoint (the task's latest, written on an earlier lease): the agent puts the
+   * file in the task's checkpoints directory and sets GRIDWORK_RESUME_STEP.
+   */
+  resume: Type.Optional(Type.Object({ step: Type.Integer({ minimum: 0 }), file: FileRef }, { additionalProperties: false })),
+  /** Re-execute one segment only: the task stops after writing checkpoint `stopStep` (GRIDWORK_STOP_STEP). */
+  stopStep: Type.Optional(Type.Integer({ minimum: 0 })),
 });
 export type LeaseAssignment = Type.Static<typeof LeaseAssignment>;
 
@@ -103,6 +110,23 @@ export const ProviderSequenced = Type.Union([
       commitment: Type.Optional(
         Type.Object({ outputsRoot: Hex64, signature: Type.String({ maxLength: 128 }) }, { additionalProperties: false }),
       ),
+    },
+    { additionalProperties: false },
+  ),
+  /**
+   * The task wrote a checkpoint (`/checkpoints/step-<N>.*`) and the agent uploaded it. `usageMs` is
+   * the lease's run time when it was written (what a lost lease is paid up to); the signature over
+   * `checkpointMessage` makes its digest a commitment (disputes bisect over these).
+   */
+  Type.Object(
+    {
+      seq: Seq,
+      type: Type.Literal('lease.checkpoint'),
+      leaseId: Type.String(),
+      step: Type.Integer({ minimum: 0, maximum: 2_147_483_647 }),
+      file: FileRef,
+      usageMs: Type.Integer({ minimum: 0, maximum: 31_536_000_000_000 }),
+      signature: Type.String({ maxLength: 128 }),
     },
     { additionalProperties: false },
   ),

@@ -24,6 +24,7 @@ import {
 import { type Identity, sha256Bytes, signBytes, signedFetch, writeVerified } from '@gridwork/protocol/node';
 import type { Logger } from 'pino';
 import { Compile } from 'typebox/compile';
+import { CheckpointWatcher } from './checkpoints.ts';
 import type { Report } from './coordinator-link.ts';
 import type { RunResult, Runtime } from './runtime/runtime.ts';
 
@@ -79,10 +80,20 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
           fetched++;
         }
       }
+      // A resumed task finds the checkpoint it resumes from in its checkpoints directory.
+      if (lease.resume) await download(deps, lease.jobId, lease.resume.file, dirs.checkpoints, signal);
     } catch (err) {
       if (signal.aborted) return endAborted(deps, lease, signal, logs, started);
       throw new SetupError(`could not fetch the task's files: ${(err as Error).message}`);
     }
+    const checkpoints = new CheckpointWatcher(
+      // Its own deadline, not the lease's signal: checkpoints are still reported when a drain stops the task.
+      { identity: deps.identity, log, send, upload: (full, name) => uploadFile(deps, full, name, AbortSignal.timeout(60_000)) },
+      lease,
+      dirs.checkpoints,
+      started,
+    );
+    checkpoints.start();
     logs.push('system', `fetched ${fetched} file(s); running ${JSON.stringify(lease.runtime.command)} in the ${deps.runtime.kind} runtime\n`);
 
     const result = await deps.runtime.run({
@@ -91,7 +102,11 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
       outputsDir: dirs.outputs,
       checkpointsDir: dirs.checkpoints,
       command: lease.runtime.command,
-      env: lease.runtime.env,
+      env: {
+        ...lease.runtime.env,
+        ...(lease.resume ? { GRIDWORK_RESUME_STEP: String(lease.resume.step) } : {}),
+        ...(lease.stopStep !== undefined ? { GRIDWORK_STOP_STEP: String(lease.stopStep) } : {}),
+      },
       network: lease.runtime.network,
       timeoutMs: lease.timeoutSeconds * 1000,
       memoryBytes: Math.ceil(lease.resources.memoryGiB * GiB),
@@ -100,7 +115,12 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
       diskBytes: lease.resources.diskGiB === undefined ? 10 * GiB : Math.ceil(lease.resources.diskGiB * GiB),
       signal,
       onOutput: (stream, data) => logs.push(stream, data),
+    }).catch(async (err: unknown) => {
+      await checkpoints.stop(false);
+      throw err;
     });
+    // Checkpoints written up to the end are reported before the lease ends (also when it is handed back).
+    await checkpoints.stop(!(result.aborted || signal.aborted) || signal.reason === 'drain');
     if (result.aborted || signal.aborted) return endAborted(deps, lease, signal, logs, started);
     const durationMs = Date.now() - started;
     if (result.timedOut) {
@@ -210,24 +230,27 @@ async function uploadOutputs(deps: LeaseRunnerDeps, dir: string, signal: AbortSi
     for (const e of await readdir(d, { withFileTypes: true })) {
       const full = join(d, e.name);
       if (e.isDirectory()) await walk(full);
-      else if (e.isFile()) {
-        const hash = createHash('sha256');
-        for await (const c of createReadStream(full)) hash.update(c as Buffer);
-        const digest = hash.digest('hex');
-        const { size } = await stat(full);
-        await whileUnreachable(signal, () =>
-          signedFetch(deps.coordinatorUrl, deps.identity, 'PUT', `/v1/blobs/${digest}`, {
-            body: { blob: Readable.toWeb(createReadStream(full)) as ReadableStream<Uint8Array>, digest },
-            signal,
-          }),
-        );
-        out.push({ path: relative(dir, full).split(sep).join('/'), digest, size });
-      }
+      else if (e.isFile()) out.push(await uploadFile(deps, full, relative(dir, full).split(sep).join('/'), signal));
       // Symlinks and devices are not outputs: a task must not make the agent read outside its directory.
     }
   };
   await walk(dir);
   return out.sort((a, b) => (a.path < b.path ? -1 : 1));
+}
+
+/** Uploads one file as a blob (retrying while the coordinator is unreachable); `path` names it in the result. */
+async function uploadFile(deps: LeaseRunnerDeps, full: string, path: string, signal: AbortSignal): Promise<FileRef> {
+  const hash = createHash('sha256');
+  for await (const c of createReadStream(full)) hash.update(c as Buffer);
+  const digest = hash.digest('hex');
+  const { size } = await stat(full);
+  await whileUnreachable(signal, () =>
+    signedFetch(deps.coordinatorUrl, deps.identity, 'PUT', `/v1/blobs/${digest}`, {
+      body: { blob: Readable.toWeb(createReadStream(full)) as ReadableStream<Uint8Array>, digest },
+      signal,
+    }),
+  );
+  return { path, digest, size };
 }
 
 /**

@@ -439,24 +439,34 @@ export class JobService {
 
   /** The owner of a job, or a provider holding an active lease on it, may read its blobs. */
   async assertBlobAccess(accountId: string, jobId: string, digest: string): Promise<void> {
-    const job = await this.deps.db.selectFrom('jobs').select(['owner']).where('id', '=', jobId).executeTakeFirst();
+    const job = await this.deps.db.selectFrom('jobs').select(['owner', 'purpose']).where('id', '=', jobId).executeTakeFirst();
     if (!job) throw new GridworkError('JOB_NOT_FOUND', `job ${jobId} does not exist`);
     const link = await this.deps.db.selectFrom('job_blobs').select('role').where('job_id', '=', jobId).where('digest', '=', digest).executeTakeFirst();
     if (job.owner === accountId) {
       if (!link) throw new GridworkError('NOT_FOUND', `blob ${digest} is not part of job ${jobId}`);
       return;
     }
-    // A provider reads only what a live lease of its needs: the job's bundle, and its own task's inputs.
+    // A provider reads only what a live lease of its needs: the job's bundle, its own task's inputs,
+    // and the checkpoint its task resumes from (its task's own, or a segment check's start).
     const leases = await this.deps.db
       .selectFrom('leases')
       .innerJoin('tasks', 'tasks.id', 'leases.task_id')
-      .select('tasks.inputs')
+      .select(['tasks.inputs', 'tasks.id as task_id'])
       .where('leases.job_id', '=', jobId)
       .where('leases.provider_id', '=', accountId)
       .where('leases.state', 'in', [...ACTIVE_LEASE_STATES])
       .execute();
     if (leases.length === 0) throw new GridworkError('FORBIDDEN', `job ${jobId} belongs to another account`);
-    const needed = link?.role === 'bundle' || leases.some((l) => l.inputs.some((set) => set.files.some((f) => f.digest === digest)));
+    let needed = link?.role === 'bundle' || leases.some((l) => l.inputs.some((set) => set.files.some((f) => f.digest === digest)));
+    if (!needed && link?.role === 'checkpoint') {
+      const own = await this.deps.db
+        .selectFrom('checkpoints')
+        .select('step')
+        .where('task_id', 'in', leases.map((l) => l.task_id))
+        .where('digest', '=', digest)
+        .executeTakeFirst();
+      needed = own !== undefined || job.purpose !== 'work';
+    }
     if (!needed) throw new GridworkError('FORBIDDEN', `blob ${digest} is not needed by your lease of job ${jobId}`);
   }
 }

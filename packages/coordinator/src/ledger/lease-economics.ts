@@ -173,6 +173,28 @@ export async function chargeUsage(trx: Trx, lease: LeaseMoney, usageMs: bigint):
   return charged;
 }
 
+/**
+ * Lowers what a lease has charged to the cost of `usageMs` (a lost training lease is paid only up
+ * to its last checkpoint: the work after it is lost). The difference goes from its earnings back
+ * to its escrow (and with the escrow to the job's hold when the lease settles).
+ */
+export async function capCharge(trx: Trx, lease: LeaseMoney, usageMs: bigint): Promise<void> {
+  const target = costOf(lease.price_per_hour, usageMs);
+  if (lease.charged <= target) return;
+  const back = lease.charged - target;
+  await post(trx, {
+    kind: 'lease.uncharge',
+    key: `uncharge:${lease.id}`,
+    postings: [
+      { account: earnedOf(lease.id), amount: -back },
+      { account: escrowOf(lease.id), amount: back },
+    ],
+    memo: { leaseId: lease.id, usageMs: usageMs.toString(), why: 'paid only up to the last checkpoint' },
+  });
+  lease.charged = target;
+  lease.usage_ms = usageMs;
+}
+
 /** Returns a lease's unused escrow to its job's hold (the lease has ended). */
 export async function returnEscrow(trx: Trx, lease: Pick<LeaseMoney, 'id' | 'job_id'>): Promise<void> {
   const escrow = await balanceOf(trx, escrowOf(lease.id));

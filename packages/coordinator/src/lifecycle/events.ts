@@ -50,6 +50,8 @@ export type DomainEvent =
   | { type: 'job.topped-up'; jobId: string; amount: string }
   | { type: 'task.requeued'; jobId: string; taskId: string; index: number; attempts: number; reason: string }
   | { type: 'task.ended'; jobId: string; taskId: string; index: number; state: 'succeeded' | 'failed' | 'cancelled' }
+  /** A task wrote a checkpoint (what it resumes from if its provider fails). */
+  | { type: 'task.checkpointed'; jobId: string; taskId: string; leaseId: string; step: number }
   /** New log lines of a job's tasks were stored, up to log id `last`. */
   | { type: 'task.logged'; jobId: string; last: string }
   | {

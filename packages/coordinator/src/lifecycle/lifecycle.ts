@@ -41,6 +41,7 @@ import { sql } from 'kysely';
 import { balanceOf, FEES, holdOf, post, stakeOf } from '../ledger/ledger.ts';
 import {
   addBudget,
+  capCharge,
   chargeUsage,
   costOf,
   type EconomicsConfig,
@@ -143,6 +144,8 @@ type LeaseRow = LeaseMoney & {
   cpu_milli: bigint;
   mem_milli: bigint;
   gpus: number[];
+  audit_seed: string | null;
+  audit_commitment: string | null;
 };
 
 /** How long after the coordinator stopped a lease its agent's last log lines are still kept. */
@@ -357,6 +360,8 @@ export class Lifecycle {
     if (job.low_balance_since) await this.setFunding(uow, job.id, false);
     await fundLease(trx, { id: leaseId, job_id: job.id, price_per_hour: p.pricePerHour, usage_ms: 0n, charged: 0n }, 0n, this.economics);
     await trx.updateTable('tasks').set({ state: 'assigned', lease_id: leaseId, provider_id: p.providerId, error: null }).where('id', '=', task.id).execute();
+    // A requeued task resumes from its latest checkpoint; a segment check from the checked lease's.
+    const resume = await this.resumePoint(trx, task.id, job.id, job.purpose);
     // A check replays the checked task: same index and count (its spec carries them).
     const replay = job.purpose === 'work' ? undefined : spec.runtime.env;
     const taskIndex = replay?.GRIDWORK_TASK_INDEX ? Number(replay.GRIDWORK_TASK_INDEX) : task.idx;
@@ -387,6 +392,8 @@ export class Lifecycle {
       gpus: p.gpus,
       timeoutSeconds,
       auditCommitment,
+      ...(resume?.from ? { resume: resume.from } : {}),
+      ...(resume?.stopStep !== undefined ? { stopStep: resume.stopStep } : {}),
     };
     await enqueueForProvider(uow, p.providerId, { type: 'lease.assign', lease });
     uow.emit({
@@ -412,6 +419,21 @@ export class Lifecycle {
     assertTransition('job', jobId, 'pending', 'matching');
     await uow.trx.updateTable('jobs').set({ state: 'matching', updated_at: new Date() }).where('id', '=', jobId).execute();
     uow.emit({ type: 'job.progressed', jobId, from: 'pending', to: 'matching' });
+  }
+
+  /** Where a task starts: its own latest checkpoint, else (a segment check) the checked lease's segment start. */
+  private async resumePoint(trx: Trx, taskId: string, jobId: string, purpose: JobPurpose): Promise<{ from?: { step: number; file: FileRef }; stopStep?: number } | null> {
+    const ref = (c: { step: number; path: string; digest: string; size: bigint }) => ({ step: c.step, file: { path: c.path, digest: c.digest, size: Number(c.size) } });
+    const own = await trx.selectFrom('checkpoints').select(['step', 'path', 'digest', 'size']).where('task_id', '=', taskId).orderBy('step', 'desc').limit(1).executeTakeFirst();
+    if (purpose === 'work') return own ? { from: ref(own) } : null;
+    const check = await trx.selectFrom('verifications').select(['lease_id', 'segment_from', 'segment_to']).where('check_job_id', '=', jobId).executeTakeFirst();
+    if (!check || check.segment_to === null) return own ? { from: ref(own) } : null;
+    const start =
+      check.segment_from === null
+        ? undefined
+        : await trx.selectFrom('checkpoints').select(['step', 'path', 'digest', 'size']).where('lease_id', '=', check.lease_id).where('step', '=', check.segment_from).executeTakeFirst();
+    const from = own && (!start || own.step > start.step) ? own : start;
+    return { ...(from ? { from: ref(from) } : {}), stopStep: check.segment_to };
   }
 
   private readonly taskCounts = new Map<string, number>();
@@ -505,6 +527,27 @@ export class Lifecycle {
     uow.emit({ type: 'task.logged', jobId: lease.job_id, last: last.toString() });
   }
 
+  /**
+   * The task wrote a checkpoint (signed and uploaded by its provider; report-handlers checked
+   * both): a requeued task resumes from its latest, and a lost training lease is paid up to it.
+   */
+  async recordCheckpoint(uow: UnitOfWork, reported: LeaseRow, c: { step: number; file: FileRef; usageMs: number; signature: string }): Promise<void> {
+    const { trx } = uow;
+    const job = await this.lockJob(trx, reported.job_id);
+    const lease = await this.lockLease(trx, reported.id);
+    if (!isActiveLease(lease.state) || !lease.started_at) return;
+    const usage = plausibleUsage(c.usageMs, lease.started_at, this.economics, limitMsOf(job.spec));
+    const row = await trx
+      .insertInto('checkpoints')
+      .values({ lease_id: lease.id, task_id: lease.task_id, step: c.step, path: c.file.path, digest: c.file.digest, size: c.file.size, usage_ms: usage, signature: c.signature })
+      .onConflict((oc) => oc.columns(['lease_id', 'step']).doNothing())
+      .returning('step')
+      .executeTakeFirst();
+    if (!row) return;
+    await trx.insertInto('job_blobs').values({ job_id: lease.job_id, digest: c.file.digest, role: 'checkpoint' }).onConflict((oc) => oc.doNothing()).execute();
+    uow.emit({ type: 'task.checkpointed', jobId: lease.job_id, taskId: lease.task_id, leaseId: lease.id, step: c.step });
+  }
+
   /** The task ran to its end on the provider: it succeeded, or the workload failed by itself. */
   finish(uow: UnitOfWork, leaseId: string, outcome: Extract<LeaseOutcome, { kind: 'completed' | 'failed' }>): Promise<boolean> {
     return this.end(uow, leaseId, outcome);
@@ -562,7 +605,7 @@ export class Lifecycle {
    * audit window closes. Whether it is audited is drawn from the lease's secret seed, whose hash
    * the provider received with the task (commit–reveal): it could not know when it committed.
    */
-  private async holdForVerification(uow: UnitOfWork, lease: LeaseRow & { audit_seed: string | null }, digest: string): Promise<void> {
+  private async holdForVerification(uow: UnitOfWork, lease: LeaseRow, digest: string): Promise<void> {
     const { trx } = uow;
     const cfg = this.verification;
     const provider = await trx.selectFrom('providers').select('audit_streak').where('id', '=', lease.provider_id).executeTakeFirst();
@@ -797,6 +840,16 @@ export class Lifecycle {
       const limitMs = limitMsOf(job.spec);
       if (outcome.kind === 'completed' || outcome.kind === 'failed') await this.charge(trx, lease, plausibleUsage(outcome.durationMs, lease.started_at, this.economics, limitMs));
       else if (outcome.kind === 'cancelled') await this.charge(trx, lease, BigInt(Math.min(limitMs, Math.max(0, now.getTime() - lease.started_at.getTime()))));
+      else if (job.kind === 'train') {
+        // A lost (or handed-back) training lease is paid only for the work its next lease resumes
+        // from: up to its last checkpoint, nothing without one.
+        const last = await trx.selectFrom('checkpoints').select('usage_ms').where('lease_id', '=', lease.id).orderBy('step', 'desc').limit(1).executeTakeFirst();
+        // The checkpoint's run time is signed like a debit note: charged up to it, and no further.
+        if (last) await this.charge(trx, lease, last.usage_ms);
+        const before = lease.charged;
+        await capCharge(trx, lease, last?.usage_ms ?? 0n);
+        if (lease.charged !== before) await trx.updateTable('leases').set({ usage_ms: lease.usage_ms, charged: lease.charged }).where('id', '=', lease.id).execute();
+      }
     }
     // A completed task's earnings stay pending while its result can still be checked (verify/);
     // the unused escrow goes back at once either way.

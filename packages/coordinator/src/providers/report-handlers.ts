@@ -4,7 +4,7 @@
  * about a lease that is not the sender's throws NOT_LEASE_OWNER / LEASE_NOT_FOUND; a usage record
  * whose signature does not verify throws BAD_SIGNATURE: the report is consumed without effect.
  */
-import { canonicalJson, type FileRef, type LeaseEnd, type ProviderSequenced } from '@gridwork/protocol';
+import { canonicalJson, checkpointMessage, checkpointStep, type FileRef, type LeaseEnd, type ProviderSequenced } from '@gridwork/protocol';
 import { verifyBytes } from '@gridwork/protocol/node';
 import { GridworkError } from '@gridwork/protocol';
 import type { Lifecycle, LeaseOutcome } from '../lifecycle/lifecycle.ts';
@@ -60,6 +60,16 @@ export const reportHandlers: Handlers = {
       throw new GridworkError('BAD_SIGNATURE', 'usage record signature does not verify');
     }
     await lifecycle.recordUsage(uow, lease, msg.usageMs);
+  },
+
+  async 'lease.checkpoint'({ uow, providerId, lifecycle }, msg) {
+    const lease = await lifecycle.leaseOf(uow, providerId, msg.leaseId);
+    const signed = checkpointMessage({ leaseId: lease.id, step: msg.step, digest: msg.file.digest, usageMs: msg.usageMs, auditCommitment: lease.audit_commitment ?? '' });
+    if (!verifyBytes(providerId, signed, msg.signature)) throw new GridworkError('BAD_SIGNATURE', 'checkpoint signature does not verify');
+    // Only a file named for its step, that this provider uploaded during the lease, is a checkpoint to resume from.
+    if (checkpointStep(msg.file.path) !== msg.step) throw new GridworkError('BAD_SIGNATURE', `checkpoint ${msg.file.path} is not named for step ${msg.step}`);
+    if (!(await uploadedDuring(uow, providerId, lease.created_at, [msg.file]))) throw new GridworkError('BAD_SIGNATURE', 'checkpoint was not uploaded by this provider during the lease');
+    await lifecycle.recordCheckpoint(uow, lease, { step: msg.step, file: msg.file, usageMs: msg.usageMs, signature: msg.signature });
   },
 
   async 'lease.finished'({ uow, providerId, lifecycle }, msg) {

@@ -312,6 +312,31 @@ migrations['0005_trust_verification'] = {
   },
 };
 
+migrations['0006_checkpoints'] = {
+  async up(db: Kysely<unknown>) {
+    await runStatements(
+      db,
+      `
+      create table checkpoints (
+        lease_id text not null references leases (id),
+        task_id text not null references tasks (id),
+        step integer not null,
+        path text not null,
+        digest text not null references blobs (digest),
+        size bigint not null,
+        usage_ms bigint not null,
+        signature text not null,
+        created_at timestamptz not null default now(),
+        primary key (lease_id, step)
+      );
+      create index checkpoints_task on checkpoints (task_id, step);
+      alter table verifications add column segment_from integer;
+      alter table verifications add column segment_to integer
+    `,
+    );
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 /**

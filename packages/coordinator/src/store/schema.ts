@@ -139,12 +139,29 @@ export interface VerificationsTable {
   detail: string | null;
   created_at: TimestampDefault;
   ended_at: Timestamp | null;
+  /** A segment check of checkpointed work: re-run from checkpoint `segment_from` to `segment_to`. */
+  segment_from: number | null;
+  segment_to: number | null;
+}
+
+/** A checkpoint a lease's task wrote (lifecycle): what a requeued task resumes from, and a commitment. */
+export interface CheckpointsTable {
+  lease_id: string;
+  task_id: string;
+  step: number;
+  path: string;
+  digest: string;
+  size: Int8;
+  /** The lease's run time when it was written: what a lost lease is paid up to. */
+  usage_ms: Int8;
+  signature: string;
+  created_at: TimestampDefault;
 }
 
 export interface JobBlobsTable {
   job_id: string;
   digest: string;
-  role: 'bundle' | 'input' | 'output';
+  role: 'bundle' | 'input' | 'output' | 'checkpoint';
 }
 
 export interface TasksTable {
@@ -298,6 +315,7 @@ export interface Database {
   blobs: BlobsTable;
   jobs: JobsTable;
   verifications: VerificationsTable;
+  checkpoints: CheckpointsTable;
   job_blobs: JobBlobsTable;
   tasks: TasksTable;
   leases: LeasesTable;
