@@ -2,15 +2,18 @@
  * Checkpointed training on real, sandboxed agents (PGlite, then PostgreSQL): the task writes
  * checkpoints, the agent uploads and reports each one signed; when its provider dies the task
  * resumes on another provider from the last checkpoint and ends with exactly the result of an
- * uninterrupted run; the dead provider is paid only for the work up to that checkpoint. Every
- * wait is on state read from the coordinator.
+ * uninterrupted run; the dead provider is paid only for the work up to that checkpoint. A
+ * dispute of a training result bisects the two runs' committed checkpoints and a referee
+ * re-executes only the first segment where they part. Every wait is on state read from the coordinator.
  */
 import assert from 'node:assert/strict';
 import { dirname, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { internalsOf } from '@gridwork/coordinator/internal';
+import { writeFile } from 'node:fs/promises';
 import type { JobSpec } from '@gridwork/protocol';
+import { generateIdentity, signRequest } from '@gridwork/protocol/node';
 import type { ProviderAgent } from '@gridwork/provider';
 import { type StoreKind, startTestNetwork, type TestNetwork, until } from '@gridwork/testkit';
 import { costOf } from '../src/ledger/lease-economics.ts';
@@ -99,6 +102,77 @@ for (const store of ['pglite', 'postgres'] as StoreKind[]) {
       assert.equal(audit.total, 0n);
       assert.deepEqual(audit.mismatched, []);
       assert.deepEqual(audit.negative, []);
+    });
+  });
+
+  describe(`a disputed training result on ${store}`, { timeout: 180_000 }, () => {
+    let net: TestNetwork;
+
+    before(async () => {
+      net = await startTestNetwork({
+        store,
+        coordinator: {
+          economics: { meteringIntervalMs: 300 },
+          verification: { windowMs: 300_000, probationTasks: 0, minAuditRate: 0, maxAuditRate: 0, genesisFees: '50', minSlash: '5', checkTimeoutMs: 300_000 },
+        },
+      });
+    });
+    after(async () => {
+      await net?.close();
+    });
+
+    test('bisection over committed checkpoints finds the first divergent segment; a referee re-runs only it and the dispute is upheld', async () => {
+      // A provider whose training goes wrong from step 20 on: its checkpoints and its result say so.
+      const cheater = await net.addProvider({
+        name: 'diverges',
+        slots: 1,
+        attributes: { region: 'c' },
+        checkpointTamper: async (file, step) => {
+          if (step >= 20) await writeFile(file, JSON.stringify({ step, state: 1 }));
+        },
+        resultTamper: async (dir) => writeFile(join(dir, 'result.txt'), 'state after 40 steps: 1\n'),
+      });
+      const cheaterClient = await net.fundedClient('20', net.identityOf(cheater));
+      await cheaterClient.stake('20');
+      await net.addProvider({ name: 'honest-a', slots: 1, attributes: { region: 'a' } });
+      await net.addProvider({ name: 'honest-b', slots: 1, attributes: { region: 'b' } });
+      const identity = generateIdentity();
+      const client = await net.fundedClient('200', identity);
+      const job = await client.submit({ ...trainSpec, placement: { regions: ['c'] } }, { baseDir: fixtures });
+      const verifying = await until(() => client.get(job.id), (j) => j.state === 'verifying', { timeoutMs: WAIT_MS, what: 'the training result' });
+      assert.equal(verifying.tasks[0]?.providerName, 'diverges');
+
+      const path = `/v1/jobs/${job.id}/tasks/0/dispute`;
+      const res = await fetch(new URL(path, net.coordinator.url), { method: 'POST', headers: signRequest(identity, 'POST', path) });
+      assert.equal(res.status, 201, await res.clone().text());
+
+      const decided = await until(() => client.get(job.id), (j) => j.state === 'failed', { timeoutMs: WAIT_MS, what: 'the dispute' });
+      const checks = decided.tasks[0]?.verification?.checks ?? [];
+      assert.deepEqual(
+        checks.map((c) => `${c.kind}:${c.state}:${c.outcome}`),
+        ['dispute:failed:dispute-upheld', 'referee:failed:original-refuted'],
+      );
+      const { db } = internalsOf(net.coordinator);
+      const referee = await db.selectFrom('verifications').selectAll().where('kind', '=', 'referee').executeTakeFirstOrThrow();
+      assert.deepEqual([referee.segment_from, referee.segment_to], [10, 20], 'the first segment where the runs part');
+      // The referee re-ran that segment only: it resumed from step 10 and wrote no checkpoint past 20.
+      const refereeSteps = await db
+        .selectFrom('checkpoints')
+        .innerJoin('tasks', 'tasks.id', 'checkpoints.task_id')
+        .select('checkpoints.step')
+        .where('tasks.job_id', '=', referee.check_job_id as string)
+        .execute();
+      assert.deepEqual(
+        refereeSteps.map((c) => c.step),
+        [20],
+      );
+      assert.match(decided.tasks[0]?.verification?.checks[1]?.detail ?? decided.error ?? '', /steps 10–20|another result/);
+      const slashed = await until(
+        () => cheaterClient.balance(),
+        (b) => b.stake !== '20',
+        { what: 'the slash' },
+      );
+      assert.equal(slashed.stake, '15');
     });
   });
 }

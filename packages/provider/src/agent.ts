@@ -15,6 +15,7 @@ import { type AnnouncedOrder, fixedPricing, type PricingPolicy } from './pricing
 import pino, { type Logger } from 'pino';
 import { CoordinatorLink } from './coordinator-link.ts';
 import { detectHardware } from './hardware.ts';
+import type { CheckpointTamper } from './checkpoints.ts';
 import { type AbortReason, type ResultTamper, runLease } from './lease-runner.ts';
 import { createProcessRuntime } from './runtime/process-runtime.ts';
 import type { Runtime } from './runtime/runtime.ts';
@@ -53,6 +54,8 @@ export interface ProviderAgentOptions {
    * tests and the trust simulation set it, to play a provider that returns wrong results. @default none
    */
   resultTamper?: ResultTamper;
+  /** Runs on each checkpoint before it is hashed and uploaded (tests: a provider whose training diverges). @default none */
+  checkpointTamper?: CheckpointTamper;
 }
 
 export class ProviderAgent {
@@ -202,6 +205,7 @@ export class ProviderAgent {
         send: (r) => this.link.send(r),
         log: this.log,
         ...(this.options.resultTamper ? { resultTamper: this.options.resultTamper } : {}),
+        ...(this.options.checkpointTamper ? { checkpointTamper: this.options.checkpointTamper } : {}),
       },
       lease,
       ac.signal,

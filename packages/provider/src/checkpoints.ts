@@ -17,7 +17,11 @@ export interface CheckpointWatcherDeps {
   /** Uploads one file of the directory; returns its reference (path relative to the directory). */
   upload: (fullPath: string, name: string) => Promise<FileRef>;
   send: (report: { type: 'lease.checkpoint'; leaseId: string; step: number; file: FileRef; usageMs: number; signature: string }) => void;
+  /** Rewrites a checkpoint before it is hashed and uploaded (a cheating provider, for tests). */
+  tamper?: CheckpointTamper;
 }
+
+export type CheckpointTamper = (file: string, step: number, lease: LeaseAssignment) => Promise<void>;
 
 /** How often the directory is scanned while the task runs. */
 const SCAN_MS = 1000;
@@ -69,6 +73,7 @@ export class CheckpointWatcher {
       this.seen.add(c.name);
       const usageMs = Date.now() - this.started;
       try {
+        await this.deps.tamper?.(join(this.dir, c.name), c.step, this.lease);
         const file = await this.deps.upload(join(this.dir, c.name), c.name);
         const signature = signBytes(
           this.deps.identity,

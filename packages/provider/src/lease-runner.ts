@@ -24,7 +24,7 @@ import {
 import { type Identity, sha256Bytes, signBytes, signedFetch, writeVerified } from '@gridwork/protocol/node';
 import type { Logger } from 'pino';
 import { Compile } from 'typebox/compile';
-import { CheckpointWatcher } from './checkpoints.ts';
+import { type CheckpointTamper, CheckpointWatcher } from './checkpoints.ts';
 import type { Report } from './coordinator-link.ts';
 import type { RunResult, Runtime } from './runtime/runtime.ts';
 
@@ -46,6 +46,7 @@ export interface LeaseRunnerDeps {
   send: (report: Report) => void;
   log: Logger;
   resultTamper?: ResultTamper;
+  checkpointTamper?: CheckpointTamper;
 }
 
 /** Rewrites a finished task's outputs before they are committed (a cheating provider, for tests). */
@@ -88,7 +89,13 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
     }
     const checkpoints = new CheckpointWatcher(
       // Its own deadline, not the lease's signal: checkpoints are still reported when a drain stops the task.
-      { identity: deps.identity, log, send, upload: (full, name) => uploadFile(deps, full, name, AbortSignal.timeout(60_000)) },
+      {
+        identity: deps.identity,
+        log,
+        send,
+        upload: (full, name) => uploadFile(deps, full, name, AbortSignal.timeout(60_000)),
+        ...(deps.checkpointTamper ? { tamper: deps.checkpointTamper } : {}),
+      },
       lease,
       dirs.checkpoints,
       started,

@@ -127,6 +127,18 @@ export interface NewCheck {
   openedBy?: string;
   bondPosted?: bigint;
   checkId?: string;
+  /**
+   * Checkpointed work: re-execute one segment, from checkpoint step `from` (null: the start) to
+   * step `to` (null: the end, compared on outputs); `expectedDigest` is then the committed digest
+   * of checkpoint `to`.
+   */
+  segment?: Segment;
+}
+
+/** One segment of a checkpointed task: from a checkpoint step (null: the start) to the next (null: the end). */
+export interface Segment {
+  from: number | null;
+  to: number | null;
 }
 
 /** The account that owns the protocol's check jobs (paid from `sys:fees`). */
@@ -426,14 +438,19 @@ export class Lifecycle {
     const ref = (c: { step: number; path: string; digest: string; size: bigint }) => ({ step: c.step, file: { path: c.path, digest: c.digest, size: Number(c.size) } });
     const own = await trx.selectFrom('checkpoints').select(['step', 'path', 'digest', 'size']).where('task_id', '=', taskId).orderBy('step', 'desc').limit(1).executeTakeFirst();
     if (purpose === 'work') return own ? { from: ref(own) } : null;
-    const check = await trx.selectFrom('verifications').select(['lease_id', 'segment_from', 'segment_to']).where('check_job_id', '=', jobId).executeTakeFirst();
-    if (!check || check.segment_to === null) return own ? { from: ref(own) } : null;
+    const check = await trx
+      .selectFrom('verifications')
+      .innerJoin('leases', 'leases.id', 'verifications.lease_id')
+      .select(['leases.task_id', 'verifications.segment_from', 'verifications.segment_to'])
+      .where('verifications.check_job_id', '=', jobId)
+      .executeTakeFirst();
+    if (!check || (check.segment_from === null && check.segment_to === null)) return own ? { from: ref(own) } : null;
     const start =
       check.segment_from === null
         ? undefined
-        : await trx.selectFrom('checkpoints').select(['step', 'path', 'digest', 'size']).where('lease_id', '=', check.lease_id).where('step', '=', check.segment_from).executeTakeFirst();
+        : await trx.selectFrom('checkpoints').select(['step', 'path', 'digest', 'size']).where('task_id', '=', check.task_id).where('step', '=', check.segment_from).limit(1).executeTakeFirst();
     const from = own && (!start || own.step > start.step) ? own : start;
-    return { ...(from ? { from: ref(from) } : {}), stopStep: check.segment_to };
+    return { ...(from ? { from: ref(from) } : {}), ...(check.segment_to === null ? {} : { stopStep: check.segment_to }) };
   }
 
   private readonly taskCounts = new Map<string, number>();
@@ -618,8 +635,41 @@ export class Lifecycle {
       .where('id', '=', lease.id)
       .execute();
     this.emitVerification(uow, lease, 'pending', audited ? `audited (p = ${p.toFixed(4)})` : null);
-    if (audited) await this.openCheck(uow, { kind: 'audit', leaseId: lease.id, expectedDigest: digest });
-    else if (cfg.windowMs === 0) await this.confirmResult(uow, lease.id, null);
+    if (audited) {
+      // Checkpointed work is audited one segment at a time: the seed picks which.
+      const segments = await this.segmentsOf(trx, lease.id);
+      const segment = segments[Math.floor(drawOf(lease.audit_seed ?? lease.id, 'segment') * segments.length)];
+      await this.openCheck(uow, { kind: 'audit', leaseId: lease.id, ...(await this.expectation(trx, lease.id, segment, digest)) });
+    } else if (cfg.windowMs === 0) await this.confirmResult(uow, lease.id, null);
+  }
+
+  /**
+   * The segments of a lease's checkpointed work: from where it started (a checkpoint of an earlier
+   * lease of its task, or the start) through each of its checkpoints to the end. Empty without checkpoints.
+   */
+  async segmentsOf(db: Trx, leaseId: string): Promise<Segment[]> {
+    const lease = await db.selectFrom('leases').select(['task_id']).where('id', '=', leaseId).executeTakeFirstOrThrow();
+    const own = (await db.selectFrom('checkpoints').select('step').where('lease_id', '=', leaseId).orderBy('step').execute()).map((c) => c.step);
+    if (own.length === 0) return [];
+    const before = await db
+      .selectFrom('checkpoints')
+      .select('step')
+      .where('task_id', '=', lease.task_id)
+      .where('lease_id', '!=', leaseId)
+      .where('step', '<', own[0] as number)
+      .orderBy('step', 'desc')
+      .limit(1)
+      .executeTakeFirst();
+    const points: (number | null)[] = [before?.step ?? null, ...own, null];
+    return points.slice(1).map((to, i) => ({ from: points[i] ?? null, to }));
+  }
+
+  /** What a check of `segment` (or of the whole task) must reproduce. */
+  async expectation(db: Trx, leaseId: string, segment: Segment | undefined, outputDigest: string): Promise<{ expectedDigest: string; segment?: Segment }> {
+    if (!segment) return { expectedDigest: outputDigest };
+    if (segment.to === null) return { expectedDigest: outputDigest, segment };
+    const c = await db.selectFrom('checkpoints').select('digest').where('lease_id', '=', leaseId).where('step', '=', segment.to).executeTakeFirstOrThrow();
+    return { expectedDigest: c.digest, segment };
   }
 
   private emitVerification(
@@ -655,7 +705,18 @@ export class Lifecycle {
     const limitMs = limitMsOf(job.spec);
     const runMs = Math.min(limitMs, 4 * (task.duration_ms ?? limitMs) + 4 * this.economics.meteringIntervalMs);
     const budget = costOf(maxPerHour, BigInt(runMs)) || 1n;
-    const base = { id: checkId, kind: c.kind, lease_id: lease.id, provider_id: lease.provider_id, expected_digest: c.expectedDigest, opened_by: c.openedBy ?? null, bond: c.bondPosted ?? 0n, parent_id: c.parentId ?? null };
+    const base = {
+      id: checkId,
+      kind: c.kind,
+      lease_id: lease.id,
+      provider_id: lease.provider_id,
+      expected_digest: c.expectedDigest,
+      opened_by: c.openedBy ?? null,
+      bond: c.bondPosted ?? 0n,
+      parent_id: c.parentId ?? null,
+      segment_from: c.segment?.from ?? null,
+      segment_to: c.segment?.to ?? null,
+    };
     const jobId = newId('job');
     try {
       await post(trx, {
@@ -715,6 +776,10 @@ export class Lifecycle {
       .execute();
     // The check reads what the checked task read.
     await sql`insert into job_blobs (job_id, digest, role) select ${jobId}, digest, role from job_blobs where job_id = ${job.id} and role in ('bundle', 'input') on conflict do nothing`.execute(trx);
+    if (c.segment?.from != null) {
+      // A segment check starts from the checked task's checkpoint.
+      await sql`insert into job_blobs (job_id, digest, role) select ${jobId}, digest, 'checkpoint' from checkpoints where task_id = ${task.id} and step = ${c.segment.from} limit 1 on conflict do nothing`.execute(trx);
+    }
     await trx.insertInto('verifications').values({ ...base, state: 'open', check_job_id: jobId }).execute();
     uow.emit({ type: 'job.submitted', jobId, owner: PROTOCOL_ACCOUNT, tasks: 1 });
     uow.emit({ type: 'check.opened', checkId, kind: c.kind, leaseId: lease.id, providerId: lease.provider_id, checkJobId: jobId });

@@ -87,7 +87,7 @@ export function auditRate(charged: bigint, stake: bigint, auditStreak: number, c
  * seed's hash with its assignment and committed to its result before the seed is revealed, so
  * it cannot know whether it will be audited; afterwards anyone can recompute the draw.
  */
-export function drawOf(seed: string, what: 'audit' | 'canary'): number {
+export function drawOf(seed: string, what: 'audit' | 'canary' | 'segment'): number {
   const h = createHmac('sha256', seed).update(what).digest();
   return h.readUIntBE(0, 6) / 2 ** 48;
 }

@@ -29,7 +29,7 @@ import type { BlobStore } from '../blobs/blob-store.ts';
 import type { Subscriber } from '../bus/bus.ts';
 import { available, balanceOf, bondOf, post, RESERVE, stakeOf, unbondingOf } from '../ledger/ledger.ts';
 import type { ProviderFaultKind } from '../lifecycle/events.ts';
-import type { Lifecycle } from '../lifecycle/lifecycle.ts';
+import type { Lifecycle, Segment } from '../lifecycle/lifecycle.ts';
 import type { Units, UnitOfWork } from '../lifecycle/unit-of-work.ts';
 import type { Db } from '../store/database.ts';
 import type { VerificationsTable } from '../store/schema.ts';
@@ -140,12 +140,12 @@ export class Verifier {
   private async checkEnded(uow: UnitOfWork, checkJobId: string): Promise<void> {
     const check = await uow.trx.selectFrom('verifications').selectAll().where('check_job_id', '=', checkJobId).where('state', '=', 'open').executeTakeFirst();
     if (!check) return;
-    const result = await this.resultOf(uow, checkJobId);
+    const result = await this.resultOf(uow, check);
     if (!result.ok) {
       await this.abandon(uow, check, result.why);
       return;
     }
-    const original = await this.resultOfLease(uow, check.lease_id);
+    const original = await this.expected(uow, check);
     if (!original.ok) {
       await this.abandon(uow, check, 'the checked result is gone');
       return;
@@ -153,50 +153,29 @@ export class Verifier {
     const mode = await this.modeOf(uow, check.lease_id);
     const verdict = await outputsAgree(original.outputs, result.outputs, mode, (d) => this.read(d));
     const { lifecycle } = this.deps;
+    const segment = check.segment_from === null && check.segment_to === null ? undefined : { from: check.segment_from, to: check.segment_to };
     switch (check.kind) {
       case 'audit':
         if (verdict.agree) {
           await lifecycle.closeCheck(uow, check.id, 'passed', 'confirmed', null);
           await this.passed(uow, check.provider_id);
-          await lifecycle.confirmResult(uow, check.lease_id, `audit passed (re-run by ${short(result.providerId)})`);
+          await lifecycle.confirmResult(uow, check.lease_id, `audit passed (re-run by ${short(result.providerId)}${segment ? `, ${describe(segment)}` : ''})`);
           await this.maybeCanary(uow, check, [check.provider_id, result.providerId]);
         } else {
-          // Two providers disagree: a third decides. The audit stays open until it does.
+          // Two providers disagree: a third re-runs the same (segment of the) task. The audit stays open until it does.
           await lifecycle.openCheck(uow, {
             kind: 'referee',
             leaseId: check.lease_id,
             expectedDigest: check.expected_digest ?? '',
             exclude: [result.providerId],
             parentId: check.id,
+            ...(segment ? { segment } : {}),
           });
         }
         return;
-      case 'referee': {
-        const parent = check.parent_id ? await uow.trx.selectFrom('verifications').selectAll().where('id', '=', check.parent_id).executeTakeFirst() : undefined;
-        const auditor = parent?.check_job_id ? await this.resultOf(uow, parent.check_job_id) : null;
-        if (!parent || !auditor?.ok) {
-          await this.abandon(uow, check, 'the disagreeing audit is gone');
-          return;
-        }
-        const withAuditor = await outputsAgree(auditor.outputs, result.outputs, mode, (d) => this.read(d));
-        if (verdict.agree) {
-          await lifecycle.closeCheck(uow, check.id, 'passed', 'original-confirmed', null);
-          await lifecycle.closeCheck(uow, parent.id, 'passed', 'auditor-overruled', `a referee agreed with the provider, not with auditor ${short(auditor.providerId)}`);
-          await this.passed(uow, check.provider_id);
-          await lifecycle.confirmResult(uow, check.lease_id, 'audit disagreement settled by a referee in the provider’s favour');
-          await this.fault(uow, { providerId: auditor.providerId, leaseId: auditor.leaseId, fault: 'false-audit', checkId: parent.id, detail: 'its audit result disagreed with the provider and a referee' });
-        } else if (withAuditor.agree) {
-          const detail = `an audit by ${short(auditor.providerId)} and a referee (${short(result.providerId)}) both produced another result: ${verdict.detail}`;
-          await lifecycle.closeCheck(uow, check.id, 'failed', 'original-refuted', null);
-          await lifecycle.closeCheck(uow, parent.id, 'failed', 'original-refuted', detail);
-          await this.convict(uow, check, 'failed-audit', detail, auditor.providerId);
-        } else {
-          const detail = 'the provider, the auditor and the referee all disagree (is the task deterministic?)';
-          await lifecycle.closeCheck(uow, check.id, 'abandoned', 'inconclusive', detail);
-          await lifecycle.closeCheck(uow, parent.id, 'abandoned', 'inconclusive', detail);
-        }
+      case 'referee':
+        await this.refereeEnded(uow, check, result, verdict);
         return;
-      }
       case 'canary':
         // The known answer is the checked lease's (confirmed by an audit); the canary's provider is on trial.
         if (verdict.agree) {
@@ -211,19 +190,101 @@ export class Verifier {
         return;
       case 'dispute':
         if (verdict.agree) {
-          await lifecycle.closeCheck(uow, check.id, 'passed', 'dispute-dismissed', 'a referee reproduced the result');
-          await this.payBond(uow, check, check.provider_id, 'dispute dismissed');
-          await this.passed(uow, check.provider_id);
-          await lifecycle.markDisputed(uow, check.lease_id, false);
-          await lifecycle.confirmResult(uow, check.lease_id, 'dispute dismissed: a referee reproduced the result');
-        } else {
+          await this.dismiss(uow, check, 'a referee reproduced the result');
+          return;
+        }
+        {
+          // Checkpointed work: bisect the two runs' committed checkpoints for the first segment
+          // where they part, and have a third provider re-run only that segment.
+          const diverged = await this.firstDivergence(uow, check.lease_id, result.leaseId);
+          if (diverged) {
+            const expect = await lifecycle.expectation(uow.trx, check.lease_id, diverged, check.expected_digest ?? '');
+            await lifecycle.openCheck(uow, { kind: 'referee', leaseId: check.lease_id, ...expect, exclude: [result.providerId], parentId: check.id });
+            return;
+          }
           const detail = `a referee (${short(result.providerId)}) produced another result: ${verdict.detail}`;
-          await lifecycle.closeCheck(uow, check.id, 'failed', 'dispute-upheld', detail);
-          await this.payBond(uow, check, check.opened_by as string, 'dispute upheld: bond returned');
-          await this.convict(uow, check, 'lost-dispute', detail, check.opened_by as string);
+          await this.uphold(uow, check, detail);
         }
         return;
     }
+  }
+
+  /** A referee re-ran what an audit or a dispute disagreed about: the side it agrees with stands. */
+  private async refereeEnded(uow: UnitOfWork, check: Check, result: Extract<Result, { ok: true }>, verdict: { agree: boolean; detail: string | null }): Promise<void> {
+    const { lifecycle } = this.deps;
+    const parent = check.parent_id ? await uow.trx.selectFrom('verifications').selectAll().where('id', '=', check.parent_id).executeTakeFirst() : undefined;
+    // The other side: the parent's re-execution, over the same segment.
+    const other = parent?.check_job_id ? await this.resultOf(uow, { ...check, check_job_id: parent.check_job_id }) : null;
+    if (!parent || !other?.ok) {
+      await this.abandon(uow, check, 'the disagreeing check is gone');
+      return;
+    }
+    const mode = await this.modeOf(uow, check.lease_id);
+    const withOther = await outputsAgree(other.outputs, result.outputs, mode, (d) => this.read(d));
+    const where = check.segment_from !== null || check.segment_to !== null ? ` on ${describe({ from: check.segment_from, to: check.segment_to })}` : '';
+    if (verdict.agree) {
+      await lifecycle.closeCheck(uow, check.id, 'passed', 'original-confirmed', null);
+      await this.fault(uow, { providerId: other.providerId, leaseId: other.leaseId, fault: 'false-audit', checkId: parent.id, detail: `its re-execution disagreed with the provider and a referee${where}` });
+      if (parent.kind === 'dispute') {
+        await this.dismiss(uow, parent, `a referee reproduced the provider's result${where}`);
+      } else {
+        await lifecycle.closeCheck(uow, parent.id, 'passed', 'auditor-overruled', `a referee agreed with the provider, not with auditor ${short(other.providerId)}${where}`);
+        await this.passed(uow, check.provider_id);
+        await lifecycle.confirmResult(uow, check.lease_id, 'audit disagreement settled by a referee in the provider’s favour');
+      }
+    } else if (withOther.agree) {
+      const detail = `a re-execution by ${short(other.providerId)} and a referee (${short(result.providerId)}) both produced another result${where}: ${verdict.detail}`;
+      await lifecycle.closeCheck(uow, check.id, 'failed', 'original-refuted', null);
+      if (parent.kind === 'dispute') await this.uphold(uow, parent, detail);
+      else {
+        await lifecycle.closeCheck(uow, parent.id, 'failed', 'original-refuted', detail);
+        await this.convict(uow, check, 'failed-audit', detail, other.providerId);
+      }
+    } else {
+      const detail = `the provider, the re-execution and the referee all disagree${where} (is the task deterministic?)`;
+      await lifecycle.closeCheck(uow, check.id, 'abandoned', 'inconclusive', detail);
+      await this.abandon(uow, parent, detail);
+    }
+  }
+
+  /** A dispute dismissed: its bond pays the provider, whose result is confirmed and paid. */
+  private async dismiss(uow: UnitOfWork, check: Check, detail: string): Promise<void> {
+    const { lifecycle } = this.deps;
+    await lifecycle.closeCheck(uow, check.id, 'passed', 'dispute-dismissed', detail);
+    await this.payBond(uow, check, check.provider_id, 'dispute dismissed');
+    await this.passed(uow, check.provider_id);
+    await lifecycle.markDisputed(uow, check.lease_id, false);
+    await lifecycle.confirmResult(uow, check.lease_id, `dispute dismissed: ${detail}`);
+  }
+
+  /** A dispute upheld: the bond goes back, the provider is convicted, the requester rewarded as finder. */
+  private async uphold(uow: UnitOfWork, check: Check, detail: string): Promise<void> {
+    await this.deps.lifecycle.closeCheck(uow, check.id, 'failed', 'dispute-upheld', detail);
+    await this.payBond(uow, check, check.opened_by as string, 'dispute upheld: bond returned');
+    await this.convict(uow, check, 'lost-dispute', detail, check.opened_by as string);
+  }
+
+  /**
+   * The first segment of the checked lease where another run's committed checkpoints part from
+   * its own, by bisection over the steps both committed (runs of a deterministic task agree up to
+   * some step and differ after it). Null when the lease has no checkpoints.
+   */
+  private async firstDivergence(uow: UnitOfWork, leaseId: string, otherLeaseId: string): Promise<Segment | null> {
+    const segments = await this.deps.lifecycle.segmentsOf(uow.trx, leaseId);
+    if (segments.length === 0) return null;
+    const mine = new Map((await uow.trx.selectFrom('checkpoints').select(['step', 'digest']).where('lease_id', '=', leaseId).execute()).map((c) => [c.step, c.digest]));
+    const otherTask = await uow.trx.selectFrom('leases').select('task_id').where('id', '=', otherLeaseId).executeTakeFirstOrThrow();
+    const theirs = new Map((await uow.trx.selectFrom('checkpoints').select(['step', 'digest']).where('task_id', '=', otherTask.task_id).execute()).map((c) => [c.step, c.digest]));
+    const agreesAt = (s: Segment) => s.to === null || mine.get(s.to) === theirs.get(s.to);
+    // Invariant: every segment before `lo` agrees at its end; segment `hi` is the first known not to (or the last).
+    let lo = 0;
+    let hi = segments.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (agreesAt(segments[mid] as Segment)) lo = mid + 1;
+      else hi = mid;
+    }
+    return segments[lo] as Segment;
   }
 
   /** The checked provider's result is refuted: refund, slash (finder rewarded), backtrack. */
@@ -367,7 +428,8 @@ export class Verifier {
       .orderBy('id')
       .executeTakeFirst();
     if (!target) return;
-    await this.deps.lifecycle.openCheck(uow, { kind: 'canary', leaseId: check.lease_id, expectedDigest: check.expected_digest ?? '', only: target.id });
+    const segment = check.segment_from === null && check.segment_to === null ? undefined : { from: check.segment_from, to: check.segment_to };
+    await this.deps.lifecycle.openCheck(uow, { kind: 'canary', leaseId: check.lease_id, expectedDigest: check.expected_digest ?? '', only: target.id, ...(segment ? { segment } : {}) });
   }
 
   private async passed(uow: UnitOfWork, providerId: string): Promise<void> {
@@ -390,19 +452,28 @@ export class Verifier {
 
   // ---- reading results ------------------------------------------------------------------------
 
-  private async resultOf(uow: UnitOfWork, jobId: string): Promise<Result> {
+  /** What a check's job produced: its outputs, or (a segment check) the checkpoint that ends its segment. */
+  private async resultOf(uow: UnitOfWork, check: Pick<Check, 'check_job_id' | 'segment_to'>): Promise<Result> {
+    const jobId = check.check_job_id as string;
     const job = await uow.trx.selectFrom('jobs').select(['state', 'error']).where('id', '=', jobId).executeTakeFirstOrThrow();
-    const task = await uow.trx.selectFrom('tasks').select(['state', 'outputs', 'provider_id', 'lease_id']).where('job_id', '=', jobId).where('idx', '=', 0).executeTakeFirstOrThrow();
+    const task = await uow.trx.selectFrom('tasks').select(['id', 'state', 'outputs', 'provider_id', 'lease_id']).where('job_id', '=', jobId).where('idx', '=', 0).executeTakeFirstOrThrow();
     if (job.state !== 'succeeded' || task.state !== 'succeeded' || !task.provider_id || !task.lease_id) {
       return { ok: false, why: `the check job ${job.state}${job.error ? `: ${job.error}` : ''}`, providerId: task.provider_id, leaseId: task.lease_id };
     }
-    return { ok: true, outputs: task.outputs, providerId: task.provider_id, leaseId: task.lease_id };
+    if (check.segment_to === null) return { ok: true, outputs: task.outputs, providerId: task.provider_id, leaseId: task.lease_id };
+    const c = await uow.trx.selectFrom('checkpoints').select(['digest', 'size']).where('task_id', '=', task.id).where('step', '=', check.segment_to).limit(1).executeTakeFirst();
+    if (!c) return { ok: false, why: `the check wrote no checkpoint at step ${check.segment_to}`, providerId: task.provider_id, leaseId: task.lease_id };
+    return { ok: true, outputs: [{ path: 'segment', digest: c.digest, size: Number(c.size) }], providerId: task.provider_id, leaseId: task.lease_id };
   }
 
-  private async resultOfLease(uow: UnitOfWork, leaseId: string): Promise<Result> {
-    const t = await uow.trx.selectFrom('tasks').select(['state', 'outputs', 'provider_id', 'lease_id']).where('lease_id', '=', leaseId).executeTakeFirst();
-    if (t?.state !== 'succeeded' || !t.provider_id) return { ok: false, why: 'no result', providerId: null, leaseId };
-    return { ok: true, outputs: t.outputs, providerId: t.provider_id, leaseId };
+  /** What the checked lease committed to, for this check: its outputs, or the checkpoint that ends the segment. */
+  private async expected(uow: UnitOfWork, check: Check): Promise<Result> {
+    const t = await uow.trx.selectFrom('tasks').select(['state', 'outputs', 'provider_id', 'lease_id']).where('lease_id', '=', check.lease_id).executeTakeFirst();
+    if (t?.state !== 'succeeded' || !t.provider_id) return { ok: false, why: 'no result', providerId: null, leaseId: check.lease_id };
+    if (check.segment_to === null) return { ok: true, outputs: t.outputs, providerId: t.provider_id, leaseId: check.lease_id };
+    const c = await uow.trx.selectFrom('checkpoints').select(['digest', 'size']).where('lease_id', '=', check.lease_id).where('step', '=', check.segment_to).executeTakeFirst();
+    if (!c) return { ok: false, why: 'the checkpoint is gone', providerId: t.provider_id, leaseId: check.lease_id };
+    return { ok: true, outputs: [{ path: 'segment', digest: c.digest, size: Number(c.size) }], providerId: t.provider_id, leaseId: check.lease_id };
   }
 
   private async modeOf(uow: UnitOfWork, leaseId: string): Promise<CompareMode> {
@@ -418,4 +489,5 @@ export class Verifier {
 }
 
 const min = (a: bigint, b: bigint) => (a < b ? a : b);
+const describe = (s: Segment) => `steps ${s.from ?? 'start'}–${s.to ?? 'end'}`;
 const short = (id: string) => `${id.slice(0, 8)}…`;
