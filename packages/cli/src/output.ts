@@ -62,8 +62,10 @@ export class CliExit extends Error {
     message: string,
     readonly code = exitCode === EXIT_USAGE ? 'BAD_REQUEST' : exitCode === EXIT_LOST ? 'LOST_CONTACT' : 'FAILED',
     readonly details?: unknown,
+    /** The coordinator's error behind it, if one is: its code is shown with the message. */
+    options?: ErrorOptions,
   ) {
-    super(message);
+    super(message, options);
   }
 }
 
@@ -88,7 +90,7 @@ export function exitCodeFor(err: unknown): number {
 }
 
 export function describeError(err: unknown): string {
-  if (err instanceof CliExit) return err.message;
+  if (err instanceof CliExit) return isGridworkError(err.cause) ? `${err.message} [${err.code}]` : err.message;
   if (isGridworkError(err)) {
     // Every problem of a spec at once, so fixing one does not just reveal the next.
     const problems = Array.isArray(err.details) ? (err.details as { path?: unknown; message?: unknown }[]) : [];

@@ -199,7 +199,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   registerNetworkRoutes(app, { db });
   registerAccountRoutes(app, { accounts });
   registerMarketRoutes(app, { market, jobs });
-  registerVerifyRoutes(app, { db, challenges: config.challenges });
+  registerVerifyRoutes(app, { db, challenges: config.challenges, verification: config.verification });
   registerLiveRoutes(app, { feed });
   registerOperatorRoutes(app, { reports: new OperatorReports(db, config.operators) });
   registerConsoleRoutes(app, { dir: config.consoleDir });

@@ -1,11 +1,14 @@
 /**
  * The requester's client: submit (packs and uploads the bundle and inputs), get, list, watch,
- * wait, logs, results, cancel, money. Every call takes an AbortSignal; errors are
- * GridworkError with the server's stable codes, or one of the typed errors in errors.ts.
+ * wait, logs, results, cancel, dispute, money; and a provider's own record (`providerStatus`,
+ * with the provider's key). Every call takes an AbortSignal; errors are GridworkError with the
+ * server's stable codes, or one of the typed errors in errors.ts.
  *
  * Waiting survives: `watch`, `wait` and following logs reconnect with backoff after a broken
  * stream or a coordinator restart and resume from the last event position / log sequence they
- * saw. Only the job's end ends them — or `giveUpAfterMs` without contact (LostContactError).
+ * saw. `watch` ends when the job ends; `wait` returns once the results are in (a `verifying`
+ * job has every result, pending verification for its audit window) unless asked to wait for
+ * the end; either gives up after `giveUpAfterMs` without contact (LostContactError).
  */
 import { randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -31,8 +34,8 @@ import { describeFiles, expandGlob, type LocalFile, packBundle } from './files.t
 import { type HttpResponse, normalizeCoordinatorUrl, type RequestBody, readNdjsonLines, signedRequest } from './http.ts';
 import { type LogLine, LogLineSplitter } from './log-lines.ts';
 import { readSpecFile } from './spec-file.ts';
-import { TERMINAL_JOB_STATES } from './states.ts';
-import type { ProviderListing } from './types.ts';
+import { RESULTS_READY_STATES, TERMINAL_JOB_STATES } from './states.ts';
+import type { DisputeView, ProviderListing, ProviderStatus } from './types.ts';
 
 /** Blob uploads in flight at once during a submit. */
 const UPLOAD_CONCURRENCY = 8;
@@ -80,6 +83,14 @@ export interface ReconnectOptions extends CallOptions {
 export interface WaitOptions extends ReconnectOptions {
   /** Called with every snapshot of the job (the first one at once). */
   onUpdate?: (job: JobView) => void;
+  /**
+   * What to wait for. `results`: every result is in — the job ended, or it is `verifying`
+   * (results pending verification until each task's `verification.pendingUntil`; an audit or a
+   * dispute may still fail it). `end`: the job ended (succeeded, failed or cancelled), which
+   * for a verifying job means waiting out its audit window.
+   * @default 'results'
+   */
+  until?: 'results' | 'end';
 }
 
 export interface LogOptions extends ReconnectOptions {
@@ -332,12 +343,17 @@ export class GridworkClient {
     }
   }
 
-  /** Waits until the job ends and returns its final state (see `watch` for reconnects and giving up). */
+  /**
+   * Waits until the job's results are in (`verifying`, or ended) and returns that snapshot; with
+   * `until: 'end'`, until the job ends. See `watch` for reconnects and giving up.
+   */
   async wait(jobId: string, options: WaitOptions = {}): Promise<JobView> {
+    const done = options.until === 'end' ? TERMINAL_JOB_STATES : RESULTS_READY_STATES;
     let last: JobView | undefined;
     for await (const job of this.watch(jobId, options)) {
       last = job;
       options.onUpdate?.(job);
+      if (done.includes(job.state)) break;
     }
     if (!last) throw new GridworkError('INTERNAL', `no state received for job ${jobId}`);
     return last;
@@ -365,9 +381,10 @@ export class GridworkClient {
           yield e;
         }
         if (!follow) return;
-        // A follow stream ends when the job has ended, or when a server closes it (restart, page limit).
+        // A follow stream ends when the job has ended, or when a server closes it (restart, page
+        // limit). A verifying job has no task left to run: its log is complete too.
         const job = await this.get(jobId, { ...(options.signal ? { signal: options.signal } : {}) });
-        if (TERMINAL_JOB_STATES.includes(job.state)) {
+        if (RESULTS_READY_STATES.includes(job.state)) {
           // Entries written between the stream's end and the job's end, if any.
           const tail = await this.fetch('GET', `/v1/jobs/${encodeURIComponent(jobId)}/logs?after=${after}&follow=false`, undefined, ac.signal, 'ndjson');
           for await (const e of readNdjsonLines<LogEntry>(tail.body)) {
@@ -396,6 +413,30 @@ export class GridworkClient {
     const splitter = new LogLineSplitter();
     for await (const e of this.logs(jobId, options)) yield* splitter.push(e);
     yield* splitter.flush();
+  }
+
+  /**
+   * Disputes one task's result while it is pending verification: posts a bond (the task's
+   * charge, at least the coordinator's minimum) from your available balance, and a referee
+   * provider re-runs the task. Upheld, the bond comes back with a refund and a reward;
+   * dismissed, the bond pays the provider. Errors: JOB_NOT_FOUND, TASK_NOT_FOUND,
+   * NOT_DISPUTABLE (no result), DISPUTE_EXISTS, DISPUTE_WINDOW_CLOSED, INSUFFICIENT_FUNDS,
+   * VERIFICATION_UNAVAILABLE (no referee can be paid for now).
+   */
+  dispute(jobId: string, taskIndex: number, options: CallOptions = {}): Promise<DisputeView> {
+    if (!Number.isInteger(taskIndex) || taskIndex < 0) {
+      return Promise.reject(new GridworkError('BAD_REQUEST', `taskIndex: expected a task index (an integer ≥ 0), got ${taskIndex}`));
+    }
+    return this.json<DisputeView>('POST', `/v1/jobs/${encodeURIComponent(jobId)}/tasks/${taskIndex}/dispute`, undefined, options.signal);
+  }
+
+  /**
+   * The calling provider's own record (the client's identity must be a provider's key): stake,
+   * unbonding and slashed credits, reputation, eligibility, audits and its audit rate, capacity
+   * challenges, recent result checks. PROVIDER_UNKNOWN for a key the coordinator has not seen.
+   */
+  providerStatus(options: CallOptions = {}): Promise<ProviderStatus> {
+    return this.json<ProviderStatus>('GET', '/v1/providers/me', undefined, options.signal);
   }
 
   // ── money ────────────────────────────────────────────────────────────────────────────────

@@ -17,13 +17,22 @@ export {
   type ConnectionEvent,
 } from './client.ts';
 export { CoordinatorUnreachableError, NotACoordinatorError, LostContactError, isTransient, unreachableReason, type UnreachableReason } from './errors.ts';
-export { resolveConfig, gridworkHome, readConfigFile, DEFAULT_COORDINATOR, type ConfigOptions, type ResolvedConfig, type ConfigFile, type Profile } from './config.ts';
+export {
+  resolveConfig,
+  gridworkHome,
+  readConfigFile,
+  DEFAULT_COORDINATOR,
+  type ConfigOptions,
+  type ResolvedConfig,
+  type ConfigFile,
+  type Profile,
+} from './config.ts';
 export { normalizeCoordinatorUrl } from './http.ts';
 export { type LogLine, LogLineSplitter } from './log-lines.ts';
-export type { ProviderListing } from './types.ts';
+export type { ProviderListing, DisputeView, ProviderStatus, ProviderCheckEntry, ProviderChallengeEntry } from './types.ts';
 export { readSpecFile, parseSpecText } from './spec-file.ts';
 export { expandGlob, packBundle, hashFile } from './files.ts';
-export { TERMINAL_JOB_STATES } from './states.ts';
+export { TERMINAL_JOB_STATES, RESULTS_READY_STATES } from './states.ts';
 // From the protocol's light entry points only: importing the SDK must not load its schemas.
 export { GridworkError, ErrorCode } from '@gridwork/protocol/errors';
 export { formatCredits, parseCredits } from '@gridwork/protocol/money';

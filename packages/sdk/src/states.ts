@@ -6,3 +6,11 @@
 import type { JobState } from '@gridwork/protocol';
 
 export const TERMINAL_JOB_STATES: readonly JobState[] = ['succeeded', 'failed', 'cancelled'];
+
+/**
+ * States in which a job's results are all in: it has ended, or it is `verifying` (every task
+ * succeeded; results stay pending, open to audits and disputes, until each task's
+ * `verification.pendingUntil`). `verifying` is not terminal: the job may still fail if an audit
+ * or dispute proves a result wrong. What `wait()` returns at by default.
+ */
+export const RESULTS_READY_STATES: readonly JobState[] = ['verifying', ...TERMINAL_JOB_STATES];

@@ -2,7 +2,7 @@
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { gridworkHome } from '../context.ts';
-import { CliExit, EXIT_USAGE, info, isTty } from '../output.ts';
+import { CliExit, EXIT_USAGE, info, isTty, parseDuration } from '../output.ts';
 import { intOption, waitForSignal } from './shared.ts';
 
 export function registerCoordinatorCommands(program: Command): void {
@@ -22,6 +22,8 @@ export function registerCoordinatorCommands(program: Command): void {
     .option('--reserve-bps <n>', 'reserve share in basis points', intOption, 25)
     .option('--unbonding-hours <h>', 'delay before unstaked credits are available', intOption, 168)
     .option('--heartbeat-ms <ms>', 'provider heartbeat interval; a provider is lost after 3 missed', intOption, 5000)
+    .option('--audit-window <duration>', "how long a finished task's earnings stay pending, open to audits and disputes; e.g. 90s, 10m", '10m')
+    .option('--no-verification', 'do not verify results (no audits, canaries or disputes; earnings paid at once): development and tests only')
     .option('--log-level <level>', 'trace|debug|info|warn|error', 'info')
     .action(
       async (opts: {
@@ -36,7 +38,10 @@ export function registerCoordinatorCommands(program: Command): void {
         feeBps: number;
         reserveBps: number;
         unbondingHours: number;
+        auditWindow: string;
+        verification: boolean;
       }) => {
+        const windowMs = parseDuration(opts.auditWindow, '--audit-window');
         if (opts.feeBps + opts.reserveBps > 10_000) throw new CliExit(EXIT_USAGE, '--fee-bps plus --reserve-bps must not exceed 10000');
         if (opts.meteringMs < 100) throw new CliExit(EXIT_USAGE, '--metering-ms must be at least 100');
         const { startCoordinator } = await import('@gridwork/coordinator');
@@ -58,6 +63,7 @@ export function registerCoordinatorCommands(program: Command): void {
           operators: [operator.publicKey],
           economics: { meteringIntervalMs: opts.meteringMs, feeBps: opts.feeBps, reserveBps: opts.reserveBps },
           unbondingDelayMs: opts.unbondingHours * 3600_000,
+          verification: { enabled: opts.verification, windowMs },
           ...(schema ? { databaseSchema: schema } : {}),
         });
         info(`operator key: ${operatorKeyFile} (account ${operator.publicKey})`);

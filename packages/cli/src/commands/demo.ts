@@ -74,6 +74,9 @@ export function registerDemoCommand(program: Command): void {
         heartbeatIntervalMs: 1000,
         dev: true,
         economics: { meteringIntervalMs: 1000 },
+        // An audit re-runs a task on another provider: with one provider none could run, and
+        // its results would stay pending until the checks time out.
+        ...(opts.providers < 2 ? { verification: { enabled: false } } : {}),
       });
       step(`web console: ${color.bold(`${coordinator.url}/`)} (import ${join(dataDir, 'requester-key.json')} on its Key page to see the demo's job and money)`);
       const providers: ProviderAgent[] = [];
@@ -96,6 +99,7 @@ export function registerDemoCommand(program: Command): void {
         step(
           `started ${providers.length} providers (${runtime} runtime, 2 slots each) at ${coordinator.url}: ${providers.map((p) => `${p.name} asks ${p.asks.cpuCoreHour}/core-h`).join(', ')}`,
         );
+        if (providers.length < 2) step('one provider: results are not audited (an audit re-runs a task on another provider)');
 
         const client = new GridworkClient({ url: coordinator.url, identity: await loadOrCreateIdentity(join(dataDir, 'requester-key.json')) });
         const funded = await client.deposit('10', { idempotencyKey: 'demo-faucet' });
@@ -118,7 +122,13 @@ export function registerDemoCommand(program: Command): void {
         const submitted = await client.submit(spec, { baseDir: dirname(opts.spec) });
         step(`submitted ${spec.name} as ${submitted.id}: ${submitted.tasks.length} tasks`);
         const progress = opts.json ? undefined : new Progress();
-        const job = await client.wait(submitted.id, { onUpdate: (j) => progress?.update(j) });
+        let job = await client.wait(submitted.id, { onUpdate: (j) => progress?.update(j) });
+        if (job.state === 'verifying') {
+          // New providers are on probation: another provider re-runs each of their tasks, and
+          // earnings are paid once the audit agrees. The demo shows that through to the end.
+          step('every result is in; other providers are auditing them (new providers are on probation) before the earnings are paid');
+          job = await client.wait(submitted.id, { until: 'end', onUpdate: (j) => progress?.update(j) });
+        }
         const resultsDir = join(dataDir, 'results');
         const files = job.state === 'succeeded' ? await client.results(job.id, resultsDir) : [];
 
@@ -156,6 +166,8 @@ export function registerDemoCommand(program: Command): void {
             pricePerHour: t.pricePerHour,
             cost: t.cost,
             outputDigest: t.outputDigest,
+            verification: t.verification?.state ?? null,
+            audits: t.verification?.checks.filter((c) => c.kind === 'audit').length ?? 0,
           })),
           results: { files: files.length, dir: opts.data ? resultsDir : null, ...totals },
           elapsedMs: Date.now() - started,

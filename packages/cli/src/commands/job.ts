@@ -1,6 +1,6 @@
-/** `gridwork job …`: submit, wait, status, logs, result, cancel, list, top-up, explain. */
+/** `gridwork job …`: submit, wait, status, logs, result, dispute, cancel, list, top-up, explain. */
 import { dirname, resolve } from 'node:path';
-import type { JobView, MatchExplanation } from '@gridwork/protocol';
+import type { JobView, MatchExplanation, TaskView } from '@gridwork/protocol';
 import type { GridworkClient } from '@gridwork/sdk';
 import type { Command } from 'commander';
 import { type ClientFlags, requesterClient, withClientOptions } from '../context.ts';
@@ -28,6 +28,7 @@ interface CommonOpts extends ClientFlags {
 
 interface WaitFlags {
   giveUpAfter?: string;
+  untilVerified?: boolean;
 }
 
 /** How long a wait keeps trying without contact before exiting 3. */
@@ -39,23 +40,66 @@ const giveUpOption = (c: Command) =>
     `stop waiting after this long without contact with the coordinator and exit ${EXIT_LOST} (the job keeps running); e.g. 90s, 15m, 2h (env GRIDWORK_GIVE_UP_AFTER; default ${DEFAULT_GIVE_UP})`,
   );
 
+const untilVerifiedOption = (c: Command) =>
+  c.option(
+    '--until-verified',
+    'wait until every result is verified (the audit window has closed), not only until the results are in; a result an audit or dispute proves wrong fails the job (exit 1)',
+  );
+
+/** "12:03" today, "2026-05-01 12:03" another day: when a pending result settles, in local time. */
+export function clockTime(iso: string, now = new Date()): string {
+  const t = new Date(iso);
+  if (Number.isNaN(t.getTime())) return iso;
+  const two = (n: number) => String(n).padStart(2, '0');
+  const hm = `${two(t.getHours())}:${two(t.getMinutes())}`;
+  const sameDay = t.getFullYear() === now.getFullYear() && t.getMonth() === now.getMonth() && t.getDate() === now.getDate();
+  return sameDay ? hm : `${t.getFullYear()}-${two(t.getMonth() + 1)}-${two(t.getDate())} ${hm}`;
+}
+
+/** A task's verification for people: `pending until 12:03`, `verified`, `failed`, `disputed`, or `-` (no result, or not verified). */
+export function verificationText(t: Pick<TaskView, 'verification'>): string {
+  const v = t.verification;
+  if (!v) return '-';
+  if (v.state === 'pending') return v.pendingUntil ? `pending until ${clockTime(v.pendingUntil)}` : 'pending';
+  return v.state;
+}
+
+/** Tasks whose results are still pending verification (or disputed), and the latest time one of them settles. */
+export function pendingVerification(job: JobView): { tasks: number[]; until: string | null } {
+  const pending = job.tasks.filter((t) => t.verification?.state === 'pending' || t.verification?.state === 'disputed');
+  const times = pending.map((t) => t.verification?.pendingUntil).filter((x): x is string => typeof x === 'string');
+  const until = times.length === 0 ? null : times.reduce((a, b) => (Date.parse(a) >= Date.parse(b) ? a : b));
+  return { tasks: pending.map((t) => t.index), until };
+}
+
+/** One line on a verifying job: its results are in, but an audit or a dispute may still fail it. */
+function verifyingNote(job: JobView): string {
+  const { tasks, until } = pendingVerification(job);
+  const which = tasks.length === job.tasks.length ? 'all results' : `the results of ${tasks.length} task${tasks.length === 1 ? '' : 's'}`;
+  return `${which} are in but pending verification${until ? ` until ${clockTime(until)}` : ''}: an audit or a dispute may still find one wrong (dispute one with: gridwork job dispute ${job.id} TASK)`;
+}
+
 export function giveUpMs(flags: WaitFlags): number {
   const text = flags.giveUpAfter ?? process.env.GRIDWORK_GIVE_UP_AFTER ?? DEFAULT_GIVE_UP;
   return parseDuration(text, '--give-up-after');
 }
 
 export function printJobHuman(job: JobView): void {
-  const paint = job.state === 'succeeded' ? outColor.green : job.state === 'failed' ? outColor.red : (s: string) => s;
+  const paint =
+    job.state === 'succeeded' ? outColor.green : job.state === 'failed' ? outColor.red : job.state === 'verifying' ? outColor.cyan : (s: string) => s;
   out(`${outColor.bold(job.name)} ${job.id}: ${paint(job.state)}${job.error ? ` — ${job.error}` : ''}`);
   out(`  created ${relativeTime(job.createdAt)}, updated ${relativeTime(job.updatedAt)}`);
   out(
     `  cost ${job.money.spent} of ${job.money.budget} budget (max ${job.money.maxPerHour}/task-hour), ${job.money.held} held${job.money.lowBalanceSince ? outColor.yellow(`  LOW BALANCE since ${relativeTime(job.money.lowBalanceSince)}: add budget with \`gridwork job top-up ${job.id} AMOUNT\` or leases stop`) : ''}`,
   );
+  if (job.state === 'verifying') out(`  ${verifyingNote(job)}`);
   const reasons = waitingReasons(job);
   if (reasons.length > 0) {
     out(outColor.yellow('  waiting for capacity:'));
     for (const r of reasons) out(`    - ${r}`);
   }
+  const paintVerified = (text: string) =>
+    text === 'verified' ? outColor.green(text) : text === 'failed' ? outColor.red(text) : text === 'disputed' ? outColor.yellow(text) : text;
   const rows = job.tasks.map((t) => [
     String(t.index),
     t.state,
@@ -64,9 +108,11 @@ export function printJobHuman(job: JobView): void {
     String(t.exitCode ?? '-'),
     t.cost,
     t.outputDigest ? t.outputDigest.slice(0, 16) : '-',
+    paintVerified(verificationText(t)),
     t.error && t.state !== 'succeeded' ? t.error : '',
   ]);
-  for (const l of table(['task', 'state', 'provider', 'duration', 'exit', 'cost', 'output', 'error'], rows, { right: ['task', 'duration', 'exit', 'cost'] })) out(`  ${l}`);
+  const headers = ['task', 'state', 'provider', 'duration', 'exit', 'cost', 'output', 'verified', 'error'];
+  for (const l of table(headers, rows, { right: ['task', 'duration', 'exit', 'cost'] })) out(`  ${l}`);
 }
 
 export function printExplanation(e: MatchExplanation, write: (line: string) => void = out): void {
@@ -111,7 +157,10 @@ async function showFailedTasks(client: GridworkClient, job: JobView, lines = 10)
   if (failed.length > 5) info(`… and ${failed.length - 5} more failed tasks: gridwork job status ${job.id}`);
 }
 
-/** Follows a job to its end; exit 0 if it succeeded, 1 if not, 3 if contact was lost for too long. */
+/**
+ * Follows a job until its results are in (with --until-verified, to its end); exit 0 if it
+ * succeeded or is verifying, 1 if not, 3 if contact was lost for too long.
+ */
 async function waitAndReport(client: GridworkClient, jobId: string, opts: CommonOpts & WaitFlags): Promise<void> {
   const giveUpAfterMs = giveUpMs(opts);
   const progress = new Progress();
@@ -119,13 +168,16 @@ async function waitAndReport(client: GridworkClient, jobId: string, opts: Common
   let final: JobView;
   try {
     final = await client.wait(jobId, {
+      until: opts.untilVerified ? 'end' : 'results',
       giveUpAfterMs,
       onUpdate: (j) => !opts.json && progress.update(j),
       onConnection: (e) => {
         if (e.state === 'lost' && !lostNoted) {
           lostNoted = true;
           const why = e.error instanceof Error ? e.error.message : 'stream ended';
-          progress.note(color.yellow(`lost contact with the coordinator (${why}); reconnecting — giving up after ${formatDuration(giveUpAfterMs)} without contact`));
+          progress.note(
+            color.yellow(`lost contact with the coordinator (${why}); reconnecting — giving up after ${formatDuration(giveUpAfterMs)} without contact`),
+          );
         } else if (e.state === 'restored') {
           lostNoted = false;
           progress.note(color.green(`reconnected after ${formatDuration(e.lostForMs)}`));
@@ -135,17 +187,19 @@ async function waitAndReport(client: GridworkClient, jobId: string, opts: Common
   } catch (err) {
     const { LostContactError } = await import('@gridwork/sdk');
     if (err instanceof LostContactError) {
-      throw new CliExit(
-        EXIT_LOST,
-        `${err.message}. Check on it later with: gridwork job status ${jobId}`,
-        'LOST_CONTACT',
-        { jobId, lastState: err.lastSeen?.state ?? null },
-      );
+      throw new CliExit(EXIT_LOST, `${err.message}. Check on it later with: gridwork job status ${jobId}`, 'LOST_CONTACT', {
+        jobId,
+        lastState: err.lastSeen?.state ?? null,
+      });
     }
     throw err;
   }
   if (opts.json) printJson(final);
   else printJobHuman(final);
+  if (final.state === 'verifying') {
+    info(color.cyan(`job ${final.id}: ${verifyingNote(final)}; \`gridwork job wait ${final.id} --until-verified\` waits for that`));
+    return;
+  }
   if (final.state !== 'succeeded') {
     await showFailedTasks(client, final);
     throw new CliExit(EXIT_FAILED, `job ${final.id} ${final.state}${final.error ? `: ${final.error}` : ''}`, 'JOB_FAILED');
@@ -155,8 +209,13 @@ async function waitAndReport(client: GridworkClient, jobId: string, opts: Common
 export function registerJobCommands(program: Command): void {
   const job = program.command('job').description('submit and follow jobs');
 
-  giveUpOption(withClientOptions(job.command('submit <spec>').description('validate a YAML/JSON job spec, upload its bundle and inputs, and submit it')))
-    .option('--wait', `wait for the job to end; exit 0 if it succeeded, 1 if not, ${EXIT_LOST} if contact was lost`)
+  untilVerifiedOption(
+    giveUpOption(withClientOptions(job.command('submit <spec>').description('validate a YAML/JSON job spec, upload its bundle and inputs, and submit it'))),
+  )
+    .option(
+      '--wait',
+      `wait until the job's results are in; exit 0 if it succeeded (or its results are pending verification), 1 if not, ${EXIT_LOST} if contact was lost`,
+    )
     .option('--idempotency-key <key>', 'retry-safe key: submitting again with the same key returns the same job (default: random)')
     .action(async (specPath: string, opts: CommonOpts & WaitFlags & { wait?: boolean; idempotencyKey?: string }) => {
       if (opts.wait) giveUpMs(opts); // a bad duration is a usage error before anything is submitted
@@ -186,12 +245,20 @@ export function registerJobCommands(program: Command): void {
       await waitAndReport(client, submitted.id, opts);
     });
 
-  giveUpOption(withClientOptions(job.command('wait <id>').description(`wait for a job to end; exit 0 if it succeeded, 1 if not, ${EXIT_LOST} if contact was lost`))).action(
-    async (id: string, opts: CommonOpts & WaitFlags) => {
-      giveUpMs(opts);
-      await waitAndReport(await requesterClient(opts), id, opts);
-    },
-  );
+  untilVerifiedOption(
+    giveUpOption(
+      withClientOptions(
+        job
+          .command('wait <id>')
+          .description(
+            `wait until a job's results are in; exit 0 if it succeeded (or its results are pending verification), 1 if not, ${EXIT_LOST} if contact was lost`,
+          ),
+      ),
+    ),
+  ).action(async (id: string, opts: CommonOpts & WaitFlags) => {
+    giveUpMs(opts);
+    await waitAndReport(await requesterClient(opts), id, opts);
+  });
 
   withClientOptions(job.command('status <id>').description('show a job and its tasks')).action(async (id: string, opts: CommonOpts) => {
     const view = await (await requesterClient(opts)).get(id);
@@ -227,19 +294,50 @@ export function registerJobCommands(program: Command): void {
       }
     });
 
-  withClientOptions(job.command('result <id>').description("download a job's outputs into DIR/task-<n>/ (exit 1 if some are not there yet)"))
+  withClientOptions(
+    job.command('result <id>').description("download a job's outputs into DIR/task-<n>/ and show each task's verification (exit 1 if some are not there yet)"),
+  )
     .option('-o, --output <dir>', 'where to write', '.')
     .action(async (id: string, opts: CommonOpts & { output: string }) => {
       const client = await requesterClient(opts);
       const view = await client.get(id);
       const files = await client.results(id, resolve(opts.output));
       const missing = view.tasks.filter((t) => t.state !== 'succeeded').map((t) => t.index);
-      if (opts.json) printJson({ job: view.id, state: view.state, complete: missing.length === 0, files, missingTasks: missing });
-      else info(`wrote ${files.length} file(s) under ${resolve(opts.output)}`);
+      const pending = pendingVerification(view);
+      if (opts.json) {
+        printJson({
+          job: view.id,
+          state: view.state,
+          complete: missing.length === 0,
+          files,
+          missingTasks: missing,
+          pendingVerification: { tasks: pending.tasks, until: pending.until },
+          tasks: view.tasks.map((t) => ({
+            index: t.index,
+            state: t.state,
+            files: t.outputs.length,
+            verification: t.verification?.state ?? null,
+            pendingUntil: t.verification?.pendingUntil ?? null,
+          })),
+        });
+      } else {
+        const rows = view.tasks.map((t) => [String(t.index), t.state, String(t.outputs.length), verificationText(t)]);
+        for (const l of table(['task', 'state', 'files', 'verified'], rows, { right: ['task', 'files'] })) out(l);
+        info(`wrote ${files.length} file(s) under ${resolve(opts.output)}`);
+        if (pending.tasks.length > 0) {
+          const list = pending.tasks.length > 10 ? `${pending.tasks.slice(0, 10).join(', ')}, …` : pending.tasks.join(', ');
+          info(
+            color.cyan(
+              `the results of task${pending.tasks.length === 1 ? '' : 's'} ${list} are pending verification${pending.until ? ` until ${clockTime(pending.until)}` : ''}: an audit or a dispute may still find one wrong (dispute one with: gridwork job dispute ${view.id} TASK)`,
+            ),
+          );
+        }
+      }
       if (missing.length > 0) {
         const done = view.tasks.length - missing.length;
         const list = missing.length > 10 ? `${missing.slice(0, 10).join(', ')}, …` : missing.join(', ');
-        const running = !['succeeded', 'failed', 'cancelled'].includes(view.state);
+        const { RESULTS_READY_STATES } = await import('@gridwork/sdk');
+        const running = !RESULTS_READY_STATES.includes(view.state);
         throw new CliExit(
           EXIT_FAILED,
           running
@@ -249,6 +347,33 @@ export function registerJobCommands(program: Command): void {
         );
       }
     });
+
+  withClientOptions(
+    job
+      .command('dispute <id> <task>')
+      .description("dispute a task's result while it is pending verification: post a bond, and a referee provider re-runs the task"),
+  ).action(async (id: string, taskText: string, opts: CommonOpts) => {
+    if (!/^\d+$/.test(taskText) || Number(taskText) > 9999) throw new CliExit(EXIT_USAGE, `TASK: expected a task index (0, 1, …), got "${taskText}"`);
+    const client = await requesterClient(opts);
+    let d: Awaited<ReturnType<GridworkClient['dispute']>>;
+    try {
+      d = await client.dispute(id, Number(taskText));
+    } catch (err) {
+      // The coordinator refused the dispute (no such job or task, nothing pending to dispute,
+      // too late, no funds for the bond): the operation failed, whatever its HTTP status.
+      const { GridworkError } = await import('@gridwork/sdk');
+      if (err instanceof GridworkError && err.code !== 'NETWORK_ERROR' && err.code !== 'PROTOCOL_ERROR') {
+        throw new CliExit(EXIT_FAILED, err.message, err.code, err.details, { cause: err });
+      }
+      throw err;
+    }
+    if (opts.json) return printJson(d);
+    out(`dispute ${d.id} opened on task ${d.taskIndex} of ${d.jobId}: a bond of ${d.bond} credits was posted from your available balance`);
+    out(`  a referee provider re-runs the task${d.checkJobId ? ` (check job ${d.checkJobId})` : ''}; the task's earnings stay unpaid until it decides:`);
+    out("  - upheld (the referee's result differs): your bond comes back, the task's cost is refunded, you get a share of the provider's slashed stake");
+    out('  - dismissed (the referee agrees with the provider): the bond pays the provider');
+    out(`  follow it with: gridwork job status ${d.jobId} (the task's VERIFIED column says disputed until then)`);
+  });
 
   withClientOptions(job.command('cancel <id>').description('cancel a job; running tasks are stopped')).action(async (id: string, opts: CommonOpts) => {
     const view = await (await requesterClient(opts)).cancel(id);
@@ -276,14 +401,14 @@ export function registerJobCommands(program: Command): void {
       for (const l of table(['id', 'state', 'tasks', 'name', 'created'], rows, { right: ['tasks'] })) out(l);
     });
 
-  withClientOptions(job.command('explain <spec>').description('say which providers could run a spec now, and why the others cannot (exit 1 if none can)')).action(
-    async (specPath: string, opts: CommonOpts) => {
-      const { readSpecFile } = await import('@gridwork/sdk');
-      const spec = await readSpecFile(specPath);
-      const e = await (await requesterClient(opts)).explain(spec);
-      if (opts.json) printJson(e);
-      else printExplanation(e);
-      if (!e.matchable) throw new CliExit(EXIT_FAILED, 'no provider can take this spec now', 'NO_MATCH');
-    },
-  );
+  withClientOptions(
+    job.command('explain <spec>').description('say which providers could run a spec now, and why the others cannot (exit 1 if none can)'),
+  ).action(async (specPath: string, opts: CommonOpts) => {
+    const { readSpecFile } = await import('@gridwork/sdk');
+    const spec = await readSpecFile(specPath);
+    const e = await (await requesterClient(opts)).explain(spec);
+    if (opts.json) printJson(e);
+    else printExplanation(e);
+    if (!e.matchable) throw new CliExit(EXIT_FAILED, 'no provider can take this spec now', 'NO_MATCH');
+  });
 }

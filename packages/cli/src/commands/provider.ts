@@ -1,12 +1,12 @@
-/** `gridwork provider …`: run the agent; stake, unstake and balance of a provider's account. */
+/** `gridwork provider …`: run the agent; stake, unstake and balance of a provider's account; its trust record (status). */
 import { access } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { BalanceView } from '@gridwork/protocol';
-import type { GridworkClient, Identity } from '@gridwork/sdk';
+import type { GridworkClient, Identity, ProviderStatus } from '@gridwork/sdk';
 import type { FixedRates } from '@gridwork/provider';
 import { type Command, Option } from 'commander';
 import { coordinatorUrl, gridworkHome } from '../context.ts';
-import { CliExit, color, EXIT_USAGE, info, isTty, printJson } from '../output.ts';
+import { CliExit, color, EXIT_USAGE, formatDuration, info, isTty, out, outColor, printJson, relativeTime, table } from '../output.ts';
 import { printBalance } from './account.ts';
 import { intOption, waitForSignal } from './shared.ts';
 
@@ -60,8 +60,54 @@ async function probeCoordinator(url: string): Promise<void> {
 
 const defaultData = () => join(gridworkHome(), 'provider');
 
+/** 1 → "100%", 0.0123 → "1.23%", 0.5 → "50%". */
+export function percent(share: number): string {
+  return `${Number((share * 100).toFixed(2))}%`;
+}
+
+export function printProviderStatus(s: ProviderStatus): void {
+  const state = s.state === 'online' ? outColor.green(s.state) : s.state === 'offline' ? outColor.dim(s.state) : outColor.yellow(s.state);
+  out(`${outColor.bold(s.name)} ${s.id}: ${state}`);
+  const eligibility = s.eligible
+    ? 'eligible for work'
+    : outColor.red(`NOT eligible for work: ${s.challenges.failedInARow} capacity challenges failed in a row; it gets work again once it passes one`);
+  const probation =
+    s.audits.probationLeft > 0
+      ? ` (probation: every task is audited until ${s.audits.probationLeft} more complete)`
+      : s.audits.rate >= 1
+        ? ' (stake more to lower it)'
+        : '';
+  const challenges = s.challenges.passed + s.challenges.failed;
+  const rows: [string, string][] = [
+    ['stake', `${s.stake} credits bonded, ${s.unbonding} unbonding, ${s.slashed} slashed`],
+    ['reputation', `${s.reputation.toFixed(3)}, ${eligibility}`],
+    ['audit rate', `${percent(s.audits.rate)} of its next tasks${probation}`],
+    [
+      'audits',
+      `${s.audits.passed} passed, ${s.audits.failed} failed, ${s.audits.streak} in a row${s.audits.lastPassedAt ? `, last passed ${relativeTime(s.audits.lastPassedAt)}` : ''}`,
+    ],
+    ['leases', `${s.leases.completed} completed, ${s.leases.faulted} faulted, ${s.faultsProven} proven faults`],
+    [
+      'challenges',
+      challenges === 0
+        ? `none yet (one every ${formatDuration(s.challenges.meanIntervalMs)} on average)`
+        : `${s.challenges.passed} passed, ${s.challenges.failed} failed (${s.challenges.failedInARow} in a row), ${percent(s.challenges.share)} of its time (${formatDuration(s.challenges.busyMs)} so far)`,
+    ],
+  ];
+  const width = Math.max(...rows.map(([k]) => k.length));
+  for (const [k, v] of rows) out(`  ${k.padEnd(width)}  ${v}`);
+  out();
+  if (s.recentChecks.length === 0) {
+    out('recent checks: none yet');
+    return;
+  }
+  out('recent checks:');
+  const checkRows = s.recentChecks.map((c) => [c.id, c.kind, c.role, c.state, c.outcome ?? '-', relativeTime(c.createdAt), c.detail ?? '']);
+  for (const l of table(['id', 'kind', 'role', 'state', 'outcome', 'created', 'detail'], checkRows)) out(`  ${l}`);
+}
+
 export function registerProviderCommands(program: Command): void {
-  const provider = program.command('provider').description('sell compute: run the provider agent');
+  const provider = program.command('provider').description('sell compute: run the provider agent; its stake, balance and trust record');
   provider
     .command('start')
     .description('connect to a coordinator and run leased tasks until SIGTERM (which drains gracefully)')
@@ -166,5 +212,18 @@ export function registerProviderCommands(program: Command): void {
       const b = await new GridworkClient({ url: await coordinatorUrl(opts), identity }).balance();
       if (opts.json) printJson(b);
       else printBalance(b);
+    });
+  provider
+    .command('status')
+    .description('this provider as the coordinator sees it: stake, unbonding, slashed, reputation, eligibility, audit rate, audits, challenges, recent checks')
+    .option('--coordinator <url>', 'coordinator URL (env GRIDWORK_COORDINATOR)')
+    .option('--data <dir>', 'agent data directory (holds its key; default $GRIDWORK_HOME/provider)')
+    .option('--json', 'print JSON on stdout')
+    .action(async (opts: { coordinator?: string; profile?: string; data?: string; json?: boolean }) => {
+      const identity = await existingProviderIdentity(opts.data ?? defaultData(), opts.data !== undefined);
+      const { GridworkClient } = await import('@gridwork/sdk');
+      const s = await new GridworkClient({ url: await coordinatorUrl(opts), identity }).providerStatus();
+      if (opts.json) printJson(s);
+      else printProviderStatus(s);
     });
 }

@@ -1,11 +1,17 @@
 /**
  * What a provider may read about itself (`GET /v1/providers/me`): its reputation and what it is
- * made of, its eligibility, and its recent capacity challenges with the share of its time they
- * took. A read-only query; it owns no table.
+ * made of, its eligibility, its recent capacity challenges with the share of its time they
+ * took, its stake (bonded, unbonding, lost to slashing), its audit record with the audit rate
+ * its next typical task gets, and the result checks it was the subject or the checker of.
+ * A read-only query; it owns no table.
  */
-import type { Db } from '../store/database.ts';
+import { formatCredits } from '@gridwork/protocol';
+import { sql } from 'kysely';
+import { balancesOf, stakeOf, unbondingOf } from '../ledger/ledger.ts';
 import { isEligible, reputationOfProvider } from '../market/market.ts';
+import type { Db } from '../store/database.ts';
 import type { ChallengeConfig } from './challenge-sizing.ts';
+import { auditRate, type VerificationConfig } from './verification-policy.ts';
 
 export interface ChallengeEntry {
   id: string;
@@ -16,6 +22,17 @@ export interface ChallengeEntry {
   memoryBytes: number;
   busyMs: number | null;
   reason: string | null;
+}
+
+/** A check of a result: one of the provider's (`checked`), or one it ran for another provider (`checker`). */
+export interface CheckEntry {
+  id: string;
+  kind: 'audit' | 'canary' | 'referee' | 'dispute';
+  role: 'checked' | 'checker';
+  state: 'open' | 'passed' | 'failed' | 'abandoned';
+  outcome: string | null;
+  detail: string | null;
+  createdAt: string;
 }
 
 export interface ProviderRecord {
@@ -38,12 +55,54 @@ export interface ProviderRecord {
     share: number;
     recent: ChallengeEntry[];
   };
+  /** Bonded stake, credits (what a proven fault is slashed from first). */
+  stake: string;
+  /** Stake on its way out (still slashable until released), credits. */
+  unbonding: string;
+  /** Stake lost to slashing so far, credits. */
+  slashed: string;
+  audits: {
+    passed: number;
+    failed: number;
+    /** Audits and canaries passed in a row since the last failure. */
+    streak: number;
+    lastPassedAt: string | null;
+    /**
+     * Probability that its next typical task is audited: p = max(floor, c / (S + c)) with c the
+     * mean charge of its last completed leases and S its stake; 1 while on probation, 0 when
+     * the coordinator does not verify results.
+     */
+    rate: number;
+    /** Completed tasks left before probation (every task audited) ends. */
+    probationLeft: number;
+  };
+  /** Newest first. */
+  recentChecks: CheckEntry[];
 }
 
-export async function providerRecord(db: Db, providerId: string, config: ChallengeConfig, recent = 20): Promise<ProviderRecord | null> {
+/** Leases whose mean charge stands for the provider's "typical task" in its audit rate. */
+const TYPICAL_LEASES = 20;
+
+export async function providerRecord(
+  db: Db,
+  providerId: string,
+  config: ChallengeConfig,
+  verification: VerificationConfig,
+  recent = 20,
+): Promise<ProviderRecord | null> {
   const p = await db.selectFrom('providers').selectAll().where('id', '=', providerId).executeTakeFirst();
   if (!p) return null;
-  const rows = await db.selectFrom('capacity_challenges').selectAll().where('provider_id', '=', providerId).orderBy('issued_at', 'desc').limit(recent).execute();
+  const rows = await db
+    .selectFrom('capacity_challenges')
+    .selectAll()
+    .where('provider_id', '=', providerId)
+    .orderBy('issued_at', 'desc')
+    .limit(recent)
+    .execute();
+  const balances = await balancesOf(db, [stakeOf(providerId), unbondingOf(providerId)]);
+  const stake = balances.get(stakeOf(providerId)) ?? 0n;
+  const typical = await meanChargeOfRecentLeases(db, providerId);
+  const checks = await recentChecks(db, providerId, recent);
   const done = p.challenges_passed + p.challenges_failed;
   const busyMs = Number(p.challenge_busy_ms);
   return {
@@ -72,5 +131,65 @@ export async function providerRecord(db: Db, providerId: string, config: Challen
         reason: r.reason,
       })),
     },
+    stake: formatCredits(stake),
+    unbonding: formatCredits(balances.get(unbondingOf(providerId)) ?? 0n),
+    slashed: formatCredits(p.stake_slashed),
+    audits: {
+      passed: p.audits_passed,
+      failed: p.audits_failed,
+      streak: p.audit_streak,
+      lastPassedAt: p.last_audit_passed_at ? p.last_audit_passed_at.toISOString() : null,
+      rate: verification.enabled ? auditRate(typical, stake, p.leases_completed, verification) : 0,
+      probationLeft: verification.enabled ? Math.max(0, verification.probationTasks - p.leases_completed) : 0,
+    },
+    recentChecks: checks,
   };
+}
+
+/** Mean charge (µc, rounded down) of the provider's last completed leases; 0 without any. */
+async function meanChargeOfRecentLeases(db: Db, providerId: string): Promise<bigint> {
+  const last = await db
+    .selectFrom('leases')
+    .select('charged')
+    .where('provider_id', '=', providerId)
+    .where('state', '=', 'completed')
+    .orderBy('ended_at', 'desc')
+    .orderBy('id', 'desc')
+    .limit(TYPICAL_LEASES)
+    .execute();
+  if (last.length === 0) return 0n;
+  const total = last.reduce((sum, l) => sum + BigInt(l.charged), 0n);
+  return total / BigInt(last.length);
+}
+
+/**
+ * Checks of the provider's results, and checks it ran as the re-executing provider (the check
+ * job's task was placed on it), newest first. A provider is never both for one check: a check
+ * excludes the checked provider.
+ */
+async function recentChecks(db: Db, providerId: string, limit: number): Promise<CheckEntry[]> {
+  const rows = await db
+    .selectFrom('verifications as v')
+    .select(['v.id', 'v.kind', 'v.state', 'v.outcome', 'v.detail', 'v.created_at', 'v.provider_id'])
+    .where((eb) =>
+      eb.or([
+        eb('v.provider_id', '=', providerId),
+        eb.exists(
+          eb.selectFrom('tasks as t').select(sql<number>`1`.as('one')).whereRef('t.job_id', '=', 'v.check_job_id').where('t.provider_id', '=', providerId),
+        ),
+      ]),
+    )
+    .orderBy('v.created_at', 'desc')
+    .orderBy('v.id', 'desc')
+    .limit(limit)
+    .execute();
+  return rows.map((r) => ({
+    id: r.id,
+    kind: r.kind,
+    role: r.provider_id === providerId ? 'checked' : 'checker',
+    state: r.state,
+    outcome: r.outcome,
+    detail: r.detail,
+    createdAt: r.created_at.toISOString(),
+  }));
 }
