@@ -121,6 +121,16 @@ describe('examples/train', () => {
     assert.ok(readFileSync(join(r.ck, 'step-001950.json')).equals(readFileSync(join(full.ck, 'step-001950.json'))));
   });
 
+  it('resumes from the step GRIDWORK_RESUME_STEP names, and refuses when that file is missing', () => {
+    const named = train('named', { GRIDWORK_RESUME_STEP: '200', GRIDWORK_STOP_STEP: '250' }, { from: full.ck, files: ['step-000200.json', 'step-001900.json'] });
+    assert.equal(named.result.status, 0, named.result.stderr);
+    assert.match(named.result.stdout, /resumed from step-000200\.json/);
+    assert.ok(readFileSync(join(named.ck, 'step-000250.json')).equals(readFileSync(join(full.ck, 'step-000250.json'))));
+    const missing = train('named-missing', { GRIDWORK_RESUME_STEP: '300' }, { from: full.ck, files: ['step-000200.json'] });
+    assert.equal(missing.result.status, 1);
+    assert.match(missing.result.stderr, /GRIDWORK_RESUME_STEP=300, but .* holds no step-300\.json/);
+  });
+
   it('refuses a checkpoint made with another configuration', () => {
     const r = train('mismatch', { CHECKPOINT_EVERY: '25' }, { from: full.ck, files: ['step-000100.json'] });
     assert.equal(r.result.status, 1);

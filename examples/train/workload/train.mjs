@@ -8,8 +8,9 @@
 //   - checkpoints: $GRIDWORK_CHECKPOINTS/step-<N>.json (N zero-padded to 6 digits), written
 //     atomically (temp file ".step-<N>.json.tmp" in the same directory, then rename), every
 //     CHECKPOINT_EVERY steps and at the last step;
-//   - resume: the checkpoint with the highest step found there at start; the rest of the run is
-//     bitwise identical to an uninterrupted one (same later checkpoints, same outputs);
+//   - resume: the checkpoint named by GRIDWORK_RESUME_STEP, else the one with the highest step
+//     found there at start; the rest of the run is bitwise identical to an uninterrupted one
+//     (same later checkpoints, same outputs);
 //   - GRIDWORK_STOP_STEP=M: exit 0 right after writing checkpoint M (segment replay for audits);
 //   - SIGTERM: write a checkpoint at the current step, then exit 143.
 import { createHash } from 'node:crypto';
@@ -144,6 +145,14 @@ function resume() {
     const m = /^step-([0-9]+)\.json$/.exec(f);
     return m ? [{ file: f, step: Number(m[1]) }] : [];
   });
+  // The platform names the step it placed (GRIDWORK_RESUME_STEP); without it, the newest one found.
+  const wanted = process.env.GRIDWORK_RESUME_STEP;
+  if (wanted !== undefined && wanted !== '') {
+    const n = /^[0-9]{1,9}$/.test(wanted) ? Number(wanted) : Number.NaN;
+    const match = steps.find((s) => s.step === n);
+    if (!match) fail(`GRIDWORK_RESUME_STEP=${wanted}, but ${checkpointsDir} holds no step-${wanted}.json (found: ${files.join(', ') || 'nothing'})`);
+    steps.splice(0, steps.length, match);
+  }
   if (steps.length === 0) return false;
   steps.sort((a, b) => b.step - a.step);
   const { file } = steps[0];
