@@ -19,7 +19,11 @@ import { ProviderHello } from './wire.ts';
 describe('runtime registry', () => {
   test('every runtime runs a known workload, and every workload has a runtime', () => {
     for (const k of RUNTIME_KINDS) assert.ok(WORKLOAD_KINDS.includes(RUNTIMES[k].runs), k);
-    for (const w of WORKLOAD_KINDS) assert.ok(RUNTIME_KINDS.some((k) => RUNTIMES[k].runs === w), w);
+    for (const w of WORKLOAD_KINDS)
+      assert.ok(
+        RUNTIME_KINDS.some((k) => RUNTIMES[k].runs === w),
+        w,
+      );
   });
 
   test('selection: the first offered runtime for the workload', () => {

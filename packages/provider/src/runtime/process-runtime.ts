@@ -1,13 +1,28 @@
 import { stat } from 'node:fs/promises';
 import { GridworkError } from '@gridwork/protocol';
-import { buildTaskEnv, validateRunRequest, type RunRequest, type RunResult, type Runtime } from './runtime.ts';
+import {
+  buildTaskEnv,
+  endedTask,
+  type ExposedPort,
+  healthProbe,
+  type RunningTask,
+  type RunRequest,
+  type RunResult,
+  type Runtime,
+  runToExit,
+  validateRunRequest,
+} from './runtime.ts';
 import { runProcessGroup } from './spawn-group.ts';
+import { freeLoopbackPort } from './task-network.ts';
 
 /**
  * Development runtime: the task runs directly on the host, as the agent's user, with the real directory
  * paths in GRIDWORK_*. It gives the same env contract, time limit and abort as the sandbox, but no
  * isolation at all (network, files, memory, processes, CPU and disk are unrestricted: memoryBytes, cpu and
- * diskBytes are accepted and ignored; RunResult.limit is never set).
+ * diskBytes are accepted and ignored; RunResult.limit is never set). GPUs: only CUDA_VISIBLE_DEVICES /
+ * NVIDIA_VISIBLE_DEVICES are set, every device of the host stays visible. Ports: there is no namespace to forward
+ * into, so each exposed port gets a free host port and the task's PORT is that host port (a task listening on a
+ * fixed port of its own is not remapped).
  */
 
 export const PROCESS_RUNTIME_WARNING = "process runtime: tasks run UNSANDBOXED with the agent's privileges — development only";
@@ -26,7 +41,10 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
     async check(): Promise<void> {
       // Nothing to install; running unsandboxed always works.
     },
-    async run(req: RunRequest): Promise<RunResult> {
+    run(req: RunRequest): Promise<RunResult> {
+      return runToExit(this, req);
+    },
+    async start(req: RunRequest): Promise<RunningTask> {
       validateRunRequest(req);
       for (const [label, dir] of Object.entries({
         bundleDir: req.bundleDir,
@@ -37,18 +55,29 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
         const st = await stat(dir).catch(() => undefined);
         if (!st?.isDirectory()) throw new GridworkError('INTERNAL', `${label} is not a directory: ${dir}`);
       }
+      if (req.signal?.aborted) return endedTask({ exitCode: null, signal: null, timedOut: false, aborted: true, durationMs: 0 });
+      const ports: ExposedPort[] = [];
+      for (const task of req.ports ?? []) ports.push({ task, host: await freeLoopbackPort(), address: '127.0.0.1' });
+      const abort = new AbortController();
+      const onCallerAbort = () => abort.abort(req.signal?.reason);
+      req.signal?.addEventListener('abort', onCallerAbort, { once: true });
       const [file, ...args] = req.command;
-      return runProcessGroup({
+      let ended = false;
+      const done = runProcessGroup({
         // spawn resolves a bare name through env.PATH, i.e. the task's PATH, not the agent's.
         file: file ?? '',
         args,
         cwd: req.bundleDir,
-        env: buildTaskEnv(req, { inputs: req.inputsDir, outputs: req.outputsDir, checkpoints: req.checkpointsDir }),
+        env: buildTaskEnv(req, { inputs: req.inputsDir, outputs: req.outputsDir, checkpoints: req.checkpointsDir }, ports[0]?.host),
         timeoutMs: req.timeoutMs,
-        ...(req.signal ? { signal: req.signal } : {}),
+        signal: abort.signal,
         ...(opts.killGraceMs === undefined ? {} : { killGraceMs: opts.killGraceMs }),
         onOutput: req.onOutput,
+      }).finally(() => {
+        ended = true;
+        req.signal?.removeEventListener('abort', onCallerAbort);
       });
+      return { ports, health: healthProbe(ports, req.healthCheck, () => ended), stop: (reason) => abort.abort(reason), wait: () => done };
     },
   };
 }

@@ -4,7 +4,21 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { GridworkError } from '@gridwork/protocol';
 import { diskUsage, DISK_POLL_MS } from './disk-usage.ts';
-import { buildTaskEnv, validateRunRequest, type RunLimit, type RunRequest, type RunResult, type Runtime } from './runtime.ts';
+import { detectGpuHost, type GpuHost, gpuBwrapArgs } from './gpu-passthrough.ts';
+import {
+  buildTaskEnv,
+  endedTask,
+  type ExposedPort,
+  healthProbe,
+  listeningIn,
+  type RunLimit,
+  type RunningTask,
+  type RunRequest,
+  type RunResult,
+  type Runtime,
+  runToExit,
+  validateRunRequest,
+} from './runtime.ts';
 import { type GroupControl, runProcessGroup } from './spawn-group.ts';
 import { type CgroupHost, detectCgroups, TaskCgroup } from './task-cgroup.ts';
 import { assertNetworkTools, networkNamespacePrefix, startTaskNetwork, TASK_RESOLV_CONF, type TaskNetwork, type TaskNetworkTools } from './task-network.ts';
@@ -49,6 +63,14 @@ import { assertNetworkTools, networkNamespacePrefix, startTaskNetwork, TASK_RESO
  * Disk (disk-usage.ts): /outputs and /checkpoints together may hold req.diskBytes; `prlimit --fsize` stops any
  * single file at that size and a watcher measuring the directories stops the task when their total exceeds
  * it: `limit: 'disk'`.
+ *
+ * GPUs (gpu-passthrough.ts): a task with reserved GPUs gets exactly their device nodes, the NVIDIA control nodes and
+ * any driver library outside /usr bound into its /dev and filesystem, and CUDA_VISIBLE_DEVICES /
+ * NVIDIA_VISIBLE_DEVICES set to their UUIDs; a CPU task gets no NVIDIA device at all.
+ *
+ * Exposed ports (task-network.ts): a task with `ports` gets a network namespace of its own even without
+ * `network` (then with no route out), and slirp4netns forwards a free port on the host's 127.0.0.1 to each task
+ * port; health() looks at the namespace's own listening sockets, since slirp4netns accepts connections first.
  *
  * Stopping: the outer bwrap is the leader of our process group; bwrap --new-session puts the task in a
  * second session inside the sandbox, whose id we learn from --info-fd. SIGTERM goes to that inner session
@@ -109,6 +131,11 @@ export const DEFAULT_ETC_PATHS: readonly string[] = [
 /** Top-level directories that merged-/usr systems make symlinks into /usr. */
 const USR_LINKS = ['bin', 'sbin', 'lib', 'lib32', 'lib64', 'libx32'];
 
+/** What baseLayout makes visible of the host's system files: GPU driver libraries there need no bind of their own. */
+const BOUND_SYSTEM_PATHS: readonly string[] = ['/usr', ...USR_LINKS.map((n) => `/${n}`)];
+
+const noop = () => {};
+
 /** Environment of setpriv/prlimit/bwrap themselves: nothing of the agent's environment (tokens) leaks. */
 const LAUNCHER_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C.UTF-8' };
 
@@ -151,6 +178,8 @@ export interface SandboxRuntimeOptions {
   nicePath?: string;
   /** Degraded isolation (no cgroups) is reported here, once per runtime. @default process.emitWarning */
   warn?: (message: string) => void;
+  /** How the host's GPU devices and driver libraries are found (gpu-passthrough.ts). @default detectGpuHost */
+  detectGpus?: () => Promise<GpuHost>;
 }
 
 interface SandboxDirs {
@@ -202,6 +231,8 @@ export interface LaunchPlan {
   nice?: number;
   /** Own network namespace via slirp4netns; bwrap waits on --block-fd 4 until it is configured. */
   network?: { tools: TaskNetworkTools; resolvConf: string };
+  /** The GPU device and library binds (gpuBwrapArgs), placed after the fresh /dev. */
+  gpuArgs?: readonly string[];
   nicePath: string;
 }
 
@@ -234,6 +265,7 @@ export async function buildSandboxArgv(
     '--die-with-parent',
     '--new-session',
     ...(await baseLayout(opts.etcPaths, memory)),
+    ...(plan.gpuArgs ?? []),
     ...(plan.network ? ['--ro-bind', plan.network.resolvConf, '/etc/resolv.conf', '--block-fd', '4'] : []),
     '--ro-bind',
     dirs.bundle,
@@ -306,7 +338,7 @@ async function walk(dir: string, fn: (p: string, isDir: boolean) => Promise<void
 }
 
 /** Read access for "other" on a read-only tree (dirs r-x, files r--, executables keep x). */
-async function makeReadable(dir: string): Promise<void> {
+export async function makeReadable(dir: string): Promise<void> {
   await walk(dir, async (p, isDir) => {
     const mode = (await lstat(p)).mode & 0o7777;
     const want = isDir ? mode | 0o555 : mode & 0o111 ? mode | 0o555 : mode | 0o444;
@@ -315,7 +347,7 @@ async function makeReadable(dir: string): Promise<void> {
 }
 
 /** Hands a writable tree to the task's uid (lchown: symlinks themselves, never their targets). */
-async function giveToTask(dir: string, uid: number): Promise<void> {
+export async function giveToTask(dir: string, uid: number): Promise<void> {
   await walk(dir, async (p, isDir) => {
     await lchown(p, uid, uid);
     if (isDir) {
@@ -356,6 +388,8 @@ export class SandboxRuntime implements Runtime {
   private cgroupHost: Promise<CgroupHost | undefined> | undefined;
   private readonly warned = new Set<string>();
   private readonly fallbackUidBase: number;
+  private readonly detectGpus: () => Promise<GpuHost>;
+  private gpuHostPromise: Promise<GpuHost> | undefined;
 
   constructor(opts: SandboxRuntimeOptions = {}) {
     this.bwrapPath = opts.bwrapPath ?? 'bwrap';
@@ -378,6 +412,7 @@ export class SandboxRuntime implements Runtime {
       setprivPath: this.setprivPath,
     };
     this.warn = opts.warn ?? ((message) => process.emitWarning(message));
+    this.detectGpus = opts.detectGpus ?? (() => detectGpuHost());
   }
 
   private warnOnce(message: string): void {
@@ -452,7 +487,17 @@ export class SandboxRuntime implements Runtime {
     return group;
   }
 
-  async run(req: RunRequest): Promise<RunResult> {
+  run(req: RunRequest): Promise<RunResult> {
+    return runToExit(this, req);
+  }
+
+  /** What the host offers for GPU passthrough; detected at the first GPU task. */
+  private gpus(): Promise<GpuHost> {
+    this.gpuHostPromise ??= this.detectGpus();
+    return this.gpuHostPromise;
+  }
+
+  async start(req: RunRequest): Promise<RunningTask> {
     validateRunRequest(req);
     const dirs: SandboxDirs = {
       bundle: await resolveDir('bundleDir', req.bundleDir),
@@ -468,11 +513,20 @@ export class SandboxRuntime implements Runtime {
         }
       }
     }
-    // Refuse network before anything is changed on disk: it never falls back to the host's namespace.
-    if (req.network) await assertNetworkTools(this.networkTools, LAUNCHER_ENV.PATH);
-    if (req.signal?.aborted) return { exitCode: null, signal: null, timedOut: false, aborted: true, durationMs: 0 };
+    const ports = req.ports ?? [];
+    // Refuse network before anything is changed on disk: it never falls back to the host's namespace. Exposed
+    // ports need the task's own namespace too (task-network.ts).
+    const ownNetwork = req.network || ports.length > 0;
+    if (ownNetwork) await assertNetworkTools(this.networkTools, LAUNCHER_ENV.PATH);
+    // A GPU task whose devices are missing is refused before anything runs.
+    const gpus = req.gpus ?? [];
+    const gpuArgs = gpus.length > 0 ? gpuBwrapArgs(gpus, await this.gpus(), BOUND_SYSTEM_PATHS) : [];
+    if (req.signal?.aborted) return endedTask({ exitCode: null, signal: null, timedOut: false, aborted: true, durationMs: 0 });
 
     const cleanups: (() => Promise<void>)[] = [];
+    const cleanup = async () => {
+      for (const c of cleanups.splice(0).reverse()) await c().catch(() => {});
+    };
     try {
       const group = await this.cgroupFor(req);
       if (group) cleanups.push(() => group.remove());
@@ -500,7 +554,7 @@ export class SandboxRuntime implements Runtime {
       }
 
       let network: LaunchPlan['network'];
-      if (req.network) {
+      if (ownNetwork) {
         // A world-readable resolv.conf for the task (bwrap binds it as the task's uid).
         const etcDir = await mkdtemp(path.join(os.tmpdir(), 'gw-net-'));
         cleanups.push(() => rm(etcDir, { recursive: true, force: true }));
@@ -516,6 +570,7 @@ export class SandboxRuntime implements Runtime {
         ...(nproc === undefined ? {} : { nproc }),
         ...(group?.dirs.cpu ? {} : { nice: FALLBACK_NICE }),
         ...(network ? { network } : {}),
+        ...(gpuArgs.length > 0 ? { gpuArgs } : {}),
         nicePath: this.nicePath,
       };
       const argv = await buildSandboxArgv(
@@ -524,20 +579,48 @@ export class SandboxRuntime implements Runtime {
         { bwrapPath: this.bwrapPath, setprivPath: this.setprivPath, prlimitPath: this.prlimitPath, etcPaths: this.etcPaths, dropRoot: this.dropRoot },
         plan,
       );
-      return await this.launch(req, argv, { dirs, group, uid, nproc, network: network !== undefined });
-    } finally {
-      for (const cleanup of cleanups.reverse()) await cleanup().catch(() => {});
+      const launched = this.launch(req, argv, { dirs, group, uid, nproc, network: network !== undefined });
+      let ended = false;
+      const done = launched.done.finally(async () => {
+        ended = true;
+        await cleanup();
+      });
+      // Observed through wait() (or right here, for a setup that failed); never unhandled.
+      done.catch(() => {});
+      await Promise.race([launched.ready, done.then(noop, noop)]);
+      if (ended) await done; // ended before it ran: a setup error is thrown here, as run() always did
+      const exposed = launched.ports();
+      return {
+        ports: exposed,
+        // The task's namespace is that of the outer bwrap (the launcher execs into it behind unshare).
+        health: healthProbe(exposed, req.healthCheck, () => ended, ports.length > 0 ? () => listeningIn(launched.pid(), ports) : undefined),
+        stop: (reason) => launched.stop(reason),
+        wait: () => done,
+      };
+    } catch (err) {
+      await cleanup();
+      throw err;
     }
   }
 
-  private async launch(
+  /**
+   * Launches the sandbox. `ready` resolves once the task runs (the sandbox exists and, with a network, the
+   * namespace is configured and the ports are forwarded); `done` once it has ended (a failed network setup
+   * rejects it with SANDBOX_UNAVAILABLE).
+   */
+  private launch(
     req: RunRequest,
     argv: string[],
     ctx: { dirs: SandboxDirs; group: TaskCgroup | undefined; uid: number; nproc: number | undefined; network: boolean },
-  ): Promise<RunResult> {
+  ): { ready: Promise<void>; done: Promise<RunResult>; ports: () => ExposedPort[]; pid: () => number; stop: (reason: string) => void } {
     // bwrap writes {"child-pid": N, ...} to --info-fd once the sandbox exists; N leads the inner session.
     let innerSession: number | undefined;
     let onSandbox: (() => void) | undefined;
+    let markReady: () => void = noop;
+    const ready = new Promise<void>((resolve) => {
+      markReady = resolve;
+    });
+    let taskNetwork: TaskNetwork | undefined;
     const readInfo = (stream: Readable) => {
       let text = '';
       stream.setEncoding('utf8');
@@ -547,9 +630,15 @@ export class SandboxRuntime implements Runtime {
         if (m?.[1] && innerSession === undefined) {
           innerSession = Number(m[1]);
           onSandbox?.();
+          if (!ctx.network) markReady();
         }
       });
     };
+
+    // stop() and req.signal end the run the same way (an abort).
+    const abort = new AbortController();
+    const onCallerAbort = () => abort.abort(req.signal?.reason);
+    req.signal?.addEventListener('abort', onCallerAbort, { once: true });
 
     const writable = [ctx.dirs.outputs, ctx.dirs.checkpoints];
     let watchTimer: NodeJS.Timeout | undefined;
@@ -577,7 +666,9 @@ export class SandboxRuntime implements Runtime {
       watchTimer = setTimeout(() => void tick(), this.limitPollMs);
     };
 
+    let leader = 0;
     const onStart = (control: GroupControl) => {
+      leader = control.pid;
       const [info, block] = control.pipes;
       if (info) readInfo(info);
       watch(control);
@@ -587,9 +678,13 @@ export class SandboxRuntime implements Runtime {
         networkSetup = startTaskNetwork(control.pid, this.networkTools, {
           env: LAUNCHER_ENV,
           ...(this.dropRoot ? { dropTo: { uid: ctx.uid, gid: ctx.uid } } : {}),
+          ports: req.ports ?? [],
+          isolated: !req.network,
         }).then(
           (net) => {
+            taskNetwork = net;
             block?.write('1');
+            markReady();
             return net;
           },
           (err: unknown) => {
@@ -602,37 +697,41 @@ export class SandboxRuntime implements Runtime {
       };
     };
 
-    let result: RunResult;
-    try {
-      result = await runProcessGroup({
-        file: argv[0] ?? this.prlimitPath,
-        args: argv.slice(1),
-        cwd: '/',
-        env: LAUNCHER_ENV,
-        timeoutMs: req.timeoutMs,
-        ...(req.signal ? { signal: req.signal } : {}),
-        ...(this.killGraceMs === undefined ? {} : { killGraceMs: this.killGraceMs }),
-        onOutput: req.onOutput,
-        extraPipes: ctx.network ? 2 : 1,
-        onStart,
-        termGroups: () => (innerSession === undefined ? [] : [innerSession]),
-      });
-    } finally {
-      watching = false;
-      clearTimeout(watchTimer);
-    }
-    // The setup may still be under way if the run ended early (aborted during setup): wait, then stop slirp4netns.
-    await (await networkSetup)?.close();
-    // A setup that failed because the run was already being stopped is not the task's error.
-    if (setupError && !result.aborted && !result.timedOut) throw setupError;
+    const done = (async (): Promise<RunResult> => {
+      let result: RunResult;
+      try {
+        result = await runProcessGroup({
+          file: argv[0] ?? this.prlimitPath,
+          args: argv.slice(1),
+          cwd: '/',
+          env: LAUNCHER_ENV,
+          timeoutMs: req.timeoutMs,
+          signal: abort.signal,
+          ...(this.killGraceMs === undefined ? {} : { killGraceMs: this.killGraceMs }),
+          onOutput: req.onOutput,
+          extraPipes: ctx.network ? 2 : 1,
+          onStart,
+          termGroups: () => (innerSession === undefined ? [] : [innerSession]),
+        });
+      } finally {
+        watching = false;
+        clearTimeout(watchTimer);
+        req.signal?.removeEventListener('abort', onCallerAbort);
+      }
+      // The setup may still be under way if the run ended early (aborted during setup): wait, then stop slirp4netns.
+      await (await networkSetup)?.close();
+      // A setup that failed because the run was already being stopped is not the task's error.
+      if (setupError && !result.aborted && !result.timedOut) throw setupError;
 
-    // Limits hit between the last poll and the end of the run.
-    if (!result.limit && !result.timedOut && !result.aborted) {
-      const usage = await diskUsage(writable, req.diskBytes);
-      if (usage > req.diskBytes || (result.exitCode === SIGXFSZ_EXIT && usage >= req.diskBytes)) result = { ...result, limit: 'disk' };
-      else if (result.exitCode !== 0 && (await ctx.group?.processLimitHit())) result = { ...result, limit: 'processes' };
-    }
-    return result;
+      // Limits hit between the last poll and the end of the run.
+      if (!result.limit && !result.timedOut && !result.aborted) {
+        const usage = await diskUsage(writable, req.diskBytes);
+        if (usage > req.diskBytes || (result.exitCode === SIGXFSZ_EXIT && usage >= req.diskBytes)) result = { ...result, limit: 'disk' };
+        else if (result.exitCode !== 0 && (await ctx.group?.processLimitHit())) result = { ...result, limit: 'processes' };
+      }
+      return result;
+    })();
+    return { ready, done, ports: () => taskNetwork?.ports ?? [], pid: () => leader, stop: (reason) => abort.abort(reason) };
   }
 }
 

@@ -1,10 +1,12 @@
 import { spawn } from 'node:child_process';
 import { constants as fsConstants } from 'node:fs';
-import { access, stat } from 'node:fs/promises';
+import { access, chown, mkdtemp, rm, stat } from 'node:fs/promises';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { GridworkError } from '@gridwork/protocol';
+import type { ExposedPort } from './runtime.ts';
 
 /**
  * Network for sandboxed tasks that may use it (`network: true`). The task never shares the host's network
@@ -23,6 +25,13 @@ import { GridworkError } from '@gridwork/protocol';
  *      reserved IPv4 ranges and for every address of the host itself (slirp would otherwise connect to them for
  *      the task), then releases the block. The task has no capabilities over that namespace (it runs in a user
  *      namespace nested below its owner), so it cannot change the routes back.
+ *
+ * Exposed ports (services): the agent reaches a task port through a host port that slirp4netns forwards
+ * (`--api-socket`, `add_hostfwd` on 127.0.0.1 of the host to 10.0.2.100:<task port>). A task with ports but
+ * without `network` gets the same namespace with no way out: every route but an on-link 10.0.2.2/32 (where the
+ * forwarded connections come from) is deleted, so it can answer connections and open none: 10.0.2.2 refuses
+ * (--disable-host-loopback), DNS on 10.0.2.3 and everything else is "network unreachable". Such a task must
+ * listen on 0.0.0.0 (or 10.0.2.100), not on its own loopback, which slirp4netns cannot reach.
  *
  * slirp4netns runs as the task's uid when /dev/net/tun is open to everyone (the Debian default, mode 0666),
  * with --enable-seccomp; where it is root-only (mode 0600, as on these CI machines) it has to run as root, and
@@ -97,13 +106,77 @@ export function networkNamespacePrefix(tools: TaskNetworkTools, uid: number, gid
 /** The task's /etc/resolv.conf: slirp4netns answers DNS on 10.0.2.3 (the host's resolver may be on its loopback). */
 export const TASK_RESOLV_CONF = `nameserver ${SLIRP_DNS}\n`;
 
-/** unreachable routes for the blocked ranges and every IPv4 address of the host. */
-function routeBatch(): string {
-  const own = Object.values(os.networkInterfaces())
+/** slirp4netns's address for the host (the source of forwarded connections) with --configure. */
+const SLIRP_GATEWAY = '10.0.2.2';
+
+/**
+ * The `ip -batch` script that fences the namespace: unreachable routes for the blocked ranges and every IPv4
+ * address of the host; or, for a task without network (only exposed ports), no route at all but the on-link
+ * gateway, so that forwarded connections can be answered and nothing else is reachable.
+ */
+export function routeBatch(isolated: boolean, hostAddresses: readonly string[] = ownAddresses()): string {
+  if (isolated) return `route del default\nroute del 10.0.2.0/24 dev tap0\nroute add ${SLIRP_GATEWAY}/32 dev tap0\n`;
+  return [...BLOCKED_IPV4_RANGES, ...hostAddresses.map((a) => `${a}/32`)].map((r) => `route add unreachable ${r}\n`).join('');
+}
+
+function ownAddresses(): string[] {
+  return Object.values(os.networkInterfaces())
     .flat()
     .filter((a) => a !== undefined && a.family === 'IPv4' && !a.internal)
-    .map((a) => `${a?.address}/32`);
-  return [...BLOCKED_IPV4_RANGES, ...own].map((r) => `route add unreachable ${r}\n`).join('');
+    .map((a) => a?.address ?? '');
+}
+
+/** A TCP port that is free on 127.0.0.1 right now (the kernel's pick). */
+export function freeLoopbackPort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+/** One request on slirp4netns's API socket; resolves with the parsed answer. */
+function slirpApi(socketPath: string, request: unknown): Promise<{ return?: unknown; error?: { desc?: string } }> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ path: socketPath });
+    let text = '';
+    const timer = setTimeout(() => socket.destroy(new Error('slirp4netns API did not answer')), 5000);
+    socket.setEncoding('utf8');
+    socket.on('data', (d: string) => {
+      text += d;
+    });
+    socket.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    socket.on('end', () => {
+      clearTimeout(timer);
+      try {
+        resolve(JSON.parse(text) as { return?: unknown; error?: { desc?: string } });
+      } catch {
+        reject(new Error(`slirp4netns API answered ${JSON.stringify(text.slice(0, 200))}`));
+      }
+    });
+    socket.end(JSON.stringify(request));
+  });
+}
+
+/** Forwards 127.0.0.1:<a free port> of the host to the task's port; retries a port taken meanwhile. */
+async function forwardPort(socketPath: string, taskPort: number): Promise<ExposedPort> {
+  let last = '';
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const host = await freeLoopbackPort();
+    const answer = await slirpApi(socketPath, {
+      execute: 'add_hostfwd',
+      arguments: { proto: 'tcp', host_addr: '127.0.0.1', host_port: host, guest_port: taskPort },
+    });
+    if (answer.error === undefined) return { task: taskPort, host, address: '127.0.0.1' };
+    last = answer.error.desc ?? JSON.stringify(answer.error);
+  }
+  throw new Error(`cannot forward a host port to task port ${taskPort}: ${last}`);
 }
 
 /** Runs a short command and collects its stderr; resolves with its exit code. */
@@ -122,8 +195,19 @@ function runQuiet(file: string, args: string[], env: Record<string, string>, inp
 }
 
 export interface TaskNetwork {
+  /** Host ports forwarded to the task's ports, in the order asked. */
+  ports: ExposedPort[];
   /** Stops slirp4netns (the task's network goes away with it). */
   close(): Promise<void>;
+}
+
+export interface TaskNetworkOptions {
+  env: Record<string, string>;
+  dropTo?: { uid: number; gid: number };
+  /** Task ports to forward from host ports. @default [] */
+  ports?: readonly number[];
+  /** No way out at all (a task without `network` that exposes ports). @default false */
+  isolated?: boolean;
 }
 
 /**
@@ -131,17 +215,21 @@ export interface TaskNetwork {
  * starts slirp4netns, waits until tap0 is up, adds the unreachable routes. Throws SANDBOX_UNAVAILABLE if any
  * step fails (slirp4netns is stopped again first).
  */
-export async function startTaskNetwork(
-  pid: number,
-  tools: TaskNetworkTools,
-  opts: { env: Record<string, string>; dropTo?: { uid: number; gid: number } },
-): Promise<TaskNetwork> {
+export async function startTaskNetwork(pid: number, tools: TaskNetworkTools, opts: TaskNetworkOptions): Promise<TaskNetwork> {
   const userns = `/proc/${pid}/ns/user`;
   const netns = `/proc/${pid}/ns/net`;
   // As the task's uid only if that uid may open /dev/net/tun (see the header comment).
   const tun = await stat('/dev/net/tun').catch(() => undefined);
   const tunForAll = tun !== undefined && (tun.mode & 0o006) === 0o006;
   const drop = opts.dropTo && tunForAll ? [tools.setprivPath, `--reuid=${opts.dropTo.uid}`, `--regid=${opts.dropTo.gid}`, '--clear-groups', '--nnp', '--'] : [];
+  const ports = opts.ports ?? [];
+  // The API socket lives in a directory of its own, owned by whoever runs slirp4netns.
+  let apiDir: string | undefined;
+  if (ports.length > 0) {
+    apiDir = await mkdtemp(path.join(os.tmpdir(), 'gw-slirp-'));
+    if (drop.length > 0 && opts.dropTo) await chown(apiDir, opts.dropTo.uid, opts.dropTo.gid);
+  }
+  const apiSocket = apiDir === undefined ? undefined : path.join(apiDir, 'api.sock');
   const slirpArgs = [
     '--configure',
     `--mtu=${SLIRP_MTU}`,
@@ -151,6 +239,7 @@ export async function startTaskNetwork(
     '--enable-seccomp',
     '--ready-fd=3',
     '--exit-fd=4',
+    ...(apiSocket === undefined ? [] : [`--api-socket=${apiSocket}`]),
     `--userns-path=${userns}`,
     String(pid),
     'tap0',
@@ -192,6 +281,7 @@ export async function startTaskNetwork(
       clearTimeout(killer);
     }
     readyFd?.destroy();
+    if (apiDir !== undefined) await rm(apiDir, { recursive: true, force: true }).catch(() => {});
   };
 
   const fail = async (why: string): Promise<never> => {
@@ -222,10 +312,18 @@ export async function startTaskNetwork(
   // Only the agent gets CAP_NET_ADMIN over the task's network namespace, never the task.
   // Root may enter the network namespace directly; another agent uid is the owner of the user namespace.
   const enter = process.getuid?.() === 0 ? [`--net=${netns}`] : [`--user=${userns}`, `--net=${netns}`, '--preserve-credentials'];
-  const routes = await runQuiet(tools.nsenterPath, [...enter, '--', tools.ipPath, '-force', '-batch', '-'], opts.env, routeBatch());
+  const routes = await runQuiet(tools.nsenterPath, [...enter, '--', tools.ipPath, '-force', '-batch', '-'], opts.env, routeBatch(opts.isolated ?? false));
   if (routes.code !== 0) {
     stderr += routes.stderr;
     return fail(`adding routes failed with exit code ${routes.code}`);
   }
-  return { close };
+  const forwarded: ExposedPort[] = [];
+  for (const port of ports) {
+    try {
+      forwarded.push(await forwardPort(apiSocket as string, port));
+    } catch (err) {
+      return fail((err as Error).message);
+    }
+  }
+  return { ports: forwarded, close };
 }
