@@ -91,7 +91,7 @@ describe('verification in the CLI', { timeout: 300_000 }, () => {
     assert.equal(human.code, 0, human.stderr);
     assert.match(human.stdout, /^provider-0 \S+: online$/m);
     assert.match(human.stdout, /^ {2}stake {7}3\.5 credits bonded, 1\.5 unbonding, 0 slashed$/m);
-    assert.match(human.stdout, /^ {2}audit rate {2}100% of its next tasks \(probation: every task is audited until 3 more complete\)$/m);
+    assert.match(human.stdout, /^ {2}audit rate {2}100% of its next tasks \(probation: every task is audited until 3 more audits in a row pass\)$/m);
     assert.match(human.stdout, /^ {2}audits {6}0 passed, 0 failed, 0 in a row$/m);
     assert.match(human.stdout, /recent checks: none yet/);
   });

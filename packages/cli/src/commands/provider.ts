@@ -73,7 +73,7 @@ export function printProviderStatus(s: ProviderStatus): void {
     : outColor.red(`NOT eligible for work: ${s.challenges.failedInARow} capacity challenges failed in a row; it gets work again once it passes one`);
   const probation =
     s.audits.probationLeft > 0
-      ? ` (probation: every task is audited until ${s.audits.probationLeft} more complete)`
+      ? ` (probation: every task is audited until ${s.audits.probationLeft} more audits in a row pass)`
       : s.audits.rate >= 1
         ? ' (stake more to lower it)'
         : '';

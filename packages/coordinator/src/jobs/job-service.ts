@@ -432,9 +432,10 @@ export class JobService {
     };
   }
 
-  async isTerminal(jobId: string): Promise<boolean> {
+  /** No task of the job will log again: it has ended, or all its tasks are done and it is only verifying. */
+  async logsComplete(jobId: string): Promise<boolean> {
     const job = await this.deps.db.selectFrom('jobs').select('state').where('id', '=', jobId).executeTakeFirst();
-    return !job || isTerminalJob(job.state);
+    return !job || job.state === 'verifying' || isTerminalJob(job.state);
   }
 
   /** The owner of a job, or a provider holding an active lease on it, may read its blobs. */

@@ -53,15 +53,15 @@ export class JobStreams {
     }
   }
 
-  /** Log entries after `after`; with `follow`, waits for more until the job ends. */
+  /** Log entries after `after`; with `follow`, waits for more until the job's tasks are all done (it ends or verifies). */
   async *logs(jobId: string, after: bigint, options: { follow: boolean; limit: number }, signal: AbortSignal): AsyncGenerator<LogEntry> {
     const w = waiter(signal);
-    const off = await this.watch(jobId, ['task.logged', 'job.ended'], () => w.wake());
+    const off = await this.watch(jobId, ['task.logged', 'job.progressed', 'job.ended'], () => w.wake());
     let cursor = after;
     let sent = 0;
     try {
       while (!signal.aborted && sent < options.limit) {
-        const terminal = await this.deps.jobs.isTerminal(jobId);
+        const terminal = await this.deps.jobs.logsComplete(jobId);
         const page = await this.deps.jobs.logsAfter(jobId, cursor, Math.min(1000, options.limit - sent));
         for (const e of page.entries) yield e;
         sent += page.entries.length;

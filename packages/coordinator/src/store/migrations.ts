@@ -330,6 +330,8 @@ migrations['0006_checkpoints'] = {
         primary key (lease_id, step)
       );
       create index checkpoints_task on checkpoints (task_id, step);
+      create index leases_provider_completed on leases (provider_id, ended_at) where state = 'completed';
+      create index tasks_provider on tasks (provider_id);
       alter table verifications add column segment_from integer;
       alter table verifications add column segment_to integer
     `,

@@ -73,7 +73,7 @@ export interface ProviderRecord {
      * the coordinator does not verify results.
      */
     rate: number;
-    /** Completed tasks left before probation (every task audited) ends. */
+    /** Audits in a row still to pass before probation (every task audited) ends. */
     probationLeft: number;
   };
   /** Newest first. */
@@ -139,8 +139,8 @@ export async function providerRecord(
       failed: p.audits_failed,
       streak: p.audit_streak,
       lastPassedAt: p.last_audit_passed_at ? p.last_audit_passed_at.toISOString() : null,
-      rate: verification.enabled ? auditRate(typical, stake, p.leases_completed, verification) : 0,
-      probationLeft: verification.enabled ? Math.max(0, verification.probationTasks - p.leases_completed) : 0,
+      rate: verification.enabled ? auditRate(typical, stake, p.audit_streak, verification) : 0,
+      probationLeft: verification.enabled ? Math.max(0, verification.probationTasks - p.audit_streak) : 0,
     },
     recentChecks: checks,
   };
