@@ -9,6 +9,9 @@ if [ "${#files[@]}" -eq 0 ]; then
   echo "no test files found" >&2
   exit 1
 fi
+# The example workloads carry their dependencies (onnxruntime-node, a pretrained model) inside
+# their bundles: put them there first, so their tests run real inference instead of skipping.
+node examples/prepare.mjs >&2
 echo "running ${#files[@]} test files" >&2
 exec node --import tsx --test --test-concurrency="${GRIDWORK_TEST_CONCURRENCY:-2}" --test-timeout=300000 --test-force-exit \
   --test-reporter=tap --test-reporter-destination=stdout \
