@@ -14,6 +14,7 @@ import {
   BundleManifest,
   canonicalJson,
   type FileRef,
+  type GpuInfo,
   GridworkError,
   type LeaseAssignment,
   type LeaseEnd,
@@ -26,6 +27,7 @@ import type { Logger } from 'pino';
 import { Compile } from 'typebox/compile';
 import { type CheckpointTamper, CheckpointWatcher } from './checkpoints.ts';
 import type { Report } from './coordinator-link.ts';
+import { leaseGpus } from './runtime/gpu-passthrough.ts';
 import type { RunResult, Runtime } from './runtime/runtime.ts';
 
 const manifestCheck = Compile(BundleManifest);
@@ -40,7 +42,10 @@ export interface LeaseRunnerDeps {
   /** How often to report usage (debit notes) while the task runs. */
   meteringIntervalMs: () => number;
   identity: Identity;
+  /** The runtime for this lease's workload kind (the agent picks it). */
   runtime: Runtime;
+  /** This agent's GPUs: the lease's reserved indices are looked up here for their UUIDs. @default [] */
+  gpus?: readonly GpuInfo[];
   /** Parent of per-lease work directories. */
   workRoot: string;
   send: (report: Report) => void;
@@ -100,6 +105,8 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
       dirs.checkpoints,
       started,
     );
+    // Only the GPUs reserved for this lease, by UUID (none for a CPU lease); an index unknown here is the agent's fault.
+    const gpus = leaseGpus(lease.gpus, deps.gpus ?? []);
     checkpoints.start();
     logs.push('system', `fetched ${fetched} file(s); running ${JSON.stringify(lease.runtime.command)} in the ${deps.runtime.kind} runtime\n`);
 
@@ -122,6 +129,8 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
       diskBytes: lease.resources.diskGiB === undefined ? 10 * GiB : Math.ceil(lease.resources.diskGiB * GiB),
       signal,
       onOutput: (stream, data) => logs.push(stream, data),
+      gpus,
+      ...(lease.runtime.image ? { image: lease.runtime.image } : {}),
     }).catch(async (err: unknown) => {
       await checkpoints.stop(false);
       throw err;
