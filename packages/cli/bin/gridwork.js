@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 
 const cli = fileURLToPath(new URL('..', import.meta.url));
 const packages = fileURLToPath(new URL('../..', import.meta.url));
-const PACKAGES = ['protocol', 'sdk', 'provider', 'coordinator', 'cli'];
+const PACKAGES = ['protocol', 'sdk', 'provider', 'coordinator', 'sim', 'cli'];
 
 function newestSource(dir) {
   let newest = 0;

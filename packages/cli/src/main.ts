@@ -11,6 +11,7 @@ import { registerInitCommand } from './commands/init.ts';
 import { registerJobCommands } from './commands/job.ts';
 import { registerMarketCommands } from './commands/market.ts';
 import { registerProviderCommands } from './commands/provider.ts';
+import { registerSimCommands } from './commands/sim.ts';
 import { VERSION } from './version.ts';
 import { color, describeError, errorDocument, EXIT_FAILED, EXIT_LOST, EXIT_USAGE, exitCodeFor, info, jsonWritten } from './output.ts';
 
@@ -39,6 +40,7 @@ registerCoordinatorCommands(program);
 registerProviderCommands(program);
 registerAccountCommands(program);
 registerMarketCommands(program);
+registerSimCommands(program);
 registerCompletionCommand(program);
 const exitOverrideAll = (c: Command) => {
   c.exitOverride();
