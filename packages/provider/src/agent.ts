@@ -7,7 +7,21 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { type Asks, type BalanceView, type Benchmarks, canonicalJson, type CoordinatorSequenced, GRIDWORK_VERSION, GridworkError, type Hardware } from '@gridwork/protocol';
+import {
+  type Asks,
+  type BalanceView,
+  type Benchmarks,
+  canonicalJson,
+  type CoordinatorSequenced,
+  GRIDWORK_VERSION,
+  GridworkError,
+  type Hardware,
+  RUNTIMES,
+  type RuntimeKind,
+  runtimeFor,
+  runtimeNameFor,
+  type WorkloadKind,
+} from '@gridwork/protocol';
 import { type Identity, loadOrCreateIdentity, signBytes, signedFetch } from '@gridwork/protocol/node';
 import { benchmark } from './benchmark.ts';
 import { ChallengeResponder, type ChallengeSolver, honestSolver } from './challenge-solver.ts';
@@ -17,9 +31,13 @@ import { CoordinatorLink } from './coordinator-link.ts';
 import { detectHardware } from './hardware.ts';
 import type { CheckpointTamper } from './checkpoints.ts';
 import { type AbortReason, type ResultTamper, runLease } from './lease-runner.ts';
+import { createContainerRuntime, dockerAnswers } from './runtime/container-runtime.ts';
 import { createProcessRuntime } from './runtime/process-runtime.ts';
 import type { Runtime } from './runtime/runtime.ts';
 import { createSandboxRuntime } from './runtime/sandbox-runtime.ts';
+
+/** The runtimes of the registry that run bundles (the agent runs bundles in exactly one of them). */
+export type BundleRuntimeKind = { [K in RuntimeKind]: (typeof RUNTIMES)[K]['runs'] extends 'bundle' ? K : never }[RuntimeKind];
 
 export interface ProviderAgentOptions {
   coordinatorUrl: string;
@@ -27,8 +45,18 @@ export interface ProviderAgentOptions {
   dataDir: string;
   /** @default the host name plus a short random suffix */
   name?: string;
-  /** @default 'sandbox' */
-  runtime?: 'sandbox' | 'process';
+  /** How bundles run. @default 'sandbox' */
+  runtime?: BundleRuntimeKind;
+  /**
+   * Offer the container runtime: 'auto' where a Docker engine answers (DOCKER_HOST, else /var/run/docker.sock),
+   * 'off' never. @default 'auto'
+   */
+  containers?: 'auto' | 'off';
+  /**
+   * The runtimes to offer, made by the caller (embedding, tests), instead of `runtime` and `containers`: each is
+   * checked at start; a lease goes to the first one that runs its workload kind. @default from runtime and containers
+   */
+  runtimes?: readonly Runtime[];
   /** @default 'auto' */
   gpus?: 'auto' | 'none';
   /** Tasks run at once. @default number of CPU cores */
@@ -77,7 +105,8 @@ export class ProviderAgent {
     private readonly options: ProviderAgentOptions & { name: string; slots: number; workRoot: string },
     identity: Identity,
     hardware: Hardware,
-    private readonly runtime: Runtime,
+    /** Offered runtimes, bundles' first. */
+    private readonly runtimeList: readonly Runtime[],
     private readonly log: Logger,
   ) {
     this.#identity = identity;
@@ -100,7 +129,8 @@ export class ProviderAgent {
         instance: this.instance,
         name: options.name,
         agentVersion: GRIDWORK_VERSION,
-        runtime: runtime.kind,
+        runtime: (runtimeList[0] as Runtime).kind,
+        runtimes: runtimeList.map((r) => r.kind),
         slots: options.slots,
         hardware,
         attributes: options.attributes ?? {},
@@ -123,16 +153,12 @@ export class ProviderAgent {
     await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
     const identity = await loadOrCreateIdentity(join(options.dataDir, 'provider-key.json'));
     const hardware = await detectHardware({ gpus: options.gpus ?? 'auto', dataDir: options.dataDir });
-    const runtime =
-      (options.runtime ?? 'sandbox') === 'process'
-        ? createProcessRuntime({ warn: (m) => log.warn(m) })
-        : createSandboxRuntime({ protectedPaths: [options.dataDir] });
-    await runtime.check();
+    const runtimes = await offeredRuntimes(options, log);
     const workRoot = options.workRoot ?? join(tmpdir(), `gridwork-tasks-${randomBytes(6).toString('hex')}`);
     await mkdir(workRoot, { recursive: true, mode: 0o711 });
     const name = options.name ?? `provider-${randomBytes(3).toString('hex')}`;
     const slots = options.slots ?? hardware.cpu.cores;
-    return new ProviderAgent({ ...options, name, slots, workRoot }, identity, hardware, runtime, log.child({ provider: name }));
+    return new ProviderAgent({ ...options, name, slots, workRoot }, identity, hardware, runtimes, log.child({ provider: name }));
   }
 
   get id(): string {
@@ -151,13 +177,29 @@ export class ProviderAgent {
     return body as BalanceView;
   }
 
+  /** The runtimes this agent offers (what its hello declares). */
+  get runtimes(): RuntimeKind[] {
+    return this.runtimeList.map((r) => r.kind);
+  }
+
+  /** The offered runtime for a workload kind; one that refuses the lease when none is (the coordinator should not send it). */
+  private runtimeFor(workload: WorkloadKind): Runtime {
+    const kind = runtimeFor(workload, this.runtimes);
+    const runtime = this.runtimeList.find((r) => r.kind === kind);
+    if (runtime) return runtime;
+    const refuse = async (): Promise<never> => {
+      throw new GridworkError('UNSUPPORTED_RUNTIME', `this provider does not offer ${runtimeNameFor(workload)}`);
+    };
+    return { kind: this.runtimes[0] as RuntimeKind, check: async () => {}, start: refuse, run: refuse };
+  }
+
   get runningLeases(): string[] {
     return [...this.running.keys()];
   }
 
   start(): void {
     this.log.info(
-      { coordinator: this.options.coordinatorUrl, runtime: this.runtime.kind, slots: this.options.slots, gpus: this.hardware.gpus.length },
+      { coordinator: this.options.coordinatorUrl, runtimes: this.runtimes, slots: this.options.slots, gpus: this.hardware.gpus.length },
       'provider starting',
     );
     this.link.start();
@@ -200,7 +242,8 @@ export class ProviderAgent {
         coordinatorUrl: this.options.coordinatorUrl,
         meteringIntervalMs: () => this.link.meteringIntervalMs,
         identity: this.#identity,
-        runtime: this.runtime,
+        runtime: this.runtimeFor(lease.runtime.kind),
+        gpus: this.hardware.gpus,
         workRoot: this.options.workRoot,
         send: (r) => this.link.send(r),
         log: this.log,
@@ -254,4 +297,37 @@ export class ProviderAgent {
     await this.idle(10_000);
     await rm(this.options.workRoot, { recursive: true, force: true }).catch(() => {});
   }
+}
+
+/**
+ * The runtimes an agent offers: the caller's (options.runtimes), or the bundle runtime plus, with containers
+ * 'auto', the container runtime where a Docker engine answers. Every one is checked: a bundle runtime that
+ * fails its check fails the start (SANDBOX_UNAVAILABLE with the install hint); a container runtime that fails
+ * is left out with a warning, so the agent still serves bundles.
+ */
+async function offeredRuntimes(options: ProviderAgentOptions, log: Logger): Promise<Runtime[]> {
+  if (options.runtimes) {
+    if (options.runtimes.length === 0) throw new GridworkError('INVALID_SPEC', 'runtimes: at least one');
+    const kinds = options.runtimes.map((r) => r.kind);
+    if (new Set(kinds).size !== kinds.length) throw new GridworkError('INVALID_SPEC', `runtimes: each kind once (got ${kinds.join(', ')})`);
+    for (const r of options.runtimes) await r.check();
+    // Bundles' runtime first: it is the hello's `runtime`.
+    return [...options.runtimes].sort((a, b) => Number(RUNTIMES[b.kind].runs === 'bundle') - Number(RUNTIMES[a.kind].runs === 'bundle'));
+  }
+  const bundles =
+    (options.runtime ?? 'sandbox') === 'process'
+      ? createProcessRuntime({ warn: (m) => log.warn(m) })
+      : createSandboxRuntime({ protectedPaths: [options.dataDir] });
+  await bundles.check();
+  const list: Runtime[] = [bundles];
+  if ((options.containers ?? 'auto') === 'auto' && (await dockerAnswers())) {
+    const containers = createContainerRuntime();
+    try {
+      await containers.check();
+      list.push(containers);
+    } catch (err) {
+      log.warn({ err: (err as Error).message }, 'a Docker engine is there but the container runtime cannot use it: not offered');
+    }
+  }
+  return list;
 }
