@@ -1,7 +1,6 @@
 /**
- * Every example's job.yaml passes the real job-spec validation, and names files that exist. The
- * service example needs a `service:` block the schema does not have yet: it must be valid apart
- * from that block (and is accepted whole once the schema gains it).
+ * Every example's job.yaml passes the real job-spec validation (the service one included, with
+ * its `service:` block), and names files that exist.
  */
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
@@ -23,17 +22,7 @@ describe('examples/*/job.yaml', () => {
   for (const path of specs) {
     it(`${path.slice(here.length)} is a valid spec whose bundle and inputs exist`, async () => {
       const text = readFileSync(path, 'utf8');
-      let spec: Awaited<ReturnType<typeof parseSpecText>>;
-      try {
-        spec = await parseSpecText(text, path);
-      } catch (err) {
-        // Only the service block may be what the schema refuses (see examples/service/README.md).
-        assert.match((err as Error).message, /service: unknown field/);
-        const { parse } = await import('yaml');
-        const { service, ...rest } = parse(text) as Record<string, unknown>;
-        assert.ok(service);
-        spec = await parseSpecText(JSON.stringify(rest), `${path}.json`);
-      }
+      const spec = await parseSpecText(text, path);
       const base = dirname(path);
       if (spec.runtime.path) assert.ok(existsSync(resolve(base, spec.runtime.path, spec.runtime.command[1] ?? '')), 'bundle command file');
       for (const input of spec.inputs ?? []) assert.ok((await expandGlob(base, input.path)).length > 0, `inputs ${input.name}: ${input.path}`);

@@ -46,7 +46,9 @@ import { reputationSubscriber } from './providers/reputation.ts';
 import { Scheduler } from './scheduler/scheduler.ts';
 import { SCHEDULER, schedulerWakeups } from './scheduler/scheduler-wakeups.ts';
 import { openDatabase } from './store/database.ts';
+import { registerServiceRoutes } from './api/service-routes.ts';
 import { registerVerifyRoutes } from './api/verify-routes.ts';
+import { ServiceRouting } from './jobs/service-routing.ts';
 import { CapacityChallenges } from './verify/capacity-challenges.ts';
 import { type ChallengeConfig, type ChallengeOptions, resolveChallengeOptions } from './verify/challenge-sizing.ts';
 import { Verifier } from './verify/verification.ts';
@@ -202,6 +204,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   registerVerifyRoutes(app, { db, challenges: config.challenges, verification: config.verification });
   registerLiveRoutes(app, { feed });
   registerOperatorRoutes(app, { reports: new OperatorReports(db, config.operators) });
+  registerServiceRoutes(app, { routing: new ServiceRouting(db), auth });
   registerConsoleRoutes(app, { dir: config.consoleDir });
   await app.listen({ host: config.host, port: config.port });
   const address = app.server.address();

@@ -74,6 +74,7 @@ describe('validateJobSpec', () => {
       kind: 'service',
       runtime: { kind: 'container', image: 'ghcr.io/acme/svc:1', command: ['serve'] },
       resources: { cpu: 0.5, memoryGiB: 1 },
+      service: { port: 8080 },
     };
     assert.deepEqual(validateJobSpec(minimal), minimal);
   });
@@ -98,9 +99,47 @@ describe('validateJobSpec', () => {
         specWith((s) => {
           s.kind = kind;
           s.verification = { mode: 'tolerance', tolerance: 0.01 };
+          if (kind === 'service') {
+            delete s.shards;
+            s.service = { port: 9000, healthPath: '/ready', startupTimeoutSeconds: 30, replicas: 3, public: true };
+          }
         }),
       );
     }
+  });
+
+  it('a service needs its service block, and nothing else may have one', () => {
+    expectInvalid(
+      specWith((s) => {
+        s.kind = 'service';
+        delete s.shards;
+      }),
+      'service',
+      /required when kind is service/,
+    );
+    expectInvalid(
+      specWith((s) => {
+        s.service = { port: 8080 };
+      }),
+      'service',
+      /only for kind: service/,
+    );
+    expectInvalid(
+      specWith((s) => {
+        s.kind = 'service';
+        s.service = { port: 8080 };
+      }),
+      'shards',
+      /service.replicas/,
+    );
+    expectInvalid(
+      specWith((s) => {
+        s.kind = 'service';
+        delete s.shards;
+        s.service = { port: 70000 };
+      }),
+      'service.port',
+    );
   });
 
   describe('rejects with INVALID_SPEC naming the field', () => {

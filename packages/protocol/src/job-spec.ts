@@ -110,6 +110,24 @@ export const JobSpec = Type.Object(
     queueTimeoutSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 30 * 24 * 3600 })),
     /** On a failed task: `stop` the job at once (default), or `continue` and let the other tasks finish (the job still ends failed). */
     failurePolicy: Type.Optional(Type.Union([Type.Literal('stop'), Type.Literal('continue')])),
+    /**
+     * kind: service only (and required there): the port the task serves HTTP on (PORT is set to it),
+     * its health check, how many replicas, and whether the ingress (`/services/<job id>/…`) serves
+     * anyone or only the job's owner. A service runs until it is stopped (`gridwork job cancel`) or
+     * its timeoutSeconds (default 7 days) pass; a replica that dies or turns unhealthy is replaced.
+     */
+    service: Type.Optional(
+      Type.Object(
+        {
+          port: Type.Integer({ minimum: 1, maximum: 65535 }),
+          healthPath: Type.Optional(Type.String({ pattern: '^/[\\x21-\\x7e]*$', maxLength: 256, description: 'GET this path answers 2xx when the replica can serve; default /health' })),
+          startupTimeoutSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 3600, description: 'a replica not healthy by then is replaced; default 120' })),
+          replicas: Type.Optional(Type.Integer({ minimum: 1, maximum: 16, description: 'default 1' })),
+          public: Type.Optional(Type.Boolean({ description: 'serve anyone; default false: only signed requests of the job owner' })),
+        },
+        { additionalProperties: false },
+      ),
+    ),
   },
   { additionalProperties: false },
 );
@@ -355,6 +373,9 @@ export function validateJobSpec(value: unknown): JobSpec {
     const spec = value as JobSpec;
     if (spec.runtime.kind === 'bundle' && !spec.runtime.path) problems.push({ path: 'runtime.path', message: 'required when runtime.kind is bundle' });
     if (spec.runtime.kind === 'container' && !spec.runtime.image) problems.push({ path: 'runtime.image', message: 'required when runtime.kind is container' });
+    if (spec.kind === 'service' && !spec.service) problems.push({ path: 'service', message: 'required when kind is service (at least its port)' });
+    if (spec.kind !== 'service' && spec.service) problems.push({ path: 'service', message: 'only for kind: service' });
+    if (spec.kind === 'service' && spec.shards !== undefined) problems.push({ path: 'shards', message: 'not for kind: service (use service.replicas)' });
     if (spec.verification?.mode === 'tolerance' && spec.verification.tolerance === undefined) {
       problems.push({ path: 'verification.tolerance', message: 'required when verification.mode is tolerance' });
     }

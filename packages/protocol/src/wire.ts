@@ -51,6 +51,22 @@ export const LeaseAssignment = Type.Object({
   resume: Type.Optional(Type.Object({ step: Type.Integer({ minimum: 0 }), file: FileRef }, { additionalProperties: false })),
   /** Re-execute one segment only: the task stops after writing checkpoint `stopStep` (GRIDWORK_STOP_STEP). */
   stopStep: Type.Optional(Type.Integer({ minimum: 0 })),
+  /**
+   * A service replica: the task serves HTTP on `port` (PORT is set), is healthy while GET
+   * `healthPath` answers 2xx, and must be healthy within `startupTimeoutSeconds`. The agent's
+   * ingress forwards the coordinator's requests for this lease to it, accepting only `token`.
+   */
+  service: Type.Optional(
+    Type.Object(
+      {
+        port: Type.Integer({ minimum: 1, maximum: 65535 }),
+        healthPath: Type.String({ maxLength: 256 }),
+        startupTimeoutSeconds: Type.Integer({ minimum: 1 }),
+        token: Type.String({ minLength: 32, maxLength: 128 }),
+      },
+      { additionalProperties: false },
+    ),
+  ),
 });
 export type LeaseAssignment = Type.Static<typeof LeaseAssignment>;
 
@@ -130,6 +146,11 @@ export const ProviderSequenced = Type.Union([
     },
     { additionalProperties: false },
   ),
+  /** A service replica's health changed: `healthy` (it serves: the ingress routes to it) or `unhealthy`. */
+  Type.Object(
+    { seq: Seq, type: Type.Literal('lease.service'), leaseId: Type.String(), health: Type.Union([Type.Literal('healthy'), Type.Literal('unhealthy')]) },
+    { additionalProperties: false },
+  ),
   /** A capacity challenge's roots (Merkle over result rows, and over memory blocks), signed: `committedMessage`. */
   Type.Object(
     { seq: Seq, type: Type.Literal('challenge.committed'), challengeId: Type.String({ maxLength: 64 }), matrixRoot: Hex64, memoryRoot: Hex64, signature: Type.String({ maxLength: 128 }) },
@@ -193,6 +214,8 @@ export const ProviderHello = Type.Object(
     bids: Type.Boolean(),
     /** Random per agent process: a new instance means the old one's leases are gone. */
     instance: Type.String({ minLength: 8, maxLength: 64 }),
+    /** Where the coordinator reaches this agent's service ingress (http://host:port); absent: it runs no services. */
+    ingressUrl: Type.Optional(Type.String({ pattern: '^https?://[^/?#]+$', maxLength: 256 })),
     /** Highest coordinator seq this agent has applied. */
     lastApplied: Type.Integer({ minimum: 0 }),
     /** Leases the agent is running right now (after a reconnect). */

@@ -30,6 +30,7 @@ import pino, { type Logger } from 'pino';
 import { CoordinatorLink } from './coordinator-link.ts';
 import { detectHardware } from './hardware.ts';
 import type { CheckpointTamper } from './checkpoints.ts';
+import { ServiceIngress } from './service-ingress.ts';
 import { type AbortReason, type ResultTamper, runLease } from './lease-runner.ts';
 import { createContainerRuntime, dockerAnswers } from './runtime/container-runtime.ts';
 import { createProcessRuntime } from './runtime/process-runtime.ts';
@@ -84,6 +85,12 @@ export interface ProviderAgentOptions {
   resultTamper?: ResultTamper;
   /** Runs on each checkpoint before it is hashed and uploaded (tests: a provider whose training diverges). @default none */
   checkpointTamper?: CheckpointTamper;
+  /**
+   * The service ingress: where the coordinator reaches the service replicas this agent runs
+   * (requests carry a per-replica secret). `host`/`port` to listen on, `url` to advertise when the
+   * coordinator reaches it by another address. @default { host: '127.0.0.1', port: 0 (any free port) }
+   */
+  ingress?: { host?: string; port?: number; url?: string } | false;
 }
 
 export class ProviderAgent {
@@ -108,6 +115,7 @@ export class ProviderAgent {
     /** Offered runtimes, bundles' first. */
     private readonly runtimeList: readonly Runtime[],
     private readonly log: Logger,
+    private readonly ingress?: { server: ServiceIngress; url: string },
   ) {
     this.#identity = identity;
     this.hardware = hardware;
@@ -138,6 +146,7 @@ export class ProviderAgent {
         asksSignature,
         benchmarks: this.benchmarks,
         bids: this.pricing.bid !== undefined,
+        ...(ingress ? { ingressUrl: ingress.url } : {}),
         running: [...this.running.keys()],
       }),
       onAnnounce: (order) => void this.bid(order),
@@ -158,7 +167,14 @@ export class ProviderAgent {
     await mkdir(workRoot, { recursive: true, mode: 0o711 });
     const name = options.name ?? `provider-${randomBytes(3).toString('hex')}`;
     const slots = options.slots ?? hardware.cpu.cores;
-    return new ProviderAgent({ ...options, name, slots, workRoot }, identity, hardware, runtimes, log.child({ provider: name }));
+    const child = log.child({ provider: name });
+    let ingress: { server: ServiceIngress; url: string } | undefined;
+    if (options.ingress !== false) {
+      const server = new ServiceIngress(child);
+      const url = await server.listen(options.ingress?.host ?? '127.0.0.1', options.ingress?.port ?? 0, options.ingress?.url);
+      ingress = { server, url };
+    }
+    return new ProviderAgent({ ...options, name, slots, workRoot }, identity, hardware, runtimes, child, ingress);
   }
 
   get id(): string {
@@ -249,6 +265,7 @@ export class ProviderAgent {
         log: this.log,
         ...(this.options.resultTamper ? { resultTamper: this.options.resultTamper } : {}),
         ...(this.options.checkpointTamper ? { checkpointTamper: this.options.checkpointTamper } : {}),
+        ...(this.ingress ? { ingress: this.ingress.server } : {}),
       },
       lease,
       ac.signal,
@@ -295,6 +312,7 @@ export class ProviderAgent {
     this.link.close();
     for (const ac of this.running.values()) ac.abort('cancelled' satisfies AbortReason);
     await this.idle(10_000);
+    await this.ingress?.server.close();
     await rm(this.options.workRoot, { recursive: true, force: true }).catch(() => {});
   }
 }

@@ -26,9 +26,10 @@ import { type Identity, sha256Bytes, signBytes, signedFetch, writeVerified } fro
 import type { Logger } from 'pino';
 import { Compile } from 'typebox/compile';
 import { type CheckpointTamper, CheckpointWatcher } from './checkpoints.ts';
+import type { ServiceIngress } from './service-ingress.ts';
 import type { Report } from './coordinator-link.ts';
 import { leaseGpus } from './runtime/gpu-passthrough.ts';
-import type { RunResult, Runtime } from './runtime/runtime.ts';
+import type { RunRequest, RunResult, Runtime } from './runtime/runtime.ts';
 
 const manifestCheck = Compile(BundleManifest);
 const GiB = 1024 ** 3;
@@ -52,6 +53,8 @@ export interface LeaseRunnerDeps {
   log: Logger;
   resultTamper?: ResultTamper;
   checkpointTamper?: CheckpointTamper;
+  /** Where service replicas are routed from (absent: the agent runs no services). */
+  ingress?: ServiceIngress;
 }
 
 /** Rewrites a finished task's outputs before they are committed (a cheating provider, for tests). */
@@ -110,7 +113,8 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
     checkpoints.start();
     logs.push('system', `fetched ${fetched} file(s); running ${JSON.stringify(lease.runtime.command)} in the ${deps.runtime.kind} runtime\n`);
 
-    const result = await deps.runtime.run({
+    let stoppedFor: string | undefined;
+    const request: RunRequest = {
       bundleDir: dirs.bundle,
       inputsDir: dirs.inputs,
       outputsDir: dirs.outputs,
@@ -131,13 +135,28 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
       onOutput: (stream, data) => logs.push(stream, data),
       gpus,
       ...(lease.runtime.image ? { image: lease.runtime.image } : {}),
-    }).catch(async (err: unknown) => {
+      ...(lease.service ? { ports: [lease.service.port], healthCheck: { port: lease.service.port, path: lease.service.healthPath } } : {}),
+    };
+    const result = await (lease.service
+      ? serve(deps, lease, request, logs).then((r) => {
+          stoppedFor = r.stoppedFor;
+          return r.result;
+        })
+      : deps.runtime.run(request)
+    ).catch(async (err: unknown) => {
       await checkpoints.stop(false);
       throw err;
     });
     // Checkpoints written up to the end are reported before the lease ends (also when it is handed back).
     await checkpoints.stop(!(result.aborted || signal.aborted) || signal.reason === 'drain');
-    if (result.aborted || signal.aborted) return endAborted(deps, lease, signal, logs, started);
+    if (signal.aborted) return endAborted(deps, lease, signal, logs, started);
+    if (stoppedFor) {
+      // A service replica that never became healthy, or stopped being so: the coordinator replaces it.
+      logs.flush();
+      send(finished(deps, lease, { kind: 'error', message: stoppedFor }, Date.now() - started, []));
+      return;
+    }
+    if (result.aborted) return endAborted(deps, lease, signal, logs, started);
     const durationMs = Date.now() - started;
     if (result.timedOut) {
       logs.push('system', `time limit of ${lease.timeoutSeconds}s reached: task killed\n`);
@@ -252,6 +271,58 @@ async function uploadOutputs(deps: LeaseRunnerDeps, dir: string, signal: AbortSi
   };
   await walk(dir);
   return out.sort((a, b) => (a.path < b.path ? -1 : 1));
+}
+
+/** Health probes of a service replica: this often, and this many failures in a row stop it. */
+const PROBE_MS = 1000;
+const UNHEALTHY_PROBES = 3;
+
+/**
+ * Runs a service replica: starts it, probes its health, routes the ingress to it (and tells the
+ * coordinator) once healthy, and stops it when it is not healthy within its startup time or fails
+ * UNHEALTHY_PROBES probes in a row. Cancel and drain stop it through the request's signal.
+ */
+async function serve(deps: LeaseRunnerDeps, lease: LeaseAssignment, request: RunRequest, logs: LogBatcher): Promise<{ result: RunResult; stoppedFor?: string }> {
+  const service = lease.service as NonNullable<LeaseAssignment['service']>;
+  const task = await deps.runtime.start(request);
+  let ended = false;
+  const done = task.wait().finally(() => {
+    ended = true;
+  });
+  const exposed = task.ports[0];
+  const deadline = Date.now() + service.startupTimeoutSeconds * 1000;
+  let healthy = false;
+  let failures = 0;
+  let stoppedFor: string | undefined;
+  try {
+    while (!ended) {
+      const health = await task.health();
+      if (health === 'healthy') {
+        failures = 0;
+        if (!healthy && exposed) {
+          healthy = true;
+          deps.ingress?.add(lease.leaseId, service.token, exposed.address, exposed.host);
+          deps.send({ type: 'lease.service', leaseId: lease.leaseId, health: 'healthy' });
+          logs.push('system', `service healthy: GET ${service.healthPath} on port ${service.port} answers\n`);
+        }
+      } else if (healthy && ++failures >= UNHEALTHY_PROBES) {
+        stoppedFor = `service unhealthy: ${UNHEALTHY_PROBES} health checks in a row failed`;
+      } else if (!healthy && Date.now() > deadline) {
+        stoppedFor = `service not healthy within ${service.startupTimeoutSeconds}s of starting`;
+      }
+      if (stoppedFor) {
+        deps.ingress?.remove(lease.leaseId);
+        if (healthy) deps.send({ type: 'lease.service', leaseId: lease.leaseId, health: 'unhealthy' });
+        logs.push('system', `${stoppedFor}: stopping it\n`);
+        task.stop(stoppedFor);
+        break;
+      }
+      await Promise.race([sleep(PROBE_MS), done]);
+    }
+    return { result: await done, ...(stoppedFor ? { stoppedFor } : {}) };
+  } finally {
+    deps.ingress?.remove(lease.leaseId);
+  }
 }
 
 /** Uploads one file as a blob (retrying while the coordinator is unreachable); `path` names it in the result. */

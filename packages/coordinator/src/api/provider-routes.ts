@@ -4,6 +4,6 @@ import type { ProviderChannels } from '../providers/provider-channels.ts';
 
 export function registerProviderRoutes(app: FastifyInstance, deps: { channels: ProviderChannels }): void {
   app.get('/v1/providers/connect', { websocket: true, schema: { hide: true } }, (socket, req) => {
-    deps.channels.accept(req.accountId, socket);
+    deps.channels.accept(req.accountId, socket, req.socket.remoteAddress ?? null);
   });
 }

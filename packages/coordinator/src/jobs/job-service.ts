@@ -109,7 +109,8 @@ export class JobService {
     for (const name of declared.keys()) {
       if (!seen.has(name)) throw new GridworkError('VALIDATION_FAILED', `inputs: input "${name}" of the spec was not uploaded`);
     }
-    const taskInputs = shardInputs(req.inputs, spec.shards ?? 1);
+    // A service runs `replicas` tasks, each with all the inputs.
+    const taskInputs = spec.service ? Array.from({ length: spec.service.replicas ?? 1 }, () => req.inputs) : shardInputs(req.inputs, spec.shards ?? 1);
     await this.assertUploadedBy(owner, [...blobRoles.keys()]);
 
     const { jobId } = await this.deps.units.run((uow) =>

@@ -68,6 +68,8 @@ export type DomainEvent =
       endsAt: number;
     }
   | { type: 'lease.started'; jobId: string; leaseId: string; providerId: string }
+  /** A service replica became healthy (the ingress routes to it) or unhealthy. */
+  | { type: 'lease.service'; jobId: string; leaseId: string; providerId: string; health: 'healthy' | 'unhealthy' }
   | {
       type: 'lease.ended';
       jobId: string;

@@ -158,14 +158,15 @@ type LeaseRow = LeaseMoney & {
   gpus: number[];
   audit_seed: string | null;
   audit_commitment: string | null;
+  service_token: string | null;
 };
 
 /** How long after the coordinator stopped a lease its agent's last log lines are still kept. */
 const CLOSING_LOGS_MS = 30_000;
 
-/** A task's wall-time limit in ms (the spec's timeoutSeconds, default 1 h). */
+/** A task's wall-time limit in ms (the spec's timeoutSeconds; default 1 h, 7 days for a service). */
 export function limitMsOf(spec: JobSpec): number {
-  return (spec.timeoutSeconds ?? 3600) * 1000;
+  return (spec.timeoutSeconds ?? (spec.kind === 'service' ? 7 * 24 * 3600 : 3600)) * 1000;
 }
 
 
@@ -344,6 +345,8 @@ export class Lifecycle {
     // Commit–reveal of audit randomness: only the hash goes to the provider now.
     const auditSeed = randomBytes(32).toString('hex');
     const auditCommitment = sha256Hex(auditSeed);
+    // A service replica: the agent's ingress accepts the coordinator's requests for it with this secret.
+    const serviceToken = spec.service ? randomBytes(32).toString('hex') : null;
     const now = new Date();
     const cpuMilli = milliN(spec.resources.cpu);
     const memMilli = milliN(spec.resources.memoryGiB);
@@ -363,6 +366,7 @@ export class Lifecycle {
         mem_milli: BigInt(memMilli),
         audit_seed: auditSeed,
         audit_commitment: auditCommitment,
+        service_token: serviceToken,
       })
       .execute();
     if (!(await holdCapacity(trx, { leaseId, providerId: p.providerId, cpuMilli, memMilli, gpus: p.gpus }))) {
@@ -406,6 +410,16 @@ export class Lifecycle {
       auditCommitment,
       ...(resume?.from ? { resume: resume.from } : {}),
       ...(resume?.stopStep !== undefined ? { stopStep: resume.stopStep } : {}),
+      ...(spec.service && serviceToken
+        ? {
+            service: {
+              port: spec.service.port,
+              healthPath: spec.service.healthPath ?? '/health',
+              startupTimeoutSeconds: spec.service.startupTimeoutSeconds ?? 120,
+              token: serviceToken,
+            },
+          }
+        : {}),
     };
     await enqueueForProvider(uow, p.providerId, { type: 'lease.assign', lease });
     uow.emit({
@@ -563,6 +577,19 @@ export class Lifecycle {
     if (!row) return;
     await trx.insertInto('job_blobs').values({ job_id: lease.job_id, digest: c.file.digest, role: 'checkpoint' }).onConflict((oc) => oc.doNothing()).execute();
     uow.emit({ type: 'task.checkpointed', jobId: lease.job_id, taskId: lease.task_id, leaseId: lease.id, step: c.step });
+  }
+
+  /** A service replica's health, as its agent reports it: the ingress routes only to healthy ones. */
+  async serviceHealth(uow: UnitOfWork, reported: LeaseRow, health: 'healthy' | 'unhealthy'): Promise<void> {
+    const updated = await uow.trx
+      .updateTable('leases')
+      .set({ service_health: health })
+      .where('id', '=', reported.id)
+      .where('state', 'in', [...ACTIVE_LEASE_STATES])
+      .where('service_token', 'is not', null)
+      .returning('id')
+      .executeTakeFirst();
+    if (updated) uow.emit({ type: 'lease.service', jobId: reported.job_id, leaseId: reported.id, providerId: reported.provider_id, health });
   }
 
   /** The task ran to its end on the provider: it succeeded, or the workload failed by itself. */

@@ -103,8 +103,8 @@ export class ProviderChannels {
     await Promise.all([...this.all].map((ch) => ch.serial(async () => {})));
   }
 
-  /** Takes over an authenticated socket (the upgrade request was signed by `providerId`). */
-  accept(providerId: string, socket: WebSocket): void {
+  /** Takes over an authenticated socket (the upgrade request was signed by `providerId`, from `remoteAddress`). */
+  accept(providerId: string, socket: WebSocket, remoteAddress: string | null = null): void {
     const { log, providers } = this.deps;
     let channel: Channel | undefined;
     const helloTimer = setTimeout(() => socket.close(4001, 'no hello'), this.deps.helloTimeoutMs ?? 10_000);
@@ -136,7 +136,7 @@ export class ProviderChannels {
           if (msg.type === 'hello') {
             if (channel) return fail('PROTOCOL_ERROR', 'hello sent twice', true);
             clearTimeout(helloTimer);
-            const { lastApplied, outbox } = await providers.hello(providerId, msg);
+            const { lastApplied, outbox } = await providers.hello(providerId, msg, remoteAddress);
             this.channels.get(providerId)?.socket.close(4003, 'replaced by a newer connection');
             channel = pending;
             this.channels.set(providerId, channel);

@@ -34,7 +34,7 @@ export class ProviderService {
    * Registers or resumes a provider. A new agent instance means the previous one died with
    * whatever it ran: those leases are lost and both sequence counters start over.
    */
-  async hello(providerId: string, hello: ProviderHello): Promise<{ lastApplied: number; outbox: Record<string, unknown>[] }> {
+  async hello(providerId: string, hello: ProviderHello, remoteAddress: string | null = null): Promise<{ lastApplied: number; outbox: Record<string, unknown>[] }> {
     verifyAsks(providerId, hello.asks, hello.instance, hello.asksSignature);
     // Each GPU once: a doubled index would be quoted for orders the database then refuses,
     // capturing them forever (the index would keep choosing it).
@@ -60,6 +60,7 @@ export class ProviderService {
         benchmarks: JSON.stringify(hello.benchmarks),
         bids: hello.bids,
         instance: hello.instance,
+        ingress_url: ingressOf(hello.ingressUrl, remoteAddress),
         last_seen_at: new Date(),
       };
       const capacity = { slots: hello.slots, cpuMilli: milliN(hello.hardware.cpu.cores), memMilli: milliN(hello.hardware.memoryGiB) };
@@ -210,3 +211,20 @@ export class ProviderService {
 
 /** Rolls back a report whose sequence number another connection recorded first. */
 class AppliedElsewhere extends Error {}
+
+/**
+ * The service ingress a provider advertises, if the coordinator may use it: only on the address
+ * the provider connected from. The coordinator proxies requests there, so a provider must not be
+ * able to point it at some other host (another tenant's, or the coordinator's own network).
+ */
+export function ingressOf(url: string | undefined, remoteAddress: string | null): string | null {
+  if (!url || !remoteAddress) return null;
+  let host: string;
+  try {
+    host = new URL(url).hostname.replace(/^\[|\]$/g, '');
+  } catch {
+    return null;
+  }
+  const remote = remoteAddress.replace(/^::ffff:/, '');
+  return host === remote ? url : null;
+}

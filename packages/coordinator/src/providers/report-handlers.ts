@@ -72,6 +72,10 @@ export const reportHandlers: Handlers = {
     await lifecycle.recordCheckpoint(uow, lease, { step: msg.step, file: msg.file, usageMs: msg.usageMs, signature: msg.signature });
   },
 
+  async 'lease.service'({ uow, providerId, lifecycle }, msg) {
+    await lifecycle.serviceHealth(uow, await lifecycle.leaseOf(uow, providerId, msg.leaseId), msg.health);
+  },
+
   async 'lease.finished'({ uow, providerId, lifecycle }, msg) {
     const lease = await lifecycle.leaseOf(uow, providerId, msg.leaseId);
     // L2: a signed commitment that does not match what is delivered is a proven fault.
@@ -86,6 +90,11 @@ export const reportHandlers: Handlers = {
       return;
     }
     const outcome = outcomeOf(msg.outcome, msg.durationMs, msg.outputs);
+    // A service replica never ends by itself: one that exited (or was stopped unhealthy) is replaced.
+    if (lease.service_token !== null && outcome.kind !== 'lost') {
+      await lifecycle.lose(uow, lease.id, `service replica ended: ${outcome.kind === 'failed' ? outcome.error : 'exited with code 0'}`);
+      return;
+    }
     if (outcome.kind === 'lost') await lifecycle.lose(uow, lease.id, outcome.error);
     else if (outcome.kind === 'completed' || outcome.kind === 'failed') {
       await lifecycle.finish(uow, lease.id, msg.commitment ? { ...outcome, commitment: msg.commitment } : outcome);

@@ -339,6 +339,19 @@ migrations['0006_checkpoints'] = {
   },
 };
 
+migrations['0007_services'] = {
+  async up(db: Kysely<unknown>) {
+    await runStatements(
+      db,
+      `
+      alter table providers add column ingress_url text;
+      alter table leases add column service_token text;
+      alter table leases add column service_health text check (service_health in ('healthy', 'unhealthy'))
+    `,
+    );
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 /**

@@ -53,6 +53,8 @@ export interface ProvidersTable {
   audit_streak: Generated<number>;
   last_audit_passed_at: Timestamp | null;
   stake_slashed: Int8Default;
+  /** The agent's service ingress (hello), if it runs services. */
+  ingress_url: string | null;
 }
 
 /** One capacity challenge and its verdict (verify/capacity-challenges.ts). */
@@ -212,6 +214,9 @@ export interface LeasesTable {
   verification: VerificationState | null;
   /** Set while the lease's earnings are pending (its audit window is open); null once paid or refunded. */
   settle_at: Timestamp | null;
+  /** A service replica: the secret the agent's ingress accepts for it, and its last reported health. */
+  service_token: string | null;
+  service_health: 'healthy' | 'unhealthy' | null;
 }
 
 export interface TaskLogsTable {

@@ -1,0 +1,63 @@
+/**
+ * The service ingress: `/services/<job id>/<path>` reaches a healthy replica of a service job,
+ * through its agent's ingress (jobs/service-routing.ts picks it). Requests to a private service
+ * are signed like every /v1 request and must come from the job's owner. Bodies are JSON (or
+ * none); responses stream back as the replica sends them. No business logic here.
+ */
+import { Readable } from 'node:stream';
+import { GridworkError } from '@gridwork/protocol';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { Authenticator } from '../auth/authenticator.ts';
+import type { ServiceRouting } from '../jobs/service-routing.ts';
+
+export interface ServiceRoutesDeps {
+  routing: ServiceRouting;
+  auth: Authenticator;
+}
+
+const SERVICE_TOKEN_HEADER = 'x-gridwork-service-token';
+/** Request headers passed on to the replica (the rest — signatures, cookies, hop headers — stay here). */
+const PASS = ['content-type', 'accept', 'accept-encoding', 'user-agent'];
+/** Response headers passed back. */
+const BACK = ['content-type', 'content-encoding', 'cache-control', 'etag', 'last-modified'];
+
+export function registerServiceRoutes(app: FastifyInstance, deps: ServiceRoutesDeps): void {
+  const handler = async (req: FastifyRequest<{ Params: { id: string; '*'?: string } }>, reply: FastifyReply) => {
+    const jobId = req.params.id;
+    if (!/^job_[a-z2-7]{16}$/.test(jobId)) throw new GridworkError('JOB_NOT_FOUND', `service job ${jobId} does not exist`);
+    const caller = (await deps.routing.isPublic(jobId))
+      ? null
+      : await deps.auth.authenticate({ method: req.method, url: req.url, headers: req.headers, body: req.rawBody });
+    const target = await deps.routing.pick(jobId, caller);
+    const rest = req.params['*'] ?? '';
+    const query = req.url.includes('?') ? req.url.slice(req.url.indexOf('?')) : '';
+    const headers: Record<string, string> = { [SERVICE_TOKEN_HEADER]: target.token };
+    for (const h of PASS) {
+      const v = req.headers[h];
+      if (typeof v === 'string') headers[h] = v;
+    }
+    let answer: Response;
+    try {
+      answer = await fetch(`${target.base}/${rest}${query}`, {
+        method: req.method,
+        headers,
+        ...(req.rawBody && req.method !== 'GET' && req.method !== 'HEAD' ? { body: req.rawBody } : {}),
+        redirect: 'manual',
+        signal: AbortSignal.timeout(300_000),
+      });
+    } catch (err) {
+      throw new GridworkError('UNAVAILABLE', `the service replica did not answer: ${(err as Error).message}`);
+    }
+    reply.status(answer.status);
+    for (const h of BACK) {
+      const v = answer.headers.get(h);
+      if (v !== null) reply.header(h, v);
+    }
+    reply.header('x-gridwork-replica', target.leaseId);
+    return reply.send(answer.body ? Readable.fromWeb(answer.body as import('node:stream/web').ReadableStream) : '');
+  };
+  const config = { public: true };
+  const schema = { hide: true };
+  app.all('/services/:id', { config, schema }, handler);
+  app.all('/services/:id/*', { config, schema }, handler);
+}
