@@ -245,6 +245,12 @@ export async function measure(input: MeasureInput): Promise<TrustReport> {
 
   const honest = stats.filter((s) => s.key.role === 'honest');
   const punished = honest.filter((s) => s.punished);
+  const punishments = events
+    .filter((e) => e.type === 'provider.fault' && punished.some((s) => s.key.id === e.provider_id))
+    .map((e) => {
+      const d = e.data as { fault?: string; detail?: string };
+      return { id: e.provider_id as string, fault: d.fault ?? 'unknown', detail: d.detail ?? '' };
+    });
   const cheaters = stats.filter((s) => s.key.role !== 'honest');
   const cheatersCaught = cheaters.filter((s) => s.caughtAt !== null).length;
 
@@ -331,7 +337,7 @@ export async function measure(input: MeasureInput): Promise<TrustReport> {
       id: `unprofitable:${s.strategy}`,
       goal: `${s.strategy}: net profit < 0`,
       value: s.net,
-      met: !s.profitable && s.net !== '0',
+      met: !s.profitable,
       exit: true,
     })),
     {
@@ -372,11 +378,21 @@ export async function measure(input: MeasureInput): Promise<TrustReport> {
     'Task run times are claimed, not waited: each task takes a few ms of wall time and bills the run time its work would take (20–60 s small, 120–300 s large); compute is billed run time (leases.usage_ms).',
     "Not seeded (the coordinator offers no injection point yet): the lifecycle's audit seeds (node:crypto randomBytes), so which results past probation are audited; the verifier's canary draws (Math.random); capacity challenge times (Math.random) and seeds; ids (job, lease, check). Batches wait for a quiet coordinator, so runs with one seed differ only by these draws.",
     'A check is not chosen at random: the scheduler gives it to the best-scored free provider other than the checked one (ties by provider id), so who audits whom follows prices, reputation and timing.',
+    'The formula assumes honest checkers: where cheaters check each other (a referee that agrees with neither side ends inconclusive; a colluder confirms its partner), fewer are caught than it predicts.',
     'fake-hardware: capacity challenges take a provider out of matching after 3 failures in a row, but cost it no stake; its net is what it billed for hardware slower than it claimed.',
     `Money: earned = lease earnings paid plus finder rewards; net = earned − slashed. Stake left on keys a whitewasher walked away from is reported (stakeAbandoned), not counted.`,
   ];
   if (overhead.steadyState === null)
     notes.push('No result was given after probation in this run: the steady-state overhead is not measured (run more jobs per provider).');
+  const faults = new Set(punishments.map((f) => f.fault));
+  if (faults.has('failed-audit') || faults.has('lost-dispute')) {
+    notes.push(
+      'An honest result was convicted: the auditor and the referee both gave the same other answer. Colluders of one hidden operator in both roles win the single-referee majority (the coordinator excludes only declared operators from a check).',
+    );
+  }
+  if (faults.has('false-audit'))
+    notes.push('An honest auditor was overruled: a referee sided with the provider it had refuted (a colluder refereeing its partner).');
+  if (faults.has('failed-canary')) notes.push("An honest provider failed a canary: the canary's known answer came from a result that colluders had confirmed.");
   if (params.notSimulated.length > 0) notes.push(`Too few cheaters for a group of: ${params.notSimulated.join(', ')}.`);
 
   return {
@@ -389,12 +405,7 @@ export async function measure(input: MeasureInput): Promise<TrustReport> {
       keys: honest.length,
       wronglyPunished: punished.length,
       punishedIds: punished.map((s) => s.key.id),
-      punishments: events
-        .filter((e) => e.type === 'provider.fault' && punished.some((s) => s.key.id === e.provider_id))
-        .map((e) => {
-          const d = e.data as { fault?: string; detail?: string };
-          return { id: e.provider_id as string, fault: d.fault ?? 'unknown', detail: d.detail ?? '' };
-        }),
+      punishments,
       challengeFailures: honest.reduce((a, s) => a + s.challengeFailures, 0),
       earned: formatCredits(sum(honest.map((s) => s.earned))),
       slashed: formatCredits(sum(honest.map((s) => s.slashed))),

@@ -36,8 +36,9 @@ export interface StrategyResult {
   slashed: string;
   /** Stake still bonded or unbonding on keys a whitewasher walked away from (at risk, not counted in net). */
   stakeAbandoned: string;
-  /** earned − slashed. Cheating pays when this is positive. */
+  /** earned − slashed: negative when cheating cost the keys more than it brought them. */
   net: string;
+  /** net ≥ 0: cheating did not cost them (the goal is net < 0). */
   profitable: boolean;
 }
 
