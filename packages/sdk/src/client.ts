@@ -12,6 +12,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { createReadStream } from 'node:fs';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { Readable } from 'node:stream';
 import type {
@@ -515,6 +516,26 @@ export class GridworkClient {
         written.push(dest);
       }
     }
+    // The result manifest: which task (shard) produced which files, on which provider, and how far
+    // each result is verified. Written on every call, so a partial download of a running job says
+    // what it holds.
+    const manifest = {
+      job: job.id,
+      name: job.name,
+      kind: job.kind,
+      state: job.state,
+      writtenAt: new Date().toISOString(),
+      tasks: job.tasks.map((t) => ({
+        index: t.index,
+        state: t.state,
+        provider: t.providerId ? { id: t.providerId, name: t.providerName } : null,
+        verification: t.verification?.state ?? null,
+        pendingUntil: t.verification?.pendingUntil ?? null,
+        outputs: t.outputs.map((o) => ({ path: o.path, file: `task-${t.index}/${o.path}`, digest: o.digest, size: o.size })),
+      })),
+    };
+    await mkdir(dir, { recursive: true });
+    await writeFile(join(dir, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
     return written;
   }
 }

@@ -156,6 +156,12 @@ export class Market {
     await this.refreshProviders([id]);
   }
 
+  /** Whether any connected provider is not in `ids` (so work can wait for one of them instead). */
+  hasConnectedBesides(ids: readonly string[]): boolean {
+    for (const id of this.connected) if (!ids.includes(id)) return true;
+    return false;
+  }
+
   /** Connected providers that answer auction announcements. */
   bidders(): string[] {
     return [...this.bidding].filter((id) => this.connected.has(id));

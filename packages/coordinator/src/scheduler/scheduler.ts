@@ -43,6 +43,8 @@ interface Candidate {
   queued_at: Date;
   exclude_providers: string[];
   only_provider: string | null;
+  /** Providers that lost this task before: a retry goes elsewhere when it can. */
+  failed_on: string[];
 }
 
 /** Placements per unit of work: small enough that a pass never holds many locks for long. */
@@ -127,7 +129,8 @@ export class Scheduler {
         from tasks t join jobs j on j.id = t.job_id
         where t.state = 'queued'
       )
-      select r.id, r.job_id, r.job_state, r.spec, r.max_per_hour, r.queued_at, r.exclude_providers, r.only_provider
+      select r.id, r.job_id, r.job_state, r.spec, r.max_per_hour, r.queued_at, r.exclude_providers, r.only_provider,
+             (select coalesce(array_agg(distinct l.provider_id), '{}') from leases l where l.task_id = r.id and l.state = 'lost') as failed_on
       from ranked r left join held h on h.owner = r.owner
       where r.rank <= ${this.batchSize}
       order by coalesce(h.n, 0) + r.rank, r.max_per_hour desc, r.queued_at, r.idx
@@ -183,7 +186,10 @@ export class Scheduler {
             if (auction.open) continue;
             bids = auction.bids;
           }
-          const match = market.match(order, bids);
+          // A task retried after a provider lost it waits for another provider while one is connected;
+          // only on a network of nothing but those providers does it go back to one of them.
+          const avoid = t.failed_on.length > 0 && !t.only_provider && market.hasConnectedBesides([...(order.excludeProviders ?? []), ...t.failed_on]);
+          const match = market.match(avoid ? { ...order, excludeProviders: [...(order.excludeProviders ?? []), ...t.failed_on] } : order, bids);
           if (windowMs > 0 && match) this.deps.auctions.finish(orderId);
           if (!match) {
             if (t.job_state === 'pending' && !waiting.has(t.job_id)) {
