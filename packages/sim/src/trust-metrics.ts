@@ -254,11 +254,14 @@ export async function measure(input: MeasureInput): Promise<TrustReport> {
   const cheaters = stats.filter((s) => s.key.role !== 'honest');
   const cheatersCaught = cheaters.filter((s) => s.caughtAt !== null).length;
 
-  // Verification overhead: the compute of every check, charged to the phase of the result it checked.
+  // Verification overhead: the compute of every check, charged to the result it checked. Steady
+  // state is what verifying staked honest providers past probation costs; the same over every
+  // provider past probation adds what catching cheaters there costs (referees, re-audits).
   const overhead: Overhead = {
     steadyState: null,
     steadyStateExpected: null,
     steadyStateStdError: null,
+    steadyStateAll: null,
     probation: null,
     total: null,
     workMs: 0,
@@ -267,38 +270,46 @@ export async function measure(input: MeasureInput): Promise<TrustReport> {
     steadyStateResults: 0,
     steadyStateChecks: 0,
   };
+  const honestIds = new Set(keys.filter((k) => k.role === 'honest').map((k) => k.id));
+  const steadyHonest = (r: Result | undefined) => r !== undefined && !r.probation && honestIds.has(leaseOwner.get(r.leaseId) ?? '');
   const checkByJob = new Map(checks.filter((c) => c.check_job_id).map((c) => [c.check_job_id as string, c]));
   let workSteady = 0;
+  let workSteadyAll = 0;
   let workProbation = 0;
   let checkSteady = 0;
+  let checkSteadyAll = 0;
   let checkProbation = 0;
   for (const l of leases) {
     const ms = Number(l.usage_ms);
     if (l.purpose === 'work') {
       overhead.workMs += ms;
       const r = phase.get(l.id);
-      if (r?.probation === false) {
+      if (r?.probation === false) workSteadyAll += ms;
+      else workProbation += ms;
+      if (steadyHonest(r)) {
         workSteady += ms;
         overhead.steadyStateResults++;
-      } else workProbation += ms;
+      }
       continue;
     }
     overhead.checkMs += ms;
     const c = checkByJob.get(l.job_id);
     if (c) overhead.checkMsByKind[c.kind] += ms;
     const checked = c ? phase.get(c.lease_id) : undefined;
-    if (checked?.probation === false) checkSteady += ms;
+    if (checked?.probation === false) checkSteadyAll += ms;
     else checkProbation += ms;
+    if (steadyHonest(checked)) checkSteady += ms;
   }
-  overhead.steadyStateChecks = checks.filter((c) => phase.get(c.lease_id)?.probation === false).length;
+  overhead.steadyStateChecks = checks.filter((c) => steadyHonest(phase.get(c.lease_id))).length;
   overhead.steadyState = share(checkSteady, workSteady + checkSteady);
+  overhead.steadyStateAll = share(checkSteadyAll, workSteadyAll + checkSteadyAll);
   // What the audit rates in force predict (each result audited with its p at about its own
   // compute), and the sampling noise of so few draws: a handful of audits at p ≈ 1% decide the
   // measured figure, one large task more or less moves it by a point.
   let expectedChecks = 0;
   let variance = 0;
   for (const r of phase.values()) {
-    if (r.probation) continue;
+    if (!steadyHonest(r)) continue;
     expectedChecks += r.p * r.usageMs;
     variance += r.p * (1 - r.p) * r.usageMs ** 2;
   }
@@ -342,7 +353,7 @@ export async function measure(input: MeasureInput): Promise<TrustReport> {
     })),
     {
       id: 'steady-state-overhead',
-      goal: 'verification overhead at steady state (staked providers past probation) ≤ 2%, beyond 2 standard errors of sampling noise',
+      goal: 'verification overhead at steady state (staked honest providers past probation) ≤ 2%, beyond 2 standard errors of sampling noise',
       value:
         overhead.steadyState === null
           ? null
@@ -383,7 +394,7 @@ export async function measure(input: MeasureInput): Promise<TrustReport> {
     `Money: earned = lease earnings paid plus finder rewards; net = earned − slashed. Stake left on keys a whitewasher walked away from is reported (stakeAbandoned), not counted.`,
   ];
   if (overhead.steadyState === null)
-    notes.push('No result was given after probation in this run: the steady-state overhead is not measured (run more jobs per provider).');
+    notes.push('No honest provider gave a result after probation in this run: the steady-state overhead is not measured (run more jobs per provider).');
   const faults = new Set(punishments.map((f) => f.fault));
   if (faults.has('failed-audit') || faults.has('lost-dispute')) {
     notes.push(

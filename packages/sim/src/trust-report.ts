@@ -43,13 +43,15 @@ export interface StrategyResult {
 }
 
 export interface Overhead {
-  /** Check compute ÷ all compute, for results given after probation (audit rate priced by stake). */
+  /** Check compute ÷ all compute, for the results staked honest providers gave after probation (audit rate priced by stake). */
   steadyState: number | null;
   /** What the audit rates in force predict for it: Σ p·c ÷ (Σ c + Σ p·c) over those results. */
   steadyStateExpected: number | null;
   /** The sampling noise of the measured figure (one standard error): a few audits at p ≈ 1% decide it. */
   steadyStateStdError: number | null;
-  /** The same for results given on probation (every one of them audited). */
+  /** The same over every provider's results after probation: adds what catching cheaters there costs (referees, re-audits). */
+  steadyStateAll: number | null;
+  /** The same for results given on probation or without stake (every one of them audited). */
   probation: number | null;
   /** The same over the whole run: every provider in it is new. */
   total: number | null;
@@ -57,7 +59,7 @@ export interface Overhead {
   workMs: number;
   checkMs: number;
   checkMsByKind: Record<'audit' | 'referee' | 'canary' | 'dispute', number>;
-  /** Work results given after probation, and checks opened on them. */
+  /** Results staked honest providers gave after probation, and checks opened on them. */
   steadyStateResults: number;
   steadyStateChecks: number;
 }
@@ -171,7 +173,8 @@ export function formatTrustReport(r: TrustReport): string[] {
   out.push(`cheaters caught: ${r.cheatersOverall.caught}/${r.cheatersOverall.keys} keys (${pct(r.cheatersOverall.shareCaught)})`);
   const o = r.overhead;
   out.push(
-    `verification overhead (check compute ÷ all compute): steady state ${pct(o.steadyState)} (${o.steadyStateChecks} checks over ${o.steadyStateResults} results; expected ${pct(o.steadyStateExpected)} ± ${pct(o.steadyStateStdError)}), on probation ${pct(o.probation)}, whole run ${pct(o.total)}`,
+    `verification overhead (check compute ÷ all compute): steady state ${pct(o.steadyState)} (honest staked providers past probation: ${o.steadyStateChecks} checks over ${o.steadyStateResults} results; expected ${pct(o.steadyStateExpected)} ± ${pct(o.steadyStateStdError)}),`,
+    `  every provider past probation ${pct(o.steadyStateAll)}, on probation ${pct(o.probation)}, whole run ${pct(o.total)}`,
   );
   out.push(
     `  check compute by kind: audit ${Math.round(o.checkMsByKind.audit / 1000)} s, referee ${Math.round(o.checkMsByKind.referee / 1000)} s, canary ${Math.round(o.checkMsByKind.canary / 1000)} s; work ${Math.round(o.workMs / 1000)} s (billed run time)`,

@@ -117,6 +117,7 @@ describe('gridwork sim trust (small)', { timeout: 240_000 }, () => {
         steadyState: 'number|null',
         steadyStateExpected: 'number|null',
         steadyStateStdError: 'number|null',
+        steadyStateAll: 'number|null',
         probation: 'number|null',
         total: 'number|null',
         workMs: 'number',
