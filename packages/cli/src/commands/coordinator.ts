@@ -1,5 +1,6 @@
 /** `gridwork coordinator start`. The coordinator's modules load only when it starts. */
 import { join } from 'node:path';
+import { setFlagsFromString } from 'node:v8';
 import type { Command } from 'commander';
 import { gridworkHome } from '../context.ts';
 import { CliExit, EXIT_USAGE, info, isTty, parseDuration } from '../output.ts';
@@ -44,6 +45,7 @@ export function registerCoordinatorCommands(program: Command): void {
         const windowMs = parseDuration(opts.auditWindow, '--audit-window');
         if (opts.feeBps + opts.reserveBps > 10_000) throw new CliExit(EXIT_USAGE, '--fee-bps plus --reserve-bps must not exceed 10000');
         if (opts.meteringMs < 100) throw new CliExit(EXIT_USAGE, '--metering-ms must be at least 100');
+        limitWasmCompilation();
         const { startCoordinator } = await import('@gridwork/coordinator');
         const { loadOrCreateIdentity } = await import('@gridwork/sdk');
         const operatorKeyFile = opts.operatorKey ?? join(opts.data, 'operator-key.json');
@@ -75,4 +77,18 @@ export function registerCoordinatorCommands(program: Command): void {
         await c.close();
       },
     );
+}
+
+/**
+ * Idle memory (issue 9, item 6; bench/pglite-memory.ts): V8 recompiles PGlite's hot WebAssembly
+ * functions with its optimizing compiler on background threads, by default several at once, and
+ * that compiler's scratch memory, once freed, stays resident in those threads' malloc arenas.
+ * One compilation task at a time kept an idle coordinator 20–45 MiB smaller (arenas ~75 → ~40
+ * MiB) and leaves the functions as fast once compiled: bench/ledger.ts on PGlite showed no change
+ * beyond its noise, where `--liftoff-only` (never optimizing) cost 2–3×. A process-wide V8
+ * setting, so the `gridwork` process chooses it, not the coordinator library; it must precede
+ * the first WebAssembly compilation (PGlite's, in startCoordinator).
+ */
+function limitWasmCompilation(): void {
+  setFlagsFromString('--wasm-num-compilation-tasks=1');
 }
