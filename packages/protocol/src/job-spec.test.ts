@@ -103,9 +103,39 @@ describe('validateJobSpec', () => {
             delete s.shards;
             s.service = { port: 9000, healthPath: '/ready', startupTimeoutSeconds: 30, replicas: 3, public: true };
           }
+          if (kind === 'cluster') {
+            delete s.shards;
+            s.cluster = { size: 4 };
+          }
         }),
       );
     }
+  });
+
+  it('a cluster needs its size, and nothing else may have one', () => {
+    expectInvalid(
+      specWith((s) => {
+        s.kind = 'cluster';
+        delete s.shards;
+      }),
+      'cluster',
+      /required when kind is cluster/,
+    );
+    expectInvalid(
+      specWith((s) => {
+        s.cluster = { size: 2 };
+      }),
+      'cluster',
+      /only for kind: cluster/,
+    );
+    expectInvalid(
+      specWith((s) => {
+        s.kind = 'cluster';
+        delete s.shards;
+        s.cluster = { size: 1 };
+      }),
+      'cluster.size',
+    );
   });
 
   it('a service needs its service block, and nothing else may have one', () => {

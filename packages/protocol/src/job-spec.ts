@@ -116,6 +116,13 @@ export const JobSpec = Type.Object(
      * anyone or only the job's owner. A service runs until it is stopped (`gridwork job cancel`) or
      * its timeoutSeconds (default 7 days) pass; a replica that dies or turns unhealthy is replaced.
      */
+    /**
+     * kind: cluster only (and required there): `size` members, gang-scheduled (all placed and
+     * started, or none), each with RANK, WORLD_SIZE and GRIDWORK_EXCHANGE (files relayed between
+     * members: see the README). Sharded inputs are split across the members. If one member is lost,
+     * the whole cluster restarts, each member from its latest checkpoint.
+     */
+    cluster: Type.Optional(Type.Object({ size: Type.Integer({ minimum: 2, maximum: 64 }) }, { additionalProperties: false })),
     service: Type.Optional(
       Type.Object(
         {
@@ -376,6 +383,9 @@ export function validateJobSpec(value: unknown): JobSpec {
     if (spec.kind === 'service' && !spec.service) problems.push({ path: 'service', message: 'required when kind is service (at least its port)' });
     if (spec.kind !== 'service' && spec.service) problems.push({ path: 'service', message: 'only for kind: service' });
     if (spec.kind === 'service' && spec.shards !== undefined) problems.push({ path: 'shards', message: 'not for kind: service (use service.replicas)' });
+    if (spec.kind === 'cluster' && !spec.cluster) problems.push({ path: 'cluster', message: 'required when kind is cluster (its size)' });
+    if (spec.kind !== 'cluster' && spec.cluster) problems.push({ path: 'cluster', message: 'only for kind: cluster' });
+    if (spec.kind === 'cluster' && spec.shards !== undefined) problems.push({ path: 'shards', message: 'not for kind: cluster (sharded inputs are split across cluster.size members)' });
     if (spec.verification?.mode === 'tolerance' && spec.verification.tolerance === undefined) {
       problems.push({ path: 'verification.tolerance', message: 'required when verification.mode is tolerance' });
     }

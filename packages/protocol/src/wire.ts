@@ -56,6 +56,8 @@ export const LeaseAssignment = Type.Object({
    * `healthPath` answers 2xx, and must be healthy within `startupTimeoutSeconds`. The agent's
    * ingress forwards the coordinator's requests for this lease to it, accepting only `token`.
    */
+  /** A cluster member: its rank among `worldSize` (RANK, WORLD_SIZE; files relayed through GRIDWORK_EXCHANGE). */
+  cluster: Type.Optional(Type.Object({ rank: Type.Integer({ minimum: 0 }), worldSize: Type.Integer({ minimum: 2 }) }, { additionalProperties: false })),
   service: Type.Optional(
     Type.Object(
       {
@@ -144,6 +146,11 @@ export const ProviderSequenced = Type.Union([
       usageMs: Type.Integer({ minimum: 0, maximum: 31_536_000_000_000 }),
       signature: Type.String({ maxLength: 128 }),
     },
+    { additionalProperties: false },
+  ),
+  /** A cluster member published exchange round `round` (`exchange/out/round-<r>.json`, uploaded as a blob). */
+  Type.Object(
+    { seq: Seq, type: Type.Literal('lease.exchange'), leaseId: Type.String(), round: Type.Integer({ minimum: 1, maximum: 2_147_483_647 }), file: FileRef },
     { additionalProperties: false },
   ),
   /** A service replica's health changed: `healthy` (it serves: the ingress routes to it) or `unhealthy`. */
@@ -246,6 +253,8 @@ export type ProviderMessage = Type.Static<typeof ProviderMessage>;
 export type CoordinatorSequenced =
   | { seq: number; type: 'lease.assign'; lease: LeaseAssignment }
   | { seq: number; type: 'lease.cancel'; leaseId: string; reason: string }
+  /** Every member of the lease's cluster published round `round`: their files, by rank, to put in its exchange `in/`. */
+  | { seq: number; type: 'exchange.round'; leaseId: string; round: number; files: { rank: number; digest: string; size: number }[] }
   /** A capacity challenge (L1): compute, commit to the roots by `deadlineMs`. */
   | { seq: number; type: 'challenge.issue'; challenge: CapacityChallenge }
   /** The secret behind the challenge's `openCommitment`: open the rows and blocks it picks, within `answerWithinMs`. */

@@ -101,6 +101,8 @@ export class ProviderAgent {
   private readonly benchmarks: Benchmarks;
   private readonly running = new Map<string, AbortController>();
   private readonly seen = new Set<string>();
+  /** Running cluster members: where each one's complete exchange rounds go. */
+  private readonly exchanges = new Map<string, (round: number, files: { rank: number; digest: string; size: number }[]) => Promise<void>>();
   private readonly link: CoordinatorLink;
   private draining = false;
   private readonly instance = randomBytes(12).toString('base64url');
@@ -238,6 +240,11 @@ export class ProviderAgent {
     // Challenges run beside the work (answered when computed), never holding up later messages.
     if (msg.type === 'challenge.issue') return this.challenges.issue(msg.challenge);
     if (msg.type === 'challenge.open') return this.challenges.open(msg.challengeId, msg.openSeed);
+    if (msg.type === 'exchange.round') {
+      // A member that has gone has nothing to deliver to (its cluster restarts without it).
+      await this.exchanges.get(msg.leaseId)?.(msg.round, msg.files).catch((err: unknown) => this.log.warn({ err, leaseId: msg.leaseId, round: msg.round }, 'could not deliver an exchange round'));
+      return;
+    }
     if (msg.type === 'lease.cancel') {
       this.running.get(msg.leaseId)?.abort('cancelled' satisfies AbortReason);
       this.seen.add(msg.leaseId);
@@ -266,6 +273,12 @@ export class ProviderAgent {
         ...(this.options.resultTamper ? { resultTamper: this.options.resultTamper } : {}),
         ...(this.options.checkpointTamper ? { checkpointTamper: this.options.checkpointTamper } : {}),
         ...(this.ingress ? { ingress: this.ingress.server } : {}),
+        exchange: {
+          register: (leaseId, deliver) => {
+            this.exchanges.set(leaseId, deliver);
+            return () => this.exchanges.delete(leaseId);
+          },
+        },
       },
       lease,
       ac.signal,

@@ -1,22 +1,27 @@
 /**
- * A task's checkpoints, from the agent's side. The task writes `step-<N>.<ext>` files into its
- * checkpoints directory (atomically: a temporary name, then a rename); the watcher finds each
- * new one, uploads it, and reports it signed (`lease.checkpoint`), so the coordinator can resume
- * the task elsewhere from it if this provider fails, pays a lost lease up to it, and holds the
- * provider to its digest (audits and disputes re-execute one segment between two checkpoints).
+ * Files a task publishes while it runs, from the agent's side: a watcher scans a directory for new
+ * files of a numbered name (written atomically: a temporary name, then a rename), uploads each
+ * and reports it. Two uses:
+ *
+ *  - checkpoints: `/checkpoints/step-<N>.<ext>`, reported signed (`lease.checkpoint`), so the
+ *    coordinator can resume the task elsewhere from it if this provider fails, pays a lost lease
+ *    up to it, and holds the provider to its digest (audits and disputes re-execute one segment);
+ *  - cluster exchange: `$GRIDWORK_EXCHANGE/out/round-<r>.json` (`lease.exchange`), relayed by the
+ *    coordinator to every member once all have published the round (`deliverRound`).
  */
-import { readdir } from 'node:fs/promises';
+import { mkdir, readdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { checkpointMessage, checkpointStep, type FileRef, type LeaseAssignment } from '@gridwork/protocol';
 import { type Identity, signBytes } from '@gridwork/protocol/node';
 import type { Logger } from 'pino';
+import type { Report } from './coordinator-link.ts';
 
-export interface CheckpointWatcherDeps {
+export interface PublishedFilesDeps {
   identity: Identity;
   log: Logger;
   /** Uploads one file of the directory; returns its reference (path relative to the directory). */
   upload: (fullPath: string, name: string) => Promise<FileRef>;
-  send: (report: { type: 'lease.checkpoint'; leaseId: string; step: number; file: FileRef; usageMs: number; signature: string }) => void;
+  send: (report: Report) => void;
   /** Rewrites a checkpoint before it is hashed and uploaded (a cheating provider, for tests). */
   tamper?: CheckpointTamper;
 }
@@ -25,29 +30,74 @@ export type CheckpointTamper = (file: string, step: number, lease: LeaseAssignme
 
 /** How often the directory is scanned while the task runs. */
 const SCAN_MS = 1000;
+const EXCHANGE_SCAN_MS = 100;
+const ROUND = /^round-(\d{1,10})\.json$/;
 
-export class CheckpointWatcher {
+/** What a watcher looks for and how it reports a find. */
+interface Publication {
+  scanMs: number;
+  number(name: string): number | null;
+  report(n: number, file: FileRef, usageMs: number): Report;
+  tamper?: (full: string, n: number) => Promise<void>;
+}
+
+export class PublishedFiles {
   private readonly seen = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
   private scanning: Promise<void> = Promise.resolve();
   private stopped = false;
 
-  constructor(
-    private readonly deps: CheckpointWatcherDeps,
-    private readonly lease: LeaseAssignment,
+  private constructor(
+    private readonly deps: PublishedFilesDeps,
     private readonly dir: string,
     private readonly started: number,
+    private readonly what: Publication,
+    known: readonly string[] = [],
   ) {
-    // The checkpoint this lease resumes from is already known to the coordinator.
-    if (lease.resume) this.seen.add(lease.resume.file.path);
+    for (const k of known) this.seen.add(k);
+  }
+
+  /** The task's checkpoints (the one it resumed from is already known to the coordinator). */
+  static checkpoints(deps: PublishedFilesDeps, lease: LeaseAssignment, dir: string, started: number): PublishedFiles {
+    return new PublishedFiles(
+      deps,
+      dir,
+      started,
+      {
+        scanMs: SCAN_MS,
+        number: checkpointStep,
+        report: (step, file, usageMs) => ({
+          type: 'lease.checkpoint',
+          leaseId: lease.leaseId,
+          step,
+          file,
+          usageMs,
+          signature: signBytes(deps.identity, checkpointMessage({ leaseId: lease.leaseId, step, digest: file.digest, usageMs, auditCommitment: lease.auditCommitment ?? '' })),
+        }),
+        ...(deps.tamper ? { tamper: (full: string, step: number) => (deps.tamper as CheckpointTamper)(full, step, lease) } : {}),
+      },
+      lease.resume ? [lease.resume.file.path] : [],
+    );
+  }
+
+  /** A cluster member's exchange rounds (`out/round-<r>.json`). */
+  static exchange(deps: PublishedFilesDeps, lease: LeaseAssignment, dir: string, started: number): PublishedFiles {
+    return new PublishedFiles(deps, join(dir, 'out'), started, {
+      scanMs: EXCHANGE_SCAN_MS,
+      number: (name) => {
+        const m = ROUND.exec(name);
+        return m && Number(m[1]) >= 1 ? Number(m[1]) : null;
+      },
+      report: (round, file) => ({ type: 'lease.exchange', leaseId: lease.leaseId, round, file }),
+    });
   }
 
   start(): void {
     const tick = () => {
       this.scanning = this.scanning.then(() => this.scan());
-      if (!this.stopped) this.timer = setTimeout(tick, SCAN_MS).unref();
+      if (!this.stopped) this.timer = setTimeout(tick, this.what.scanMs).unref();
     };
-    this.timer = setTimeout(tick, SCAN_MS).unref();
+    this.timer = setTimeout(tick, this.what.scanMs).unref();
   }
 
   /** Stops watching; with `final`, one last scan reports what the task wrote at the end. */
@@ -66,24 +116,37 @@ export class CheckpointWatcher {
       return;
     }
     const fresh = names
-      .map((name) => ({ name, step: checkpointStep(name) }))
-      .filter((c): c is { name: string; step: number } => c.step !== null && !this.seen.has(c.name))
-      .sort((a, b) => a.step - b.step);
+      .map((name) => ({ name, n: this.what.number(name) }))
+      .filter((c): c is { name: string; n: number } => c.n !== null && !this.seen.has(c.name))
+      .sort((a, b) => a.n - b.n);
     for (const c of fresh) {
       this.seen.add(c.name);
       const usageMs = Date.now() - this.started;
       try {
-        await this.deps.tamper?.(join(this.dir, c.name), c.step, this.lease);
+        await this.what.tamper?.(join(this.dir, c.name), c.n);
         const file = await this.deps.upload(join(this.dir, c.name), c.name);
-        const signature = signBytes(
-          this.deps.identity,
-          checkpointMessage({ leaseId: this.lease.leaseId, step: c.step, digest: file.digest, usageMs, auditCommitment: this.lease.auditCommitment ?? '' }),
-        );
-        this.deps.send({ type: 'lease.checkpoint', leaseId: this.lease.leaseId, step: c.step, file, usageMs, signature });
+        this.deps.send(this.what.report(c.n, file, usageMs));
       } catch (err) {
-        // Not fatal: the task goes on; a later checkpoint (or the final outputs) still count.
-        this.deps.log.warn({ err, leaseId: this.lease.leaseId, checkpoint: c.name }, 'could not upload a checkpoint');
+        // Not fatal: the task goes on; a later file (or the final outputs) still count.
+        this.deps.log.warn({ err, file: c.name }, 'could not upload a file the task published');
       }
     }
   }
+}
+
+/**
+ * A complete exchange round: every member's file, downloaded into `in/round-<r>/rank-<k>.json`,
+ * then the empty `complete` marker the members wait for.
+ */
+export async function deliverRound(
+  dir: string,
+  round: number,
+  files: readonly { rank: number; digest: string; size: number }[],
+  download: (file: FileRef, destDir: string) => Promise<void>,
+): Promise<void> {
+  const into = join(dir, 'in', `round-${round}`);
+  await mkdir(into, { recursive: true, mode: 0o755 });
+  for (const f of files) await download({ path: `rank-${f.rank}.json`, digest: f.digest, size: f.size }, into);
+  await writeFile(join(into, '.complete.tmp'), '', { mode: 0o644 });
+  await rename(join(into, '.complete.tmp'), join(into, 'complete'));
 }

@@ -25,7 +25,7 @@ import {
 import { type Identity, sha256Bytes, signBytes, signedFetch, writeVerified } from '@gridwork/protocol/node';
 import type { Logger } from 'pino';
 import { Compile } from 'typebox/compile';
-import { type CheckpointTamper, CheckpointWatcher } from './checkpoints.ts';
+import { type CheckpointTamper, deliverRound, PublishedFiles } from './checkpoints.ts';
 import type { ServiceIngress } from './service-ingress.ts';
 import type { Report } from './coordinator-link.ts';
 import { leaseGpus } from './runtime/gpu-passthrough.ts';
@@ -55,6 +55,8 @@ export interface LeaseRunnerDeps {
   checkpointTamper?: CheckpointTamper;
   /** Where service replicas are routed from (absent: the agent runs no services). */
   ingress?: ServiceIngress;
+  /** Routes the coordinator's complete exchange rounds to the cluster member they are for. */
+  exchange?: { register(leaseId: string, deliver: (round: number, files: { rank: number; digest: string; size: number }[]) => Promise<void>): () => void };
 }
 
 /** Rewrites a finished task's outputs before they are committed (a cheating provider, for tests). */
@@ -95,19 +97,22 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
       if (signal.aborted) return endAborted(deps, lease, signal, logs, started);
       throw new SetupError(`could not fetch the task's files: ${(err as Error).message}`);
     }
-    const checkpoints = new CheckpointWatcher(
-      // Its own deadline, not the lease's signal: checkpoints are still reported when a drain stops the task.
-      {
-        identity: deps.identity,
-        log,
-        send,
-        upload: (full, name) => uploadFile(deps, full, name, AbortSignal.timeout(60_000)),
-        ...(deps.checkpointTamper ? { tamper: deps.checkpointTamper } : {}),
-      },
-      lease,
-      dirs.checkpoints,
-      started,
-    );
+    // Uploads with their own deadline, not the lease's signal: files are still reported when a drain stops the task.
+    const publishing = {
+      identity: deps.identity,
+      log,
+      send,
+      upload: (full: string, name: string) => uploadFile(deps, full, name, AbortSignal.timeout(60_000)),
+      ...(deps.checkpointTamper ? { tamper: deps.checkpointTamper } : {}),
+    };
+    const checkpoints = PublishedFiles.checkpoints(publishing, lease, dirs.checkpoints, started);
+    // A cluster member: its exchange rounds go out as it writes them, and complete rounds come in.
+    const exchangeDir = join(dirs.checkpoints, 'exchange');
+    const exchange = lease.cluster ? PublishedFiles.exchange(publishing, lease, exchangeDir, started) : undefined;
+    const unregister = lease.cluster
+      ? deps.exchange?.register(lease.leaseId, (round, files) => deliverRound(exchangeDir, round, files, (f, into) => download(deps, lease.jobId, f, into, signal)))
+      : undefined;
+    exchange?.start();
     // Only the GPUs reserved for this lease, by UUID (none for a CPU lease); an index unknown here is the agent's fault.
     const gpus = leaseGpus(lease.gpus, deps.gpus ?? []);
     checkpoints.start();
@@ -145,10 +150,14 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
       : deps.runtime.run(request)
     ).catch(async (err: unknown) => {
       await checkpoints.stop(false);
+      await exchange?.stop(false);
+      unregister?.();
       throw err;
     });
     // Checkpoints written up to the end are reported before the lease ends (also when it is handed back).
     await checkpoints.stop(!(result.aborted || signal.aborted) || signal.reason === 'drain');
+    await exchange?.stop(false);
+    unregister?.();
     if (signal.aborted) return endAborted(deps, lease, signal, logs, started);
     if (stoppedFor) {
       // A service replica that never became healthy, or stopped being so: the coordinator replaces it.

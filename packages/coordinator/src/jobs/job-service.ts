@@ -110,7 +110,10 @@ export class JobService {
       if (!seen.has(name)) throw new GridworkError('VALIDATION_FAILED', `inputs: input "${name}" of the spec was not uploaded`);
     }
     // A service runs `replicas` tasks, each with all the inputs.
-    const taskInputs = spec.service ? Array.from({ length: spec.service.replicas ?? 1 }, () => req.inputs) : shardInputs(req.inputs, spec.shards ?? 1);
+    // A cluster runs `cluster.size` members (its sharded inputs split among them).
+    const taskInputs = spec.service
+      ? Array.from({ length: spec.service.replicas ?? 1 }, () => req.inputs)
+      : shardInputs(req.inputs, spec.cluster?.size ?? spec.shards ?? 1);
     await this.assertUploadedBy(owner, [...blobRoles.keys()]);
 
     const { jobId } = await this.deps.units.run((uow) =>
@@ -460,6 +463,8 @@ export class JobService {
       .execute();
     if (leases.length === 0) throw new GridworkError('FORBIDDEN', `job ${jobId} belongs to another account`);
     let needed = link?.role === 'bundle' || leases.some((l) => l.inputs.some((set) => set.files.some((f) => f.digest === digest)));
+    // Cluster members read each other's exchange files.
+    if (!needed && link?.role === 'exchange') needed = true;
     if (!needed && link?.role === 'checkpoint') {
       const own = await this.deps.db
         .selectFrom('checkpoints')

@@ -80,8 +80,8 @@ export type LeaseOutcome =
   | { kind: 'failed'; reason: FailureReason; exitCode: number | null; durationMs: number; error: string; commitment?: ResultCommitment }
   /** The provider failed (crash, lost heartbeat, setup error, a broken report): retried elsewhere. */
   | { kind: 'lost'; error: string; fault?: ProviderFaultKind; commitment?: ResultCommitment }
-  /** The provider handed the task back (draining): retried without counting an attempt. */
-  | { kind: 'released'; error: string }
+  /** The provider handed the task back (draining), or the coordinator stopped it (`stop`: a cluster restarting): retried without counting an attempt. */
+  | { kind: 'released'; error: string; stop?: boolean }
   | { kind: 'cancelled'; error: string };
 
 /** A provider's signed result commitment (verified by verify/commitments.ts before it gets here). */
@@ -383,6 +383,7 @@ export class Lifecycle {
     const taskIndex = replay?.GRIDWORK_TASK_INDEX ? Number(replay.GRIDWORK_TASK_INDEX) : task.idx;
     const taskCount = replay?.GRIDWORK_TASK_COUNT ? Number(replay.GRIDWORK_TASK_COUNT) : await this.taskCount(trx, job.id);
     const timeoutSeconds = limitMsOf(spec) / 1000;
+    const member = spec.kind === 'cluster' ? { rank: taskIndex, worldSize: taskCount } : undefined;
     const lease: LeaseAssignment = {
       leaseId,
       taskId: task.id,
@@ -398,6 +399,13 @@ export class Lifecycle {
           GRIDWORK_TASK_INDEX: String(taskIndex),
           GRIDWORK_TASK_COUNT: String(taskCount),
           GRIDWORK_LEASE_ID: leaseId,
+          ...(member
+            ? {
+                RANK: String(member.rank),
+                WORLD_SIZE: String(member.worldSize),
+                GRIDWORK_PEERS: Array.from({ length: member.worldSize }, (_, r) => r).filter((r) => r !== member.rank).join(','),
+              }
+            : {}),
         },
         network: spec.runtime.network ?? false,
         ...(spec.runtime.image ? { image: spec.runtime.image } : {}),
@@ -410,6 +418,7 @@ export class Lifecycle {
       auditCommitment,
       ...(resume?.from ? { resume: resume.from } : {}),
       ...(resume?.stopStep !== undefined ? { stopStep: resume.stopStep } : {}),
+      ...(member ? { cluster: member } : {}),
       ...(spec.service && serviceToken
         ? {
             service: {
@@ -577,6 +586,33 @@ export class Lifecycle {
     if (!row) return;
     await trx.insertInto('job_blobs').values({ job_id: lease.job_id, digest: c.file.digest, role: 'checkpoint' }).onConflict((oc) => oc.doNothing()).execute();
     uow.emit({ type: 'task.checkpointed', jobId: lease.job_id, taskId: lease.task_id, leaseId: lease.id, step: c.step });
+  }
+
+  /**
+   * A cluster member published an exchange round (its blob checked by report-handlers). The
+   * latest publication per (round, rank) stands; once every rank has published the round, each
+   * running member is sent the round's files (once per member lease).
+   */
+  async recordExchange(uow: UnitOfWork, reported: LeaseRow, round: number, file: FileRef): Promise<void> {
+    const { trx } = uow;
+    const job = await this.lockJob(trx, reported.job_id);
+    const lease = await this.lockLease(trx, reported.id);
+    if (!isActiveLease(lease.state) || job.kind !== 'cluster' || !job.spec.cluster) return;
+    const task = await trx.selectFrom('tasks').select('idx').where('id', '=', lease.task_id).executeTakeFirstOrThrow();
+    await trx
+      .insertInto('cluster_exchange')
+      .values({ job_id: job.id, round, rank: task.idx, lease_id: lease.id, digest: file.digest, size: file.size })
+      .onConflict((oc) => oc.columns(['job_id', 'round', 'rank']).doUpdateSet({ lease_id: lease.id, digest: file.digest, size: file.size }))
+      .execute();
+    await trx.insertInto('job_blobs').values({ job_id: job.id, digest: file.digest, role: 'exchange' }).onConflict((oc) => oc.doNothing()).execute();
+    const files = await trx.selectFrom('cluster_exchange').select(['rank', 'digest', 'size']).where('job_id', '=', job.id).where('round', '=', round).orderBy('rank').execute();
+    if (files.length < job.spec.cluster.size) return;
+    const members = await trx.selectFrom('leases').select(['id', 'provider_id']).where('job_id', '=', job.id).where('state', 'in', [...ACTIVE_LEASE_STATES]).orderBy('id').execute();
+    for (const m of members) {
+      const fresh = await trx.insertInto('cluster_deliveries').values({ lease_id: m.id, round }).onConflict((oc) => oc.doNothing()).returning('round').executeTakeFirst();
+      if (!fresh) continue;
+      await enqueueForProvider(uow, m.provider_id, { type: 'exchange.round', leaseId: m.id, round, files: files.map((f) => ({ rank: f.rank, digest: f.digest, size: Number(f.size) })) });
+    }
   }
 
   /** A service replica's health, as its agent reports it: the ingress routes only to healthy ones. */
@@ -932,7 +968,7 @@ export class Lifecycle {
       const limitMs = limitMsOf(job.spec);
       if (outcome.kind === 'completed' || outcome.kind === 'failed') await this.charge(trx, lease, plausibleUsage(outcome.durationMs, lease.started_at, this.economics, limitMs));
       else if (outcome.kind === 'cancelled') await this.charge(trx, lease, BigInt(Math.min(limitMs, Math.max(0, now.getTime() - lease.started_at.getTime()))));
-      else if (job.kind === 'train') {
+      else if (job.kind === 'train' || job.kind === 'cluster') {
         // A lost (or handed-back) training lease is paid only for the work its next lease resumes
         // from: up to its last checkpoint, nothing without one.
         const last = await trx.selectFrom('checkpoints').select('usage_ms').where('lease_id', '=', lease.id).orderBy('step', 'desc').limit(1).executeTakeFirst();
@@ -976,7 +1012,7 @@ export class Lifecycle {
       error,
       charged: formatCredits(lease.charged),
     });
-    if (outcome.kind === 'cancelled') {
+    if (outcome.kind === 'cancelled' || (outcome.kind === 'released' && outcome.stop)) {
       await enqueueForProvider(uow, lease.provider_id, { type: 'lease.cancel', leaseId: lease.id, reason: outcome.error });
     }
 
@@ -1017,6 +1053,19 @@ export class Lifecycle {
         .where('id', '=', task.id)
         .execute();
       uow.emit({ type: 'task.requeued', jobId: task.job_id, taskId: task.id, index: task.idx, attempts, reason: outcome.error });
+      // A cluster runs all its members or none: one lost member restarts the whole cluster (each
+      // member from its latest checkpoint, placed together again).
+      if (job.kind === 'cluster' && !(outcome.kind === 'released' && outcome.stop)) {
+        const others = await trx
+          .selectFrom('leases')
+          .select('id')
+          .where('job_id', '=', job.id)
+          .where('id', '!=', lease.id)
+          .where('state', 'in', [...ACTIVE_LEASE_STATES])
+          .orderBy('id')
+          .execute();
+        for (const o of others) await this.end(uow, o.id, { kind: 'released', stop: true, error: `cluster restarts: member ${task.idx} was lost (${outcome.error})` });
+      }
     } else if (outcome.kind === 'failed' || outcome.kind === 'lost') {
       const attempts = outcome.kind === 'lost' ? task.attempts + 1 : task.attempts;
       assertTransition('task', task.id, task.state, 'failed');

@@ -6,10 +6,10 @@
  * commit. After the commit the events go to the bus. A retried transaction (deadlock) starts
  * with an empty event list: nothing of an aborted attempt is published.
  */
-import type { Transaction } from 'kysely';
+import { sql, type Transaction } from 'kysely';
 import type { Db } from '../store/database.ts';
 import type { Database } from '../store/schema.ts';
-import { transact } from '../store/transact.ts';
+import { isRetryable, transact } from '../store/transact.ts';
 import { type DomainEvent, jobOf, providerOf, type StoredEvent } from './events.ts';
 
 export type Trx = Transaction<Database>;
@@ -18,6 +18,11 @@ export interface UnitOfWork {
   readonly trx: Trx;
   /** Appends an event; it is stored with the transaction and published after it commits. */
   emit(event: DomainEvent): void;
+  /**
+   * Runs `fn` behind a savepoint: if it throws, what it wrote and the events it emitted are both
+   * undone (the error is rethrown; the rest of the unit of work goes on if the caller catches it).
+   */
+  savepoint<T>(fn: () => Promise<T>): Promise<T>;
 }
 
 /** Where committed events go (the bus). */
@@ -36,7 +41,28 @@ export class Units {
     let stored: StoredEvent[] = [];
     const result = await transact(this.db, async (trx) => {
       const events: DomainEvent[] = [];
-      const value = await fn({ trx, emit: (e) => void events.push(e) });
+      let depth = 0;
+      const value = await fn({
+        trx,
+        emit: (e) => void events.push(e),
+        async savepoint(inner) {
+          const name = sql.raw(`sp_${++depth}`);
+          const mark = events.length;
+          await sql`savepoint ${name}`.execute(trx);
+          try {
+            const v = await inner();
+            await sql`release savepoint ${name}`.execute(trx);
+            return v;
+          } catch (err) {
+            // A serialization failure or deadlock has aborted the whole transaction: nothing to roll back to.
+            if (!isRetryable(err)) await sql`rollback to savepoint ${name}`.execute(trx);
+            events.length = mark;
+            throw err;
+          } finally {
+            depth--;
+          }
+        },
+      });
       stored = await appendEvents(trx, events);
       return value;
     });

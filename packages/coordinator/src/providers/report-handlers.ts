@@ -72,6 +72,12 @@ export const reportHandlers: Handlers = {
     await lifecycle.recordCheckpoint(uow, lease, { step: msg.step, file: msg.file, usageMs: msg.usageMs, signature: msg.signature });
   },
 
+  async 'lease.exchange'({ uow, providerId, lifecycle }, msg) {
+    const lease = await lifecycle.leaseOf(uow, providerId, msg.leaseId);
+    if (!(await uploadedDuring(uow, providerId, lease.created_at, [msg.file]))) throw new GridworkError('BAD_SIGNATURE', 'exchange file was not uploaded by this provider during the lease');
+    await lifecycle.recordExchange(uow, lease, msg.round, msg.file);
+  },
+
   async 'lease.service'({ uow, providerId, lifecycle }, msg) {
     await lifecycle.serviceHealth(uow, await lifecycle.leaseOf(uow, providerId, msg.leaseId), msg.health);
   },

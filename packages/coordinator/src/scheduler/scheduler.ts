@@ -14,7 +14,7 @@ import type { Logger } from 'pino';
 import { sql } from 'kysely';
 import type { JobSpec } from '@gridwork/protocol';
 import { type Lifecycle, limitMsOf, type PlaceResult } from '../lifecycle/lifecycle.ts';
-import type { Units } from '../lifecycle/unit-of-work.ts';
+import type { Units, UnitOfWork } from '../lifecycle/unit-of-work.ts';
 import type { Auctions } from '../market/auctions.ts';
 import { type Market, orderOf } from '../market/market.ts';
 import type { Db } from '../store/database.ts';
@@ -176,7 +176,15 @@ export class Scheduler {
       const reserved: string[] = [];
       try {
         let count = 0;
+        const gangs = new Set<string>();
         for (const t of chunk) {
+          if (t.spec.kind === 'cluster') {
+            // All members of a cluster at once, or none: the first queued member places its whole gang.
+            if (gangs.has(t.job_id)) continue;
+            gangs.add(t.job_id);
+            count += await this.placeGang(uow, t, reserved, stale, waiting);
+            continue;
+          }
           const order = orderOf(t.spec, t.max_per_hour, { exclude: t.exclude_providers, provider: t.only_provider });
           const windowMs = t.spec.price?.auctionWindowMs ?? 0;
           const orderId = `${t.id}@${t.queued_at.getTime()}`;
@@ -199,15 +207,13 @@ export class Scheduler {
             continue;
           }
           // Each placement behind a savepoint: one that fails (bad data from a provider, a broken
-          // row) is undone alone and skipped, instead of failing every placement of the pass again and again.
-          await sql`savepoint placement`.execute(uow.trx);
+          // row) is undone alone — its writes and its events — and skipped, instead of failing every
+          // placement of the pass again and again.
           let result: PlaceResult;
           try {
-            result = await lifecycle.place(uow, { taskId: t.id, providerId: match.providerId, pricePerHour: match.pricePerHour, gpus: match.gpus });
-            await sql`release savepoint placement`.execute(uow.trx);
+            result = await uow.savepoint(() => lifecycle.place(uow, { taskId: t.id, providerId: match.providerId, pricePerHour: match.pricePerHour, gpus: match.gpus }));
           } catch (err) {
             if (isRetryable(err)) throw err; // a deadlock aborts the whole transaction: retry it all
-            await sql`rollback to savepoint placement`.execute(uow.trx);
             this.deps.log.error({ err, taskId: t.id, providerId: match.providerId }, 'placement failed; task skipped this pass');
             stale.add(match.providerId);
             continue;
@@ -225,4 +231,48 @@ export class Scheduler {
       }
     });
   }
+
+  /**
+   * Gang scheduling: places every member of a cluster job in one savepoint, or none of them (the
+   * matching index's reservations undone too). Members wait until all of them are queued (a
+   * restarting cluster's members are all requeued together by the lifecycle).
+   */
+  private async placeGang(uow: UnitOfWork, first: Candidate, reserved: string[], stale: Set<string>, waiting: Set<string>): Promise<number> {
+    const { market, lifecycle } = this.deps;
+    const members = await uow.trx.selectFrom('tasks').select(['id', 'state']).where('job_id', '=', first.job_id).orderBy('idx').execute();
+    if (members.some((m) => m.state !== 'queued')) return 0;
+    const order = orderOf(first.spec, first.max_per_hour);
+    const mine: string[] = [];
+    try {
+      // One savepoint for the gang: a member that does not fit undoes every member's placement and events.
+      await uow.savepoint(async () => {
+        for (const m of members) {
+          const match = market.match(order);
+          const result: PlaceResult = match
+            ? await lifecycle.place(uow, { taskId: m.id, providerId: match.providerId, pricePerHour: match.pricePerHour, gpus: match.gpus })
+            : { status: 'gone' };
+          if (result.status !== 'placed' || !match) {
+            if (result.status === 'capacity-taken' && match) stale.add(match.providerId);
+            throw new GangIncomplete();
+          }
+          market.book.reserve(result.leaseId, match.providerId, first.spec.resources, match.gpus, Date.now() + limitMsOf(first.spec));
+          mine.push(result.leaseId);
+        }
+      });
+      reserved.push(...mine);
+      return mine.length;
+    } catch (err) {
+      for (const id of mine) market.book.release(id);
+      if (isRetryable(err)) throw err;
+      if (!(err instanceof GangIncomplete)) this.deps.log.error({ err, jobId: first.job_id }, 'gang placement failed; cluster skipped this pass');
+      else if (first.job_state === 'pending' && !waiting.has(first.job_id)) {
+        waiting.add(first.job_id);
+        await lifecycle.awaitMatch(uow, first.job_id);
+      }
+      return 0;
+    }
+  }
 }
+
+/** Not every member of a cluster could be placed now. */
+class GangIncomplete extends Error {}

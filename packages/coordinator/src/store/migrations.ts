@@ -352,6 +352,31 @@ migrations['0007_services'] = {
   },
 };
 
+migrations['0008_clusters'] = {
+  async up(db: Kysely<unknown>) {
+    await runStatements(
+      db,
+      `
+      create table cluster_exchange (
+        job_id text not null references jobs (id),
+        round integer not null,
+        rank integer not null,
+        lease_id text not null references leases (id),
+        digest text not null references blobs (digest),
+        size bigint not null,
+        created_at timestamptz not null default now(),
+        primary key (job_id, round, rank)
+      );
+      create table cluster_deliveries (
+        lease_id text not null references leases (id),
+        round integer not null,
+        primary key (lease_id, round)
+      )
+    `,
+    );
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 /**

@@ -160,10 +160,27 @@ export interface CheckpointsTable {
   created_at: TimestampDefault;
 }
 
+/** A cluster member's publication of one exchange round (lifecycle): the latest per (job, round, rank). */
+export interface ClusterExchangeTable {
+  job_id: string;
+  round: number;
+  rank: number;
+  lease_id: string;
+  digest: string;
+  size: Int8;
+  created_at: TimestampDefault;
+}
+
+/** Which member leases were sent a complete round (each once). */
+export interface ClusterDeliveriesTable {
+  lease_id: string;
+  round: number;
+}
+
 export interface JobBlobsTable {
   job_id: string;
   digest: string;
-  role: 'bundle' | 'input' | 'output' | 'checkpoint';
+  role: 'bundle' | 'input' | 'output' | 'checkpoint' | 'exchange';
 }
 
 export interface TasksTable {
@@ -321,6 +338,8 @@ export interface Database {
   jobs: JobsTable;
   verifications: VerificationsTable;
   checkpoints: CheckpointsTable;
+  cluster_exchange: ClusterExchangeTable;
+  cluster_deliveries: ClusterDeliveriesTable;
   job_blobs: JobBlobsTable;
   tasks: TasksTable;
   leases: LeasesTable;

@@ -174,6 +174,8 @@ export function buildTaskEnv(req: Pick<RunRequest, 'env' | 'gpus' | 'ports'>, di
     GRIDWORK_INPUTS: dirs.inputs,
     GRIDWORK_OUTPUTS: dirs.outputs,
     GRIDWORK_CHECKPOINTS: dirs.checkpoints,
+    // A cluster member exchanges files with the others through a directory inside its checkpoints one.
+    ...(Object.hasOwn(req.env, 'WORLD_SIZE') ? { GRIDWORK_EXCHANGE: `${dirs.checkpoints}/exchange` } : {}),
     // Which GPUs the task may use is the agent's decision, never the spec's: a CPU task has the variables
     // unset, or emptied where the spec set them.
     ...(req.gpus?.length || GPU_ENV.some((name) => Object.hasOwn(req.env, name)) ? gpuVisibilityEnv(req.gpus ?? []) : {}),
