@@ -116,7 +116,8 @@ export function resolveCoordinatorOptions(o: CoordinatorOptions): CoordinatorCon
     unbondingDelayMs: o.unbondingDelayMs ?? 7 * 24 * 3600 * 1000,
     faucetMax: o.faucetMax ?? '1000',
     challenges: resolveChallengeOptions(o.challenges),
-    verification: resolveVerification(o.verification, o.dev ?? false),
+    // Missed challenges count as capacity fraud at the streak that also costs eligibility.
+    verification: resolveVerification({ maxConsecutiveChallengeFailures: resolveChallengeOptions(o.challenges).maxConsecutiveFailures, ...o.verification }, o.dev ?? false),
     consoleDir: o.consoleDir ?? fileURLToPath(new URL('../../console/built', import.meta.url)),
   };
 }

@@ -4,7 +4,7 @@
  * resumes on another provider from the last checkpoint and ends with exactly the result of an
  * uninterrupted run; the dead provider is paid only for the work up to that checkpoint. A
  * dispute of a training result bisects the two runs' committed checkpoints and a referee
- * re-executes only the first segment where they part. Every wait is on state read from the coordinator.
+ * re-execute only the first segment where they part (two referees, independent of each other). Every wait is on state read from the coordinator.
  */
 import assert from 'node:assert/strict';
 import { dirname, join } from 'node:path';
@@ -136,6 +136,7 @@ for (const store of ['pglite', 'postgres'] as StoreKind[]) {
       await cheaterClient.stake('20');
       await net.addProvider({ name: 'honest-a', slots: 1, attributes: { region: 'a' } });
       await net.addProvider({ name: 'honest-b', slots: 1, attributes: { region: 'b' } });
+      await net.addProvider({ name: 'honest-c', slots: 1, attributes: { region: 'b' } });
       const identity = generateIdentity();
       const client = await net.fundedClient('200', identity);
       const job = await client.submit({ ...trainSpec, placement: { regions: ['c'] } }, { baseDir: fixtures });
@@ -150,11 +151,13 @@ for (const store of ['pglite', 'postgres'] as StoreKind[]) {
       const checks = decided.tasks[0]?.verification?.checks ?? [];
       assert.deepEqual(
         checks.map((c) => `${c.kind}:${c.state}:${c.outcome}`),
-        ['dispute:failed:dispute-upheld', 'referee:failed:original-refuted'],
+        ['dispute:failed:dispute-upheld', 'referee:failed:sided-with-checker', 'referee:failed:original-refuted'],
       );
       const { db } = internalsOf(net.coordinator);
-      const referee = await db.selectFrom('verifications').selectAll().where('kind', '=', 'referee').executeTakeFirstOrThrow();
-      assert.deepEqual([referee.segment_from, referee.segment_to], [10, 20], 'the first segment where the runs part');
+      const referees = await db.selectFrom('verifications').selectAll().where('kind', '=', 'referee').orderBy('created_at').execute();
+      assert.equal(referees.length, 2, 'two independent referees');
+      for (const r of referees) assert.deepEqual([r.segment_from, r.segment_to], [10, 20], 'the first segment where the runs part');
+      const referee = referees[0] as (typeof referees)[number];
       // The referee re-ran that segment only: it resumed from step 10 and wrote no checkpoint past 20.
       const refereeSteps = await db
         .selectFrom('checkpoints')

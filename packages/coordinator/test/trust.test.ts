@@ -203,11 +203,20 @@ for (const store of ['pglite', 'postgres'] as const) {
       assert.ok(measuredShare < 0.002);
     });
 
-    test('a provider claiming a benchmark class it does not have misses its deadlines, loses reputation, and gets no work after three failures', async () => {
+    test('a provider claiming a benchmark class it does not have misses its deadlines, loses reputation and stake, and gets no work after three failures', async () => {
       const honest = net.providers[0];
       assert.ok(honest);
       const liar = await net.addProvider({ attributes: { region: 'liar' }, benchmarks: { cpuMopsPerCore: 1_000_000, gpu: {} } });
+      const liarAccount = await net.fundedClient('10', net.identityOf(liar));
+      await liarAccount.stake('5');
       const row = await providerWhen(liar.id, (p) => p.challenge_fail_streak >= 3, 'three failed challenges in a row');
+      // Three missed deadlines in a row are capacity fraud: slashed once (the least slash, 1 credit).
+      const slashed = await until(
+        () => liarAccount.balance(),
+        (b) => b.stake !== '5',
+        { timeoutMs: WAIT_MS, what: 'the capacity-fraud slash' },
+      );
+      assert.equal(slashed.stake, '4');
       assert.equal(row.challenges_passed, 0);
       const { bus } = internalsOf(net.coordinator);
       await bus.reached('market-index', bus.head());

@@ -75,6 +75,8 @@ for (const store of ['pglite', 'postgres'] as StoreKind[]) {
       cheater = await net.addProvider({ attributes: { region: 'c' }, resultTamper: madeUp });
       await net.addProvider({ attributes: { region: 'a' } });
       await net.addProvider({ attributes: { region: 'b' } });
+      // A third honest provider: a conviction takes an auditor and two referees, all independent.
+      await net.addProvider({ attributes: { region: 'd' } });
       cheaterClient = await net.fundedClient('30', net.identityOf(cheater));
       // Staked, then half on its way out before any work: unbonding stake is still slashable.
       await cheaterClient.stake('20');

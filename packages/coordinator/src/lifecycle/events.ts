@@ -29,7 +29,9 @@ export type ProviderFaultKind =
   /** A requester's dispute was upheld by a referee (L5). */
   | 'lost-dispute'
   /** As an auditor, it disagreed with a result a referee then confirmed. */
-  | 'false-audit';
+  | 'false-audit'
+  /** It answered a capacity challenge with a wrong proof, or missed enough deadlines in a row: it lacks the hardware it claims (L1). */
+  | 'failed-capacity';
 
 /** A completed task's result as verification sees it. */
 export type VerificationState = 'pending' | 'verified' | 'disputed' | 'failed';
@@ -84,14 +86,14 @@ export type DomainEvent =
       charged: string;
     }
   /** A proven fault of a provider on a lease (counts heavily against its reputation). */
-  | { type: 'provider.fault'; providerId: string; jobId: string; leaseId: string; fault: ProviderFaultKind; detail: string }
+  | { type: 'provider.fault'; providerId: string; jobId?: string; leaseId?: string; fault: ProviderFaultKind; detail: string }
   /** A lease's result changed verification state (pending → verified | disputed | failed); `paid` once its earnings moved. */
   | { type: 'lease.verification'; jobId: string; taskId: string; leaseId: string; providerId: string; state: VerificationState; detail: string | null }
   /** A check of a lease's result was opened, or ended. */
   | { type: 'check.opened'; checkId: string; kind: CheckKind; leaseId: string; providerId: string; checkJobId: string | null }
   | { type: 'check.closed'; checkId: string; kind: CheckKind; leaseId: string; providerId: string; state: 'passed' | 'failed' | 'abandoned'; detail: string | null }
   /** A provider lost stake for a proven fault. */
-  | { type: 'provider.slashed'; providerId: string; amount: string; fault: ProviderFaultKind; leaseId: string }
+  | { type: 'provider.slashed'; providerId: string; amount: string; fault: ProviderFaultKind; leaseId: string | null }
   /** A capacity challenge ended; `busyMs` is the provider time it took (issue to last answer). */
   | { type: 'provider.challenged'; providerId: string; challengeId: string; verdict: ChallengeVerdict; detail: string | null; busyMs: number }
   | { type: 'provider.online'; providerId: string; restarted: boolean }
@@ -108,7 +110,7 @@ export type StoredEvent = DomainEvent & { readonly position: bigint; readonly at
 
 /** The job an event is about, if any (indexed, for per-job streams). */
 export function jobOf(e: DomainEvent): string | null {
-  return 'jobId' in e ? e.jobId : null;
+  return ('jobId' in e && e.jobId) || null;
 }
 
 /** The provider an event is about, if any. */

@@ -45,6 +45,8 @@ export interface VerificationConfig {
   checkPriceMultiple: number;
   /** Most earlier results re-audited after a proven fault (backtracking). @default 50 */
   backtrackLimit: number;
+  /** Capacity challenges missed in a row that count as proven capacity fraud (slashed). @default 3, the eligibility streak */
+  maxConsecutiveChallengeFailures: number;
   /** Credits a dev coordinator puts into `sys:fees` at start, so checks can be paid for at once. @default '100' in dev, '0' otherwise */
   genesisFees: bigint;
 }
@@ -70,6 +72,7 @@ export function resolveVerification(o: VerificationOptions = {}, dev = false): V
     checkTimeoutMs: o.checkTimeoutMs ?? 30 * 60_000,
     checkPriceMultiple: o.checkPriceMultiple ?? 2,
     backtrackLimit: o.backtrackLimit ?? 50,
+    maxConsecutiveChallengeFailures: o.maxConsecutiveChallengeFailures ?? 3,
     genesisFees: parseCredits(o.genesisFees ?? (dev ? '100' : '0'), { allowZero: true }),
   };
 }

@@ -2,9 +2,10 @@
  * Result verification (trust layers L3–L6): what a finished check means, and what follows.
  *
  *   audit    another provider re-ran a completed task. Agreement confirms the result (paid at
- *            once); disagreement calls a referee, a third provider, and the majority stands.
- *   referee  settles an audit's disagreement: the side it agrees with is right, the other side
- *            committed a proven fault (the provider, or the auditor that lied about it).
+ *            once); disagreement calls referees, other providers.
+ *   referee  settles a disagreement: two independent referees must take the same side, which then
+ *            stands, and the other side committed a proven fault (the provider, or the checker
+ *            that lied about it); referees that split leave it inconclusive, and nobody is punished.
  *   canary   a task whose answer is known (two providers agreed on it) aimed at another
  *            provider, shaped and priced like real work, paid by the protocol; a wrong answer
  *            is a proven fault.
@@ -28,7 +29,7 @@ import { buffer } from 'node:stream/consumers';
 import type { BlobStore } from '../blobs/blob-store.ts';
 import type { Subscriber } from '../bus/bus.ts';
 import { available, balanceOf, bondOf, post, RESERVE, stakeOf, unbondingOf } from '../ledger/ledger.ts';
-import type { ProviderFaultKind } from '../lifecycle/events.ts';
+import type { ChallengeVerdict, ProviderFaultKind } from '../lifecycle/events.ts';
 import type { Lifecycle, Segment } from '../lifecycle/lifecycle.ts';
 import type { Units, UnitOfWork } from '../lifecycle/unit-of-work.ts';
 import type { Db } from '../store/database.ts';
@@ -72,10 +73,13 @@ export class Verifier {
     return {
       name: 'verification',
       durable: true,
-      types: ['job.ended'],
+      types: ['job.ended', 'provider.challenged'],
       handle: async (events, uow) => {
         if (!uow) throw new Error('verification is a durable subscriber');
-        for (const e of events) if (e.type === 'job.ended') await this.checkEnded(uow, e.jobId);
+        for (const e of events) {
+          if (e.type === 'job.ended') await this.checkEnded(uow, e.jobId);
+          else if (e.type === 'provider.challenged' && e.verdict !== 'passed') await this.challengeFailed(uow, e.providerId, e.challengeId, e.verdict);
+        }
       },
     };
   }
@@ -153,7 +157,7 @@ export class Verifier {
     const mode = await this.modeOf(uow, check.lease_id);
     const verdict = await outputsAgree(original.outputs, result.outputs, mode, (d) => this.read(d));
     const { lifecycle } = this.deps;
-    const segment = check.segment_from === null && check.segment_to === null ? undefined : { from: check.segment_from, to: check.segment_to };
+    const segment = segmentOf(check);
     switch (check.kind) {
       case 'audit':
         if (verdict.agree) {
@@ -221,30 +225,77 @@ export class Verifier {
     }
     const mode = await this.modeOf(uow, check.lease_id);
     const withOther = await outputsAgree(other.outputs, result.outputs, mode, (d) => this.read(d));
-    const where = check.segment_from !== null || check.segment_to !== null ? ` on ${describe({ from: check.segment_from, to: check.segment_to })}` : '';
-    if (verdict.agree) {
-      await lifecycle.closeCheck(uow, check.id, 'passed', 'original-confirmed', null);
-      await this.fault(uow, { providerId: other.providerId, leaseId: other.leaseId, fault: 'false-audit', checkId: parent.id, detail: `its re-execution disagreed with the provider and a referee${where}` });
-      if (parent.kind === 'dispute') {
-        await this.dismiss(uow, parent, `a referee reproduced the provider's result${where}`);
-      } else {
-        await lifecycle.closeCheck(uow, parent.id, 'passed', 'auditor-overruled', `a referee agreed with the provider, not with auditor ${short(other.providerId)}${where}`);
-        await this.passed(uow, check.provider_id);
-        await lifecycle.confirmResult(uow, check.lease_id, 'audit disagreement settled by a referee in the provider’s favour');
+    const segment = segmentOf(check);
+    const where = segment ? ` on ${describe(segment)}` : '';
+    const side = verdict.agree ? 'provider' : withOther.agree ? 'checker' : 'neither';
+    const earlier = await uow.trx
+      .selectFrom('verifications')
+      .select(['id', 'outcome'])
+      .where('parent_id', '=', parent.id)
+      .where('kind', '=', 'referee')
+      .where('id', '!=', check.id)
+      .where('state', '!=', 'open')
+      .executeTakeFirst();
+    if (!earlier) {
+      // One referee's word convicts no one: two providers acting together could otherwise frame an
+      // honest one (as checker and referee). A second, independent referee must take the same side.
+      await lifecycle.closeCheck(uow, check.id, side === 'provider' ? 'passed' : side === 'checker' ? 'failed' : 'abandoned', `sided-with-${side}`, null);
+      if (side === 'neither') {
+        await this.abandon(uow, parent, `the provider, the re-execution and the referee all disagree${where} (is the task deterministic?)`);
+        return;
       }
-    } else if (withOther.agree) {
-      const detail = `a re-execution by ${short(other.providerId)} and a referee (${short(result.providerId)}) both produced another result${where}: ${verdict.detail}`;
-      await lifecycle.closeCheck(uow, check.id, 'failed', 'original-refuted', null);
-      if (parent.kind === 'dispute') await this.uphold(uow, parent, detail);
-      else {
-        await lifecycle.closeCheck(uow, parent.id, 'failed', 'original-refuted', detail);
-        await this.convict(uow, check, 'failed-audit', detail, other.providerId);
-      }
-    } else {
-      const detail = `the provider, the re-execution and the referee all disagree${where} (is the task deterministic?)`;
-      await lifecycle.closeCheck(uow, check.id, 'abandoned', 'inconclusive', detail);
-      await this.abandon(uow, parent, detail);
+      await lifecycle.openCheck(uow, {
+        kind: 'referee',
+        leaseId: check.lease_id,
+        expectedDigest: check.expected_digest ?? '',
+        exclude: [other.providerId, result.providerId],
+        parentId: parent.id,
+        ...(segment ? { segment } : {}),
+      });
+      return;
     }
+    if (earlier.outcome !== `sided-with-${side}`) {
+      const detail = `the referees disagree${where}: nobody is punished (is the task deterministic?)`;
+      await lifecycle.closeCheck(uow, check.id, 'abandoned', `sided-with-${side}`, detail);
+      await this.abandon(uow, parent, detail);
+      return;
+    }
+    if (side === 'provider') {
+      await lifecycle.closeCheck(uow, check.id, 'passed', 'original-confirmed', null);
+      await this.fault(uow, { providerId: other.providerId, leaseId: other.leaseId, fault: 'false-audit', checkId: parent.id, detail: `its re-execution disagreed with the provider and two referees${where}` });
+      if (parent.kind === 'dispute') {
+        await this.dismiss(uow, parent, `two referees reproduced the provider's result${where}`);
+      } else {
+        await lifecycle.closeCheck(uow, parent.id, 'passed', 'auditor-overruled', `two referees agreed with the provider, not with auditor ${short(other.providerId)}${where}`);
+        await this.passed(uow, check.provider_id);
+        await lifecycle.confirmResult(uow, check.lease_id, 'audit disagreement settled by two referees in the provider’s favour');
+      }
+      return;
+    }
+    const detail = `a re-execution by ${short(other.providerId)} and two referees produced another result${where}: ${verdict.detail}`;
+    await lifecycle.closeCheck(uow, check.id, 'failed', 'original-refuted', null);
+    if (parent.kind === 'dispute') await this.uphold(uow, parent, detail);
+    else {
+      await lifecycle.closeCheck(uow, parent.id, 'failed', 'original-refuted', detail);
+      await this.convict(uow, check, 'failed-audit', detail, other.providerId);
+    }
+  }
+
+  /**
+   * Capacity fraud costs stake (L1 + L6): a wrong proof or product is evidence at once; missed
+   * deadlines are, once `maxConsecutiveFailures` of them come in a row (one slow answer may be a
+   * bad network; a streak says the hardware is not what the provider claims). Without this a
+   * provider claiming a faster class than it has wins work on the claim and loses nothing.
+   */
+  private async challengeFailed(uow: UnitOfWork, providerId: string, challengeId: string, verdict: ChallengeVerdict): Promise<void> {
+    const { maxConsecutiveChallengeFailures: streak } = this.deps.config;
+    if (verdict === 'missed-deadline') {
+      const recent = await uow.trx.selectFrom('capacity_challenges').select('state').where('provider_id', '=', providerId).where('state', 'in', ['passed', 'failed']).orderBy('issued_at', 'desc').limit(streak + 1).execute();
+      const failedInARow = recent.findIndex((r) => r.state !== 'failed');
+      // Exactly at the streak's length: one slash per streak, not one per miss after it.
+      if ((failedInARow === -1 ? recent.length : failedInARow) !== streak) return;
+    }
+    await this.fault(uow, { providerId, leaseId: null, fault: 'failed-capacity', checkId: challengeId, detail: `capacity challenge ${verdict === 'missed-deadline' ? `deadlines missed ${streak} times in a row` : `failed (${verdict})`}` });
   }
 
   /** A dispute dismissed: its bond pays the provider, whose result is confirmed and paid. */
@@ -341,11 +392,12 @@ export class Verifier {
    */
   private async fault(
     uow: UnitOfWork,
-    f: { providerId: string; leaseId: string; fault: ProviderFaultKind; checkId: string; detail: string; finder?: string; refund?: { to: string; amount: bigint } },
+    f: { providerId: string; leaseId: string | null; fault: ProviderFaultKind; checkId: string; detail: string; finder?: string; refund?: { to: string; amount: bigint } },
   ): Promise<void> {
     const { trx } = uow;
     const { config } = this.deps;
-    const lease = await trx.selectFrom('leases').select(['charged', 'job_id']).where('id', '=', f.leaseId).executeTakeFirstOrThrow();
+    // A fault without a lease (capacity fraud) costs the least slash.
+    const lease = f.leaseId ? await trx.selectFrom('leases').select(['charged', 'job_id']).where('id', '=', f.leaseId).executeTakeFirstOrThrow() : { charged: 0n, job_id: null };
     const stake = await balanceOf(trx, stakeOf(f.providerId));
     const unbonding = await balanceOf(trx, unbondingOf(f.providerId));
     const want = slashFor(lease.charged, config);
@@ -372,7 +424,13 @@ export class Verifier {
       uow.emit({ type: 'provider.slashed', providerId: f.providerId, amount: formatCredits(amount), fault: f.fault, leaseId: f.leaseId });
       uow.emit({ type: 'provider.changed', providerId: f.providerId, what: 'stake' });
     }
-    uow.emit({ type: 'provider.fault', providerId: f.providerId, jobId: lease.job_id, leaseId: f.leaseId, fault: f.fault, detail: f.detail });
+    uow.emit({
+      type: 'provider.fault',
+      providerId: f.providerId,
+      ...(lease.job_id && f.leaseId ? { jobId: lease.job_id, leaseId: f.leaseId } : {}),
+      fault: f.fault,
+      detail: f.detail,
+    });
     this.deps.log.warn({ providerId: f.providerId, fault: f.fault, slashed: formatCredits(amount), wanted: formatCredits(want) }, 'provider slashed for a proven fault');
   }
 
@@ -428,7 +486,7 @@ export class Verifier {
       .orderBy('id')
       .executeTakeFirst();
     if (!target) return;
-    const segment = check.segment_from === null && check.segment_to === null ? undefined : { from: check.segment_from, to: check.segment_to };
+    const segment = segmentOf(check);
     await this.deps.lifecycle.openCheck(uow, { kind: 'canary', leaseId: check.lease_id, expectedDigest: check.expected_digest ?? '', only: target.id, ...(segment ? { segment } : {}) });
   }
 
@@ -489,5 +547,8 @@ export class Verifier {
 }
 
 const min = (a: bigint, b: bigint) => (a < b ? a : b);
+/** The segment a check re-executes, if it is a segment check. */
+const segmentOf = (c: Pick<Check, 'segment_from' | 'segment_to'>): Segment | undefined =>
+  c.segment_from === null && c.segment_to === null ? undefined : { from: c.segment_from, to: c.segment_to };
 const describe = (s: Segment) => `steps ${s.from ?? 'start'}–${s.to ?? 'end'}`;
 const short = (id: string) => `${id.slice(0, 8)}…`;
