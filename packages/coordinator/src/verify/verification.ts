@@ -295,7 +295,22 @@ export class Verifier {
       // Exactly at the streak's length: one slash per streak, not one per miss after it.
       if ((failedInARow === -1 ? recent.length : failedInARow) !== streak) return;
     }
-    await this.fault(uow, { providerId, leaseId: null, fault: 'failed-capacity', checkId: challengeId, detail: `capacity challenge ${verdict === 'missed-deadline' ? `deadlines missed ${streak} times in a row` : `failed (${verdict})`}` });
+    // It billed everything since its last passed challenge on the hardware it claimed: that is what the fraud earned.
+    const lastPass = await uow.trx.selectFrom('capacity_challenges').select('ended_at').where('provider_id', '=', providerId).where('state', '=', 'passed').orderBy('ended_at', 'desc').limit(1).executeTakeFirst();
+    const billed = await uow.trx
+      .selectFrom('leases')
+      .select((eb) => eb.fn.coalesce(eb.fn.sum<bigint>('charged'), sql<bigint>`0`).as('total'))
+      .where('provider_id', '=', providerId)
+      .where('created_at', '>', lastPass?.ended_at ?? new Date(0))
+      .executeTakeFirstOrThrow();
+    await this.fault(uow, {
+      providerId,
+      leaseId: null,
+      fault: 'failed-capacity',
+      checkId: challengeId,
+      charged: BigInt(billed.total),
+      detail: `capacity challenge ${verdict === 'missed-deadline' ? `deadlines missed ${streak} times in a row` : `failed (${verdict})`}`,
+    });
   }
 
   /** A dispute dismissed: its bond pays the provider, whose result is confirmed and paid. */
@@ -392,12 +407,23 @@ export class Verifier {
    */
   private async fault(
     uow: UnitOfWork,
-    f: { providerId: string; leaseId: string | null; fault: ProviderFaultKind; checkId: string; detail: string; finder?: string; refund?: { to: string; amount: bigint } },
+    f: {
+      providerId: string;
+      leaseId: string | null;
+      fault: ProviderFaultKind;
+      checkId: string;
+      detail: string;
+      finder?: string;
+      refund?: { to: string; amount: bigint };
+      /** What the fault earned, when it is not one lease's charge (capacity fraud: everything billed under the false claim). */
+      charged?: bigint;
+    },
   ): Promise<void> {
     const { trx } = uow;
     const { config } = this.deps;
-    // A fault without a lease (capacity fraud) costs the least slash.
-    const lease = f.leaseId ? await trx.selectFrom('leases').select(['charged', 'job_id']).where('id', '=', f.leaseId).executeTakeFirstOrThrow() : { charged: 0n, job_id: null };
+    const lease = f.leaseId
+      ? await trx.selectFrom('leases').select(['charged', 'job_id']).where('id', '=', f.leaseId).executeTakeFirstOrThrow()
+      : { charged: f.charged ?? 0n, job_id: null };
     const stake = await balanceOf(trx, stakeOf(f.providerId));
     const unbonding = await balanceOf(trx, unbondingOf(f.providerId));
     const want = slashFor(lease.charged, config);
