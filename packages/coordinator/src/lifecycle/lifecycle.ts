@@ -676,8 +676,13 @@ export class Lifecycle {
 
   // ---- results and their verification (trust L3–L6; verify/verification.ts decides) ---------
 
+  /**
+   * Whether a completed task's result is held for verification. Not a cluster member's: one member
+   * re-executed alone would wait for peers that are not there (a cluster is re-run whole, which is
+   * not built yet), and not a service's (it has no result).
+   */
   private verifies(job: { purpose: JobPurpose; spec: JobSpec }): boolean {
-    return this.verification.enabled && job.purpose === 'work' && job.spec.verification?.mode !== 'none';
+    return this.verification.enabled && job.purpose === 'work' && job.spec.verification?.mode !== 'none' && job.spec.kind !== 'cluster' && job.spec.kind !== 'service';
   }
 
   /**
