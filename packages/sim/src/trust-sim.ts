@@ -47,6 +47,9 @@ export interface TrustSimOptions {
   dir?: string;
   /** Stops the run between steps (the store is removed all the same). */
   signal?: AbortSignal;
+  /** Run the coordinator on this PostgreSQL instead of the embedded PGlite (with `databaseSchema` to keep runs apart). @default PGlite */
+  databaseUrl?: string;
+  databaseSchema?: string;
 }
 
 /** The simulation's fixed economy and trust settings (reported in the JSON document's params). */
@@ -161,7 +164,8 @@ export async function runTrustSimulation(options: TrustSimOptions = {}): Promise
   const records = new Map<string, LeaseRecord>();
   const coordinatorOptions: CoordinatorOptions = {
     dataDir: join(dir, 'coordinator'),
-    databaseUrl: '',
+    databaseUrl: options.databaseUrl ?? '',
+    ...(options.databaseSchema ? { databaseSchema: options.databaseSchema } : {}),
     port: 0,
     dev: true,
     logLevel: options.logLevel ?? 'silent',
@@ -172,7 +176,7 @@ export async function runTrustSimulation(options: TrustSimOptions = {}): Promise
     challenges: { ...SIM.challenges },
     verification: { ...SIM.verification },
   };
-  say(`starting a coordinator (embedded PGlite under ${dir})`);
+  say(options.databaseUrl ? 'starting a coordinator (PostgreSQL)' : `starting a coordinator (embedded PGlite under ${dir})`);
   const coordinator = await startCoordinator(coordinatorOptions);
   const slots: Slot[] = [];
   try {

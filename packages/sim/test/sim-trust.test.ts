@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { signBytes, verifyBytes } from '@gridwork/protocol/node';
+import { postgresUrl, uniqueSchema } from '@gridwork/testkit';
 import { assignRoles, runTrustSimulation, seededIdentity, type TrustReport } from '../src/index.ts';
 
 describe('seeded identities', () => {
@@ -159,5 +160,26 @@ describe('gridwork sim trust (small)', { timeout: 240_000 }, () => {
       report.ok,
       report.goals.every((g) => g.met || !g.exit),
     );
+  });
+});
+
+describe('gridwork sim trust on PostgreSQL', { timeout: 240_000 }, () => {
+  test('the same verification code on the other store: cheaters caught and unprofitable, honest providers unpunished, ledger balanced', async () => {
+    const report = await runTrustSimulation({
+      providers: 6,
+      cheaters: 0.34,
+      jobs: 40,
+      seed: 'pg',
+      strategies: ['always-wrong', 'wrong-q'],
+      databaseUrl: postgresUrl(),
+      databaseSchema: uniqueSchema('gw_sim'),
+    });
+    assert.equal(report.honest.wronglyPunished, 0, JSON.stringify(report.honest.punishments));
+    const alwaysWrong = report.strategies.find((s) => s.strategy === 'always-wrong');
+    assert.ok(alwaysWrong && alwaysWrong.caught === alwaysWrong.keys && alwaysWrong.jobs > 0);
+    for (const s of report.strategies) if (s.jobs > 0 && s.caught > 0) assert.equal(s.profitable, false, `${s.strategy} net ${s.net}`);
+    assert.equal(report.ledger.balanced, true, JSON.stringify(report.ledger));
+    assert.equal(report.work.jobs, 40);
+    assert.deepEqual(report.errors, []);
   });
 });
