@@ -32,7 +32,7 @@ import { detectHardware } from './hardware.ts';
 import type { CheckpointTamper } from './checkpoints.ts';
 import { ServiceIngress } from './service-ingress.ts';
 import { type AbortReason, type ResultTamper, runLease } from './lease-runner.ts';
-import { createContainerRuntime, dockerAnswers } from './runtime/container-runtime.ts';
+import { dockerEndpoint } from './runtime/docker-endpoint.ts';
 import { createProcessRuntime } from './runtime/process-runtime.ts';
 import type { Runtime } from './runtime/runtime.ts';
 import { createSandboxRuntime } from './runtime/sandbox-runtime.ts';
@@ -351,8 +351,10 @@ async function offeredRuntimes(options: ProviderAgentOptions, log: Logger): Prom
       : createSandboxRuntime({ protectedPaths: [options.dataDir] });
   await bundles.check();
   const list: Runtime[] = [bundles];
-  if ((options.containers ?? 'auto') === 'auto' && (await dockerAnswers())) {
-    const containers = createContainerRuntime();
+  // The container runtime loads only where an engine might answer.
+  const engine = (options.containers ?? 'auto') === 'auto' && dockerEndpoint() !== undefined ? await import('./runtime/container-runtime.ts') : undefined;
+  if (engine && (await engine.dockerAnswers())) {
+    const containers = engine.createContainerRuntime();
     try {
       await containers.check();
       list.push(containers);

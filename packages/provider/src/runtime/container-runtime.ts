@@ -23,11 +23,13 @@
  * small DockerClient interface, which dockerode satisfies, so the flow is tested against a fake engine too.
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { StringDecoder } from 'node:string_decoder';
 import { GridworkError } from '@gridwork/protocol';
 import { diskUsage, DISK_POLL_MS } from './disk-usage.ts';
+import { dockerEndpoint } from './docker-endpoint.ts';
+
+export { dockerEndpoint };
 import {
   buildTaskEnv,
   endedTask,
@@ -288,10 +290,6 @@ export async function defaultDockerClient(): Promise<DockerClient> {
 }
 
 /** Where dockerode's default client would connect, or undefined when nothing is there to try. */
-export function dockerEndpoint(env: NodeJS.ProcessEnv = process.env, socketExists = existsSync): string | undefined {
-  if (env.DOCKER_HOST) return env.DOCKER_HOST;
-  return socketExists('/var/run/docker.sock') ? 'unix:///var/run/docker.sock' : undefined;
-}
 
 /**
  * Whether a Docker engine answers here: false without loading dockerode when there is neither DOCKER_HOST nor
