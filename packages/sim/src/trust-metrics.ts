@@ -390,7 +390,7 @@ export async function measure(input: MeasureInput): Promise<TrustReport> {
     "Not seeded (the coordinator offers no injection point yet): the lifecycle's audit seeds (node:crypto randomBytes), so which results past probation are audited; the verifier's canary draws (Math.random); capacity challenge times (Math.random) and seeds; ids (job, lease, check). Batches wait for a quiet coordinator, so runs with one seed differ only by these draws.",
     'A check is not chosen at random: the scheduler gives it to the best-scored free provider other than the checked one (ties by provider id), so who audits whom follows prices, reputation and timing.',
     'The formula assumes honest checkers: where cheaters check each other (a referee that agrees with neither side ends inconclusive; a colluder confirms its partner), fewer are caught than it predicts.',
-    'fake-hardware: 3 capacity challenges failed in a row take a provider out of matching and slash it as capacity fraud: 20 × what it billed since its last passed challenge (at least the minimum slash), from its stake.',
+    'fake-hardware: 3 capacity challenges failed in a row take a provider out of matching and slash it as capacity fraud: 100 × what it billed since its last passed challenge (at least the minimum slash), from its stake.',
     `Money: earned = lease earnings paid plus finder rewards; net = earned − slashed. Stake left on keys a whitewasher walked away from is reported (stakeAbandoned), not counted.`,
   ];
   if (overhead.steadyState === null)

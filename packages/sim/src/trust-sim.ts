@@ -77,7 +77,7 @@ export const SIM = {
     genesisFees: '1000',
     checkTimeoutMs: 60_000,
     minSlash: '1',
-    slashMultiple: 20,
+    slashMultiple: 100,
   },
   challenges: { meanIntervalMs: 15_000, workMs: 800, slack: 4, latencyMs: 3000, maxMemoryBytes: 256 * 1024, maxConsecutiveFailures: 3 },
   /** Billed run time may be claimed up to one metering period beyond the wall clock: tasks are tens of ms of wall time. */

@@ -28,32 +28,47 @@ export function registerServiceRoutes(app: FastifyInstance, deps: ServiceRoutesD
     const caller = (await deps.routing.isPublic(jobId))
       ? null
       : await deps.auth.authenticate({ method: req.method, url: req.url, headers: req.headers, body: req.rawBody });
-    const target = await deps.routing.pick(jobId, caller);
     const rest = req.params['*'] ?? '';
     const query = req.url.includes('?') ? req.url.slice(req.url.indexOf('?')) : '';
-    const headers: Record<string, string> = { [SERVICE_TOKEN_HEADER]: target.token };
+    const headers: Record<string, string> = {};
     for (const h of PASS) {
       const v = req.headers[h];
       if (typeof v === 'string') headers[h] = v;
     }
-    let answer: Response;
-    try {
-      answer = await fetch(`${target.base}/${rest}${query}`, {
-        method: req.method,
-        headers,
-        ...(req.rawBody && req.method !== 'GET' && req.method !== 'HEAD' ? { body: req.rawBody } : {}),
-        redirect: 'manual',
-        signal: AbortSignal.timeout(300_000),
-      });
-    } catch (err) {
-      throw new GridworkError('UNAVAILABLE', `the service replica did not answer: ${(err as Error).message}`);
+    // A replica that cannot be reached (its provider just died, not yet declared lost) is skipped:
+    // the request goes to the next one. A replica that answered, whatever it answered, is final.
+    const unreachable = new Set<string>();
+    let answer: Response | undefined;
+    let servedBy = '';
+    let lastError = '';
+    while (!answer) {
+      let target: Awaited<ReturnType<typeof deps.routing.pick>>;
+      try {
+        target = await deps.routing.pick(jobId, caller, unreachable);
+      } catch (err) {
+        if (unreachable.size === 0) throw err;
+        throw new GridworkError('UNAVAILABLE', `no replica of service job ${jobId} answered: ${lastError}`);
+      }
+      try {
+        answer = await fetch(`${target.base}/${rest}${query}`, {
+          method: req.method,
+          headers: { ...headers, [SERVICE_TOKEN_HEADER]: target.token },
+          ...(req.rawBody && req.method !== 'GET' && req.method !== 'HEAD' ? { body: req.rawBody } : {}),
+          redirect: 'manual',
+          signal: AbortSignal.timeout(300_000),
+        });
+        servedBy = target.leaseId;
+      } catch (err) {
+        unreachable.add(target.leaseId);
+        lastError = (err as Error).message;
+      }
     }
     reply.status(answer.status);
     for (const h of BACK) {
       const v = answer.headers.get(h);
       if (v !== null) reply.header(h, v);
     }
-    reply.header('x-gridwork-replica', target.leaseId);
+    reply.header('x-gridwork-replica', servedBy);
     return reply.send(answer.body ? Readable.fromWeb(answer.body as import('node:stream/web').ReadableStream) : '');
   };
   const config = { public: true };

@@ -26,8 +26,8 @@ export class ServiceRouting {
     return job.spec.service.public === true;
   }
 
-  /** A healthy replica for `caller` (null for a public service's anonymous caller). */
-  async pick(jobId: string, caller: string | null): Promise<ReplicaTarget> {
+  /** A healthy replica for `caller` (null for a public service's anonymous caller), other than those in `skip`. */
+  async pick(jobId: string, caller: string | null, skip: ReadonlySet<string> = new Set()): Promise<ReplicaTarget> {
     const job = await this.db.selectFrom('jobs').select(['owner', 'spec', 'state', 'purpose']).where('id', '=', jobId).executeTakeFirst();
     const allowed = job?.spec.service && job.purpose === 'work' && (job.spec.service.public === true || caller === job.owner);
     // Someone else's private service does not exist, as far as the caller can tell.
@@ -41,7 +41,8 @@ export class ServiceRouting {
       .where('leases.service_health', '=', 'healthy')
       .where('providers.ingress_url', 'is not', null)
       .orderBy('leases.id')
-      .execute();
+      .execute()
+      .then((rows) => rows.filter((r) => !skip.has(r.id)));
     if (replicas.length === 0) {
       throw new GridworkError('UNAVAILABLE', `service job ${jobId} has no healthy replica (it is ${job.state}${job.state === 'running' || job.state === 'matching' || job.state === 'pending' ? '; replicas may still be starting' : ''})`);
     }

@@ -191,6 +191,9 @@ export class AccountService {
   async unstake(accountId: string, amount: string, key: string): Promise<BalanceView> {
     const micros = parseAmount(amount);
     await this.units.run(async ({ trx, emit }) => {
+      // The stake row is locked first: concurrent unstakes take turns, each seeing the others' effect.
+      await trx.insertInto('ledger_balances').values({ account: stakeOf(accountId), balance: 0n }).onConflict((oc) => oc.column('account').doNothing()).execute();
+      await trx.selectFrom('ledger_balances').select('balance').where('account', '=', stakeOf(accountId)).forUpdate().execute();
       const open = await trx
         .selectFrom('leases')
         .select('charged')

@@ -38,7 +38,7 @@ import {
 import { sha256Hex } from '@gridwork/protocol/node';
 import { randomBytes } from 'node:crypto';
 import { sql } from 'kysely';
-import { balanceOf, FEES, holdOf, post, stakeOf } from '../ledger/ledger.ts';
+import { balanceOf, FEES, holdOf, post, RESERVE, stakeOf } from '../ledger/ledger.ts';
 import {
   addBudget,
   capCharge,
@@ -754,12 +754,19 @@ export class Lifecycle {
    * the same task on another provider (never the checked one, nor one of its operator). Returns
    * the check's id; a check the fees cannot pay for is recorded as abandoned.
    */
-  async openCheck(uow: UnitOfWork, c: NewCheck): Promise<string> {
+  async openCheck(uow: UnitOfWork, check: NewCheck): Promise<string> {
+    let c = check;
     const { trx } = uow;
     const lease = await trx.selectFrom('leases').selectAll().where('id', '=', c.leaseId).executeTakeFirstOrThrow();
     const job = await trx.selectFrom('jobs').selectAll().where('id', '=', lease.job_id).executeTakeFirstOrThrow();
     const task = await trx.selectFrom('tasks').selectAll().where('id', '=', lease.task_id).executeTakeFirstOrThrow();
     const checkId = c.checkId ?? newId('ver');
+    if (!c.segment) {
+      // A lease that resumed from another lease's checkpoint answers only for its own work: its
+      // check starts from the same checkpoint (a forged checkpoint it inherited is not its fault).
+      const start = (await this.segmentsOf(trx, lease.id))[0]?.from ?? null;
+      if (start !== null) c = { ...c, segment: { from: start, to: null } };
+    }
     const cfg = this.verification;
     // Everyone of the same operator as an excluded provider is excluded too.
     const named = [lease.provider_id, ...(c.exclude ?? [])];
@@ -786,19 +793,27 @@ export class Lifecycle {
       segment_to: c.segment?.to ?? null,
     };
     const jobId = newId('job');
-    try {
-      await post(trx, {
-        kind: 'check.fund',
-        key: `check:${checkId}`,
-        postings: [
-          { account: FEES, amount: -budget },
-          { account: holdOf(jobId), amount: budget },
-        ],
-        memo: { checkId, kind: c.kind, leaseId: lease.id, jobId },
-      });
-    } catch (err) {
-      if ((err as GridworkError).code !== 'INSUFFICIENT_FUNDS') throw err;
-      const detail = 'the verification fund (sys:fees) cannot pay for this check now';
+    // Paid from the fees (the verification share), else from the reserve.
+    let funded = false;
+    for (const from of [FEES, RESERVE]) {
+      try {
+        await post(trx, {
+          kind: 'check.fund',
+          key: `check:${checkId}`,
+          postings: [
+            { account: from, amount: -budget },
+            { account: holdOf(jobId), amount: budget },
+          ],
+          memo: { checkId, kind: c.kind, leaseId: lease.id, jobId, from },
+        });
+        funded = true;
+        break;
+      } catch (err) {
+        if ((err as GridworkError).code !== 'INSUFFICIENT_FUNDS') throw err;
+      }
+    }
+    if (!funded) {
+      const detail = 'neither the verification fund (sys:fees) nor the reserve can pay for this check now';
       await trx.insertInto('verifications').values({ ...base, state: 'abandoned', detail, ended_at: new Date() }).execute();
       uow.emit({ type: 'check.closed', checkId, kind: c.kind, leaseId: lease.id, providerId: lease.provider_id, state: 'abandoned', detail });
       return checkId;
@@ -869,13 +884,17 @@ export class Lifecycle {
     return true;
   }
 
-  /** A result stands (confirmed by a check, or its window closed unchallenged): its earnings are paid. */
-  async confirmResult(uow: UnitOfWork, leaseId: string, detail: string | null): Promise<boolean> {
+  /**
+   * A result stands (confirmed by a check, or its window closed unchallenged): its earnings are
+   * paid. A disputed result only by its dispute's dismissal (`disputed: true`): an audit passing
+   * meanwhile must not pay what the dispute may still refund.
+   */
+  async confirmResult(uow: UnitOfWork, leaseId: string, detail: string | null, opts: { disputed?: boolean } = {}): Promise<boolean> {
     const { trx } = uow;
     const peek = await trx.selectFrom('leases').select('job_id').where('id', '=', leaseId).executeTakeFirstOrThrow();
     await this.lockJob(trx, peek.job_id);
     const lease = await this.lockLease(trx, leaseId);
-    if (lease.verification !== 'pending' && lease.verification !== 'disputed') return false;
+    if (lease.verification !== (opts.disputed ? 'disputed' : 'pending')) return false;
     if (lease.settle_at !== null) await payEarnings(trx, lease, lease.provider_id, this.economics);
     await trx.updateTable('leases').set({ verification: 'verified', settle_at: null }).where('id', '=', leaseId).execute();
     this.emitVerification(uow, lease, 'verified', detail);

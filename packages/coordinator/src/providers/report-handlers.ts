@@ -95,6 +95,12 @@ export const reportHandlers: Handlers = {
       await lifecycle.fault(uow, lease.id, 'outputs-not-uploaded', 'provider reported outputs it did not upload during the lease', msg.commitment);
       return;
     }
+    // The outputs must be what they say: each path once, each size the stored blob's.
+    const misstated = await misstatedOutputs(uow, msg.outputs);
+    if (misstated) {
+      await lifecycle.fault(uow, lease.id, 'commitment-mismatch', misstated, msg.commitment);
+      return;
+    }
     const outcome = outcomeOf(msg.outcome, msg.durationMs, msg.outputs);
     // A service replica never ends by itself: one that exited (or was stopped unhealthy) is replaced.
     if (lease.service_token !== null && outcome.kind !== 'lost') {
@@ -148,4 +154,18 @@ export function outcomeOf(end: LeaseEnd, durationMs: number, outputs: FileRef[])
 /** Outputs count only if this provider uploaded each of them since the lease was created. */
 async function uploadedDuring(uow: UnitOfWork, providerId: string, since: Date, outputs: readonly FileRef[]): Promise<boolean> {
   return (await notUploadedBy(uow.trx, providerId, outputs.map((o) => o.digest), since)).length === 0;
+}
+
+/** Why a list of outputs misstates them (a path twice, a size that is not the blob's), or null. */
+async function misstatedOutputs(uow: UnitOfWork, outputs: readonly FileRef[]): Promise<string | null> {
+  if (new Set(outputs.map((o) => o.path)).size !== outputs.length) return 'an output path is listed twice';
+  if (outputs.length === 0) return null;
+  const sizes = new Map<string, bigint>();
+  const digests = [...new Set(outputs.map((o) => o.digest))];
+  for (let i = 0; i < digests.length; i += 1000) {
+    const rows = await uow.trx.selectFrom('blobs').select(['digest', 'size']).where('digest', 'in', digests.slice(i, i + 1000)).execute();
+    for (const r of rows) sizes.set(r.digest, BigInt(r.size));
+  }
+  const wrong = outputs.find((o) => sizes.get(o.digest) !== BigInt(o.size));
+  return wrong ? `output ${wrong.path} is said to be ${wrong.size} bytes; its blob has ${sizes.get(wrong.digest) ?? 'no'} bytes` : null;
 }

@@ -163,8 +163,8 @@ async function meanChargeOfRecentLeases(db: Db, providerId: string): Promise<big
 }
 
 /**
- * Checks of the provider's results, and checks it ran as the re-executing provider (the check
- * job's task was placed on it), newest first. A provider is never both for one check: a check
+ * Checks of the provider's results, and closed checks it ran as the re-executing provider (the
+ * check job's task was placed on it), newest first. A provider is never both for one check: a check
  * excludes the checked provider.
  */
 async function recentChecks(db: Db, providerId: string, limit: number): Promise<CheckEntry[]> {
@@ -174,9 +174,13 @@ async function recentChecks(db: Db, providerId: string, limit: number): Promise<
     .where((eb) =>
       eb.or([
         eb('v.provider_id', '=', providerId),
-        eb.exists(
-          eb.selectFrom('tasks as t').select(sql<number>`1`.as('one')).whereRef('t.job_id', '=', 'v.check_job_id').where('t.provider_id', '=', providerId),
-        ),
+        // Checks it ran, once closed: an open one would tell it that the work in hand is a check (a canary must not be told).
+        eb.and([
+          eb('v.state', '!=', 'open'),
+          eb.exists(
+            eb.selectFrom('tasks as t').select(sql<number>`1`.as('one')).whereRef('t.job_id', '=', 'v.check_job_id').where('t.provider_id', '=', providerId),
+          ),
+        ]),
       ]),
     )
     .orderBy('v.created_at', 'desc')

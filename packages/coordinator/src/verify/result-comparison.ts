@@ -19,7 +19,10 @@ export async function outputsAgree(
   read: (digest: string) => Promise<Buffer>,
 ): Promise<{ agree: boolean; detail: string | null }> {
   const byPath = new Map(b.map((f) => [f.path, f]));
-  if (a.length !== b.length || a.some((f) => !byPath.has(f.path))) {
+  const aPaths = new Set(a.map((f) => f.path));
+  // Each side a set of paths (a path twice is no result), and the same set on both sides.
+  if (aPaths.size !== a.length || byPath.size !== b.length) return { agree: false, detail: 'an output path is listed twice' };
+  if (a.length !== b.length || a.some((f) => !byPath.has(f.path)) || b.some((f) => !aPaths.has(f.path))) {
     const only = [...a.filter((f) => !byPath.has(f.path)).map((f) => f.path), ...b.filter((f) => !a.some((x) => x.path === f.path)).map((f) => f.path)];
     return { agree: false, detail: `different output files (${only.slice(0, 5).join(', ') || 'count differs'})` };
   }

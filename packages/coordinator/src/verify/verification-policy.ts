@@ -4,9 +4,10 @@
  * fault costs, what a dispute bond is. The rest of verify/ and the lifecycle apply them.
  *
  * Audit rate (DESIGN.md, L0): cheating on a task saves the provider at most its cost c and
- * keeps the price R; caught with probability p it loses its stake S and R. Cheating does not
- * pay when p ≥ c/(S + R). We price c and R by what the lease charged, so
- *     p = max(minAuditRate, charged / (stake + charged)),
+ * keeps the price R; caught with probability p it loses what it has at stake S and R. Cheating
+ * does not pay when p ≥ c/(S + R). We price c and R by what the lease charged, and S is what a
+ * proven fault would take (its stake, at most the slash), so
+ *     p = max(minAuditRate, charged / (min(stake, slash) + charged)),
  * and a provider is on probation — every completed task audited — until its last
  * `probationTasks` audits in a row passed: a new provider, and one just caught cheating, alike.
  * Its record of consecutive valid audits is what earns it the lower rate.
@@ -65,7 +66,7 @@ export function resolveVerification(o: VerificationOptions = {}, dev = false): V
     maxAuditRate: o.maxAuditRate ?? 1,
     probationTasks: o.probationTasks ?? 10,
     canaryRate: o.canaryRate ?? 0.02,
-    slashMultiple: o.slashMultiple ?? 20,
+    slashMultiple: o.slashMultiple ?? 100,
     minSlash: parseCredits(o.minSlash ?? '1'),
     finderRewardBps: o.finderRewardBps ?? 2000,
     minBond: parseCredits(o.minBond ?? '1'),
@@ -77,10 +78,14 @@ export function resolveVerification(o: VerificationOptions = {}, dev = false): V
   };
 }
 
-/** p = max(floor, c / (S + R)) with c = R = what the lease charged (at most the cap); 1 on probation. */
+/**
+ * p = max(floor, c / (S + R)) with c = R = what the lease charged, S what a proven fault would
+ * actually cost it (its stake, at most the slash) — at most the cap; 1 on probation.
+ */
 export function auditRate(charged: bigint, stake: bigint, auditStreak: number, cfg: VerificationConfig): number {
   if (auditStreak < cfg.probationTasks) return 1;
-  const total = stake + charged;
+  const slash = slashFor(charged, cfg);
+  const total = (stake < slash ? stake : slash) + charged;
   const p = total <= 0n ? 1 : Number(charged) / Number(total);
   return Math.min(cfg.maxAuditRate, Math.max(cfg.minAuditRate, p));
 }

@@ -33,6 +33,7 @@ import type { ChallengeVerdict, ProviderFaultKind } from '../lifecycle/events.ts
 import type { Lifecycle, Segment } from '../lifecycle/lifecycle.ts';
 import type { Units, UnitOfWork } from '../lifecycle/unit-of-work.ts';
 import type { Db } from '../store/database.ts';
+import { isRetryable } from '../store/transact.ts';
 import type { VerificationsTable } from '../store/schema.ts';
 import { type CompareMode, outputsAgree } from './result-comparison.ts';
 import { bondFor, slashFor, type VerificationConfig } from './verification-policy.ts';
@@ -77,8 +78,17 @@ export class Verifier {
       handle: async (events, uow) => {
         if (!uow) throw new Error('verification is a durable subscriber');
         for (const e of events) {
-          if (e.type === 'job.ended') await this.checkEnded(uow, e.jobId);
-          else if (e.type === 'provider.challenged' && e.verdict !== 'passed') await this.challengeFailed(uow, e.providerId, e.challengeId, e.verdict);
+          // Each event behind a savepoint: a verdict that fails (a bug, bad data) is logged and
+          // skipped — its check then times out and is abandoned — instead of stopping every verdict after it.
+          try {
+            await uow.savepoint(async () => {
+              if (e.type === 'job.ended') await this.checkEnded(uow, e.jobId);
+              else if (e.type === 'provider.challenged' && e.verdict !== 'passed') await this.challengeFailed(uow, e.providerId, e.challengeId, e.verdict);
+            });
+          } catch (err) {
+            if (isRetryable(err)) throw err;
+            this.deps.log.error({ err, event: e.type, position: String(e.position) }, 'verification could not handle an event; skipped');
+          }
         }
       },
     };
@@ -114,6 +124,8 @@ export class Verifier {
         throw new GridworkError('NOT_DISPUTABLE', `task ${taskIndex} has no result to dispute (it is ${task.state})`);
       }
       if (lease.verification === 'disputed') throw new GridworkError('DISPUTE_EXISTS', `task ${taskIndex}'s result is already disputed`);
+      // Disputing one's own result would only make the protocol pay for re-runs.
+      if (lease.provider_id === owner) throw new GridworkError('NOT_DISPUTABLE', `task ${taskIndex}'s result is your own provider's`);
       if (lease.verification !== 'pending' || !lease.settle_at || lease.settle_at.getTime() <= Date.now()) {
         throw new GridworkError('DISPUTE_WINDOW_CLOSED', `task ${taskIndex}'s result can no longer be disputed: it is ${lease.verification ?? 'not verified'} and its audit window has closed`);
       }
@@ -186,10 +198,9 @@ export class Verifier {
           await lifecycle.closeCheck(uow, check.id, 'passed', 'canary-correct', null);
           await this.passed(uow, result.providerId);
         } else {
-          await lifecycle.closeCheck(uow, check.id, 'failed', 'canary-wrong', verdict.detail);
-          await this.failedCounter(uow, result.providerId);
-          await this.fault(uow, { providerId: result.providerId, leaseId: result.leaseId, fault: 'failed-canary', checkId: check.id, detail: `a known-answer task came back wrong: ${verdict.detail}` });
-          await this.backtrack(uow, result.providerId);
+          // The "known" answer could itself be wrong (confirmed by a colluding auditor): two
+          // referees decide between it and the canary's, as for audits.
+          await lifecycle.openCheck(uow, { kind: 'referee', leaseId: check.lease_id, expectedDigest: check.expected_digest ?? '', exclude: [result.providerId], parentId: check.id, ...(segmentOf(check) ? { segment: segmentOf(check) as Segment } : {}) });
         }
         return;
       case 'dispute':
@@ -200,14 +211,10 @@ export class Verifier {
         {
           // Checkpointed work: bisect the two runs' committed checkpoints for the first segment
           // where they part, and have a third provider re-run only that segment.
+          // Without checkpoints the whole task: either way two referees decide, as for audits.
           const diverged = await this.firstDivergence(uow, check.lease_id, result.leaseId);
-          if (diverged) {
-            const expect = await lifecycle.expectation(uow.trx, check.lease_id, diverged, check.expected_digest ?? '');
-            await lifecycle.openCheck(uow, { kind: 'referee', leaseId: check.lease_id, ...expect, exclude: [result.providerId], parentId: check.id });
-            return;
-          }
-          const detail = `a referee (${short(result.providerId)}) produced another result: ${verdict.detail}`;
-          await this.uphold(uow, check, detail);
+          const expect = diverged ? await lifecycle.expectation(uow.trx, check.lease_id, diverged, check.expected_digest ?? '') : { expectedDigest: check.expected_digest ?? '' };
+          await lifecycle.openCheck(uow, { kind: 'referee', leaseId: check.lease_id, ...expect, exclude: [result.providerId], parentId: check.id });
         }
         return;
     }
@@ -262,6 +269,14 @@ export class Verifier {
     }
     if (side === 'provider') {
       await lifecycle.closeCheck(uow, check.id, 'passed', 'original-confirmed', null);
+      if (parent.kind === 'canary') {
+        // The known answer stands: the canary's provider answered wrong.
+        await lifecycle.closeCheck(uow, parent.id, 'failed', 'canary-wrong', `a known-answer task came back wrong (two referees confirmed the answer)${where}`);
+        await this.failedCounter(uow, other.providerId);
+        await this.fault(uow, { providerId: other.providerId, leaseId: other.leaseId, fault: 'failed-canary', checkId: parent.id, detail: `a known-answer task came back wrong${where}` });
+        await this.backtrack(uow, other.providerId);
+        return;
+      }
       await this.fault(uow, { providerId: other.providerId, leaseId: other.leaseId, fault: 'false-audit', checkId: parent.id, detail: `its re-execution disagreed with the provider and two referees${where}` });
       if (parent.kind === 'dispute') {
         await this.dismiss(uow, parent, `two referees reproduced the provider's result${where}`);
@@ -319,8 +334,7 @@ export class Verifier {
     await lifecycle.closeCheck(uow, check.id, 'passed', 'dispute-dismissed', detail);
     await this.payBond(uow, check, check.provider_id, 'dispute dismissed');
     await this.passed(uow, check.provider_id);
-    await lifecycle.markDisputed(uow, check.lease_id, false);
-    await lifecycle.confirmResult(uow, check.lease_id, `dispute dismissed: ${detail}`);
+    await lifecycle.confirmResult(uow, check.lease_id, `dispute dismissed: ${detail}`, { disputed: true });
   }
 
   /** A dispute upheld: the bond goes back, the provider is convicted, the requester rewarded as finder. */
@@ -356,6 +370,8 @@ export class Verifier {
   /** The checked provider's result is refuted: refund, slash (finder rewarded), backtrack. */
   private async convict(uow: UnitOfWork, check: Check, fault: ProviderFaultKind, detail: string, finder: string): Promise<void> {
     const rejected = await this.deps.lifecycle.rejectResult(uow, check.lease_id, detail);
+    // Refuted already (an audit and a dispute of one result): one wrong result is punished once.
+    if (!rejected) return;
     await this.failedCounter(uow, check.provider_id);
     const charged = await uow.trx.selectFrom('leases').select('charged').where('id', '=', check.lease_id).executeTakeFirstOrThrow();
     const owner = await uow.trx.selectFrom('leases').innerJoin('jobs', 'jobs.id', 'leases.job_id').select('jobs.owner').where('leases.id', '=', check.lease_id).executeTakeFirstOrThrow();
@@ -382,7 +398,7 @@ export class Verifier {
     }
     if (check.kind === 'referee' && check.parent_id) {
       const parent = await uow.trx.selectFrom('verifications').selectAll().where('id', '=', check.parent_id).executeTakeFirst();
-      if (parent) await lifecycle.closeCheck(uow, parent.id, 'abandoned', 'inconclusive', `its referee ended without a result: ${why}`);
+      if (parent?.state === 'open') await this.abandon(uow, parent, `its referee ended without a result: ${why}`);
     }
   }
 
@@ -477,7 +493,8 @@ export class Verifier {
       left -= take;
       await uow.trx
         .updateTable('stake_unbondings')
-        .set({ amount: r.amount - take, ...(r.amount === take ? { released_at: new Date() } : {}) })
+        // A row used up by the slash is closed as it is (amounts stay positive; nothing is left to release).
+        .set(r.amount === take ? { released_at: new Date() } : { amount: r.amount - take })
         .where('id', '=', r.id)
         .execute();
     }
@@ -546,7 +563,9 @@ export class Verifier {
     }
     if (check.segment_to === null) return { ok: true, outputs: task.outputs, providerId: task.provider_id, leaseId: task.lease_id };
     const c = await uow.trx.selectFrom('checkpoints').select(['digest', 'size']).where('task_id', '=', task.id).where('step', '=', check.segment_to).limit(1).executeTakeFirst();
-    if (!c) return { ok: false, why: `the check wrote no checkpoint at step ${check.segment_to}`, providerId: task.provider_id, leaseId: task.lease_id };
+    // It ran from the committed start and succeeded, but never wrote the committed step: that is
+    // evidence against the commitment (a step an honest run never writes), not a missing result.
+    if (!c) return { ok: true, outputs: [{ path: 'segment', digest: `no checkpoint at step ${check.segment_to}`, size: 0 }], providerId: task.provider_id, leaseId: task.lease_id };
     return { ok: true, outputs: [{ path: 'segment', digest: c.digest, size: Number(c.size) }], providerId: task.provider_id, leaseId: task.lease_id };
   }
 
