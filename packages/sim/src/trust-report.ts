@@ -139,7 +139,7 @@ export function formatTrustReport(r: TrustReport): string[] {
     `trust simulation: ${p.providers} providers (${p.honest} honest, ${p.cheaters} cheating), ${p.jobs} jobs in batches of ${p.batchSize}, seed ${p.seed}, ${(r.elapsedMs / 1000).toFixed(1)} s`,
   );
   out.push(
-    `  stake ${p.stake} (jobs ask for at least ${p.minStake}), audit rate p = max(${p.verification.minAuditRate}, c/(S+c)), every result of a provider's first ${p.verification.probationTasks} audited, canaries ${pct(p.verification.canaryRate)}, slash max(${p.verification.slashMultiple}×charge, ${p.verification.minSlash})`,
+    `  stake ${p.stake} (jobs ask for at least ${p.minStake}), audit rate p = max(${p.verification.minAuditRate}, c/(min(S, slash)+c)), every result audited until ${p.verification.probationTasks} audits in a row pass, canaries ${pct(p.verification.canaryRate)}, slash max(${p.verification.slashMultiple}×charge, ${p.verification.minSlash})`,
   );
   out.push('');
   const rows = r.strategies.map((s) => [
