@@ -8,7 +8,7 @@ import websocket from '@fastify/websocket';
 import { GridworkError, httpStatusOf } from '@gridwork/protocol';
 import type { SignedBody } from '@gridwork/protocol/node';
 import { Ajv } from 'ajv';
-import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyRequest, LogController } from 'fastify';
 import type { Logger } from 'pino';
 import type { Authenticator } from '../auth/authenticator.ts';
 
@@ -79,7 +79,7 @@ export async function createHttpApp(options: HttpAppOptions): Promise<FastifyIns
   const app = Fastify({
     loggerInstance: options.log as FastifyBaseLogger,
     // One line per request, at debug level (Fastify's own two lines at info drowned the log).
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: options.maxJsonBytes,
     return503OnClosing: true,
     forceCloseConnections: true,
