@@ -26,18 +26,11 @@ import {
   type LeaseAssignment,
   type LeaseEnd,
   leaseCommitmentMessage,
-  MEMORY_BLOCK_WORDS,
-  memoryParent,
-  type OpenedBlock,
-  type OpenedRow,
-  openCommitmentOf,
-  openedIndices,
-  openedMessage,
   outputsRoot,
   type ProviderSequenced,
 } from '@gridwork/protocol';
 import { type Identity, sha256Bytes, sha256Hex, signBytes, signedFetch, signRequest } from '@gridwork/protocol/node';
-import { honestSolver, type SolvedChallenge } from '@gridwork/provider';
+import { ChallengeResponder, honestSolver } from '@gridwork/provider';
 import WebSocket from 'ws';
 import { OUTPUT_PATH, type SimTask, taskOf } from './sim-task.ts';
 import type { Behaviour } from './strategies.ts';
@@ -84,11 +77,21 @@ export class SimProvider {
   private heartbeat: NodeJS.Timeout | undefined;
   private readonly instance = randomBytes(12).toString('base64url');
   private closing = false;
-  private readonly solved = new Map<string, SolvedChallenge>();
+  /** Honest answers to capacity challenges: the agent's own responder and solver. */
+  private readonly challenges: ChallengeResponder;
   /** Leases ended. */
   finished = 0;
 
-  constructor(readonly o: SimProviderOptions) {}
+  constructor(readonly o: SimProviderOptions) {
+    this.challenges = new ChallengeResponder(
+      o.identity,
+      honestSolver,
+      (report) => {
+        if (!this.closing) this.send(report);
+      },
+      (obj, msg) => o.onError?.(`${o.name}: ${msg} ${JSON.stringify(obj)}`),
+    );
+  }
 
   get id(): string {
     return this.o.identity.publicKey;
@@ -278,7 +281,7 @@ export class SimProvider {
     this.send({ type: 'lease.finished', leaseId, outcome, durationMs: 0, outputs: [], commitment: { outputsRoot: root, signature } });
   }
 
-  // ---- capacity challenges (as the agent's ChallengeResponder) -------------------------------
+  // ---- capacity challenges (the agent's ChallengeResponder; a fake-hardware provider answers late) ----
 
   private challenge(challenge: CapacityChallenge): void {
     if (this.o.behaviour.challenges === 'late') {
@@ -297,47 +300,10 @@ export class SimProvider {
       });
       return;
     }
-    void honestSolver
-      .solve(challenge, Date.now() + challenge.deadlineMs)
-      .then((done) => {
-        if (!done || this.closing) return;
-        this.solved.clear();
-        this.solved.set(challenge.challengeId, done);
-        const matrixRoot = done.rows.rootHex;
-        const memoryRoot = done.blocks.rootHex;
-        this.send({
-          type: 'challenge.committed',
-          challengeId: challenge.challengeId,
-          matrixRoot,
-          memoryRoot,
-          signature: signBytes(this.o.identity, committedMessage(challenge.challengeId, matrixRoot, memoryRoot)),
-        });
-      })
-      .catch((err: Error) => this.o.onError?.(`${this.o.name}: capacity challenge failed: ${err.message}`));
+    this.challenges.issue(challenge);
   }
 
   private open(challengeId: string, openSeed: string): void {
-    const done = this.solved.get(challengeId);
-    if (!done) return;
-    this.solved.delete(challengeId);
-    const ch = done.challenge;
-    if (openCommitmentOf(sha256Bytes, openSeed) !== ch.openCommitment) {
-      this.o.onError?.(`${this.o.name}: the coordinator revealed a secret that does not match its commitment`);
-      return;
-    }
-    const picked = openedIndices(sha256Bytes, ch, openSeed, done.rows.rootHex, done.blocks.rootHex);
-    const rows: OpenedRow[] = picked.rows.map((i) => ({ index: i, values: Array.from(done.c.subarray(i * ch.n, (i + 1) * ch.n)), proof: done.rows.proof(i) }));
-    const wanted = new Set<number>();
-    for (const i of picked.blocks) {
-      wanted.add(i);
-      if (i > 0) {
-        wanted.add(i - 1);
-        wanted.add(memoryParent(i, done.memory.subarray((i - 1) * MEMORY_BLOCK_WORDS, i * MEMORY_BLOCK_WORDS)));
-      }
-    }
-    const blocks: OpenedBlock[] = [...wanted]
-      .sort((x, y) => x - y)
-      .map((i) => ({ index: i, words: Array.from(done.memory.subarray(i * MEMORY_BLOCK_WORDS, (i + 1) * MEMORY_BLOCK_WORDS)), proof: done.blocks.proof(i) }));
-    this.send({ type: 'challenge.opened', challengeId, rows, blocks, signature: signBytes(this.o.identity, openedMessage(challengeId, rows, blocks)) });
+    this.challenges.open(challengeId, openSeed);
   }
 }
