@@ -147,6 +147,7 @@ export {
   wordBytes,
   wordsLeaf,
 } from './challenge.ts';
+export type { DisputeView, ProviderChallengeEntry, ProviderCheckEntry, ProviderStatus } from './provider-status.ts';
 export {
   type CheckpointCommitmentFields,
   checkpointMessage,

@@ -11,74 +11,8 @@ import { balancesOf, stakeOf, unbondingOf } from '../ledger/ledger.ts';
 import { isEligible, reputationOfProvider } from '../market/market.ts';
 import type { Db } from '../store/database.ts';
 import type { ChallengeConfig } from './challenge-sizing.ts';
+import type { ProviderCheckEntry, ProviderStatus } from '@gridwork/protocol';
 import { auditRate, type VerificationConfig } from './verification-policy.ts';
-
-export interface ChallengeEntry {
-  id: string;
-  state: 'issued' | 'committed' | 'passed' | 'failed';
-  issuedAt: string;
-  endedAt: string | null;
-  n: number;
-  memoryBytes: number;
-  busyMs: number | null;
-  reason: string | null;
-}
-
-/** A check of a result: one of the provider's (`checked`), or one it ran for another provider (`checker`). */
-export interface CheckEntry {
-  id: string;
-  kind: 'audit' | 'canary' | 'referee' | 'dispute';
-  role: 'checked' | 'checker';
-  state: 'open' | 'passed' | 'failed' | 'abandoned';
-  outcome: string | null;
-  detail: string | null;
-  createdAt: string;
-}
-
-export interface ProviderRecord {
-  id: string;
-  name: string;
-  state: 'online' | 'draining' | 'offline';
-  reputation: number;
-  /** False after too many failed challenges in a row: no work until one passes. */
-  eligible: boolean;
-  leases: { completed: number; faulted: number };
-  faultsProven: number;
-  challenges: {
-    passed: number;
-    failed: number;
-    failedInARow: number;
-    meanIntervalMs: number;
-    /** Provider time all its challenges took so far. */
-    busyMs: number;
-    /** Expected share of its time challenges take: mean time per challenge ÷ mean interval. */
-    share: number;
-    recent: ChallengeEntry[];
-  };
-  /** Bonded stake, credits (what a proven fault is slashed from first). */
-  stake: string;
-  /** Stake on its way out (still slashable until released), credits. */
-  unbonding: string;
-  /** Stake lost to slashing so far, credits. */
-  slashed: string;
-  audits: {
-    passed: number;
-    failed: number;
-    /** Audits and canaries passed in a row since the last failure. */
-    streak: number;
-    lastPassedAt: string | null;
-    /**
-     * Probability that its next typical task is audited: p = max(floor, c / (S + c)) with c the
-     * mean charge of its last completed leases and S its stake; 1 while on probation, 0 when
-     * the coordinator does not verify results.
-     */
-    rate: number;
-    /** Audits in a row still to pass before probation (every task audited) ends. */
-    probationLeft: number;
-  };
-  /** Newest first. */
-  recentChecks: CheckEntry[];
-}
 
 /** Leases whose mean charge stands for the provider's "typical task" in its audit rate. */
 const TYPICAL_LEASES = 20;
@@ -89,7 +23,7 @@ export async function providerRecord(
   config: ChallengeConfig,
   verification: VerificationConfig,
   recent = 20,
-): Promise<ProviderRecord | null> {
+): Promise<ProviderStatus | null> {
   const p = await db.selectFrom('providers').selectAll().where('id', '=', providerId).executeTakeFirst();
   if (!p) return null;
   const rows = await db
@@ -167,7 +101,7 @@ async function meanChargeOfRecentLeases(db: Db, providerId: string): Promise<big
  * check job's task was placed on it), newest first. A provider is never both for one check: a check
  * excludes the checked provider.
  */
-async function recentChecks(db: Db, providerId: string, limit: number): Promise<CheckEntry[]> {
+async function recentChecks(db: Db, providerId: string, limit: number): Promise<ProviderCheckEntry[]> {
   const rows = await db
     .selectFrom('verifications as v')
     .select(['v.id', 'v.kind', 'v.state', 'v.outcome', 'v.detail', 'v.created_at', 'v.provider_id'])

@@ -22,7 +22,7 @@
  * the lifecycle owns jobs, tasks and leases, this module owns `verifications`' verdicts and the
  * providers' audit counters.
  */
-import { formatCredits, GridworkError, newId, type FileRef } from '@gridwork/protocol';
+import { type DisputeView, formatCredits, GridworkError, newId, type FileRef } from '@gridwork/protocol';
 import { type Selectable, sql } from 'kysely';
 import type { Logger } from 'pino';
 import { buffer } from 'node:stream/consumers';
@@ -54,14 +54,6 @@ type Check = Selectable<VerificationsTable>;
 /** What one execution of a task produced: its outputs, or nothing usable. */
 type Result = { ok: true; outputs: FileRef[]; providerId: string; leaseId: string } | { ok: false; why: string; providerId: string | null; leaseId: string | null };
 
-export interface DisputeView {
-  id: string;
-  jobId: string;
-  taskIndex: number;
-  state: 'open';
-  bond: string;
-  checkJobId: string | null;
-}
 
 export class Verifier {
   private readonly random: () => number;
