@@ -183,6 +183,12 @@ export function registerProviderCommands(program: Command): void {
       },
     );
 
+  /** A client acting as this provider's account (its existing key: never a new one). */
+  const providerClient = async (opts: { coordinator?: string; profile?: string; data?: string }): Promise<GridworkClient> => {
+    const identity = await existingProviderIdentity(opts.data ?? defaultData(), opts.data !== undefined);
+    const { GridworkClient } = await import('@gridwork/sdk');
+    return new GridworkClient({ url: await coordinatorUrl(opts), identity });
+  };
   const stakeCommand = (name: string, description: string, call: (c: GridworkClient, amount: string, key?: string) => Promise<BalanceView>) =>
     provider
       .command(`${name} <amount>`)
@@ -192,9 +198,7 @@ export function registerProviderCommands(program: Command): void {
       .option('--idempotency-key <key>', 'retry-safe key: the same key moves money once (default: random)')
       .option('--json', 'print JSON on stdout')
       .action(async (amount: string, opts: { coordinator?: string; profile?: string; data?: string; idempotencyKey?: string; json?: boolean }) => {
-        const identity = await existingProviderIdentity(opts.data ?? defaultData(), opts.data !== undefined);
-        const { GridworkClient } = await import('@gridwork/sdk');
-        const b = await call(new GridworkClient({ url: await coordinatorUrl(opts), identity }), amount, opts.idempotencyKey);
+        const b = await call(await providerClient(opts), amount, opts.idempotencyKey);
         if (opts.json) printJson(b);
         else printBalance(b);
       });
@@ -207,9 +211,7 @@ export function registerProviderCommands(program: Command): void {
     .option('--data <dir>', 'agent data directory (holds its key; default $GRIDWORK_HOME/provider)')
     .option('--json', 'print JSON on stdout')
     .action(async (opts: { coordinator?: string; profile?: string; data?: string; json?: boolean }) => {
-      const identity = await existingProviderIdentity(opts.data ?? defaultData(), opts.data !== undefined);
-      const { GridworkClient } = await import('@gridwork/sdk');
-      const b = await new GridworkClient({ url: await coordinatorUrl(opts), identity }).balance();
+      const b = await (await providerClient(opts)).balance();
       if (opts.json) printJson(b);
       else printBalance(b);
     });
@@ -220,9 +222,7 @@ export function registerProviderCommands(program: Command): void {
     .option('--data <dir>', 'agent data directory (holds its key; default $GRIDWORK_HOME/provider)')
     .option('--json', 'print JSON on stdout')
     .action(async (opts: { coordinator?: string; profile?: string; data?: string; json?: boolean }) => {
-      const identity = await existingProviderIdentity(opts.data ?? defaultData(), opts.data !== undefined);
-      const { GridworkClient } = await import('@gridwork/sdk');
-      const s = await new GridworkClient({ url: await coordinatorUrl(opts), identity }).providerStatus();
+      const s = await (await providerClient(opts)).providerStatus();
       if (opts.json) printJson(s);
       else printProviderStatus(s);
     });
