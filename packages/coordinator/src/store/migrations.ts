@@ -377,6 +377,18 @@ migrations['0008_clusters'] = {
   },
 };
 
+migrations['0009_lease_lookups'] = {
+  async up(db: Kysely<unknown>) {
+    await runStatements(
+      db,
+      `
+      create index leases_job on leases (job_id);
+      create index leases_lost_task on leases (task_id) where state = 'lost'
+    `,
+    );
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 /**
