@@ -383,7 +383,9 @@ migrations['0009_lease_lookups'] = {
       db,
       `
       create index leases_job on leases (job_id);
-      create index leases_lost_task on leases (task_id) where state = 'lost'
+      create index leases_lost_task on leases (task_id) where state = 'lost';
+      create index verifications_open on verifications (created_at) where state = 'open';
+      create index verifications_parent on verifications (parent_id) where parent_id is not null
     `,
     );
   },
