@@ -99,6 +99,7 @@ export type CoordinatorConfig = Required<Omit<CoordinatorOptions, 'databaseUrl' 
   Pick<CoordinatorOptions, 'databaseUrl'> & { economics: EconomicsConfig; challenges: ChallengeConfig; verification: VerificationConfig };
 
 export function resolveCoordinatorOptions(o: CoordinatorOptions): CoordinatorConfig {
+  const challenges = resolveChallengeOptions(o.challenges);
   return {
     dataDir: o.dataDir,
     host: o.host ?? '127.0.0.1',
@@ -115,9 +116,9 @@ export function resolveCoordinatorOptions(o: CoordinatorOptions): CoordinatorCon
     operators: o.operators ?? [],
     unbondingDelayMs: o.unbondingDelayMs ?? 7 * 24 * 3600 * 1000,
     faucetMax: o.faucetMax ?? '1000',
-    challenges: resolveChallengeOptions(o.challenges),
+    challenges,
     // Missed challenges count as capacity fraud at the streak that also costs eligibility.
-    verification: resolveVerification({ maxConsecutiveChallengeFailures: resolveChallengeOptions(o.challenges).maxConsecutiveFailures, ...o.verification }, o.dev ?? false),
+    verification: resolveVerification({ maxConsecutiveChallengeFailures: challenges.maxConsecutiveFailures, ...o.verification }, o.dev ?? false),
     consoleDir: o.consoleDir ?? fileURLToPath(new URL('../../console/built', import.meta.url)),
   };
 }
