@@ -253,3 +253,14 @@ test('every form control has a label, and the layout fits a phone', { skip }, as
   assert.equal(await page.evaluate<string | undefined>('document.activeElement?.textContent?.trim()'), 'Skip to content');
   assert.deepEqual(cspViolations, []);
 });
+
+test('the network page follows the stream’s deltas: a provider that joins appears without a reload', { skip }, async () => {
+  await page.goto(`${net.coordinator.url}/#/network`);
+  await page.reload();
+  await page.getByTestId('provider-row').nth(1).waitFor();
+  const rows = await page.getByTestId('provider-row').count();
+  await net.addProvider();
+  await page.getByTestId('provider-row').nth(rows).waitFor();
+  await page.getByText(`provider-${rows}`).first().waitFor();
+  assert.equal(await page.getByTestId('count-online').textContent(), String(rows + 1));
+});

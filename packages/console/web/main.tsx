@@ -8,7 +8,8 @@ import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { Api } from './lib/api.ts';
 import { type Identity, loadIdentity, saveIdentity } from './lib/identity.ts';
 import { useLive } from './lib/live.ts';
-import type { NetworkSnapshot } from './lib/types.ts';
+import { applyNetworkFrame } from './lib/network.ts';
+import type { NetworkFrame, NetworkSnapshot } from './lib/types.ts';
 import { JobPage } from './pages/job-page.tsx';
 import { JobsPage } from './pages/jobs-page.tsx';
 import { KeyPage } from './pages/key-page.tsx';
@@ -42,7 +43,7 @@ function App() {
   const [hash, go] = useHash();
   const api = useMemo(() => new Api(identity), [identity]);
   const publicApi = useMemo(() => new Api(undefined), []);
-  const network = useLive<NetworkSnapshot>(publicApi, '/v1/network/events', { reconnectOnEnd: true });
+  const network = useLive<NetworkSnapshot, NetworkFrame>(publicApi, '/v1/network/events', { reconnectOnEnd: true, reduce: applyNetworkFrame });
   const setIdentity = (id: Identity | undefined) => {
     saveIdentity(id);
     setIdentityState(id);

@@ -1,13 +1,17 @@
 /**
  * Time-driven work, on timers: jobs whose low-balance grace ran out stop, jobs queued past their
  * `queueTimeoutSeconds` fail, leases their provider neither started nor ended in time are lost,
- * unbonded stake is released, results whose audit window closed are paid (and stale checks abandoned), old request nonces are pruned. Each
+ * unbonded stake is released, results whose audit window closed are paid (and stale checks abandoned), old request nonces are pruned,
+ * providers that never proved anything and stayed offline expire, old events and logs of ended
+ * jobs are deleted (lifecycle/retention.ts). Each
  * step is a command of the module that owns it; this file only keeps the clock.
  */
 import type { Logger } from 'pino';
 import type { Authenticator } from './auth/authenticator.ts';
 import type { JobService } from './jobs/job-service.ts';
 import type { AccountService } from './ledger/account-service.ts';
+import type { Retention } from './lifecycle/retention.ts';
+import type { ProviderService } from './providers/provider-service.ts';
 import type { Verifier } from './verify/verification.ts';
 
 export interface HousekeepingDeps {
@@ -16,6 +20,8 @@ export interface HousekeepingDeps {
   auth: Authenticator;
   log: Logger;
   verifier: Verifier;
+  providers: ProviderService;
+  retention: Retention;
 }
 
 export interface HousekeepingOptions {
@@ -23,12 +29,16 @@ export interface HousekeepingOptions {
   intervalMs: number;
   /** How long a job may stay unfunded before it stops. */
   lowBalanceGraceMs: number;
-  /** @default 60 s */
+  /** How long an unproven provider may stay offline before it expires (ProviderService.expireUnproven). */
+  providerExpiryMs: number;
+  /** How often nonces are pruned and unproven offline providers expired. @default 60 s */
   pruneIntervalMs?: number;
   /** How long past its time limit a running lease may go unreported before it is lost. @default 60 s */
   overdueGraceMs?: number;
   /** How long a placed lease may wait to start (bundle and inputs download included). @default 15 min */
   startDeadlineMs?: number;
+  /** How often old events and logs are deleted (the coordinator's `retention.intervalMs`). */
+  retentionIntervalMs: number;
 }
 
 export class Housekeeping {
@@ -41,7 +51,7 @@ export class Housekeeping {
   ) {}
 
   start(): void {
-    const { jobs, accounts, auth, log, verifier } = this.deps;
+    const { jobs, accounts, auth, log, verifier, providers, retention } = this.deps;
     const every = (ms: number, step: () => Promise<unknown>, what: string) => {
       const t = setInterval(() => {
         this.running = Promise.all([this.running, step().catch((err) => log.error({ err }, `${what} failed`))]);
@@ -59,10 +69,21 @@ export class Housekeeping {
     every(this.options.intervalMs, () => accounts.releaseUnbonded(), 'unbonding sweep');
     every(this.options.intervalMs, () => verifier.sweep(), 'verification sweep');
     every(this.options.pruneIntervalMs ?? 60_000, () => auth.prune(), 'nonce prune');
+    every(
+      this.options.pruneIntervalMs ?? 60_000,
+      async () => {
+        const expired = await providers.expireUnproven(this.options.providerExpiryMs);
+        if (expired.length > 0) log.info({ expired: expired.length }, 'unproven offline providers expired');
+      },
+      'provider expiry sweep',
+    );
+    every(this.options.retentionIntervalMs, () => retention.sweep(), 'retention sweep');
   }
 
   async stop(): Promise<void> {
     for (const t of this.timers) clearInterval(t);
+    // A long sweep stops between two batches instead of holding the shutdown.
+    this.deps.retention.stop();
     await this.running;
   }
 }

@@ -22,6 +22,7 @@ import { Authenticator } from './auth/authenticator.ts';
 import { BlobService } from './blobs/blob-service.ts';
 import { FileBlobStore } from './blobs/blob-store.ts';
 import { InProcessBus } from './bus/in-process-bus.ts';
+import { SubscriberRoster } from './bus/subscriber-roster.ts';
 import { Housekeeping } from './housekeeping.ts';
 import { registerInternals } from './internals.ts';
 import { JobService } from './jobs/job-service.ts';
@@ -29,13 +30,14 @@ import { JobStreams } from './jobs/job-streams.ts';
 import { AccountService } from './ledger/account-service.ts';
 import { type EconomicsConfig, resolveEconomics } from './ledger/lease-economics.ts';
 import { Lifecycle } from './lifecycle/lifecycle.ts';
+import { registerRetention, Retention, type RetentionConfig, type RetentionOptions, resolveRetentionOptions } from './lifecycle/retention.ts';
 import { Units } from './lifecycle/unit-of-work.ts';
 import { Auctions } from './market/auctions.ts';
 import { Market } from './market/market.ts';
 import { MARKET_INDEX, marketIndexSubscriber } from './market/market-index-subscriber.ts';
 import { MarketPresence } from './market/market-presence.ts';
 import { CoordinatorMetrics } from './observe/coordinator-metrics.ts';
-import { NetworkFeed } from './observe/network-feed.ts';
+import { NetworkFeed, type NetworkFeedConfig, type NetworkFeedOptions, resolveNetworkFeedOptions } from './observe/network-feed.ts';
 import { OperatorReports } from './observe/operator-report.ts';
 import { PriceHistory } from './observe/price-history.ts';
 import { FailureDetector } from './providers/failure-detector.ts';
@@ -93,10 +95,39 @@ export interface CoordinatorOptions {
   verification?: VerificationOptions;
   /** The web console's build output, served at `/`. @default packages/console/built of this checkout */
   consoleDir?: string;
+  /**
+   * How long a provider that never proved anything (no passed capacity challenge, completed lease,
+   * passed audit or stake) may stay offline before it is listed and matched nowhere (its next
+   * hello brings it back). @default 1 hour
+   */
+  providerExpiryMs?: number;
+  /** The public network stream (/v1/network/events): frame rate, byte rate, open streams; see observe/network-feed.ts for each default. */
+  networkFeed?: NetworkFeedOptions;
+  /**
+   * Whether to believe X-Forwarded-For for the client's address (Fastify's `trustProxy`: true,
+   * or the proxies' addresses/CIDRs). Set it only behind a reverse proxy you run:
+   * a provider's ingress must be on the address it connects from, and without a proxy that header is
+   * the client's to forge. @default false
+   */
+  trustProxy?: boolean | string | string[];
+  /** How long a provider's service ingress has to prove it is the provider's own agent. @default 3000 */
+  ingressProofTimeoutMs?: number;
+  /**
+   * How long `events` and `task_logs` rows are kept once every subscriber has passed them (a
+   * job's, once the job ended), and how often they are swept; see lifecycle/retention.ts for each
+   * default (7 days, swept every 10 minutes).
+   */
+  retention?: RetentionOptions;
 }
 
-export type CoordinatorConfig = Required<Omit<CoordinatorOptions, 'databaseUrl' | 'logger' | 'economics' | 'challenges' | 'verification'>> &
-  Pick<CoordinatorOptions, 'databaseUrl'> & { economics: EconomicsConfig; challenges: ChallengeConfig; verification: VerificationConfig };
+export type CoordinatorConfig = Required<Omit<CoordinatorOptions, 'databaseUrl' | 'logger' | 'economics' | 'challenges' | 'verification' | 'networkFeed' | 'retention'>> &
+  Pick<CoordinatorOptions, 'databaseUrl'> & {
+    economics: EconomicsConfig;
+    challenges: ChallengeConfig;
+    verification: VerificationConfig;
+    networkFeed: NetworkFeedConfig;
+    retention: RetentionConfig;
+  };
 
 export function resolveCoordinatorOptions(o: CoordinatorOptions): CoordinatorConfig {
   const challenges = resolveChallengeOptions(o.challenges);
@@ -120,6 +151,11 @@ export function resolveCoordinatorOptions(o: CoordinatorOptions): CoordinatorCon
     // Missed challenges count as capacity fraud at the streak that also costs eligibility.
     verification: resolveVerification({ maxConsecutiveChallengeFailures: challenges.maxConsecutiveFailures, ...o.verification }, o.dev ?? false),
     consoleDir: o.consoleDir ?? fileURLToPath(new URL('../../console/built', import.meta.url)),
+    providerExpiryMs: o.providerExpiryMs ?? 3600_000,
+    networkFeed: resolveNetworkFeedOptions(o.networkFeed),
+    trustProxy: o.trustProxy ?? false,
+    ingressProofTimeoutMs: o.ingressProofTimeoutMs ?? 3000,
+    retention: resolveRetentionOptions(o.retention),
   };
 }
 
@@ -138,9 +174,12 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   const { economics } = config;
 
   // The event log and its bus: every state change commits its typed events; the bus delivers them.
-  const bus = new InProcessBus(db, log);
-  const units = new Units(db, bus);
-  await bus.start(units);
+  const inProcessBus = new InProcessBus(db, log);
+  const units = new Units(db, inProcessBus);
+  await inProcessBus.start(units);
+  // Everyone subscribes through the roster: retention keeps what a durable subscriber has not passed.
+  const bus = new SubscriberRoster(inProcessBus);
+  const retention = new Retention({ db, bus, log }, config.retention);
   const lifecycle = new Lifecycle(economics, config.verification);
 
   const blobStore = new FileBlobStore(join(config.dataDir, 'blobs'));
@@ -159,7 +198,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   );
   let channels: ProviderChannels | undefined;
   const challenges = new CapacityChallenges({ units, log, config: config.challenges, isConnected: (id) => channels?.connectedIds().has(id) ?? false });
-  const providers = new ProviderService({ db, units, lifecycle, log, challenges });
+  const providers = new ProviderService({ db, units, lifecycle, log, challenges, ingressProofTimeoutMs: config.ingressProofTimeoutMs });
   const auctions = new Auctions({ log, announce: (msg) => channels?.announce(market.bidders(), msg) ?? 0, closed: () => void scheduler.kick() });
   const scheduler = new Scheduler({ db, units, lifecycle, log, market, auctions });
   const presence = new MarketPresence(market, scheduler, log);
@@ -189,12 +228,12 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   await challenges.start();
   await bus.subscribe(challenges.subscriber());
   // (job streams subscribe per open request: jobs/job-streams.ts)
-  const feed = new NetworkFeed({ db, market, history: new PriceHistory() });
+  const feed = new NetworkFeed({ db, market, history: new PriceHistory() }, config.networkFeed);
   await bus.subscribe(feed.subscriber());
   const metrics = new CoordinatorMetrics(db);
   await bus.subscribe(metrics.subscriber());
 
-  const app = await createHttpApp({ log, auth, maxJsonBytes: config.maxJsonBytes, version: GRIDWORK_VERSION });
+  const app = await createHttpApp({ log, auth, maxJsonBytes: config.maxJsonBytes, trustProxy: config.trustProxy, version: GRIDWORK_VERSION });
   registerMetricsRoutes(app, { metrics });
   registerSystemRoutes(app, { db, version: GRIDWORK_VERSION });
   registerBlobRoutes(app, { blobs });
@@ -219,8 +258,13 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
     { intervalMs: config.heartbeatIntervalMs, misses: config.heartbeatMisses },
   );
   const housekeeping = new Housekeeping(
-    { jobs, accounts, auth, log, verifier },
-    { intervalMs: Math.min(economics.meteringIntervalMs, 1000), lowBalanceGraceMs: economics.lowBalanceGraceMs },
+    { jobs, accounts, auth, log, verifier, providers, retention },
+    {
+      intervalMs: Math.min(economics.meteringIntervalMs, 1000),
+      lowBalanceGraceMs: economics.lowBalanceGraceMs,
+      providerExpiryMs: config.providerExpiryMs,
+      retentionIntervalMs: config.retention.intervalMs,
+    },
   );
   detector.start();
   housekeeping.start();
@@ -250,5 +294,6 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
     },
   };
   registerInternals(handle, { db, app, accounts, market, bus, units, lifecycle });
+  registerRetention(handle, retention);
   return handle;
 }

@@ -101,7 +101,7 @@ describe('adversarial (pglite)', () => {
     db = await openDatabase({ dataDir: join(dir.path, 'db') });
     units = new Units(db, new Recorder());
     lifecycle = new Lifecycle(economics);
-    providers = new ProviderService({ db, units, lifecycle, log });
+    providers = new ProviderService({ db, units, lifecycle, log, ingressProofTimeoutMs: 1000 });
   });
   after(async () => {
     await db.destroy();
@@ -134,7 +134,7 @@ describe('adversarial (pglite)', () => {
     return (r as { leaseId: string }).leaseId;
   }
 
-  let seqs = new Map<string, number>();
+  const seqs = new Map<string, number>();
   function report(providerId: string, msg: Record<string, unknown>) {
     const seq = (seqs.get(providerId) ?? 0) + 1;
     seqs.set(providerId, seq);
@@ -390,7 +390,7 @@ describe('adversarial (postgres)', () => {
     // 50-placement unit of work.
     const units = new Units(db, new Recorder());
     const lifecycle = new Lifecycle(economics);
-    const providers = new ProviderService({ db, units, lifecycle, log });
+    const providers = new ProviderService({ db, units, lifecycle, log, ingressProofTimeoutMs: 1000 });
     const id = generateIdentity();
     await providers.hello(id.publicKey, helloOf(id, { slots: 4 }));
     const owner = generateIdentity().publicKey;

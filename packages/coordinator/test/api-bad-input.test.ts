@@ -537,10 +537,10 @@ for (const store of ['pglite', 'postgres'] as const) {
         ['logs', 'GET', '/logs'],
         ['blob download', 'GET', '/blobs/MANIFEST'],
       ] as const) {
-        it(`${what} by another account → 403 FORBIDDEN; the job is untouched`, async () => {
+        it(`${what} by another account → 404 JOB_NOT_FOUND, as for a job that does not exist; the job is untouched`, async () => {
           const before = await aliceClient.get(job.id);
           const res = await signed(mallory, method, `/v1/jobs/${job.id}${suffix.replace('MANIFEST', manifest)}`);
-          assertError(res, 403, 'FORBIDDEN', new RegExp(job.id));
+          assertError(res, 404, 'JOB_NOT_FOUND', new RegExp(`${job.id} does not exist`));
           assert.doesNotMatch(res.text, /alice only/);
           assert.deepEqual(await aliceClient.get(job.id), before);
         });
@@ -756,7 +756,7 @@ for (const store of ['pglite', 'postgres'] as const) {
         const dl = await signed(alice, 'GET', `/v1/jobs/${job.id}/blobs/${digest}`);
         assert.equal(dl.status, 200);
         assert.equal(dl.text, output.toString());
-        assertError(await signed(other.identity, 'GET', `/v1/jobs/${job.id}/blobs/${digest}`), 403, 'FORBIDDEN');
+        assertError(await signed(other.identity, 'GET', `/v1/jobs/${job.id}/blobs/${digest}`), 404, 'JOB_NOT_FOUND');
       });
     });
     describe('whose data a job may use, and idempotent submits', () => {
@@ -787,7 +787,7 @@ for (const store of ['pglite', 'postgres'] as const) {
         );
         assert.match(ended.tasks[0]?.error ?? '', /upload/);
         assert.deepEqual(ended.tasks[0]?.outputs, []);
-        assertError(await signed(p.identity, 'GET', `/v1/jobs/${job.id}/blobs/${digest}`), 403, 'FORBIDDEN');
+        assertError(await signed(p.identity, 'GET', `/v1/jobs/${job.id}/blobs/${digest}`), 404, 'JOB_NOT_FOUND');
       });
 
       it('a digest another account uploaded is no input or bundle of yours until you upload its bytes', async () => {

@@ -18,7 +18,7 @@ let app: FastifyInstance;
 let url: string;
 before(async () => {
   net = await startTestNetwork({ providers: 2 });
-  app = await createHttpApp({ log: silentLogger(), auth: new Authenticator(internalsOf(net.coordinator).db), maxJsonBytes: 1 << 20, version: 'test' });
+  app = await createHttpApp({ log: silentLogger(), auth: new Authenticator(internalsOf(net.coordinator).db), maxJsonBytes: 1 << 20, trustProxy: false, version: 'test' });
   registerNetworkRoutes(app, { db: internalsOf(net.coordinator).db });
   url = await app.listen({ host: '127.0.0.1', port: 0 });
 });

@@ -79,10 +79,11 @@ function workloadStarted(client: GridworkClient, jobId: string, taskIndex: numbe
   );
 }
 
-async function expectForbidden(call: () => Promise<unknown>): Promise<void> {
+/** Another account's job answers as one that does not exist. */
+async function expectNotFound(call: () => Promise<unknown>): Promise<void> {
   await assert.rejects(call, (err: unknown) => {
     assert.ok(err instanceof GridworkError, `expected a GridworkError, got ${String(err)}`);
-    assert.equal(err.code, 'FORBIDDEN');
+    assert.equal(err.code, 'JOB_NOT_FOUND');
     return true;
   });
 }
@@ -310,12 +311,12 @@ for (const store of ['pglite', 'postgres'] as const) {
       // A job no provider can run stays open, so cancelling it would have an effect.
       const submitted = await submitFixture(client, { name: 'private', args: ['hang'], gpus: 1 });
       const stranger = net.client();
-      await expectForbidden(() => stranger.get(submitted.id));
-      await expectForbidden(() => stranger.cancel(submitted.id));
-      await expectForbidden(async () => {
+      await expectNotFound(() => stranger.get(submitted.id));
+      await expectNotFound(() => stranger.cancel(submitted.id));
+      await expectNotFound(async () => {
         for await (const _ of stranger.watch(submitted.id)) assert.fail('a stranger got a snapshot');
       });
-      await expectForbidden(async () => {
+      await expectNotFound(async () => {
         for await (const _ of stranger.logs(submitted.id)) assert.fail('a stranger got a log entry');
       });
       assert.ok(!(await stranger.list()).some((j) => j.id === submitted.id));

@@ -60,13 +60,14 @@ test('the console is served at / and its hashed assets are immutable', async () 
   assert.equal((await fetch(`${net.coordinator.url}/console/..%2f..%2fpackage.json`)).status, 404);
 });
 
-test('the public network stream sends a snapshot now and another when the network changes', async () => {
+test('the public network stream sends a snapshot now, then a delta with what changed', async () => {
   const ac = new AbortController();
   const res = await fetch(`${net.coordinator.url}/v1/network/events`, { signal: ac.signal });
   assert.equal(res.status, 200);
   const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = '';
-  const next = async (): Promise<{ providers: { name: string; state: string }[]; market: unknown[]; history: unknown[] }> => {
+  type Frame = { type: string; providers?: { id: string; name?: string; hardware?: unknown }[]; market?: unknown[]; history?: unknown[] };
+  const next = async (): Promise<Frame> => {
     for (;;) {
       const nl = buffer.indexOf('\n');
       if (nl >= 0) {
@@ -81,12 +82,21 @@ test('the public network stream sends a snapshot now and another when the networ
     }
   };
   const first = await next();
-  assert.equal(first.providers.length, 2);
-  assert.ok(first.market.length > 0 && first.history.length > 0);
+  assert.equal(first.type, 'network');
+  assert.equal(first.providers?.length, 2);
+  assert.ok(first.market?.length && first.history?.length);
+  const known = new Set(first.providers?.map((p) => p.id));
   await net.addProvider();
-  let snap = await next();
-  while (snap.providers.length < 3) snap = await next();
-  assert.ok(snap.providers.some((p) => p.name === 'provider-2'));
+  // Deltas from now on: a new provider comes whole, the others only with what changed of them.
+  let added: { name?: string; hardware?: unknown } | undefined;
+  while (!added) {
+    const delta = await next();
+    assert.equal(delta.type, 'network.delta');
+    added = delta.providers?.find((p) => !known.has(p.id));
+    for (const p of delta.providers ?? []) if (known.has(p.id)) assert.equal(p.hardware, undefined, 'an unchanged record is not sent again');
+  }
+  assert.equal(added.name, 'provider-2');
+  assert.ok(added.hardware, 'a new provider comes with its whole record');
   ac.abort();
 });
 

@@ -14,7 +14,7 @@ import type { JobSpec } from '@gridwork/protocol';
 import { generateIdentity, type Identity, signRequest } from '@gridwork/protocol/node';
 import type { ProviderAgent } from '@gridwork/provider';
 import { startTestNetwork, type TestNetwork, until } from '@gridwork/testkit';
-import { ingressOf } from '../src/providers/provider-service.ts';
+import { ingressOf } from '../src/providers/ingress-proof.ts';
 
 const fixtures = join(dirname(fileURLToPath(import.meta.url)), 'fixtures');
 const WAIT_MS = 60_000;
@@ -72,7 +72,7 @@ describe('services behind the coordinator ingress', { timeout: 180_000 }, () => 
 
     // Nobody else gets in: unsigned, another tenant, a forged token straight to an agent's ingress.
     const unsigned = await call(net.coordinator.url, null, 'GET', `/services/${job.id}/echo`);
-    assert.equal(unsigned.status, 401);
+    assert.equal(unsigned.status, 404, 'a private service answers strangers as if it did not exist');
     const stranger = await call(net.coordinator.url, generateIdentity(), 'GET', `/services/${job.id}/echo`);
     assert.equal(stranger.status, 404);
     const ingress = await db.selectFrom('providers').select('ingress_url').where('id', '=', two[0]?.provider_id as string).executeTakeFirstOrThrow();
@@ -119,6 +119,10 @@ test('a provider can only advertise an ingress on the address it connected from 
   assert.equal(ingressOf('http://10.0.0.5:9000', '127.0.0.1'), null, 'another host');
   assert.equal(ingressOf('http://169.254.169.254', '203.0.113.7'), null, 'a metadata service');
   assert.equal(ingressOf('http://localhost:9000', '127.0.0.1'), null, 'a name, not the address');
+  assert.equal(ingressOf('http://127.0.0.1:9000\\admin\\drop', '127.0.0.1'), null, 'a path, spelled with backslashes');
+  assert.equal(ingressOf('http://127.0.0.1:9000/admin', '127.0.0.1'), null, 'a path');
+  assert.equal(ingressOf('http://u:p@127.0.0.1:9000', '127.0.0.1'), null, 'credentials');
+  assert.equal(ingressOf('http://127.0.0.1:80', '127.0.0.1'), null, 'not in the parser\'s spelling (default port)');
   assert.equal(ingressOf(undefined, '127.0.0.1'), null);
   assert.equal(ingressOf('http://127.0.0.1:9000', null), null);
 });

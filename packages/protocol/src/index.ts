@@ -67,18 +67,27 @@ export {
 export {
   GpuInfo,
   Hardware,
+  HARDWARE_LIMITS,
 } from './hardware.ts';
 export {
+  INGRESS_PROOF_PATH,
+  ingressProofMessage,
+} from './ingress-proof.ts';
+export {
   type CoordinatorMessage,
+  DEFAULT_LEASE_LOG_BYTES,
+  MAX_STORED_LEASE_LOG_BYTES,
   type CoordinatorSequenced,
   LeaseAssignment,
   LeaseEnd,
   LogChunk,
+  MAX_MESSAGE_BYTES,
   PROTOCOL_VERSION,
   ProviderHello,
   ProviderMessage,
   ProviderSequenced,
   RECONNECT_MAX_BACKOFF_MS,
+  WS_MAX_PAYLOAD_BYTES,
 } from './wire.ts';
 export {
   formatRuntimeList,

@@ -3,7 +3,7 @@
  * its measured benchmark, and what the coordinator answers to "why does this not match?".
  */
 import Type from 'typebox';
-import type { Hardware } from './hardware.ts';
+import { type Hardware, HARDWARE_LIMITS } from './hardware.ts';
 
 const Decimal = Type.String({ maxLength: 32, pattern: '^(0|[1-9][0-9]*)(\\.[0-9]{1,6})?$' });
 
@@ -14,7 +14,7 @@ export const Asks = Type.Object(
     /** Price of one GiB of memory for one hour. */
     memoryGiBHour: Decimal,
     /** Price of one GPU of each model for one hour. */
-    gpuHour: Type.Record(Type.String({ minLength: 1, maxLength: 64 }), Decimal),
+    gpuHour: Type.Record(Type.String({ minLength: 1, maxLength: 64 }), Decimal, { maxProperties: HARDWARE_LIMITS.gpuModels }),
   },
   { additionalProperties: false },
 );
@@ -25,7 +25,7 @@ export const Benchmarks = Type.Object(
     /** Measured integer multiply-add throughput of one core, in millions of ops per second. */
     cpuMopsPerCore: Type.Number({ minimum: 0 }),
     /** Relative GPU throughput per model (1.0 = an RTX 4090). */
-    gpu: Type.Record(Type.String({ maxLength: 64 }), Type.Number({ minimum: 0 })),
+    gpu: Type.Record(Type.String({ maxLength: 64 }), Type.Number({ minimum: 0 }), { maxProperties: HARDWARE_LIMITS.gpuModels }),
   },
   { additionalProperties: false },
 );

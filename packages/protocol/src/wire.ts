@@ -9,7 +9,7 @@
  */
 import Type from 'typebox';
 import { FileRef, InputSet } from './api.ts';
-import { Hardware } from './hardware.ts';
+import { Hardware, HARDWARE_LIMITS } from './hardware.ts';
 import { Asks, Benchmarks } from './market.ts';
 import { Resources } from './job-spec.ts';
 import type { CapacityChallenge } from './challenge.ts';
@@ -19,6 +19,30 @@ export const PROTOCOL_VERSION = 1;
 
 /** Agents retry a lost connection with exponential backoff capped at this; coordinators give them this long after a restart. */
 export const RECONNECT_MAX_BACKOFF_MS = 5000;
+
+/**
+ * The most bytes one message on the provider channel may take (its JSON, UTF-8). The agent never
+ * sends a bigger one (log batches are split well below it); the coordinator answers a bigger one
+ * with a PAYLOAD_TOO_LARGE error and keeps the connection.
+ */
+export const MAX_MESSAGE_BYTES = 1024 * 1024;
+
+/**
+ * The coordinator's WebSocket frame limit (`maxPayload`). Above MAX_MESSAGE_BYTES on purpose: a
+ * message between the two is still read, so it can be refused with a typed error; only a bigger
+ * one makes the socket close (code 1009).
+ */
+export const WS_MAX_PAYLOAD_BYTES = 4 * 1024 * 1024;
+
+/** Task output an agent logs per lease by default; beyond it the log ends with a truncation marker. */
+export const DEFAULT_LEASE_LOG_BYTES = 8 * 1024 * 1024;
+
+/**
+ * The most log bytes a coordinator stores for one lease, whatever its provider sends: the agent's
+ * default cap and room for its marker line. A provider that sends more (a modified agent, or one
+ * configured above the default) is truncated here, with a marker of the coordinator's own.
+ */
+export const MAX_STORED_LEASE_LOG_BYTES = DEFAULT_LEASE_LOG_BYTES + 64 * 1024;
 
 export const LeaseAssignment = Type.Object({
   leaseId: Type.String(),
@@ -97,7 +121,12 @@ export const LeaseEnd = Type.Union([
   Type.Object({ kind: Type.Literal('exited'), exitCode: Type.Integer({ minimum: 0, maximum: 255 }), signal: Type.Optional(Type.String({ maxLength: 16 })) }, { additionalProperties: false }),
   Type.Object({ kind: Type.Literal('timeout'), limitSeconds: Type.Integer({ minimum: 0 }) }, { additionalProperties: false }),
   Type.Object(
-    { kind: Type.Literal('limit'), limit: Type.Union([Type.Literal('memory'), Type.Literal('processes'), Type.Literal('disk')]), message: Message },
+    {
+      kind: Type.Literal('limit'),
+      /** `outputs`: more output files than one report of at most MAX_MESSAGE_BYTES can list. */
+      limit: Type.Union([Type.Literal('memory'), Type.Literal('processes'), Type.Literal('disk'), Type.Literal('outputs')]),
+      message: Message,
+    },
     { additionalProperties: false },
   ),
   Type.Object({ kind: Type.Literal('cancelled') }, { additionalProperties: false }),
@@ -212,7 +241,7 @@ export const ProviderHello = Type.Object(
     runtimes: Type.Optional(Type.Array(RuntimeKindSchema, { minItems: 1, maxItems: RUNTIME_KINDS.length, uniqueItems: true })),
     slots: Type.Integer({ minimum: 1, maximum: 1024 }),
     hardware: Hardware,
-    attributes: Type.Record(Type.String({ maxLength: 64 }), Type.String({ maxLength: 256 })),
+    attributes: Type.Record(Type.String({ maxLength: 64 }), Type.String({ maxLength: 256 }), { maxProperties: HARDWARE_LIMITS.attributes }),
     /** Standing asks, signed: Ed25519 over canonical JSON of { asks, instance }. */
     asks: Asks,
     asksSignature: Type.String({ maxLength: 128 }),
@@ -222,7 +251,7 @@ export const ProviderHello = Type.Object(
     /** Random per agent process: a new instance means the old one's leases are gone. */
     instance: Type.String({ minLength: 8, maxLength: 64 }),
     /** Where the coordinator reaches this agent's service ingress (http://host:port); absent: it runs no services. */
-    ingressUrl: Type.Optional(Type.String({ pattern: '^https?://[^/?#]+$', maxLength: 256 })),
+    ingressUrl: Type.Optional(Type.String({ pattern: '^https?://[A-Za-z0-9.:\\-\\[\\]]+$', maxLength: 256 })),
     /** Highest coordinator seq this agent has applied. */
     lastApplied: Type.Integer({ minimum: 0 }),
     /** Leases the agent is running right now (after a reconnect). */

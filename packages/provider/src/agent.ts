@@ -13,6 +13,7 @@ import {
   type Benchmarks,
   canonicalJson,
   type CoordinatorSequenced,
+  DEFAULT_LEASE_LOG_BYTES,
   GRIDWORK_VERSION,
   GridworkError,
   type Hardware,
@@ -27,7 +28,7 @@ import { benchmark } from './benchmark.ts';
 import { ChallengeResponder, type ChallengeSolver, honestSolver } from './challenge-solver.ts';
 import { type AnnouncedOrder, fixedPricing, type PricingPolicy } from './pricing.ts';
 import pino, { type Logger } from 'pino';
-import { CoordinatorLink } from './coordinator-link.ts';
+import { CoordinatorLink, coordinatorUrlList } from './coordinator-link.ts';
 import { detectHardware } from './hardware.ts';
 import type { CheckpointTamper } from './checkpoints.ts';
 import { ServiceIngress } from './service-ingress.ts';
@@ -36,12 +37,18 @@ import { dockerEndpoint } from './runtime/docker-endpoint.ts';
 import { createProcessRuntime } from './runtime/process-runtime.ts';
 import type { Runtime } from './runtime/runtime.ts';
 import { createSandboxRuntime } from './runtime/sandbox-runtime.ts';
+import { taskSlots } from './runtime/task-slots.ts';
 
 /** The runtimes of the registry that run bundles (the agent runs bundles in exactly one of them). */
 export type BundleRuntimeKind = { [K in RuntimeKind]: (typeof RUNTIMES)[K]['runs'] extends 'bundle' ? K : never }[RuntimeKind];
 
 export interface ProviderAgentOptions {
-  coordinatorUrl: string;
+  /**
+   * The coordinator's URL; or several, replicas of one network in order of preference (a list, or
+   * one string with the URLs separated by commas): the agent connects to one and moves to the next
+   * when its connection is lost or cannot be made, resuming where it was. No default.
+   */
+  coordinatorUrl: string | readonly string[];
   /** Holds the agent's key (`provider-key.json`). */
   dataDir: string;
   /** @default the host name plus a short random suffix */
@@ -60,7 +67,10 @@ export interface ProviderAgentOptions {
   runtimes?: readonly Runtime[];
   /** @default 'auto' */
   gpus?: 'auto' | 'none';
-  /** Tasks run at once. @default number of CPU cores */
+  /**
+   * Tasks run at once. One where a runtime cannot hold each task to its memory limit (task-slots.ts), whatever is
+   * asked here. @default number of CPU cores
+   */
   slots?: number;
   /** Placement attributes, e.g. { region: 'eu' }. @default {} */
   attributes?: Record<string, string>;
@@ -70,6 +80,12 @@ export interface ProviderAgentOptions {
   benchmarks?: Benchmarks;
   /** How long a drain waits for running tasks before handing them back. @default 60_000 */
   drainTimeoutMs?: number;
+  /**
+   * Task output (stdout and stderr, UTF-8 bytes) logged per lease. Beyond it the log ends with a
+   * `[gridwork: log truncated after N bytes]` line and the rest of the output is discarded; the
+   * task runs on and its outputs are unaffected. @default DEFAULT_LEASE_LOG_BYTES (8 MiB)
+   */
+  maxLogBytes?: number;
   /**
    * Parent of per-task directories. Must be reachable by the sandbox's unprivileged user, so it
    * is never inside the data directory (which holds the private key). @default a fresh dir in os.tmpdir()
@@ -104,6 +120,8 @@ export class ProviderAgent {
   /** Running cluster members: where each one's complete exchange rounds go. */
   private readonly exchanges = new Map<string, (round: number, files: { rank: number; digest: string; size: number }[]) => Promise<void>>();
   private readonly link: CoordinatorLink;
+  /** The coordinator URLs given, in order. */
+  private readonly coordinatorUrls: readonly string[];
   private draining = false;
   private readonly instance = randomBytes(12).toString('base64url');
   private idleWaiters: (() => void)[] = [];
@@ -111,7 +129,7 @@ export class ProviderAgent {
   private readonly challenges: ChallengeResponder;
 
   private constructor(
-    private readonly options: ProviderAgentOptions & { name: string; slots: number; workRoot: string },
+    private readonly options: ProviderAgentOptions & { name: string; slots: number; workRoot: string; maxLogBytes: number },
     identity: Identity,
     hardware: Hardware,
     /** Offered runtimes, bundles' first. */
@@ -131,8 +149,9 @@ export class ProviderAgent {
       (obj, msg) => log.warn(obj, msg),
     );
     const asksSignature = signBytes(identity, canonicalJson({ asks: this.asks, instance: this.instance }));
+    this.coordinatorUrls = coordinatorUrlList(options.coordinatorUrl);
     this.link = new CoordinatorLink({
-      url: options.coordinatorUrl,
+      urls: this.coordinatorUrls,
       identity,
       log,
       hello: () => ({
@@ -160,6 +179,7 @@ export class ProviderAgent {
   }
 
   static async create(options: ProviderAgentOptions): Promise<ProviderAgent> {
+    coordinatorUrlList(options.coordinatorUrl); // a malformed URL fails before anything is set up
     const log = options.logger ?? pino({ level: 'info' }, pino.destination(2));
     await mkdir(options.dataDir, { recursive: true, mode: 0o700 });
     const identity = await loadOrCreateIdentity(join(options.dataDir, 'provider-key.json'));
@@ -168,15 +188,18 @@ export class ProviderAgent {
     const workRoot = options.workRoot ?? join(tmpdir(), `gridwork-tasks-${randomBytes(6).toString('hex')}`);
     await mkdir(workRoot, { recursive: true, mode: 0o711 });
     const name = options.name ?? `provider-${randomBytes(3).toString('hex')}`;
-    const slots = options.slots ?? hardware.cpu.cores;
     const child = log.child({ provider: name });
+    const bounded = await Promise.all(runtimes.map((r) => r.taskMemoryBounded?.() ?? true));
+    const { slots, warning } = taskSlots({ requested: options.slots, cores: hardware.cpu.cores, memoryBounded: bounded.every(Boolean) });
+    if (warning) child.warn(warning);
     let ingress: { server: ServiceIngress; url: string } | undefined;
     if (options.ingress !== false) {
-      const server = new ServiceIngress(child);
+      const server = new ServiceIngress(child, (message) => signBytes(identity, message));
       const url = await server.listen(options.ingress?.host ?? '127.0.0.1', options.ingress?.port ?? 0, options.ingress?.url);
       ingress = { server, url };
     }
-    return new ProviderAgent({ ...options, name, slots, workRoot }, identity, hardware, runtimes, child, ingress);
+    const maxLogBytes = options.maxLogBytes ?? DEFAULT_LEASE_LOG_BYTES;
+    return new ProviderAgent({ ...options, name, slots, workRoot, maxLogBytes }, identity, hardware, runtimes, child, ingress);
   }
 
   get id(): string {
@@ -189,10 +212,28 @@ export class ProviderAgent {
 
   /** This provider's account at its coordinator: earnings available, stake, unbonding. */
   async balance(signal?: AbortSignal): Promise<BalanceView> {
-    const res = await signedFetch(this.options.coordinatorUrl, this.#identity, 'GET', '/v1/account', { ...(signal ? { signal } : {}) });
+    const res = await this.coordinatorGet('/v1/account', signal);
     const body = (await res.json()) as unknown;
     if (!res.ok) throw GridworkError.fromBody(body, res.status);
     return body as BalanceView;
+  }
+
+  /**
+   * A signed GET to the coordinator the link is on; where it cannot be reached or fails (5xx), to
+   * the other URLs given, in order (a GET is safe to repeat).
+   */
+  private async coordinatorGet(path: string, signal?: AbortSignal): Promise<Response> {
+    const first = this.link.url;
+    const urls = [first, ...this.coordinatorUrls.filter((u) => u !== first)];
+    for (const [i, url] of urls.entries()) {
+      try {
+        return await signedFetch(url, this.#identity, 'GET', path, { ...(signal ? { signal } : {}) });
+      } catch (err) {
+        const elsewhere = err instanceof GridworkError && (err.code === 'NETWORK_ERROR' || err.httpStatus >= 500);
+        if (!elsewhere || signal?.aborted || i === urls.length - 1) throw err;
+      }
+    }
+    throw new GridworkError('INTERNAL', 'no coordinator URL');
   }
 
   /** The runtimes this agent offers (what its hello declares). */
@@ -217,7 +258,7 @@ export class ProviderAgent {
 
   start(): void {
     this.log.info(
-      { coordinator: this.options.coordinatorUrl, runtimes: this.runtimes, slots: this.options.slots, gpus: this.hardware.gpus.length },
+      { coordinators: this.coordinatorUrls, runtimes: this.runtimes, slots: this.options.slots, gpus: this.hardware.gpus.length },
       'provider starting',
     );
     this.link.start();
@@ -259,16 +300,21 @@ export class ProviderAgent {
     }
     const ac = new AbortController();
     this.running.set(lease.leaseId, ac);
+    const link = this.link;
     this.log.info({ leaseId: lease.leaseId, job: lease.jobId, task: lease.taskIndex }, 'lease started');
     void runLease(
       {
-        coordinatorUrl: this.options.coordinatorUrl,
+        // Read at each transfer: blobs go to the coordinator the link is on now, also after a failover.
+        get coordinatorUrl() {
+          return link.url;
+        },
         meteringIntervalMs: () => this.link.meteringIntervalMs,
         identity: this.#identity,
         runtime: this.runtimeFor(lease.runtime.kind),
         gpus: this.hardware.gpus,
         workRoot: this.options.workRoot,
         send: (r) => this.link.send(r),
+        maxLogBytes: this.options.maxLogBytes,
         log: this.log,
         ...(this.options.resultTamper ? { resultTamper: this.options.resultTamper } : {}),
         ...(this.options.checkpointTamper ? { checkpointTamper: this.options.checkpointTamper } : {}),

@@ -9,6 +9,7 @@ import { createReadStream, } from 'node:fs';
 import { chmod, mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join, relative, resolve, sep } from 'node:path';
 import { Readable } from 'node:stream';
+import { StringDecoder } from 'node:string_decoder';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   BundleManifest,
@@ -20,6 +21,7 @@ import {
   type LeaseEnd,
   type LogChunk,
   leaseCommitmentMessage,
+  MAX_MESSAGE_BYTES,
   outputsRoot,
 } from '@gridwork/protocol';
 import { type Identity, sha256Bytes, signBytes, signedFetch, writeVerified } from '@gridwork/protocol/node';
@@ -35,6 +37,9 @@ const manifestCheck = Compile(BundleManifest);
 const GiB = 1024 ** 3;
 const LOG_FLUSH_MS = 200;
 const LOG_CHUNK_CHARS = 16 * 1024;
+/** Serialized chunks in one lease.log: well under MAX_MESSAGE_BYTES, so a batch is never refused, and each a short transaction. */
+const LOG_BATCH_BYTES = MAX_MESSAGE_BYTES / 4;
+const LOG_BATCH_CHUNKS = 500;
 /** How long a file transfer keeps retrying a coordinator it cannot reach (a restart takes seconds). */
 const UNREACHABLE_RETRY_MS = 120_000;
 
@@ -49,7 +54,10 @@ export interface LeaseRunnerDeps {
   gpus?: readonly GpuInfo[];
   /** Parent of per-lease work directories. */
   workRoot: string;
-  send: (report: Report) => void;
+  /** Queues a report; false when it is too large to send (coordinator-link.ts). */
+  send: (report: Report) => boolean;
+  /** Task output (stdout and stderr, UTF-8 bytes) logged per lease; the rest is discarded after a marker line. */
+  maxLogBytes: number;
   log: Logger;
   resultTamper?: ResultTamper;
   checkpointTamper?: CheckpointTamper;
@@ -69,7 +77,7 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
   const { send, log } = deps;
   const dir = join(deps.workRoot, lease.leaseId);
   const dirs = { bundle: join(dir, 'bundle'), inputs: join(dir, 'inputs'), outputs: join(dir, 'outputs'), checkpoints: join(dir, 'checkpoints') };
-  const logs = new LogBatcher((chunks) => send({ type: 'lease.log', leaseId: lease.leaseId, chunks }));
+  const logs = new LogBatcher(deps.maxLogBytes, (chunks) => send({ type: 'lease.log', leaseId: lease.leaseId, chunks }));
   const started = Date.now();
   send({ type: 'lease.started', leaseId: lease.leaseId });
   // Signed usage records (cumulative run time) every metering interval: what the requester is charged.
@@ -193,7 +201,12 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
     }
     logs.push('system', `exit code ${exitCode}${result.signal ? ` (signal ${result.signal})` : ''}; ${outputs.length} output file(s)\n`);
     logs.flush();
-    send(finished(deps, lease, { kind: 'exited', exitCode: Math.min(255, Math.max(0, exitCode)), ...(result.signal ? { signal: result.signal } : {}) }, durationMs, outputs));
+    if (send(finished(deps, lease, { kind: 'exited', exitCode: Math.min(255, Math.max(0, exitCode)), ...(result.signal ? { signal: result.signal } : {}) }, durationMs, outputs))) return;
+    // Too many outputs to list in one message: the task's own doing, so it fails as a limit (not retried elsewhere).
+    const message = `the task wrote ${outputs.length} output files: more than one report of ${MAX_MESSAGE_BYTES} bytes can list`;
+    logs.push('system', `outputs limit reached, task failed: ${message}\n`);
+    logs.flush();
+    send(finished(deps, lease, { kind: 'limit', limit: 'outputs', message }, durationMs, []));
   } catch (err) {
     const message = err instanceof SetupError || err instanceof GridworkError ? err.message : `agent error: ${(err as Error).message}`;
     log.warn({ leaseId: lease.leaseId, err: message }, 'lease failed on this provider');
@@ -366,16 +379,48 @@ async function whileUnreachable<T>(signal: AbortSignal, attempt: () => Promise<T
   }
 }
 
-/** Collects output into chunks and sends them every LOG_FLUSH_MS, bounded in size. */
+/**
+ * Collects output into chunks and sends them every LOG_FLUSH_MS, in batches of at most
+ * LOG_BATCH_BYTES serialized. The task's output is kept up to `maxBytes`; then one marker line,
+ * and the rest is discarded (the task runs on: a chatty task must not cost the channel).
+ */
 class LogBatcher {
   private chunks: LogChunk[] = [];
+  private bytes = 0;
+  private logged = 0;
+  private truncated = false;
   private timer: NodeJS.Timeout | undefined;
-  constructor(private readonly sendChunks: (chunks: LogChunk[]) => void) {}
+  constructor(
+    private readonly maxBytes: number,
+    private readonly sendChunks: (chunks: LogChunk[]) => void,
+  ) {}
 
   push(stream: LogChunk['stream'], data: string): void {
-    for (let i = 0; i < data.length; i += LOG_CHUNK_CHARS) this.chunks.push({ stream, data: data.slice(i, i + LOG_CHUNK_CHARS), ts: Date.now() });
-    if (this.chunks.length >= 500) this.flush();
-    else this.timer ??= setTimeout(() => this.flush(), LOG_FLUSH_MS);
+    if (stream !== 'system') {
+      if (this.truncated) return;
+      const bytes = Buffer.byteLength(data);
+      if (this.logged + bytes > this.maxBytes) {
+        // Whole characters only: the decoder holds back a character cut at the limit.
+        this.add(stream, new StringDecoder('utf8').write(Buffer.from(data).subarray(0, this.maxBytes - this.logged)));
+        this.truncated = true;
+        this.add('system', `[gridwork: log truncated after ${this.maxBytes} bytes]\n`);
+        return;
+      }
+      this.logged += bytes;
+    }
+    this.add(stream, data);
+  }
+
+  private add(stream: LogChunk['stream'], data: string): void {
+    for (let i = 0; i < data.length; i += LOG_CHUNK_CHARS) {
+      const chunk = { stream, data: data.slice(i, i + LOG_CHUNK_CHARS), ts: Date.now() };
+      // Measured as sent: escaping can make a chunk's JSON several times its characters.
+      const bytes = Buffer.byteLength(JSON.stringify(chunk)) + 1;
+      if (this.bytes + bytes > LOG_BATCH_BYTES || this.chunks.length >= LOG_BATCH_CHUNKS) this.flush();
+      this.chunks.push(chunk);
+      this.bytes += bytes;
+    }
+    if (this.chunks.length > 0) this.timer ??= setTimeout(() => this.flush(), LOG_FLUSH_MS);
   }
 
   flush(): void {
@@ -384,6 +429,7 @@ class LogBatcher {
     if (this.chunks.length === 0) return;
     const chunks = this.chunks;
     this.chunks = [];
+    this.bytes = 0;
     this.sendChunks(chunks);
   }
 

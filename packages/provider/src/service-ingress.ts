@@ -3,11 +3,14 @@
  * service replicas this agent runs. A request for `/<leaseId>/<path>` carrying that lease's
  * secret (`x-gridwork-service-token`, from its assignment) is forwarded to the replica's exposed
  * port, its response streamed back; anything else is refused. Replicas' ports are bound to the
- * host's loopback, so this is the only way in.
+ * host's loopback, so this is the only way in. It also answers the coordinator's ingress proof
+ * (protocol/ingress-proof.ts): a challenge signed with the provider's key, so the coordinator
+ * knows the address it proxies to is this agent and not whatever else listens on that host.
  */
 import { timingSafeEqual } from 'node:crypto';
 import { createServer, request, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { INGRESS_PROOF_PATH, ingressProofMessage } from '@gridwork/protocol';
 import type { Logger } from 'pino';
 
 export const SERVICE_TOKEN_HEADER = 'x-gridwork-service-token';
@@ -30,8 +33,13 @@ function forwardable(headers: IncomingHttpHeaders): IncomingHttpHeaders {
 export class ServiceIngress {
   private readonly routes = new Map<string, Route>();
   private server: Server | undefined;
+  private url = '';
 
-  constructor(private readonly log: Logger) {}
+  /** `sign` signs a message with the provider's key (the ingress proof). */
+  constructor(
+    private readonly log: Logger,
+    private readonly sign: (message: string) => string,
+  ) {}
 
   /** Starts listening; returns the URL the coordinator reaches it at. */
   async listen(host: string, port: number, advertise?: string): Promise<string> {
@@ -42,7 +50,9 @@ export class ServiceIngress {
       server.listen(port, host, () => resolve());
     });
     const addr = server.address() as AddressInfo;
-    return advertise ?? `http://${host.includes(':') ? `[${host}]` : host}:${addr.port}`;
+    // An origin in the URL parser's spelling: the coordinator uses nothing else (ingress-proof.ts there).
+    this.url = new URL(advertise ?? `http://${host.includes(':') ? `[${host}]` : host}:${addr.port}`).origin;
+    return this.url;
   }
 
   /** Routes a lease's requests to its replica (once it is healthy). */
@@ -62,6 +72,13 @@ export class ServiceIngress {
   }
 
   private handle(req: import('node:http').IncomingMessage, res: import('node:http').ServerResponse): void {
+    const proof = /^([^?]*)\?challenge=([A-Za-z0-9_-]{16,64})$/.exec(req.url ?? '');
+    if (proof?.[1] === INGRESS_PROOF_PATH && req.method === 'GET') {
+      const signature = this.sign(ingressProofMessage(this.url, proof[2] as string));
+      res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify({ signature }));
+      req.resume();
+      return;
+    }
     const match = /^\/([a-z0-9_]{1,64})(\/.*)?$/.exec(req.url ?? '');
     const route = match ? this.routes.get(match[1] as string) : undefined;
     const given = Buffer.from(String(req.headers[SERVICE_TOKEN_HEADER] ?? ''));

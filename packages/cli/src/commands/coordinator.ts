@@ -25,6 +25,15 @@ export function registerCoordinatorCommands(program: Command): void {
     .option('--heartbeat-ms <ms>', 'provider heartbeat interval; a provider is lost after 3 missed', intOption, 5000)
     .option('--audit-window <duration>', "how long a finished task's earnings stay pending, open to audits and disputes; e.g. 90s, 10m", '10m')
     .option('--no-verification', 'do not verify results (no audits, canaries or disputes; earnings paid at once): development and tests only')
+    .option(
+      '--trust-proxy <proxies>',
+      "behind your own reverse proxy: believe its X-Forwarded-For ('true' for any, or its addresses/CIDRs, comma-separated); never without one",
+    )
+    .option(
+      '--retention <duration>',
+      "how long events and task logs are kept once every subscriber has passed them (a job's: after it ended); e.g. 7d, 12h, or 'forever'",
+      '7d',
+    )
     .option('--log-level <level>', 'trace|debug|info|warn|error', 'info')
     .action(
       async (opts: {
@@ -41,8 +50,11 @@ export function registerCoordinatorCommands(program: Command): void {
         unbondingHours: number;
         auditWindow: string;
         verification: boolean;
+        trustProxy?: string;
+        retention: string;
       }) => {
         const windowMs = parseDuration(opts.auditWindow, '--audit-window');
+        const retentionMs = opts.retention === 'forever' ? Number.POSITIVE_INFINITY : parseDuration(opts.retention, '--retention');
         if (opts.feeBps + opts.reserveBps > 10_000) throw new CliExit(EXIT_USAGE, '--fee-bps plus --reserve-bps must not exceed 10000');
         if (opts.meteringMs < 100) throw new CliExit(EXIT_USAGE, '--metering-ms must be at least 100');
         limitWasmCompilation();
@@ -66,6 +78,8 @@ export function registerCoordinatorCommands(program: Command): void {
           economics: { meteringIntervalMs: opts.meteringMs, feeBps: opts.feeBps, reserveBps: opts.reserveBps },
           unbondingDelayMs: opts.unbondingHours * 3600_000,
           verification: { enabled: opts.verification, windowMs },
+          retention: { eventsMs: retentionMs, taskLogsMs: retentionMs },
+          ...(opts.trustProxy ? { trustProxy: opts.trustProxy === 'true' ? true : opts.trustProxy.split(',').map((s) => s.trim()) } : {}),
           ...(schema ? { databaseSchema: schema } : {}),
         });
         info(`operator key: ${operatorKeyFile} (account ${operator.publicKey})`);

@@ -5,7 +5,7 @@ import type { BalanceView } from '@gridwork/protocol';
 import type { GridworkClient, Identity, ProviderStatus } from '@gridwork/sdk';
 import type { FixedRates } from '@gridwork/provider';
 import { type Command, Option } from 'commander';
-import { coordinatorUrl, gridworkHome } from '../context.ts';
+import { COORDINATOR_HELP, coordinatorUrls, gridworkHome } from '../context.ts';
 import { CliExit, color, EXIT_USAGE, formatDuration, info, isTty, out, outColor, printJson, relativeTime, table } from '../output.ts';
 import { printBalance } from './account.ts';
 import { intOption, waitForSignal } from './shared.ts';
@@ -111,7 +111,7 @@ export function registerProviderCommands(program: Command): void {
   provider
     .command('start')
     .description('connect to a coordinator and run leased tasks until SIGTERM (which drains gracefully)')
-    .option('--coordinator <url>', 'coordinator URL (env GRIDWORK_COORDINATOR)')
+    .option('--coordinator <urls>', COORDINATOR_HELP)
     .option('--data <dir>', 'agent data directory (holds its key)', join(gridworkHome(), 'provider'))
     .option('--name <name>', 'name shown to requesters')
     .addOption(
@@ -126,6 +126,7 @@ export function registerProviderCommands(program: Command): void {
     .option('--pricing-config <file>', 'JSON file with cpuCoreHour, memoryGiBHour, gpuHour {model: price}, gpuDefault (instead of the --price flags)')
     .option('--pricing-script <file>', 'executable that bids in auctions: reads the order as JSON on stdin, prints a price or "no bid"')
     .option('--drain-timeout-ms <ms>', 'how long SIGTERM waits for running tasks before handing them back', intOption, 60_000)
+    .option('--max-log-mib <n>', "task output logged per lease (MiB); beyond it the log ends with a truncation line (default 8)", intOption)
     .option('--log-level <level>', 'trace|debug|info|warn|error', 'info')
     .action(
       async (opts: {
@@ -138,6 +139,7 @@ export function registerProviderCommands(program: Command): void {
         slots?: number;
         region?: string;
         drainTimeoutMs: number;
+        maxLogMib?: number;
         logLevel: string;
         priceCpu: string;
         priceMemory: string;
@@ -147,7 +149,7 @@ export function registerProviderCommands(program: Command): void {
       }) => {
         const { fixedPricing, loadRates, ProviderAgent, scriptPricing } = await import('@gridwork/provider');
         const { default: pino } = await import('pino');
-        const url = await coordinatorUrl(opts);
+        const urls = await coordinatorUrls(opts);
         let rates: FixedRates = { cpuCoreHour: opts.priceCpu, memoryGiBHour: opts.priceMemory, gpuHour: {} };
         for (const pair of opts.priceGpu ?? []) {
           const [model, price] = pair.split('=');
@@ -157,8 +159,9 @@ export function registerProviderCommands(program: Command): void {
         if (opts.pricingConfig) rates = await loadRates(opts.pricingConfig);
         const pricing = opts.pricingScript ? scriptPricing({ script: resolve(opts.pricingScript), rates }) : fixedPricing(rates);
         if (opts.slots === 0) throw new CliExit(EXIT_USAGE, '--slots must be at least 1');
+        if (opts.maxLogMib === 0) throw new CliExit(EXIT_USAGE, '--max-log-mib must be at least 1');
         const agent = await ProviderAgent.create({
-          coordinatorUrl: url,
+          coordinatorUrl: urls,
           dataDir: opts.data,
           runtime: opts.runtime,
           gpus: opts.gpus,
@@ -167,9 +170,10 @@ export function registerProviderCommands(program: Command): void {
           logger: pino({ level: opts.logLevel }, isTty ? (await import('../log-format.ts')).prettyStderr : pino.destination(2)),
           ...(opts.name ? { name: opts.name } : {}),
           ...(opts.slots ? { slots: opts.slots } : {}),
+          ...(opts.maxLogMib ? { maxLogBytes: opts.maxLogMib * 1024 * 1024 } : {}),
           ...(opts.region ? { attributes: { region: opts.region } } : {}),
         });
-        await probeCoordinator(url);
+        await Promise.all(urls.map(probeCoordinator));
         agent.start();
         info(
           `provider ${agent.name} (${agent.id}) started: ${agent.hardware.cpu.cores} cores, ${agent.hardware.memoryGiB} GiB, ${agent.hardware.gpus.length} GPU(s), runtime ${opts.runtime}`,
@@ -187,13 +191,13 @@ export function registerProviderCommands(program: Command): void {
   const providerClient = async (opts: { coordinator?: string; profile?: string; data?: string }): Promise<GridworkClient> => {
     const identity = await existingProviderIdentity(opts.data ?? defaultData(), opts.data !== undefined);
     const { GridworkClient } = await import('@gridwork/sdk');
-    return new GridworkClient({ url: await coordinatorUrl(opts), identity });
+    return new GridworkClient({ url: await coordinatorUrls(opts), identity });
   };
   const stakeCommand = (name: string, description: string, call: (c: GridworkClient, amount: string, key?: string) => Promise<BalanceView>) =>
     provider
       .command(`${name} <amount>`)
       .description(description)
-      .option('--coordinator <url>', 'coordinator URL (env GRIDWORK_COORDINATOR)')
+      .option('--coordinator <urls>', COORDINATOR_HELP)
       .option('--data <dir>', 'agent data directory (holds its key; default $GRIDWORK_HOME/provider)')
       .option('--idempotency-key <key>', 'retry-safe key: the same key moves money once (default: random)')
       .option('--json', 'print JSON on stdout')
@@ -207,7 +211,7 @@ export function registerProviderCommands(program: Command): void {
   provider
     .command('balance')
     .description("this provider's earnings and stake")
-    .option('--coordinator <url>', 'coordinator URL (env GRIDWORK_COORDINATOR)')
+    .option('--coordinator <urls>', COORDINATOR_HELP)
     .option('--data <dir>', 'agent data directory (holds its key; default $GRIDWORK_HOME/provider)')
     .option('--json', 'print JSON on stdout')
     .action(async (opts: { coordinator?: string; profile?: string; data?: string; json?: boolean }) => {
@@ -218,7 +222,7 @@ export function registerProviderCommands(program: Command): void {
   provider
     .command('status')
     .description('this provider as the coordinator sees it: stake, unbonding, slashed, reputation, eligibility, audit rate, audits, challenges, recent checks')
-    .option('--coordinator <url>', 'coordinator URL (env GRIDWORK_COORDINATOR)')
+    .option('--coordinator <urls>', COORDINATOR_HELP)
     .option('--data <dir>', 'agent data directory (holds its key; default $GRIDWORK_HOME/provider)')
     .option('--json', 'print JSON on stdout')
     .action(async (opts: { coordinator?: string; profile?: string; data?: string; json?: boolean }) => {

@@ -1,6 +1,7 @@
 /**
  * Live data from the coordinator's NDJSON streams: follows a stream, reconnects with backoff
- * when it drops (not when it ends by itself, unless asked), and stops on unmount.
+ * when it drops (not when it ends by itself, unless asked), and stops on unmount. A stream of
+ * deltas passes `reduce` to fold each item into the value.
  */
 import { useEffect, useState } from 'preact/hooks';
 import type { Api } from './api.ts';
@@ -11,7 +12,11 @@ export interface LiveState<T> {
   connected: boolean;
 }
 
-export function useLive<T>(api: Api, path: string | undefined, options: { reconnectOnEnd?: boolean; onItem?: (item: T) => void } = {}): LiveState<T> {
+export function useLive<T, Item = T>(
+  api: Api,
+  path: string | undefined,
+  options: { reconnectOnEnd?: boolean; onItem?: (item: Item) => void; reduce?: (value: T | undefined, item: Item) => T | undefined } = {},
+): LiveState<T> {
   const [state, setState] = useState<LiveState<T>>({ value: undefined, error: undefined, connected: false });
   useEffect(() => {
     if (!path) return;
@@ -20,10 +25,11 @@ export function useLive<T>(api: Api, path: string | undefined, options: { reconn
       let delay = 500;
       while (!ac.signal.aborted) {
         try {
-          for await (const item of api.ndjson<T>(path, ac.signal)) {
+          for await (const item of api.ndjson<Item>(path, ac.signal)) {
             delay = 500;
             options.onItem?.(item);
-            setState({ value: item, error: undefined, connected: true });
+            const { reduce } = options;
+            setState((s) => ({ value: reduce ? reduce(s.value, item) : (item as unknown as T), error: undefined, connected: true }));
           }
           setState((s) => ({ ...s, connected: false }));
           if (!options.reconnectOnEnd) return;

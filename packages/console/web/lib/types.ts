@@ -36,6 +36,21 @@ export interface NetworkSnapshot {
   leases: { placed: number; ended: Record<string, number> };
 }
 
+/** What changed since the previous frame of the same stream; absent fields did not change. */
+export interface NetworkDelta {
+  type: 'network.delta';
+  at: string;
+  /** Whole rows for providers new to the stream, else the id and the changed fields. */
+  providers?: (Partial<ProviderRow> & { id: string })[];
+  removed?: string[];
+  market?: NetworkSnapshot['market'];
+  /** New points only. */
+  history?: PricePoint[];
+  leases?: NetworkSnapshot['leases'];
+}
+
+export type NetworkFrame = NetworkSnapshot | NetworkDelta;
+
 export interface Balance {
   account: string;
   available: string;

@@ -2,11 +2,17 @@
  * The Fastify instance and what every route shares: strict body validation (no coercion, no
  * silent removal of fields), raw-body capture for signatures, signed-request authentication,
  * and one error shape `{ error: { code, message, details } }` with stable codes.
+ *
+ * Authentication comes before any work a stranger could make expensive: the signature headers
+ * are checked before the body is read (an unsigned or stale request is refused unread), and the
+ * signature — which covers the raw body's digest — before the body is parsed. Bodies are small
+ * unless a route says otherwise (`largeBody`), and JSON nested deeper than any real request is
+ * refused before JSON.parse sees it.
  */
 import swagger from '@fastify/swagger';
 import websocket from '@fastify/websocket';
-import { GridworkError, httpStatusOf } from '@gridwork/protocol';
-import type { SignedBody } from '@gridwork/protocol/node';
+import { GridworkError, httpStatusOf, WS_MAX_PAYLOAD_BYTES } from '@gridwork/protocol';
+import { readAuthHeaders, type SignedBody } from '@gridwork/protocol/node';
 import { Ajv } from 'ajv';
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyRequest, LogController } from 'fastify';
 import type { Logger } from 'pino';
@@ -20,6 +26,10 @@ declare module 'fastify' {
   interface FastifyContextConfig {
     /** Route needs no signature (health, OpenAPI). */
     public?: boolean;
+    /** Route takes bodies up to `maxJsonBytes` (job specs, digest lists); others take SMALL_BODY_BYTES. */
+    largeBody?: boolean;
+    /** Route keeps the raw JSON body only (it forwards it): it is never parsed here. */
+    rawJson?: boolean;
     /** Route whose body is a streamed blob: the signature covers this path parameter as the body digest. */
     signedDigestParam?: string;
   }
@@ -28,9 +38,33 @@ declare module 'fastify' {
 export interface HttpAppOptions {
   log: Logger;
   auth: Authenticator;
-  /** Largest JSON body accepted. @default 1 MiB */
+  /** Largest JSON body accepted, on routes that take large bodies. @default 1 MiB */
   maxJsonBytes: number;
+  /** Fastify's trustProxy: whose X-Forwarded-For to believe. */
+  trustProxy: boolean | string | string[];
   version: string;
+}
+
+/** Body limit of routes that take small requests (amounts, ids): most of them. */
+export const SMALL_BODY_BYTES = 16 * 1024;
+/** No request of this API nests deeper; a stranger's deeper JSON is refused unparsed. */
+export const MAX_JSON_DEPTH = 32;
+
+/** Whether JSON text nests arrays/objects deeper than `max` (brackets inside strings do not count). */
+export function nestsDeeperThan(body: Buffer, max: number): boolean {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < body.length; i++) {
+    const c = body[i];
+    if (inString) {
+      if (c === 0x5c) i++;
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) inString = true;
+    else if (c === 0x5b || c === 0x7b) {
+      if (++depth > max) return true;
+    } else if (c === 0x5d || c === 0x7d) depth--;
+  }
+  return false;
 }
 
 const strictAjv = new Ajv({ coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false, strict: false });
@@ -80,7 +114,8 @@ export async function createHttpApp(options: HttpAppOptions): Promise<FastifyIns
     loggerInstance: options.log as FastifyBaseLogger,
     // One line per request, at debug level (Fastify's own two lines at info drowned the log).
     logController: new LogController({ disableRequestLogging: true }),
-    bodyLimit: options.maxJsonBytes,
+    bodyLimit: SMALL_BODY_BYTES,
+    trustProxy: options.trustProxy,
     return503OnClosing: true,
     forceCloseConnections: true,
   });
@@ -91,14 +126,30 @@ export async function createHttpApp(options: HttpAppOptions): Promise<FastifyIns
   app.decorateRequest('rawBody', undefined);
   app.setValidatorCompiler(({ schema, httpPart }) => (httpPart === 'body' ? strictAjv : paramsAjv).compile(schema));
 
+  app.addHook('onRoute', (route) => {
+    if (route.config?.largeBody) route.bodyLimit = options.maxJsonBytes;
+  });
+  const signed = (req: FastifyRequest) => req.routeOptions.url !== undefined && !req.routeOptions.config.public;
+
+  // Before the body is read: a request that is not even signed, or is stale, costs nothing more.
+  // (Bodiless requests, WebSocket upgrades among them, are authenticated in preValidation: a refusal
+  // this early left @fastify/websocket's upgrade socket open, and there is no body to save.)
+  app.addHook('onRequest', async (req) => {
+    if (signed(req) && req.method !== 'GET' && req.method !== 'HEAD') readAuthHeaders(req.headers);
+  });
+
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (req: FastifyRequest, body: Buffer, done) => {
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, async (req: FastifyRequest, body: Buffer) => {
     req.rawBody = body;
-    if (body.length === 0) return done(null, undefined);
+    const config = req.routeOptions.config;
+    // The signature covers these bytes: check it (and the nonce) before parsing them.
+    if (signed(req) && !config.signedDigestParam) req.accountId = await options.auth.authenticate({ method: req.method, url: req.url, headers: req.headers, body });
+    if (body.length === 0 || config.rawJson) return undefined;
+    if (nestsDeeperThan(body, MAX_JSON_DEPTH)) throw new GridworkError('BAD_REQUEST', `JSON nests deeper than ${MAX_JSON_DEPTH} levels`);
     try {
-      done(null, JSON.parse(body.toString('utf8')));
+      return JSON.parse(body.toString('utf8'));
     } catch (err) {
-      done(new GridworkError('BAD_REQUEST', `malformed JSON: ${(err as Error).message}`), undefined);
+      throw new GridworkError('BAD_REQUEST', `malformed JSON: ${(err as Error).message}`);
     }
   });
   // Blobs stream straight to the blob store, which hashes and bounds them on the way.
@@ -118,11 +169,14 @@ export async function createHttpApp(options: HttpAppOptions): Promise<FastifyIns
       security: [{ gridworkSignature: [] }],
     },
   });
-  await app.register(websocket, { options: { maxPayload: 4 * 1024 * 1024 } });
+  // Above the protocol's message limit: a message between the two is read and refused with a typed
+  // error (provider-channels.ts) instead of closing the socket.
+  await app.register(websocket, { options: { maxPayload: WS_MAX_PAYLOAD_BYTES } });
 
   app.addHook('preValidation', async (req) => {
     const config = req.routeOptions.config;
-    if (config.public) return;
+    // Signed routes with a JSON body were authenticated by the parser.
+    if (config.public || req.accountId) return;
     let body: SignedBody = req.rawBody;
     if (config.signedDigestParam) body = { digest: String((req.params as Record<string, string>)[config.signedDigestParam]) };
     req.accountId = await options.auth.authenticate({ method: req.method, url: req.url, headers: req.headers, body });

@@ -23,7 +23,7 @@ const JobParams = Type.Object({ id: Type.String({ pattern: '^job_[a-z2-7]{16}$' 
 export function registerJobRoutes(app: FastifyInstance, deps: JobRoutesDeps): void {
   const { jobs, streams } = deps;
 
-  app.post<{ Body: SubmitJobRequest }>('/v1/jobs', { schema: { tags: ['jobs'], summary: 'Submit a job', body: SubmitJobRequest } }, async (req, reply) => {
+  app.post<{ Body: SubmitJobRequest }>('/v1/jobs', { config: { largeBody: true }, schema: { tags: ['jobs'], summary: 'Submit a job', body: SubmitJobRequest } }, async (req, reply) => {
     reply.status(201);
     return jobs.submit(req.accountId, req.body);
   });

@@ -12,6 +12,7 @@ export function registerMarketRoutes(app: FastifyInstance, deps: { market: Marke
   app.post<{ Body: { spec: JobSpec } }>(
     '/v1/market/explain',
     {
+      config: { largeBody: true },
       schema: {
         tags: ['market'],
         summary: 'Which providers could take this spec now, and why the others cannot',

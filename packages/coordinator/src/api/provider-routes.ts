@@ -4,6 +4,7 @@ import type { ProviderChannels } from '../providers/provider-channels.ts';
 
 export function registerProviderRoutes(app: FastifyInstance, deps: { channels: ProviderChannels }): void {
   app.get('/v1/providers/connect', { websocket: true, schema: { hide: true } }, (socket, req) => {
-    deps.channels.accept(req.accountId, socket, req.socket.remoteAddress ?? null);
+    // req.ip: the socket's peer, or the client a trusted proxy names (`trustProxy`, off by default).
+    deps.channels.accept(req.accountId, socket, req.ip ?? null);
   });
 }

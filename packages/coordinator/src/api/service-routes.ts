@@ -3,9 +3,13 @@
  * through its agent's ingress (jobs/service-routing.ts picks it). Requests to a private service
  * are signed like every /v1 request and must come from the job's owner. Bodies are JSON (or
  * none); responses stream back as the replica sends them. No business logic here.
+ *
+ * The path after the job id goes to the replica as it came, and only below its lease's prefix
+ * on the agent's ingress: a `.` or `..` segment, raw or percent-encoded, and an encoded slash or
+ * backslash are refused before anything is forwarded, so no request can climb out of it.
  */
 import { Readable } from 'node:stream';
-import { GridworkError } from '@gridwork/protocol';
+import { AuthHeader, GridworkError } from '@gridwork/protocol';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { Authenticator } from '../auth/authenticator.ts';
 import type { ServiceRouting } from '../jobs/service-routing.ts';
@@ -21,14 +25,35 @@ const PASS = ['content-type', 'accept', 'accept-encoding', 'user-agent'];
 /** Response headers passed back. */
 const BACK = ['content-type', 'content-encoding', 'cache-control', 'etag', 'last-modified'];
 
+/**
+ * The request's path below `/services/<job id>`, still percent-encoded, if it is safe to append to a
+ * replica's base: every segment decodes, and none is `.`/`..` or hides a separator.
+ */
+export function forwardablePath(url: string, jobId: string): string {
+  const path = url.split('?')[0] as string;
+  const rest = path.slice(`/services/${jobId}`.length).replace(/^\//, '');
+  for (const segment of rest.split('/')) {
+    let decoded: string;
+    try {
+      decoded = decodeURIComponent(segment);
+    } catch {
+      throw new GridworkError('BAD_REQUEST', 'the service path is not valid percent-encoding');
+    }
+    if (decoded === '.' || decoded === '..' || /[/\\\0]/.test(decoded)) {
+      throw new GridworkError('BAD_REQUEST', 'the service path may not contain dot segments or encoded separators');
+    }
+  }
+  return rest;
+}
+
 export function registerServiceRoutes(app: FastifyInstance, deps: ServiceRoutesDeps): void {
   const handler = async (req: FastifyRequest<{ Params: { id: string; '*'?: string } }>, reply: FastifyReply) => {
     const jobId = req.params.id;
     if (!/^job_[a-z2-7]{16}$/.test(jobId)) throw new GridworkError('JOB_NOT_FOUND', `service job ${jobId} does not exist`);
-    const caller = (await deps.routing.isPublic(jobId))
-      ? null
-      : await deps.auth.authenticate({ method: req.method, url: req.url, headers: req.headers, body: req.rawBody });
-    const rest = req.params['*'] ?? '';
+    const rest = forwardablePath(req.url, jobId);
+    // A signed request is authenticated whatever the job, an unsigned one is anonymous: the answer
+    // for someone else's private service is then the same as for a job that does not exist.
+    const caller = req.headers[AuthHeader.signature] === undefined ? null : await deps.auth.authenticate({ method: req.method, url: req.url, headers: req.headers, body: req.rawBody });
     const query = req.url.includes('?') ? req.url.slice(req.url.indexOf('?')) : '';
     const headers: Record<string, string> = {};
     for (const h of PASS) {
@@ -71,7 +96,8 @@ export function registerServiceRoutes(app: FastifyInstance, deps: ServiceRoutesD
     reply.header('x-gridwork-replica', servedBy);
     return reply.send(answer.body ? Readable.fromWeb(answer.body as import('node:stream/web').ReadableStream) : '');
   };
-  const config = { public: true };
+  // The body is forwarded as it came (never parsed here), up to the large-body limit.
+  const config = { public: true, rawJson: true, largeBody: true };
   const schema = { hide: true };
   app.all('/services/:id', { config, schema }, handler);
   app.all('/services/:id/*', { config, schema }, handler);

@@ -171,11 +171,13 @@ export class JobService {
     }
   }
 
-  /** Loads a job and checks that `owner` may see it. */
+  /**
+   * Loads a job and checks that `owner` may see it. Another account's job does not exist, as far
+   * as the caller can tell: one answer for both, or job ids could be probed.
+   */
   private async ownedJob(owner: string, jobId: string) {
     const job = await this.deps.db.selectFrom('jobs').selectAll().where('id', '=', jobId).executeTakeFirst();
-    if (!job) throw new GridworkError('JOB_NOT_FOUND', `job ${jobId} does not exist`);
-    if (job.owner !== owner) throw new GridworkError('FORBIDDEN', `job ${jobId} belongs to another account`);
+    if (!job || job.owner !== owner) throw jobNotFound(jobId);
     return job;
   }
 
@@ -445,7 +447,7 @@ export class JobService {
   /** The owner of a job, or a provider holding an active lease on it, may read its blobs. */
   async assertBlobAccess(accountId: string, jobId: string, digest: string): Promise<void> {
     const job = await this.deps.db.selectFrom('jobs').select(['owner', 'purpose']).where('id', '=', jobId).executeTakeFirst();
-    if (!job) throw new GridworkError('JOB_NOT_FOUND', `job ${jobId} does not exist`);
+    if (!job) throw jobNotFound(jobId);
     const link = await this.deps.db.selectFrom('job_blobs').select('role').where('job_id', '=', jobId).where('digest', '=', digest).executeTakeFirst();
     if (job.owner === accountId) {
       if (!link) throw new GridworkError('NOT_FOUND', `blob ${digest} is not part of job ${jobId}`);
@@ -461,7 +463,7 @@ export class JobService {
       .where('leases.provider_id', '=', accountId)
       .where('leases.state', 'in', [...ACTIVE_LEASE_STATES])
       .execute();
-    if (leases.length === 0) throw new GridworkError('FORBIDDEN', `job ${jobId} belongs to another account`);
+    if (leases.length === 0) throw jobNotFound(jobId);
     let needed = link?.role === 'bundle' || leases.some((l) => l.inputs.some((set) => set.files.some((f) => f.digest === digest)));
     // Cluster members read each other's exchange files.
     if (!needed && link?.role === 'exchange') needed = true;
@@ -479,6 +481,11 @@ export class JobService {
 }
 
 export type { JobSpec, InputSet };
+
+/** The one answer for a job that does not exist and for one that is not the caller's. */
+export function jobNotFound(jobId: string): GridworkError {
+  return new GridworkError('JOB_NOT_FOUND', `job ${jobId} does not exist`);
+}
 
 function verificationOf(
   lease: { id: string; verification: VerificationState | null; settle_at: Date | null; audit_seed: string | null } | undefined,

@@ -19,19 +19,14 @@ export class ServiceRouting {
 
   constructor(private readonly db: Db) {}
 
-  /** Whether anyone may call this job's service (no signature needed). Throws JOB_NOT_FOUND for anything that is not a service. */
-  async isPublic(jobId: string): Promise<boolean> {
-    const job = await this.db.selectFrom('jobs').select(['spec', 'purpose']).where('id', '=', jobId).executeTakeFirst();
-    if (!job?.spec.service || job.purpose !== 'work') throw new GridworkError('JOB_NOT_FOUND', `service job ${jobId} does not exist`);
-    return job.spec.service.public === true;
-  }
-
   /** A healthy replica for `caller` (null for a public service's anonymous caller), other than those in `skip`. */
   async pick(jobId: string, caller: string | null, skip: ReadonlySet<string> = new Set()): Promise<ReplicaTarget> {
     const job = await this.db.selectFrom('jobs').select(['owner', 'spec', 'state', 'purpose']).where('id', '=', jobId).executeTakeFirst();
     const allowed = job?.spec.service && job.purpose === 'work' && (job.spec.service.public === true || caller === job.owner);
     // Someone else's private service does not exist, as far as the caller can tell.
-    if (!job || !allowed) throw new GridworkError('JOB_NOT_FOUND', `service job ${jobId} does not exist`);
+    if (!job || !allowed) {
+      throw new GridworkError('JOB_NOT_FOUND', `service job ${jobId} does not exist${caller === null ? ' (or is private: sign the request as its owner)' : ''}`);
+    }
     const replicas = await this.db
       .selectFrom('leases')
       .innerJoin('providers', 'providers.id', 'leases.provider_id')

@@ -32,6 +32,7 @@ import {
   type LeaseAssignment,
   type LeaseState,
   type LogChunk,
+  MAX_STORED_LEASE_LOG_BYTES,
   newId,
   type TaskState,
 } from '@gridwork/protocol';
@@ -163,6 +164,41 @@ type LeaseRow = LeaseMoney & {
 
 /** How long after the coordinator stopped a lease its agent's last log lines are still kept. */
 const CLOSING_LOGS_MS = 30_000;
+
+/**
+ * The chunks of a lease's log that fit under MAX_STORED_LEASE_LOG_BYTES, counted on the lease row
+ * (the update locks it, so concurrent reports count once each); the chunk that crosses the cap is
+ * cut and followed by one marker line, and everything after is dropped.
+ */
+async function keepWithinLogCap(trx: Trx, leaseId: string, chunks: readonly LogChunk[]): Promise<LogChunk[]> {
+  const sizes = chunks.map((c) => Buffer.byteLength(c.data));
+  const total = sizes.reduce((a, b) => a + b, 0);
+  const row = await trx
+    .updateTable('leases')
+    .set((eb) => ({ log_bytes: eb('log_bytes', '+', BigInt(total)) }))
+    .where('id', '=', leaseId)
+    .returning('log_bytes')
+    .executeTakeFirstOrThrow();
+  const before = Number(row.log_bytes) - total;
+  if (before + total <= MAX_STORED_LEASE_LOG_BYTES) return [...chunks];
+  if (before >= MAX_STORED_LEASE_LOG_BYTES) return [];
+  const kept: LogChunk[] = [];
+  let room = MAX_STORED_LEASE_LOG_BYTES - before;
+  for (const [i, c] of chunks.entries()) {
+    const size = sizes[i] as number;
+    if (size <= room) {
+      kept.push(c);
+      room -= size;
+      continue;
+    }
+    // Cut by bytes, then drop a split character's remains (U+FFFD) at the end.
+    const head = Buffer.from(c.data).subarray(0, room).toString('utf8').replace(/\uFFFD+$/, '');
+    if (head.length > 0) kept.push({ ...c, data: head });
+    kept.push({ stream: 'stderr', data: `\n[gridwork: log truncated by the coordinator after ${MAX_STORED_LEASE_LOG_BYTES} bytes]\n`, ts: c.ts });
+    break;
+  }
+  return kept;
+}
 
 /** A task's wall-time limit in ms (the spec's timeoutSeconds; default 1 h, 7 days for a service). */
 export function limitMsOf(spec: JobSpec): number {
@@ -557,10 +593,12 @@ export class Lifecycle {
     if (chunks.length === 0) return;
     const closingWords = lease.state === 'cancelled' && lease.ended_at !== null && Date.now() - lease.ended_at.getTime() < CLOSING_LOGS_MS;
     if (!isActiveLease(lease.state) && !closingWords) return;
+    const kept = await keepWithinLogCap(uow.trx, lease.id, chunks);
+    if (kept.length === 0) return;
     const task = await uow.trx.selectFrom('tasks').select('idx').where('id', '=', lease.task_id).executeTakeFirstOrThrow();
     const rows = await uow.trx
       .insertInto('task_logs')
-      .values(chunks.map((c) => ({ job_id: lease.job_id, task_idx: task.idx, lease_id: lease.id, stream: c.stream, data: c.data, ts: new Date(c.ts) })))
+      .values(kept.map((c) => ({ job_id: lease.job_id, task_idx: task.idx, lease_id: lease.id, stream: c.stream, data: c.data, ts: new Date(c.ts) })))
       .returning('id')
       .execute();
     const last = rows.reduce((m, r) => (r.id > m ? r.id : m), 0n);

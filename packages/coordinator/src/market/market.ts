@@ -116,6 +116,8 @@ export class Market {
     if (list) {
       if (list.length === 0) return;
       q = q.where('id', 'in', list);
+    } else {
+      q = q.where('expired_at', 'is', null);
     }
     const rows = await q.execute();
     const stakes = await balancesOf(
@@ -123,8 +125,9 @@ export class Market {
       rows.map((r) => stakeOf(r.id)),
     );
     for (const r of rows) {
-      if (!isEligible(r, this.maxConsecutiveFailures)) {
-        // Out of the index until it passes a challenge again; its running leases stay reserved.
+      // Ineligible: out of the index until it passes a challenge again (its running leases stay
+      // reserved). Expired: out until its next hello.
+      if (r.expired_at || !isEligible(r, this.maxConsecutiveFailures)) {
         this.book.removeProvider(r.id);
         this.bidding.delete(r.id);
         continue;

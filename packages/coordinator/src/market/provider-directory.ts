@@ -17,7 +17,8 @@ export interface ListProvidersOptions {
 
 /** Online (and draining) providers first, then by name; offline ones only when asked for. */
 export async function listProviders(db: Db, options: ListProvidersOptions = {}): Promise<ProviderListing[]> {
-  let q = db.selectFrom('providers').selectAll();
+  // Expired registrations (never proven, long offline) are listed nowhere, even with `all`.
+  let q = db.selectFrom('providers').selectAll().where('expired_at', 'is', null);
   if (!options.all) q = q.where('state', '!=', 'offline');
   const rows = await q
     .orderBy('state', 'desc')

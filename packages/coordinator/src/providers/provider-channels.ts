@@ -2,15 +2,26 @@
  * The live WebSocket of each connected provider: hello/welcome, in-order application of
  * sequenced reports, acks, heartbeats, and delivery of the durable outbox. A connection holds
  * no state that the database does not: after a crash of either side, the next hello resumes.
+ *
+ * A message over MAX_MESSAGE_BYTES is refused with PAYLOAD_TOO_LARGE, the socket kept. A provider
+ * whose channel keeps failing is taken out of matching for a while (as if disconnected): work
+ * placed on it would wait behind a channel that does not carry it.
  */
-import { type CoordinatorMessage, GridworkError, ProviderMessage, type ProviderSequenced } from '@gridwork/protocol';
+import { type CoordinatorMessage, GridworkError, MAX_MESSAGE_BYTES, ProviderMessage, type ProviderSequenced } from '@gridwork/protocol';
 import { Compile } from 'typebox/compile';
 import type { Logger } from 'pino';
-import type { WebSocket } from 'ws';
+import type { RawData, WebSocket } from 'ws';
 import type { Db } from '../store/database.ts';
 import type { ProviderService } from './provider-service.ts';
 
 const check = Compile(ProviderMessage);
+
+/** Channel faults within FAULT_WINDOW_MS that take a provider out of matching for FAULT_PAUSE_MS. */
+const FAULTS_TO_PAUSE = 5;
+const FAULT_WINDOW_MS = 60_000;
+const FAULT_PAUSE_MS = 5 * 60_000;
+/** Close codes of the WebSocket layer for a peer that broke the protocol (1009: a message over maxPayload). */
+const PROTOCOL_CLOSE_CODES = new Set([1002, 1007, 1009]);
 
 export interface ProviderChannelsDeps {
   db: Db;
@@ -28,6 +39,7 @@ export interface ProviderChannelsDeps {
 
 class Channel {
   sentUpTo = 0;
+  ackedUpTo = 0;
   private queue: Promise<void> = Promise.resolve();
   constructor(
     readonly providerId: string,
@@ -50,6 +62,9 @@ export class ProviderChannels {
   /** Every open connection, also before its hello (it may be handling one). */
   private readonly all = new Set<Channel>();
   private closing = false;
+  /** Recent channel faults per provider (times), and the providers kept out of matching (until their timer fires). */
+  private readonly faults = new Map<string, number[]>();
+  private readonly paused = new Map<string, NodeJS.Timeout>();
 
   constructor(private readonly deps: ProviderChannelsDeps) {}
 
@@ -94,6 +109,8 @@ export class ProviderChannels {
 
   closeAll(): void {
     this.closing = true;
+    for (const t of this.paused.values()) clearTimeout(t);
+    this.paused.clear();
     for (const ch of this.channels.values()) ch.socket.close(1001, 'coordinator shutting down');
     this.channels.clear();
   }
@@ -110,6 +127,8 @@ export class ProviderChannels {
     const helloTimer = setTimeout(() => socket.close(4001, 'no hello'), this.deps.helloTimeoutMs ?? 10_000);
     const fail = (code: string, message: string, close: boolean) => {
       socket.send(JSON.stringify({ type: 'error', code, message }));
+      // Counted for providers past their hello only (known ones); our own failures (INTERNAL) are not theirs.
+      if (channel && (code === 'PAYLOAD_TOO_LARGE' || (close && code !== 'INTERNAL'))) this.fault(providerId, code);
       if (close) socket.close(4002, message.slice(0, 120));
     };
     const pending = new Channel(providerId, socket);
@@ -122,6 +141,11 @@ export class ProviderChannels {
     socket.on('message', (data) => {
       if (this.closing) return;
       void pending.serial(async () => {
+        const bytes = byteLength(data);
+        // Refused unread and unapplied: the sender must not send it again (the agent never sends one).
+        if (bytes > MAX_MESSAGE_BYTES) {
+          return fail('PAYLOAD_TOO_LARGE', `message of ${bytes} bytes refused: one message may carry at most ${MAX_MESSAGE_BYTES}`, false);
+        }
         let msg: unknown;
         try {
           msg = JSON.parse(data.toString());
@@ -147,7 +171,8 @@ export class ProviderChannels {
               heartbeatIntervalMs: this.deps.heartbeatIntervalMs,
               meteringIntervalMs: this.deps.meteringIntervalMs,
             });
-            this.deps.onConnection?.(providerId, true);
+            channel.ackedUpTo = msg.lastApplied;
+            if (!this.paused.has(providerId)) this.deps.onConnection?.(providerId, true);
             for (const m of outbox) {
               channel.send(m);
               channel.sentUpTo = Number(m.seq);
@@ -156,7 +181,10 @@ export class ProviderChannels {
             return;
           }
           if (!channel) return fail('PROTOCOL_ERROR', 'say hello first', true);
-          if (msg.type === 'ack') return await providers.ack(providerId, msg.seq);
+          if (msg.type === 'ack') {
+            channel.ackedUpTo = Math.max(channel.ackedUpTo, msg.seq);
+            return await providers.ack(providerId, msg.seq);
+          }
           if (msg.type === 'heartbeat') return await providers.heartbeat(providerId);
           if (msg.type === 'bid') return this.deps.onBid?.(providerId, msg);
           const seqMsg = msg as ProviderSequenced;
@@ -176,8 +204,12 @@ export class ProviderChannels {
         }
       });
     });
-    socket.on('close', () => {
+    socket.on('close', (code) => {
       clearTimeout(helloTimer);
+      // Gone without a close frame (1006) while our messages to it were unacknowledged: work sent to it is stuck.
+      if (channel && (PROTOCOL_CLOSE_CODES.has(code) || (code === 1006 && channel.sentUpTo > channel.ackedUpTo))) {
+        this.fault(providerId, `socket closed (${code})`);
+      }
       void pending.serial(async () => {
         this.all.delete(pending);
       });
@@ -189,4 +221,27 @@ export class ProviderChannels {
     });
     socket.on('error', (err) => log.warn({ err, providerId }, 'provider socket error'));
   }
+
+  /** Counts a channel fault of a provider; FAULTS_TO_PAUSE within FAULT_WINDOW_MS take it out of matching for FAULT_PAUSE_MS. */
+  private fault(providerId: string, what: string): void {
+    if (this.closing) return;
+    const now = Date.now();
+    const recent = (this.faults.get(providerId) ?? []).filter((t) => now - t < FAULT_WINDOW_MS);
+    recent.push(now);
+    this.faults.set(providerId, recent);
+    if (recent.length < FAULTS_TO_PAUSE || this.paused.has(providerId)) return;
+    this.faults.delete(providerId);
+    this.deps.log.warn({ providerId, faults: recent.length, what, pauseMs: FAULT_PAUSE_MS }, 'provider channel keeps failing: out of matching for a while');
+    const timer = setTimeout(() => {
+      this.paused.delete(providerId);
+      if (this.channels.has(providerId)) this.deps.onConnection?.(providerId, true);
+    }, FAULT_PAUSE_MS);
+    timer.unref();
+    this.paused.set(providerId, timer);
+    this.deps.onConnection?.(providerId, false);
+  }
+}
+
+function byteLength(data: RawData): number {
+  return Array.isArray(data) ? data.reduce((n, b) => n + b.length, 0) : data.byteLength;
 }

@@ -1,7 +1,8 @@
 /**
  * Providers as the coordinator knows them: registration by signed hello, the exactly-once
  * application of their sequenced reports (each handled in report-handlers.ts), acks of the
- * durable outbox, heartbeats, and the sweep that declares silent providers offline. Owns
+ * durable outbox, heartbeats, the sweep that declares silent providers offline, and the one that
+ * expires registrations that never proved anything. Owns
  * `providers` (and, through outbox.ts, `provider_outbox`); lease changes go through the lifecycle.
  */
 import { formatRuntimeList, GridworkError, offeredRuntimes, type ProviderHello, type ProviderSequenced } from '@gridwork/protocol';
@@ -10,9 +11,11 @@ import type { Lifecycle } from '../lifecycle/lifecycle.ts';
 import { milliN } from '../market/order-price.ts';
 import { ACTIVE_LEASE_STATES } from '../lifecycle/state-machine.ts';
 import type { Units, UnitOfWork } from '../lifecycle/unit-of-work.ts';
+import { balancesOf, stakeOf, unbondingOf } from '../ledger/ledger.ts';
 import type { Db } from '../store/database.ts';
 import type { CapacityChallenges } from '../verify/capacity-challenges.ts';
 import { verifyAsks } from './asks.ts';
+import { provenIngress } from './ingress-proof.ts';
 import { enqueueForProvider } from './outbox.ts';
 import { REJECTED_REPORT_CODES, reportHandlers } from './report-handlers.ts';
 
@@ -23,6 +26,8 @@ export interface ProviderServiceDeps {
   log: Logger;
   /** Capacity challenges: their answers arrive as sequenced reports (consumed without effect when absent). */
   challenges?: CapacityChallenges;
+  /** How long an agent's ingress has to answer its proof. */
+  ingressProofTimeoutMs: number;
 }
 
 export type ApplyResult = 'applied' | 'duplicate' | 'gap';
@@ -41,6 +46,9 @@ export class ProviderService {
     const indices = hello.hardware.gpus.map((g) => g.index);
     if (new Set(indices).size !== indices.length) throw new GridworkError('PROTOCOL_ERROR', 'hello lists a GPU index twice');
     const { lifecycle, log } = this.deps;
+    // Proven before the transaction: the proof is a round trip to the agent, never held under a lock.
+    const ingressUrl = await provenIngress(providerId, hello.ingressUrl, remoteAddress, this.deps.ingressProofTimeoutMs);
+    if (hello.ingressUrl && !ingressUrl) log.warn({ providerId, ingress: hello.ingressUrl, remoteAddress }, 'provider ingress not used: not on its own address, or it did not prove itself');
     return this.deps.units.run(async (uow) => {
       const { trx } = uow;
       await trx
@@ -60,8 +68,10 @@ export class ProviderService {
         benchmarks: JSON.stringify(hello.benchmarks),
         bids: hello.bids,
         instance: hello.instance,
-        ingress_url: ingressOf(hello.ingressUrl, remoteAddress),
+        ingress_url: ingressUrl,
         last_seen_at: new Date(),
+        // A hello revives an expired registration: the key proves it is back.
+        expired_at: null,
       };
       const capacity = { slots: hello.slots, cpuMilli: milliN(hello.hardware.cpu.cores), memMilli: milliN(hello.hardware.memoryGiB) };
       if (!existing) {
@@ -207,24 +217,53 @@ export class ProviderService {
     }
     return [...lostIds];
   }
+
+  /**
+   * Expires registrations that never proved anything and have been offline for `maxOfflineMs`:
+   * keys cost nothing, so without this every key that ever said hello, with whatever hardware it
+   * claimed, would stay listed, streamed and summarised forever. Proven means any of: a passed
+   * capacity challenge, a completed lease, a passed audit, or stake (bonded or unbonding). The row
+   * stays (leases, challenges and capacity rows may name it), marked `expired_at`; the key's next
+   * hello revives it. Returns the ids expired (at most `limit` per call).
+   */
+  async expireUnproven(maxOfflineMs: number, limit = 1000): Promise<string[]> {
+    const cutoff = new Date(Date.now() - maxOfflineMs);
+    return this.deps.units.run(async (uow) => {
+      const { trx } = uow;
+      const candidates = await trx
+        .selectFrom('providers')
+        .select('id')
+        .where('state', '=', 'offline')
+        .where('expired_at', 'is', null)
+        .where('last_seen_at', '<', cutoff)
+        .where('challenges_passed', '=', 0)
+        .where('leases_completed', '=', 0)
+        .where('audits_passed', '=', 0)
+        .orderBy('last_seen_at')
+        .limit(limit)
+        .execute();
+      const balances = await balancesOf(
+        trx,
+        candidates.flatMap((c) => [stakeOf(c.id), unbondingOf(c.id)]),
+      );
+      const ids = candidates.map((c) => c.id).filter((id) => balances.get(stakeOf(id)) === 0n && balances.get(unbondingOf(id)) === 0n);
+      if (ids.length === 0) return [];
+      // Offline and silent checked again on the locked rows: a hello may have come since the select.
+      const expired = await trx
+        .updateTable('providers')
+        .set({ expired_at: new Date() })
+        .where('id', 'in', ids)
+        .where('state', '=', 'offline')
+        .where('expired_at', 'is', null)
+        .where('last_seen_at', '<', cutoff)
+        .returning('id')
+        .execute();
+      // The matching index and the network feed reload these providers and find them gone.
+      for (const { id } of expired) uow.emit({ type: 'provider.changed', providerId: id, what: 'state' });
+      return expired.map((r) => r.id);
+    });
+  }
 }
 
 /** Rolls back a report whose sequence number another connection recorded first. */
 class AppliedElsewhere extends Error {}
-
-/**
- * The service ingress a provider advertises, if the coordinator may use it: only on the address
- * the provider connected from. The coordinator proxies requests there, so a provider must not be
- * able to point it at some other host (another tenant's, or the coordinator's own network).
- */
-export function ingressOf(url: string | undefined, remoteAddress: string | null): string | null {
-  if (!url || !remoteAddress) return null;
-  let host: string;
-  try {
-    host = new URL(url).hostname.replace(/^\[|\]$/g, '');
-  } catch {
-    return null;
-  }
-  const remote = remoteAddress.replace(/^::ffff:/, '');
-  return host === remote ? url : null;
-}

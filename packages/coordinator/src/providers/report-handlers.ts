@@ -131,7 +131,7 @@ export const reportHandlers: Handlers = {
   },
 };
 
-const LIMIT_CODE = { memory: 'MEMORY_LIMIT', processes: 'PROCESS_LIMIT', disk: 'DISK_LIMIT' } as const;
+const LIMIT_CODE = { memory: 'MEMORY_LIMIT', processes: 'PROCESS_LIMIT', disk: 'DISK_LIMIT', outputs: 'PAYLOAD_TOO_LARGE' } as const;
 
 /** The wire's typed end of a lease as the lifecycle's outcome. */
 export function outcomeOf(end: LeaseEnd, durationMs: number, outputs: FileRef[]): LeaseOutcome {

@@ -391,7 +391,74 @@ migrations['0009_lease_lookups'] = {
   },
 };
 
+// Registrations that never proved anything and went away are marked rather than deleted: other
+// tables (leases, challenges, capacity) may reference them. The partial index serves the sweep.
+migrations['0010_provider_expiry'] = {
+  async up(db: Kysely<unknown>) {
+    await runStatements(
+      db,
+      `
+      alter table providers add column expired_at timestamptz;
+      create index providers_expirable on providers (last_seen_at) where state = 'offline' and expired_at is null
+    `,
+    );
+  },
+};
+
+// 0009 was edited after it was committed (two verification indexes added to it): a database
+// migrated before that edit recorded 0009 as done without them. `if not exists` makes this a
+// no-op where the edited 0009 already made them.
+migrations['0011_repair_verification_indexes'] = {
+  async up(db: Kysely<unknown>) {
+    await runStatements(
+      db,
+      `
+      create index if not exists verifications_open on verifications (created_at) where state = 'open';
+      create index if not exists verifications_parent on verifications (parent_id) where parent_id is not null
+    `,
+    );
+  },
+};
+
+// Retention (lifecycle/retention.ts): ended jobs are walked in the order they ended, from a
+// persisted mark, and events of no job are found by age; each index is partial, so live jobs and
+// a job's own events cost it nothing. A job's events and logs are found through events_job and
+// task_logs_job (0003, 0001).
+migrations['0012_retention'] = {
+  async up(db: Kysely<unknown>) {
+    await runStatements(
+      db,
+      `
+      create index jobs_ended on jobs (updated_at, id) where state in ('succeeded', 'failed', 'cancelled');
+      create index events_jobless_at on events (at) where job_id is null;
+      create table retention_marks (
+        name text primary key,
+        ended_at timestamptz not null,
+        job_id text not null
+      )
+    `,
+    );
+  },
+};
+
+// The coordinator caps what it stores of a lease's log itself (lifecycle appendLogs): an honest
+// agent caps its output, a modified one need not.
+migrations['0013_lease_log_bytes'] = {
+  async up(db: Kysely<unknown>) {
+    await runStatements(db, 'alter table leases add column log_bytes bigint not null default 0');
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
+
+/** Every migration's name, oldest first: the schema versions a database can be at. */
+export const MIGRATION_NAMES: readonly string[] = Object.keys(migrations).sort();
+
+/** Migrates up (or down) to exactly `name`: for tests that build a database as an older version left it. */
+export async function migrateTo(db: Kysely<unknown>, name: string, schema?: string): Promise<void> {
+  const { error } = await new Migrator({ db, provider, ...(schema ? { migrationTableSchema: schema } : {}) }).migrateTo(name);
+  if (error) throw error;
+}
 
 /**
  * `schema` must name the schema the connection's search_path points at: without it Kysely

@@ -55,6 +55,8 @@ export interface ProvidersTable {
   stake_slashed: Int8Default;
   /** The agent's service ingress (hello), if it runs services. */
   ingress_url: string | null;
+  /** Set when an unproven registration expired offline (providers/provider-service.ts): listed and matched nowhere until its next hello. */
+  expired_at: Generated<Date | null>;
 }
 
 /** One capacity challenge and its verdict (verify/capacity-challenges.ts). */
@@ -234,6 +236,8 @@ export interface LeasesTable {
   /** A service replica: the secret the agent's ingress accepts for it, and its last reported health. */
   service_token: string | null;
   service_health: 'healthy' | 'unhealthy' | null;
+  /** Log bytes the provider sent for this lease (stored up to MAX_STORED_LEASE_LOG_BYTES). */
+  log_bytes: Int8Default;
 }
 
 export interface TaskLogsTable {
@@ -295,6 +299,13 @@ export interface BusPositionsTable {
   position: Int8;
 }
 
+/** How far retention's walk through ended jobs has come, per table (lifecycle/retention.ts). */
+export interface RetentionMarksTable {
+  name: string;
+  ended_at: Timestamp;
+  job_id: string;
+}
+
 /** Capacity of each provider and what its active leases hold: the guard against overbooking. */
 export interface ProviderCapacityTable {
   provider_id: string;
@@ -323,6 +334,7 @@ export interface Database {
   capacity_challenges: CapacityChallengesTable;
   event_head: EventHeadTable;
   bus_positions: BusPositionsTable;
+  retention_marks: RetentionMarksTable;
   provider_capacity: ProviderCapacityTable;
   lease_gpus: LeaseGpusTable;
   blob_owners: BlobOwnersTable;

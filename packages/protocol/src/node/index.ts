@@ -2,6 +2,7 @@
 export {
   EMPTY_SHA256,
   generateIdentity,
+  readAuthHeaders,
   type Identity,
   sha256Hex,
   signBytes,

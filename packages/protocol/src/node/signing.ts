@@ -101,17 +101,11 @@ export interface VerifiedRequest {
 }
 
 /**
- * Checks the signature and the clock window. Replay (a nonce seen before) is the caller's
- * check, since it needs storage. Throws GridworkError with UNAUTHENTICATED, BAD_SIGNATURE or
- * STALE_REQUEST.
+ * The signature headers, well-formed and within the clock window, without the signature
+ * itself checked: cheap enough to refuse an unsigned or stale request before its body is read.
+ * Throws GridworkError with UNAUTHENTICATED or STALE_REQUEST.
  */
-export function verifyRequest(
-  headers: Record<string, string | string[] | undefined>,
-  method: string,
-  path: string,
-  body: SignedBody,
-  now = Date.now(),
-): VerifiedRequest {
+export function readAuthHeaders(headers: Record<string, string | string[] | undefined>, now = Date.now()): VerifiedRequest & { signature: string } {
   const h = (name: string) => {
     const v = headers[name];
     return Array.isArray(v) ? undefined : v;
@@ -129,6 +123,22 @@ export function verifyRequest(
   if (Math.abs(now - timestamp) > MAX_CLOCK_SKEW_MS) {
     throw new GridworkError('STALE_REQUEST', `request timestamp is more than ${MAX_CLOCK_SKEW_MS / 1000}s from the server clock`);
   }
+  return { accountId, nonce, timestamp, signature };
+}
+
+/**
+ * Checks the signature and the clock window. Replay (a nonce seen before) is the caller's
+ * check, since it needs storage. Throws GridworkError with UNAUTHENTICATED, BAD_SIGNATURE or
+ * STALE_REQUEST.
+ */
+export function verifyRequest(
+  headers: Record<string, string | string[] | undefined>,
+  method: string,
+  path: string,
+  body: SignedBody,
+  now = Date.now(),
+): VerifiedRequest {
+  const { accountId, nonce, timestamp, signature } = readAuthHeaders(headers, now);
   const bodyDigest = bodyDigestOf(body);
   if (!verifyBytes(accountId, canonicalRequest({ method, path, bodyDigest, nonce, timestamp }), signature)) {
     throw new GridworkError('BAD_SIGNATURE', 'signature does not verify for this key, method, path and body');

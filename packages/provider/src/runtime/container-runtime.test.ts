@@ -1,11 +1,10 @@
 /**
  * The container runtime: its create-container request (pure), the attach-stream demultiplexer, the published
- * ports, the pull's error reporting, the start → logs → wait → remove flow against a fake engine, and (only where a
- * Docker engine answers) a real container. No engine runs on these machines or on CI: the real-engine tests say
- * they were skipped and why.
+ * ports, the pull's error reporting, and the start → logs → wait → remove flow, the task networks and the refusal
+ * when the egress filter cannot be put in place, against a fake engine. Real containers on a real engine:
+ * container-engine.test.ts.
  */
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -17,18 +16,27 @@ import {
   type ContainerInspect,
   type ContainerPlan,
   ContainerRuntime,
+  bridgeInterfaceOf,
   consumePull,
   type DockerClient,
   type DockerContainer,
-  dockerAnswers,
   dockerEndpoint,
   exposedPortsOf,
+  type NetworkCreateRequest,
+  type NetworkInspect,
   StreamDemuxer,
 } from './container-runtime.ts';
 import type { RunRequest } from './runtime.ts';
 
 const GiB = 1024 ** 3;
-const PLAN: ContainerPlan = { name: 'gridwork-abc', user: '65534:65534', maxProcesses: 512, killGraceMs: 2500, internalNetwork: 'gridwork-internal' };
+const PLAN: ContainerPlan = {
+  name: 'gridwork-abc',
+  user: '65534:65534',
+  maxProcesses: 512,
+  killGraceMs: 2500,
+  internalNetwork: 'gridwork-internal',
+  egressNetwork: 'gridwork-egress',
+};
 
 function request(extra: Partial<RunRequest> = {}): RunRequest {
   return {
@@ -114,10 +122,11 @@ describe('container create request', () => {
     assert.equal(body.Env.filter((e) => e.startsWith('NVIDIA_VISIBLE_DEVICES=')).length, 1);
   });
 
-  test('network: true uses the bridge and publishes ports on the host loopback only', () => {
+  test("network: true joins the agent's egress network (never the engine's default bridge) and publishes ports on the host loopback only", () => {
     const body = buildContainerCreateRequest(request({ network: true, ports: [8080, 9090] }), PLAN);
     assert.equal(body.NetworkDisabled, false);
-    assert.equal(body.HostConfig.NetworkMode, 'bridge');
+    assert.equal(body.HostConfig.NetworkMode, 'gridwork-egress');
+    assert.equal(buildContainerCreateRequest(request({ network: true }), PLAN).HostConfig.NetworkMode, 'gridwork-egress');
     assert.deepEqual(body.ExposedPorts, { '8080/tcp': {}, '9090/tcp': {} });
     assert.deepEqual(body.HostConfig.PortBindings, {
       '8080/tcp': [{ HostIp: '127.0.0.1', HostPort: '' }],
@@ -177,11 +186,17 @@ describe('container plumbing', () => {
         Networks: { 'gridwork-internal': { IPAddress: '172.20.0.5' } },
       },
     };
-    assert.deepEqual(exposedPortsOf(inspect, [8080], 'bridge'), [{ task: 8080, host: 49153, address: '127.0.0.1' }]);
-    assert.throws(() => exposedPortsOf(inspect, [9090], 'bridge'), /no host port/);
-    assert.deepEqual(exposedPortsOf(inspect, [8080], 'gridwork-internal'), [{ task: 8080, host: 8080, address: '172.20.0.5' }]);
-    assert.throws(() => exposedPortsOf({}, [8080], 'gridwork-internal'), /no address/);
-    assert.deepEqual(exposedPortsOf({}, [], 'none'), []);
+    assert.deepEqual(exposedPortsOf(inspect, [8080], 'gridwork-egress', true), [{ task: 8080, host: 49153, address: '127.0.0.1' }]);
+    assert.throws(() => exposedPortsOf(inspect, [9090], 'gridwork-egress', true), /no host port/);
+    assert.deepEqual(exposedPortsOf(inspect, [8080], 'gridwork-internal', false), [{ task: 8080, host: 8080, address: '172.20.0.5' }]);
+    assert.throws(() => exposedPortsOf({}, [8080], 'gridwork-internal', false), /no address/);
+    assert.deepEqual(exposedPortsOf({}, [], 'none', false), []);
+  });
+
+  test("a network's host interface: the name the engine was given, else br- and 12 characters of its id", () => {
+    assert.equal(bridgeInterfaceOf({ Id: 'abc', Options: { 'com.docker.network.bridge.name': 'docker0' } }), 'docker0');
+    assert.equal(bridgeInterfaceOf({ Id: '25d7406eef8c0590b208a5c8', Options: {} }), 'br-25d7406eef8c');
+    assert.equal(bridgeInterfaceOf({ Options: null }), undefined);
   });
 
   test('a pull that reports an error fails with its message; progress alone succeeds', async () => {
@@ -238,10 +253,27 @@ class FakeEngine implements DockerClient {
     s.end('{"status":"Downloaded newer image"}\n');
     return s;
   }
+  /** The engine's networks by name. */
+  readonly networks = new Map<string, NetworkInspect>();
   getNetwork(name: string) {
-    return { inspect: async () => this.calls.push(`inspect-network ${name}`) };
+    return {
+      inspect: async (): Promise<NetworkInspect> => {
+        this.calls.push(`inspect-network ${name}`);
+        const network = this.networks.get(name);
+        if (!network) throw Object.assign(new Error('no such network'), { statusCode: 404 });
+        return network;
+      },
+    };
   }
-  async createNetwork() {
+  async createNetwork(opts: NetworkCreateRequest) {
+    this.calls.push(`create-network ${opts.Name} internal=${opts.Internal} icc=${opts.Options['com.docker.network.bridge.enable_icc']}`);
+    this.networks.set(opts.Name, {
+      Id: `${opts.Internal ? 'a1' : 'e9'}0123456789abcdef`,
+      Driver: opts.Driver,
+      Internal: opts.Internal,
+      EnableIPv6: false,
+      Options: opts.Options,
+    });
     return {};
   }
   async createContainer(body: Parameters<DockerClient['createContainer']>[0]): Promise<DockerContainer> {
@@ -265,7 +297,10 @@ class FakeEngine implements DockerClient {
         }, this.behaviour.runMs);
       },
       wait: async () => ({ StatusCode: await exited }),
-      inspect: async () => ({ State: { OOMKilled: this.behaviour.oom ?? false } }),
+      inspect: async () => ({
+        State: { OOMKilled: this.behaviour.oom ?? false },
+        NetworkSettings: { Networks: { [body.HostConfig.NetworkMode]: { IPAddress: '172.20.0.5' } } },
+      }),
       stop: async (opts: { t: number }) => {
         this.calls.push(`stop t=${opts.t}`);
         clearTimeout(exitTimer);
@@ -361,37 +396,72 @@ describe('container runtime against a fake engine', () => {
     gone.ping = () => Promise.reject(new Error('connect ENOENT /var/run/docker.sock'));
     await assert.rejects(new ContainerRuntime({ docker: gone }).check(), (err: unknown) => err instanceof GridworkError && err.code === 'SANDBOX_UNAVAILABLE');
   });
-});
 
-// A real engine, only where one runs (never on these machines or CI: see PITFALLS.md).
-const endpoint = dockerEndpoint();
-const noEngine = endpoint === undefined ? 'no Docker engine on this machine: /var/run/docker.sock missing and DOCKER_HOST unset' : undefined;
-if (noEngine) console.log(`container runtime: real-engine tests skipped: ${noEngine}`);
+  /** An egress filter that records the bridges it was asked for, or refuses them all. */
+  const recordingFilter = (refuse?: string) => {
+    const bridges: string[] = [];
+    return {
+      bridges,
+      ensure: async (bridge: string) => {
+        bridges.push(bridge);
+        if (refuse) throw new GridworkError('SANDBOX_UNAVAILABLE', refuse);
+      },
+    };
+  };
 
-describe('container runtime against a real Docker engine', { skip: noEngine ?? false }, () => {
-  test('busybox writes an output, reads an input read-only, has no network', async (ctx) => {
-    if (!(await dockerAnswers())) return ctx.skip(`a Docker endpoint exists (${endpoint}) but the engine does not answer`);
-    const root = await mkdtemp(path.join(os.tmpdir(), 'gw-docker-'));
-    try {
-      const d = { bundleDir: `${root}/b`, inputsDir: `${root}/i`, outputsDir: `${root}/o`, checkpointsDir: `${root}/c` };
-      for (const p of Object.values(d)) await mkdir(p, { recursive: true });
-      await writeFile(`${d.inputsDir}/in.txt`, 'input\n');
-      const out = { stdout: '', stderr: '' };
-      const result = await new ContainerRuntime().run({
-        ...request({
-          image: 'busybox:1.36',
-          command: ['sh', '-c', 'cat /inputs/in.txt > /outputs/copy.txt; touch /inputs/x 2>/dev/null || echo ro; echo interfaces: $(ls /sys/class/net)'],
-          onOutput: (s, x) => (out[s] += x),
-          timeoutMs: 60_000,
-        }),
-        ...d,
-      });
-      assert.equal(result.exitCode, 0, out.stdout + out.stderr);
-      assert.match(out.stdout, /ro/);
-      assert.match(out.stdout, /^interfaces: lo$/m, 'network none: loopback only');
-      assert.ok(existsSync(`${d.outputsDir}/copy.txt`));
-    } finally {
-      await rm(root, { recursive: true, force: true });
+  test('network: true creates the egress network once, filters its bridge before every container, and joins it', async () => {
+    const engine = new FakeEngine({ frames: [], exitCode: 0, runMs: 10 });
+    engine.haveImage = true;
+    const filter = recordingFilter();
+    const runtime = new ContainerRuntime({ docker: engine, dropRoot: false, egressFilter: filter });
+    for (let i = 0; i < 2; i++) assert.equal((await runtime.run({ ...request({ network: true }), ...(await dirs()) })).exitCode, 0);
+    assert.equal(engine.calls.filter((c) => c.startsWith('create-network')).length, 1);
+    assert.ok(engine.calls.includes('create-network gridwork-egress internal=false icc=false'));
+    assert.deepEqual(filter.bridges, ['br-e90123456789', 'br-e90123456789']);
+    assert.equal(engine.created?.HostConfig.NetworkMode, 'gridwork-egress');
+    // The filter was in place before the container existed.
+    assert.ok(engine.calls.indexOf('inspect-network gridwork-egress') < engine.calls.findIndex((c) => c.startsWith('create gridwork-')));
+
+    // Ports without network: the internal network, behind the same filter (it keeps the task off the host).
+    await runtime.run({ ...request({ ports: [8080] }), ...(await dirs()) });
+    assert.ok(engine.calls.includes('create-network gridwork-internal internal=true icc=false'));
+    assert.equal(filter.bridges.at(-1), 'br-a10123456789');
+    // No network at all: nothing to filter.
+    const asked = filter.bridges.length;
+    await runtime.run({ ...request(), ...(await dirs()) });
+    assert.equal(filter.bridges.length, asked);
+    assert.equal(engine.created?.HostConfig.NetworkMode, 'none');
+  });
+
+  test('when the filter cannot be put in place the run is refused and no container is created', async () => {
+    const engine = new FakeEngine({ frames: [], exitCode: 0, runMs: 10 });
+    engine.haveImage = true;
+    const runtime = new ContainerRuntime({ docker: engine, dropRoot: false, egressFilter: recordingFilter('iptables: Permission denied') });
+    await assert.rejects(
+      runtime.run({ ...request({ network: true }), ...(await dirs()) }),
+      (err: unknown) => err instanceof GridworkError && err.code === 'SANDBOX_UNAVAILABLE' && /Permission denied/.test(err.message),
+    );
+    assert.equal(engine.created, undefined);
+    // A task without network does not need the filter and still runs.
+    assert.equal((await runtime.run({ ...request(), ...(await dirs()) })).exitCode, 0);
+  });
+
+  test('a network of that name that is not an IPv4 bridge of the right kind is refused, never used unfiltered', async () => {
+    const engine = new FakeEngine({ frames: [], exitCode: 0, runMs: 10 });
+    engine.haveImage = true;
+    const filter = recordingFilter();
+    const runtime = new ContainerRuntime({ docker: engine, dropRoot: false, egressFilter: filter });
+    for (const wrong of [
+      { Id: 'f00f00f00f00f00', Driver: 'macvlan', Internal: false },
+      { Id: 'f00f00f00f00f00', Driver: 'bridge', Internal: true },
+      { Id: 'f00f00f00f00f00', Driver: 'bridge', Internal: false, EnableIPv6: true },
+    ]) {
+      engine.networks.set('gridwork-egress', wrong);
+      await assert.rejects(runtime.run({ ...request({ network: true }), ...(await dirs()) }), /is not an external IPv4 bridge network/);
     }
+    assert.equal(engine.created, undefined);
+    assert.deepEqual(filter.bridges, []);
+    assert.throws(() => new ContainerRuntime({ docker: engine, egressNetwork: 'bridge' }), /a network of its own/);
+    assert.throws(() => new ContainerRuntime({ docker: engine, egressNetwork: 'gridwork-internal' }), /a network of its own/);
   });
 });

@@ -5,8 +5,11 @@
  *   /inputs read-only, /outputs and /checkpoints writable (bind mounts); nothing else of the host;
  *   memory (cgroup limit, swap off) · processes (PidsLimit) · CPU quota (NanoCpus) · one file's size
  *   (ulimit fsize, like prlimit --fsize) and /outputs + /checkpoints together (the disk watcher of disk-usage.ts);
- *   network `none` unless `network: true` (then the default bridge); a task without network that exposes ports
- *   joins an `internal` network (no route out) and the agent reaches it at its container address;
+ *   network `none` unless `network: true`; then the agent's own bridge network (DEFAULT_EGRESS_NETWORK, never the
+ *   engine's default bridge) behind the egress filter of container-egress.ts: public addresses only, the host, private,
+ *   shared, link-local (cloud metadata) and reserved ranges unreachable as from the sandbox, and the run refused
+ *   when the filter cannot be put in place; a task without network that exposes ports joins an `internal` network
+ *   (no route out, and the same filter keeps it off the host) and the agent reaches it at its container address;
  *   not privileged, every capability dropped, no-new-privileges, read-only root filesystem with a tmpfs /tmp,
  *   an init process (signals, zombies), and a non-root user (65534 when the agent is root, else the agent's own
  *   uid, so that the bind mounts stay writable);
@@ -26,6 +29,7 @@ import { randomBytes } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import { StringDecoder } from 'node:string_decoder';
 import { GridworkError } from '@gridwork/protocol';
+import { type EgressFilter, IptablesEgressFilter } from './container-egress.ts';
 import { diskUsage, DISK_POLL_MS } from './disk-usage.ts';
 import { dockerEndpoint } from './docker-endpoint.ts';
 
@@ -106,13 +110,33 @@ export interface DockerContainer {
   remove(opts: { force: boolean; v: boolean }): Promise<unknown>;
 }
 
+/** What this runtime reads of GET /networks/{id}. */
+export interface NetworkInspect {
+  Id?: string;
+  Driver?: string;
+  Internal?: boolean;
+  EnableIPv6?: boolean;
+  Options?: Record<string, string> | null;
+}
+
+/** The parts of the Engine API's POST /networks/create body this runtime sets. */
+export interface NetworkCreateRequest {
+  Name: string;
+  CheckDuplicate: true;
+  Internal: boolean;
+  Driver: 'bridge';
+  EnableIPv6: false;
+  Options: Record<string, string>;
+  Labels: Record<string, string>;
+}
+
 /** The engine calls this runtime makes (dockerode's Docker). */
 export interface DockerClient {
   ping(): Promise<unknown>;
   getImage(name: string): { inspect(): Promise<unknown> };
   pull(image: string): Promise<NodeJS.ReadableStream>;
-  getNetwork(name: string): { inspect(): Promise<unknown> };
-  createNetwork(opts: { Name: string; Internal: boolean; Driver: string; Labels: Record<string, string> }): Promise<unknown>;
+  getNetwork(name: string): { inspect(): Promise<NetworkInspect> };
+  createNetwork(opts: NetworkCreateRequest): Promise<unknown>;
   createContainer(body: ContainerCreateRequest): Promise<DockerContainer>;
 }
 
@@ -120,6 +144,12 @@ export const CONTAINER_LABEL = 'io.gridwork.task';
 
 /** The network of containers that expose ports without network access (created on first use). */
 export const DEFAULT_INTERNAL_NETWORK = 'gridwork-internal';
+
+/** The network of containers with network access, behind the egress filter (created on first use). */
+export const DEFAULT_EGRESS_NETWORK = 'gridwork-egress';
+
+/** The engine's option that names a bridge network's interface; without it the interface is `br-` + 12 of the id. */
+const BRIDGE_NAME_OPTION = 'com.docker.network.bridge.name';
 
 /** The engine refuses memory limits below 6 MiB. */
 const MIN_CONTAINER_MEMORY_BYTES = 6 * 1024 * 1024;
@@ -137,6 +167,10 @@ export interface ContainerRuntimeOptions {
   limitPollMs?: number;
   /** @default DEFAULT_INTERNAL_NETWORK */
   internalNetwork?: string;
+  /** @default DEFAULT_EGRESS_NETWORK */
+  egressNetwork?: string;
+  /** What keeps task bridges off the host and the private ranges. @default an IptablesEgressFilter */
+  egressFilter?: EgressFilter;
 }
 
 export interface ContainerPlan {
@@ -147,12 +181,18 @@ export interface ContainerPlan {
   maxProcesses: number;
   killGraceMs: number;
   internalNetwork: string;
+  egressNetwork: string;
 }
 
-/** How the container is networked: see the header. */
-export function containerNetworkMode(req: Pick<RunRequest, 'network' | 'ports'>, internalNetwork: string): string {
-  if (req.network) return 'bridge';
-  return (req.ports?.length ?? 0) > 0 ? internalNetwork : 'none';
+/** How the container is networked (see the header): `none`, or the name of the network it joins. */
+export function containerNetworkMode(req: Pick<RunRequest, 'network' | 'ports'>, networks: Pick<ContainerPlan, 'internalNetwork' | 'egressNetwork'>): string {
+  if (req.network) return networks.egressNetwork;
+  return (req.ports?.length ?? 0) > 0 ? networks.internalNetwork : 'none';
+}
+
+/** The host interface of a bridge network. */
+export function bridgeInterfaceOf(network: NetworkInspect): string | undefined {
+  return network.Options?.[BRIDGE_NAME_OPTION] ?? (network.Id ? `br-${network.Id.slice(0, 12)}` : undefined);
 }
 
 /** The create-container request for one task (POST /containers/create). Pure. */
@@ -165,7 +205,7 @@ export function buildContainerCreateRequest(req: RunRequest, plan: ContainerPlan
   const memory = Math.max(Math.floor(req.memoryBytes), MIN_CONTAINER_MEMORY_BYTES);
   const fsize = Math.floor(req.diskBytes);
   const ports = req.ports ?? [];
-  const mode = containerNetworkMode(req, plan.internalNetwork);
+  const mode = containerNetworkMode(req, plan);
   const gpus = req.gpus ?? [];
   return {
     name: plan.name,
@@ -192,7 +232,7 @@ export function buildContainerCreateRequest(req: RunRequest, plan: ContainerPlan
       PidsLimit: plan.maxProcesses,
       NetworkMode: mode,
       // Published on the host's loopback only, on a port the engine picks (read back from inspect).
-      PortBindings: mode === 'bridge' ? Object.fromEntries(ports.map((p) => [`${p}/tcp`, [{ HostIp: '127.0.0.1', HostPort: '' }]])) : {},
+      PortBindings: req.network ? Object.fromEntries(ports.map((p) => [`${p}/tcp`, [{ HostIp: '127.0.0.1', HostPort: '' }]])) : {},
       Privileged: false,
       CapDrop: ['ALL'],
       SecurityOpt: ['no-new-privileges'],
@@ -209,11 +249,12 @@ export function buildContainerCreateRequest(req: RunRequest, plan: ContainerPlan
 
 /**
  * Where the agent reaches each exposed port of a started container: the host port the engine published on
- * 127.0.0.1 (bridge), or the container's address on the internal network. Throws when the engine reports none.
+ * 127.0.0.1 (a task with network), or the container's address on the internal network. Throws when the engine
+ * reports none.
  */
-export function exposedPortsOf(inspect: ContainerInspect, ports: readonly number[], mode: string): ExposedPort[] {
+export function exposedPortsOf(inspect: ContainerInspect, ports: readonly number[], mode: string, published: boolean): ExposedPort[] {
   return ports.map((task) => {
-    if (mode === 'bridge') {
+    if (published) {
       const binding = inspect.NetworkSettings?.Ports?.[`${task}/tcp`]?.find((b) => b.HostPort);
       const host = Number(binding?.HostPort);
       if (!Number.isInteger(host) || host <= 0) throw new GridworkError('SANDBOX_UNAVAILABLE', `the engine published no host port for container port ${task}`);
@@ -318,7 +359,8 @@ export class ContainerRuntime implements Runtime {
   private readonly killGraceMs: number;
   private readonly limitPollMs: number;
   private readonly internalNetwork: string;
-  private networkReady: Promise<void> | undefined;
+  private readonly egressNetwork: string;
+  private readonly egress: EgressFilter;
 
   constructor(opts: ContainerRuntimeOptions = {}) {
     if (opts.docker) this.dockerPromise = Promise.resolve(opts.docker);
@@ -327,6 +369,11 @@ export class ContainerRuntime implements Runtime {
     this.killGraceMs = opts.killGraceMs ?? DEFAULT_KILL_GRACE_MS;
     this.limitPollMs = opts.limitPollMs ?? DISK_POLL_MS;
     this.internalNetwork = opts.internalNetwork ?? DEFAULT_INTERNAL_NETWORK;
+    this.egressNetwork = opts.egressNetwork ?? DEFAULT_EGRESS_NETWORK;
+    if (this.egressNetwork === this.internalNetwork || ['none', 'bridge', 'host'].includes(this.egressNetwork)) {
+      throw new GridworkError('INVALID_SPEC', `container runtime: egressNetwork must be a network of its own, not ${this.egressNetwork}`);
+    }
+    this.egress = opts.egressFilter ?? new IptablesEgressFilter();
   }
 
   private docker(): Promise<DockerClient> {
@@ -363,24 +410,42 @@ export class ContainerRuntime implements Runtime {
     await consumePull(await docker.pull(image));
   }
 
-  /** Creates the internal network once (a concurrent creation by another agent is fine). */
-  private ensureInternalNetwork(docker: DockerClient): Promise<void> {
-    this.networkReady ??= (async () => {
-      try {
-        await docker.getNetwork(this.internalNetwork).inspect();
-      } catch (err) {
-        if (statusOf(err) !== 404) throw err;
-        await docker
-          .createNetwork({ Name: this.internalNetwork, Internal: true, Driver: 'bridge', Labels: { [CONTAINER_LABEL]: 'internal-network' } })
-          .catch((e: unknown) => {
-            if (statusOf(e) !== 409) throw e;
-          });
-      }
-    })();
-    this.networkReady.catch(() => {
-      this.networkReady = undefined;
-    });
-    return this.networkReady;
+  /**
+   * The host interface of a task network, created on first use (a concurrent creation by another agent is fine).
+   * Looked up for every task: a network removed and made again has another interface.
+   */
+  private async networkBridge(docker: DockerClient, name: string, internal: boolean): Promise<string> {
+    const inspect = () => docker.getNetwork(name).inspect();
+    let network: NetworkInspect;
+    try {
+      network = await inspect();
+    } catch (err) {
+      if (statusOf(err) !== 404) throw err;
+      await docker
+        .createNetwork({
+          Name: name,
+          CheckDuplicate: true,
+          Internal: internal,
+          Driver: 'bridge',
+          EnableIPv6: false,
+          // Tasks on one network do not talk to each other (the filter rejects private addresses too).
+          Options: { 'com.docker.network.bridge.enable_icc': 'false' },
+          Labels: { [CONTAINER_LABEL]: internal ? 'internal-network' : 'egress-network' },
+        })
+        .catch((e: unknown) => {
+          if (statusOf(e) !== 409) throw e;
+        });
+      network = await inspect();
+    }
+    const bridge = bridgeInterfaceOf(network);
+    // Anything else would escape the filter, which knows bridges only.
+    if (network.Driver !== 'bridge' || Boolean(network.Internal) !== internal || network.EnableIPv6 || bridge === undefined) {
+      throw new GridworkError(
+        'SANDBOX_UNAVAILABLE',
+        `container runtime: network ${name} exists but is not an ${internal ? 'internal' : 'external'} IPv4 bridge network (driver ${network.Driver}, internal ${network.Internal}, IPv6 ${network.EnableIPv6}); remove it or name another network`,
+      );
+    }
+    return bridge;
   }
 
   async start(req: RunRequest): Promise<RunningTask> {
@@ -399,9 +464,17 @@ export class ContainerRuntime implements Runtime {
     } catch (err) {
       throw engineError(`cannot get image ${req.image}`, err);
     }
-    const mode = containerNetworkMode(req, this.internalNetwork);
-    if (mode === this.internalNetwork)
-      await this.ensureInternalNetwork(docker).catch((err: unknown) => Promise.reject(engineError('cannot create the internal network', err)));
+    const mode = containerNetworkMode(req, { internalNetwork: this.internalNetwork, egressNetwork: this.egressNetwork });
+    if (mode !== 'none') {
+      let bridge: string;
+      try {
+        bridge = await this.networkBridge(docker, mode, mode === this.internalNetwork);
+      } catch (err) {
+        throw err instanceof GridworkError ? err : engineError(`cannot get or create network ${mode}`, err);
+      }
+      // Before the container exists: its first packet already meets the filter, or it does not run.
+      await this.egress.ensure(bridge);
+    }
 
     let user = `${process.getuid?.() ?? SANDBOX_TASK_ID}:${process.getgid?.() ?? SANDBOX_TASK_ID}`;
     if (this.dropRoot) {
@@ -416,6 +489,7 @@ export class ContainerRuntime implements Runtime {
       maxProcesses: this.maxProcesses,
       killGraceMs: this.killGraceMs,
       internalNetwork: this.internalNetwork,
+      egressNetwork: this.egressNetwork,
     });
 
     let container: DockerContainer;
@@ -498,7 +572,7 @@ export class ContainerRuntime implements Runtime {
     if (req.ports?.length) {
       try {
         const info = await container.inspect();
-        ports = exposedPortsOf(info, req.ports, mode);
+        ports = exposedPortsOf(info, req.ports, mode, req.network);
         // docker-proxy accepts before the task listens: look at the container's own sockets where this host
         // can see them (the engine is local), else fall back to connecting.
         const pid = info.State?.Pid ?? 0;

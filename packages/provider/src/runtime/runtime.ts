@@ -32,7 +32,10 @@ export interface RunRequest {
   network: boolean;
   /** Wall-time limit; on expiry the whole process group is killed (SIGTERM, then SIGKILL after a grace period). */
   timeoutMs: number;
-  /** Address-space limit (prlimit --as) in the sandbox runtime; ignored by the process runtime. */
+  /**
+   * Memory of the whole task, all its processes and its /tmp together (the sandbox's memory cgroup, the container's
+   * limit); exceeding it ends the run with `limit: 'memory'`. Ignored by the process runtime.
+   */
   memoryBytes: number;
   /**
    * CPU cores the task may use (may be fractional, e.g. 0.5): a cgroup CPU quota in the sandbox runtime where
@@ -117,7 +120,7 @@ export interface RunResult {
   durationMs: number;
   /**
    * Set when the run ended because the task hit a limit: 'processes' (its process/thread limit), 'disk' (its
-   * diskBytes), 'memory' (only where it can be detected reliably). Absent otherwise.
+   * diskBytes), 'memory' (the kernel OOM-killed a process of the task at its memoryBytes). Absent otherwise.
    */
   limit?: RunLimit;
 }
@@ -133,6 +136,12 @@ export interface Runtime {
   readonly kind: RuntimeKind;
   /** Throws GridworkError SANDBOX_UNAVAILABLE with a helpful message if it cannot run here. */
   check(): Promise<void>;
+  /**
+   * Whether every task is held to its memoryBytes as a whole. False where only weaker, per-process limits exist:
+   * the agent then runs one task at a time (task-slots.ts). Absent: the runtime promises no memory limit to
+   * begin with (the process runtime, development only) or enforces it by other means (the container engine).
+   */
+  taskMemoryBounded?(): Promise<boolean>;
   /**
    * Starts a task. Resolves once it runs (the sandbox and its network exist, the container started); throws
    * for a request it cannot run (INVALID_SPEC, SANDBOX_UNAVAILABLE). A task aborted before it started

@@ -79,6 +79,36 @@ async function processesWith(marker: string): Promise<number[]> {
   return found;
 }
 
+/** A process's group directory for a controller, from /proc/<pid>/cgroup (v1 "n:cpu,…:/path", v2 "0::/path"). */
+async function cgroupDir(pid: number, controller: 'cpu' | 'memory'): Promise<{ version: 1 | 2; dir: string } | undefined> {
+  const lines = (await readFile(`/proc/${pid}/cgroup`, 'utf8')).trim().split('\n');
+  const mounts = (await readFile('/proc/self/mounts', 'utf8')).split('\n').map((l) => l.split(' '));
+  const v1 = lines.map((l) => l.split(':')).find((f) => f[1]?.split(',').includes(controller));
+  if (v1?.[2] !== undefined) {
+    const mount = mounts.find((f) => f[2] === 'cgroup' && f[3]?.split(',').includes(controller));
+    if (mount?.[1]) return { version: 1, dir: path.join(mount[1], v1[2]) };
+  }
+  const v2 = lines.find((l) => l.startsWith('0::'));
+  const mount2 = mounts.find((f) => f[2] === 'cgroup2');
+  if (v2 && mount2?.[1]) return { version: 2, dir: path.join(mount2[1], v2.slice(3)) };
+  return undefined;
+}
+
+/**
+ * Whether root can make memory groups on this host: a writable v1 memory hierarchy, or a v2 one with the memory
+ * controller. Decided apart from the code under test, so that a runtime which finds no memory cgroup where there
+ * is one fails the tests instead of skipping them.
+ */
+async function memoryControllerHere(): Promise<boolean> {
+  if (!isRoot) return false;
+  const mounts = (await readFile('/proc/self/mounts', 'utf8')).split('\n').map((l) => l.split(' '));
+  const writable = (f: string[]) => f[3]?.split(',').includes('rw') === true;
+  if (mounts.some((f) => f[2] === 'cgroup' && writable(f) && f[3]?.split(',').includes('memory'))) return true;
+  const v2 = mounts.find((f) => f[2] === 'cgroup2' && writable(f));
+  if (!v2?.[1]) return false;
+  return (await readFile(path.join(v2[1], 'cgroup.controllers'), 'utf8').catch(() => '')).split(/\s+/).includes('memory');
+}
+
 describe('sandbox runtime', () => {
   test('check() starts a trivial sandbox', async () => {
     await runtime.check();
@@ -452,19 +482,152 @@ describe('sandbox runtime', () => {
       assert.equal(result.exitCode, 0, out.stdout + out.stderr);
     });
 
-    test(`limits below ${MIN_SANDBOX_MEMORY_BYTES} bytes are raised so node still starts`, async () => {
+    test(`address-space limits below ${MIN_SANDBOX_MEMORY_BYTES} bytes are raised so node still starts`, async () => {
       const t = await makeTask();
       const { req, out } = request(t, ['node', '-e', 'console.log(1)'], { memoryBytes: 64 * 2 ** 20 });
       const result = await runtime.run(req);
       assert.equal(result.exitCode, 0, out.stderr);
     });
 
-    test('/tmp is capped at the memory limit', async () => {
+    test('/tmp cannot grow past the memory limit', async () => {
       const t = await makeTask();
       const { req, out } = request(t, ['sh', '-c', 'head -c 1100000000 /dev/zero > /tmp/fill'], { memoryBytes: 1 * GiB });
       const result = await runtime.run(req);
       assert.notEqual(result.exitCode, 0);
-      assert.match(out.stderr, /No space left on device/);
+      // The tmpfs is full, or (with a memory cgroup, where /tmp counts with everything else) the limit was reached first.
+      assert.ok(result.limit === 'memory' || /No space left on device/.test(out.stderr), JSON.stringify(result) + out.stderr);
+    });
+  });
+
+  describe('memory cgroup', () => {
+    // All of a task's processes and its /tmp share one limit; a runtime that polls often, so that the tests do not
+    // wait for the default interval.
+    const MiB = 2 ** 20;
+    const LIMIT = 256 * MiB;
+    const limited = createSandboxRuntime({ killGraceMs: 300, limitPollMs: 100 });
+
+    /** Waits (on the task's output) until `text` appears on stdout; rejects if the run ends first. */
+    function outputOf(req: RunRequest, out: { stdout: string; stderr: string }) {
+      const waiters: { text: string; resolve: () => void }[] = [];
+      req.onOutput = (stream, data) => {
+        out[stream] += data;
+        for (const w of waiters.splice(0)) {
+          if (out.stdout.includes(w.text)) w.resolve();
+          else waiters.push(w);
+        }
+      };
+      return (text: string, run: Promise<unknown>) =>
+        new Promise<void>((resolve, reject) => {
+          if (out.stdout.includes(text)) return resolve();
+          waiters.push({ text, resolve });
+          run.then(() => reject(new Error(`the run ended before "${text}": ${out.stdout} ${out.stderr}`)), reject);
+        });
+    }
+
+    /** The memory group of the task process started with `marker` in its argv: its limit and current use. */
+    async function memoryGroupOf(marker: string): Promise<{ limit: number; usage: number }> {
+      const [pid] = await processesWith(marker);
+      assert.ok(pid, 'the task runs on the host');
+      const group = await cgroupDir(pid, 'memory');
+      assert.ok(group, 'the task is in a memory cgroup');
+      const read = async (f: string) => (await readFile(path.join(group.dir, f), 'utf8')).trim();
+      return group.version === 1
+        ? { limit: Number(await read('memory.limit_in_bytes')), usage: Number(await read('memory.usage_in_bytes')) }
+        : { limit: Number(await read('memory.max')), usage: Number(await read('memory.current')) };
+    }
+
+    test('six children each under the per-process limit but together over the task limit: MEMORY_LIMIT', async (ctx) => {
+      if (!(await memoryControllerHere())) return ctx.skip('no memory controller root can write here');
+      const marker = `gw-mem-${randomBytes(4).toString('hex')}`;
+      // Each child holds 64 MiB (well within its 1 GiB address space); six of them plus six Node runtimes need
+      // about 600 MiB. The parent waits for /outputs/go so the test can look at the group before anything is allocated.
+      const parent = `
+        const { spawn } = require('node:child_process');
+        const fs = require('node:fs');
+        const child = "const b = Buffer.alloc(64 * 2 ** 20, 1); process.stdout.write('held\\\\n'); setInterval(() => {}, 2 ** 30);";
+        console.log('started');
+        const go = setInterval(() => {
+          if (!fs.existsSync('/outputs/go')) return;
+          clearInterval(go);
+          const children = [];
+          let held = 0;
+          for (let i = 0; i < 6; i++) {
+            const c = spawn(process.execPath, ['-e', child], { stdio: ['ignore', 'pipe', 'inherit'] });
+            children.push(c);
+            c.stdout.on('data', (d) => {
+              for (const line of String(d).split('\\n')) if (line === 'held') console.log('held ' + ++held);
+              if (held === 6) { console.log('all held'); for (const k of children) k.kill(); process.exit(0); }
+            });
+            c.on('exit', () => { if (held < 6) { console.log('a child died'); for (const k of children) k.kill(); process.exit(1); } });
+          }
+        }, 20);
+      `;
+      const t = await makeTask({ 'parent.js': parent });
+      const { req, out } = request(t, ['node', 'parent.js', marker], { memoryBytes: LIMIT, timeoutMs: 120_000 });
+      const seen = outputOf(req, out);
+      const run = limited.run(req);
+      await seen('started', run);
+      const before = await memoryGroupOf(marker);
+      assert.equal(before.limit, LIMIT, 'the task has a memory group of its own with its limit');
+      await writeFile(path.join(t.outputs, 'go'), '');
+      const result = await run;
+
+      assert.equal(result.limit, 'memory', JSON.stringify(result) + out.stdout + out.stderr.slice(0, 500));
+      assert.equal(result.timedOut, false);
+      assert.ok(!out.stdout.includes('all held'), out.stdout);
+      // What the task held at once stayed within the limit (each held line is 64 MiB alive at the same time).
+      const held = Math.max(0, ...[...out.stdout.matchAll(/^held (\d+)$/gm)].map((m) => Number(m[1])));
+      assert.ok(held * 64 * MiB < LIMIT, `${held} × 64 MiB held at once`);
+      assert.deepEqual(await processesWith(marker), []);
+    });
+
+    test('/tmp is charged to the task: writing past the limit there ends the run with MEMORY_LIMIT', async (ctx) => {
+      if (!(await memoryControllerHere())) return ctx.skip('no memory controller root can write here');
+      const marker = `gw-tmp-${randomBytes(4).toString('hex')}`;
+      const script =
+        'head -c 67108864 /dev/zero > /tmp/a && echo wrote && until [ -e /outputs/go ]; do sleep 0.05; done; head -c 536870912 /dev/zero > /tmp/b && echo survived';
+      const t = await makeTask();
+      const { req, out } = request(t, ['sh', '-c', script, marker], { memoryBytes: LIMIT, timeoutMs: 120_000 });
+      const seen = outputOf(req, out);
+      const run = limited.run(req);
+      await seen('wrote', run);
+      const group = await memoryGroupOf(marker);
+      assert.equal(group.limit, LIMIT);
+      // The 64 MiB in /tmp are counted in the task's own group, not the agent's or the host's.
+      assert.ok(group.usage >= 64 * MiB && group.usage <= LIMIT, `usage ${group.usage}`);
+      await writeFile(path.join(t.outputs, 'go'), '');
+      const result = await run;
+      assert.equal(result.limit, 'memory', JSON.stringify(result) + out.stderr.slice(0, 500));
+      assert.ok(!out.stdout.includes('survived'), out.stdout);
+      assert.deepEqual(await processesWith(marker), []);
+    });
+
+    test('a task well within its memory (processes and /tmp together) succeeds', async () => {
+      const t = await makeTask({
+        'main.js': `
+          require('node:fs').writeFileSync('/tmp/scratch', Buffer.alloc(32 * 2 ** 20, 1));
+          const b = Buffer.alloc(64 * 2 ** 20, 1);
+          console.log('ok ' + b[b.length - 1]);
+        `,
+      });
+      const { req, out } = request(t, ['node', 'main.js'], { memoryBytes: LIMIT });
+      const result = await limited.run(req);
+      assert.equal(result.exitCode, 0, out.stderr);
+      assert.equal(result.limit, undefined);
+      assert.equal(out.stdout, 'ok 1\n');
+    });
+
+    test('where memory cgroups can be made, tasks are bounded as a whole; without, a warning says so', async (ctx) => {
+      if (!(await memoryControllerHere())) return ctx.skip('no memory controller root can write here');
+      assert.equal(await limited.taskMemoryBounded(), true);
+      const warnings: string[] = [];
+      const fallback = createSandboxRuntime({ cgroups: 'off', warn: (m) => warnings.push(m) });
+      await fallback.check();
+      assert.equal(await fallback.taskMemoryBounded(), false);
+      assert.ok(
+        warnings.some((w) => w.includes('no memory cgroup') && w.includes('one task at a time')),
+        warnings.join('\n'),
+      );
     });
   });
 
@@ -528,26 +691,6 @@ describe('sandbox runtime', () => {
   });
 
   describe('cpu limit', () => {
-    /** The task's group directory for a controller, from /proc/<pid>/cgroup (v1 "n:cpu,…:/path", v2 "0::/path"). */
-    async function cgroupDir(pid: number): Promise<{ version: 1 | 2; dir: string } | undefined> {
-      const lines = (await readFile(`/proc/${pid}/cgroup`, 'utf8')).trim().split('\n');
-      const v1 = lines.map((l) => l.split(':')).find((f) => f[1]?.split(',').includes('cpu'));
-      if (v1?.[2] !== undefined) {
-        const mount = (await readFile('/proc/self/mounts', 'utf8'))
-          .split('\n')
-          .map((l) => l.split(' '))
-          .find((f) => f[2] === 'cgroup' && f[3]?.split(',').includes('cpu'));
-        if (mount?.[1]) return { version: 1, dir: path.join(mount[1], v1[2]) };
-      }
-      const v2 = lines.find((l) => l.startsWith('0::'));
-      const mount2 = (await readFile('/proc/self/mounts', 'utf8'))
-        .split('\n')
-        .map((l) => l.split(' '))
-        .find((f) => f[2] === 'cgroup2');
-      if (v2 && mount2?.[1]) return { version: 2, dir: path.join(mount2[1], v2.slice(3)) };
-      return undefined;
-    }
-
     test('a task spinning on every core is held to its cpu quota (cgroup files, throttling)', async (ctx) => {
       const host = await detectCgroups();
       if (!host?.bases.cpu) return ctx.skip('no cpu cgroup can be created here');
@@ -574,7 +717,7 @@ describe('sandbox runtime', () => {
         await spinning;
         const [pid] = await processesWith(marker);
         assert.ok(pid, 'the spinners run on the host');
-        const group = await cgroupDir(pid);
+        const group = await cgroupDir(pid, 'cpu');
         assert.ok(group && group.version === host.version, JSON.stringify(group));
         dir = group.dir;
         if (group.version === 1) {
@@ -705,5 +848,14 @@ describe('sandbox runtime', () => {
       await assert.rejects(runtime.run(request(t, ['true'], { cpu: 0 }).req), { code: 'INVALID_SPEC' });
       await assert.rejects(runtime.run(request(t, ['true'], { diskBytes: Number.NaN }).req), { code: 'INVALID_SPEC' });
     });
+  });
+
+  test('no task cgroup of this process is left behind', async (ctx) => {
+    const host = await detectCgroups();
+    if (!host) return ctx.skip('no cgroup can be created here');
+    for (const base of new Set(Object.values(host.bases))) {
+      const left = (await readdir(base)).filter((name) => name.startsWith(`task-${process.pid}-`));
+      assert.deepEqual(left, [], base);
+    }
   });
 });

@@ -46,12 +46,16 @@ import { assertNetworkTools, networkNamespacePrefix, startTaskNetwork, TASK_RESO
  *   - run() makes bundle and inputs world-readable and chowns outputs and checkpoints to the task's uid
  *     (65534, or a uid of its own from FALLBACK_UID_BASE up where no pids cgroup can be made, see below).
  *
- * Memory: `prlimit --as` caps the address space of bwrap and everything in it. Node/V8 reserves a lot
- * of virtual memory up front; measured on Node 20.20 x64 (this machine): `node -e 1` needs about
- * 712 MiB, a script touching a 64 MiB buffer about 800 MiB, each worker thread about 700 MiB more
- * (one worker needed ~1.4 GiB). Limits below MIN_SANDBOX_MEMORY_BYTES (1 GiB) are raised to it so a
- * plain Node task can always start. /tmp and /dev/shm are tmpfs (RAM, not counted by RLIMIT_AS) and
- * are each capped at the same byte count.
+ * Memory (task-cgroup.ts): the task's memory cgroup holds all its processes together, and its /tmp and /dev/shm
+ * (tmpfs, i.e. RAM) with them, to exactly req.memoryBytes; when the kernel OOM-kills inside the group the task is
+ * stopped and the run ends with `limit: 'memory'`. `prlimit --as` additionally caps the address space of each
+ * process, which alone bounds nothing: a task forks as many processes as it may, each with the whole allowance.
+ * Node/V8 reserves a lot of virtual memory up front; measured on Node 20.20 x64 (this machine): `node -e 1` needs
+ * about 712 MiB, a script touching a 64 MiB buffer about 800 MiB, each worker thread about 700 MiB more (one worker
+ * needed ~1.4 GiB). So address-space limits below MIN_SANDBOX_MEMORY_BYTES (1 GiB) are raised to it, to let a plain
+ * Node task start; the cgroup counts real use and is not raised. Each tmpfs is also capped at that byte count.
+ * Where no memory cgroup can be made (a warning says so), taskMemoryBounded() is false and the agent runs one
+ * task at a time (task-slots.ts): the per-process limits are all there is.
  *
  * Processes and CPU (task-cgroup.ts): each task runs in a cgroup of its own with pids.max = maxProcesses
  * (a fork bomb stops there and the run ends with `limit: 'processes'`) and a CPU quota of `cpu` cores; the
@@ -462,17 +466,29 @@ export class SandboxRuntime implements Runtime {
       });
     }
     // Report degraded isolation at start-up rather than at the first task.
-    await this.cgroupFor({ cpu: 1 }).then((g) => g?.remove());
+    await this.cgroupFor({ cpu: 1, memoryBytes: MIN_SANDBOX_MEMORY_BYTES }).then((g) => g?.remove());
+  }
+
+  /**
+   * Whether every task is held to its memoryBytes as a whole (a memory cgroup can be made here). A task whose
+   * group cannot be made after all is refused rather than run with less (cgroupFor).
+   */
+  async taskMemoryBounded(): Promise<boolean> {
+    return (await this.cgroups())?.bases.memory !== undefined;
   }
 
   /** The task's cgroup, or undefined (with a warning) where none can be made. */
-  private async cgroupFor(req: Pick<RunRequest, 'cpu'>): Promise<TaskCgroup | undefined> {
+  private async cgroupFor(req: Pick<RunRequest, 'cpu' | 'memoryBytes'>): Promise<TaskCgroup | undefined> {
     const host = await this.cgroups();
     let group: TaskCgroup | undefined;
     if (host) {
       try {
-        group = await TaskCgroup.create(host, { maxProcesses: this.maxProcesses, cpu: req.cpu });
+        group = await TaskCgroup.create(host, { maxProcesses: this.maxProcesses, cpu: req.cpu, memoryBytes: req.memoryBytes });
       } catch (err) {
+        // The agent counted its slots on memory cgroups (taskMemoryBounded): no task runs without one.
+        if (host.bases.memory) {
+          throw new GridworkError('SANDBOX_UNAVAILABLE', `sandbox: cannot create the task's memory cgroup: ${(err as Error).message}`, { cause: err });
+        }
         this.warnOnce(`sandbox: cannot create a task cgroup (${(err as Error).message}); using the fallback limits`);
       }
     }
@@ -484,6 +500,12 @@ export class SandboxRuntime implements Runtime {
       );
     }
     if (!group?.dirs.cpu) this.warnOnce(`sandbox: no cpu cgroup can be created here; tasks run under nice -n ${FALLBACK_NICE} instead of a CPU quota`);
+    if (!group?.dirs.memory) {
+      this.warnOnce(
+        'sandbox: no memory cgroup can be created here; a task is held only to prlimit --as per process and to the size of ' +
+          'each tmpfs, not to its memory as a whole, so the agent runs one task at a time',
+      );
+    }
     return group;
   }
 
@@ -646,12 +668,13 @@ export class SandboxRuntime implements Runtime {
     let networkSetup: Promise<TaskNetwork | undefined> | undefined;
     let setupError: unknown;
 
-    /** Polls the process and disk limits; stops the task at the first one exceeded. */
+    /** Polls the memory, process and disk limits; stops the task at the first one exceeded. */
     const watch = (control: GroupControl) => {
       const tick = async () => {
         if (!watching) return;
         let hit: RunLimit | undefined;
-        if (ctx.group?.dirs.pids) {
+        if (await ctx.group?.memoryLimitHit()) hit = 'memory';
+        else if (ctx.group?.dirs.pids) {
           if (await ctx.group.processLimitHit()) hit = 'processes';
         } else if (ctx.nproc !== undefined && (await threadsOfUid(ctx.uid)) >= ctx.nproc) {
           // The kernel keeps no count of refused forks per uid: only a task that stays at its limit is seen here
@@ -726,7 +749,9 @@ export class SandboxRuntime implements Runtime {
       // Limits hit between the last poll and the end of the run.
       if (!result.limit && !result.timedOut && !result.aborted) {
         const usage = await diskUsage(writable, req.diskBytes);
-        if (usage > req.diskBytes || (result.exitCode === SIGXFSZ_EXIT && usage >= req.diskBytes)) result = { ...result, limit: 'disk' };
+        // Any OOM kill counts, even of a child the task outlived: the kernel took a process of the task away.
+        if (await ctx.group?.memoryLimitHit()) result = { ...result, limit: 'memory' };
+        else if (usage > req.diskBytes || (result.exitCode === SIGXFSZ_EXIT && usage >= req.diskBytes)) result = { ...result, limit: 'disk' };
         else if (result.exitCode !== 0 && (await ctx.group?.processLimitHit())) result = { ...result, limit: 'processes' };
       }
       return result;

@@ -4,9 +4,18 @@ import path from 'node:path';
 
 /**
  * Per-task cgroups: the sandbox runtime puts every task in a group of its own that caps its number of
- * processes/threads (pids controller) and its CPU time (cpu controller: a CFS quota of `cpu` cores), and removes
- * the group when the task has ended. This module owns finding where the agent may create such groups and the
- * files it writes there; it knows nothing about bubblewrap.
+ * processes/threads (pids controller), its CPU time (cpu controller: a CFS quota of `cpu` cores) and its memory
+ * (memory controller), and removes the group when the task has ended. This module owns finding where the agent
+ * may create such groups and the files it writes there; it knows nothing about bubblewrap.
+ *
+ * Memory: the limit holds for all of the task's processes together, and for its tmpfs (/tmp, /dev/shm) too:
+ * the kernel charges a tmpfs page to the group of the process that first writes it, and every process that can
+ * write the task's tmpfs is in the task's group. Swap is not a way around it (memsw / memory.swap.max). At the
+ * limit the kernel reclaims what it can and then OOM-kills inside the group only; the killer is left on (a
+ * group with it disabled would just hang at the limit), and its kills are counted in the group (v1
+ * memory.oom_control `oom_kill`, v2 memory.events `oom_kill`, both since Linux 4.13), which memoryLimitHit()
+ * reads so the run can end with the memory limit. v2 also gets memory.oom.group: the whole task ends at once
+ * instead of limping on without the process the kernel chose.
  *
  * cgroup v1 (each controller its own hierarchy, e.g. /sys/fs/cgroup/pids and /sys/fs/cgroup/cpu): a group
  * `gridwork/task-…` is made under the agent's own group of each controller (from /proc/self/cgroup). Root can do
@@ -14,12 +23,12 @@ import path from 'node:path';
  *
  * cgroup v2 (one hierarchy): groups are made under the agent's own group, which must be delegated to it (systemd
  * Delegate=yes, or root). v2 forbids processes in a group that hands controllers to its children ("no internal
- * processes"), so when the agent's own group does not already enable pids/cpu for its children, the agent moves
- * itself (only itself) into a leaf `<own>/agent` first and then enables them. A hybrid host whose v2 hierarchy has no pids/cpu
- * controller (like these CI machines: /sys/fs/cgroup/unified) uses v1.
+ * processes"), so when the agent's own group does not already enable pids/cpu/memory for its children, the agent
+ * moves itself (only itself) into a leaf `<own>/agent` first and then enables them. A hybrid host whose v2 hierarchy
+ * has none of them (like these CI machines: /sys/fs/cgroup/unified) uses v1.
  *
  * Whatever cannot be created is reported as unavailable (`detectCgroups` never throws); the runtime then falls back
- * (per-slot uids with prlimit --nproc for processes, nice for CPU) and says so in a warning.
+ * (per-slot uids with prlimit --nproc for processes, nice for CPU, fewer slots for memory) and says so in a warning.
  *
  * Joining: the launcher is `sh -c 'echo $$ > …/cgroup.procs; exec …'`, so the task's first process is inside its
  * group before it can fork; nothing escapes the limit by forking early. Processes cannot leave the group: the task
@@ -31,7 +40,9 @@ export const CPU_PERIOD_US = 100_000;
 /** The kernel refuses quotas below 1 ms. */
 const MIN_CPU_QUOTA_US = 1000;
 
-export type CgroupController = 'pids' | 'cpu';
+export type CgroupController = 'pids' | 'cpu' | 'memory';
+
+const CONTROLLERS: readonly CgroupController[] = ['pids', 'cpu', 'memory'];
 
 /** Where task groups can be made, per controller. */
 export interface CgroupHost {
@@ -45,6 +56,8 @@ export interface TaskCgroupLimits {
   maxProcesses: number;
   /** cores; the quota is cpu × period */
   cpu: number;
+  /** memory.limit_in_bytes (v1) / memory.max (v2), swap included */
+  memoryBytes: number;
 }
 
 interface MountInfo {
@@ -98,8 +111,12 @@ async function usableBase(base: string, files: string[]): Promise<boolean> {
 async function detectV1(all: MountInfo[]): Promise<CgroupHost | undefined> {
   const own = await ownGroups();
   const bases: Partial<Record<CgroupController, string>> = {};
-  const need: Record<CgroupController, string[]> = { pids: ['pids.max', 'pids.events'], cpu: ['cpu.cfs_quota_us', 'cpu.cfs_period_us'] };
-  for (const controller of ['pids', 'cpu'] as const) {
+  const need: Record<CgroupController, string[]> = {
+    pids: ['pids.max', 'pids.events'],
+    cpu: ['cpu.cfs_quota_us', 'cpu.cfs_period_us'],
+    memory: ['memory.limit_in_bytes', 'memory.oom_control'],
+  };
+  for (const controller of CONTROLLERS) {
     const mount = all.find((m) => m.fsType === 'cgroup' && m.options.includes(controller));
     const mine = own.find((g) => g.controllers.includes(controller));
     if (!mount || !mine) continue;
@@ -115,7 +132,7 @@ async function detectV2(all: MountInfo[]): Promise<CgroupHost | undefined> {
   if (!mount || !mine) return undefined;
   const own = path.join(mount.mountPoint, mine.path);
   const available = (await readFile(path.join(own, 'cgroup.controllers'), 'utf8').catch(() => '')).trim().split(/\s+/);
-  const wanted = (['pids', 'cpu'] as const).filter((c) => available.includes(c));
+  const wanted = CONTROLLERS.filter((c) => available.includes(c));
   if (wanted.length === 0) return undefined;
   try {
     const enabled = (await readFile(path.join(own, 'cgroup.subtree_control'), 'utf8')).trim().split(/\s+/);
@@ -134,7 +151,7 @@ async function detectV2(all: MountInfo[]): Promise<CgroupHost | undefined> {
   } catch {
     return undefined;
   }
-  const files: Record<CgroupController, string> = { pids: 'pids.max', cpu: 'cpu.max' };
+  const files: Record<CgroupController, string> = { pids: 'pids.max', cpu: 'cpu.max', memory: 'memory.max' };
   const bases: Partial<Record<CgroupController, string>> = {};
   const base = path.join(own, 'gridwork');
   try {
@@ -164,8 +181,8 @@ async function removeStale(host: CgroupHost): Promise<void> {
 }
 
 /**
- * Finds where this agent may make task groups. v1 is preferred where its pids or cpu hierarchy is mounted (on a
- * hybrid host the v2 hierarchy usually has neither controller). Never throws; undefined when nothing is usable.
+ * Finds where this agent may make task groups. v1 is preferred where one of its hierarchies is mounted (on a
+ * hybrid host the v2 hierarchy usually has no controller). Never throws; undefined when nothing is usable.
  */
 export async function detectCgroups(): Promise<CgroupHost | undefined> {
   try {
@@ -175,6 +192,25 @@ export async function detectCgroups(): Promise<CgroupHost | undefined> {
     return host;
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * The limit of a new, empty group. Swap counts against the same figure: on v1 memsw (memory + swap) may not be
+ * below the memory limit, so it is set equal, after it; the files exist only where the kernel accounts swap.
+ */
+async function writeMemoryLimit(version: 1 | 2, dir: string, bytes: number): Promise<void> {
+  const limit = String(Math.max(1, Math.floor(bytes)));
+  const optional = async (file: string, value: string) => {
+    if (await exists(path.join(dir, file))) await writeFile(path.join(dir, file), value);
+  };
+  if (version === 1) {
+    await writeFile(path.join(dir, 'memory.limit_in_bytes'), limit);
+    await optional('memory.memsw.limit_in_bytes', limit);
+  } else {
+    await writeFile(path.join(dir, 'memory.max'), limit);
+    await optional('memory.swap.max', '0');
+    await optional('memory.oom.group', '1');
   }
 }
 
@@ -194,7 +230,7 @@ export class TaskCgroup {
     const dirs: Partial<Record<CgroupController, string>> = {};
     const group = new TaskCgroup(host.version, dirs);
     try {
-      for (const controller of ['pids', 'cpu'] as const) {
+      for (const controller of CONTROLLERS) {
         const base = host.bases[controller];
         if (!base) continue;
         const dir = path.join(base, name);
@@ -211,6 +247,7 @@ export class TaskCgroup {
           await writeFile(path.join(dirs.cpu, 'cpu.max'), `${quota} ${CPU_PERIOD_US}`);
         }
       }
+      if (dirs.memory) await writeMemoryLimit(host.version, dirs.memory, limits.memoryBytes);
     } catch (err) {
       await group.remove();
       throw err;
@@ -229,6 +266,18 @@ export class TaskCgroup {
     const text = await readFile(path.join(this.dirs.pids, 'pids.events'), 'utf8').catch(() => '');
     const m = /^max (\d+)$/m.exec(text);
     return m !== null && Number(m[1]) > 0;
+  }
+
+  /**
+   * Whether the kernel OOM-killed a process of the group: its memory limit was reached with nothing left to reclaim.
+   * A kill by the host-wide OOM killer counts too (the counter is the victim's group's, as for Docker's OOMKilled);
+   * with every task held to its own limit that is not expected to come first.
+   */
+  async memoryLimitHit(): Promise<boolean> {
+    if (!this.dirs.memory) return false;
+    const file = this.version === 1 ? 'memory.oom_control' : 'memory.events';
+    const text = await readFile(path.join(this.dirs.memory, file), 'utf8').catch(() => '');
+    return Number(/^oom_kill (\d+)$/m.exec(text)?.[1] ?? 0) > 0;
   }
 
   /** Processes still in the group (none once the sandbox has ended). */
