@@ -24,15 +24,25 @@ export interface ClientFlags {
 /** --coordinator and --profile, on every command that talks to a coordinator. */
 export function withClientOptions(c: Command): Command {
   return c
-    .option('--coordinator <url>', 'coordinator URL (env GRIDWORK_COORDINATOR; default http://127.0.0.1:7070)')
+    .option('--coordinator <urls>', COORDINATOR_HELP)
     .option('--profile <name>', 'profile from $GRIDWORK_HOME/config.json (env GRIDWORK_PROFILE)')
     .option('--json', 'print JSON on stdout (errors too)');
 }
 
-export async function coordinatorUrl(flags: ClientFlags): Promise<string> {
+/** Help of --coordinator wherever it is an option. */
+export const COORDINATOR_HELP =
+  'coordinator URL, or several replicas of one network separated by commas (env GRIDWORK_COORDINATOR; default http://127.0.0.1:7070)';
+
+/** The coordinator URLs, in order: one, or several replicas (--coordinator a,b, GRIDWORK_COORDINATOR or the profile). */
+export async function coordinatorUrls(flags: ClientFlags): Promise<string[]> {
   const { resolveConfig, normalizeCoordinatorUrl } = await import('@gridwork/sdk');
   const config = await resolveConfig({ coordinator: flags.coordinator, profile: flags.profile });
-  return normalizeCoordinatorUrl(config.coordinator);
+  const urls = config.coordinator
+    .split(/[\s,]+/)
+    .filter((u) => u !== '')
+    .map(normalizeCoordinatorUrl);
+  // Nothing but commas: the same usage error as any other malformed URL.
+  return urls.length > 0 ? [...new Set(urls)] : [normalizeCoordinatorUrl(config.coordinator)];
 }
 
 /** The requester's client; the key is created on first use (GRIDWORK_KEY_FILE, default GRIDWORK_HOME/requester-key.json). */

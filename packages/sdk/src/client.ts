@@ -5,8 +5,8 @@
  * server's stable codes, or one of the typed errors in errors.ts.
  *
  * Waiting survives: `watch`, `wait` and following logs reconnect with backoff after a broken
- * stream or a coordinator restart and resume from the last event position / log sequence they
- * saw. `watch` ends when the job ends; `wait` returns once the results are in (a `verifying`
+ * stream or a coordinator restart (to the next coordinator URL, where several are given) and
+ * resume from the last event position / log sequence they saw. `watch` ends when the job ends; `wait` returns once the results are in (a `verifying`
  * job has every result, pending verification for its audit window) unless asked to wait for
  * the end; either gives up after `giveUpAfterMs` without contact (LostContactError).
  */
@@ -31,18 +31,32 @@ import { GridworkError } from '@gridwork/protocol/errors';
 import { type Identity, loadOrCreateIdentity, writeVerified } from '@gridwork/protocol/node';
 import { type ConfigOptions, resolveConfig } from './config.ts';
 import { isTransient, LostContactError } from './errors.ts';
-import { describeFiles, expandGlob, type LocalFile, packBundle } from './files.ts';
-import { type HttpResponse, normalizeCoordinatorUrl, type RequestBody, readNdjsonLines, signedRequest } from './http.ts';
+import { type BatchPolicy, describeFiles, expandGlob, type LocalFile, packBundle, planUploads, readBatchBody, type UploadUnit } from './files.ts';
+import { CoordinatorEndpoints, failoverRequest, type HttpResponse, normalizeCoordinatorUrls, type RequestBody, readNdjsonLines } from './http.ts';
 import { type LogLine, LogLineSplitter } from './log-lines.ts';
 import { readSpecFile } from './spec-file.ts';
 import { RESULTS_READY_STATES, TERMINAL_JOB_STATES } from './states.ts';
 import type { DisputeView, ProviderListing, ProviderStatus } from './types.ts';
 
-/** Blob uploads in flight at once during a submit. */
+/** Upload requests in flight at once during a submit. */
 const UPLOAD_CONCURRENCY = 8;
+/**
+ * Which files travel many to a request, and how many. Well inside what a coordinator takes in
+ * one batch (10,000 blobs of at most 1 MiB, 16 MiB in all): a batch is held in memory while it
+ * is sent, UPLOAD_CONCURRENCY of them at most; and a few batches in flight (2,000 small files go
+ * as four of 500) overlap sending, hashing and the coordinator's file writes, which one large
+ * batch does one after another.
+ */
+const BATCH_POLICY: BatchPolicy = { smallFileBytes: 256 * 1024, maxFiles: 500, maxBodyBytes: 4 * 1024 * 1024 };
 export interface ClientOptions {
-  /** Coordinator base URL, e.g. http://127.0.0.1:7070 */
-  url: string;
+  /**
+   * Coordinator base URL, e.g. http://127.0.0.1:7070; or several replicas of one network (a list,
+   * or one string with the URLs separated by commas), tried in order: a request that cannot reach
+   * one goes to the next where that is safe (GET and HEAD always; a request that changes
+   * something only if it never arrived, or carries an idempotency key), and later requests stay
+   * with the URL that answered.
+   */
+  url: string | readonly string[];
   identity: Identity;
 }
 
@@ -106,6 +120,12 @@ export interface SubmitOptions extends CallOptions {
   baseDir?: string;
   /** Called as files are uploaded: files and bytes done so far of those the coordinator lacked. */
   onUpload?: (info: { uploaded: number; total: number; bytes: number; totalBytes: number }) => void;
+  /**
+   * Send small files (under 256 KiB) many to a request instead of one request each. A
+   * coordinator without batch uploads is detected (404) and gets single uploads anyway.
+   * @default true
+   */
+  batchUploads?: boolean;
   /** Times a submit that failed on the network is sent again (same idempotency key). @default 3 */
   retries?: number;
   /**
@@ -174,14 +194,24 @@ class Contact {
 }
 
 export class GridworkClient {
-  readonly url: string;
   readonly accountId: string;
   private readonly identity: Identity;
+  private readonly endpoints: CoordinatorEndpoints;
 
   constructor(options: ClientOptions) {
-    this.url = normalizeCoordinatorUrl(options.url);
+    this.endpoints = new CoordinatorEndpoints(options.url);
     this.identity = options.identity;
     this.accountId = options.identity.publicKey;
+  }
+
+  /** The coordinator URL requests go to now: the first one given, until a failover moves on. */
+  get url(): string {
+    return this.endpoints.url;
+  }
+
+  /** Every coordinator URL given, in order. */
+  get urls(): readonly string[] {
+    return this.endpoints.urls;
   }
 
   /**
@@ -191,12 +221,12 @@ export class GridworkClient {
    */
   static async fromEnv(options: ConfigOptions = {}): Promise<GridworkClient> {
     const config = await resolveConfig(options);
-    const url = normalizeCoordinatorUrl(config.coordinator); // a typo fails before a key is created
+    const url = normalizeCoordinatorUrls(config.coordinator); // a typo fails before a key is created
     return new GridworkClient({ url, identity: await loadOrCreateIdentity(config.keyFile) });
   }
 
   private fetch(method: string, path: string, body?: RequestBody, signal?: AbortSignal, accept: 'json' | 'ndjson' | 'bytes' = 'json'): Promise<HttpResponse> {
-    return signedRequest(this.url, this.identity, method, path, { ...(body ? { body } : {}), ...(signal ? { signal } : {}), accept });
+    return failoverRequest(this.endpoints, this.identity, method, path, { ...(body ? { body } : {}), ...(signal ? { signal } : {}), accept });
   }
 
   private async json<T>(method: string, path: string, body?: unknown, signal?: AbortSignal): Promise<T> {
@@ -258,30 +288,59 @@ export class GridworkClient {
   private async uploadFiles(files: LocalFile[], options: SubmitOptions): Promise<void> {
     const byDigest = new Map(files.map((f) => [f.digest, f]));
     const { missing } = await this.json<{ missing: string[] }>('POST', '/v1/blobs/missing', { digests: [...byDigest.keys()] }, options.signal);
-    const totalBytes = missing.reduce((n, d) => n + (byDigest.get(d)?.size ?? 0), 0);
+    const lacking = missing.map((d) => byDigest.get(d) as LocalFile);
+    const totalBytes = lacking.reduce((n, f) => n + f.size, 0);
+    const units: UploadUnit[] = options.batchUploads === false ? lacking.map((file) => ({ kind: 'single', file })) : planUploads(lacking, BATCH_POLICY);
     let uploaded = 0;
     let bytes = 0;
-    // A few uploads at once: thousands of small files (a sharded data set) spent most of their
-    // time in round trips one after another. The first failure stops the others from starting.
+    let batchesRefused = false;
+    // A few requests at once: thousands of small files (a sharded data set) spent most of their
+    // time in round trips one after another; batches cut the round trips, and a few of them in
+    // flight keep both ends busy. The first failure stops the others from starting.
     let next = 0;
     const worker = async () => {
-      while (next < missing.length) {
-        const digest = missing[next++] as string;
-        const f = byDigest.get(digest) as LocalFile;
-        await this.uploadBlob(Readable.toWeb(createReadStream(f.absPath)) as ReadableStream<Uint8Array>, digest, options.signal);
-        uploaded++;
-        bytes += f.size;
-        options.onUpload?.({ uploaded, total: missing.length, bytes, totalBytes });
+      while (next < units.length) {
+        const unit = units[next++] as UploadUnit;
+        const done = unit.kind === 'single' ? [unit.file] : unit.files;
+        if (unit.kind === 'single') {
+          await this.uploadBlob(Readable.toWeb(createReadStream(unit.file.absPath)) as ReadableStream<Uint8Array>, unit.file.digest, options.signal);
+        } else if (batchesRefused) {
+          units.push(...unit.files.map((file): UploadUnit => ({ kind: 'single', file })));
+          continue;
+        } else {
+          try {
+            await this.uploadBatch(unit.files, options.signal);
+          } catch (err) {
+            // A coordinator from before batch uploads has no such route: send these files alone.
+            if (!(err instanceof GridworkError && err.code === 'NOT_FOUND')) throw err;
+            batchesRefused = true;
+            units.push(...unit.files.map((file): UploadUnit => ({ kind: 'single', file })));
+            continue;
+          }
+        }
+        uploaded += done.length;
+        bytes += done.reduce((n, f) => n + f.size, 0);
+        options.onUpload?.({ uploaded, total: lacking.length, bytes, totalBytes });
       }
     };
-    await Promise.all(
-      Array.from({ length: Math.min(UPLOAD_CONCURRENCY, missing.length) }, () =>
-        worker().catch((err) => {
-          next = missing.length;
-          throw err;
-        }),
-      ),
-    );
+    // Units added while the last workers finish (a refused batch's files) get a fresh round of workers.
+    while (next < units.length) {
+      await Promise.all(
+        Array.from({ length: Math.min(UPLOAD_CONCURRENCY, units.length - next) }, () =>
+          worker().catch((err) => {
+            next = units.length;
+            throw err;
+          }),
+        ),
+      );
+    }
+  }
+
+  /** Uploads small files in one request (`POST /v1/blobs/batch/:digest`); all are stored, or none. */
+  private async uploadBatch(files: readonly LocalFile[], signal?: AbortSignal): Promise<void> {
+    const { body, digest } = await readBatchBody(files);
+    const res = await this.fetch('POST', `/v1/blobs/batch/${digest}`, { blob: body, digest }, signal);
+    await res.text();
   }
 
   async uploadBlob(data: Uint8Array | ReadableStream<Uint8Array>, digest: string, signal?: AbortSignal): Promise<void> {

@@ -4,11 +4,13 @@
  * then the selected profile of the config file, then defaults.
  *
  * - `GRIDWORK_HOME` (default `~/.gridwork`): holds `requester-key.json` and `config.json`.
- * - `GRIDWORK_COORDINATOR`: coordinator URL (default http://127.0.0.1:7070).
+ * - `GRIDWORK_COORDINATOR`: coordinator URL (default http://127.0.0.1:7070); or several replicas
+ *   of one network separated by commas, e.g. `http://10.0.0.5:7070,http://10.0.0.6:7070`.
  * - `GRIDWORK_KEY_FILE`: the requester key file (default `$GRIDWORK_HOME/requester-key.json`).
  * - `GRIDWORK_PROFILE`: profile of the config file to use (default: its `defaultProfile`).
  * - `GRIDWORK_CONFIG`: the config file (default `$GRIDWORK_HOME/config.json`), e.g.
  *   `{ "defaultProfile": "lab", "profiles": { "lab": { "coordinator": "http://10.0.0.5:7070", "keyFile": "/home/me/lab-key.json" } } }`
+ *   (a profile's `coordinator` may list several URLs too: comma-separated, or an array).
  */
 import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
@@ -18,7 +20,8 @@ import { GridworkError } from '@gridwork/protocol/errors';
 export const DEFAULT_COORDINATOR = 'http://127.0.0.1:7070';
 
 export interface Profile {
-  coordinator?: string;
+  /** One URL, several separated by commas, or a list. */
+  coordinator?: string | string[];
   keyFile?: string;
 }
 
@@ -28,7 +31,7 @@ export interface ConfigFile {
 }
 
 export interface ConfigOptions {
-  /** Coordinator URL; beats everything else. */
+  /** Coordinator URL, or several separated by commas; beats everything else. */
   coordinator?: string | undefined;
   /** Profile name; beats GRIDWORK_PROFILE and the file's defaultProfile. */
   profile?: string | undefined;
@@ -39,6 +42,7 @@ export interface ConfigOptions {
 }
 
 export interface ResolvedConfig {
+  /** The coordinator URL, or several separated by commas (replicas of one network, in order). */
   coordinator: string;
   keyFile: string;
   home: string;
@@ -97,10 +101,20 @@ export async function resolveConfig(options: ConfigOptions = {}): Promise<Resolv
   }
   const keyFile = options.keyFile ?? env.GRIDWORK_KEY_FILE ?? profile.keyFile ?? join(home, 'requester-key.json');
   return {
-    coordinator: options.coordinator ?? env.GRIDWORK_COORDINATOR ?? profile.coordinator ?? DEFAULT_COORDINATOR,
+    coordinator: options.coordinator ?? env.GRIDWORK_COORDINATOR ?? profileCoordinator(profile, configFile) ?? DEFAULT_COORDINATOR,
     keyFile: isAbsolute(expandHome(keyFile)) ? expandHome(keyFile) : resolve(home, keyFile),
     home,
     configFile,
     profile: wanted,
   };
+}
+
+/** A profile's coordinator as one string (URLs separated by commas). */
+function profileCoordinator(profile: Profile, configFile: string): string | undefined {
+  const c = profile.coordinator;
+  if (c === undefined || typeof c === 'string') return c;
+  if (!Array.isArray(c) || !c.every((u) => typeof u === 'string')) {
+    throw new GridworkError('BAD_REQUEST', `config file ${configFile}: a profile's "coordinator" must be a URL, URLs separated by commas, or a list of URLs`);
+  }
+  return c.join(',');
 }

@@ -2,6 +2,9 @@
  * Signed HTTP to the coordinator for the SDK: every request carries fresh signature headers;
  * failures come back typed — unreachable (refused, DNS, timeout), "not a Gridwork
  * coordinator", or a GridworkError with the server's stable code.
+ *
+ * Several coordinator URLs (replicas of one network, behind one database) make a request move
+ * to the next URL when one fails in a way that says nothing was done (see `failoverRequest`).
  */
 import { type IncomingMessage, request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
@@ -31,6 +34,57 @@ export function normalizeCoordinatorUrl(url: string): string {
   return url.replace(/\/+$/, '');
 }
 
+/**
+ * A coordinator setting as a list: one URL, several separated by commas (or white space), or an
+ * array of such strings. Empty entries and repeats are dropped; nothing is validated here.
+ */
+function splitCoordinatorList(value: string | readonly string[]): string[] {
+  const parts = (typeof value === 'string' ? [value] : value).flatMap((v) => v.split(/[\s,]+/)).filter((v) => v !== '');
+  return [...new Set(parts)];
+}
+
+/** Several coordinator URLs, each checked as `normalizeCoordinatorUrl` does; at least one. */
+export function normalizeCoordinatorUrls(value: string | readonly string[]): string[] {
+  const urls = [...new Set(splitCoordinatorList(value).map(normalizeCoordinatorUrl))];
+  if (urls.length === 0) throw new GridworkError('BAD_REQUEST', 'no coordinator URL given: expected something like http://127.0.0.1:7070 (several separated by commas)');
+  return urls;
+}
+
+/**
+ * The coordinator URLs a client may use, and the one it uses now. Sticky: a request that had to
+ * move to another URL leaves the client there, so one dead replica costs one failover, not one
+ * per request.
+ */
+export class CoordinatorEndpoints {
+  readonly urls: readonly string[];
+  private current = 0;
+
+  constructor(urls: string | readonly string[]) {
+    this.urls = normalizeCoordinatorUrls(urls);
+  }
+
+  /** The URL requests go to now. */
+  get url(): string {
+    return this.urls[this.current] as string;
+  }
+
+  /** Every URL once, the current one first, then the others in the order given. */
+  rotation(): string[] {
+    return this.urls.map((_, i) => this.urls[(this.current + i) % this.urls.length] as string);
+  }
+
+  /** `url` answered: later requests go there. */
+  use(url: string): void {
+    const i = this.urls.indexOf(url);
+    if (i >= 0) this.current = i;
+  }
+
+  /** A stream from `url` broke: the next request starts at the next URL (unless one already moved on). */
+  leave(url: string): void {
+    if (this.url === url) this.current = (this.current + 1) % this.urls.length;
+  }
+}
+
 function isErrorBody(value: unknown): value is ErrorBody {
   const e = (value as Partial<ErrorBody> | null)?.error;
   return typeof e === 'object' && e !== null && isErrorCode(e.code) && typeof e.message === 'string';
@@ -47,10 +101,30 @@ export interface HttpResponse {
   cancel(): void;
 }
 
+/** How long a connection may take to open: a replica whose host is down must not hold a request for minutes. */
+const CONNECT_TIMEOUT_MS = 10_000;
+
+/** Errors of exchanges that failed before their connection opened: nothing of the request reached a server. */
+const unsent = new WeakSet<object>();
+
+/**
+ * How a request failed, where another coordinator may be asked instead: `unsent` (no connection
+ * was made), `unanswered` (the connection broke after the request may have been sent),
+ * `unavailable` (a 503 without our error body: a replica shutting down, which refuses requests
+ * before handling them), `gateway` (a proxy's 502 or 504: the request may have been handled).
+ */
+interface Failure {
+  kind: 'unsent' | 'unanswered' | 'unavailable' | 'gateway';
+  /** For messages: "refused", "HTTP 503", ... */
+  what: string;
+}
+const failures = new WeakMap<object, Failure>();
+
 /**
  * One HTTP exchange on node:http(s). Not fetch: undici loads and compiles its HTTP parser
  * (WebAssembly) on first use, which cost 40 MiB and a few hundred milliseconds per CLI command.
- * No idle timeout on responses either: a stream lasts as long as its keepalives do.
+ * No idle timeout on responses either: a stream lasts as long as its keepalives do; only
+ * opening the connection is timed (CONNECT_TIMEOUT_MS).
  */
 function send(
   url: URL,
@@ -65,8 +139,30 @@ function send(
       headers: typeof payload === 'string' || payload instanceof Uint8Array ? { ...headers, 'content-length': String(Buffer.byteLength(payload)) } : headers,
       ...(signal ? { signal } : {}),
     });
-    request.once('error', reject);
+    // Whether the request may have reached the server: once its connection is open (a reused
+    // keep-alive connection is open already). TLS: once the handshake is done.
+    let connected = false;
+    let connectTimer: NodeJS.Timeout | undefined;
+    request.once('socket', (socket) => {
+      if (!socket.connecting) {
+        connected = true;
+        return;
+      }
+      connectTimer = setTimeout(() => {
+        request.destroy(Object.assign(new Error(`connection not open after ${CONNECT_TIMEOUT_MS} ms`), { code: 'ETIMEDOUT' }));
+      }, CONNECT_TIMEOUT_MS);
+      socket.once('encrypted' in socket ? 'secureConnect' : 'connect', () => {
+        connected = true;
+        clearTimeout(connectTimer);
+      });
+    });
+    request.once('error', (err) => {
+      clearTimeout(connectTimer);
+      if (!connected) unsent.add(err);
+      reject(err);
+    });
     request.once('response', (res) => {
+      clearTimeout(connectTimer);
       const hdrs: Record<string, string> = {};
       for (const [k, v] of Object.entries(res.headers)) if (v !== undefined) hdrs[k] = Array.isArray(v) ? v.join(', ') : v;
       const text = async () => {
@@ -114,7 +210,9 @@ export async function signedRequest(
     res = await send(new URL(path, `${baseUrl}/`), method, headers, payload, options.signal);
   } catch (err) {
     if (options.signal?.aborted) throw new GridworkError('ABORTED', 'request aborted', { cause: err });
-    throw new CoordinatorUnreachableError(baseUrl, unreachableReason(err), { cause: err });
+    const unreachable = new CoordinatorUnreachableError(baseUrl, unreachableReason(err), { cause: err });
+    failures.set(unreachable, { kind: unsent.has(err as object) ? 'unsent' : 'unanswered', what: unreachable.reason });
+    throw unreachable;
   }
   const type = res.headers['content-type'] ?? '';
   if (res.status < 200 || res.status >= 300) {
@@ -127,7 +225,9 @@ export async function signedRequest(
     // A coordinator going down answers 503 before it closes; anything else without our error
     // shape came from something that is not a coordinator (a web server, a proxy).
     if (res.status === 502 || res.status === 503 || res.status === 504) {
-      throw new GridworkError('UNAVAILABLE', `the coordinator at ${baseUrl} is unavailable (HTTP ${res.status})`);
+      const unavailable = new GridworkError('UNAVAILABLE', `the coordinator at ${baseUrl} is unavailable (HTTP ${res.status})`);
+      failures.set(unavailable, { kind: res.status === 503 ? 'unavailable' : 'gateway', what: `HTTP ${res.status}` });
+      throw unavailable;
     }
     throw new NotACoordinatorError(baseUrl, res.status, `${method} ${path.split('?')[0]} answered HTTP ${res.status}${type ? ` (${type.split(';')[0]})` : ''} without a Gridwork error body`);
   }
@@ -141,6 +241,69 @@ export async function signedRequest(
     throw new NotACoordinatorError(baseUrl, res.status, `${method} ${path.split('?')[0]} answered ${type.split(';')[0] || 'without a content type'}, not an NDJSON stream`);
   }
   return res;
+}
+
+/**
+ * `signedRequest` against several coordinators (replicas of one network): the current URL first,
+ * then each other one once. Another URL is asked only where asking again cannot do twice what
+ * the first one did:
+ * - the connection never opened (refused, DNS, connect timeout), or a replica shutting down
+ *   answered 503 (it refuses requests before handling them): any request;
+ * - the connection broke after the request may have been sent (reset, closed before an answer),
+ *   or a proxy answered 502 or 504: only a request that is safe to repeat — GET and HEAD, and
+ *   requests whose JSON body carries an `idempotencyKey` (money, job submits), which the
+ *   coordinator applies once per key. A signed request sent again is signed again, with a
+ *   fresh nonce: the coordinator takes it for a new request, so one without a key is never
+ *   repeated after it may have arrived.
+ * A streamed body is never sent twice (a stream is read once). Any answer ends it, an error
+ * answer too. The URL that answered takes later requests (sticky); a response stream that
+ * breaks (its replica died mid-stream) makes the next request, its reconnect, start at the next.
+ */
+export async function failoverRequest(
+  endpoints: CoordinatorEndpoints,
+  identity: Identity,
+  method: string,
+  path: string,
+  options: { body?: RequestBody; signal?: AbortSignal; accept?: 'json' | 'ndjson' | 'bytes' } = {},
+): Promise<HttpResponse> {
+  const { body, signal } = options;
+  const replayable = body === undefined || 'json' in body || body.blob instanceof Uint8Array;
+  const keyed = body !== undefined && 'json' in body && typeof (body.json as { idempotencyKey?: unknown } | null)?.idempotencyKey === 'string';
+  const repeatable = replayable && (method === 'GET' || method === 'HEAD' || keyed);
+  const urls = endpoints.rotation();
+  const tried: string[] = [];
+  for (const [i, url] of urls.entries()) {
+    let res: HttpResponse;
+    try {
+      res = await signedRequest(url, identity, method, path, options);
+    } catch (err) {
+      const failure = failures.get(err as object);
+      if (signal?.aborted) throw err;
+      if (failure === undefined) {
+        // A coordinator answered (with an error): it is there, later requests go to it too.
+        if (err instanceof GridworkError && !(err instanceof NotACoordinatorError)) endpoints.use(url);
+        throw err;
+      }
+      tried.push(`${url}: ${failure.what}`);
+      const again = failure.kind === 'unsent' || failure.kind === 'unavailable' ? replayable : repeatable;
+      if (again && i < urls.length - 1) continue;
+      const e = err as Error;
+      if (!again && i < urls.length - 1) {
+        e.message += replayable
+          ? `; not sent to another coordinator: ${method} ${path.split('?')[0]} may have been applied, and it carries no idempotency key`
+          : `; not sent to another coordinator: its body was a stream, which cannot be sent twice`;
+      } else if (tried.length > 1) {
+        e.message += ` (tried every coordinator given: ${tried.join('; ')})`;
+      }
+      throw err;
+    }
+    endpoints.use(url);
+    res.body.once('error', () => {
+      if (!signal?.aborted) endpoints.leave(url);
+    });
+    return res;
+  }
+  throw new GridworkError('INTERNAL', 'no coordinator URL to send to');
 }
 
 /**

@@ -2,7 +2,7 @@
 import { join } from 'node:path';
 import type { BalanceView } from '@gridwork/protocol';
 import type { Command } from 'commander';
-import { type ClientFlags, coordinatorUrl, gridworkHome, requesterClient, withClientOptions } from '../context.ts';
+import { type ClientFlags, coordinatorUrls, gridworkHome, requesterClient, withClientOptions } from '../context.ts';
 import { CliExit, EXIT_USAGE, info, out, outColor, printJson, relativeTime, table } from '../output.ts';
 
 interface Opts extends ClientFlags {
@@ -61,7 +61,7 @@ export function registerAccountCommands(program: Command): void {
     .option('--operator-key <file>', 'operator key file', join(gridworkHome(), 'coordinator', 'operator-key.json'))
     .action(async (target: string, amount: string, opts: Opts & { operatorKey: string }) => {
       const { GridworkClient, loadOrCreateIdentity } = await import('@gridwork/sdk');
-      const url = await coordinatorUrl(opts);
+      const url = await coordinatorUrls(opts);
       const client = new GridworkClient({ url, identity: await loadOrCreateIdentity(opts.operatorKey) });
       show(await client.credit(target, amount, keyOf(opts)), opts);
     });
