@@ -43,6 +43,13 @@ describe('container jobs on a real coordinator', () => {
     // Bundle-only providers: no Docker engine here, and `containers: 'off'` makes sure of it elsewhere.
     net = await startTestNetwork({ providers: 2, provider: { runtime: 'process', containers: 'off' } });
     client = await net.fundedClient('100');
+    // The explanations below count providers: both must have said hello (a hello also proves the
+    // agent's ingress first, a round trip the agent's start does not wait for).
+    await until(
+      () => client.providers(),
+      (ps) => ps.filter((p) => p.state === 'online').length === 2,
+      { what: 'both providers online', timeoutMs: WAIT_MS },
+    );
   });
   after(async () => {
     await net?.close();

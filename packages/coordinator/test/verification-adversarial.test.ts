@@ -496,7 +496,7 @@ describe('checkpoint reports from a malicious provider (pglite)', {
     const own = await r1.get(`/v1/jobs/${jobId}/blobs/${d1.digest}`);
     assert.equal(own.status, 200, 'its own checkpoint is readable while its lease is live');
     const stranger = await call(net.coordinator.url, generateIdentity(), 'GET', `/v1/jobs/${jobId}/blobs/${d1.digest}`);
-    assert.equal(stranger.status, 403);
+    assert.equal(stranger.status, 404, 'to a stranger the job does not exist');
   });
 
   test('the audit seed does not leak to the provider before it commits: not in its assignment, its record, nor the job', async () => {
