@@ -38,14 +38,18 @@ export class Authenticator {
       if (inserted.numInsertedOrUpdatedRows === 0n) {
         throw new GridworkError('REPLAYED_REQUEST', 'this request was already received (nonce reused)');
       }
-    }
-    if (!this.knownAccounts.has(accountId)) {
-      await this.db
-        .insertInto('accounts')
-        .values({ id: accountId })
-        .onConflict((oc) => oc.doNothing())
-        .execute();
-      this.knownAccounts.add(accountId);
+      // Only requests that may write need the account row. A read (and a provider's socket
+      // upgrade: its hello registers the account) writes nothing, so a flood of fresh keys costs
+      // no database write — on the embedded store every write runs on the event loop's thread.
+      if (!this.knownAccounts.has(accountId)) {
+        await this.db
+          .insertInto('accounts')
+          .values({ id: accountId })
+          .onConflict((oc) => oc.doNothing())
+          .execute();
+        if (this.knownAccounts.size > 100_000) this.knownAccounts.clear();
+        this.knownAccounts.add(accountId);
+      }
     }
     return accountId;
   }
