@@ -14,7 +14,7 @@ import { after, before, describe, it } from 'node:test';
 import { canonicalJson, type ErrorBody, GridworkError, type JobSpec, type JobView, newId, parseCredits } from '@gridwork/protocol';
 import { generateIdentity, type Identity, sha256Hex, signBytes, signRequest } from '@gridwork/protocol/node';
 import { type GridworkClient, packBundle } from '@gridwork/sdk';
-import { startTestNetwork, type TestNetwork, until } from '@gridwork/testkit';
+import { startTestNetwork, type TestNetwork, until, uploadTinyBundle } from '@gridwork/testkit';
 import pg from 'pg';
 import WebSocket from 'ws';
 
@@ -51,16 +51,6 @@ function spec(name: string, overrides: Partial<JobSpec> = {}): JobSpec {
   };
 }
 
-/** Uploads a one-file bundle and its manifest as `client`'s blobs. */
-async function uploadTinyBundle(client: GridworkClient, note = ''): Promise<{ manifest: string }> {
-  const file = Buffer.from(`process.exit(0);${note ? ` // ${note}` : ''}\n`);
-  const fileDigest = createHash('sha256').update(file).digest('hex');
-  await client.uploadBlob(file, fileDigest);
-  const manifest = Buffer.from(JSON.stringify({ files: [{ path: 'main.mjs', digest: fileDigest, size: file.length, executable: false }] }));
-  const manifestDigest = createHash('sha256').update(manifest).digest('hex');
-  await client.uploadBlob(manifest, manifestDigest);
-  return { manifest: manifestDigest };
-}
 
 const ASKS = { cpuCoreHour: '0.01', memoryGiBHour: '0.001', gpuHour: {} };
 

@@ -6,18 +6,21 @@
  *    internal admin port as its ingress and climbed out of the lease prefix with `..`.
  * 6. Bodies were parsed before the signature was checked.
  * 7. Another account's job answered 403 where a missing one answered 404.
+ *
+ * And what the review of these fixes found still getting through (A and B failed before their
+ * fixes): a backslash in the advertised ingress URL steered the proof request to a path of the
+ * provider's choosing (A); the coordinator stored every log byte a modified agent sent (B).
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { createServer, type IncomingHttpHeaders, request, type Server } from 'node:http';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { internalsOf } from '@gridwork/coordinator/internal';
-import { ingressProofMessage, type JobSpec, newId } from '@gridwork/protocol';
+import { DEFAULT_LEASE_LOG_BYTES, ingressProofMessage, type JobSpec, MAX_MESSAGE_BYTES, MAX_STORED_LEASE_LOG_BYTES, newId } from '@gridwork/protocol';
 import { generateIdentity, type Identity, signBytes, signRequest } from '@gridwork/protocol/node';
 import type { GridworkClient } from '@gridwork/sdk';
-import { startTestNetwork, type TestNetwork, until } from '@gridwork/testkit';
+import { startTestNetwork, type TestNetwork, until, uploadTinyBundle } from '@gridwork/testkit';
 import { RawProvider } from '@gridwork/testkit/raw-provider';
 import { forwardablePath } from '../src/api/service-routes.ts';
 import { nestsDeeperThan } from '../src/api/http-app.ts';
@@ -71,15 +74,6 @@ function publicService(region: string): JobSpec {
   };
 }
 
-async function tinyBundle(client: GridworkClient): Promise<string> {
-  const file = Buffer.from('process.exit(0);\n');
-  const fileDigest = createHash('sha256').update(file).digest('hex');
-  await client.uploadBlob(file, fileDigest);
-  const manifest = Buffer.from(JSON.stringify({ files: [{ path: 'main.mjs', digest: fileDigest, size: file.length, executable: false }] }));
-  const digest = createHash('sha256').update(manifest).digest('hex');
-  await client.uploadBlob(manifest, digest);
-  return digest;
-}
 
 describe('issue 14: ingress SSRF, authentication before parsing, job ids', { timeout: 180_000 }, () => {
   let network: TestNetwork;
@@ -92,7 +86,7 @@ describe('issue 14: ingress SSRF, authentication before parsing, job ids', { tim
     network = await startTestNetwork();
     url = network.coordinator.url;
     client = await network.fundedClient('500');
-    bundle = await tinyBundle(client);
+    bundle = (await uploadTinyBundle(client)).manifest;
   });
   after(async () => {
     for (const c of closers) c();
@@ -263,5 +257,78 @@ describe('issue 14: ingress SSRF, authentication before parsing, job ids', { tim
       assert.deepEqual({ ...theirs.body.error, message: theirs.body.error.message.replace(job.id, 'ID') }, { ...none.body.error, message: none.body.error.message.replace(ghost, 'ID') });
     }
     await until(() => client.get(job.id), (j) => j.state !== 'cancelled', { what: 'the job untouched' });
+  });
+
+  // Was: the admin server saw `/admin/drop-all-tables/.gridwork/ingress-proof?challenge=…`. Now the
+  // hello schema admits an origin only, and ingressOf takes only a URL that is its own origin.
+  test('A: an advertised ingress URL cannot steer the proof request to another path on the host (blind SSRF at hello)', async () => {
+    const admin = await recordingServer((_u, res) => res.writeHead(404).end());
+    closers.push(() => admin.server.close());
+    // The hello schema (`^https?://[^/?#]+$`) means "an origin", but a backslash is not in its
+    // excluded set and WHATWG URL parsing (new URL, fetch) reads it as `/` in http(s) URLs: the
+    // host check of ingressOf still sees 127.0.0.1, and the proof GET goes to a path the provider
+    // chose. (Tab and newline, also allowed by the pattern, are silently removed by the parser.)
+    const ingressUrl = `${admin.url}\\admin\\drop-all-tables`;
+    const p = await RawProvider.connect(url);
+    closers.push(() => p.close());
+    const answer = await p.hello({ attributes: { region: 'ssrf-path' }, ingressUrl });
+    assert.equal(answer.type, 'error', JSON.stringify(answer));
+    assert.equal(answer.code, 'PROTOCOL_ERROR');
+    assert.match(String(answer.message), /ingressUrl/);
+    const escaped = admin.seen.map((s) => s.url).filter((u) => !u.startsWith('/.gridwork/ingress-proof?'));
+    assert.deepEqual(escaped, [], `the coordinator requested a provider-chosen path on a loopback port: ${JSON.stringify(admin.seen)}`);
+  });
+
+  // PASSES (attack held): streams that hang up at once give their place back.
+  test('C: clients that hang up right after asking for /v1/network/events do not use up the stream places', async () => {
+    const { hostname, port } = new URL(url);
+    const { connect } = await import('node:net');
+    for (let i = 0; i < 130; i++) {
+      const s = connect(Number(port), hostname);
+      s.on('error', () => {});
+      s.write(`GET /v1/network/events HTTP/1.1\r\nhost: x\r\n\r\n`);
+      if (i % 2 === 0) s.destroy();
+      else setTimeout(() => s.destroy(), 5);
+    }
+    await new Promise((r) => setTimeout(r, 1500));
+    const ac = new AbortController();
+    const res = await fetch(new URL('/v1/network/events', url), { signal: ac.signal });
+    assert.equal(res.status, 200, await (res.status === 200 ? Promise.resolve('') : res.text()));
+    ac.abort();
+  });
+
+  // Was: the coordinator stored every byte a malicious provider sent.
+  test("B: the coordinator caps a lease's stored log even when the provider ignores the cap", async () => {
+    const p = await RawProvider.connect(url);
+    closers.push(() => p.close());
+    assert.equal((await p.hello({ attributes: { region: 'log-flood' } })).type, 'welcome');
+    const job = await client.submitPrepared({ spec: { ...publicService('log-flood'), name: 'log-flood', kind: 'batch', service: undefined, maxRetries: 0 } as JobSpec, bundle: { manifest: bundle }, inputs: [] });
+    const a = await p.assignment('the flooded lease');
+    assert.equal(a.lease.jobId, job.id);
+    assert.equal(await p.report({ type: 'lease.started', leaseId: a.lease.leaseId }), undefined);
+
+    // Each message just under the protocol's 1 MiB limit: accepted, acked, stored.
+    const chunk = 'x'.repeat(16_000);
+    const perMessage = 60; // 960,000 bytes of data, ~964 KB of JSON
+    const messages = Math.ceil((DEFAULT_LEASE_LOG_BYTES * 1.5) / (chunk.length * perMessage));
+    for (let i = 0; i < messages; i++) {
+      const chunks = Array.from({ length: perMessage }, () => ({ stream: 'stdout', data: chunk, ts: Date.now() }));
+      assert.ok(Buffer.byteLength(JSON.stringify({ seq: 1, type: 'lease.log', leaseId: a.lease.leaseId, chunks })) < MAX_MESSAGE_BYTES);
+      const err = await p.report({ type: 'lease.log', leaseId: a.lease.leaseId, chunks });
+      assert.equal(err, undefined, `message ${i}: ${JSON.stringify(err)}`);
+    }
+    const { db } = internalsOf(network.coordinator);
+    const rows = await db.selectFrom('task_logs').select(['stream', 'data']).where('lease_id', '=', a.lease.leaseId).execute();
+    const stored = rows.filter((r) => r.stream !== 'system').reduce((n, r) => n + Buffer.byteLength(r.data), 0);
+    const sent = messages * perMessage * chunk.length;
+    assert.ok(sent > MAX_STORED_LEASE_LOG_BYTES);
+    const marker = rows.filter((r) => /log truncated by the coordinator/.test(r.data));
+    assert.equal(marker.length, 1, 'one marker line says where the log was cut');
+    const markerBytes = Buffer.byteLength(marker[0]?.data ?? '');
+    assert.ok(
+      stored - markerBytes <= MAX_STORED_LEASE_LOG_BYTES && stored - markerBytes > DEFAULT_LEASE_LOG_BYTES,
+      `the coordinator stored ${stored} bytes of task output for one lease (cap ${MAX_STORED_LEASE_LOG_BYTES})`,
+    );
+    await client.cancel(job.id).catch(() => {});
   });
 });

@@ -7,7 +7,7 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Coordinator, type CoordinatorOptions, startCoordinator } from '@gridwork/coordinator';
-import { type Identity, generateIdentity, loadOrCreateIdentity } from '@gridwork/protocol/node';
+import { type Identity, generateIdentity, loadOrCreateIdentity, sha256Hex } from '@gridwork/protocol/node';
 import { ProviderAgent, type ProviderAgentOptions } from '@gridwork/provider';
 import { GridworkClient } from '@gridwork/sdk';
 import pino from 'pino';
@@ -135,6 +135,17 @@ export async function until<T>(
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${options.what ?? 'condition'}; last value: ${JSON.stringify(value)?.slice(0, 500)}`);
     await new Promise((r) => setTimeout(r, options.pollMs ?? 50));
   }
+}
+
+/** Uploads a one-file bundle (a script that exits 0) and its manifest as `client`'s blobs; `note` makes its bytes unique. */
+export async function uploadTinyBundle(client: GridworkClient, note = ''): Promise<{ manifest: string }> {
+  const file = Buffer.from(`process.exit(0);${note ? ` // ${note}` : ''}\n`);
+  const fileDigest = sha256Hex(file);
+  await client.uploadBlob(file, fileDigest);
+  const manifest = Buffer.from(JSON.stringify({ files: [{ path: 'main.mjs', digest: fileDigest, size: file.length, executable: false }] }));
+  const manifestDigest = sha256Hex(manifest);
+  await client.uploadBlob(manifest, manifestDigest);
+  return { manifest: manifestDigest };
 }
 
 export { generateIdentity };
