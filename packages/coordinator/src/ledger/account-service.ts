@@ -229,11 +229,25 @@ export class AccountService {
     return this.balance(accountId);
   }
 
-  /** Releases unbondings whose delay has passed. Returns how many. */
+  /**
+   * Releases unbondings whose delay has passed. Returns how many. Each row is read again inside
+   * its transaction after its balances are locked, in the ledger's lock order (as a slash locks
+   * them before shrinking the rows): a slash that committed meanwhile is seen, never overwritten.
+   */
   async releaseUnbonded(now = new Date()): Promise<number> {
-    const due = await this.db.selectFrom('stake_unbondings').selectAll().where('released_at', 'is', null).where('release_at', '<=', now).execute();
-    for (const u of due) {
-      await transact(this.db, async (trx) => {
+    const due = await this.db.selectFrom('stake_unbondings').select(['id', 'account_id']).where('released_at', 'is', null).where('release_at', '<=', now).execute();
+    let released = 0;
+    for (const { id, account_id } of due) {
+      released += await transact(this.db, async (trx) => {
+        await trx
+          .selectFrom('ledger_balances')
+          .select('account')
+          .where('account', 'in', [available(account_id), unbondingOf(account_id)])
+          .orderBy('account')
+          .forUpdate()
+          .execute();
+        const u = await trx.selectFrom('stake_unbondings').selectAll().where('id', '=', id).where('released_at', 'is', null).forUpdate().executeTakeFirst();
+        if (!u) return 0;
         await post(trx, {
           kind: 'unbond.release',
           key: `unbond:${u.id}`,
@@ -243,9 +257,10 @@ export class AccountService {
           ],
         });
         await trx.updateTable('stake_unbondings').set({ released_at: now }).where('id', '=', u.id).execute();
+        return 1;
       });
     }
-    return due.length;
+    return released;
   }
 
   /** Seeds the verification fund (`sys:fees`) once per database: a dev coordinator's checks are paid from the first task. */
