@@ -23,7 +23,7 @@ import type { GridworkClient } from '@gridwork/sdk';
 import { startTestNetwork, type TestNetwork, until, uploadTinyBundle } from '@gridwork/testkit';
 import { RawProvider } from '@gridwork/testkit/raw-provider';
 import { forwardablePath } from '../src/api/service-routes.ts';
-import { nestsDeeperThan } from '../src/api/http-app.ts';
+import { JsonDepthGauge, nestsDeeperThan } from '../src/api/json-body.ts';
 
 interface Seen {
   url: string;
@@ -204,6 +204,31 @@ describe('issue 14: ingress SSRF, authentication before parsing, job ids', { tim
     assert.match(text, /UNAUTHENTICATED/);
   });
 
+  test('a signed body nested too deep is refused at its first chunk, and the connection closed, before the rest arrives', async () => {
+    // Validly signed by a fresh key, 1 MB of brackets: only the first 64 KiB is ever sent.
+    const body = Buffer.from(`{"spec":${'['.repeat(500_000)}${']'.repeat(500_000)}}`);
+    const headers = signRequest(generateIdentity(), 'POST', '/v1/jobs', body);
+    const { hostname, port } = new URL(url);
+    const socket = net.connect(Number(port), hostname);
+    closers.push(() => socket.destroy());
+    const answer = new Promise<{ text: string; closed: boolean }>((resolve) => {
+      let text = '';
+      socket.on('data', (d) => {
+        text += d.toString();
+      });
+      socket.on('close', () => resolve({ text, closed: true }));
+    });
+    const head = Object.entries({ ...headers, host: hostname, 'content-type': 'application/json', 'content-length': String(body.length) })
+      .map(([k, v]) => `${k}: ${v}`)
+      .join('\r\n');
+    socket.write(`POST /v1/jobs HTTP/1.1\r\n${head}\r\n\r\n`);
+    socket.write(body.subarray(0, 64 * 1024));
+    const { text } = await answer;
+    assert.match(text, /^HTTP\/1\.1 400/);
+    assert.match(text, /nests deeper than 32 levels/);
+    assert.match(text, /connection: close/i);
+  });
+
   test('a body is authenticated before it is parsed; deep nesting and oversized small-route bodies are refused', async () => {
     const post = async (path: string, body: string, identity: Identity | null, tamper = false) => {
       const headers: Record<string, string> = { 'content-type': 'application/json', ...(identity ? signRequest(identity, 'POST', path, tamper ? `${body} ` : body) : {}) };
@@ -229,7 +254,14 @@ describe('issue 14: ingress SSRF, authentication before parsing, job ids', { tim
     assert.equal(submitted.code?.code, 'INVALID_SPEC');
   });
 
-  test('nestsDeeperThan counts brackets outside strings only', () => {
+  test('nestsDeeperThan counts brackets outside strings only, also fed in pieces', () => {
+    const pieces = ['{"a":"[[\\', '"[[', '"', ',"b":[[[', ']]]}'].map((p) => Buffer.from(p));
+    const gauge = new JsonDepthGauge(2);
+    assert.deepEqual(
+      pieces.map((p) => gauge.feed(p)),
+      [false, false, false, true, true],
+      'an escaped quote split from its backslash stays inside the string; the brackets after it count',
+    );
     assert.equal(nestsDeeperThan(Buffer.from('[[[]]]'), 3), false);
     assert.equal(nestsDeeperThan(Buffer.from('[[[[]]]]'), 3), true);
     assert.equal(nestsDeeperThan(Buffer.from('{"a":"[[[[[[\\"[[["}'), 1), false);

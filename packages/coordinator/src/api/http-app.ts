@@ -9,6 +9,7 @@
  * unless a route says otherwise (`largeBody`), and JSON nested deeper than any real request is
  * refused before JSON.parse sees it.
  */
+import type { IncomingMessage } from 'node:http';
 import swagger from '@fastify/swagger';
 import websocket from '@fastify/websocket';
 import { GridworkError, httpStatusOf, WS_MAX_PAYLOAD_BYTES } from '@gridwork/protocol';
@@ -17,6 +18,7 @@ import { Ajv } from 'ajv';
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyRequest, LogController } from 'fastify';
 import type { Logger } from 'pino';
 import type { Authenticator } from '../auth/authenticator.ts';
+import { readJsonBody } from './json-body.ts';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -49,23 +51,6 @@ export interface HttpAppOptions {
 export const SMALL_BODY_BYTES = 16 * 1024;
 /** No request of this API nests deeper; a stranger's deeper JSON is refused unparsed. */
 export const MAX_JSON_DEPTH = 32;
-
-/** Whether JSON text nests arrays/objects deeper than `max` (brackets inside strings do not count). */
-export function nestsDeeperThan(body: Buffer, max: number): boolean {
-  let depth = 0;
-  let inString = false;
-  for (let i = 0; i < body.length; i++) {
-    const c = body[i];
-    if (inString) {
-      if (c === 0x5c) i++;
-      else if (c === 0x22) inString = false;
-    } else if (c === 0x22) inString = true;
-    else if (c === 0x5b || c === 0x7b) {
-      if (++depth > max) return true;
-    } else if (c === 0x5d || c === 0x7d) depth--;
-  }
-  return false;
-}
 
 const strictAjv = new Ajv({ coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false, strict: false });
 const paramsAjv = new Ajv({ coerceTypes: true, removeAdditional: false, useDefaults: true, allErrors: false, strict: false });
@@ -139,13 +124,14 @@ export async function createHttpApp(options: HttpAppOptions): Promise<FastifyIns
   });
 
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, async (req: FastifyRequest, body: Buffer) => {
+  app.addContentTypeParser('application/json', async (req: FastifyRequest, payload: IncomingMessage) => {
+    // Refused while it streams in when too large or too deep (json-body.ts), so neither costs a whole read.
+    const body = await readJsonBody(payload, req.routeOptions.bodyLimit, MAX_JSON_DEPTH);
     req.rawBody = body;
     const config = req.routeOptions.config;
     // The signature covers these bytes: check it (and the nonce) before parsing them.
     if (signed(req) && !config.signedDigestParam) req.accountId = await options.auth.authenticate({ method: req.method, url: req.url, headers: req.headers, body });
     if (body.length === 0 || config.rawJson) return undefined;
-    if (nestsDeeperThan(body, MAX_JSON_DEPTH)) throw new GridworkError('BAD_REQUEST', `JSON nests deeper than ${MAX_JSON_DEPTH} levels`);
     try {
       return JSON.parse(body.toString('utf8'));
     } catch (err) {
@@ -186,6 +172,9 @@ export async function createHttpApp(options: HttpAppOptions): Promise<FastifyIns
     const g = toGridworkError(err);
     if (g.code === 'INTERNAL') req.log.error({ err, url: req.url }, 'request failed');
     else req.log.info({ code: g.code, message: g.message, url: req.url, method: req.method }, 'request refused');
+    // Refused before its body was read (unsigned, stale, too deep): the connection closes rather
+    // than reading and discarding the rest of a body nobody will use.
+    if (!req.raw.complete) reply.header('connection', 'close');
     reply.status(httpStatusOf[g.code]).send(g.toBody());
   });
   app.setNotFoundHandler((req, reply) => {

@@ -2,6 +2,12 @@
  * A Kysely dialect for PGlite 0.5 (no maintained one exists): Kysely's own Postgres adapter,
  * compiler and introspector over PGlite's single connection, serialized by a mutex so a
  * transaction never interleaves with another query.
+ *
+ * PGlite runs each query synchronously on this thread, and one awaited query after another (a
+ * transaction, then the next waiting on the mutex) continues in microtasks only: without a
+ * yield, ten queued hellos ran as one 250 ms stretch in which no socket was read
+ * (bench/hostile-load.ts). Each query first yields to the event loop, so I/O waits at most for
+ * the query running now, never for a whole queue of them.
  */
 import type { PGlite } from '@electric-sql/pglite';
 import {
@@ -20,6 +26,7 @@ class PGliteConnection implements DatabaseConnection {
   constructor(private readonly db: PGlite) {}
 
   async executeQuery<R>(query: CompiledQuery): Promise<QueryResult<R>> {
+    await new Promise<void>((resolve) => setImmediate(resolve));
     const res = await this.db.query<R>(query.sql, query.parameters as unknown[]);
     return {
       rows: res.rows,
