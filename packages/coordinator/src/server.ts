@@ -22,6 +22,7 @@ import { Authenticator } from './auth/authenticator.ts';
 import { BlobService } from './blobs/blob-service.ts';
 import { FileBlobStore } from './blobs/blob-store.ts';
 import { InProcessBus } from './bus/in-process-bus.ts';
+import { ReplicaDoorbell } from './bus/replica-doorbell.ts';
 import { SubscriberRoster } from './bus/subscriber-roster.ts';
 import { Housekeeping } from './housekeeping.ts';
 import { registerInternals } from './internals.ts';
@@ -67,6 +68,17 @@ export interface CoordinatorOptions {
   databaseUrl?: string;
   /** PostgreSQL schema (tests isolate themselves with it). @default 'public' */
   databaseSchema?: string;
+  /**
+   * NATS server(s), comma-separated, through which replicas on one PostgreSQL database tell each
+   * other at once that they committed events (bus/replica-doorbell.ts). Ignored on PGlite.
+   * @default process.env.GRIDWORK_NATS_URL
+   */
+  natsUrl?: string;
+  /**
+   * On PostgreSQL, how often a replica reads the event head for events other replicas committed,
+   * whether or not NATS rang. @default 1000 (5000 with NATS)
+   */
+  replicaPollMs?: number;
   /** Development mode (enables conveniences that must never run in production). @default false */
   dev?: boolean;
   /** How often providers heartbeat. @default 5000 */
@@ -120,8 +132,8 @@ export interface CoordinatorOptions {
   retention?: RetentionOptions;
 }
 
-export type CoordinatorConfig = Required<Omit<CoordinatorOptions, 'databaseUrl' | 'logger' | 'economics' | 'challenges' | 'verification' | 'networkFeed' | 'retention'>> &
-  Pick<CoordinatorOptions, 'databaseUrl'> & {
+export type CoordinatorConfig = Required<Omit<CoordinatorOptions, 'databaseUrl' | 'natsUrl' | 'logger' | 'economics' | 'challenges' | 'verification' | 'networkFeed' | 'retention'>> &
+  Pick<CoordinatorOptions, 'databaseUrl' | 'natsUrl'> & {
     economics: EconomicsConfig;
     challenges: ChallengeConfig;
     verification: VerificationConfig;
@@ -137,6 +149,8 @@ export function resolveCoordinatorOptions(o: CoordinatorOptions): CoordinatorCon
     port: o.port ?? 7070,
     databaseUrl: o.databaseUrl ?? process.env.GRIDWORK_DATABASE_URL,
     databaseSchema: o.databaseSchema ?? 'public',
+    natsUrl: o.natsUrl ?? (process.env.GRIDWORK_NATS_URL || undefined),
+    replicaPollMs: o.replicaPollMs ?? ((o.natsUrl ?? process.env.GRIDWORK_NATS_URL) ? 5000 : 1000),
     dev: o.dev ?? false,
     heartbeatIntervalMs: o.heartbeatIntervalMs ?? 5000,
     heartbeatMisses: o.heartbeatMisses ?? 3,
@@ -175,8 +189,21 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
 
   // The event log and its bus: every state change commits its typed events; the bus delivers them.
   const inProcessBus = new InProcessBus(db, log);
-  const units = new Units(db, inProcessBus);
+  // Replicas on one PostgreSQL database hear of each other's commits (PGlite has one process).
+  const doorbell = config.databaseUrl
+    ? new ReplicaDoorbell(
+        { db, log, onHead: (position) => inProcessBus.advance(position) },
+        { natsUrl: config.natsUrl, channel: `${new URL(config.databaseUrl).host}${new URL(config.databaseUrl).pathname}.${config.databaseSchema}`, pollMs: config.replicaPollMs },
+      )
+    : undefined;
+  const units = new Units(db, {
+    publish(events) {
+      inProcessBus.publish(events);
+      doorbell?.ring();
+    },
+  });
   await inProcessBus.start(units);
+  doorbell?.start();
   // Everyone subscribes through the roster: retention keeps what a durable subscriber has not passed.
   const bus = new SubscriberRoster(inProcessBus);
   const retention = new Retention({ db, bus, log }, config.retention);
@@ -269,7 +296,10 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   detector.start();
   housekeeping.start();
   void scheduler.kick();
-  log.info({ url, dataDir: config.dataDir, database: config.databaseUrl ? 'postgresql' : 'pglite', dev: config.dev }, 'coordinator listening');
+  log.info(
+    { url, dataDir: config.dataDir, database: config.databaseUrl ? 'postgresql' : 'pglite', nats: Boolean(config.databaseUrl && config.natsUrl), dev: config.dev },
+    'coordinator listening',
+  );
 
   let closing: Promise<void> | undefined;
   const handle: Coordinator = {
@@ -286,6 +316,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
         await connected.idle();
         await scheduler.close();
         await challenges.close();
+        await doorbell?.close();
         await bus.close();
         await app.close();
         await db.destroy();

@@ -19,6 +19,11 @@ export function postgresUrl(): string {
   return process.env.GRIDWORK_TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 }
 
+/** The NATS server of the tests (with JetStream); `.ci/run` starts one. */
+export function natsUrl(): string {
+  return process.env.GRIDWORK_TEST_NATS_URL ?? 'nats://127.0.0.1:4222';
+}
+
 /** A schema name unique to this test run, so suites can share one PostgreSQL database. */
 export function uniqueSchema(prefix = 'gw_test'): string {
   return `${prefix}_${process.pid}_${randomBytes(4).toString('hex')}`;

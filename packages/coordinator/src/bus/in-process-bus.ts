@@ -4,6 +4,7 @@
  * committed) reads them from the `events` table. Each subscriber has its own position and its
  * own serial delivery loop, so a slow one never delays the others; a handler that throws is
  * logged and retried from the same position on the next publish (or after a short delay).
+ * Events other replicas commit arrive through `advance` (bus/replica-doorbell.ts).
  */
 import type { Logger } from 'pino';
 import type { StoredEvent } from '../lifecycle/events.ts';
@@ -59,6 +60,13 @@ export class InProcessBus implements Bus {
       if (this.window.size <= WINDOW) break;
       this.window.delete(key);
     }
+    for (const c of this.cursors.values()) this.pump(c);
+  }
+
+  /** Another replica committed events up to `position` (a committed head: every event up to it is in the table). */
+  advance(position: bigint): void {
+    if (position <= this.last) return;
+    this.last = position;
     for (const c of this.cursors.values()) this.pump(c);
   }
 
