@@ -245,6 +245,9 @@ describe('issue 14: ingress SSRF, authentication before parsing, job ids', { tim
     const nested = await post('/v1/jobs', deep, me);
     assert.equal(nested.status, 400);
     assert.match(nested.code?.message ?? '', /nests deeper/);
+    // A body forwarded to a service unparsed is the service's to judge: routed (here to no job), not refused for depth.
+    const forwarded = await post(`/services/${newId('job')}/api`, deep, null);
+    assert.deepEqual([forwarded.status, forwarded.code?.code], [404, 'JOB_NOT_FOUND']);
     // Routes with small bodies take small bodies; job submission still takes large ones.
     const padded = JSON.stringify({ amount: '1', pad: 'x'.repeat(64 * 1024) });
     assert.deepEqual([(await post('/v1/account/deposit', padded, me)).status], [413]);

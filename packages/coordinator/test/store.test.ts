@@ -352,3 +352,25 @@ describe('store (pglite on disk)', () => {
     }
   });
 });
+
+describe('store (pglite closing)', () => {
+  it('closing lets the transactions already queued commit, and refuses new ones with a clear error', async () => {
+    const db = await openDatabase({ dataDir: 'memory://' });
+    await db.insertInto('accounts').values({ id: 'closing' }).execute();
+    // 50 units of work queued on the one connection, then a close while they wait.
+    const queued = Array.from({ length: 50 }, (_, i) =>
+      db.transaction().execute(async (trx) => {
+        await trx.insertInto('request_nonces').values({ account_id: 'closing', nonce: `n${i}`, seen_at: new Date() }).execute();
+      }),
+    );
+    const closed = db.destroy();
+    const outcomes = await Promise.allSettled(queued);
+    await closed;
+    assert.deepEqual(
+      outcomes.map((o) => o.status),
+      queued.map(() => 'fulfilled'),
+      `queued before the close, yet refused: ${outcomes.flatMap((o) => (o.status === 'rejected' ? [String(o.reason)] : [])).join('; ')}`,
+    );
+    await assert.rejects(db.selectFrom('accounts').selectAll().execute(), /closing|closed|destroyed/);
+  });
+});

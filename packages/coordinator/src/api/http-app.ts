@@ -126,9 +126,10 @@ export async function createHttpApp(options: HttpAppOptions): Promise<FastifyIns
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('application/json', async (req: FastifyRequest, payload: IncomingMessage) => {
     // Refused while it streams in when too large or too deep (json-body.ts), so neither costs a whole read.
-    const body = await readJsonBody(payload, req.routeOptions.bodyLimit, MAX_JSON_DEPTH);
-    req.rawBody = body;
     const config = req.routeOptions.config;
+    // (A body forwarded unparsed, to a service, may nest as deep as that service likes.)
+    const body = await readJsonBody(payload, req.routeOptions.bodyLimit, config.rawJson ? null : MAX_JSON_DEPTH);
+    req.rawBody = body;
     // The signature covers these bytes: check it (and the nonce) before parsing them.
     if (signed(req) && !config.signedDigestParam) req.accountId = await options.auth.authenticate({ method: req.method, url: req.url, headers: req.headers, body });
     if (body.length === 0 || config.rawJson) return undefined;

@@ -47,27 +47,41 @@ function tooLarge(limit: number): GridworkError {
   return new GridworkError('PAYLOAD_TOO_LARGE', `request body is larger than the limit (${limit} bytes)`);
 }
 
-/** The whole body, once it has arrived within `limit` bytes and `maxDepth` levels of nesting. */
-export function readJsonBody(req: IncomingMessage, limit: number, maxDepth: number): Promise<Buffer> {
-  const declared = req.headers['content-length'];
-  if (declared !== undefined && Number(declared) > limit) return Promise.reject(tooLarge(limit));
+/** How long a JSON body may take to arrive once its headers have: 1 MiB at 35 KB/s. */
+export const JSON_BODY_TIMEOUT_MS = 30_000;
+
+/**
+ * The whole body, once it has arrived within `limit` bytes, `maxDepth` levels of nesting (null:
+ * not checked, for bodies forwarded unparsed) and JSON_BODY_TIMEOUT_MS. The bytes are copied
+ * into one buffer as they come: a body sent a byte per chunk costs its size, not a Buffer per byte.
+ */
+export function readJsonBody(req: IncomingMessage, limit: number, maxDepth: number | null): Promise<Buffer> {
+  const declared = req.headers['content-length'] === undefined ? undefined : Number(req.headers['content-length']);
+  if (declared !== undefined && declared > limit) return Promise.reject(tooLarge(limit));
   return new Promise((resolve, reject) => {
-    const gauge = new JsonDepthGauge(maxDepth);
-    const chunks: Buffer[] = [];
+    const gauge = maxDepth === null ? undefined : new JsonDepthGauge(maxDepth);
+    let body = Buffer.allocUnsafe(Math.min(declared ?? 16 * 1024, limit));
     let length = 0;
+    const timer = setTimeout(() => finish(new GridworkError('BAD_REQUEST', `request body did not arrive within ${JSON_BODY_TIMEOUT_MS / 1000} s`)), JSON_BODY_TIMEOUT_MS);
     const finish = (err: GridworkError | null) => {
+      clearTimeout(timer);
       req.off('data', onData).off('end', onEnd).off('error', onError).off('close', onClose);
       if (err) {
         // Stop reading: nothing more of this body will be used.
         req.pause();
         reject(err);
-      } else resolve(Buffer.concat(chunks, length));
+      } else resolve(body.subarray(0, length));
     };
     const onData = (chunk: Buffer) => {
+      if (length + chunk.length > limit) return finish(tooLarge(limit));
+      if (gauge?.feed(chunk)) return finish(new GridworkError('BAD_REQUEST', `JSON nests deeper than ${maxDepth} levels`));
+      if (length + chunk.length > body.length) {
+        const grown = Buffer.allocUnsafe(Math.min(Math.max(body.length * 2, length + chunk.length), limit));
+        body.copy(grown, 0, 0, length);
+        body = grown;
+      }
+      chunk.copy(body, length);
       length += chunk.length;
-      if (length > limit) return finish(tooLarge(limit));
-      if (gauge.feed(chunk)) return finish(new GridworkError('BAD_REQUEST', `JSON nests deeper than ${maxDepth} levels`));
-      chunks.push(chunk);
     };
     const onEnd = () => finish(null);
     const onError = (err: Error) => finish(new GridworkError('BAD_REQUEST', `request body could not be read: ${err.message}`));
