@@ -9,6 +9,7 @@ import type { AccountService } from './ledger/account-service.ts';
 import type { Lifecycle } from './lifecycle/lifecycle.ts';
 import type { Units } from './lifecycle/unit-of-work.ts';
 import type { Market } from './market/market.ts';
+import type { ProviderService } from './providers/provider-service.ts';
 import type { Coordinator } from './server.ts';
 import type { Db } from './store/database.ts';
 
@@ -20,6 +21,7 @@ export interface CoordinatorInternals {
   bus: Bus;
   units: Units;
   lifecycle: Lifecycle;
+  providers: ProviderService;
 }
 
 const registry = new WeakMap<Coordinator, CoordinatorInternals>();

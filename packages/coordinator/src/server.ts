@@ -281,7 +281,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
 
   const connected = channels;
   const detector = new FailureDetector(
-    { providers, log, disconnect: (id, reason) => connected.disconnect(id, reason) },
+    { providers, db, log, disconnect: (id, reason) => connected.disconnect(id, reason) },
     { intervalMs: config.heartbeatIntervalMs, misses: config.heartbeatMisses },
   );
   const housekeeping = new Housekeeping(
@@ -324,7 +324,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
       return closing;
     },
   };
-  registerInternals(handle, { db, app, accounts, market, bus, units, lifecycle });
+  registerInternals(handle, { db, app, accounts, market, bus, units, lifecycle, providers });
   registerRetention(handle, retention);
   return handle;
 }

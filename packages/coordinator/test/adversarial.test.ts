@@ -284,8 +284,10 @@ describe('adversarial (pglite)', () => {
     const leaseId = await placeOn(p.providerId, task?.id as string);
     assert.equal(await report(p.providerId, { type: 'lease.started', leaseId }), 'applied');
     assert.equal(await report(p.providerId, { type: 'provider.state', state: 'offline' }), 'applied');
-    // ... and then it goes silent for an hour.
-    await db.updateTable('providers').set({ last_seen_at: new Date(Date.now() - 3_600_000) }).where('id', '=', p.providerId).execute();
+    // ... and then it goes silent for an hour (heard last an hour ago, here and in the database).
+    const anHourAgo = Date.now() - 3_600_000;
+    providers.liveness.heard(p.providerId, anHourAgo);
+    await db.updateTable('providers').set({ last_seen_at: new Date(anHourAgo) }).where('id', '=', p.providerId).execute();
     await providers.sweep(5_000, new Date(Date.now() - 3_600_000));
     const lease = await db.selectFrom('leases').select('state').where('id', '=', leaseId).executeTakeFirstOrThrow();
     assert.equal(lease.state, 'lost', 'a silent provider must lose its leases whatever state it announced');

@@ -108,6 +108,11 @@ export class RawProvider {
     return this.messages.slice(from).find((m) => m.type === 'error');
   }
 
+  /** Stops heartbeating, the socket left open: a provider that hangs without closing. */
+  silence(): void {
+    clearInterval(this.heartbeat);
+  }
+
   close(): void {
     clearInterval(this.heartbeat);
     this.ws.close();

@@ -1,6 +1,7 @@
 /**
  * The heartbeat failure detector: every interval it asks the provider service to declare
- * offline the providers silent for `misses` intervals, and closes their sockets.
+ * offline the providers silent for `misses` intervals, and closes their sockets; twice per
+ * timeout it writes what this replica heard to `last_seen_at` (heartbeats live in memory).
  *
  * After a (re)start, providers reconnect with backoff (at most RECONNECT_MAX_BACKOFF_MS apart):
  * none is judged before it has had the time to find us again. And if this process itself
@@ -9,6 +10,7 @@
  */
 import { RECONNECT_MAX_BACKOFF_MS } from '@gridwork/protocol';
 import type { Logger } from 'pino';
+import type { Db } from '../store/database.ts';
 import type { ProviderService } from './provider-service.ts';
 
 export interface FailureDetectorOptions {
@@ -23,7 +25,7 @@ export class FailureDetector {
   private sweeping: Promise<void> | undefined;
 
   constructor(
-    private readonly deps: { providers: ProviderService; log: Logger; disconnect: (providerId: string, reason: string) => void },
+    private readonly deps: { providers: ProviderService; db: Db; log: Logger; disconnect: (providerId: string, reason: string) => void },
     private readonly options: FailureDetectorOptions,
   ) {}
 
@@ -33,16 +35,24 @@ export class FailureDetector {
     const graceMs = timeoutMs + RECONNECT_MAX_BACKOFF_MS * 1.25; // the backoff has ±25% jitter
     let since = new Date();
     let lastTick = Date.now();
+    let lastFlush = Date.now();
+    // Heartbeats are kept in memory (liveness.ts); last_seen_at is written for all at once, twice per timeout.
+    const flushMs = timeoutMs / 2;
     this.timer = setInterval(() => {
       const now = Date.now();
       if (now - lastTick > 2 * intervalMs) since = new Date(now);
       lastTick = now;
-      if (now - since.getTime() < graceMs || this.sweeping) return;
-      this.sweeping = this.deps.providers
-        .sweep(timeoutMs, since)
-        .then((lost) => {
-          for (const id of lost) this.deps.disconnect(id, 'missed heartbeats');
-        })
+      if (this.sweeping) return;
+      const flush = now - lastFlush >= flushMs;
+      if (flush) lastFlush = now;
+      const judge = now - since.getTime() >= graceMs;
+      if (!flush && !judge) return;
+      this.sweeping = (async () => {
+        if (flush) await this.deps.providers.liveness.flush(this.deps.db);
+        if (!judge) return;
+        const lost = await this.deps.providers.sweep(timeoutMs, since, timeoutMs + 2 * flushMs);
+        for (const id of lost) this.deps.disconnect(id, 'missed heartbeats');
+      })()
         .catch((err) => this.deps.log.error({ err }, 'provider sweep failed'))
         .finally(() => {
           this.sweeping = undefined;
@@ -54,5 +64,7 @@ export class FailureDetector {
   async stop(): Promise<void> {
     clearInterval(this.timer);
     await this.sweeping;
+    // What was heard since the last flush, for whoever judges these providers next.
+    await this.deps.providers.liveness.flush(this.deps.db).catch((err) => this.deps.log.warn({ err }, 'liveness flush failed'));
   }
 }

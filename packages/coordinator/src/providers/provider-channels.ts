@@ -185,7 +185,7 @@ export class ProviderChannels {
             channel.ackedUpTo = Math.max(channel.ackedUpTo, msg.seq);
             return await providers.ack(providerId, msg.seq);
           }
-          if (msg.type === 'heartbeat') return await providers.heartbeat(providerId);
+          if (msg.type === 'heartbeat') return providers.heartbeat(providerId);
           if (msg.type === 'bid') return this.deps.onBid?.(providerId, msg);
           const seqMsg = msg as ProviderSequenced;
           const result = await providers.apply(providerId, seqMsg).catch((err) => {

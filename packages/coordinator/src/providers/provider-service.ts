@@ -16,6 +16,7 @@ import type { Db } from '../store/database.ts';
 import type { CapacityChallenges } from '../verify/capacity-challenges.ts';
 import { verifyAsks } from './asks.ts';
 import { provenIngress } from './ingress-proof.ts';
+import { Liveness } from './liveness.ts';
 import { enqueueForProvider } from './outbox.ts';
 import { REJECTED_REPORT_CODES, reportHandlers } from './report-handlers.ts';
 
@@ -33,6 +34,9 @@ export interface ProviderServiceDeps {
 export type ApplyResult = 'applied' | 'duplicate' | 'gap';
 
 export class ProviderService {
+  /** When this replica last heard each provider it holds: heartbeats go here, not to the database. */
+  readonly liveness = new Liveness();
+
   constructor(private readonly deps: ProviderServiceDeps) {}
 
   /**
@@ -49,6 +53,9 @@ export class ProviderService {
     // Proven before the transaction: the proof is a round trip to the agent, never held under a lock.
     const ingressUrl = await provenIngress(providerId, hello.ingressUrl, remoteAddress, this.deps.ingressProofTimeoutMs);
     if (hello.ingressUrl && !ingressUrl) log.warn({ providerId, ingress: hello.ingressUrl, remoteAddress }, 'provider ingress not used: not on its own address, or it did not prove itself');
+    // One instant for both: the sweep compares what it heard with last_seen_at (another replica's hello writes a later one).
+    const heardAt = Date.now();
+    this.liveness.heard(providerId, heardAt);
     return this.deps.units.run(async (uow) => {
       const { trx } = uow;
       await trx
@@ -69,7 +76,7 @@ export class ProviderService {
         bids: hello.bids,
         instance: hello.instance,
         ingress_url: ingressUrl,
-        last_seen_at: new Date(),
+        last_seen_at: new Date(heardAt),
         // A hello revives an expired registration: the key proves it is back.
         expired_at: null,
       };
@@ -134,16 +141,20 @@ export class ProviderService {
   }
 
   async ack(providerId: string, seq: number): Promise<void> {
+    this.liveness.heard(providerId);
     await this.deps.units.run((uow) => this.ackWithin(uow, providerId, seq));
   }
 
-  async heartbeat(providerId: string): Promise<void> {
-    await this.deps.db.updateTable('providers').set({ last_seen_at: new Date() }).where('id', '=', providerId).execute();
+  /** A heartbeat: remembered here, written with the next flush (liveness.ts). */
+  heartbeat(providerId: string): void {
+    this.liveness.heard(providerId);
   }
 
   /** Applies one sequenced report exactly once: its effect and the new seq commit together. */
   async apply(providerId: string, msg: ProviderSequenced): Promise<ApplyResult> {
     const { lifecycle, challenges } = this.deps;
+    const heardAt = Date.now();
+    this.liveness.heard(providerId, heardAt);
     try {
       return await this.deps.units.run(async (uow): Promise<ApplyResult> => {
         // Read without a lock, checked again when the seq is recorded: the provider row is locked
@@ -157,7 +168,7 @@ export class ProviderService {
         await handle({ uow, providerId, lifecycle, challenges }, msg);
         const recorded = await uow.trx
           .updateTable('providers')
-          .set({ in_seq: BigInt(msg.seq), last_seen_at: new Date() })
+          .set({ in_seq: BigInt(msg.seq), last_seen_at: new Date(heardAt) })
           .where('id', '=', providerId)
           .where('in_seq', '=', BigInt(last))
           .returning('id')
@@ -182,40 +193,51 @@ export class ProviderService {
   }
 
   /**
-   * Declares providers offline whose last sign of life is older than `timeoutMs`, and their
-   * leases lost. Time spent while this coordinator was down does not count (`since`).
+   * Declares providers offline, and their leases lost, that went silent: those this replica holds
+   * (or held) when it has not heard them for `timeoutMs`, and those nobody holds when their
+   * `last_seen_at` (flushed by whichever replica hears them) is older than `orphanTimeoutMs`.
+   * Time spent while this coordinator was down does not count (`since`).
    */
-  async sweep(timeoutMs: number, since: Date): Promise<string[]> {
-    if (Date.now() - since.getTime() < timeoutMs) return [];
-    const cutoff = new Date(Date.now() - timeoutMs);
-    const stale = await this.deps.db
-      .selectFrom('providers')
-      .select(['id', 'name'])
-      .where('state', '!=', 'offline')
-      .where('last_seen_at', '<', cutoff)
-      .execute();
+  async sweep(timeoutMs: number, since: Date, orphanTimeoutMs = 2 * timeoutMs): Promise<string[]> {
+    const now = Date.now();
     const lostIds = new Set<string>();
-    for (const p of stale) {
-      await this.deps.units.run(async (uow) => {
-        // Provider row first, as hello and apply lock it (then leases). Re-checked here: a heartbeat may have come.
-        const still = await uow.trx
-          .selectFrom('providers')
-          .select('id')
-          .where('id', '=', p.id)
-          .where('state', '!=', 'offline')
-          .where('last_seen_at', '<', cutoff)
-          .forNoKeyUpdate()
-          .executeTakeFirst();
-        if (!still) return;
-        const reason = `provider ${p.name} stopped responding`;
-        const lost = await this.deps.lifecycle.loseProvider(uow, p.id, reason);
-        await uow.trx.updateTable('providers').set({ state: 'offline' }).where('id', '=', p.id).execute();
-        uow.emit({ type: 'provider.offline', providerId: p.id, reason });
-        lostIds.add(p.id);
-        this.deps.log.warn({ providerId: p.id, name: p.name, lost }, 'provider missed its heartbeats: marked offline');
-      });
+    for (const [id, at] of this.liveness.silentSince(now - timeoutMs)) {
+      // Not lost if another replica heard it after we last did (its hello wrote a later last_seen_at).
+      if (await this.declareSilent(id, new Date(at))) lostIds.add(id);
+      this.liveness.forget(id, at);
+    }
+    if (now - since.getTime() < orphanTimeoutMs) return [...lostIds];
+    const cutoff = new Date(now - orphanTimeoutMs);
+    const stale = await this.deps.db.selectFrom('providers').select('id').where('state', '!=', 'offline').where('last_seen_at', '<', cutoff).execute();
+    for (const { id } of stale) {
+      const heard = this.liveness.lastHeard(id);
+      // Heard here lately: its last_seen_at is only waiting for the next flush.
+      if (lostIds.has(id) || (heard !== undefined && heard >= now - timeoutMs)) continue;
+      if (await this.declareSilent(id, cutoff)) lostIds.add(id);
     }
     return [...lostIds];
+  }
+
+  /** Marks a provider offline and its leases lost, unless it was seen after `seenBefore` or is offline already. */
+  private declareSilent(providerId: string, seenBefore: Date): Promise<boolean> {
+    return this.deps.units.run(async (uow) => {
+      // Provider row first, as hello and apply lock it (then leases). Re-checked here: a hello may have come.
+      const still = await uow.trx
+        .selectFrom('providers')
+        .select(['id', 'name'])
+        .where('id', '=', providerId)
+        .where('state', '!=', 'offline')
+        .where('last_seen_at', '<=', seenBefore)
+        .forNoKeyUpdate()
+        .executeTakeFirst();
+      if (!still) return false;
+      const reason = `provider ${still.name} stopped responding`;
+      const lost = await this.deps.lifecycle.loseProvider(uow, providerId, reason);
+      await uow.trx.updateTable('providers').set({ state: 'offline' }).where('id', '=', providerId).execute();
+      uow.emit({ type: 'provider.offline', providerId, reason });
+      this.deps.log.warn({ providerId, name: still.name, lost }, 'provider missed its heartbeats: marked offline');
+      return true;
+    });
   }
 
   /**
