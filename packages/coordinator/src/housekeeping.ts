@@ -52,6 +52,8 @@ export class Housekeeping {
 
   start(): void {
     const { jobs, accounts, auth, log, verifier, providers, retention } = this.deps;
+    if (this.timers.length > 0) return;
+    retention.resume();
     const every = (ms: number, step: () => Promise<unknown>, what: string) => {
       const t = setInterval(() => {
         this.running = Promise.all([this.running, step().catch((err) => log.error({ err }, `${what} failed`))]);
@@ -81,7 +83,7 @@ export class Housekeeping {
   }
 
   async stop(): Promise<void> {
-    for (const t of this.timers) clearInterval(t);
+    for (const t of this.timers.splice(0)) clearInterval(t);
     // A long sweep stops between two batches instead of holding the shutdown.
     this.deps.retention.stop();
     await this.running;

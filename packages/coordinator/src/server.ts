@@ -2,6 +2,7 @@
  * The composition root: the one place that builds the coordinator's parts and wires them
  * together. Everything else receives its dependencies.
  */
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { GRIDWORK_VERSION, parseCredits } from '@gridwork/protocol';
@@ -26,6 +27,7 @@ import { ReplicaDoorbell } from './bus/replica-doorbell.ts';
 import { SubscriberRoster } from './bus/subscriber-roster.ts';
 import { Housekeeping } from './housekeeping.ts';
 import { registerInternals } from './internals.ts';
+import { Leadership } from './leader/leadership.ts';
 import { JobService } from './jobs/job-service.ts';
 import { JobStreams } from './jobs/job-streams.ts';
 import { AccountService } from './ledger/account-service.ts';
@@ -74,6 +76,8 @@ export interface CoordinatorOptions {
    * @default process.env.GRIDWORK_NATS_URL
    */
   natsUrl?: string;
+  /** On PostgreSQL, how often a follower tries to become the leader, and the leader checks it still is (leader/leadership.ts). @default 500 */
+  leaderPollMs?: number;
   /**
    * On PostgreSQL, how often a replica reads the event head for events other replicas committed,
    * whether or not NATS rang. @default 1000 (5000 with NATS)
@@ -150,6 +154,7 @@ export function resolveCoordinatorOptions(o: CoordinatorOptions): CoordinatorCon
     databaseUrl: o.databaseUrl ?? process.env.GRIDWORK_DATABASE_URL,
     databaseSchema: o.databaseSchema ?? 'public',
     natsUrl: o.natsUrl ?? (process.env.GRIDWORK_NATS_URL || undefined),
+    leaderPollMs: o.leaderPollMs ?? 500,
     replicaPollMs: o.replicaPollMs ?? ((o.natsUrl ?? process.env.GRIDWORK_NATS_URL) ? 5000 : 1000),
     dev: o.dev ?? false,
     heartbeatIntervalMs: o.heartbeatIntervalMs ?? 5000,
@@ -262,7 +267,13 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
 
   const app = await createHttpApp({ log, auth, maxJsonBytes: config.maxJsonBytes, trustProxy: config.trustProxy, version: GRIDWORK_VERSION });
   registerMetricsRoutes(app, { metrics });
-  registerSystemRoutes(app, { db, version: GRIDWORK_VERSION });
+  // The leader runs the sweeps (housekeeping, below); every replica serves the rest.
+  let housekeeping: Housekeeping | undefined;
+  const leadership = new Leadership(
+    { db, log, onChange: (leader) => (leader ? housekeeping?.start() : void housekeeping?.stop()) },
+    { databaseUrl: config.databaseUrl, schema: config.databaseSchema, holder: `${hostname()}:${process.pid}`, pollMs: config.leaderPollMs },
+  );
+  registerSystemRoutes(app, { db, version: GRIDWORK_VERSION, leadership });
   registerBlobRoutes(app, { blobs });
   registerJobRoutes(app, { jobs, blobs: blobStore, streams, verifier });
   registerProviderRoutes(app, { channels });
@@ -284,7 +295,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
     { providers, db, log, disconnect: (id, reason) => connected.disconnect(id, reason) },
     { intervalMs: config.heartbeatIntervalMs, misses: config.heartbeatMisses },
   );
-  const housekeeping = new Housekeeping(
+  housekeeping = new Housekeeping(
     { jobs, accounts, auth, log, verifier, providers, retention },
     {
       intervalMs: Math.min(economics.meteringIntervalMs, 1000),
@@ -294,7 +305,8 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
     },
   );
   detector.start();
-  housekeeping.start();
+  await leadership.start();
+  const sweeps = housekeeping;
   void scheduler.kick();
   log.info(
     { url, dataDir: config.dataDir, database: config.databaseUrl ? 'postgresql' : 'pglite', nats: Boolean(config.databaseUrl && config.natsUrl), dev: config.dev },
@@ -309,7 +321,8 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
     close() {
       closing ??= (async () => {
         await detector.stop();
-        await housekeeping.stop();
+        await leadership.close();
+        await sweeps.stop();
         auctions.closeAll();
         feed.close();
         connected.closeAll();

@@ -105,9 +105,14 @@ export class Retention {
     return this.inFlight;
   }
 
-  /** A sweep in progress stops after its current statement; later sweeps do nothing. */
+  /** A sweep in progress stops after its current statement; later sweeps do nothing (until `resume`). */
   stop(): void {
     this.stopped = true;
+  }
+
+  /** Sweeps run again (this replica became the leader again). */
+  resume(): void {
+    this.stopped = false;
   }
 
   private async run(now: Date): Promise<SweepResult> {

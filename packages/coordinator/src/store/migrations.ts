@@ -449,6 +449,23 @@ migrations['0013_lease_log_bytes'] = {
   },
 };
 
+// Replicas choose one leader (leader/leadership.ts): each new term of office gets the next epoch.
+migrations['0014_coordinator_leader'] = {
+  async up(db: Kysely<unknown>) {
+    await runStatements(
+      db,
+      `
+      create table coordinator_leader (
+        id integer primary key check (id = 1),
+        epoch bigint not null,
+        holder text not null,
+        since timestamptz not null
+      )
+    `,
+    );
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 /** Every migration's name, oldest first: the schema versions a database can be at. */

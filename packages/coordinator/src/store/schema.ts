@@ -329,7 +329,15 @@ export interface BlobOwnersTable {
   uploaded_at: Timestamp;
 }
 
+export interface CoordinatorLeaderTable {
+  id: number;
+  epoch: Int8;
+  holder: string;
+  since: Timestamp;
+}
+
 export interface Database {
+  coordinator_leader: CoordinatorLeaderTable;
   events: EventsTable;
   capacity_challenges: CapacityChallengesTable;
   event_head: EventHeadTable;
