@@ -198,7 +198,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   const doorbell = config.databaseUrl
     ? new ReplicaDoorbell(
         { db, log, onHead: (position) => inProcessBus.advance(position) },
-        { natsUrl: config.natsUrl, channel: `${new URL(config.databaseUrl).host}${new URL(config.databaseUrl).pathname}.${config.databaseSchema}`, pollMs: config.replicaPollMs },
+        { natsUrl: config.natsUrl, schema: config.databaseSchema, pollMs: config.replicaPollMs },
       )
     : undefined;
   const units = new Units(db, {
@@ -208,7 +208,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
     },
   });
   await inProcessBus.start(units);
-  doorbell?.start();
+  await doorbell?.start();
   // Everyone subscribes through the roster: retention keeps what a durable subscriber has not passed.
   const bus = new SubscriberRoster(inProcessBus);
   const retention = new Retention({ db, bus, log }, config.retention);
@@ -255,6 +255,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   await bus.subscribe(marketIndexSubscriber(market));
   await bus.subscribe(schedulerWakeups(scheduler, bus, MARKET_INDEX));
   await bus.subscribe(outboxDelivery(channels));
+  await bus.subscribe(channels.offlineElsewhere());
   await bus.subscribe(reputationSubscriber());
   await bus.subscribe(verifier.subscriber());
   await challenges.start();
@@ -292,7 +293,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
 
   const connected = channels;
   const detector = new FailureDetector(
-    { providers, db, log, disconnect: (id, reason) => connected.disconnect(id, reason) },
+    { providers, db, log, disconnect: (id, reason) => connected.disconnect(id, reason), isLeader: () => leadership.isLeader },
     { intervalMs: config.heartbeatIntervalMs, misses: config.heartbeatMisses },
   );
   housekeeping = new Housekeeping(

@@ -125,7 +125,8 @@ describe('market and lease economics', () => {
       (m) => (m.find((c) => c.resourceClass === 'cpu')?.providers ?? 0) >= 2,
       { what: 'both asks listed' },
     );
-    const spec = job(['work', '100'], { price: { maxPerHour: '24', budget: '5', auctionWindowMs: 400 } });
+    // The bid comes from a script that starts a node process: on a busy 2-core machine that alone can take longer than 400 ms.
+    const spec = job(['work', '100'], { price: { maxPerHour: '24', budget: '5', auctionWindowMs: 3000 } });
     const done = await requester.wait((await requester.submit(spec, { baseDir: fixturesDir })).id, WAIT());
     assert.equal(done.state, 'succeeded');
     assert.equal(done.tasks[0]?.providerName, 'bidder');

@@ -164,12 +164,16 @@ export class InProcessBus implements Bus {
     // A durable subscriber with nothing to handle moves only its in-memory position: the stored
     // one catches up with the next batch it handles, and after a restart it re-reads (and skips)
     // these events again. No transaction per batch of events it does not care about.
+    let reached = lastPosition;
     if (c.sub.durable && relevant.length > 0) {
       const units = this.units;
       if (!units) throw new Error('bus not started');
-      await units.run(async (uow) => {
+      reached = await units.run(async (uow) => {
         const stored = await uow.trx.selectFrom('bus_positions').select('position').where('subscriber', '=', c.sub.name).forUpdate().executeTakeFirst();
         const from = stored ? BigInt(stored.position) : 0n;
+        // Another replica's subscriber of the same name got further: never move its position back
+        // (the events between would be handled twice), go on from there.
+        if (from >= lastPosition) return from;
         const fresh = relevant.filter((e) => e.position > from);
         if (fresh.length > 0) await c.sub.handle(fresh, uow);
         await uow.trx
@@ -177,13 +181,14 @@ export class InProcessBus implements Bus {
           .values({ subscriber: c.sub.name, position: lastPosition })
           .onConflict((oc) => oc.column('subscriber').doUpdateSet({ position: lastPosition }))
           .execute();
+        return lastPosition;
       });
     } else if (!c.sub.durable && relevant.length > 0) {
       await c.sub.handle(relevant);
     }
-    c.position = lastPosition;
+    c.position = reached;
     c.waiters = c.waiters.filter((w) => {
-      if (w.position > lastPosition) return true;
+      if (w.position > reached) return true;
       w.resolve();
       return false;
     });

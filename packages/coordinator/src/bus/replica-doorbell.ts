@@ -14,6 +14,7 @@
  * positions stop being assigned under one lock.)
  */
 import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { sql } from 'kysely';
 import type { Logger } from 'pino';
 import { eventHead } from '../lifecycle/unit-of-work.ts';
 import type { Db } from '../store/database.ts';
@@ -21,8 +22,8 @@ import type { Db } from '../store/database.ts';
 export interface ReplicaDoorbellOptions {
   /** NATS server(s), comma-separated; without it only polling tells a replica about others' events. */
   natsUrl?: string;
-  /** Rings of replicas on other databases or schemas must not wake this one: part of the subject. */
-  channel: string;
+  /** The schema the replicas share: with the database's name, the subject (rings of other databases or schemas wake nobody here). */
+  schema: string;
   /** How often the head is read regardless of rings. */
   pollMs: number;
 }
@@ -35,50 +36,67 @@ export class ReplicaDoorbell {
   private reading: Promise<void> | undefined;
   private again = false;
   private closed = false;
-  private readonly subject: string;
+  private subject = SUBJECT_PREFIX;
 
   constructor(
     private readonly deps: { db: Db; log: Logger; onHead: (position: bigint) => void },
     private readonly options: ReplicaDoorbellOptions,
-  ) {
-    this.subject = SUBJECT_PREFIX + options.channel.replace(/[^A-Za-z0-9_-]/g, '_');
-  }
+  ) {}
 
   /** Starts polling, and listening on NATS (connecting in the background: a NATS that is down now only delays rings). */
-  start(): void {
+  async start(): Promise<void> {
+    // Named by the database itself, not by how this replica's URL spells its host (an address, a name, a pooler).
+    const { rows } = await sql<{ name: string }>`select current_database() as name`.execute(this.deps.db);
+    this.subject = SUBJECT_PREFIX + `${rows[0]?.name ?? ''}.${this.options.schema}`.replace(/[^A-Za-z0-9_-]/g, '_');
     this.timer = setInterval(() => this.readHead(), this.options.pollMs);
     this.timer.unref();
-    if (!this.options.natsUrl) return;
-    const servers = this.options.natsUrl.split(',').map((s) => s.trim()).filter(Boolean);
-    void connect({ servers, name: 'gridwork-coordinator', waitOnFirstConnect: true, maxReconnectAttempts: -1 })
-      .then((nc) => {
-        if (this.closed) return void nc.close();
-        this.nats = nc;
+    if (this.options.natsUrl) void this.connect(this.options.natsUrl.split(',').map((s) => s.trim()).filter(Boolean));
+  }
+
+  /** Connects, retrying (on a timer that never keeps the process alive) until it does or the doorbell closes. */
+  private async connect(servers: string[]): Promise<void> {
+    for (let attempt = 0; !this.closed; attempt++) {
+      try {
+        const nc = await connect({ servers, name: 'gridwork-coordinator', maxReconnectAttempts: -1 });
+        if (this.closed) return void (await nc.close());
         nc.subscribe(this.subject, { callback: () => this.readHead() });
-        // Whatever was committed while this replica was not listening.
+        // Subscribed at the server before the head is read: no ring falls between the two.
+        await nc.flush();
+        this.nats = nc;
         this.readHead();
+        void nc.closed().then(() => {
+          if (this.nats === nc) this.nats = undefined;
+        });
         void (async () => {
           for await (const s of nc.status()) {
-            if (s.type === 'disconnect' || s.type === 'reconnect') this.deps.log.warn({ nats: s.type, server: s.server }, 'replica doorbell: NATS connection changed');
+            if (s.type === 'disconnect' || s.type === 'reconnect') this.deps.log.warn({ nats: s.type }, 'replica doorbell: NATS connection changed');
             // Rings sent while disconnected are lost: read the head once back.
             if (s.type === 'reconnect') this.readHead();
           }
         })();
-      })
-      .catch((err: Error) => {
-        if (!this.closed) this.deps.log.error({ err }, 'replica doorbell: no NATS connection; other replicas are heard by polling only');
-      });
+        return;
+      } catch (err) {
+        if (attempt === 0) this.deps.log.error({ err }, 'replica doorbell: no NATS connection yet; other replicas are heard by polling until there is');
+        await new Promise<void>((resolve) => setTimeout(resolve, 2000).unref());
+      }
+    }
   }
 
-  /** Tells the other replicas that this one committed events. */
+  /** Tells the other replicas that this one committed events (best effort: polling covers a ring that is lost). */
   ring(): void {
-    this.nats?.publish(this.subject);
+    try {
+      this.nats?.publish(this.subject);
+    } catch (err) {
+      this.deps.log.warn({ err }, 'replica doorbell: ring failed');
+    }
   }
 
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.timer);
-    await this.nats?.close().catch(() => undefined);
+    const nc = this.nats;
+    this.nats = undefined;
+    await nc?.close().catch(() => undefined);
     await this.reading;
   }
 

@@ -89,6 +89,10 @@ export class Leadership {
   private async connect(): Promise<pg.Client> {
     const client = new pg.Client({
       connectionString: this.options.databaseUrl,
+      // A half-open connection must not keep a leader in office (or a shutdown waiting) for minutes.
+      keepAlive: true,
+      connectionTimeoutMillis: Math.max(2000, 4 * this.options.pollMs),
+      query_timeout: Math.max(2000, 4 * this.options.pollMs),
       ...(this.options.schema === 'public' ? {} : { options: `-c search_path=${this.options.schema}` }),
     });
     // The session is the lock: when it breaks, this replica no longer leads.

@@ -22,10 +22,12 @@ export interface FailureDetectorOptions {
 
 export class FailureDetector {
   private timer: NodeJS.Timeout | undefined;
+  private flushTimer: NodeJS.Timeout | undefined;
+  private flushing: Promise<unknown> | undefined;
   private sweeping: Promise<void> | undefined;
 
   constructor(
-    private readonly deps: { providers: ProviderService; db: Db; log: Logger; disconnect: (providerId: string, reason: string) => void },
+    private readonly deps: { providers: ProviderService; db: Db; log: Logger; disconnect: (providerId: string, reason: string) => void; isLeader: () => boolean },
     private readonly options: FailureDetectorOptions,
   ) {}
 
@@ -35,22 +37,26 @@ export class FailureDetector {
     const graceMs = timeoutMs + RECONNECT_MAX_BACKOFF_MS * 1.25; // the backoff has ±25% jitter
     let since = new Date();
     let lastTick = Date.now();
-    let lastFlush = Date.now();
-    // Heartbeats are kept in memory (liveness.ts); last_seen_at is written for all at once, twice per timeout.
+    // Heartbeats are kept in memory (liveness.ts); last_seen_at is written for all at once, twice
+    // per timeout, on a timer of its own (a long sweep must not hold it up: other replicas judge by it).
     const flushMs = timeoutMs / 2;
+    this.flushTimer = setInterval(() => {
+      this.flushing ??= this.deps.providers.liveness
+        .flush(this.deps.db)
+        .catch((err) => this.deps.log.warn({ err }, 'liveness flush failed'))
+        .finally(() => {
+          this.flushing = undefined;
+        });
+    }, flushMs);
+    this.flushTimer.unref();
     this.timer = setInterval(() => {
       const now = Date.now();
       if (now - lastTick > 2 * intervalMs) since = new Date(now);
       lastTick = now;
-      if (this.sweeping) return;
-      const flush = now - lastFlush >= flushMs;
-      if (flush) lastFlush = now;
-      const judge = now - since.getTime() >= graceMs;
-      if (!flush && !judge) return;
+      if (now - since.getTime() < graceMs || this.sweeping) return;
       this.sweeping = (async () => {
-        if (flush) await this.deps.providers.liveness.flush(this.deps.db);
-        if (!judge) return;
-        const lost = await this.deps.providers.sweep(timeoutMs, since, timeoutMs + 2 * flushMs);
+        // Providers nobody holds are judged by the leader alone, with room for two late flushes.
+        const lost = await this.deps.providers.sweep(timeoutMs, since, this.deps.isLeader() ? timeoutMs + 2 * flushMs + intervalMs : null);
         for (const id of lost) this.deps.disconnect(id, 'missed heartbeats');
       })()
         .catch((err) => this.deps.log.error({ err }, 'provider sweep failed'))
@@ -63,7 +69,9 @@ export class FailureDetector {
 
   async stop(): Promise<void> {
     clearInterval(this.timer);
+    clearInterval(this.flushTimer);
     await this.sweeping;
+    await this.flushing;
     // What was heard since the last flush, for whoever judges these providers next.
     await this.deps.providers.liveness.flush(this.deps.db).catch((err) => this.deps.log.warn({ err }, 'liveness flush failed'));
   }

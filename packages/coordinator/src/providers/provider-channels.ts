@@ -11,6 +11,7 @@ import { type CoordinatorMessage, GridworkError, MAX_MESSAGE_BYTES, ProviderMess
 import { Compile } from 'typebox/compile';
 import type { Logger } from 'pino';
 import type { RawData, WebSocket } from 'ws';
+import type { Subscriber } from '../bus/bus.ts';
 import type { Db } from '../store/database.ts';
 import type { ProviderService } from './provider-service.ts';
 
@@ -40,6 +41,8 @@ export interface ProviderChannelsDeps {
 class Channel {
   sentUpTo = 0;
   ackedUpTo = 0;
+  /** When its hello was answered (ms). */
+  welcomedAt = 0;
   private queue: Promise<void> = Promise.resolve();
   constructor(
     readonly providerId: string,
@@ -91,8 +94,25 @@ export class ProviderChannels {
     });
   }
 
-  disconnect(providerId: string, reason: string): void {
-    this.channels.get(providerId)?.socket.close(4000, reason.slice(0, 120));
+  /** Closes the provider's connection here, if it has one (only one welcomed before `before`, ms, when given). */
+  disconnect(providerId: string, reason: string, before = Number.POSITIVE_INFINITY): void {
+    const ch = this.channels.get(providerId);
+    if (ch && ch.welcomedAt < before) ch.socket.close(4000, reason.slice(0, 120));
+  }
+
+  /**
+   * Another replica declared a provider offline that still has a connection here (it judged by a
+   * last_seen_at this replica had not flushed yet): closing it makes the agent say hello again,
+   * which brings it back online. A connection welcomed after the verdict is left alone.
+   */
+  offlineElsewhere(): Subscriber {
+    return {
+      name: 'provider-offline-disconnect',
+      types: ['provider.offline'],
+      handle: (events) => {
+        for (const e of events) if (e.type === 'provider.offline') this.disconnect(e.providerId, 'declared offline', e.at.getTime());
+      },
+    };
   }
 
   /** Sends an unsequenced message to connected providers (auction announcements: losing one is harmless); returns how many got it. */
@@ -163,6 +183,7 @@ export class ProviderChannels {
             const { lastApplied, outbox } = await providers.hello(providerId, msg, remoteAddress);
             this.channels.get(providerId)?.socket.close(4003, 'replaced by a newer connection');
             channel = pending;
+            channel.welcomedAt = Date.now();
             this.channels.set(providerId, channel);
             channel.send({
               type: 'welcome',

@@ -195,31 +195,37 @@ export class ProviderService {
   /**
    * Declares providers offline, and their leases lost, that went silent: those this replica holds
    * (or held) when it has not heard them for `timeoutMs`, and those nobody holds when their
-   * `last_seen_at` (flushed by whichever replica hears them) is older than `orphanTimeoutMs`.
-   * Time spent while this coordinator was down does not count (`since`).
+   * `last_seen_at` (flushed by whichever replica hears them) is older than `orphanTimeoutMs`
+   * (null: not judged here; the leader does). Time spent while this coordinator was down does not
+   * count (`since`). Returns the providers whose connection here, if any, should close.
    */
-  async sweep(timeoutMs: number, since: Date, orphanTimeoutMs = 2 * timeoutMs): Promise<string[]> {
+  async sweep(timeoutMs: number, since: Date, orphanTimeoutMs: number | null = 2 * timeoutMs): Promise<string[]> {
     const now = Date.now();
+    // Returned to be disconnected: every provider silent here (declared now, or already offline
+    // by another replica's verdict), and those declared by the orphan rule.
     const lostIds = new Set<string>();
+    const heardSince = (id: string, at: number) => (this.liveness.lastHeard(id) ?? 0) > at;
     for (const [id, at] of this.liveness.silentSince(now - timeoutMs)) {
-      // Not lost if another replica heard it after we last did (its hello wrote a later last_seen_at).
-      if (await this.declareSilent(id, new Date(at))) lostIds.add(id);
+      // Not lost if another replica heard it after we last did (its hello wrote a later last_seen_at),
+      // nor if it spoke here while the row lock was awaited (a heartbeat after that check is too late).
+      await this.declareSilent(id, new Date(at), () => heardSince(id, at));
+      if (!heardSince(id, at)) lostIds.add(id);
       this.liveness.forget(id, at);
     }
-    if (now - since.getTime() < orphanTimeoutMs) return [...lostIds];
+    if (orphanTimeoutMs === null || now - since.getTime() < orphanTimeoutMs) return [...lostIds];
     const cutoff = new Date(now - orphanTimeoutMs);
     const stale = await this.deps.db.selectFrom('providers').select('id').where('state', '!=', 'offline').where('last_seen_at', '<', cutoff).execute();
     for (const { id } of stale) {
       const heard = this.liveness.lastHeard(id);
       // Heard here lately: its last_seen_at is only waiting for the next flush.
       if (lostIds.has(id) || (heard !== undefined && heard >= now - timeoutMs)) continue;
-      if (await this.declareSilent(id, cutoff)) lostIds.add(id);
+      if (await this.declareSilent(id, cutoff, () => heardSince(id, now - timeoutMs))) lostIds.add(id);
     }
     return [...lostIds];
   }
 
   /** Marks a provider offline and its leases lost, unless it was seen after `seenBefore` or is offline already. */
-  private declareSilent(providerId: string, seenBefore: Date): Promise<boolean> {
+  private declareSilent(providerId: string, seenBefore: Date, spokeSince: () => boolean): Promise<boolean> {
     return this.deps.units.run(async (uow) => {
       // Provider row first, as hello and apply lock it (then leases). Re-checked here: a hello may have come.
       const still = await uow.trx
@@ -230,7 +236,7 @@ export class ProviderService {
         .where('last_seen_at', '<=', seenBefore)
         .forNoKeyUpdate()
         .executeTakeFirst();
-      if (!still) return false;
+      if (!still || spokeSince()) return false;
       const reason = `provider ${still.name} stopped responding`;
       const lost = await this.deps.lifecycle.loseProvider(uow, providerId, reason);
       await uow.trx.updateTable('providers').set({ state: 'offline' }).where('id', '=', providerId).execute();

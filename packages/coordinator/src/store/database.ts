@@ -53,6 +53,9 @@ export async function openDatabase(options: DatabaseOptions): Promise<Db> {
       max: options.poolSize ?? 10,
       ...(schema === 'public' ? {} : { options: `-c search_path=${schema}` }),
     });
+    // An idle connection that breaks (PostgreSQL restarting) is dropped from the pool; without a
+    // listener node-postgres would make its error the process's last.
+    pool.on('error', () => {});
     db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   } else {
     const dataDir = options.dataDir ?? 'memory://';
