@@ -180,7 +180,11 @@ export async function chargeUsage(trx: Trx, lease: LeaseMoney, usageMs: bigint):
  */
 export async function capCharge(trx: Trx, lease: LeaseMoney, usageMs: bigint): Promise<void> {
   const target = costOf(lease.price_per_hour, usageMs);
-  if (lease.charged <= target) return;
+  if (lease.charged <= target) {
+    // Metered a little past the checkpoint at the same cost (rounding): the usage is still capped.
+    if (lease.usage_ms > usageMs) lease.usage_ms = usageMs;
+    return;
+  }
   const back = lease.charged - target;
   await post(trx, {
     kind: 'lease.uncharge',

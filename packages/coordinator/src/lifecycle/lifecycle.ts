@@ -1036,9 +1036,9 @@ export class Lifecycle {
         const last = await trx.selectFrom('checkpoints').select('usage_ms').where('lease_id', '=', lease.id).orderBy('step', 'desc').limit(1).executeTakeFirst();
         // The checkpoint's run time is signed like a debit note: charged up to it, and no further.
         if (last) await this.charge(trx, lease, last.usage_ms);
-        const before = lease.charged;
+        const before = { charged: lease.charged, usage: lease.usage_ms };
         await capCharge(trx, lease, last?.usage_ms ?? 0n);
-        if (lease.charged !== before) await trx.updateTable('leases').set({ usage_ms: lease.usage_ms, charged: lease.charged }).where('id', '=', lease.id).execute();
+        if (lease.charged !== before.charged || lease.usage_ms !== before.usage) await trx.updateTable('leases').set({ usage_ms: lease.usage_ms, charged: lease.charged }).where('id', '=', lease.id).execute();
       }
     }
     // A completed task's earnings stay pending while its result can still be checked (verify/);
