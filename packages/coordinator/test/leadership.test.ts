@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { postgresUrl, tempDir, uniqueSchema, until } from '@gridwork/testkit';
+import { dropSchema, postgresUrl, tempDir, uniqueSchema, until } from '@gridwork/testkit';
 import { type CoordinatorProcess, freePort, startCoordinatorProcess } from '../../testkit/src/processes.ts';
 import pg from 'pg';
 
@@ -36,8 +36,8 @@ describe('leader election among coordinator processes (PostgreSQL advisory lock)
 
   after(async () => {
     await Promise.all(replicas.map((p) => p.stop()));
-    await client.query(`drop schema if exists "${schema}" cascade`);
     await client.end();
+    await dropSchema(schema);
     await dir?.remove();
   });
 

@@ -8,9 +8,8 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { type Coordinator, startCoordinator } from '@gridwork/coordinator';
 import { internalsOf } from '@gridwork/coordinator/internal';
-import { postgresUrl, silentLogger, tempDir, uniqueSchema, until } from '@gridwork/testkit';
+import { dropSchema, postgresUrl, silentLogger, tempDir, uniqueSchema, until } from '@gridwork/testkit';
 import { RawProvider } from '@gridwork/testkit/raw-provider';
-import pg from 'pg';
 
 const HEARTBEAT_MS = 500;
 const TIMEOUT_MS = HEARTBEAT_MS * 3;
@@ -50,10 +49,7 @@ describe('provider liveness in memory, across two replicas (PostgreSQL)', { time
     for (const r of raws) r.close();
     if (!aClosed) await a?.close();
     await b?.close();
-    const client = new pg.Client({ connectionString: postgresUrl() });
-    await client.connect();
-    await client.query(`drop schema if exists "${schema}" cascade`);
-    await client.end();
+    await dropSchema(schema);
     await dir?.remove();
   });
 

@@ -14,8 +14,7 @@ import { parseCredits as credits } from '@gridwork/protocol';
 import { generateIdentity } from '@gridwork/protocol/node';
 import { GridworkClient, type JobSpec, type JobView } from '@gridwork/sdk';
 import { ProviderAgent } from '@gridwork/provider';
-import { natsUrl, postgresUrl, silentLogger, tempDir, uniqueSchema, until, uploadTinyBundle } from '@gridwork/testkit';
-import pg from 'pg';
+import { dropSchema, natsUrl, postgresUrl, silentLogger, tempDir, uniqueSchema, until, uploadTinyBundle } from '@gridwork/testkit';
 
 const spec: JobSpec = {
   version: 1,
@@ -59,10 +58,7 @@ for (const mode of ['nats', 'polling'] as const) {
     after(async () => {
       await a?.close();
       await b?.close();
-      const client = new pg.Client({ connectionString: postgresUrl() });
-      await client.connect();
-      await client.query(`drop schema if exists "${schema}" cascade`);
-      await client.end();
+      await dropSchema(schema);
       await dir?.remove();
     });
 

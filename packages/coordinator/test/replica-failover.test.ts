@@ -18,8 +18,7 @@ import { type Coordinator, startCoordinator } from '@gridwork/coordinator';
 import { generateIdentity } from '@gridwork/protocol/node';
 import { ProviderAgent } from '@gridwork/provider';
 import { GridworkClient, type JobSpec } from '@gridwork/sdk';
-import { postgresUrl, silentLogger, tempDir, uniqueSchema } from '@gridwork/testkit';
-import pg from 'pg';
+import { dropSchema, postgresUrl, silentLogger, tempDir, uniqueSchema } from '@gridwork/testkit';
 import pino from 'pino';
 
 const WAIT_MS = 60_000;
@@ -121,10 +120,7 @@ describe('provider agent failover between coordinator replicas (PostgreSQL)', { 
     await agent?.close();
     if (!firstClosed) await first?.close();
     await second?.close();
-    const client = new pg.Client({ connectionString: postgresUrl() });
-    await client.connect();
-    await client.query(`drop schema if exists "${schema}" cascade`);
-    await client.end();
+    await dropSchema(schema);
     await dir?.remove();
   });
 

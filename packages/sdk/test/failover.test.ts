@@ -11,8 +11,7 @@ import { type AddressInfo, createServer as createNetServer, type Server } from '
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { type Coordinator, startCoordinator } from '@gridwork/coordinator';
-import { generateIdentity, postgresUrl, silentLogger, tempDir, uniqueSchema } from '@gridwork/testkit';
-import pg from 'pg';
+import { dropSchema, generateIdentity, postgresUrl, silentLogger, tempDir, uniqueSchema } from '@gridwork/testkit';
 import { type ConnectionEvent, CoordinatorUnreachableError, GridworkClient, GridworkError, type JobSpec, type JobView } from '../src/index.ts';
 
 /** A coordinator on `schema`, with the test network's settings (testkit's startTestNetwork). */
@@ -104,10 +103,7 @@ describe('SDK failover between coordinator replicas (PostgreSQL)', { timeout: 12
     for (const c of cleanup.reverse()) await c().catch(() => {});
     if (!firstClosed) await first?.close();
     await second?.close();
-    const client = new pg.Client({ connectionString: postgresUrl() });
-    await client.connect();
-    await client.query(`drop schema if exists "${schema}" cascade`);
-    await client.end();
+    await dropSchema(schema);
     await dir?.remove();
   });
 

@@ -10,6 +10,7 @@ import { type Coordinator, type CoordinatorOptions, startCoordinator } from '@gr
 import { type Identity, generateIdentity, loadOrCreateIdentity, sha256Hex } from '@gridwork/protocol/node';
 import { ProviderAgent, type ProviderAgentOptions } from '@gridwork/provider';
 import { GridworkClient } from '@gridwork/sdk';
+import pg from 'pg';
 import pino from 'pino';
 
 export type StoreKind = 'pglite' | 'postgres';
@@ -22,6 +23,17 @@ export function postgresUrl(): string {
 /** The NATS server of the tests (with JetStream); `.ci/run` starts one. */
 export function natsUrl(): string {
   return process.env.GRIDWORK_TEST_NATS_URL ?? 'nats://127.0.0.1:4222';
+}
+
+/** Drops a schema a test made on the tests' PostgreSQL (with everything in it). */
+export async function dropSchema(schema: string): Promise<void> {
+  const client = new pg.Client({ connectionString: postgresUrl() });
+  await client.connect();
+  try {
+    await client.query(`drop schema if exists "${schema}" cascade`);
+  } finally {
+    await client.end();
+  }
 }
 
 /** A schema name unique to this test run, so suites can share one PostgreSQL database. */

@@ -49,7 +49,7 @@ export class Leadership {
 
   async start(): Promise<void> {
     if (!this.options.databaseUrl) {
-      await this.begin(this.deps.db);
+      await this.begin();
       return;
     }
     await this.tick();
@@ -79,7 +79,7 @@ export class Leadership {
       }
       this.client ??= await this.connect();
       const { rows } = await this.client.query<{ locked: boolean }>('select pg_try_advisory_lock(hashtext($1)) as locked', [`gridwork-leader:${this.options.schema}`]);
-      if (rows[0]?.locked && !this.closed) await this.begin(this.client);
+      if (rows[0]?.locked && !this.closed) await this.begin();
     } catch (err) {
       this.deps.log.warn({ err }, 'leadership: session check failed');
       this.lost();
@@ -104,23 +104,15 @@ export class Leadership {
     return client;
   }
 
-  /** A new term: the next epoch, recorded with who holds it. */
-  private async begin(on: Db | pg.Client): Promise<void> {
-    const text = `insert into coordinator_leader (id, epoch, holder, since) values (1, 1, $1, now())
-      on conflict (id) do update set epoch = coordinator_leader.epoch + 1, holder = excluded.holder, since = excluded.since
-      returning epoch`;
-    const epoch =
-      on instanceof pg.Client
-        ? (await on.query<{ epoch: string }>(text, [this.options.holder])).rows[0]?.epoch
-        : (
-            await on
-              .insertInto('coordinator_leader')
-              .values({ id: 1, epoch: 1n, holder: this.options.holder, since: new Date() })
-              .onConflict((oc) => oc.column('id').doUpdateSet((eb) => ({ epoch: eb('coordinator_leader.epoch', '+', 1n), holder: this.options.holder, since: new Date() })))
-              .returning('epoch')
-              .executeTakeFirstOrThrow()
-          ).epoch;
-    this.term = BigInt(epoch ?? 0);
+  /** A new term: the next epoch, recorded with who holds it (through the pool: the lock is the session's, not the row's). */
+  private async begin(): Promise<void> {
+    const { epoch } = await this.deps.db
+      .insertInto('coordinator_leader')
+      .values({ id: 1, epoch: 1n, holder: this.options.holder, since: new Date() })
+      .onConflict((oc) => oc.column('id').doUpdateSet((eb) => ({ epoch: eb('coordinator_leader.epoch', '+', 1n), holder: this.options.holder, since: new Date() })))
+      .returning('epoch')
+      .executeTakeFirstOrThrow();
+    this.term = BigInt(epoch);
     this.deps.log.info({ epoch: String(this.term), holder: this.options.holder }, 'this replica is the leader');
     this.deps.onChange(true);
   }
