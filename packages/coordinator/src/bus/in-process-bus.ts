@@ -74,8 +74,15 @@ export class InProcessBus implements Bus {
     if (this.cursors.has(sub.name)) throw new Error(`bus subscriber "${sub.name}" already exists`);
     let position = options.after ?? this.last;
     if (sub.durable) {
-      const row = await this.db.selectFrom('bus_positions').select('position').where('subscriber', '=', sub.name).executeTakeFirst();
-      position = row ? BigInt(row.position) : 0n;
+      // The row exists before any delivery locks it: replicas delivering the same first batch at
+      // once would otherwise each find no row to lock, and each handle the batch.
+      await this.db
+        .insertInto('bus_positions')
+        .values({ subscriber: sub.name, position: 0n })
+        .onConflict((oc) => oc.column('subscriber').doNothing())
+        .execute();
+      const row = await this.db.selectFrom('bus_positions').select('position').where('subscriber', '=', sub.name).executeTakeFirstOrThrow();
+      position = BigInt(row.position);
       // Events committed by others since our head was read are found in the table.
       const head = await eventHead(this.db);
       if (head > this.last) this.last = head;
