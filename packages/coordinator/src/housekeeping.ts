@@ -5,6 +5,9 @@
  * providers that never proved anything and stayed offline expire, old events and logs of ended
  * jobs are deleted (lifecycle/retention.ts). Each
  * step is a command of the module that owns it; this file only keeps the clock.
+ *
+ * Only the leader runs them, each under its term's fencing epoch (leader/fence.ts): a sweep of a
+ * term that has ended writes nothing.
  */
 import type { Logger } from 'pino';
 import type { Authenticator } from './auth/authenticator.ts';
@@ -13,6 +16,7 @@ import type { AccountService } from './ledger/account-service.ts';
 import type { Retention } from './lifecycle/retention.ts';
 import type { ProviderService } from './providers/provider-service.ts';
 import type { Verifier } from './verify/verification.ts';
+import { asLeader, Deposed } from './leader/fence.ts';
 
 export interface HousekeepingDeps {
   jobs: JobService;
@@ -50,13 +54,17 @@ export class Housekeeping {
     private readonly options: HousekeepingOptions,
   ) {}
 
-  start(): void {
+  /** Starts the sweeps for the leader's term `epoch`. */
+  start(epoch: bigint): void {
     const { jobs, accounts, auth, log, verifier, providers, retention } = this.deps;
     if (this.timers.length > 0) return;
     retention.resume();
     const every = (ms: number, step: () => Promise<unknown>, what: string) => {
       const t = setInterval(() => {
-        this.running = Promise.all([this.running, step().catch((err) => log.error({ err }, `${what} failed`))]);
+        const run = asLeader(epoch, step).catch((err) =>
+          err instanceof Deposed ? log.warn({ err }, `${what} refused: this replica no longer leads`) : log.error({ err }, `${what} failed`),
+        );
+        this.running = Promise.all([this.running, run]);
       }, ms);
       t.unref();
       this.timers.push(t);

@@ -35,6 +35,7 @@ import { type EconomicsConfig, resolveEconomics } from './ledger/lease-economics
 import { Lifecycle } from './lifecycle/lifecycle.ts';
 import { registerRetention, Retention, type RetentionConfig, type RetentionOptions, resolveRetentionOptions } from './lifecycle/retention.ts';
 import { Units } from './lifecycle/unit-of-work.ts';
+import { AuctionRelay } from './market/auction-relay.ts';
 import { Auctions } from './market/auctions.ts';
 import { Market } from './market/market.ts';
 import { MARKET_INDEX, marketIndexSubscriber } from './market/market-index-subscriber.ts';
@@ -214,6 +215,20 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   const retention = new Retention({ db, bus, log }, config.retention);
   const lifecycle = new Lifecycle(economics, config.verification);
 
+  // The leader runs the scheduler and the sweeps (housekeeping, below); every replica serves the rest.
+  let housekeeping: Housekeeping | undefined;
+  const leadership = new Leadership(
+    {
+      db,
+      log,
+      onChange(epoch) {
+        if (epoch === null) return void housekeeping?.stop();
+        housekeeping?.start(epoch);
+        void scheduler.kick();
+      },
+    },
+    { databaseUrl: config.databaseUrl, schema: config.databaseSchema, holder: `${hostname()}:${process.pid}`, pollMs: config.leaderPollMs },
+  );
   const blobStore = new FileBlobStore(join(config.dataDir, 'blobs'));
   const market = new Market(db, config.challenges.maxConsecutiveFailures);
   const auth = new Authenticator(db);
@@ -231,8 +246,15 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   let channels: ProviderChannels | undefined;
   const challenges = new CapacityChallenges({ units, log, config: config.challenges, isConnected: (id) => channels?.connectedIds().has(id) ?? false });
   const providers = new ProviderService({ db, units, lifecycle, log, challenges, ingressProofTimeoutMs: config.ingressProofTimeoutMs });
-  const auctions = new Auctions({ log, announce: (msg) => channels?.announce(market.bidders(), msg) ?? 0, closed: () => void scheduler.kick() });
-  const scheduler = new Scheduler({ db, units, lifecycle, log, market, auctions });
+  const auctions = new Auctions({ log, announce: (msg) => relay.announce(msg), closed: () => void scheduler.kick() });
+  const relay = new AuctionRelay({
+    link: doorbell,
+    bidders: () => market.bidders(),
+    sendHere: (ids, msg) => channels?.announce(ids, msg) ?? 0,
+    bidHere: (id, bid) => void auctions.bid(id, bid),
+    isLeader: () => leadership.isLeader,
+  });
+  const scheduler = new Scheduler({ db, units, lifecycle, log, market, auctions, epoch: () => leadership.epoch });
   const presence = new MarketPresence(market, scheduler, log);
   channels = new ProviderChannels({
     db,
@@ -241,13 +263,14 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
     heartbeatIntervalMs: config.heartbeatIntervalMs,
     meteringIntervalMs: economics.meteringIntervalMs,
     onConnection: (id, connected) => presence.setConnected(id, connected),
-    onBid: (id, bid) => auctions.bid(id, bid),
+    onBid: (id, bid) => relay.bid(id, bid),
   });
   const jobs = new JobService({ db, units, lifecycle, bus, economics, market, blobs: blobStore, scheduler: SCHEDULER });
   const streams = new JobStreams({ jobs, bus });
   const blobs = new BlobService(db, blobStore, config.maxBlobBytes);
   const verifier = new Verifier({ db, units, lifecycle, blobs: blobStore, log, config: config.verification });
   await market.load();
+  presence.start(config.heartbeatIntervalMs);
   // A dev coordinator funds checks from the start (in production the operator credits sys:fees, and fees accrue).
   if (config.verification.genesisFees > 0n) await accounts.genesisFees(config.verification.genesisFees);
 
@@ -268,12 +291,6 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
 
   const app = await createHttpApp({ log, auth, maxJsonBytes: config.maxJsonBytes, trustProxy: config.trustProxy, version: GRIDWORK_VERSION });
   registerMetricsRoutes(app, { metrics });
-  // The leader runs the sweeps (housekeeping, below); every replica serves the rest.
-  let housekeeping: Housekeeping | undefined;
-  const leadership = new Leadership(
-    { db, log, onChange: (leader) => (leader ? housekeeping?.start() : void housekeeping?.stop()) },
-    { databaseUrl: config.databaseUrl, schema: config.databaseSchema, holder: `${hostname()}:${process.pid}`, pollMs: config.leaderPollMs },
-  );
   registerSystemRoutes(app, { db, version: GRIDWORK_VERSION, leadership });
   registerBlobRoutes(app, { blobs });
   registerJobRoutes(app, { jobs, blobs: blobStore, streams, verifier });
@@ -322,6 +339,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
     close() {
       closing ??= (async () => {
         await detector.stop();
+        presence.stop();
         await leadership.close();
         await sweeps.stop();
         auctions.closeAll();

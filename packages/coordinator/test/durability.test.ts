@@ -12,7 +12,6 @@ import { dirname, join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { type Db, openDatabase } from '@gridwork/coordinator/internal';
-import { sql } from 'kysely';
 import { type Identity, signedFetch } from '@gridwork/protocol/node';
 import { GridworkClient, type JobSpec, type JobView, type LogEntry } from '@gridwork/sdk';
 import { generateIdentity, postgresUrl, type StoreKind, tempDir, uniqueSchema, until } from '@gridwork/testkit';
@@ -28,6 +27,7 @@ import {
   stopAll,
 } from '../../testkit/src/processes.ts';
 import pg from 'pg';
+import { assertLedgerExact } from './fixtures/ledger-exact.ts';
 
 const fixtureDir = join(dirname(fileURLToPath(import.meta.url)), 'fixtures', 'durability');
 /** The sharded input of the fixture job: part-00.txt … part-11.txt. */
@@ -391,27 +391,8 @@ async function assertEachTaskSucceededOnce(
       else assert.ok(finals <= 1, `lease ${l.id} (task ${l.idx}, ${l.state}): final line stored ${finals} times`);
       assert.ok(starts <= 1, `lease ${l.id} (task ${l.idx}): start line stored ${starts} times`);
     }
-    // The ledger survived the crashes intact: double entry (postings sum to zero) and every
-    // cached balance equal to the sum of its account's postings.
-    const ledger = await sql<{ account: string | null; balance: string | null; posted: string | null }>`
-      select coalesce(b.account, p.account) as account, b.balance::text as balance, p.posted::text as posted
-      from ledger_balances b
-      full join (select account, sum(amount) as posted from ledger_postings group by account) p on p.account = b.account
-    `.execute(db);
-    const { rows: totals } = await sql<{ total: string | null }>`select sum(amount)::text as total from ledger_postings`.execute(db);
-    assert.equal(BigInt(totals[0]?.total ?? '0'), 0n, 'ledger postings sum to zero');
-    for (const r of ledger.rows) assert.equal(BigInt(r.balance ?? '0'), BigInt(r.posted ?? '0'), `balance of ${r.account} matches its postings`);
-    // Settlement across the crash: every ended lease settled exactly once, nothing left in escrow
-    // or unpaid, and the job's hold returned in full to its owner.
-    const { rows: settles } = await sql<{ key: string }>`select idempotency_key as key from ledger_transactions where kind = 'lease.settle'`.execute(db);
-    for (const l of leases) {
-      assert.equal(settles.filter((x) => x.key === `settle:${l.id}`).length, 1, `lease ${l.id} (${l.state}) settled exactly once`);
-    }
-    const { rows: leftover } = await sql<{ account: string; balance: string }>`
-      select account, balance::text as balance from ledger_balances
-      where balance <> 0 and (account like 'lease:%' or account like 'job:%')
-    `.execute(db);
-    assert.deepEqual(leftover, [], 'no escrow, unpaid earnings or hold left behind');
+    // The ledger survived the crashes intact, every ended lease settled once, nothing left held.
+    await assertLedgerExact(db, leases.map((l) => l.id));
     return { lost: leases.filter((l) => l.state === 'lost').map((l) => ({ taskIdx: l.idx, error: l.error, providerId: l.provider_id, endedAt: l.ended_at })) };
   });
 }

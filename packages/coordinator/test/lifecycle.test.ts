@@ -270,6 +270,43 @@ for (const store of ['pglite', 'postgres'] as const) {
       const bigAssigned = await db.selectFrom('tasks').select('id').where('job_id', '=', bigJob as string).where('state', '=', 'assigned').execute();
       assert.equal(bigAssigned.length, 3, 'the large job got the rest of the slots');
     });
+
+    it('only the leader schedules: a replica that does not lead places nothing, nor does a leader whose term has ended', async () => {
+      const bus = new InProcessBus(db, log);
+      const units = new Units(db, bus);
+      await bus.start(units);
+      const lifecycle = new Lifecycle(economics);
+      const open = await db.selectFrom('jobs').select('id').where('state', 'in', ['pending', 'matching', 'running']).execute();
+      for (const j of open) await units.run((uow) => lifecycle.cancel(uow, j.id, 'test reset'));
+      const owner = generateIdentity().publicKey;
+      await fund(db, owner, 1_000_000_000n);
+      const provider = await addProvider(db, units, lifecycle, { slots: 2, cores: 2 });
+      const [job] = await submit(units, lifecycle, owner, spec({ name: 'fenced' }), 1);
+      const market = new Market(db);
+      await market.load();
+      await market.setConnected(provider, true);
+      await db
+        .insertInto('coordinator_leader')
+        .values({ id: 1, epoch: 3n, holder: 'test', since: new Date() })
+        .onConflict((oc) => oc.column('id').doUpdateSet({ epoch: 3n }))
+        .execute();
+      let epoch: bigint | null = null;
+      const scheduler = new Scheduler({ db, units, lifecycle, log, market, auctions: new Auctions({ log, announce: () => 0, closed: () => {} }), epoch: () => epoch });
+      const taskState = async () => (await db.selectFrom('tasks').select('state').where('job_id', '=', job as string).executeTakeFirstOrThrow()).state;
+      try {
+        await scheduler.kick();
+        assert.equal(await taskState(), 'queued', 'an edge replica placed the task');
+        epoch = 2n;
+        await scheduler.kick();
+        assert.equal(await taskState(), 'queued', 'a deposed leader (term 2, the office at 3) placed the task');
+        epoch = 3n;
+        await scheduler.kick();
+        assert.equal(await taskState(), 'assigned', 'the leader of the current term placed it');
+      } finally {
+        await scheduler.close();
+        await bus.close();
+      }
+    });
   });
 }
 

@@ -8,12 +8,14 @@
  * by the other, whose scheduler a commit of the first now wakes, on a provider connected to it.
  */
 import assert from 'node:assert/strict';
+import { chmod, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { type Coordinator, startCoordinator } from '@gridwork/coordinator';
 import { parseCredits as credits } from '@gridwork/protocol';
 import { generateIdentity } from '@gridwork/protocol/node';
 import { GridworkClient, type JobSpec, type JobView } from '@gridwork/sdk';
-import { ProviderAgent } from '@gridwork/provider';
+import { fixedPricing, ProviderAgent, scriptPricing } from '@gridwork/provider';
 import { dropSchema, natsUrl, postgresUrl, silentLogger, tempDir, uniqueSchema, until, uploadTinyBundle } from '@gridwork/testkit';
 
 const spec: JobSpec = {
@@ -107,9 +109,61 @@ for (const mode of ['nats', 'polling'] as const) {
         const balance = await onA.balance();
         assert.deepEqual([done.money.held, balance.held], ['0', '0']);
         assert.ok(credits('5') - credits(balance.available) >= credits(done.money.spent), `spent ${done.money.spent}, left ${balance.available}`);
+
+        // Its socket on B closes: the leader (A) stops counting it as a candidate at once, long
+        // before B would declare it offline for missed heartbeats (15 s at the defaults).
+        assert.equal((await onA.explain(spec)).candidates, 1);
+        await agent.close();
+        const e = await until(() => onA.explain(spec), (x) => x.candidates === 0, { what: 'the leader to stop counting the closed provider' });
+        assert.equal(e.excluded.offline, 1, JSON.stringify(e));
+        const row = (await onA.providers()).find((p) => p.id === agent.id);
+        assert.equal(row?.state, 'online', 'still online (its heartbeats have not timed out): the disconnection is what counted');
       } finally {
         await agent.close();
       }
     });
+
+    if (mode === 'nats') {
+      test('an auction opened by the leader reaches a bidder connected to another replica, and its bid wins there', async () => {
+        const roleOf = async (c: Coordinator) => ((await (await fetch(`${c.url}/healthz`)).json()) as { role: string }).role;
+        assert.deepEqual([await roleOf(a), await roleOf(b)], ['leader', 'edge']);
+        const script = join(dir.path, 'bid.sh');
+        // Bids a quarter of the order's max price.
+        await writeFile(
+          script,
+          `#!/bin/sh\nexec node -e 'let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const o=JSON.parse(s).order;console.log((Number(o.maxPerHour)/4).toFixed(6))})'\n`,
+        );
+        await chmod(script, 0o755);
+        // Both on the edge: the standing ask is cheaper than the bidder's, so only a bid that reached the leader's auction wins.
+        const benchmarks = { cpuMopsPerCore: 1000, gpu: {} };
+        const common = { coordinatorUrl: b.url, runtime: 'process' as const, containers: 'off' as const, gpus: 'none' as const, slots: 1, logger: silentLogger(), benchmarks };
+        const standing = await ProviderAgent.create({ ...common, dataDir: `${dir.path}/standing`, name: 'standing', pricing: fixedPricing({ cpuCoreHour: '10', memoryGiBHour: '0' }) });
+        const bidder = await ProviderAgent.create({
+          ...common,
+          dataDir: `${dir.path}/bidder`,
+          name: 'bidder',
+          pricing: scriptPricing({ script, rates: { cpuCoreHour: '20', memoryGiBHour: '0' } }),
+        });
+        try {
+          standing.start();
+          bidder.start();
+          const onA = new GridworkClient({ url: a.url, identity: generateIdentity() });
+          await until(
+            () => onA.providers(),
+            (ps) => [standing.id, bidder.id].every((id) => ps.some((p) => p.id === id && p.state === 'online')),
+            { what: 'both providers online' },
+          );
+          await onA.deposit('20');
+          const auctioned: JobSpec = { ...spec, name: 'auctioned', price: { maxPerHour: '24', budget: '5', auctionWindowMs: 3000 } };
+          const job = await onA.submitPrepared({ spec: auctioned, bundle: await uploadTinyBundle(onA), inputs: [] });
+          const done = await onA.wait(job.id, { until: 'end', signal: AbortSignal.timeout(60_000) });
+          assert.equal(done.state, 'succeeded', JSON.stringify(done.tasks));
+          assert.equal(done.tasks[0]?.providerId, bidder.id, 'the bidder on the edge won the leader\'s auction');
+          assert.equal(done.tasks[0]?.pricePerHour, '6', 'at its bid');
+        } finally {
+          await Promise.all([standing.close(), bidder.close()]);
+        }
+      });
+    }
   });
 }

@@ -8,6 +8,11 @@
  * table. A lost ring (NATS down, a replica restarting) costs latency, never an event: each
  * replica also reads the head every `pollMs`.
  *
+ * The same connection carries the few messages between replicas that are not state changes and
+ * may be lost (`send`/`listen`): an auction's announcement, which the leader sends to the bidders
+ * connected to every replica, and the bids, which the replica holding a bidder's socket passes to
+ * the leader. Without NATS they stay on the replica where they began.
+ *
  * Why not relay the events themselves through JetStream: with one ordered log already committed
  * in PostgreSQL, a second copy would need its own exactly-once relay and could disagree with
  * the first; the doorbell keeps one source of truth. (A relay becomes worth its cost once
@@ -29,6 +34,7 @@ export interface ReplicaDoorbellOptions {
 }
 
 const SUBJECT_PREFIX = 'gridwork.events.committed.';
+const TOPIC_PREFIX = 'gridwork.replicas.';
 
 export class ReplicaDoorbell {
   private nats: NatsConnection | undefined;
@@ -37,6 +43,9 @@ export class ReplicaDoorbell {
   private again = false;
   private closed = false;
   private subject = SUBJECT_PREFIX;
+  /** The database and schema, as a subject token. */
+  private scope = '';
+  private readonly listeners = new Map<string, (data: unknown) => void>();
 
   constructor(
     private readonly deps: { db: Db; log: Logger; onHead: (position: bigint) => void },
@@ -47,7 +56,8 @@ export class ReplicaDoorbell {
   async start(): Promise<void> {
     // Named by the database itself, not by how this replica's URL spells its host (an address, a name, a pooler).
     const { rows } = await sql<{ name: string }>`select current_database() as name`.execute(this.deps.db);
-    this.subject = SUBJECT_PREFIX + `${rows[0]?.name ?? ''}.${this.options.schema}`.replace(/[^A-Za-z0-9_-]/g, '_');
+    this.scope = `${rows[0]?.name ?? ''}.${this.options.schema}`.replace(/[^A-Za-z0-9_-]/g, '_');
+    this.subject = SUBJECT_PREFIX + this.scope;
     this.timer = setInterval(() => this.readHead(), this.options.pollMs);
     this.timer.unref();
     if (this.options.natsUrl) void this.connect(this.options.natsUrl.split(',').map((s) => s.trim()).filter(Boolean));
@@ -60,6 +70,7 @@ export class ReplicaDoorbell {
         const nc = await connect({ servers, name: 'gridwork-coordinator', maxReconnectAttempts: -1 });
         if (this.closed) return void (await nc.close());
         nc.subscribe(this.subject, { callback: () => this.readHead() });
+        for (const [topic, fn] of this.listeners) this.subscribeTopic(nc, topic, fn);
         // Subscribed at the server before the head is read: no ring falls between the two.
         await nc.flush();
         this.nats = nc;
@@ -89,6 +100,37 @@ export class ReplicaDoorbell {
     } catch (err) {
       this.deps.log.warn({ err }, 'replica doorbell: ring failed');
     }
+  }
+
+  /** Sends `data` (JSON) to every replica listening on `topic`, this one included; false when there is no NATS connection now. */
+  send(topic: string, data: unknown): boolean {
+    if (!this.nats) return false;
+    try {
+      this.nats.publish(TOPIC_PREFIX + this.scope + '.' + topic, JSON.stringify(data));
+      return true;
+    } catch (err) {
+      this.deps.log.warn({ err, topic }, 'replica doorbell: send failed');
+      return false;
+    }
+  }
+
+  /** Calls `fn` with what any replica sends on `topic` (parsed JSON: check its shape, it came over the wire). */
+  listen(topic: string, fn: (data: unknown) => void): void {
+    this.listeners.set(topic, fn);
+    if (this.nats) this.subscribeTopic(this.nats, topic, fn);
+  }
+
+  private subscribeTopic(nc: NatsConnection, topic: string, fn: (data: unknown) => void): void {
+    nc.subscribe(TOPIC_PREFIX + this.scope + '.' + topic, {
+      callback: (err, msg) => {
+        if (err) return;
+        try {
+          fn(msg.json());
+        } catch (e) {
+          this.deps.log.warn({ err: e, topic }, 'replica doorbell: a message was refused');
+        }
+      },
+    });
   }
 
   async close(): Promise<void> {

@@ -6,11 +6,11 @@
  * the database is what the leader's writes need anyway.
  *
  * A follower tries the lock every `pollMs`; the leader checks its session as often, and steps down
- * (`onChange(false)`) when the check fails. Each term gets the next `epoch` in
- * `coordinator_leader`, so its writes can carry it. On PGlite (one process) this replica leads
+ * (`onChange(null)`) when the check fails. Each term gets the next `epoch` in
+ * `coordinator_leader`, which its writes carry (leader/fence.ts). On PGlite (one process) this replica leads
  * from the start.
  *
- * The leader runs the sweeps (housekeeping.ts) that every replica used to run at once.
+ * The leader runs the scheduler and the sweeps (housekeeping.ts) that every replica used to run at once.
  */
 import pg from 'pg';
 import type { Logger } from 'pino';
@@ -34,7 +34,7 @@ export class Leadership {
   private term: bigint | null = null;
 
   constructor(
-    private readonly deps: { db: Db; log: Logger; onChange: (leader: boolean) => void },
+    private readonly deps: { db: Db; log: Logger; onChange: (epoch: bigint | null) => void },
     private readonly options: LeadershipOptions,
   ) {}
 
@@ -114,7 +114,7 @@ export class Leadership {
       .executeTakeFirstOrThrow();
     this.term = BigInt(epoch);
     this.deps.log.info({ epoch: String(this.term), holder: this.options.holder }, 'this replica is the leader');
-    this.deps.onChange(true);
+    this.deps.onChange(this.term);
   }
 
   private lost(): void {
@@ -128,6 +128,6 @@ export class Leadership {
     if (this.term === null) return;
     this.deps.log.warn({ epoch: String(this.term), why }, 'this replica is no longer the leader');
     this.term = null;
-    this.deps.onChange(false);
+    this.deps.onChange(null);
   }
 }

@@ -98,6 +98,13 @@ export type DomainEvent =
   | { type: 'provider.challenged'; providerId: string; challengeId: string; verdict: ChallengeVerdict; detail: string | null; busyMs: number }
   | { type: 'provider.online'; providerId: string; restarted: boolean }
   | { type: 'provider.offline'; providerId: string; reason: string }
+  /**
+   * The socket of the connection welcomed at `welcomedAt` (ms) closed on some replica. Not a state
+   * change (the provider stays online until it misses its heartbeats, in case it reconnects): it
+   * tells the other replicas' matching indexes not to count the provider as connected unless it
+   * said hello again since.
+   */
+  | { type: 'provider.disconnected'; providerId: string; welcomedAt: number }
   /** Asks, drain state, stake or reputation changed: the matching index reloads the provider. */
   | { type: 'provider.changed'; providerId: string; what: 'asks' | 'state' | 'stake' | 'reputation' | 'capacity' }
   /** A sequenced message waits in the provider's durable outbox. */

@@ -4,12 +4,14 @@
  * are committed in increasing order (a subscriber reading `position > n` never skips an event
  * that commits later with a smaller position). The lock is held only from the append to the
  * commit. After the commit the events go to the bus. A retried transaction (deadlock) starts
- * with an empty event list: nothing of an aborted attempt is published.
+ * with an empty event list: nothing of an aborted attempt is published. A unit started by the
+ * leader's work commits only while the leader's term lasts (store/transact.ts).
  */
 import { sql, type Transaction } from 'kysely';
 import type { Db } from '../store/database.ts';
 import type { Database } from '../store/schema.ts';
 import { isRetryable, transact } from '../store/transact.ts';
+import { unfenced } from '../leader/fence.ts';
 import { type DomainEvent, jobOf, providerOf, type StoredEvent } from './events.ts';
 
 export type Trx = Transaction<Database>;
@@ -66,7 +68,8 @@ export class Units {
       stored = await appendEvents(trx, events);
       return value;
     });
-    if (stored.length > 0) this.sink.publish(stored);
+    // The subscribers these events wake are not the leader's work: they run unfenced.
+    if (stored.length > 0) unfenced(() => this.sink.publish(stored));
     return result;
   }
 }

@@ -1,10 +1,13 @@
 /**
  * Keeps the matching index in step with committed changes: leases placed elsewhere (another
  * replica's scheduler) take capacity, ended leases give it back, providers whose row changed
- * (online, offline, asks, drain, stake, reputation) are reloaded. Not durable: at start the
+ * (online, offline, asks, drain, stake, reputation) are reloaded; a hello on any replica
+ * (`provider.online`) makes a provider connected here, and a socket closed on any replica
+ * (`provider.disconnected`) makes it not, unless it said hello again since. Not durable: at start the
  * index is rebuilt from the database, so it begins at the head.
  */
 import type { Subscriber } from '../bus/bus.ts';
+import type { StoredEvent } from '../lifecycle/events.ts';
 import type { Market } from './market.ts';
 
 export const MARKET_INDEX = 'market-index';
@@ -12,18 +15,22 @@ export const MARKET_INDEX = 'market-index';
 export function marketIndexSubscriber(market: Market): Subscriber {
   return {
     name: MARKET_INDEX,
-    types: ['lease.placed', 'lease.ended', 'provider.online', 'provider.offline', 'provider.changed'],
+    types: ['lease.placed', 'lease.ended', 'provider.online', 'provider.disconnected', 'provider.offline', 'provider.changed'],
     async handle(events) {
       const reload = new Set<string>();
+      const presence: StoredEvent[] = [];
       for (const e of events) {
         if (e.type === 'lease.placed') {
           market.book.reserve(e.leaseId, e.providerId, { cpu: e.cpuMilli / 1000, memoryGiB: e.memMilli / 1000 }, e.gpus, e.endsAt);
         } else if (e.type === 'lease.ended') {
           market.book.release(e.leaseId);
-        } else if (e.type === 'provider.online' || e.type === 'provider.offline' || e.type === 'provider.changed') {
+        } else if (e.type === 'provider.online' || e.type === 'provider.disconnected') {
+          presence.push(e);
+        } else if (e.type === 'provider.offline' || e.type === 'provider.changed') {
           reload.add(e.providerId);
         }
       }
+      if (presence.length > 0) await market.presenceChanged(presence);
       if (reload.size > 0) await market.refreshProviders(reload);
     },
   };

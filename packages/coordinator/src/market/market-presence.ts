@@ -1,19 +1,50 @@
 /**
- * Which providers have a live connection to this coordinator. Presence is not a committed
- * state change (it belongs to one replica's sockets), so it reaches the matching index
- * directly, and a provider that just connected wakes the scheduler.
+ * Which providers are connected, as the matching index sees them. A provider is connected when
+ * its row is online (a hello on any replica made it so; the replica holding its socket declares it
+ * offline when it goes silent) — except one whose socket closed here since its last hello, and one
+ * that was online when this replica started but that nobody has vouched for since: that may be a
+ * provider that died with the previous process. Those are confirmed as soon as some replica
+ * flushes a heartbeat of theirs (checked every `confirmEveryMs` until none is left), or by their
+ * next hello. A provider that becomes connected wakes the scheduler.
  */
 import type { Logger } from 'pino';
 import type { Scheduler } from '../scheduler/scheduler.ts';
 import type { Market } from './market.ts';
 
 export class MarketPresence {
+  private timer: NodeJS.Timeout | undefined;
+  private confirming = false;
+
   constructor(
     private readonly market: Market,
     private readonly scheduler: Scheduler,
     private readonly log?: Logger,
   ) {}
 
+  /** Starts confirming the providers online at start (call after `market.load()`). */
+  start(confirmEveryMs: number): void {
+    this.timer = setInterval(() => {
+      if (this.confirming) return;
+      this.confirming = true;
+      this.market
+        .confirmPresence()
+        .then((waiting) => {
+          if (waiting === 0) this.stop();
+          return this.scheduler.kick();
+        })
+        .catch((err) => this.log?.warn({ err }, 'market presence: could not confirm providers online at start'))
+        .finally(() => {
+          this.confirming = false;
+        });
+    }, confirmEveryMs);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
+  }
+
+  /** A socket of this replica said hello (true), or closed or keeps failing (false). */
   setConnected(providerId: string, connected: boolean): void {
     this.market
       .setConnected(providerId, connected)

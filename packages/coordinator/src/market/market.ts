@@ -7,6 +7,7 @@ import { parseCredits, parseRuntimeList, type JobSpec, type MarketClass, type Ma
 import { balancesOf, stakeOf } from '../ledger/ledger.ts';
 import { limitMsOf } from '../lifecycle/lifecycle.ts';
 import { ACTIVE_LEASE_STATES } from '../lifecycle/state-machine.ts';
+import type { StoredEvent } from '../lifecycle/events.ts';
 import type { Db } from '../store/database.ts';
 import { type BookProvider, type Match, type Order, OrderBook } from './order-book.ts';
 
@@ -75,8 +76,16 @@ export function orderOf(spec: JobSpec, maxPerHour: bigint, only?: { exclude?: re
 
 export class Market {
   readonly book = new OrderBook();
-  private readonly connected = new Set<string>();
+  /** Providers the index counts as connected to some replica: online, vouched for since this replica started, not away. */
+  private readonly present = new Set<string>();
+  /** Online at this replica's start, and not heard from since: nobody has vouched for them yet. */
+  private readonly unconfirmed = new Set<string>();
+  /** Their socket closed (here, or on another replica: then the time its connection was welcomed), or their channel here keeps failing: until a later hello, anywhere. */
+  private readonly away = new Map<string, number>();
+  /** When each provider last said hello, as far as this replica knows (ms). */
+  private readonly lastHello = new Map<string, number>();
   private readonly bidding = new Set<string>();
+  private startedAt = new Date();
 
   constructor(
     private readonly db: Db,
@@ -84,10 +93,27 @@ export class Market {
     private readonly maxConsecutiveFailures = 3,
   ) {}
 
-  /** Rebuilds the index from the database: providers, their stake, and the leases holding capacity. */
+  /**
+   * Rebuilds the index from the database: providers, their stake, and the leases holding capacity.
+   * A provider whose row says online may hold a socket on another replica, or may be one that
+   * died with the previous process: it is matched once a hello shows it (`provider.online`) or a
+   * replica flushes a heartbeat of it (`confirmPresence`), and never before.
+   */
   async load(): Promise<void> {
+    this.startedAt = new Date();
+    const online = await this.db.selectFrom('providers').select('id').where('state', '!=', 'offline').where('expired_at', 'is', null).execute();
+    for (const r of online) this.unconfirmed.add(r.id);
     await this.refreshProviders();
     await this.loadLeases();
+  }
+
+  /** Providers online at start whose heartbeats some replica has written since: they are connected there. Returns how many wait still. */
+  async confirmPresence(): Promise<number> {
+    if (this.unconfirmed.size === 0) return 0;
+    const seen = await this.db.selectFrom('providers').select('id').where('id', 'in', [...this.unconfirmed]).where('last_seen_at', '>', this.startedAt).execute();
+    for (const r of seen) this.unconfirmed.delete(r.id);
+    if (seen.length > 0) await this.refreshProviders(seen.map((r) => r.id));
+    return this.unconfirmed.size;
   }
 
   /** Reloads what the active leases of these providers hold (the database refused a placement the index allowed). */
@@ -125,20 +151,25 @@ export class Market {
       rows.map((r) => stakeOf(r.id)),
     );
     for (const r of rows) {
+      if (r.state === 'offline') this.unconfirmed.delete(r.id);
       // Ineligible: out of the index until it passes a challenge again (its running leases stay
       // reserved). Expired: out until its next hello.
       if (r.expired_at || !isEligible(r, this.maxConsecutiveFailures)) {
         this.book.removeProvider(r.id);
         this.bidding.delete(r.id);
+        this.present.delete(r.id);
         continue;
       }
       if (r.bids) this.bidding.add(r.id);
       else this.bidding.delete(r.id);
+      const connected = r.state !== 'offline' && !this.unconfirmed.has(r.id) && !this.away.has(r.id);
+      if (connected) this.present.add(r.id);
+      else this.present.delete(r.id);
       const p: BookProvider = {
         id: r.id,
         name: r.name,
         state: r.state,
-        connected: this.connected.has(r.id),
+        connected,
         hardware: r.hardware,
         attributes: r.attributes,
         asks: r.asks,
@@ -153,21 +184,58 @@ export class Market {
     }
   }
 
+  /**
+   * This replica's own sockets: a provider that said hello here is connected; one whose socket
+   * closed here (or whose channel keeps failing) is not, until it says hello again, here or
+   * elsewhere.
+   */
   async setConnected(id: string, connected: boolean): Promise<void> {
-    if (connected) this.connected.add(id);
-    else this.connected.delete(id);
+    const now = Date.now();
+    if (connected) {
+      this.lastHello.set(id, Math.max(now, this.lastHello.get(id) ?? 0));
+      this.away.delete(id);
+      this.unconfirmed.delete(id);
+    } else {
+      this.away.set(id, now);
+    }
     await this.refreshProviders([id]);
+  }
+
+  /**
+   * Hellos (`provider.online`, at their commit) and closed sockets (`provider.disconnected`, of
+   * the connection welcomed at `welcomedAt`) on any replica, in log order. A closed socket counts
+   * only if no later hello is known: a provider that moved to another replica before the one it
+   * left noticed stays connected.
+   */
+  async presenceChanged(events: readonly StoredEvent[]): Promise<void> {
+    const ids = new Set<string>();
+    for (const e of events) {
+      if (e.type === 'provider.online') {
+        const at = e.at.getTime();
+        this.lastHello.set(e.providerId, Math.max(at, this.lastHello.get(e.providerId) ?? 0));
+        this.unconfirmed.delete(e.providerId);
+        const gone = this.away.get(e.providerId);
+        if (gone !== undefined && gone < at) this.away.delete(e.providerId);
+      } else if (e.type === 'provider.disconnected') {
+        if ((this.lastHello.get(e.providerId) ?? 0) > e.welcomedAt) continue;
+        this.away.set(e.providerId, Math.max(e.welcomedAt, this.away.get(e.providerId) ?? 0));
+      } else {
+        continue;
+      }
+      ids.add(e.providerId);
+    }
+    await this.refreshProviders(ids);
   }
 
   /** Whether any connected provider is not in `ids` (so work can wait for one of them instead). */
   hasConnectedBesides(ids: readonly string[]): boolean {
-    for (const id of this.connected) if (!ids.includes(id)) return true;
+    for (const id of this.present) if (!ids.includes(id)) return true;
     return false;
   }
 
   /** Connected providers that answer auction announcements. */
   bidders(): string[] {
-    return [...this.bidding].filter((id) => this.connected.has(id));
+    return [...this.bidding].filter((id) => this.present.has(id));
   }
 
   match(order: Order, bids?: ReadonlyMap<string, bigint>): Match | null {

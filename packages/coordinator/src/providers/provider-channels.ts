@@ -238,6 +238,12 @@ export class ProviderChannels {
         this.channels.delete(providerId);
         this.deps.onConnection?.(providerId, false);
         log.info({ providerId }, 'provider disconnected');
+        // Told to every replica (the leader matches on it), unless this replica is shutting down:
+        // then its providers say hello to another at once, and that tells them.
+        const welcomedAt = channel.welcomedAt;
+        if (!this.closing) {
+          void pending.serial(() => providers.disconnected(providerId, welcomedAt)).catch((err) => log.warn({ err, providerId }, 'could not record a disconnection'));
+        }
       }
     });
     socket.on('error', (err) => log.warn({ err, providerId }, 'provider socket error'));

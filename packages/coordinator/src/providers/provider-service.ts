@@ -224,6 +224,11 @@ export class ProviderService {
     return [...lostIds];
   }
 
+  /** The socket of a provider's connection, welcomed at `welcomedAt` (ms), closed here: the other replicas' indexes hear of it. */
+  async disconnected(providerId: string, welcomedAt: number): Promise<void> {
+    await this.deps.units.run(async (uow) => uow.emit({ type: 'provider.disconnected', providerId, welcomedAt }));
+  }
+
   /** Marks a provider offline and its leases lost, unless it was seen after `seenBefore` or is offline already. */
   private declareSilent(providerId: string, seenBefore: Date, spokeSince: () => boolean): Promise<boolean> {
     return this.deps.units.run(async (uow) => {

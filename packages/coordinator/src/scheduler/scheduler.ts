@@ -9,6 +9,10 @@
  * the accounts interleave by (leases they hold now + rank), so a small job queued behind a large
  * one starts within a pass or two instead of after the large one drains; within that order a
  * higher max price goes first.
+ *
+ * Only the leader schedules (leader/leadership.ts): on any other replica a pass does nothing. A
+ * pass runs under the leader's fencing epoch, so a placement of a term that has ended is refused
+ * by the database (leader/fence.ts) instead of racing the new leader's.
  */
 import type { Logger } from 'pino';
 import { sql } from 'kysely';
@@ -19,6 +23,7 @@ import type { Auctions } from '../market/auctions.ts';
 import { type Market, orderOf } from '../market/market.ts';
 import type { Db } from '../store/database.ts';
 import { isRetryable } from '../store/transact.ts';
+import { asLeader, Deposed } from '../leader/fence.ts';
 
 export interface SchedulerDeps {
   db: Db;
@@ -27,6 +32,8 @@ export interface SchedulerDeps {
   log: Logger;
   market: Market;
   auctions: Auctions;
+  /** The leader's current term; null while this replica does not lead (it then places nothing). Absent: always schedules, unfenced (a scheduler on its own, in tests). */
+  epoch?: () => bigint | null;
 }
 
 export interface SchedulerOptions {
@@ -87,7 +94,12 @@ export class Scheduler {
       while (this.again && !this.closed) {
         this.again = false;
         this.started++;
-        const placed = await this.pass().catch((err) => {
+        const epoch = this.deps.epoch ? this.deps.epoch() : undefined;
+        const placed = await (epoch === null ? Promise.resolve(0) : epoch === undefined ? this.pass() : asLeader(epoch, () => this.pass())).catch((err) => {
+          if (err instanceof Deposed) {
+            this.deps.log.warn({ err }, 'scheduler pass refused: this replica no longer leads');
+            return 0;
+          }
           this.deps.log.error({ err }, 'scheduler pass failed; retrying');
           clearTimeout(this.retry);
           this.retry = setTimeout(() => void this.kick(), RETRY_MS);
