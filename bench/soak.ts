@@ -49,11 +49,11 @@ async function inject(c: ReplicaCluster, fault: Fault, r: Rand): Promise<number>
       const leader = await c.leader();
       const i = fault === 'leader' ? leader : (leader + 1 + Math.floor(r() * (REPLICAS - 1))) % REPLICAS;
       await c.killReplica(i);
-      // Recovery: for the leader, until another leads; then the killed one comes back.
+      // Recovery: for the leader, until another leads; for an edge, until it is back.
       if (fault === 'leader') await c.leader();
       const took = Date.now() - t0;
       await c.startReplica(i);
-      return took;
+      return fault === 'leader' ? took : Date.now() - t0;
     }
     case 'nats':
       await c.nats.kill9();
@@ -100,7 +100,11 @@ async function main(): Promise<void> {
         process.stderr.write(`submit ${n} failed: ${(err as Error).message}\n`);
       }
       const fault = weighted(r, FAULT_WEIGHTS);
-      const ms = await inject(c, fault, r);
+      process.stderr.write(`fault ${n + 1}: ${fault}\n`);
+      const ms = await inject(c, fault, r).catch((err) => {
+        for (const p of c.replicas) if (p) process.stderr.write(`--- ${p.label} (alive: ${p.alive})\n${p.stderr().slice(-2000)}\n`);
+        throw err;
+      });
       times.set(fault, [...(times.get(fault) ?? []), ms]);
       if ((n + 1) % 10 === 0) process.stderr.write(`${n + 1}/${FAULTS} faults, ${submitted} jobs submitted, ${Math.round((Date.now() - started) / 1000)} s\n`);
     }
@@ -112,7 +116,7 @@ async function main(): Promise<void> {
       const s = summarize(ms);
       return [fault, s.n, Math.round(s.p50), Math.round(s.max)];
     });
-    printTable(`soak: ${FAULTS} faults, ${REPLICAS} replicas, ${PROVIDERS} providers (recovery ms: leader = until another leads)`, [['fault', 'count', 'p50 ms', 'max ms'], ...rows]);
+    printTable(`soak: ${FAULTS} faults, ${REPLICAS} replicas, ${PROVIDERS} providers (ms: leader = until another leads; edge, provider = until back; pg = restart)`, [['fault', 'count', 'p50 ms', 'max ms'], ...rows]);
     const ok =
       jobs.every((j) => j.state === 'succeeded') &&
       audit.tasksNotCompletedOnce.length === 0 &&
@@ -123,6 +127,7 @@ async function main(): Promise<void> {
       audit.leftover.length === 0 &&
       audit.reputationDrift.length === 0;
     printTable('after the faults', [
+      ['check', 'result'],
       ['jobs submitted / succeeded', `${submitted} / ${audit.succeeded}`],
       ['submits refused while replicas were down', submitFailures],
       ['tasks / leases / lost leases', `${audit.tasks} / ${audit.leases} / ${audit.lostLeases}`],

@@ -38,6 +38,7 @@ export async function openDatabase(options: DatabaseOptions): Promise<Db> {
     if (!/^[a-z_][a-z0-9_]{0,62}$/.test(schema)) throw new Error(`invalid schema name ${schema}`);
     if (schema !== 'public') {
       const client = new pg.Client({ connectionString: options.url });
+      client.on('error', () => {}); // a broken connection fails the query below instead
       await client.connect();
       try {
         await client.query(`create schema if not exists ${schema}`);
@@ -53,9 +54,13 @@ export async function openDatabase(options: DatabaseOptions): Promise<Db> {
       max: options.poolSize ?? 10,
       ...(schema === 'public' ? {} : { options: `-c search_path=${schema}` }),
     });
-    // An idle connection that breaks (PostgreSQL restarting) is dropped from the pool; without a
-    // listener node-postgres would make its error the process's last.
+    // A connection that breaks (PostgreSQL restarting) must not take the process with it: node-postgres
+    // emits the error on the client, and an 'error' event without a listener is the process's last.
+    // Idle ones the pool drops (its 'error'); one checked out between two queries of a transaction
+    // has no listener of the pool's, so each gets its own — the transaction's next query then fails
+    // with the connection error, the transaction is retried or reported, the client discarded.
     pool.on('error', () => {});
+    pool.on('connect', (client) => client.on('error', () => {}));
     db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
   } else {
     const dataDir = options.dataDir ?? 'memory://';
