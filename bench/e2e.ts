@@ -2,7 +2,7 @@
  * End to end, G3 and G4: one-task jobs submitted through the signed HTTP API (the SDK's
  * GridworkClient), placed by the real coordinator (authentication, validation, budget hold,
  * scheduler, outbox), delivered over the real provider WebSocket protocol to light simulated
- * providers (bench/lib/sim-provider.ts) that report `lease.started` at once and
+ * providers (packages/sim/src/wire-provider.ts) that report `lease.started` at once and
  * `lease.finished` right after, applied by the coordinator (ack = committed). On PGlite (temp
  * dir) and PostgreSQL (a unique schema, dropped at the end).
  *

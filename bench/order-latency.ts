@@ -122,14 +122,9 @@ async function addProviders(c: Coordinator, list: SimProvider[]): Promise<void> 
         .execute();
     });
   }
-  // Market.setConnected(id, true) = connected.add(id) + refreshProviders([id]). The same, in bulk.
-  const market = internalsOf(c).market as unknown as { connected?: unknown };
-  if (market.connected instanceof Set) {
-    for (const p of list) market.connected.add(p.id);
-    await internalsOf(c).market.refreshProviders(list.map((p) => p.id));
-  } else {
-    for (const p of list) await internalsOf(c).market.setConnected(p.id, true); // slower, same result
-  }
+  // As if each had said hello (a provider.online event each), in one refresh of the index.
+  const at = new Date();
+  await internalsOf(c).market.presenceChanged(list.map((p) => ({ type: 'provider.online' as const, providerId: p.id, restarted: false, position: 0n, at })));
 }
 
 function specFor(r: Rand, i: number): JobSpec {

@@ -13,7 +13,7 @@ import { parentPort } from 'node:worker_threads';
 import type { InputSet, JobSpec, LeaseAssignment, SubmitJobRequest } from '@gridwork/protocol';
 import { signedFetch } from '@gridwork/protocol/node';
 import { expandGlob, generateIdentity, GridworkClient, hashFile, type Identity, packBundle } from '@gridwork/sdk';
-import { nowMs, SimulatedProvider } from './sim-provider.ts';
+import { nowMs, SimulatedProvider } from '../../packages/sim/src/wire-provider.ts';
 
 export interface Sample {
   key: string;

@@ -7,7 +7,8 @@
  * step is a command of the module that owns it; this file only keeps the clock.
  *
  * Only the leader runs them, each under its term's fencing epoch (leader/fence.ts): a sweep of a
- * term that has ended writes nothing.
+ * term that has ended commits no transaction. (Retention's and the nonce prune's batched deletes
+ * are single statements outside transactions, unfenced: deleting what is already gone is harmless.)
  */
 import type { Logger } from 'pino';
 import type { Authenticator } from './auth/authenticator.ts';

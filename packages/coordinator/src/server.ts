@@ -262,7 +262,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
     providers,
     heartbeatIntervalMs: config.heartbeatIntervalMs,
     meteringIntervalMs: economics.meteringIntervalMs,
-    onConnection: (id, connected) => presence.setConnected(id, connected),
+    onConnection: (id, connected, welcomedAt) => presence.setConnected(id, connected, welcomedAt),
     onBid: (id, bid) => relay.bid(id, bid),
   });
   const jobs = new JobService({ db, units, lifecycle, bus, economics, market, blobs: blobStore, scheduler: SCHEDULER });
@@ -310,7 +310,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
 
   const connected = channels;
   const detector = new FailureDetector(
-    { providers, db, log, disconnect: (id, reason) => connected.disconnect(id, reason), isLeader: () => leadership.isLeader },
+    { providers, db, log, disconnect: (id, reason) => connected.disconnect(id, reason), epoch: () => leadership.epoch },
     { intervalMs: config.heartbeatIntervalMs, misses: config.heartbeatMisses },
   );
   housekeeping = new Housekeeping(

@@ -177,8 +177,8 @@ describe('adversarial (pglite)', () => {
 
     const market = new Market(db);
     await market.load();
-    if (badJoined) await market.setConnected(bad.publicKey, true);
-    await market.setConnected(honest.providerId, true);
+    if (badJoined) await market.setConnected(bad.publicKey, true, Date.now());
+    await market.setConnected(honest.providerId, true, Date.now());
     const scheduler = new Scheduler({ db, units, lifecycle, log, market, auctions: new Auctions({ log, announce: () => 0, closed: () => {} }) });
     try {
       await scheduler.kick();
@@ -216,8 +216,8 @@ describe('adversarial (pglite)', () => {
     const jobId = await submit(owner, spec({ name: 'two-gpus', resources: { cpu: 1, memoryGiB: 1, gpu: { count: 2, models: ['rtx-4090'] } } }));
     const market = new Market(db);
     await market.load();
-    if (badJoined) await market.setConnected(bad.publicKey, true);
-    await market.setConnected(honest.providerId, true);
+    if (badJoined) await market.setConnected(bad.publicKey, true, Date.now());
+    await market.setConnected(honest.providerId, true, Date.now());
     const scheduler = new Scheduler({ db, units, lifecycle, log, market, auctions: new Auctions({ log, announce: () => 0, closed: () => {} }) });
     try {
       // Three passes, as three wake-ups (a lease ending, a provider changing, ...) would run them.
@@ -244,8 +244,8 @@ describe('adversarial (pglite)', () => {
     const jobId = await submit(owner, spec({ name: 'hostage', queueTimeoutSeconds: 3600 } as Partial<JobSpec>));
     const market = new Market(db);
     await market.load();
-    await market.setConnected(bad.providerId, true);
-    await market.setConnected(honest.providerId, true);
+    await market.setConnected(bad.providerId, true, Date.now());
+    await market.setConnected(honest.providerId, true, Date.now());
     const scheduler = new Scheduler({ db, units, lifecycle, log, market, auctions: new Auctions({ log, announce: () => 0, closed: () => {} }) });
     try {
       let releases = 0;

@@ -260,7 +260,7 @@ for (const store of ['pglite', 'postgres'] as const) {
       const [smallJob] = await submit(units, lifecycle, small, spec({ name: 'small' }), 1);
       const market = new Market(db);
       await market.load();
-      await market.setConnected(provider, true); // the other tests' providers stay out of this market
+      await market.setConnected(provider, true, Date.now()); // the other tests' providers stay out of this market
       const scheduler = new Scheduler({ db, units, lifecycle, log, market, auctions: new Auctions({ log, announce: () => 0, closed: () => {} }) });
       await scheduler.kick();
       await scheduler.close();
@@ -284,7 +284,7 @@ for (const store of ['pglite', 'postgres'] as const) {
       const [job] = await submit(units, lifecycle, owner, spec({ name: 'fenced' }), 1);
       const market = new Market(db);
       await market.load();
-      await market.setConnected(provider, true);
+      await market.setConnected(provider, true, Date.now());
       await db
         .insertInto('coordinator_leader')
         .values({ id: 1, epoch: 3n, holder: 'test', since: new Date() })

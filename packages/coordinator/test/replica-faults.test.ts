@@ -63,10 +63,11 @@ describe('faults among coordinator replicas, with nothing lost (PostgreSQL + NAT
   test('SIGKILL of the leader mid-run: another leads, the jobs succeed', async () => {
     await step('leader killed', async () => {
       const leader = await c.leader();
+      const epoch = await c.epoch();
       await runningJob('leader-kill', 4, 2);
       await c.killReplica(leader);
-      const next = await c.leader();
-      assert.notEqual(next, leader);
+      await c.leader();
+      assert.ok((await c.epoch()) > epoch, 'another replica took office, at a later epoch');
       await c.submit('after-leader-kill', 2, TASK_MS);
       await succeeded();
       await c.startReplica(leader);
@@ -96,6 +97,7 @@ describe('faults among coordinator replicas, with nothing lost (PostgreSQL + NAT
 
   test('a provider whose socket goes silent without closing: declared offline, its tasks run elsewhere', async () => {
     await step('provider silenced', async () => {
+      const lostBefore = await c.lostLeases();
       const job = await runningJob('silent-provider', 4, 2);
       const victimId = job.tasks.find((t) => t.state === 'running')?.providerId;
       const victim = c.providers.findIndex((p) => p?.id === victimId);
@@ -109,6 +111,7 @@ describe('faults among coordinator replicas, with nothing lost (PostgreSQL + NAT
           { timeoutMs: 60_000, what: 'the silent provider declared offline' },
         );
         await succeeded();
+        assert.ok((await c.lostLeases()) > lostBefore, 'the silent provider lost its running leases');
       } finally {
         c.resumeProvider(victim);
       }
@@ -129,6 +132,5 @@ describe('faults among coordinator replicas, with nothing lost (PostgreSQL + NAT
     assert.deepEqual(a.unsettled, [], 'every ended lease settled exactly once');
     assert.deepEqual(a.leftover, [], 'nothing left in escrow or held');
     assert.deepEqual(a.reputationDrift, [], 'the durable reputation subscriber counted each lease ending once');
-    assert.ok(a.lostLeases >= 1, 'the silent provider lost leases (the faults did bite)');
   });
 });

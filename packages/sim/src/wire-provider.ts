@@ -1,5 +1,5 @@
 /**
- * A light simulated provider for end-to-end benchmarks: it speaks the real provider wire
+ * A light simulated provider for end-to-end benchmarks and `gridwork sim load`: it speaks the real provider wire
  * protocol (packages/protocol/src/wire.ts) over a real WebSocket, as the agent's
  * CoordinatorLink does — signed upgrade request, hello with signed standing asks, sequenced
  * reports kept until acked, in-order application of coordinator messages with acks,
@@ -61,6 +61,7 @@ export class SimulatedProvider {
   private heartbeat: NodeJS.Timeout | undefined;
   private readonly instance = randomBytes(12).toString('base64url');
   private closing = false;
+  private silent = false;
   /** Leases this provider finished. */
   finished = 0;
 
@@ -88,7 +89,7 @@ export class SimulatedProvider {
           type: 'hello',
           protocol: 1,
           name: this.o.name,
-          agentVersion: 'bench-sim',
+          agentVersion: 'gridwork-sim',
           runtime: 'process',
           slots: this.o.slots,
           hardware,
@@ -134,6 +135,12 @@ export class SimulatedProvider {
     });
   }
 
+  /** Goes silent without closing its socket (as a hung agent or a dead network path would): no heartbeats, no reports, no acks. */
+  silence(): void {
+    this.silent = true;
+    clearInterval(this.heartbeat);
+  }
+
   /** Stops timers and closes the socket; resolves when it is closed. */
   close(): Promise<void> {
     this.closing = true;
@@ -153,7 +160,7 @@ export class SimulatedProvider {
   }
 
   private raw(msg: unknown): void {
-    if (this.socket?.readyState === WebSocket.OPEN) this.socket.send(JSON.stringify(msg));
+    if (!this.silent && this.socket?.readyState === WebSocket.OPEN) this.socket.send(JSON.stringify(msg));
   }
 
   private send(report: Report, leaseId?: string, what?: 'started' | 'finished'): void {

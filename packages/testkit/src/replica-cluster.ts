@@ -202,10 +202,25 @@ export class ReplicaCluster {
     return ended as JobView[];
   }
 
+  private async database(): Promise<Db> {
+    this.db ??= await openDatabase({ url: this.pg.url });
+    return this.db;
+  }
+
+  /** The leader's current epoch (coordinator_leader). */
+  async epoch(): Promise<bigint> {
+    const row = await (await this.database()).selectFrom('coordinator_leader').select('epoch').executeTakeFirst();
+    return BigInt(row?.epoch ?? 0);
+  }
+
+  /** Leases lost so far. */
+  async lostLeases(): Promise<number> {
+    return (await (await this.database()).selectFrom('leases').select('id').where('state', '=', 'lost').execute()).length;
+  }
+
   /** Reads the database: every check of `ClusterAudit` (call when every job has ended). */
   async audit(): Promise<ClusterAudit> {
-    this.db ??= await openDatabase({ url: this.pg.url });
-    const db = this.db;
+    const db = await this.database();
     const jobs = await db.selectFrom('jobs').select(['id', 'state']).execute();
     const tasks = await db.selectFrom('tasks').select(['id']).execute();
     const leases = await db.selectFrom('leases').select(['id', 'task_id', 'state']).execute();

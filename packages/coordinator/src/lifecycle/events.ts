@@ -105,6 +105,8 @@ export type DomainEvent =
    * said hello again since.
    */
   | { type: 'provider.disconnected'; providerId: string; welcomedAt: number }
+  /** The provider's channel keeps failing: no replica matches it until `until` (ms). Not a state change. */
+  | { type: 'provider.paused'; providerId: string; until: number }
   /** Asks, drain state, stake or reputation changed: the matching index reloads the provider. */
   | { type: 'provider.changed'; providerId: string; what: 'asks' | 'state' | 'stake' | 'reputation' | 'capacity' }
   /** A sequenced message waits in the provider's durable outbox. */

@@ -7,9 +7,12 @@
  * not bid is matched on its standing ask. Without NATS (one replica, or replicas that only poll)
  * an auction reaches the leader's own sockets only.
  *
- * What comes over the line is checked for shape; a bid's signature is checked by the auction
- * itself, so a relayed bid is worth no more than the provider's own signature.
+ * The leader's own bidders are told directly (a NATS outage costs the other replicas' bidders only).
+ * What comes over the line is checked for shape and an announcement rebuilt from its fields; a
+ * bid's signature is checked by the auction itself, so a relayed bid is worth no more than the
+ * provider's own signature.
  */
+import { randomBytes } from 'node:crypto';
 import type { CoordinatorMessage } from '@gridwork/protocol';
 import type { ReplicaDoorbell } from '../bus/replica-doorbell.ts';
 
@@ -36,18 +39,24 @@ const ANNOUNCE = 'auction.announce';
 const BID = 'auction.bid';
 
 export class AuctionRelay {
+  /** Tells this replica's own announcements apart when NATS echoes them back. */
+  private readonly self = randomBytes(8).toString('hex');
+
   constructor(private readonly deps: AuctionRelayDeps) {
     deps.link?.listen(ANNOUNCE, (data) => {
-      if (isAnnouncement(data)) deps.sendHere(deps.bidders(), data);
+      const m = data as { from?: unknown; msg?: unknown } | null;
+      if (m?.from === this.self) return;
+      const msg = announcementOf(m?.msg);
+      if (msg) deps.sendHere(deps.bidders(), msg);
     });
     deps.link?.listen(BID, (data) => {
       if (deps.isLeader() && isRelayedBid(data)) deps.bidHere(data.providerId, data.bid);
     });
   }
 
-  /** Announces an auction to the bidders of every replica; returns how many bidders it was meant for (or was sent to, here only). */
+  /** Announces an auction to this replica's bidders at once and to the other replicas' (best effort); returns how many were told here. */
   announce(msg: Announcement): number {
-    if (this.deps.link?.send(ANNOUNCE, msg)) return this.deps.bidders().length;
+    this.deps.link?.send(ANNOUNCE, { from: this.self, msg });
     return this.deps.sendHere(this.deps.bidders(), msg);
   }
 
@@ -60,18 +69,24 @@ export class AuctionRelay {
 
 const isString = (v: unknown, max: number): v is string => typeof v === 'string' && v.length <= max;
 
-function isAnnouncement(d: unknown): d is Announcement {
+/** The announcement rebuilt from its checked fields (nothing else a publisher added reaches a provider), or null. */
+function announcementOf(d: unknown): Announcement | null {
   const m = d as Partial<Announcement> | null;
-  return (
-    typeof m === 'object' &&
-    m !== null &&
-    m.type === 'order.announce' &&
-    isString(m.orderId, 64) &&
-    isString(m.maxPerHour, 32) &&
-    typeof m.closesAt === 'number' &&
-    typeof m.resources === 'object' &&
-    m.resources !== null
-  );
+  if (typeof m !== 'object' || m === null || m.type !== 'order.announce' || !isString(m.orderId, 64) || !isString(m.maxPerHour, 32)) return null;
+  if (typeof m.closesAt !== 'number' || !Number.isFinite(m.closesAt)) return null;
+  const r = m.resources as Partial<Announcement['resources']> | undefined;
+  if (typeof r !== 'object' || r === null || typeof r.cpu !== 'number' || typeof r.memoryGiB !== 'number') return null;
+  const resources: Announcement['resources'] = { cpu: r.cpu, memoryGiB: r.memoryGiB };
+  if (typeof r.diskGiB === 'number') resources.diskGiB = r.diskGiB;
+  if (r.gpu && typeof r.gpu === 'object' && typeof r.gpu.count === 'number') {
+    const g = r.gpu;
+    resources.gpu = {
+      count: g.count,
+      ...(Array.isArray(g.models) && g.models.every((x) => isString(x, 64)) ? { models: g.models.slice(0, 16) } : {}),
+      ...(typeof g.minVramGiB === 'number' ? { minVramGiB: g.minVramGiB } : {}),
+    };
+  }
+  return { type: 'order.announce', orderId: m.orderId, resources, maxPerHour: m.maxPerHour, closesAt: m.closesAt };
 }
 
 function isRelayedBid(d: unknown): d is { providerId: string; bid: Bid } {

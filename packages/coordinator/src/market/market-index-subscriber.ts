@@ -3,7 +3,8 @@
  * replica's scheduler) take capacity, ended leases give it back, providers whose row changed
  * (online, offline, asks, drain, stake, reputation) are reloaded; a hello on any replica
  * (`provider.online`) makes a provider connected here, and a socket closed on any replica
- * (`provider.disconnected`) makes it not, unless it said hello again since. Not durable: at start the
+ * (`provider.disconnected`) makes it not, unless it said hello again since; a paused one
+ * (`provider.paused`: its channel keeps failing) is out until its pause ends. Not durable: at start the
  * index is rebuilt from the database, so it begins at the head.
  */
 import type { Subscriber } from '../bus/bus.ts';
@@ -15,7 +16,7 @@ export const MARKET_INDEX = 'market-index';
 export function marketIndexSubscriber(market: Market): Subscriber {
   return {
     name: MARKET_INDEX,
-    types: ['lease.placed', 'lease.ended', 'provider.online', 'provider.disconnected', 'provider.offline', 'provider.changed'],
+    types: ['lease.placed', 'lease.ended', 'provider.online', 'provider.disconnected', 'provider.paused', 'provider.offline', 'provider.changed'],
     async handle(events) {
       const reload = new Set<string>();
       const presence: StoredEvent[] = [];
@@ -24,7 +25,7 @@ export function marketIndexSubscriber(market: Market): Subscriber {
           market.book.reserve(e.leaseId, e.providerId, { cpu: e.cpuMilli / 1000, memoryGiB: e.memMilli / 1000 }, e.gpus, e.endsAt);
         } else if (e.type === 'lease.ended') {
           market.book.release(e.leaseId);
-        } else if (e.type === 'provider.online' || e.type === 'provider.disconnected') {
+        } else if (e.type === 'provider.online' || e.type === 'provider.disconnected' || e.type === 'provider.paused') {
           presence.push(e);
         } else if (e.type === 'provider.offline' || e.type === 'provider.changed') {
           reload.add(e.providerId);

@@ -1,7 +1,8 @@
 /**
  * Which providers are connected, as the matching index sees them. A provider is connected when
  * its row is online (a hello on any replica made it so; the replica holding its socket declares it
- * offline when it goes silent) — except one whose socket closed here since its last hello, and one
+ * offline when it goes silent) — except one whose socket closed since its last hello, one paused
+ * (its channel keeps failing), and one
  * that was online when this replica started but that nobody has vouched for since: that may be a
  * provider that died with the previous process. Those are confirmed as soon as some replica
  * flushes a heartbeat of theirs (checked every `confirmEveryMs` until none is left), or by their
@@ -19,7 +20,9 @@ export class MarketPresence {
     private readonly market: Market,
     private readonly scheduler: Scheduler,
     private readonly log?: Logger,
-  ) {}
+  ) {
+    market.onAvailable = () => void scheduler.kick();
+  }
 
   /** Starts confirming the providers online at start (call after `market.load()`). */
   start(confirmEveryMs: number): void {
@@ -44,10 +47,10 @@ export class MarketPresence {
     clearInterval(this.timer);
   }
 
-  /** A socket of this replica said hello (true), or closed or keeps failing (false). */
-  setConnected(providerId: string, connected: boolean): void {
+  /** A socket of this replica, welcomed at `welcomedAt`, said hello (true) or closed (false). */
+  setConnected(providerId: string, connected: boolean, welcomedAt: number): void {
     this.market
-      .setConnected(providerId, connected)
+      .setConnected(providerId, connected, welcomedAt)
       .then(() => (connected ? this.scheduler.kick() : undefined))
       .catch((err) => this.log?.error({ err, providerId }, 'market presence update failed'));
   }

@@ -80,12 +80,16 @@ export class Market {
   private readonly present = new Set<string>();
   /** Online at this replica's start, and not heard from since: nobody has vouched for them yet. */
   private readonly unconfirmed = new Set<string>();
-  /** Their socket closed (here, or on another replica: then the time its connection was welcomed), or their channel here keeps failing: until a later hello, anywhere. */
+  /** Their socket closed, by when the closed connection was welcomed (ms): until a later hello, anywhere. */
   private readonly away = new Map<string, number>();
+  /** Paused (their channel keeps failing) until then (ms). */
+  private readonly pausedUntil = new Map<string, number>();
   /** When each provider last said hello, as far as this replica knows (ms). */
   private readonly lastHello = new Map<string, number>();
   private readonly bidding = new Set<string>();
   private startedAt = new Date();
+  /** Told when a provider comes back into matching by itself (its pause ended): the scheduler looks again. */
+  onAvailable: ((providerId: string) => void) | undefined;
 
   constructor(
     private readonly db: Db,
@@ -162,7 +166,7 @@ export class Market {
       }
       if (r.bids) this.bidding.add(r.id);
       else this.bidding.delete(r.id);
-      const connected = r.state !== 'offline' && !this.unconfirmed.has(r.id) && !this.away.has(r.id);
+      const connected = r.state !== 'offline' && !this.unconfirmed.has(r.id) && !this.away.has(r.id) && !this.pausedUntil.has(r.id);
       if (connected) this.present.add(r.id);
       else this.present.delete(r.id);
       const p: BookProvider = {
@@ -185,46 +189,58 @@ export class Market {
   }
 
   /**
-   * This replica's own sockets: a provider that said hello here is connected; one whose socket
-   * closed here (or whose channel keeps failing) is not, until it says hello again, here or
-   * elsewhere.
+   * This replica's own sockets: a provider that said hello here (its connection welcomed at
+   * `welcomedAt`) is connected; when that connection closes it is not, until it says hello again,
+   * here or elsewhere — unless a later hello is already known (it moved to another replica before
+   * this one noticed the close).
    */
-  async setConnected(id: string, connected: boolean): Promise<void> {
-    const now = Date.now();
-    if (connected) {
-      this.lastHello.set(id, Math.max(now, this.lastHello.get(id) ?? 0));
-      this.away.delete(id);
-      this.unconfirmed.delete(id);
-    } else {
-      this.away.set(id, now);
-    }
+  async setConnected(id: string, connected: boolean, welcomedAt: number): Promise<void> {
+    if (connected) this.hello(id, welcomedAt);
+    else this.gone(id, welcomedAt);
     await this.refreshProviders([id]);
   }
 
   /**
-   * Hellos (`provider.online`, at their commit) and closed sockets (`provider.disconnected`, of
-   * the connection welcomed at `welcomedAt`) on any replica, in log order. A closed socket counts
-   * only if no later hello is known: a provider that moved to another replica before the one it
-   * left noticed stays connected.
+   * Hellos (`provider.online`, stamped before their commit), closed sockets (`provider.disconnected`,
+   * of the connection welcomed at `welcomedAt`, after that commit) and pauses on any replica, in log order.
    */
   async presenceChanged(events: readonly StoredEvent[]): Promise<void> {
     const ids = new Set<string>();
     for (const e of events) {
-      if (e.type === 'provider.online') {
-        const at = e.at.getTime();
-        this.lastHello.set(e.providerId, Math.max(at, this.lastHello.get(e.providerId) ?? 0));
-        this.unconfirmed.delete(e.providerId);
-        const gone = this.away.get(e.providerId);
-        if (gone !== undefined && gone < at) this.away.delete(e.providerId);
-      } else if (e.type === 'provider.disconnected') {
-        if ((this.lastHello.get(e.providerId) ?? 0) > e.welcomedAt) continue;
-        this.away.set(e.providerId, Math.max(e.welcomedAt, this.away.get(e.providerId) ?? 0));
-      } else {
-        continue;
-      }
+      if (e.type === 'provider.online') this.hello(e.providerId, e.at.getTime());
+      else if (e.type === 'provider.disconnected') this.gone(e.providerId, e.welcomedAt);
+      else if (e.type === 'provider.paused') this.pause(e.providerId, e.until);
+      else continue;
       ids.add(e.providerId);
     }
     await this.refreshProviders(ids);
+  }
+
+  private hello(id: string, at: number): void {
+    this.lastHello.set(id, Math.max(at, this.lastHello.get(id) ?? 0));
+    this.unconfirmed.delete(id);
+    const gone = this.away.get(id);
+    if (gone !== undefined && gone < at) this.away.delete(id);
+  }
+
+  /** The connection welcomed at `welcomedAt` closed: away, unless a later hello is known. */
+  private gone(id: string, welcomedAt: number): void {
+    if ((this.lastHello.get(id) ?? 0) > welcomedAt) return;
+    this.away.set(id, Math.max(welcomedAt, this.away.get(id) ?? 0));
+  }
+
+  /** Out of matching until `until` (ms), whatever its connection does; back in when the pause ends. */
+  private pause(id: string, until: number): void {
+    const wait = until - Date.now();
+    if (wait <= 0 || (this.pausedUntil.get(id) ?? 0) >= until) return;
+    this.pausedUntil.set(id, until);
+    setTimeout(() => {
+      if (this.pausedUntil.get(id) !== until) return;
+      this.pausedUntil.delete(id);
+      this.refreshProviders([id])
+        .then(() => this.onAvailable?.(id))
+        .catch(() => undefined);
+    }, wait).unref();
   }
 
   /** Whether any connected provider is not in `ids` (so work can wait for one of them instead). */

@@ -11,6 +11,7 @@
 import { RECONNECT_MAX_BACKOFF_MS } from '@gridwork/protocol';
 import type { Logger } from 'pino';
 import type { Db } from '../store/database.ts';
+import { asLeader } from '../leader/fence.ts';
 import type { ProviderService } from './provider-service.ts';
 
 export interface FailureDetectorOptions {
@@ -27,7 +28,14 @@ export class FailureDetector {
   private sweeping: Promise<void> | undefined;
 
   constructor(
-    private readonly deps: { providers: ProviderService; db: Db; log: Logger; disconnect: (providerId: string, reason: string) => void; isLeader: () => boolean },
+    private readonly deps: {
+      providers: ProviderService;
+      db: Db;
+      log: Logger;
+      disconnect: (providerId: string, reason: string) => void;
+      /** The leader's current term while this replica leads, else null. */
+      epoch: () => bigint | null;
+    },
     private readonly options: FailureDetectorOptions,
   ) {}
 
@@ -55,8 +63,11 @@ export class FailureDetector {
       lastTick = now;
       if (now - since.getTime() < graceMs || this.sweeping) return;
       this.sweeping = (async () => {
-        // Providers nobody holds are judged by the leader alone, with room for two late flushes.
-        const lost = await this.deps.providers.sweep(timeoutMs, since, this.deps.isLeader() ? timeoutMs + 2 * flushMs + intervalMs : null);
+        // Providers nobody holds are judged by the leader alone, with room for two late flushes, and
+        // under its term's fence (a leader deposed meanwhile judges only its own sockets, next time).
+        const epoch = this.deps.epoch();
+        const sweep = () => this.deps.providers.sweep(timeoutMs, since, epoch !== null ? timeoutMs + 2 * flushMs + intervalMs : null);
+        const lost = await (epoch !== null ? asLeader(epoch, sweep) : sweep());
         for (const id of lost) this.deps.disconnect(id, 'missed heartbeats');
       })()
         .catch((err) => this.deps.log.error({ err }, 'provider sweep failed'))

@@ -30,8 +30,8 @@ export interface ProviderChannelsDeps {
   providers: ProviderService;
   heartbeatIntervalMs: number;
   meteringIntervalMs: number;
-  /** Told when a provider's live connection appears or goes (the matching index lists only connected providers). */
-  onConnection?: (providerId: string, connected: boolean) => void;
+  /** Told when a provider's live connection, welcomed at `welcomedAt` (ms), appears or goes (the matching index lists only connected providers). */
+  onConnection?: (providerId: string, connected: boolean, welcomedAt: number) => void;
   /** A signed bid for an open auction. */
   onBid?: (providerId: string, bid: { orderId: string; pricePerHour: string; signature: string }) => void;
   /** Max time between connect and hello. @default 10_000 */
@@ -65,9 +65,9 @@ export class ProviderChannels {
   /** Every open connection, also before its hello (it may be handling one). */
   private readonly all = new Set<Channel>();
   private closing = false;
-  /** Recent channel faults per provider (times), and the providers kept out of matching (until their timer fires). */
+  /** Recent channel faults per provider (times), and until when each provider it paused is out of matching (ms). */
   private readonly faults = new Map<string, number[]>();
-  private readonly paused = new Map<string, NodeJS.Timeout>();
+  private readonly pausedUntil = new Map<string, number>();
 
   constructor(private readonly deps: ProviderChannelsDeps) {}
 
@@ -129,8 +129,6 @@ export class ProviderChannels {
 
   closeAll(): void {
     this.closing = true;
-    for (const t of this.paused.values()) clearTimeout(t);
-    this.paused.clear();
     for (const ch of this.channels.values()) ch.socket.close(1001, 'coordinator shutting down');
     this.channels.clear();
   }
@@ -193,7 +191,7 @@ export class ProviderChannels {
               meteringIntervalMs: this.deps.meteringIntervalMs,
             });
             channel.ackedUpTo = msg.lastApplied;
-            if (!this.paused.has(providerId)) this.deps.onConnection?.(providerId, true);
+            this.deps.onConnection?.(providerId, true, channel.welcomedAt);
             for (const m of outbox) {
               channel.send(m);
               channel.sentUpTo = Number(m.seq);
@@ -236,11 +234,11 @@ export class ProviderChannels {
       });
       if (channel && this.channels.get(providerId) === channel) {
         this.channels.delete(providerId);
-        this.deps.onConnection?.(providerId, false);
+        const welcomedAt = channel.welcomedAt;
+        this.deps.onConnection?.(providerId, false, welcomedAt);
         log.info({ providerId }, 'provider disconnected');
         // Told to every replica (the leader matches on it), unless this replica is shutting down:
         // then its providers say hello to another at once, and that tells them.
-        const welcomedAt = channel.welcomedAt;
         if (!this.closing) {
           void pending.serial(() => providers.disconnected(providerId, welcomedAt)).catch((err) => log.warn({ err, providerId }, 'could not record a disconnection'));
         }
@@ -249,23 +247,22 @@ export class ProviderChannels {
     socket.on('error', (err) => log.warn({ err, providerId }, 'provider socket error'));
   }
 
-  /** Counts a channel fault of a provider; FAULTS_TO_PAUSE within FAULT_WINDOW_MS take it out of matching for FAULT_PAUSE_MS. */
+  /**
+   * Counts a channel fault of a provider; FAULTS_TO_PAUSE within FAULT_WINDOW_MS take it out of
+   * matching for FAULT_PAUSE_MS — on every replica (a `provider.paused` event: the leader matches).
+   */
   private fault(providerId: string, what: string): void {
     if (this.closing) return;
     const now = Date.now();
     const recent = (this.faults.get(providerId) ?? []).filter((t) => now - t < FAULT_WINDOW_MS);
     recent.push(now);
     this.faults.set(providerId, recent);
-    if (recent.length < FAULTS_TO_PAUSE || this.paused.has(providerId)) return;
+    if (recent.length < FAULTS_TO_PAUSE || (this.pausedUntil.get(providerId) ?? 0) > now) return;
     this.faults.delete(providerId);
+    const until = now + FAULT_PAUSE_MS;
+    this.pausedUntil.set(providerId, until);
     this.deps.log.warn({ providerId, faults: recent.length, what, pauseMs: FAULT_PAUSE_MS }, 'provider channel keeps failing: out of matching for a while');
-    const timer = setTimeout(() => {
-      this.paused.delete(providerId);
-      if (this.channels.has(providerId)) this.deps.onConnection?.(providerId, true);
-    }, FAULT_PAUSE_MS);
-    timer.unref();
-    this.paused.set(providerId, timer);
-    this.deps.onConnection?.(providerId, false);
+    this.deps.providers.paused(providerId, until).catch((err) => this.deps.log.warn({ err, providerId }, 'could not record a pause'));
   }
 }
 

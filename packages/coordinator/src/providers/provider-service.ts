@@ -229,6 +229,11 @@ export class ProviderService {
     await this.deps.units.run(async (uow) => uow.emit({ type: 'provider.disconnected', providerId, welcomedAt }));
   }
 
+  /** A provider whose channel keeps failing is out of matching until `until` (ms), on every replica. */
+  async paused(providerId: string, until: number): Promise<void> {
+    await this.deps.units.run(async (uow) => uow.emit({ type: 'provider.paused', providerId, until }));
+  }
+
   /** Marks a provider offline and its leases lost, unless it was seen after `seenBefore` or is offline already. */
   private declareSilent(providerId: string, seenBefore: Date, spokeSince: () => boolean): Promise<boolean> {
     return this.deps.units.run(async (uow) => {
