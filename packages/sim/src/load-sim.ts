@@ -45,6 +45,8 @@ export interface LoadSimOptions {
   taskMs?: number;
   /** The replicas' provider heartbeat interval (lost after 3 missed). @default 5000 */
   heartbeatMs?: number;
+  /** Length of each idle CPU window (without the fleet, then with it). @default max(10 s, two heartbeats) */
+  idleMs?: number;
   /** Providers silenced to time failure detection. @default 10 (at most a tenth of the fleet) */
   silenced?: number;
   databaseUrl: string;
@@ -147,7 +149,7 @@ export async function runLoadSimulation(o: LoadSimOptions): Promise<LoadReport> 
     }
     const live = () => replicas.filter((r): r is ReplicaHandle => r !== undefined);
     // Idle without a fleet, over the same window as with it below: what the replicas spend anyway (polls, sweeps).
-    const windowMs = Math.max(10_000, 2 * heartbeatMs);
+    const windowMs = o.idleMs ?? Math.max(10_000, 2 * heartbeatMs);
     await sleep(2000, o.signal);
     const idleCpu = await cpuShareOver(live(), windowMs, o.signal);
     const baseline = (await Promise.all(live().map((r) => rssMiB(r.pid)))).reduce((a, b) => a + b, 0);

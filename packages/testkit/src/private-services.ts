@@ -23,6 +23,9 @@ export interface PrivatePostgres {
   readonly port: number;
   /** `pg_ctl restart`: every connection is cut (`fast`: sessions end cleanly; `immediate`: as a crash, with recovery). */
   restart(mode?: 'fast' | 'immediate'): Promise<void>;
+  /** `pg_ctl stop -m fast`: down until `start`. */
+  stop(): Promise<void>;
+  start(): Promise<void>;
   /** Stops the server and deletes its data. */
   remove(): Promise<void>;
 }
@@ -50,6 +53,12 @@ export async function startPrivatePostgres(): Promise<PrivatePostgres> {
     port,
     async restart(mode = 'fast') {
       await ctl(['-o', options, '-m', mode, '-w', 'restart']);
+    },
+    async stop() {
+      await ctl(['-m', 'fast', '-w', 'stop']);
+    },
+    async start() {
+      await ctl(['-o', options, '-w', 'start']);
     },
     async remove() {
       await ctl(['-m', 'immediate', '-w', 'stop']).catch(() => undefined);

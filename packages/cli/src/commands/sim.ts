@@ -23,6 +23,7 @@ interface LoadFlags {
   slots: number;
   taskMs: number;
   heartbeatMs: number;
+  idleSeconds?: number;
   databaseUrl?: string;
   natsUrl?: string;
   json?: boolean;
@@ -126,6 +127,7 @@ export function registerSimCommands(program: Command): void {
     .option('--slots <n>', 'task slots per simulated provider', intOption, 4)
     .option('--task-ms <ms>', 'how long a simulated task runs', intOption, 200)
     .option('--heartbeat-ms <ms>', "the replicas' provider heartbeat interval", intOption, 5000)
+    .option('--idle-seconds <n>', 'length of each idle window CPU is measured over (default: 10, or two heartbeats if longer)', intOption)
     .option('--database-url <url>', 'PostgreSQL to run on (a schema of its own, dropped after) (default: GRIDWORK_DATABASE_URL)')
     .option('--nats-url <url>', 'NATS for the replicas (default: GRIDWORK_NATS_URL; without it replicas poll)')
     .option('--json', 'print one JSON document on stdout')
@@ -151,6 +153,7 @@ export function registerSimCommands(program: Command): void {
           slots: opts.slots,
           taskMs: opts.taskMs,
           heartbeatMs: opts.heartbeatMs,
+          ...(opts.idleSeconds ? { idleMs: opts.idleSeconds * 1000 } : {}),
           databaseUrl,
           ...(natsUrl ? { natsUrl } : {}),
           // Replicas share one data directory: their blobs (as a volume shared by replicas would).

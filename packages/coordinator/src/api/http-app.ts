@@ -19,6 +19,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstanc
 import type { Logger } from 'pino';
 import type { Authenticator } from '../auth/authenticator.ts';
 import { readJsonBody } from './json-body.ts';
+import { isConnectionLost } from '../store/transact.ts';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -91,6 +92,8 @@ export function toGridworkError(err: FastifyError): GridworkError {
   if (typeof err.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) {
     return new GridworkError('BAD_REQUEST', err.message);
   }
+  // PostgreSQL restarting or out of reach: retry in a moment (or at another replica).
+  if (isConnectionLost(err)) return new GridworkError('UNAVAILABLE', 'the coordinator cannot reach its database right now: retry shortly', { cause: err });
   return new GridworkError('INTERNAL', 'internal error', { cause: err });
 }
 
@@ -172,6 +175,7 @@ export async function createHttpApp(options: HttpAppOptions): Promise<FastifyIns
   app.setErrorHandler((err: FastifyError, req, reply) => {
     const g = toGridworkError(err);
     if (g.code === 'INTERNAL') req.log.error({ err, url: req.url }, 'request failed');
+    else if (g.code === 'UNAVAILABLE') req.log.warn({ err: err.message, url: req.url }, 'request failed: the database is out of reach');
     else req.log.info({ code: g.code, message: g.message, url: req.url, method: req.method }, 'request refused');
     // Refused before its body was read (unsigned, stale, too deep): the connection closes rather
     // than reading and discarding the rest of a body nobody will use.
