@@ -13,7 +13,8 @@ fi
 # their bundles: put them there first, so their tests run real inference instead of skipping.
 node examples/prepare.mjs >&2
 echo "running ${#files[@]} test files" >&2
-exec node --import tsx --test --test-concurrency="${GRIDWORK_TEST_CONCURRENCY:-2}" --test-timeout=300000 --test-force-exit \
+# flush-before-exit.mjs: --test-force-exit must not cut a file's results off on their way to the runner.
+exec node --import tsx --import "$PWD/scripts/flush-before-exit.mjs" --test --test-concurrency="${GRIDWORK_TEST_CONCURRENCY:-2}" --test-timeout=300000 --test-force-exit \
   --test-reporter=tap --test-reporter-destination=stdout \
   --test-reporter=./scripts/zero-tests-reporter.mjs --test-reporter-destination=stderr \
   "$@" "${files[@]}"
