@@ -120,7 +120,9 @@ test('signs in with the CLI key file, submits a spec, watches it finish live, re
   const main = join(work, 'job', 'work', 'main.mjs');
   await writeFile(
     main,
-    "import { writeFileSync } from 'node:fs';\nconsole.log('hello from the console');\nwriteFileSync(process.env.GRIDWORK_OUTPUTS + '/result.txt', 'forty-two');\n",
+    // Runs half a second: at the providers' asks (0.024/h for 1 core and 1 GiB) a task under 150 ms costs
+    // less than a micro-credit, and the spent figure below would read 0 on a fast machine.
+    "import { writeFileSync } from 'node:fs';\nconsole.log('hello from the console');\nawait new Promise((r) => setTimeout(r, 500));\nwriteFileSync(process.env.GRIDWORK_OUTPUTS + '/result.txt', 'forty-two');\n",
   );
   await nav('Jobs').click();
   await page.getByLabel('Spec file (JSON or YAML)').setInputFiles(spec);
