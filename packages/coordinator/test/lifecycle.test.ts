@@ -243,14 +243,19 @@ for (const store of ['pglite', 'postgres'] as const) {
       assert.equal(new Set(seen).size, seen.length);
     });
 
-    it('fair share: a one-task job queued behind a 40-task job of another account is placed in the first pass', async () => {
+    /** A bus and lifecycle on this database, with everything queued before cancelled: a scheduling pass sees only what the test adds. */
+    const emptyQueue = async () => {
       const bus = new InProcessBus(db, log);
       const units = new Units(db, bus);
       await bus.start(units);
       const lifecycle = new Lifecycle(economics);
-      // Everything else queued in this database is cancelled first, so the pass sees only these jobs.
       const open = await db.selectFrom('jobs').select('id').where('state', 'in', ['pending', 'matching', 'running']).execute();
       for (const j of open) await units.run((uow) => lifecycle.cancel(uow, j.id, 'test reset'));
+      return { bus, units, lifecycle };
+    };
+
+    it('fair share: a one-task job queued behind a 40-task job of another account is placed in the first pass', async () => {
+      const { bus, units, lifecycle } = await emptyQueue();
       const big = generateIdentity().publicKey;
       const small = generateIdentity().publicKey;
       await fund(db, big, 1_000_000_000n);
@@ -272,12 +277,7 @@ for (const store of ['pglite', 'postgres'] as const) {
     });
 
     it('only the leader schedules: a replica that does not lead places nothing, nor does a leader whose term has ended', async () => {
-      const bus = new InProcessBus(db, log);
-      const units = new Units(db, bus);
-      await bus.start(units);
-      const lifecycle = new Lifecycle(economics);
-      const open = await db.selectFrom('jobs').select('id').where('state', 'in', ['pending', 'matching', 'running']).execute();
-      for (const j of open) await units.run((uow) => lifecycle.cancel(uow, j.id, 'test reset'));
+      const { bus, units, lifecycle } = await emptyQueue();
       const owner = generateIdentity().publicKey;
       await fund(db, owner, 1_000_000_000n);
       const provider = await addProvider(db, units, lifecycle, { slots: 2, cores: 2 });

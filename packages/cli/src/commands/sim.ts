@@ -107,12 +107,7 @@ export function registerSimCommands(program: Command): void {
       }
       if (opts.json) printJson(report);
       else for (const line of formatTrustReport(report)) out(line);
-      const missed = report.goals.filter((g) => g.exit && !g.met);
-      if (missed.length > 0) {
-        throw new CliExit(EXIT_FAILED, `${missed.length} goal(s) missed: ${missed.map((g) => g.id).join(', ')}`, 'GOALS_MISSED', {
-          missed: missed.map((g) => g.id),
-        });
-      }
+      failOnMissedGoals(report.goals.filter((g) => g.exit));
     });
 
   sim
@@ -163,10 +158,7 @@ export function registerSimCommands(program: Command): void {
         });
         if (opts.json) printJson(report);
         else for (const line of formatLoadReport(report)) out(line);
-        const missed = report.goals.filter((g) => !g.met);
-        if (missed.length > 0) {
-          throw new CliExit(EXIT_FAILED, `${missed.length} goal(s) missed: ${missed.map((g) => g.id).join(', ')}`, 'GOALS_MISSED', { missed: missed.map((g) => g.id) });
-        }
+        failOnMissedGoals(report.goals);
       } catch (err) {
         if (err instanceof RangeError) throw new CliExit(EXIT_USAGE, err.message);
         throw err;
@@ -174,6 +166,12 @@ export function registerSimCommands(program: Command): void {
         await rm(dataRoot, { recursive: true, force: true });
       }
     });
+}
+
+/** Exit 1 (GOALS_MISSED, each missed goal named) when any of these goals is missed. */
+function failOnMissedGoals(goals: readonly { id: string; met: boolean }[]): void {
+  const missed = goals.filter((g) => !g.met).map((g) => g.id);
+  if (missed.length > 0) throw new CliExit(EXIT_FAILED, `${missed.length} goal(s) missed: ${missed.join(', ')}`, 'GOALS_MISSED', { missed });
 }
 
 /** `gridwork coordinator start` as a child of this process (the same program, the same Node flags); resolves once it listens. */
