@@ -110,9 +110,12 @@ let finishedWaiter: (() => void) | undefined;
 function onAssign(lease: LeaseAssignment, at: number): void {
   const key = lease.runtime.env.BENCH_JOB;
   if (!key) return;
-  leaseKey.set(lease.leaseId, key);
   const s = samples.get(key);
-  if (s) s.assign = at;
+  // The job's own lease is the first assigned; later ones carrying the same env are the
+  // verification's re-runs of it (a new provider's probation audits): not this sample's stages.
+  if (!s || s.assign !== undefined) return;
+  leaseKey.set(lease.leaseId, key);
+  s.assign = at;
 }
 
 function onApplied(leaseId: string, what: 'started' | 'finished', at: number): void {

@@ -44,6 +44,8 @@ class Channel {
   /** When its hello was answered (ms). */
   welcomedAt = 0;
   private queue: Promise<void> = Promise.resolve();
+  private outbox: Promise<void> = Promise.resolve();
+  private nextFlush: Promise<void> | undefined;
   constructor(
     readonly providerId: string,
     readonly socket: WebSocket,
@@ -57,6 +59,27 @@ class Channel {
   serial(task: () => Promise<void>): Promise<void> {
     this.queue = this.queue.then(task, task);
     return this.queue;
+  }
+
+  /**
+   * Runs `flush` after the one in progress, apart from the message queue (an assignment must not
+   * wait behind the application of a report). Calls before the queued one starts share it: it
+   * reads whatever has committed by then.
+   */
+  flushOutbox(flush: () => Promise<void>): Promise<void> {
+    if (this.nextFlush) return this.nextFlush;
+    const next = this.outbox.then(() => {
+      this.nextFlush = undefined;
+      return flush();
+    });
+    this.nextFlush = next;
+    this.outbox = next.catch(() => {});
+    return next;
+  }
+
+  /** Resolves when the outbox flushes asked for so far are done. */
+  flushed(): Promise<void> {
+    return this.outbox;
   }
 }
 
@@ -79,7 +102,7 @@ export class ProviderChannels {
   async flush(providerId: string): Promise<void> {
     const ch = this.channels.get(providerId);
     if (!ch) return;
-    await ch.serial(async () => {
+    await ch.flushOutbox(async () => {
       const rows = await this.deps.db
         .selectFrom('provider_outbox')
         .select(['seq', 'message'])
@@ -136,6 +159,7 @@ export class ProviderChannels {
   /** Resolves when every message received so far has been handled (before the database closes). */
   async idle(): Promise<void> {
     await Promise.all([...this.all].map((ch) => ch.serial(async () => {})));
+    await Promise.all([...this.all].map((ch) => ch.flushed()));
   }
 
   /** Takes over an authenticated socket (the upgrade request was signed by `providerId`, from `remoteAddress`). */

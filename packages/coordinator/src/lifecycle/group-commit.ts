@@ -1,0 +1,97 @@
+/**
+ * Group commit: many small commands share one unit of work. Each command runs behind its own
+ * savepoint, so one that fails is undone alone (its writes and its events) and its caller gets
+ * its error; the others commit together, with one commit (one WAL flush, one `event_head`
+ * update) for the whole batch. A command waits for the commit before its promise resolves, so
+ * a caller that acknowledges after `run()` never acknowledges what a crash could lose.
+ *
+ * One batch is in flight at a time; commands that arrive meanwhile form the next one. Commands
+ * of one caller keep their order. The batches are the only writer of the commands given to
+ * one GroupCommit, so those commands no longer wait on each other's row locks (nor deadlock
+ * against each other) as separate transactions did. A batch aborted by a deadlock or a
+ * serialization failure against other writers is run again whole (transact()): the commands
+ * must be safe to run again, as every unit of work's body already is.
+ *
+ * Edge work only: batches run outside any leader term (a fenced command must keep its own
+ * unit of work, or a deposed leader's command would commit inside a batch of others).
+ */
+import { unfenced } from '../leader/fence.ts';
+import { isRetryable } from '../store/transact.ts';
+import type { UnitOfWork, Units } from './unit-of-work.ts';
+
+interface Command {
+  fn: (uow: UnitOfWork) => Promise<unknown>;
+  resolve: (value: unknown) => void;
+  reject: (err: unknown) => void;
+}
+
+export interface GroupCommitOptions {
+  /** Most commands in one transaction. @default 200 */
+  maxBatch?: number;
+}
+
+export class GroupCommit {
+  private queue: Command[] = [];
+  private loop: Promise<void> | undefined;
+  private readonly maxBatch: number;
+
+  constructor(
+    private readonly units: Units,
+    options: GroupCommitOptions = {},
+  ) {
+    this.maxBatch = options.maxBatch ?? 200;
+  }
+
+  /** Runs `fn` in the next batch's transaction; resolves with its value once that transaction has committed. */
+  run<T>(fn: (uow: UnitOfWork) => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.queue.push({ fn, resolve: resolve as (v: unknown) => void, reject });
+      // Started a microtask later: the commands given in the same turn form the first batch.
+      this.loop ??= unfenced(() => Promise.resolve().then(() => this.drain()));
+    });
+  }
+
+  /** Resolves when every command given so far has committed or failed. */
+  async idle(): Promise<void> {
+    while (this.loop) await this.loop;
+  }
+
+  private async drain(): Promise<void> {
+    try {
+      while (this.queue.length > 0) {
+        const batch = this.queue.splice(0, this.maxBatch);
+        await this.commit(batch);
+      }
+    } finally {
+      this.loop = undefined;
+    }
+  }
+
+  private async commit(batch: readonly Command[]): Promise<void> {
+    let outcomes: ({ ok: true; value: unknown } | { ok: false; err: unknown })[] = [];
+    try {
+      await this.units.run(async (uow) => {
+        // A retried transaction runs every command again: only the last attempt's outcomes count.
+        outcomes = [];
+        for (const c of batch) {
+          try {
+            outcomes.push({ ok: true, value: await uow.savepoint(() => c.fn(uow)) });
+          } catch (err) {
+            // The whole transaction is aborted: let transact() run the batch again.
+            if (isRetryable(err)) throw err;
+            outcomes.push({ ok: false, err });
+          }
+        }
+      });
+    } catch (err) {
+      // Nothing of the batch committed (the commit itself failed, or retries ran out).
+      for (const c of batch) c.reject(err);
+      return;
+    }
+    batch.forEach((c, i) => {
+      const o = outcomes[i];
+      if (o?.ok) c.resolve(o.value);
+      else c.reject(o ? o.err : new Error('group commit lost a command'));
+    });
+  }
+}
