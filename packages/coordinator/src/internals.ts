@@ -7,7 +7,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Bus } from './bus/bus.ts';
 import type { AccountService } from './ledger/account-service.ts';
 import type { Lifecycle } from './lifecycle/lifecycle.ts';
-import type { Units } from './lifecycle/unit-of-work.ts';
+import type { Units } from './core/unit-of-work.ts';
 import type { Market } from './market/market.ts';
 import type { ProviderService } from './providers/provider-service.ts';
 import type { Coordinator } from './server.ts';

@@ -34,7 +34,7 @@ import { AccountService } from './ledger/account-service.ts';
 import { type EconomicsConfig, resolveEconomics } from './ledger/lease-economics.ts';
 import { Lifecycle } from './lifecycle/lifecycle.ts';
 import { registerRetention, Retention, type RetentionConfig, type RetentionOptions, resolveRetentionOptions } from './lifecycle/retention.ts';
-import { Units } from './lifecycle/unit-of-work.ts';
+import { Units } from './core/unit-of-work.ts';
 import { AuctionRelay } from './market/auction-relay.ts';
 import { Auctions } from './market/auctions.ts';
 import { Market } from './market/market.ts';

@@ -9,7 +9,7 @@ import { after, before, describe, test } from 'node:test';
 import { dropSchema, postgresUrl, uniqueSchema, until } from '@gridwork/testkit';
 import pg from 'pg';
 import { asLeader, Deposed } from '../src/leader/fence.ts';
-import { Units } from '../src/lifecycle/unit-of-work.ts';
+import { Units } from '../src/core/unit-of-work.ts';
 import { type Db, openDatabase } from '../src/store/database.ts';
 
 describe('leader fencing epoch (PostgreSQL)', { timeout: 60_000 }, () => {

@@ -1,5 +1,5 @@
 /**
- * Group commit (lifecycle/group-commit.ts), on PostgreSQL and on the embedded PGlite: commands
+ * Group commit (core/group-commit.ts), on PostgreSQL and on the embedded PGlite: commands
  * given together share one transaction; one that fails is undone alone, its events too, and its
  * caller alone gets the error; a command resolves only once its batch has committed (another
  * connection sees its write); a batch aborted by a serialization failure runs again whole and
@@ -14,9 +14,9 @@ import { dropSchema, postgresUrl, uniqueSchema } from '@gridwork/testkit';
 import pg from 'pg';
 import { sql } from 'kysely';
 import { asLeader } from '../src/leader/fence.ts';
-import type { StoredEvent } from '../src/lifecycle/events.ts';
-import { GroupCommit } from '../src/lifecycle/group-commit.ts';
-import { type UnitOfWork, Units } from '../src/lifecycle/unit-of-work.ts';
+import type { StoredEvent } from '../src/core/events.ts';
+import { GroupCommit } from '../src/core/group-commit.ts';
+import { type UnitOfWork, Units } from '../src/core/unit-of-work.ts';
 import { type Db, openDatabase } from '../src/store/database.ts';
 
 const ID = (n: number) => `acct-${String(n).padStart(3, '0')}`;

@@ -15,10 +15,10 @@ import { postgresUrl, silentLogger, tempDir, uniqueSchema } from '@gridwork/test
 import fc from 'fast-check';
 import { sql } from 'kysely';
 import { InProcessBus } from '../src/bus/in-process-bus.ts';
-import type { StoredEvent } from '../src/lifecycle/events.ts';
+import type { StoredEvent } from '../src/core/events.ts';
 import { Lifecycle } from '../src/lifecycle/lifecycle.ts';
-import { canTransition, countTasks, deriveJobState, JOB_TRANSITIONS, LEASE_TRANSITIONS, TASK_TRANSITIONS } from '../src/lifecycle/state-machine.ts';
-import { Units } from '../src/lifecycle/unit-of-work.ts';
+import { canTransition, countTasks, deriveJobState, JOB_TRANSITIONS, LEASE_TRANSITIONS, TASK_TRANSITIONS } from '../src/core/state-machine.ts';
+import { Units } from '../src/core/unit-of-work.ts';
 import { available, post, WORLD } from '../src/ledger/ledger.ts';
 import { resolveEconomics } from '../src/ledger/lease-economics.ts';
 import { Auctions } from '../src/market/auctions.ts';
@@ -326,7 +326,7 @@ describe('state tables', () => {
   });
 
   it('a refused transition throws INVALID_TRANSITION through a command', async () => {
-    const { assertTransition } = await import('../src/lifecycle/state-machine.ts');
+    const { assertTransition } = await import('../src/core/state-machine.ts');
     assert.throws(
       () => assertTransition('lease', 'lease_x', 'completed', 'running'),
       (e: unknown) => e instanceof GridworkError && e.code === 'INVALID_TRANSITION',

@@ -5,8 +5,8 @@
  * their effects). The in-process implementation is the default; a NATS JetStream one (for
  * several coordinator replicas) implements the same interface, so subscribers do not change.
  */
-import type { DomainEventType, StoredEvent } from '../lifecycle/events.ts';
-import type { EventSink, UnitOfWork } from '../lifecycle/unit-of-work.ts';
+import type { DomainEventType, StoredEvent } from '../core/events.ts';
+import type { EventSink, UnitOfWork } from '../core/unit-of-work.ts';
 
 export interface Subscriber {
   /** Unique among subscribers; a durable subscriber's position is stored under it. */

@@ -7,8 +7,8 @@
  * Events other replicas commit arrive through `advance` (bus/replica-doorbell.ts).
  */
 import type { Logger } from 'pino';
-import type { StoredEvent } from '../lifecycle/events.ts';
-import { eventHead, readEvents, type Units } from '../lifecycle/unit-of-work.ts';
+import type { StoredEvent } from '../core/events.ts';
+import { eventHead, readEvents, type Units } from '../core/unit-of-work.ts';
 import type { Db } from '../store/database.ts';
 import type { Bus, Subscriber } from './bus.ts';
 

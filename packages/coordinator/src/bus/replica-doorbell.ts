@@ -21,7 +21,7 @@
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { sql } from 'kysely';
 import type { Logger } from 'pino';
-import { eventHead } from '../lifecycle/unit-of-work.ts';
+import { eventHead } from '../core/unit-of-work.ts';
 import type { Db } from '../store/database.ts';
 
 export interface ReplicaDoorbellOptions {

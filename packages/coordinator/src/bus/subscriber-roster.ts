@@ -4,7 +4,7 @@
  * it has stored none yet, so the events after it must stay — and the subscribers attached now,
  * whose positions live only in memory. Delivery itself is the wrapped bus's.
  */
-import type { StoredEvent } from '../lifecycle/events.ts';
+import type { StoredEvent } from '../core/events.ts';
 import type { Bus, Subscriber } from './bus.ts';
 
 export class SubscriberRoster implements Bus {

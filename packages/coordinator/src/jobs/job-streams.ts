@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { type JobView, type LogEntry, TERMINAL_JOB_STATES } from '@gridwork/protocol';
 import type { Bus } from '../bus/bus.ts';
-import type { DomainEventType } from '../lifecycle/events.ts';
+import type { DomainEventType } from '../core/events.ts';
 import type { JobService } from './job-service.ts';
 
 const JOB_EVENTS: DomainEventType[] = [

@@ -8,7 +8,7 @@
 import { canonicalJson, formatCredits, GridworkError, parseCredits, type BalanceView, type HistoryEntry } from '@gridwork/protocol';
 import { sha256Hex } from '@gridwork/protocol/node';
 import { sql } from 'kysely';
-import type { Units } from '../lifecycle/unit-of-work.ts';
+import type { Units } from '../core/unit-of-work.ts';
 import type { Db } from '../store/database.ts';
 import { transact } from '../store/transact.ts';
 import { available, balancesOf, FEES, post, RESERVE, stakeOf, unbondingOf, WORLD } from './ledger.ts';

@@ -6,8 +6,8 @@
  * Owns `provider_capacity` and `lease_gpus`; used only by the lifecycle.
  */
 import { sql } from 'kysely';
-import type { Trx } from './unit-of-work.ts';
-import { ACTIVE_LEASE_STATES } from './state-machine.ts';
+import type { Trx } from '../core/unit-of-work.ts';
+import { ACTIVE_LEASE_STATES } from '../core/state-machine.ts';
 
 export interface Capacity {
   slots: number;

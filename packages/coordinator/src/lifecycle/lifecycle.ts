@@ -61,7 +61,7 @@ import { enqueueForProvider } from '../providers/outbox.ts';
 import type { JobPurpose } from '../store/schema.ts';
 import { auditRate, drawOf, resolveVerification, type VerificationConfig } from '../verify/verification-policy.ts';
 import { type Capacity, declareCapacity, freeCapacity, holdCapacity } from './capacity.ts';
-import type { CheckKind, FailureReason, LeaseOutcomeKind, ProviderFaultKind } from './events.ts';
+import type { CheckKind, FailureReason, LeaseOutcomeKind, ProviderFaultKind } from '../core/events.ts';
 import {
   ACTIVE_LEASE_STATES,
   assertTransition,
@@ -71,8 +71,9 @@ import {
   isTerminalJob,
   OPEN_TASK_STATES,
   type TaskCounts,
-} from './state-machine.ts';
-import type { Trx, UnitOfWork } from './unit-of-work.ts';
+} from '../core/state-machine.ts';
+import type { Trx, UnitOfWork } from '../core/unit-of-work.ts';
+import { limitMsOf } from '../core/time-limit.ts';
 
 /** How a lease ended, as the lifecycle records it. */
 export type LeaseOutcome =
@@ -198,11 +199,6 @@ async function keepWithinLogCap(trx: Trx, leaseId: string, chunks: readonly LogC
     break;
   }
   return kept;
-}
-
-/** A task's wall-time limit in ms (the spec's timeoutSeconds; default 1 h, 7 days for a service). */
-export function limitMsOf(spec: JobSpec): number {
-  return (spec.timeoutSeconds ?? (spec.kind === 'service' ? 7 * 24 * 3600 : 3600)) * 1000;
 }
 
 

@@ -25,7 +25,7 @@ import { type Expression, sql } from 'kysely';
 import type { Logger } from 'pino';
 import type { SubscriberRoster } from '../bus/subscriber-roster.ts';
 import type { Db } from '../store/database.ts';
-import { eventHead } from './unit-of-work.ts';
+import { eventHead } from '../core/unit-of-work.ts';
 
 export interface RetentionOptions {
   /**

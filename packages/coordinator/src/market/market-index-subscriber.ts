@@ -8,7 +8,7 @@
  * index is rebuilt from the database, so it begins at the head.
  */
 import type { Subscriber } from '../bus/bus.ts';
-import type { StoredEvent } from '../lifecycle/events.ts';
+import type { StoredEvent } from '../core/events.ts';
 import type { Market } from './market.ts';
 
 export const MARKET_INDEX = 'market-index';

@@ -5,9 +5,9 @@
  */
 import { parseCredits, parseRuntimeList, type JobSpec, type MarketClass, type MatchExplanation } from '@gridwork/protocol';
 import { balancesOf, stakeOf } from '../ledger/ledger.ts';
-import { limitMsOf } from '../lifecycle/lifecycle.ts';
-import { ACTIVE_LEASE_STATES } from '../lifecycle/state-machine.ts';
-import type { StoredEvent } from '../lifecycle/events.ts';
+import { limitMsOf } from '../core/time-limit.ts';
+import { ACTIVE_LEASE_STATES } from '../core/state-machine.ts';
+import type { StoredEvent } from '../core/events.ts';
 import type { Db } from '../store/database.ts';
 import { type BookProvider, type Match, type Order, OrderBook } from './order-book.ts';
 

@@ -11,8 +11,8 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import { GridworkError, type MarketClass, type ProviderListing } from '@gridwork/protocol';
 import type { Subscriber } from '../bus/bus.ts';
-import { providerOf } from '../lifecycle/events.ts';
-import { ACTIVE_LEASE_STATES } from '../lifecycle/state-machine.ts';
+import { providerOf } from '../core/events.ts';
+import { ACTIVE_LEASE_STATES } from '../core/state-machine.ts';
 import type { Market } from '../market/market.ts';
 import { listProviders } from '../market/provider-directory.ts';
 import type { Db } from '../store/database.ts';

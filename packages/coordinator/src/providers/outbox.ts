@@ -4,7 +4,7 @@
  * event wakes the delivery subscriber). Owns `provider_outbox` and the providers' `out_seq`.
  */
 import type { CoordinatorSequenced } from '@gridwork/protocol';
-import type { UnitOfWork } from '../lifecycle/unit-of-work.ts';
+import type { UnitOfWork } from '../core/unit-of-work.ts';
 
 type Unsequenced = CoordinatorSequenced extends infer M ? (M extends { seq: number } ? Omit<M, 'seq'> : never) : never;
 

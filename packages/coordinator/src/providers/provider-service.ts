@@ -9,9 +9,9 @@ import { formatRuntimeList, GridworkError, offeredRuntimes, type ProviderHello, 
 import type { Logger } from 'pino';
 import type { Lifecycle } from '../lifecycle/lifecycle.ts';
 import { milliN } from '../market/order-price.ts';
-import { ACTIVE_LEASE_STATES } from '../lifecycle/state-machine.ts';
-import { GroupCommit } from '../lifecycle/group-commit.ts';
-import type { Units, UnitOfWork } from '../lifecycle/unit-of-work.ts';
+import { ACTIVE_LEASE_STATES } from '../core/state-machine.ts';
+import { GroupCommit } from '../core/group-commit.ts';
+import type { Units, UnitOfWork } from '../core/unit-of-work.ts';
 import { balancesOf, stakeOf, unbondingOf } from '../ledger/ledger.ts';
 import type { Db } from '../store/database.ts';
 import type { CapacityChallenges } from '../verify/capacity-challenges.ts';
@@ -38,7 +38,7 @@ export class ProviderService {
   /** When this replica last heard each provider it holds: heartbeats go here, not to the database. */
   readonly liveness = new Liveness();
   /**
-   * Reports and acks of every provider on this replica share commits (lifecycle/group-commit.ts):
+   * Reports and acks of every provider on this replica share commits (core/group-commit.ts):
    * one writer for all of them instead of a transaction each that waited on the others' locks.
    * (Several lanes side by side measured worse: their batches lock provider rows in different
    * orders and deadlock with each other and with the reputation subscriber.)

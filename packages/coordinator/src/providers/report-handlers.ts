@@ -9,7 +9,7 @@ import { verifyBytes } from '@gridwork/protocol/node';
 import { GridworkError } from '@gridwork/protocol';
 import type { Lifecycle, LeaseOutcome } from '../lifecycle/lifecycle.ts';
 import { notUploadedBy } from '../blobs/blob-service.ts';
-import type { UnitOfWork } from '../lifecycle/unit-of-work.ts';
+import type { UnitOfWork } from '../core/unit-of-work.ts';
 import { checkResultCommitment } from '../verify/commitments.ts';
 import type { CapacityChallenges } from '../verify/capacity-challenges.ts';
 import { verifyAsks } from './asks.ts';

@@ -4,7 +4,7 @@
  * index to have seen the same events, so the pass matches against fresh capacity.
  */
 import type { Bus, Subscriber } from '../bus/bus.ts';
-import type { StoredEvent } from '../lifecycle/events.ts';
+import type { StoredEvent } from '../core/events.ts';
 import type { Scheduler } from './scheduler.ts';
 
 export const SCHEDULER = 'scheduler';

@@ -17,8 +17,9 @@
 import type { Logger } from 'pino';
 import { sql } from 'kysely';
 import type { JobSpec } from '@gridwork/protocol';
-import { type Lifecycle, limitMsOf, type PlaceResult } from '../lifecycle/lifecycle.ts';
-import type { Units, UnitOfWork } from '../lifecycle/unit-of-work.ts';
+import type { Lifecycle, PlaceResult } from '../lifecycle/lifecycle.ts';
+import { limitMsOf } from '../core/time-limit.ts';
+import type { Units, UnitOfWork } from '../core/unit-of-work.ts';
 import type { Auctions } from '../market/auctions.ts';
 import { type Market, orderOf } from '../market/market.ts';
 import type { Db } from '../store/database.ts';

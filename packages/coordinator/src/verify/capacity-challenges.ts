@@ -58,8 +58,8 @@ import {
 import { sha256Bytes, verifyBytes } from '@gridwork/protocol/node';
 import type { Logger } from 'pino';
 import type { Subscriber } from '../bus/bus.ts';
-import type { ChallengeVerdict } from '../lifecycle/events.ts';
-import type { Units, UnitOfWork } from '../lifecycle/unit-of-work.ts';
+import type { ChallengeVerdict } from '../core/events.ts';
+import type { Units, UnitOfWork } from '../core/unit-of-work.ts';
 import { enqueueForProvider } from '../providers/outbox.ts';
 import type { CapacityChallengesTable } from '../store/schema.ts';
 import type { Selectable } from 'kysely';

@@ -7,7 +7,7 @@
  */
 import { type FileRef, type LeaseEnd, leaseCommitmentMessage, outputsRoot } from '@gridwork/protocol';
 import { sha256Bytes, verifyBytes } from '@gridwork/protocol/node';
-import type { ProviderFaultKind } from '../lifecycle/events.ts';
+import type { ProviderFaultKind } from '../core/events.ts';
 
 export interface FinishedReport {
   leaseId: string;
