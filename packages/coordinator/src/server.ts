@@ -339,7 +339,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
     close() {
       closing ??= (async () => {
         await detector.stop();
-        presence.stop();
+        await presence.close();
         await leadership.close();
         await sweeps.stop();
         auctions.closeAll();

@@ -9,16 +9,18 @@
  * next hello. A provider that becomes connected wakes the scheduler.
  */
 import type { Logger } from 'pino';
-import type { Scheduler } from '../scheduler/scheduler.ts';
 import type { Market } from './market.ts';
 
 export class MarketPresence {
   private timer: NodeJS.Timeout | undefined;
   private confirming = false;
+  private closed = false;
+  private readonly updating = new Set<Promise<unknown>>();
 
   constructor(
     private readonly market: Market,
-    private readonly scheduler: Scheduler,
+    /** What a provider that became connected wakes (the scheduler). */
+    private readonly scheduler: { kick(): Promise<void> },
     private readonly log?: Logger,
   ) {
     market.onAvailable = () => void scheduler.kick();
@@ -47,11 +49,25 @@ export class MarketPresence {
     clearInterval(this.timer);
   }
 
+  /**
+   * For good: the coordinator is shutting down. Resolves once the updates under way are done (they
+   * read the database, which closes next); sockets closing from now on change nothing.
+   */
+  async close(): Promise<void> {
+    this.closed = true;
+    this.stop();
+    await Promise.all(this.updating);
+  }
+
   /** A socket of this replica, welcomed at `welcomedAt`, said hello (true) or closed (false). */
   setConnected(providerId: string, connected: boolean, welcomedAt: number): void {
-    this.market
+    if (this.closed) return;
+    const update = this.market
       .setConnected(providerId, connected, welcomedAt)
       .then(() => (connected ? this.scheduler.kick() : undefined))
-      .catch((err) => this.log?.error({ err, providerId }, 'market presence update failed'));
+      .catch((err) => this.log?.error({ err, providerId }, 'market presence update failed'))
+      .finally(() => this.updating.delete(update));
+    this.updating.add(update);
   }
+
 }
