@@ -1,0 +1,311 @@
+/**
+ * Ending leases and what follows: the task (succeeded, failed, requeued), the job's state, the
+ * money of the lease (lease-economics.ts), and the row locks every lifecycle command takes (job,
+ * task, lease, then the provider's rows). A completed result that is to be verified is handed to
+ * result-checks.ts. Part of the lifecycle (lifecycle.ts).
+ */
+import { canonicalJson, type FileRef, formatCredits, GridworkError, type JobSpec, type JobState, type LeaseState, type TaskState } from '@gridwork/protocol';
+import { sha256Hex } from '@gridwork/protocol/node';
+import { capCharge, chargeUsage, plausibleUsage, releaseJob, returnEscrow, settleLease } from '../ledger/lease-economics.ts';
+import { enqueueForProvider } from '../providers/outbox.ts';
+import type { JobPurpose } from '../store/schema.ts';
+import { freeCapacity } from './capacity.ts';
+import type { LeaseOutcomeKind } from '../core/events.ts';
+import {
+  ACTIVE_LEASE_STATES,
+  assertTransition,
+  deriveJobState,
+  type FailurePolicy,
+  isActiveLease,
+  OPEN_TASK_STATES,
+  type TaskCounts,
+} from '../core/state-machine.ts';
+import type { Trx, UnitOfWork } from '../core/unit-of-work.ts';
+import { limitMsOf } from '../core/time-limit.ts';
+import type { LifecycleParts, LeaseOutcome, LeaseRow } from './lifecycle.ts';
+
+/** Digest over a task's outputs, stable across providers: sha256 of the canonical sorted list. */
+export function outputDigest(outputs: readonly FileRef[]): string {
+  return sha256Hex(canonicalJson([...outputs].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0))));
+}
+
+export class LeaseEnding {
+  constructor(private readonly parts: LifecycleParts) {}
+
+  private readonly taskCounts = new Map<string, number>();
+
+  async taskCount(trx: Trx, jobId: string): Promise<number> {
+    // A job's task count never changes after submit: cache it (bounded).
+    const known = this.taskCounts.get(jobId);
+    if (known !== undefined) return known;
+    const row = await trx.selectFrom('tasks').select(trx.fn.countAll<string>().as('n')).where('job_id', '=', jobId).executeTakeFirstOrThrow();
+    const n = Number(row.n);
+    if (this.taskCounts.size > 10_000) this.taskCounts.clear();
+    this.taskCounts.set(jobId, n);
+    return n;
+  }
+
+  /**
+   * Whether a completed task's result is held for verification. Not a cluster member's: one member
+   * re-executed alone would wait for peers that are not there (a cluster is re-run whole, which is
+   * not built yet), and not a service's (it has no result).
+   */
+  private verifies(job: { purpose: JobPurpose; spec: JobSpec }): boolean {
+    return (
+      this.parts.verification.enabled &&
+      job.purpose === 'work' &&
+      job.spec.verification?.mode !== 'none' &&
+      job.spec.kind !== 'cluster' &&
+      job.spec.kind !== 'service'
+    );
+  }
+
+  lockLease(trx: Trx, leaseId: string) {
+    return trx.selectFrom('leases').selectAll().where('id', '=', leaseId).forNoKeyUpdate().executeTakeFirstOrThrow();
+  }
+
+  async lockJob(trx: Trx, jobId: string) {
+    const job = await trx.selectFrom('jobs').selectAll().where('id', '=', jobId).forNoKeyUpdate().executeTakeFirst();
+    if (!job) throw new GridworkError('JOB_NOT_FOUND', `job ${jobId} does not exist`);
+    return job;
+  }
+
+  async charge(trx: Trx, lease: LeaseRow, usageMs: bigint): Promise<void> {
+    const before = lease.usage_ms;
+    await chargeUsage(trx, lease, usageMs);
+    if (lease.usage_ms !== before)
+      await trx.updateTable('leases').set({ usage_ms: lease.usage_ms, charged: lease.charged }).where('id', '=', lease.id).execute();
+  }
+
+  /** Ends an active lease with its outcome; the task follows (succeeded, failed, requeued) and so does the job. */
+  async end(uow: UnitOfWork, leaseId: string, outcome: LeaseOutcome): Promise<boolean> {
+    const { trx } = uow;
+    const peek = await trx.selectFrom('leases').select(['job_id', 'state']).where('id', '=', leaseId).executeTakeFirst();
+    if (!peek || !isActiveLease(peek.state)) return false;
+    const job = await this.lockJob(trx, peek.job_id);
+    const lease = await trx.selectFrom('leases').selectAll().where('id', '=', leaseId).forNoKeyUpdate().executeTakeFirstOrThrow();
+    if (!isActiveLease(lease.state)) return false;
+    const now = new Date();
+    const leaseState: LeaseState = outcome.kind === 'released' ? 'cancelled' : outcome.kind;
+    assertTransition('lease', lease.id, lease.state, leaseState);
+
+    // Money: the provider is paid for metered work — for work it finished, up to the run time it
+    // reports; when the requester cancelled, the run time so far; when it lost the lease, only up
+    // to its last usage report — then the lease settles and its capacity is free again.
+    if (lease.started_at) {
+      const limitMs = limitMsOf(job.spec);
+      if (outcome.kind === 'completed' || outcome.kind === 'failed')
+        await this.charge(trx, lease, plausibleUsage(outcome.durationMs, lease.started_at, this.parts.economics, limitMs));
+      else if (outcome.kind === 'cancelled') await this.charge(trx, lease, BigInt(Math.min(limitMs, Math.max(0, now.getTime() - lease.started_at.getTime()))));
+      else if (job.kind === 'train' || job.kind === 'cluster') {
+        // A lost (or handed-back) training lease is paid only for the work its next lease resumes
+        // from: up to its last checkpoint, nothing without one.
+        const last = await trx
+          .selectFrom('checkpoints')
+          .select('usage_ms')
+          .where('lease_id', '=', lease.id)
+          .orderBy('step', 'desc')
+          .limit(1)
+          .executeTakeFirst();
+        // The checkpoint's run time is signed like a debit note: charged up to it, and no further.
+        if (last) await this.charge(trx, lease, last.usage_ms);
+        const before = { charged: lease.charged, usage: lease.usage_ms };
+        await capCharge(trx, lease, last?.usage_ms ?? 0n);
+        if (lease.charged !== before.charged || lease.usage_ms !== before.usage)
+          await trx.updateTable('leases').set({ usage_ms: lease.usage_ms, charged: lease.charged }).where('id', '=', lease.id).execute();
+      }
+    }
+    // A completed task's earnings stay pending while its result can still be checked (verify/);
+    // the unused escrow goes back at once either way.
+    const verify = outcome.kind === 'completed' && this.verifies(job);
+    if (verify) await returnEscrow(trx, lease);
+    else await settleLease(trx, lease, lease.provider_id, this.parts.economics);
+    const error = outcome.kind === 'completed' ? null : outcome.error;
+    const commitment = 'commitment' in outcome ? outcome.commitment : undefined;
+    const fault = outcome.kind === 'lost' ? outcome.fault : undefined;
+    await trx
+      .updateTable('leases')
+      .set({
+        state: leaseState,
+        ended_at: now,
+        exit_code: outcome.kind === 'failed' ? outcome.exitCode : outcome.kind === 'completed' ? 0 : null,
+        error,
+        ...(commitment ? { outputs_root: commitment.outputsRoot, commitment_signature: commitment.signature } : {}),
+        ...(fault ? { fault } : {}),
+      })
+      .where('id', '=', lease.id)
+      .execute();
+    await freeCapacity(trx, {
+      leaseId: lease.id,
+      providerId: lease.provider_id,
+      cpuMilli: Number(lease.cpu_milli),
+      memMilli: Number(lease.mem_milli),
+      gpus: lease.gpus,
+    });
+    uow.emit({
+      type: 'lease.ended',
+      jobId: lease.job_id,
+      taskId: lease.task_id,
+      leaseId: lease.id,
+      providerId: lease.provider_id,
+      outcome: outcome.kind as LeaseOutcomeKind,
+      ...(outcome.kind === 'failed' ? { reason: outcome.reason } : {}),
+      ...(fault ? { fault } : {}),
+      error,
+      charged: formatCredits(lease.charged),
+    });
+    if (outcome.kind === 'cancelled' || (outcome.kind === 'released' && outcome.stop)) {
+      await enqueueForProvider(uow, lease.provider_id, { type: 'lease.cancel', leaseId: lease.id, reason: outcome.error });
+    }
+
+    const task = await trx.selectFrom('tasks').selectAll().where('id', '=', lease.task_id).forNoKeyUpdate().executeTakeFirstOrThrow();
+    if (task.lease_id !== lease.id || !(OPEN_TASK_STATES as readonly string[]).includes(task.state)) return true; // the task moved on (e.g. job cancelled)
+    const maxRetries = job.spec.maxRetries ?? 2;
+    const requeue = outcome.kind === 'released' || (outcome.kind === 'lost' && task.attempts + 1 <= maxRetries);
+    if (outcome.kind === 'completed') {
+      assertTransition('task', task.id, task.state, 'succeeded');
+      await trx
+        .updateTable('tasks')
+        .set({
+          state: 'succeeded',
+          exit_code: 0,
+          duration_ms: outcome.durationMs,
+          outputs: JSON.stringify(outcome.outputs),
+          output_digest: outputDigest(outcome.outputs),
+          finished_at: now,
+          error: null,
+        })
+        .where('id', '=', task.id)
+        .execute();
+      if (outcome.outputs.length > 0) {
+        await trx
+          .insertInto('job_blobs')
+          .values(outcome.outputs.map((o) => ({ job_id: task.job_id, digest: o.digest, role: 'output' as const })))
+          .onConflict((oc) => oc.doNothing())
+          .execute();
+      }
+      uow.emit({ type: 'task.ended', jobId: task.job_id, taskId: task.id, index: task.idx, state: 'succeeded' });
+      if (verify) await this.parts.checks.holdForVerification(uow, lease, outputDigest(outcome.outputs));
+    } else if (requeue) {
+      const attempts = outcome.kind === 'lost' ? task.attempts + 1 : task.attempts;
+      assertTransition('task', task.id, task.state, 'queued');
+      await trx
+        .updateTable('tasks')
+        .set({ state: 'queued', attempts, lease_id: null, provider_id: null, started_at: null, error: outcome.error, queued_at: now })
+        .where('id', '=', task.id)
+        .execute();
+      uow.emit({ type: 'task.requeued', jobId: task.job_id, taskId: task.id, index: task.idx, attempts, reason: outcome.error });
+      // A cluster runs all its members or none: one lost member restarts the whole cluster (each
+      // member from its latest checkpoint, placed together again).
+      if (job.kind === 'cluster' && !(outcome.kind === 'released' && outcome.stop)) {
+        const others = await trx
+          .selectFrom('leases')
+          .select('id')
+          .where('job_id', '=', job.id)
+          .where('id', '!=', lease.id)
+          .where('state', 'in', [...ACTIVE_LEASE_STATES])
+          .orderBy('id')
+          .execute();
+        for (const o of others)
+          await this.end(uow, o.id, { kind: 'released', stop: true, error: `cluster restarts: member ${task.idx} was lost (${outcome.error})` });
+      }
+    } else if (outcome.kind === 'failed' || outcome.kind === 'lost') {
+      const attempts = outcome.kind === 'lost' ? task.attempts + 1 : task.attempts;
+      assertTransition('task', task.id, task.state, 'failed');
+      await trx
+        .updateTable('tasks')
+        .set({
+          state: 'failed',
+          attempts,
+          exit_code: outcome.kind === 'failed' ? outcome.exitCode : null,
+          duration_ms: outcome.kind === 'failed' ? outcome.durationMs : null,
+          error: outcome.kind === 'lost' ? `${outcome.error} (retries exhausted after ${attempts} attempts)` : outcome.error,
+          finished_at: now,
+        })
+        .where('id', '=', task.id)
+        .execute();
+      uow.emit({ type: 'task.ended', jobId: task.job_id, taskId: task.id, index: task.idx, state: 'failed' });
+    } else {
+      // A cancelled lease whose task is still open: the job was not cancelled, so the task ends with it.
+      assertTransition('task', task.id, task.state, 'cancelled');
+      await trx.updateTable('tasks').set({ state: 'cancelled', error: outcome.error, finished_at: now }).where('id', '=', task.id).execute();
+      uow.emit({ type: 'task.ended', jobId: task.job_id, taskId: task.id, index: task.idx, state: 'cancelled' });
+    }
+    await this.refreshJob(uow, task.job_id);
+    return true;
+  }
+
+  /** Recomputes a job's state from its tasks (or forces an end); an ended job stops its open work and releases its hold. */
+  async refreshJob(uow: UnitOfWork, jobId: string, force?: { force: 'failed' | 'cancelled'; error: string }): Promise<JobState> {
+    const { trx } = uow;
+    const job = await this.lockJob(trx, jobId);
+    // Counts, not rows: a 10,000-task job must not cost 10,000 rows per lease transition.
+    const rows = await trx
+      .selectFrom('tasks')
+      .select(['state', (eb) => eb.fn.countAll<string>().as('n')])
+      .where('job_id', '=', jobId)
+      .groupBy('state')
+      .execute();
+    const counts: TaskCounts = {};
+    for (const r of rows) counts[r.state as TaskState] = Number(r.n);
+    const current = job.state as JobState;
+    const policy: FailurePolicy = job.spec.failurePolicy ?? 'stop';
+    let next = force?.force ?? deriveJobState(current, counts, policy);
+    // Every task done, but results still pending verification: the job is verifying until they settle.
+    if (next === 'succeeded') {
+      const open = await trx
+        .selectFrom('leases')
+        .select('id')
+        .where('job_id', '=', jobId)
+        .where('verification', 'in', ['pending', 'disputed'])
+        .limit(1)
+        .executeTakeFirst();
+      if (open) next = 'verifying';
+    }
+    if (next === current) return current;
+    assertTransition('job', jobId, current, next);
+    let jobError = force?.error ?? null;
+    if (next === 'failed' && !jobError) {
+      const first = await trx
+        .selectFrom('tasks')
+        .select(['idx', 'error'])
+        .where('job_id', '=', jobId)
+        .where('state', '=', 'failed')
+        .orderBy('idx')
+        .limit(1)
+        .executeTakeFirst();
+      const more = (counts.failed ?? 0) - 1;
+      jobError = first ? `task ${first.idx} failed: ${first.error ?? 'unknown error'}${more > 0 ? ` (and ${more} more)` : ''}` : 'failed';
+    }
+    await trx.updateTable('jobs').set({ state: next, error: jobError, updated_at: new Date() }).where('id', '=', jobId).execute();
+    if (next === 'succeeded' || next === 'failed' || next === 'cancelled') {
+      await this.cancelOpenTasks(uow, jobId, `job ${next}`);
+      // Every lease of the job has settled by now: what is left of the budget goes back.
+      await releaseJob(trx, job.purpose === 'work' ? job.owner : null, jobId);
+      uow.emit({ type: 'job.ended', jobId, owner: job.owner, state: next, error: jobError });
+    } else {
+      uow.emit({ type: 'job.progressed', jobId, from: current, to: next });
+    }
+    return next;
+  }
+
+  /** Cancels every unfinished task of an ended job and stops their leases (paid for their run time so far). */
+  private async cancelOpenTasks(uow: UnitOfWork, jobId: string, reason: string): Promise<void> {
+    const { trx } = uow;
+    const open = await trx
+      .selectFrom('tasks')
+      .select(['id', 'idx', 'state', 'lease_id'])
+      .where('job_id', '=', jobId)
+      .where('state', 'in', [...OPEN_TASK_STATES])
+      .orderBy('idx')
+      .forNoKeyUpdate()
+      .execute();
+    const now = new Date();
+    for (const t of open) {
+      assertTransition('task', t.id, t.state, 'cancelled');
+      await trx.updateTable('tasks').set({ state: 'cancelled', error: reason, finished_at: now }).where('id', '=', t.id).execute();
+      uow.emit({ type: 'task.ended', jobId, taskId: t.id, index: t.idx, state: 'cancelled' });
+      if (t.lease_id) await this.end(uow, t.lease_id, { kind: 'cancelled', error: reason });
+    }
+  }
+}
