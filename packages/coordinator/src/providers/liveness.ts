@@ -35,21 +35,33 @@ export class Liveness {
     }
   }
 
-  /** Writes what was heard since the last flush to `last_seen_at`, in one statement (never moving it back). */
+  /**
+   * Writes what was heard since the last flush to `last_seen_at`, in one statement (never moving it
+   * back). Rows another transaction holds are skipped and kept for the next flush: waiting for
+   * them while holding the others stalled every writer of those providers behind the flush.
+   */
   async flush(db: Db): Promise<number> {
     if (this.unflushed.size === 0) return 0;
     const ids = [...this.unflushed];
     this.unflushed.clear();
     const ats = ids.map((id) => new Date(this.heardAt.get(id) ?? Date.now()).toISOString());
+    let written: Set<string>;
     try {
-      await sql`
-        update providers p set last_seen_at = v.at
-        from (select unnest(${ids}::text[]) as id, unnest(${ats}::timestamptz[]) as at) v
-        where p.id = v.id and p.last_seen_at < v.at`.execute(db);
+      const result = await sql<{ id: string }>`
+        with free as (
+          select id from providers where id = any(${ids}::text[]) for no key update skip locked
+        ), written as (
+          update providers p set last_seen_at = v.at
+          from (select unnest(${ids}::text[]) as id, unnest(${ats}::timestamptz[]) as at) v
+          where p.id = v.id and p.id in (select id from free) and p.last_seen_at < v.at
+        )
+        select id from free`.execute(db);
+      written = new Set(result.rows.map((r) => r.id));
     } catch (err) {
       for (const id of ids) if (this.heardAt.has(id)) this.unflushed.add(id);
       throw err;
     }
-    return ids.length;
+    for (const id of ids) if (!written.has(id) && this.heardAt.has(id)) this.unflushed.add(id);
+    return written.size;
   }
 }
