@@ -7,6 +7,7 @@
  * `reputationOf` in market/market.ts.
  */
 import type { Subscriber } from '../bus/bus.ts';
+import { lockForCounters } from './counter-locks.ts';
 
 interface Tally {
   completed: number;
@@ -55,6 +56,7 @@ export function reputationSubscriber(): Subscriber {
           of(e.providerId).proven++;
         }
       }
+      await lockForCounters(uow.trx, [...tally.keys()]);
       for (const [providerId, t] of [...tally].sort(([a], [b]) => (a < b ? -1 : 1))) {
         await uow.trx
           .updateTable('providers')

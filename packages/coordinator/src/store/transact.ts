@@ -14,9 +14,10 @@ import { checkFence, fencingEpoch } from '../leader/fence.ts';
 import type { Db } from './database.ts';
 import type { Database } from './schema.ts';
 
-const RETRYABLE = new Set(['40P01', '40001']); // deadlock_detected, serialization_failure
+// deadlock_detected, serialization_failure, lock_not_available (a NOWAIT lock: providers/counter-locks.ts)
+const RETRYABLE = new Set(['40P01', '40001', '55P03']);
 
-/** A conflict PostgreSQL resolved by aborting the transaction: running it again is safe. */
+/** A conflict PostgreSQL resolved by aborting the transaction (or a lock not waited for): running it again is safe. */
 export function isRetryable(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
   return typeof code === 'string' && RETRYABLE.has(code);

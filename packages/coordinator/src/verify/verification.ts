@@ -37,6 +37,7 @@ import { isRetryable } from '../store/transact.ts';
 import type { VerificationsTable } from '../store/schema.ts';
 import { type CompareMode, outputsAgree } from './result-comparison.ts';
 import { bondFor, slashFor, type VerificationConfig } from './verification-policy.ts';
+import { lockForCounters } from '../providers/counter-locks.ts';
 
 export interface VerifierDeps {
   db: Db;
@@ -526,6 +527,7 @@ export class Verifier {
   }
 
   private async passed(uow: UnitOfWork, providerId: string): Promise<void> {
+    await lockForCounters(uow.trx, [providerId]);
     await uow.trx
       .updateTable('providers')
       .set((eb) => ({ audits_passed: eb('audits_passed', '+', 1), audit_streak: eb('audit_streak', '+', 1), last_audit_passed_at: new Date() }))
@@ -535,6 +537,7 @@ export class Verifier {
   }
 
   private async failedCounter(uow: UnitOfWork, providerId: string): Promise<void> {
+    await lockForCounters(uow.trx, [providerId]);
     await uow.trx
       .updateTable('providers')
       .set((eb) => ({ audits_failed: eb('audits_failed', '+', 1), audit_streak: 0 }))

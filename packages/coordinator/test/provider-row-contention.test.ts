@@ -1,17 +1,22 @@
 /**
- * The liveness flush (providers/liveness.ts) on real PostgreSQL: it writes `last_seen_at` for
- * the providers heard since the last flush, never moving it back, and skips a provider row that
- * another transaction holds instead of waiting for it (the flush holding every other row
- * meanwhile stalled all their writers); the skipped one is written by the next flush.
+ * Provider rows under contention, on real PostgreSQL. The liveness flush (providers/liveness.ts)
+ * writes `last_seen_at` for the providers heard since the last flush, never moving it back, and
+ * skips a row another transaction holds instead of waiting for it (the flush holding every other
+ * row meanwhile stalled all their writers); the skipped one is written by the next flush. A
+ * subscriber's counter update (providers/counter-locks.ts) does not wait for a held row either:
+ * its unit of work fails at once with a retryable error, and succeeds once the row is free.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { dropSchema, postgresUrl, uniqueSchema } from '@gridwork/testkit';
 import pg from 'pg';
+import { Units } from '../src/core/unit-of-work.ts';
+import { lockForCounters } from '../src/providers/counter-locks.ts';
 import { Liveness } from '../src/providers/liveness.ts';
+import { isRetryable } from '../src/store/transact.ts';
 import { type Db, openDatabase } from '../src/store/database.ts';
 
-describe('liveness flush (PostgreSQL)', { timeout: 60_000 }, () => {
+describe('provider rows under contention (PostgreSQL)', { timeout: 60_000 }, () => {
   const schema = uniqueSchema('gw_liveness');
   let db: Db;
   let other: pg.Client;
@@ -74,5 +79,26 @@ describe('liveness flush (PostgreSQL)', { timeout: 60_000 }, () => {
     liveness.heard('free', longAgo.getTime());
     await liveness.flush(db);
     assert.ok((await seenAt('free')) > longAgo.getTime());
+  });
+
+  test('a counter update does not wait for a held provider row: its unit fails, retryably, and runs once the row is free', async () => {
+    const units = new Units(db, { publish() {} });
+    const bump = () =>
+      units.run(async ({ trx }) => {
+        await lockForCounters(trx, ['held', 'free']);
+        await trx.updateTable('providers').set({ slots: 2 }).where('id', '=', 'held').execute();
+      });
+    await other.query('begin');
+    await other.query(`select id from "${schema}".providers where id = 'held' for no key update`);
+    try {
+      await assert.rejects(bump(), (err: unknown) => isRetryable(err) && (err as { code?: string }).code === '55P03');
+      const slots = await db.selectFrom('providers').select('slots').where('id', '=', 'held').executeTakeFirstOrThrow();
+      assert.equal(slots.slots, 1, 'nothing of the refused unit was written');
+    } finally {
+      await other.query('commit');
+    }
+    await bump();
+    const slots = await db.selectFrom('providers').select('slots').where('id', '=', 'held').executeTakeFirstOrThrow();
+    assert.equal(slots.slots, 2);
   });
 });
