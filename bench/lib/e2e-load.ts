@@ -103,6 +103,8 @@ let url = '';
 /** Samples by BENCH_JOB: the assignment can arrive before the POST reply is read. */
 const samples = new Map<string, Sample>();
 const leaseKey = new Map<string, string>();
+/** The job of each sample's first lease. */
+const sampleJob = new Map<string, string>();
 const runningWaiters = new Map<string, () => void>();
 let finishedCount = 0;
 let finishedWaiter: (() => void) | undefined;
@@ -111,11 +113,15 @@ function onAssign(lease: LeaseAssignment, at: number): void {
   const key = lease.runtime.env.BENCH_JOB;
   if (!key) return;
   const s = samples.get(key);
-  // The job's own lease is the first assigned; later ones carrying the same env are the
-  // verification's re-runs of it (a new provider's probation audits): not this sample's stages.
-  if (!s || s.assign !== undefined) return;
+  if (!s) return;
+  // The job's own lease is the first assigned (a retry of it, if it was lost, has the same job);
+  // leases of other jobs carrying the same env are the verification's re-runs of it (a new
+  // provider's probation audits): not this sample's stages.
+  if (s.assign === undefined) {
+    s.assign = at;
+    sampleJob.set(key, lease.jobId);
+  } else if (sampleJob.get(key) !== lease.jobId) return;
   leaseKey.set(lease.leaseId, key);
-  s.assign = at;
 }
 
 function onApplied(leaseId: string, what: 'started' | 'finished', at: number): void {

@@ -119,7 +119,7 @@ for (const store of ['postgres', 'pglite'] as const) {
         }
       });
 
-    test('a batch aborted by a serialization failure runs again whole and commits once', async () => {
+    test('a command PostgreSQL aborts (a serialization failure, a deadlock) is undone alone and runs again in the next batch', async () => {
       let runs = 0;
       let failed = false;
       const [first, second] = await Promise.all([
@@ -137,16 +137,39 @@ for (const store of ['postgres', 'pglite'] as const) {
           return 'second';
         }),
       ]);
-      assert.equal(runs, 2, 'the first command ran again with the batch');
-      assert.equal(first, 2, 'its value is the committed attempt’s');
-      assert.equal(second, 'second');
-      const n = await db
-        .selectFrom('accounts')
-        .select((eb) => eb.fn.countAll<string>().as('n'))
-        .where('id', 'in', [ID(300), ID(301)])
-        .executeTakeFirstOrThrow();
-      assert.equal(Number(n.n), 2, 'each write committed once');
+      assert.equal(runs, 1, 'the other command ran once: its batch committed without the failed one');
+      assert.equal(first, 1);
+      assert.equal(second, 'second', 'the failed command ran again and succeeded');
+      const n = await db.selectFrom('accounts').select((eb) => eb.fn.countAll<string>().as('n')).where('id', 'in', [ID(300), ID(301)]).executeTakeFirstOrThrow();
+      assert.equal(Number(n.n), 2, 'each write committed once (the aborted attempt was undone at its savepoint)');
     });
+
+    // PGlite has one connection: nothing else could hold a lock.
+    if (store === 'postgres')
+      test('a command waiting on a lock held elsewhere is put off after the lock timeout: the rest of its batch commits meanwhile', async () => {
+        await db.insertInto('accounts').values({ id: ID(500) }).execute();
+        const holder = new pg.Client({ connectionString: postgresUrl() });
+        await holder.connect();
+        try {
+          await holder.query('begin');
+          await holder.query(`select id from "${schema}".accounts where id = $1 for update`, [ID(500)]);
+          let locked = false;
+          const waiting = group.run(async (uow) => {
+            await uow.trx.deleteFrom('accounts').where('id', '=', ID(500)).execute();
+            return locked;
+          });
+          const other = group.run((uow) => insert(uow, ID(501)));
+          await other;
+          assert.ok(await exists(ID(501)), 'the other command committed while the lock was still held');
+          assert.ok(await exists(ID(500)), 'the waiting command has not run to its end');
+          locked = true;
+          await holder.query('commit');
+          assert.equal(await waiting, true, 'it ran again after the lock was released, and committed');
+          assert.equal(await exists(ID(500)), false);
+        } finally {
+          await holder.end();
+        }
+      });
 
     test('a batch started from a leader term is not fenced by it', async () => {
       // No coordinator_leader row: a fenced unit of work would be refused (Deposed).

@@ -5,24 +5,36 @@
  * update) for the whole batch. A command waits for the commit before its promise resolves, so
  * a caller that acknowledges after `run()` never acknowledges what a crash could lose.
  *
- * One batch is in flight at a time; commands that arrive meanwhile form the next one. Commands
- * of one caller keep their order. The batches are the only writer of the commands given to
- * one GroupCommit, so those commands no longer wait on each other's row locks (nor deadlock
- * against each other) as separate transactions did. A batch aborted by a deadlock or a
- * serialization failure against other writers is run again whole (transact()): the commands
- * must be safe to run again, as every unit of work's body already is.
+ * One batch is in flight at a time; commands that arrive meanwhile form the next one. The batches
+ * are the only writer of the commands given to one GroupCommit, so those commands no longer wait
+ * on each other's row locks (nor deadlock against each other) as separate transactions did.
+ *
+ * A batch waits for no lock longer than LOCK_TIMEOUT_MS: a command that would (a row another
+ * transaction holds for long), or that PostgreSQL picks to break a deadlock, is undone alone (its
+ * savepoint) and runs again at the head of the next batch, up to MAX_ATTEMPTS times — so one
+ * stuck command never holds up the commands of every other caller. Such a command may thus run
+ * after commands given later: a caller that needs its commands in order gives the next one once
+ * the previous has resolved (a provider's channel does). A batch aborted whole (its commit) fails
+ * every command in it.
  *
  * Edge work only: batches run outside any leader term (a fenced command must keep its own
  * unit of work, or a deposed leader's command would commit inside a batch of others).
  */
+import { sql } from 'kysely';
 import { unfenced } from '../leader/fence.ts';
 import { isRetryable } from '../store/transact.ts';
 import type { UnitOfWork, Units } from './unit-of-work.ts';
+
+/** Longest wait of a batch for a row lock before the waiting command is put off to the next batch. */
+const LOCK_TIMEOUT_MS = 2000;
+/** Batches a command may be put off from (deadlock, lock timeout) before it fails. */
+const MAX_ATTEMPTS = 6;
 
 interface Command {
   fn: (uow: UnitOfWork) => Promise<unknown>;
   resolve: (value: unknown) => void;
   reject: (err: unknown) => void;
+  attempts: number;
 }
 
 export interface GroupCommitOptions {
@@ -45,7 +57,7 @@ export class GroupCommit {
   /** Runs `fn` in the next batch's transaction; resolves with its value once that transaction has committed. */
   run<T>(fn: (uow: UnitOfWork) => Promise<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      this.queue.push({ fn, resolve: resolve as (v: unknown) => void, reject });
+      this.queue.push({ fn, resolve: resolve as (v: unknown) => void, reject, attempts: 0 });
       // Started a microtask later: the commands given in the same turn form the first batch.
       this.loop ??= unfenced(() => Promise.resolve().then(() => this.drain()));
     });
@@ -68,18 +80,19 @@ export class GroupCommit {
   }
 
   private async commit(batch: readonly Command[]): Promise<void> {
-    let outcomes: ({ ok: true; value: unknown } | { ok: false; err: unknown })[] = [];
+    type Outcome = { ok: true; value: unknown } | { ok: false; err: unknown } | { again: unknown };
+    let outcomes: Outcome[] = [];
     try {
       await this.units.run(async (uow) => {
         // A retried transaction runs every command again: only the last attempt's outcomes count.
         outcomes = [];
+        await sql`set local lock_timeout = ${sql.lit(`${LOCK_TIMEOUT_MS}ms`)}`.execute(uow.trx);
         for (const c of batch) {
           try {
             outcomes.push({ ok: true, value: await uow.savepoint(() => c.fn(uow)) });
           } catch (err) {
-            // The whole transaction is aborted: let transact() run the batch again.
-            if (isRetryable(err)) throw err;
-            outcomes.push({ ok: false, err });
+            // Undone at its savepoint; a deadlock or a lock timeout is worth another batch.
+            outcomes.push(isRetryable(err) && c.attempts + 1 < MAX_ATTEMPTS ? { again: err } : { ok: false, err });
           }
         }
       });
@@ -88,10 +101,14 @@ export class GroupCommit {
       for (const c of batch) c.reject(err);
       return;
     }
+    const again: Command[] = [];
     batch.forEach((c, i) => {
       const o = outcomes[i];
-      if (o?.ok) c.resolve(o.value);
-      else c.reject(o ? o.err : new Error('group commit lost a command'));
+      if (!o) c.reject(new Error('group commit lost a command'));
+      else if ('again' in o) again.push({ ...c, attempts: c.attempts + 1 });
+      else if (o.ok) c.resolve(o.value);
+      else c.reject(o.err);
     });
+    this.queue.unshift(...again);
   }
 }

@@ -10,7 +10,7 @@
 import { sql, type Transaction } from 'kysely';
 import type { Db } from '../store/database.ts';
 import type { Database } from '../store/schema.ts';
-import { isRetryable, transact } from '../store/transact.ts';
+import { transact } from '../store/transact.ts';
 import { unfenced } from '../leader/fence.ts';
 import { type DomainEvent, jobOf, providerOf, type StoredEvent } from './events.ts';
 
@@ -56,8 +56,9 @@ export class Units {
             await sql`release savepoint ${name}`.execute(trx);
             return v;
           } catch (err) {
-            // A serialization failure or deadlock has aborted the whole transaction: nothing to roll back to.
-            if (!isRetryable(err)) await sql`rollback to savepoint ${name}`.execute(trx);
+            // Whatever failed inside the savepoint (a deadlock or a lock timeout too: PostgreSQL
+            // aborts the subtransaction, not the transaction) is undone; the caller decides what next.
+            await sql`rollback to savepoint ${name}`.execute(trx);
             events.length = mark;
             throw err;
           } finally {

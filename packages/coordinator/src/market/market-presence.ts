@@ -31,7 +31,7 @@ export class MarketPresence {
     this.timer = setInterval(() => {
       if (this.confirming) return;
       this.confirming = true;
-      this.market
+      const check = this.market
         .confirmPresence()
         .then((waiting) => {
           if (waiting === 0) this.stop();
@@ -40,7 +40,9 @@ export class MarketPresence {
         .catch((err) => this.log?.warn({ err }, 'market presence: could not confirm providers online at start'))
         .finally(() => {
           this.confirming = false;
+          this.updating.delete(check);
         });
+      this.updating.add(check);
     }, confirmEveryMs);
     this.timer.unref();
   }
@@ -50,8 +52,8 @@ export class MarketPresence {
   }
 
   /**
-   * For good: the coordinator is shutting down. Resolves once the updates under way are done (they
-   * read the database, which closes next); sockets closing from now on change nothing.
+   * For good: the coordinator is shutting down. Resolves once the updates and the check under way
+   * are done (they read the database, which closes next); sockets closing from now on change nothing.
    */
   async close(): Promise<void> {
     this.closed = true;

@@ -158,8 +158,9 @@ export class ProviderChannels {
 
   /** Resolves when every message received so far has been handled (before the database closes). */
   async idle(): Promise<void> {
-    await Promise.all([...this.all].map((ch) => ch.serial(async () => {})));
-    await Promise.all([...this.all].map((ch) => ch.flushed()));
+    const all = [...this.all];
+    await Promise.all(all.map((ch) => ch.serial(async () => {})));
+    await Promise.all(all.map((ch) => ch.flushed()));
   }
 
   /** Takes over an authenticated socket (the upgrade request was signed by `providerId`, from `remoteAddress`). */
@@ -182,6 +183,10 @@ export class ProviderChannels {
 
     socket.on('message', (data) => {
       if (this.closing) return;
+      // Any message shows the provider alive, also while those before it still wait their turn
+      // (reports are applied in shared commits: a slow one must not make everyone look silent).
+      const receivedAt = Date.now();
+      if (channel) providers.heartbeat(providerId);
       void pending.serial(async () => {
         const bytes = byteLength(data);
         // Refused unread and unapplied: the sender must not send it again (the agent never sends one).
@@ -231,7 +236,7 @@ export class ProviderChannels {
           if (msg.type === 'heartbeat') return providers.heartbeat(providerId);
           if (msg.type === 'bid') return this.deps.onBid?.(providerId, msg);
           const seqMsg = msg as ProviderSequenced;
-          const result = await providers.apply(providerId, seqMsg).catch((err) => {
+          const result = await providers.apply(providerId, seqMsg, receivedAt).catch((err) => {
             if (err instanceof GridworkError && (err.code === 'NOT_LEASE_OWNER' || err.code === 'LEASE_NOT_FOUND' || err.code === 'BAD_SIGNATURE')) {
               fail(err.code, err.message, false);
               return 'applied' as const;

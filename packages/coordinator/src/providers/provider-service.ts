@@ -6,6 +6,7 @@
  * `providers` (and, through outbox.ts, `provider_outbox`); lease changes go through the lifecycle.
  */
 import { formatRuntimeList, GridworkError, offeredRuntimes, type ProviderHello, type ProviderSequenced } from '@gridwork/protocol';
+import { sql } from 'kysely';
 import type { Logger } from 'pino';
 import type { Lifecycle } from '../lifecycle/lifecycle.ts';
 import { milliN } from '../market/order-price.ts';
@@ -160,10 +161,10 @@ export class ProviderService {
     this.liveness.heard(providerId);
   }
 
-  /** Applies one sequenced report exactly once: its effect and the new seq commit together. */
-  async apply(providerId: string, msg: ProviderSequenced): Promise<ApplyResult> {
+  /** Applies one sequenced report exactly once: its effect and the new seq commit together. `receivedAt`: when it arrived (ms). */
+  async apply(providerId: string, msg: ProviderSequenced, receivedAt = Date.now()): Promise<ApplyResult> {
     const { lifecycle, challenges } = this.deps;
-    const heardAt = Date.now();
+    const heardAt = receivedAt;
     this.liveness.heard(providerId, heardAt);
     try {
       return await this.reports.run(async (uow): Promise<ApplyResult> => {
@@ -175,10 +176,11 @@ export class ProviderService {
         if (msg.seq <= last) return 'duplicate';
         if (msg.seq !== last + 1) return 'gap';
         const handle = reportHandlers[msg.type] as (ctx: Parameters<(typeof reportHandlers)['lease.started']>[0], m: ProviderSequenced) => Promise<void>;
-        await handle({ uow, providerId, lifecycle, challenges }, msg);
+        await handle({ uow, providerId, lifecycle, challenges, receivedAt }, msg);
         const recorded = await uow.trx
           .updateTable('providers')
-          .set({ in_seq: BigInt(msg.seq), last_seen_at: new Date(heardAt) })
+          // Never back: a flush may already have written a later heartbeat.
+          .set((eb) => ({ in_seq: BigInt(msg.seq), last_seen_at: sql<Date>`greatest(${eb.ref('last_seen_at')}, ${new Date(heardAt)})` }))
           .where('id', '=', providerId)
           .where('in_seq', '=', BigInt(last))
           .returning('id')

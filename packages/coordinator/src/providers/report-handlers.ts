@@ -19,6 +19,8 @@ export interface ReportContext {
   providerId: string;
   lifecycle: Lifecycle;
   challenges?: CapacityChallenges;
+  /** When the report reached this coordinator (ms): deadlines are judged by it, not by when its turn to be applied came. */
+  receivedAt: number;
 }
 
 type Handlers = { [K in ProviderSequenced['type']]: (ctx: ReportContext, msg: Extract<ProviderSequenced, { type: K }>) => Promise<void> };
@@ -113,12 +115,12 @@ export const reportHandlers: Handlers = {
     }
   },
 
-  async 'challenge.committed'({ uow, providerId, challenges }, msg) {
-    await challenges?.committed(uow, providerId, msg);
+  async 'challenge.committed'({ uow, providerId, challenges, receivedAt }, msg) {
+    await challenges?.committed(uow, providerId, msg, receivedAt);
   },
 
-  async 'challenge.opened'({ uow, providerId, challenges }, msg) {
-    await challenges?.opened(uow, providerId, msg);
+  async 'challenge.opened'({ uow, providerId, challenges, receivedAt }, msg) {
+    await challenges?.opened(uow, providerId, msg, receivedAt);
   },
 
   async 'lease.released'({ uow, providerId, lifecycle }, msg) {

@@ -56,7 +56,8 @@ export function reputationSubscriber(): Subscriber {
           of(e.providerId).proven++;
         }
       }
-      await lockForCounters(uow.trx, [...tally.keys()]);
+      // The first rows this unit locks (after its own position): waiting for them holds up nobody.
+      await lockForCounters(uow.trx, [...tally.keys()], { wait: true });
       for (const [providerId, t] of [...tally].sort(([a], [b]) => (a < b ? -1 : 1))) {
         await uow.trx
           .updateTable('providers')

@@ -67,6 +67,9 @@ import type { ChallengeConfig } from './challenge-sizing.ts';
 import { sizeChallenge } from './challenge-sizing.ts';
 import { checkMatrixOpening } from './matrix-check.ts';
 
+/** How long after a deadline an unanswered challenge is failed: answers are judged by when they arrived, and one that arrived in time may still be waiting to be applied. */
+const EXPIRY_GRACE_MS = 5000;
+
 type Committed = Extract<ProviderSequenced, { type: 'challenge.committed' }>;
 type Opened = Extract<ProviderSequenced, { type: 'challenge.opened' }>;
 type ChallengeRow = Selectable<CapacityChallengesTable>;
@@ -184,11 +187,13 @@ export class CapacityChallenges {
   }
 
   /** Step 2: the roots. Within the deadline and signed, they are stored and the secret revealed. */
-  async committed(uow: UnitOfWork, providerId: string, msg: Committed): Promise<void> {
+  async committed(uow: UnitOfWork, providerId: string, msg: Committed, receivedAt = Date.now()): Promise<void> {
     const row = await this.lock(uow, providerId, msg.challengeId);
     if (row?.state !== 'issued') return;
+    // Judged by when the roots arrived; the window to open them starts now, as the reveal goes out.
+    const arrived = new Date(receivedAt);
     const now = new Date();
-    if (now > row.deadline_at) return this.end(uow, row, 'missed-deadline', `roots arrived ${now.getTime() - row.deadline_at.getTime()} ms after the deadline`);
+    if (arrived > row.deadline_at) return this.end(uow, row, 'missed-deadline', `roots arrived ${arrived.getTime() - row.deadline_at.getTime()} ms after the deadline`);
     if (!verifyBytes(providerId, committedMessage(row.id, msg.matrixRoot, msg.memoryRoot), msg.signature)) {
       return this.end(uow, row, 'bad-signature', 'the commitment signature does not verify');
     }
@@ -203,11 +208,10 @@ export class CapacityChallenges {
   }
 
   /** Step 4: the opened rows and blocks, checked against the roots, A·B and the memory chain. */
-  async opened(uow: UnitOfWork, providerId: string, msg: Opened): Promise<void> {
+  async opened(uow: UnitOfWork, providerId: string, msg: Opened, receivedAt = Date.now()): Promise<void> {
     const row = await this.lock(uow, providerId, msg.challengeId);
     if (row?.state !== 'committed' || !row.matrix_root || !row.memory_root) return;
-    const now = new Date();
-    if (row.open_deadline_at && now > row.open_deadline_at) return this.end(uow, row, 'missed-deadline', 'opened rows arrived after the deadline');
+    if (row.open_deadline_at && receivedAt > row.open_deadline_at.getTime()) return this.end(uow, row, 'missed-deadline', 'opened rows arrived after the deadline');
     if (!verifyBytes(providerId, openedMessage(row.id, msg.rows, msg.blocks), msg.signature)) {
       return this.end(uow, row, 'bad-signature', 'the opening signature does not verify');
     }
@@ -260,7 +264,8 @@ export class CapacityChallenges {
         this.deadlines.delete(challengeId);
         this.track(this.expire(challengeId).catch((err) => this.deps.log.error({ err, challengeId }, 'could not expire a capacity challenge')));
       },
-      Math.max(0, at - Date.now()) + 20,
+      // An answer that arrived in time may still wait its turn to be applied (reports share commits).
+      Math.max(0, at - Date.now()) + EXPIRY_GRACE_MS,
     );
     t.unref();
     this.deadlines.set(challengeId, t);
