@@ -161,13 +161,17 @@ export class ProviderService {
     this.liveness.heard(providerId);
   }
 
-  /** Applies one sequenced report exactly once: its effect and the new seq commit together. `receivedAt`: when it arrived (ms). */
+  /**
+   * Applies one sequenced report exactly once: its effect and the new seq commit together.
+   * `receivedAt`: when it arrived (ms). A report the lifecycle refuses (REJECTED_REPORT_CODES) is
+   * consumed without effect, its seq recorded in the same commit, and the refusal thrown after it.
+   */
   async apply(providerId: string, msg: ProviderSequenced, receivedAt = Date.now()): Promise<ApplyResult> {
     const { lifecycle, challenges } = this.deps;
     const heardAt = receivedAt;
     this.liveness.heard(providerId, heardAt);
-    try {
-      return await this.reports.run(async (uow): Promise<ApplyResult> => {
+    const outcome = await this.reports
+      .run(async (uow): Promise<ApplyResult | GridworkError> => {
         // Read without a lock, checked again when the seq is recorded: the provider row is locked
         // last (after the job and lease rows the handler locks), the order placements use too.
         const p = await uow.trx.selectFrom('providers').select(['in_seq']).where('id', '=', providerId).executeTakeFirst();
@@ -176,7 +180,13 @@ export class ProviderService {
         if (msg.seq <= last) return 'duplicate';
         if (msg.seq !== last + 1) return 'gap';
         const handle = reportHandlers[msg.type] as (ctx: Parameters<(typeof reportHandlers)['lease.started']>[0], m: ProviderSequenced) => Promise<void>;
-        await handle({ uow, providerId, lifecycle, challenges, receivedAt }, msg);
+        let rejected: GridworkError | undefined;
+        try {
+          await uow.savepoint(() => handle({ uow, providerId, lifecycle, challenges, receivedAt }, msg));
+        } catch (err) {
+          if (!(err instanceof GridworkError && REJECTED_REPORT_CODES.has(err.code))) throw err;
+          rejected = err;
+        }
         const recorded = await uow.trx
           .updateTable('providers')
           // Never back: a flush may already have written a later heartbeat.
@@ -187,23 +197,18 @@ export class ProviderService {
           .executeTakeFirst();
         // Applied meanwhile by another connection of the same provider: undo ours.
         if (!recorded) throw new AppliedElsewhere();
-        return 'applied';
+        return rejected ?? 'applied';
+      })
+      .catch((err) => {
+        if (err instanceof AppliedElsewhere) return 'duplicate' as const;
+        throw err;
       });
-    } catch (err) {
-      if (err instanceof AppliedElsewhere) return 'duplicate';
-      if (!(err instanceof GridworkError && REJECTED_REPORT_CODES.has(err.code))) throw err;
-      // Consumed (so the stream goes on) but without effect: record the seq alone.
-      this.deps.log.warn({ providerId, type: msg.type, code: err.code }, 'provider report rejected');
-      await this.reports.run((uow) =>
-        uow.trx
-          .updateTable('providers')
-          .set({ in_seq: BigInt(msg.seq) })
-          .where('id', '=', providerId)
-          .where('in_seq', '=', BigInt(msg.seq - 1))
-          .execute(),
-      );
-      throw err;
+    if (outcome instanceof GridworkError) {
+      // Consumed (so the stream goes on) but without effect.
+      this.deps.log.warn({ providerId, type: msg.type, code: outcome.code }, 'provider report rejected');
+      throw outcome;
     }
+    return outcome;
   }
 
   /**
