@@ -28,6 +28,7 @@ for (const store of ['postgres', 'pglite'] as const) {
     let db: Db;
     let published: StoredEvent[];
     let group: GroupCommit;
+    let units: Units;
 
     const xact = async (uow: UnitOfWork) => (await sql<{ x: string }>`select pg_current_xact_id()::text as x`.execute(uow.trx)).rows[0]?.x as string;
     const exists = async (id: string) => (await db.selectFrom('accounts').select('id').where('id', '=', id).executeTakeFirst()) !== undefined;
@@ -38,7 +39,9 @@ for (const store of ['postgres', 'pglite'] as const) {
       dir = await mkdtemp(join(tmpdir(), 'gw-group-'));
       db = store === 'postgres' ? await openDatabase({ url: postgresUrl(), schema }) : await openDatabase({ url: '', dataDir: join(dir, 'db') });
       published = [];
-      group = new GroupCommit(new Units(db, { publish: (events) => void published.push(...events) }));
+      units = new Units(db, { publish: (events) => void published.push(...events) });
+      // Always batched (nothing runs in a unit of its own), to see the batches.
+      group = new GroupCommit(units, { maxDirect: 0 });
     });
 
     after(async () => {
@@ -170,6 +173,17 @@ for (const store of ['postgres', 'pglite'] as const) {
           await holder.end();
         }
       });
+
+    test('under light load a command runs in a unit of its own at once; a burst beyond maxDirect shares a batch', async () => {
+      const light = new GroupCommit(units, { maxDirect: 2 });
+      const alone = await light.run(xact);
+      const burst = await Promise.all(Array.from({ length: 10 }, () => light.run(xact)));
+      assert.notEqual(alone, burst[0]);
+      assert.equal(new Set(burst.slice(0, 2)).size, 2, 'the first two ran in units of their own');
+      assert.equal(new Set(burst.slice(2)).size, 1, 'the other eight shared one batch');
+      assert.ok(!burst.slice(0, 2).includes(burst[2] as string));
+      await light.idle();
+    });
 
     test('a batch started from a leader term is not fenced by it', async () => {
       // No coordinator_leader row: a fenced unit of work would be refused (Deposed).

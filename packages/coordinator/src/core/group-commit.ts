@@ -5,9 +5,12 @@
  * update) for the whole batch. A command waits for the commit before its promise resolves, so
  * a caller that acknowledges after `run()` never acknowledges what a crash could lose.
  *
- * One batch is in flight at a time; commands that arrive meanwhile form the next one. The batches
- * are the only writer of the commands given to one GroupCommit, so those commands no longer wait
- * on each other's row locks (nor deadlock against each other) as separate transactions did.
+ * Under light load a command runs at once in a unit of work of its own (up to `maxDirect` side
+ * by side): a batch would make it wait for the others' commands, and a provider sends its next
+ * report only after the last one is answered. Batches take over when commands queue up: one
+ * batch is in flight at a time, commands that arrive meanwhile form the next one, and they no
+ * longer wait on each other's row locks (nor deadlock against each other) as that many separate
+ * transactions did.
  *
  * A batch waits for no lock longer than LOCK_TIMEOUT_MS: a command that would (a row another
  * transaction holds for long), or that PostgreSQL picks to break a deadlock, is undone alone (its
@@ -40,22 +43,36 @@ interface Command {
 export interface GroupCommitOptions {
   /** Most commands in one transaction. @default 200 */
   maxBatch?: number;
+  /** Commands run in units of their own while nothing is queued, at most this many at once; then they batch. @default 4 */
+  maxDirect?: number;
 }
 
 export class GroupCommit {
   private queue: Command[] = [];
   private loop: Promise<void> | undefined;
+  private direct = 0;
   private readonly maxBatch: number;
+  private readonly maxDirect: number;
 
   constructor(
     private readonly units: Units,
     options: GroupCommitOptions = {},
   ) {
     this.maxBatch = options.maxBatch ?? 200;
+    this.maxDirect = options.maxDirect ?? 4;
   }
 
   /** Runs `fn` in the next batch's transaction; resolves with its value once that transaction has committed. */
   run<T>(fn: (uow: UnitOfWork) => Promise<T>): Promise<T> {
+    // Light load: a unit of work of its own, at once and side by side with the others (a batch
+    // would make a provider's next report wait for everyone's commands). Batches take over when
+    // commands queue up.
+    if (this.queue.length === 0 && !this.loop && this.direct < this.maxDirect) {
+      this.direct++;
+      return unfenced(() => this.units.run(fn)).finally(() => {
+        this.direct--;
+      });
+    }
     return new Promise<T>((resolve, reject) => {
       this.queue.push({ fn, resolve: resolve as (v: unknown) => void, reject, attempts: 0 });
       // Started a microtask later: the commands given in the same turn form the first batch.
