@@ -11,9 +11,10 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { GridworkError, type JobSpec } from '@gridwork/protocol';
 import { generateIdentity } from '@gridwork/protocol/node';
-import { postgresUrl, silentLogger, tempDir, uniqueSchema } from '@gridwork/testkit';
+import { postgresUrl, silentLogger, tempDir, uniqueSchema, until } from '@gridwork/testkit';
 import fc from 'fast-check';
 import { sql } from 'kysely';
+import pg from 'pg';
 import { InProcessBus } from '../src/bus/in-process-bus.ts';
 import type { StoredEvent } from '../src/core/events.ts';
 import { Lifecycle } from '../src/lifecycle/lifecycle.ts';
@@ -275,6 +276,38 @@ for (const store of ['pglite', 'postgres'] as const) {
       const bigAssigned = await db.selectFrom('tasks').select('id').where('job_id', '=', bigJob as string).where('state', '=', 'assigned').execute();
       assert.equal(bigAssigned.length, 3, 'the large job got the rest of the slots');
     });
+
+    // PGlite has one connection: nothing else could hold the job's row.
+    if (store === 'postgres')
+      it("a placement never waits for a job's row while its unit holds provider rows: that task waits for the next pass", async () => {
+        const { bus, units, lifecycle } = await emptyQueue();
+        const owner = generateIdentity().publicKey;
+        await fund(db, owner, 1_000_000_000n);
+        const provider = await addProvider(db, units, lifecycle, { slots: 2, cores: 2 });
+        const [first] = await submit(units, lifecycle, owner, spec({ name: 'first' }), 1);
+        const [held] = await submit(units, lifecycle, owner, spec({ name: 'held' }), 1);
+        const market = new Market(db);
+        await market.load();
+        await market.setConnected(provider, true, Date.now());
+        const scheduler = new Scheduler({ db, units, lifecycle, log, market, auctions: new Auctions({ log, announce: () => 0, closed: () => {} }) });
+        const stateOf = async (job: string) => (await db.selectFrom('tasks').select('state').where('job_id', '=', job).executeTakeFirstOrThrow()).state;
+        const other = new pg.Client({ connectionString: postgresUrl() });
+        await other.connect();
+        try {
+          await other.query('begin');
+          await other.query(`select id from "${schema}".jobs where id = $1 for no key update`, [held]);
+          // The pass ends although the job's row stays held: it did not wait for it.
+          await scheduler.kick();
+          assert.equal(await stateOf(first as string), 'assigned');
+          assert.equal(await stateOf(held as string), 'queued', 'the held job was skipped, not waited for');
+          await other.query('commit');
+          await until(() => stateOf(held as string), (s) => s === 'assigned', { what: 'the skipped task placed by a later pass' });
+        } finally {
+          await other.end();
+          await scheduler.close();
+          await bus.close();
+        }
+      });
 
     it('only the leader schedules: a replica that does not lead places nothing, nor does a leader whose term has ended', async () => {
       const { bus, units, lifecycle } = await emptyQueue();

@@ -57,8 +57,10 @@ interface Candidate {
 
 /** Placements per unit of work: small enough that a pass never holds many locks for long. */
 const CHUNK = 50;
-/** A pass that failed (e.g. a deadlock that outlived its retries) runs again after this. */
+/** A pass that failed (e.g. a deadlock that outlived its retries), or that found a job busy, runs again after this. */
 const RETRY_MS = 250;
+/** PostgreSQL's lock_not_available: a NOWAIT lock another transaction holds. */
+const LOCK_NOT_AVAILABLE = '55P03';
 
 export class Scheduler {
   private loop: Promise<void> | undefined;
@@ -161,9 +163,15 @@ export class Scheduler {
     const queued = await this.candidates();
     const stale = new Set<string>();
     const waiting = new Set<string>();
+    const busy = new Set<string>();
     let placed = 0;
     for (let i = 0; i < queued.length && !this.closed; i += CHUNK) {
-      placed += await this.placeChunk(queued.slice(i, i + CHUNK), stale, waiting);
+      placed += await this.placeChunk(queued.slice(i, i + CHUNK), stale, waiting, busy);
+    }
+    if (busy.size > 0 && !this.closed) {
+      clearTimeout(this.retry);
+      this.retry = setTimeout(() => void this.kick(), RETRY_MS);
+      this.retry.unref();
     }
     // The index believed these providers had room the database had not: reload them from it.
     if (stale.size > 0) await this.deps.market.resync(stale);
@@ -181,7 +189,7 @@ export class Scheduler {
   }
 
   /** One unit of work: places what it can of `chunk`. */
-  private placeChunk(chunk: readonly Candidate[], stale: Set<string>, waiting: Set<string>): Promise<number> {
+  private placeChunk(chunk: readonly Candidate[], stale: Set<string>, waiting: Set<string>, busy: Set<string>): Promise<number> {
     const { market, lifecycle } = this.deps;
     return this.deps.units.run(async (uow) => {
       // Capacity is reserved in the matching index as tasks are placed; if this attempt does
@@ -224,8 +232,19 @@ export class Scheduler {
           // placement of the pass again and again.
           let result: PlaceResult;
           try {
-            result = await uow.savepoint(() => lifecycle.place(uow, { taskId: t.id, providerId: match.providerId, pricePerHour: match.pricePerHour, gpus: match.gpus }));
+            result = await uow.savepoint(async () => {
+              // Once this unit holds provider rows (earlier placements), the job's row is taken
+              // without waiting: a provider's report that holds the job and waits for one of those
+              // rows would deadlock with it (broken only after deadlock_timeout, 1 s, both stalled).
+              // A busy job's task is placed by the next pass.
+              if (reserved.length > 0) await sql`select id from jobs where id = ${t.job_id} for no key update nowait`.execute(uow.trx);
+              return lifecycle.place(uow, { taskId: t.id, providerId: match.providerId, pricePerHour: match.pricePerHour, gpus: match.gpus });
+            });
           } catch (err) {
+            if ((err as { code?: unknown }).code === LOCK_NOT_AVAILABLE) {
+              busy.add(t.id);
+              continue;
+            }
             if (isRetryable(err)) throw err; // a deadlock aborts the whole transaction: retry it all
             this.deps.log.error({ err, taskId: t.id, providerId: match.providerId }, 'placement failed; task skipped this pass');
             stale.add(match.providerId);
