@@ -4,7 +4,7 @@
  * its services. The public handle exposes none of them.
  */
 import type { FastifyInstance } from 'fastify';
-import type { Bus } from './bus/bus.ts';
+import type { Bus, LocalProgress } from './bus/bus.ts';
 import type { AccountService } from './ledger/account-service.ts';
 import type { Lifecycle } from './lifecycle/lifecycle.ts';
 import type { Units } from './core/unit-of-work.ts';
@@ -18,7 +18,7 @@ export interface CoordinatorInternals {
   app: FastifyInstance;
   accounts: AccountService;
   market: Market;
-  bus: Bus;
+  bus: Bus & LocalProgress;
   units: Units;
   lifecycle: Lifecycle;
   providers: ProviderService;

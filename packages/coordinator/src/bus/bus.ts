@@ -26,10 +26,20 @@ export interface Subscriber {
 export interface Bus extends EventSink {
   /** Starts delivering to `sub`; `after` (not durable only) starts after that position instead of the head. */
   subscribe(sub: Subscriber, options?: { after?: bigint }): Promise<() => void>;
-  /** The position of the last event published so far. */
-  head(): bigint;
-  /** Resolves once subscriber `name` has handled every event up to `position` (at once if it is gone). */
-  reached(name: string, position: bigint): Promise<void>;
   /** Stops delivering; resolves when handlers in progress are done. */
   close(): Promise<void>;
+}
+
+/**
+ * How far this process's own subscribers have got: what a replica knows of itself, which does
+ * not cross processes (a durable subscriber of the same name on another replica has a position
+ * of its own, and the head here is the last event this replica has heard of). For waits within
+ * one process: the scheduler after the matching index, a submit after the scheduler's pass, a
+ * job stream's start, retention.
+ */
+export interface LocalProgress {
+  /** The position of the last event this process has published or heard of. */
+  head(): bigint;
+  /** Resolves once this process's subscriber `name` has handled every event up to `position` (at once if it is gone). */
+  reached(name: string, position: bigint): Promise<void>;
 }

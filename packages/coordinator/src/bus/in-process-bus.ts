@@ -10,7 +10,7 @@ import type { Logger } from 'pino';
 import type { StoredEvent } from '../core/events.ts';
 import { eventHead, readEvents, type Units } from '../core/unit-of-work.ts';
 import type { Db } from '../store/database.ts';
-import type { Bus, Subscriber } from './bus.ts';
+import type { Bus, LocalProgress, Subscriber } from './bus.ts';
 
 const WINDOW = 20_000;
 const BATCH = 1000;
@@ -27,7 +27,7 @@ interface Cursor {
   retry: NodeJS.Timeout | undefined;
 }
 
-export class InProcessBus implements Bus {
+export class InProcessBus implements Bus, LocalProgress {
   private last = 0n;
   private readonly window = new Map<bigint, StoredEvent>();
   private readonly cursors = new Map<string, Cursor>();

@@ -5,13 +5,13 @@
  * whose positions live only in memory. Delivery itself is the wrapped bus's.
  */
 import type { StoredEvent } from '../core/events.ts';
-import type { Bus, Subscriber } from './bus.ts';
+import type { Bus, LocalProgress, Subscriber } from './bus.ts';
 
-export class SubscriberRoster implements Bus {
+export class SubscriberRoster implements Bus, LocalProgress {
   private readonly durableNames = new Set<string>();
   private readonly attachedNames = new Set<string>();
 
-  constructor(private readonly bus: Bus) {}
+  constructor(private readonly bus: Bus & LocalProgress) {}
 
   publish(events: readonly StoredEvent[]): void {
     this.bus.publish(events);

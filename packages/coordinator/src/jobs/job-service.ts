@@ -27,7 +27,7 @@ import { sql } from 'kysely';
 import { Compile } from 'typebox/compile';
 import { notUploadedBy } from '../blobs/blob-service.ts';
 import type { BlobStore } from '../blobs/blob-store.ts';
-import type { Bus } from '../bus/bus.ts';
+import type { Bus, LocalProgress } from '../bus/bus.ts';
 import type { Lifecycle } from '../lifecycle/lifecycle.ts';
 import { limitMsOf } from '../core/time-limit.ts';
 import { ACTIVE_LEASE_STATES, isTerminalJob, TERMINAL_JOB } from '../core/state-machine.ts';
@@ -53,7 +53,7 @@ export interface JobServiceDeps {
   db: Db;
   units: Units;
   lifecycle: Lifecycle;
-  bus: Bus;
+  bus: Bus & LocalProgress;
   economics: EconomicsConfig;
   market: Market;
   blobs: BlobStore;

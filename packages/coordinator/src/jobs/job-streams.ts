@@ -5,7 +5,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { type JobView, type LogEntry, TERMINAL_JOB_STATES } from '@gridwork/protocol';
-import type { Bus } from '../bus/bus.ts';
+import type { Bus, LocalProgress } from '../bus/bus.ts';
 import type { DomainEventType } from '../core/events.ts';
 import type { JobService } from './job-service.ts';
 
@@ -22,7 +22,7 @@ const JOB_EVENTS: DomainEventType[] = [
 ];
 
 export class JobStreams {
-  constructor(private readonly deps: { jobs: JobService; bus: Bus }) {}
+  constructor(private readonly deps: { jobs: JobService; bus: Bus & LocalProgress }) {}
 
   /** Wakes `onEvent` for each committed event of `jobId` of these types; returns the unsubscribe. */
   private watch(jobId: string, types: DomainEventType[], onEvent: (position: bigint) => void): Promise<() => void> {
