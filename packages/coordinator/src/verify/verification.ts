@@ -451,6 +451,7 @@ export class Verifier {
       if (f.finder && reward > 0n) postings.push({ account: available(f.finder), amount: reward });
       await post(trx, { kind: 'slash', key: `slash:${f.checkId}:${f.providerId}`, postings, memo: { provider: f.providerId, leaseId: f.leaseId, fault: f.fault, reason: f.detail } });
       if (fromUnbonding > 0n) await this.drawUnbonding(uow, f.providerId, fromUnbonding);
+      await lockForCounters(trx, [f.providerId]);
       await trx
         .updateTable('providers')
         .set((eb) => ({ stake_slashed: eb('stake_slashed', '+', amount) }))
