@@ -26,6 +26,7 @@ import { Auctions } from '../src/market/auctions.ts';
 import { Market } from '../src/market/market.ts';
 import { Scheduler } from '../src/scheduler/scheduler.ts';
 import { type Db, openDatabase } from '../src/store/database.ts';
+import { insertProviderRow } from './fixtures/provider-row.ts';
 
 const economics = resolveEconomics({ meteringIntervalMs: 1000 });
 const log = silentLogger();
@@ -67,25 +68,15 @@ async function fund(db: Db, account: string, credits: bigint): Promise<void> {
 async function addProvider(db: Db, units: Units, lifecycle: Lifecycle, opts: { slots: number; cores: number; gpus?: number }): Promise<string> {
   const id = generateIdentity().publicKey;
   const gpus = Array.from({ length: opts.gpus ?? 0 }, (_, i) => ({ index: i, uuid: `GPU-${i}`, model: 'rtx-4090', vramGiB: 24 }));
-  await db.insertInto('accounts').values({ id }).execute();
-  await db
-    .insertInto('providers')
-    .values({
-      id,
-      name: `p-${id.slice(0, 6)}`,
-      state: 'online',
-      runtime: 'process',
-      slots: opts.slots,
-      hardware: JSON.stringify({ cpu: { model: 'x', cores: opts.cores }, memoryGiB: 64, diskGiB: 100, gpus }),
-      attributes: JSON.stringify({ region: 'eu' }),
-      instance: 'instance-1',
-      last_seen_at: new Date(),
-      in_seq: 0n,
-      out_seq: 0n,
-      asks: JSON.stringify({ cpuCoreHour: '0.01', memoryGiBHour: '0.001', gpuHour: { 'rtx-4090': '0.5' } }),
-      benchmarks: JSON.stringify({ cpuMopsPerCore: 100, gpu: { 'rtx-4090': 1 } }),
-    })
-    .execute();
+  await insertProviderRow(db, id, {
+    name: `p-${id.slice(0, 6)}`,
+    slots: opts.slots,
+    hardware: JSON.stringify({ cpu: { model: 'x', cores: opts.cores }, memoryGiB: 64, diskGiB: 100, gpus }),
+    attributes: JSON.stringify({ region: 'eu' }),
+    instance: 'instance-1',
+    asks: JSON.stringify({ cpuCoreHour: '0.01', memoryGiBHour: '0.001', gpuHour: { 'rtx-4090': '0.5' } }),
+    benchmarks: JSON.stringify({ cpuMopsPerCore: 100, gpu: { 'rtx-4090': 1 } }),
+  });
   await units.run((uow) => lifecycle.declareCapacity(uow, id, { slots: opts.slots, cpuMilli: opts.cores * 1000, memMilli: 64_000 }));
   return id;
 }

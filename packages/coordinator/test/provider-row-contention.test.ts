@@ -15,6 +15,7 @@ import { lockForCounters } from '../src/providers/counter-locks.ts';
 import { Liveness } from '../src/providers/liveness.ts';
 import { isRetryable } from '../src/store/transact.ts';
 import { type Db, openDatabase } from '../src/store/database.ts';
+import { insertProviderRow } from './fixtures/provider-row.ts';
 
 describe('provider rows under contention (PostgreSQL)', { timeout: 60_000 }, () => {
   const schema = uniqueSchema('gw_liveness');
@@ -26,25 +27,7 @@ describe('provider rows under contention (PostgreSQL)', { timeout: 60_000 }, () 
 
   before(async () => {
     db = await openDatabase({ url: postgresUrl(), schema });
-    for (const id of ['held', 'free']) {
-      await db.insertInto('accounts').values({ id }).execute();
-      await db
-        .insertInto('providers')
-        .values({
-          id,
-          name: id,
-          state: 'online',
-          runtime: 'process',
-          slots: 1,
-          hardware: '{}',
-          attributes: '{}',
-          instance: 'i',
-          last_seen_at: longAgo,
-          in_seq: 0n,
-          out_seq: 0n,
-        })
-        .execute();
-    }
+    for (const id of ['held', 'free']) await insertProviderRow(db, id, { hardware: '{}', last_seen_at: longAgo });
     other = new pg.Client({ connectionString: postgresUrl() });
     await other.connect();
   });

@@ -14,6 +14,7 @@ import { postgresUrl, tempDir, uniqueSchema } from '@gridwork/testkit';
 import { sql } from 'kysely';
 import pg from 'pg';
 import { migrateToLatest } from '../src/store/migrations.ts';
+import { insertProviderRow } from './fixtures/provider-row.ts';
 
 const repoRoot = fileURLToPath(new URL('../../..', import.meta.url));
 const coordinatorEntry = pathToFileURL(fileURLToPath(new URL('../src/internal.ts', import.meta.url))).href;
@@ -30,24 +31,8 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   ]);
 }
 
-async function addProvider(db: Db, id: string): Promise<void> {
-  await db.insertInto('accounts').values({ id }).execute();
-  await db
-    .insertInto('providers')
-    .values({
-      id,
-      name: id,
-      state: 'online',
-      runtime: 'process',
-      slots: 1,
-      hardware: JSON.stringify({ cpu: { model: 'x', cores: 1 }, memoryGiB: 1, diskGiB: 1, gpus: [] }),
-      attributes: '{}',
-      instance: 'test-instance',
-      last_seen_at: new Date(),
-      in_seq: 0n,
-      out_seq: 0n,
-    })
-    .execute();
+function addProvider(db: Db, id: string): Promise<void> {
+  return insertProviderRow(db, id, { instance: 'test-instance' });
 }
 
 async function migrationNames(db: Db): Promise<string[]> {
