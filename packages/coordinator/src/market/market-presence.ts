@@ -71,5 +71,4 @@ export class MarketPresence {
       .finally(() => this.updating.delete(update));
     this.updating.add(update);
   }
-
 }

@@ -39,8 +39,8 @@ export class ProviderService {
   /** When this replica last heard each provider it holds: heartbeats go here, not to the database. */
   readonly liveness = new Liveness();
   /**
-   * Reports and acks of every provider on this replica share commits (core/group-commit.ts):
-   * one writer for all of them instead of a transaction each that waited on the others' locks.
+   * Reports and acks of every provider on this replica share commits when they queue up
+   * (core/group-commit.ts), instead of a transaction each that waited on the others' locks.
    * (Several lanes side by side measured worse: their batches lock provider rows in different
    * orders and deadlock with each other and with the reputation subscriber.)
    */
@@ -168,8 +168,7 @@ export class ProviderService {
    */
   async apply(providerId: string, msg: ProviderSequenced, receivedAt = Date.now()): Promise<ApplyResult> {
     const { lifecycle, challenges } = this.deps;
-    const heardAt = receivedAt;
-    this.liveness.heard(providerId, heardAt);
+    this.liveness.heard(providerId, receivedAt);
     const outcome = await this.reports
       .run(async (uow): Promise<ApplyResult | GridworkError> => {
         // Read without a lock, checked again when the seq is recorded: the provider row is locked
@@ -190,7 +189,7 @@ export class ProviderService {
         const recorded = await uow.trx
           .updateTable('providers')
           // Never back: a flush may already have written a later heartbeat.
-          .set((eb) => ({ in_seq: BigInt(msg.seq), last_seen_at: sql<Date>`greatest(${eb.ref('last_seen_at')}, ${new Date(heardAt)})` }))
+          .set((eb) => ({ in_seq: BigInt(msg.seq), last_seen_at: sql<Date>`greatest(${eb.ref('last_seen_at')}, ${new Date(receivedAt)})` }))
           .where('id', '=', providerId)
           .where('in_seq', '=', BigInt(last))
           .returning('id')
