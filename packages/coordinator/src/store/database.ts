@@ -11,6 +11,7 @@ import { Kysely, PostgresDialect } from 'kysely';
 import pg from 'pg';
 import { migrateToLatest } from './migrations.ts';
 import { PGliteDialect } from './pglite-dialect.ts';
+import { SearchPathIntrospector } from './search-path-introspector.ts';
 import type { Database } from './schema.ts';
 
 export type Db = Kysely<Database>;
@@ -30,6 +31,13 @@ export interface DatabaseOptions {
 
 // node-postgres returns int8 as string by default; money and sequence numbers must be bigint.
 pg.types.setTypeParser(20, (v: string) => BigInt(v));
+
+/** node-postgres under Kysely, with the introspector that reads only our own schema (search-path-introspector.ts). */
+class SearchPathPostgresDialect extends PostgresDialect {
+  override createIntrospector(db: Kysely<unknown>) {
+    return new SearchPathIntrospector(db);
+  }
+}
 
 export async function openDatabase(options: DatabaseOptions): Promise<Db> {
   let db: Db;
@@ -61,7 +69,7 @@ export async function openDatabase(options: DatabaseOptions): Promise<Db> {
     // with the connection error, the transaction is retried or reported, the client discarded.
     pool.on('error', () => {});
     pool.on('connect', (client) => client.on('error', () => {}));
-    db = new Kysely<Database>({ dialect: new PostgresDialect({ pool }) });
+    db = new Kysely<Database>({ dialect: new SearchPathPostgresDialect({ pool }) });
   } else {
     const dataDir = options.dataDir ?? 'memory://';
     if (!dataDir.startsWith('memory://')) {

@@ -1,6 +1,6 @@
 /**
- * A Kysely dialect for PGlite 0.5 (no maintained one exists): Kysely's own Postgres adapter,
- * compiler and introspector over PGlite's single connection, serialized by a mutex so a
+ * A Kysely dialect for PGlite 0.5 (no maintained one exists): Kysely's own Postgres adapter
+ * and compiler and our SearchPathIntrospector over PGlite's single connection, serialized by a mutex so a
  * transaction never interleaves with another query.
  *
  * PGlite runs each query synchronously on this thread, and one awaited query after another (a
@@ -18,10 +18,10 @@ import {
   type Driver,
   type Kysely,
   PostgresAdapter,
-  PostgresIntrospector,
   PostgresQueryCompiler,
   type QueryResult,
 } from 'kysely';
+import { SearchPathIntrospector } from './search-path-introspector.ts';
 
 const YIELD_AFTER_MS = 2;
 
@@ -110,6 +110,6 @@ export class PGliteDialect implements Dialect {
     return new PostgresQueryCompiler();
   }
   createIntrospector(db: Kysely<unknown>) {
-    return new PostgresIntrospector(db);
+    return new SearchPathIntrospector(db);
   }
 }
