@@ -69,13 +69,14 @@ export function plausibleUsage(reportedMs: number, startedAt: Date, cfg: Economi
 }
 
 /** The balance of an account, locked for the rest of the transaction (so amounts computed from it stay true). */
-async function lockedBalance(trx: Trx, account: string): Promise<bigint> {
-  await trx
+export async function lockedBalance(trx: Trx, account: string): Promise<bigint> {
+  // One statement: creates the row at zero where missing, else locks it as it is.
+  const row = await trx
     .insertInto('ledger_balances')
     .values({ account, balance: 0n })
-    .onConflict((oc) => oc.column('account').doNothing())
-    .execute();
-  const row = await trx.selectFrom('ledger_balances').select('balance').where('account', '=', account).forUpdate().executeTakeFirstOrThrow();
+    .onConflict((oc) => oc.column('account').doUpdateSet((eb) => ({ balance: eb.ref('ledger_balances.balance') })))
+    .returning('balance')
+    .executeTakeFirstOrThrow();
   return row.balance;
 }
 
@@ -122,14 +123,21 @@ export interface LeaseMoney {
 
 /**
  * Tops the lease's escrow up to cover `usageMs` plus the periods ahead, from the job's hold.
- * Returns false when the hold could not cover the full target (low balance).
+ * Returns false when the hold could not cover the full target (low balance). A caller that knows
+ * the escrow's balance, or holds the hold's row locked (`lockedBalance`), passes them in `known`.
  */
-export async function fundLease(trx: Trx, lease: LeaseMoney, usageMs: bigint, cfg: EconomicsConfig): Promise<boolean> {
+export async function fundLease(
+  trx: Trx,
+  lease: LeaseMoney,
+  usageMs: bigint,
+  cfg: EconomicsConfig,
+  known: { escrow?: bigint; lockedHold?: bigint } = {},
+): Promise<boolean> {
   const target = costOf(lease.price_per_hour, usageMs + BigInt(cfg.meteringIntervalMs * cfg.escrowPeriods)) - lease.charged;
-  const escrow = await balanceOf(trx, escrowOf(lease.id));
+  const escrow = known.escrow ?? (await balanceOf(trx, escrowOf(lease.id)));
   const need = target - escrow;
   if (need <= 0n) return true;
-  const hold = await lockedBalance(trx, holdOf(lease.job_id));
+  const hold = known.lockedHold ?? (await lockedBalance(trx, holdOf(lease.job_id)));
   const amount = need < hold ? need : hold;
   if (amount > 0n) {
     await post(trx, {

@@ -8,7 +8,8 @@ import { canonicalJson, type FileRef, formatCredits, GridworkError, type JobSpec
 import { sha256Hex } from '@gridwork/protocol/node';
 import { capCharge, chargeUsage, plausibleUsage, releaseJob, returnEscrow, settleLease } from '../ledger/lease-economics.ts';
 import { enqueueForProvider } from '../providers/outbox.ts';
-import type { JobPurpose } from '../store/schema.ts';
+import type { Selectable } from 'kysely';
+import type { JobPurpose, JobsTable } from '../store/schema.ts';
 import { freeCapacity } from './capacity.ts';
 import type { LeaseOutcomeKind } from '../core/events.ts';
 import {
@@ -235,10 +236,14 @@ export class LeaseEnding {
     return true;
   }
 
-  /** Recomputes a job's state from its tasks (or forces an end); an ended job stops its open work and releases its hold. */
-  async refreshJob(uow: UnitOfWork, jobId: string, force?: { force: 'failed' | 'cancelled'; error: string }): Promise<JobState> {
+  /**
+   * Recomputes a job's state from its tasks (or forces an end); an ended job stops its open work
+   * and releases its hold. `locked`: the job's row as the caller locked it in this transaction,
+   * its state unchanged since (saves reading it again).
+   */
+  async refreshJob(uow: UnitOfWork, jobId: string, force?: { force: 'failed' | 'cancelled'; error: string }, locked?: Selectable<JobsTable>): Promise<JobState> {
     const { trx } = uow;
-    const job = await this.lockJob(trx, jobId);
+    const job = locked ?? (await this.lockJob(trx, jobId));
     // Counts, not rows: a 10,000-task job must not cost 10,000 rows per lease transition.
     const rows = await trx
       .selectFrom('tasks')

@@ -6,8 +6,8 @@
 import { type FileRef, formatCredits, type LeaseAssignment, newId } from '@gridwork/protocol';
 import { sha256Hex } from '@gridwork/protocol/node';
 import { randomBytes } from 'node:crypto';
-import { balanceOf, holdOf } from '../ledger/ledger.ts';
-import { costOf, fundLease } from '../ledger/lease-economics.ts';
+import { holdOf } from '../ledger/ledger.ts';
+import { costOf, fundLease, lockedBalance } from '../ledger/lease-economics.ts';
 import { milliN } from '../market/order-price.ts';
 import { enqueueForProvider } from '../providers/outbox.ts';
 import type { JobPurpose } from '../store/schema.ts';
@@ -34,8 +34,10 @@ export class Placements {
     if (task.state !== 'queued' || isTerminalJob(job.state)) return { status: 'gone' };
     // A check never runs on a provider it checks (the scheduler's order already excludes them).
     if (job.exclude_providers.includes(p.providerId) || (job.only_provider !== null && job.only_provider !== p.providerId)) return { status: 'gone' };
-    // The job's remaining budget must fund at least one metering period at this price.
-    if ((await balanceOf(trx, holdOf(job.id))) < costOf(p.pricePerHour, BigInt(this.parts.economics.meteringIntervalMs))) {
+    // The job's remaining budget must fund at least one metering period at this price (locked:
+    // the escrow below is drawn from it).
+    const hold = await lockedBalance(trx, holdOf(job.id));
+    if (hold < costOf(p.pricePerHour, BigInt(this.parts.economics.meteringIntervalMs))) {
       await this.parts.jobs.setFunding(uow, job.id, true);
       return { status: 'underfunded' };
     }
@@ -73,7 +75,10 @@ export class Placements {
       return { status: 'capacity-taken' };
     }
     if (job.low_balance_since) await this.parts.jobs.setFunding(uow, job.id, false);
-    await fundLease(trx, { id: leaseId, job_id: job.id, price_per_hour: p.pricePerHour, usage_ms: 0n, charged: 0n }, 0n, this.parts.economics);
+    await fundLease(trx, { id: leaseId, job_id: job.id, price_per_hour: p.pricePerHour, usage_ms: 0n, charged: 0n }, 0n, this.parts.economics, {
+      escrow: 0n, // a new lease's
+      lockedHold: hold,
+    });
     await trx.updateTable('tasks').set({ state: 'assigned', lease_id: leaseId, provider_id: p.providerId, error: null }).where('id', '=', task.id).execute();
     // A requeued task resumes from its latest checkpoint; a segment check from the checked lease's.
     const resume = await this.resumePoint(trx, task.id, job.id, job.purpose);
@@ -144,7 +149,7 @@ export class Placements {
       memMilli,
       endsAt: now.getTime() + timeoutSeconds * 1000,
     });
-    await this.parts.ending.refreshJob(uow, job.id);
+    await this.parts.ending.refreshJob(uow, job.id, undefined, job);
     return { status: 'placed', leaseId };
   }
 

@@ -51,9 +51,9 @@ export class ResultChecks {
    * lease of its task, or the start) through each of its checkpoints to the end. Empty without checkpoints.
    */
   async segmentsOf(db: Trx, leaseId: string): Promise<Segment[]> {
-    const lease = await db.selectFrom('leases').select(['task_id']).where('id', '=', leaseId).executeTakeFirstOrThrow();
     const own = (await db.selectFrom('checkpoints').select('step').where('lease_id', '=', leaseId).orderBy('step').execute()).map((c) => c.step);
     if (own.length === 0) return [];
+    const lease = await db.selectFrom('leases').select(['task_id']).where('id', '=', leaseId).executeTakeFirstOrThrow();
     const before = await db
       .selectFrom('checkpoints')
       .select('step')

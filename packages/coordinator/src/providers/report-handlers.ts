@@ -87,8 +87,7 @@ export const reportHandlers: Handlers = {
   async 'lease.finished'({ uow, providerId, lifecycle }, msg) {
     const lease = await lifecycle.leaseOf(uow, providerId, msg.leaseId);
     // L2: a signed commitment that does not match what is delivered is a proven fault.
-    const { audit_commitment } = await uow.trx.selectFrom('leases').select('audit_commitment').where('id', '=', lease.id).executeTakeFirstOrThrow();
-    const check = checkResultCommitment(providerId, audit_commitment, msg);
+    const check = checkResultCommitment(providerId, lease.audit_commitment, msg);
     if (!check.ok) {
       await lifecycle.fault(uow, lease.id, check.fault, check.detail, msg.commitment);
       return;

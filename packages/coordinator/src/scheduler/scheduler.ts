@@ -133,16 +133,18 @@ export class Scheduler {
   /** Queued tasks in fair-share order. */
   private async candidates(): Promise<Candidate[]> {
     const rows = await sql<Candidate & { max_per_hour: bigint | string }>`
-      with held as (
-        select j.owner, count(*) as n
-        from leases l join jobs j on j.id = l.job_id
-        where l.state in ('offered', 'starting', 'running')
-        group by j.owner
-      ), ranked as (
+      with ranked as (
         select t.id, t.idx, t.job_id, t.queued_at, j.owner, j.state as job_state, j.spec, j.max_per_hour, j.exclude_providers, j.only_provider,
                row_number() over (partition by j.owner order by t.queued_at, t.idx) as rank
         from tasks t join jobs j on j.id = t.job_id
         where t.state = 'queued'
+      ), held as (
+        -- Only the owners with queued work: an empty queue (most passes on an idle network)
+        -- costs no scan of every active lease.
+        select j.owner, count(*) as n
+        from leases l join jobs j on j.id = l.job_id
+        where l.state in ('offered', 'starting', 'running') and j.owner in (select owner from ranked)
+        group by j.owner
       )
       select r.id, r.job_id, r.job_state, r.spec, r.max_per_hour, r.queued_at, r.exclude_providers, r.only_provider,
              (select coalesce(array_agg(distinct l.provider_id), '{}') from leases l where l.task_id = r.id and l.state = 'lost') as failed_on
