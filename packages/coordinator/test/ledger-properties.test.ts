@@ -358,6 +358,57 @@ for (const store of ['pglite', 'postgres'] as const) {
       assert.equal(await balanceOf(db, available(who)), 5n);
     });
 
+    test('a refused transfer writes nothing: its transaction goes on, and its key stays free', async () => {
+      const who = accountId();
+      const key = newId('req');
+      const transfer = (amount: bigint) => ({
+        kind: 'withdraw',
+        key,
+        postings: [
+          { account: available(who), amount: -amount },
+          { account: WORLD, amount },
+        ],
+      });
+      await db.transaction().execute((trx) =>
+        post(trx, {
+          kind: 'deposit',
+          key: newId('req'),
+          postings: [
+            { account: WORLD, amount: -10n },
+            { account: available(who), amount: 10n },
+          ],
+        }),
+      );
+      const outcome = await db.transaction().execute(async (trx) => {
+        await assert.rejects(post(trx, transfer(11n)), (err: unknown) => err instanceof GridworkError && err.code === 'INSUFFICIENT_FUNDS');
+        // The same transaction goes on; the key was not used up by the refusal.
+        return post(trx, transfer(4n));
+      });
+      assert.equal(outcome, 'posted');
+      assert.equal(await balanceOf(db, available(who)), 6n);
+      const rows = await db.selectFrom('ledger_transactions').select('id').where('idempotency_key', '=', key).execute();
+      assert.equal(rows.length, 1);
+    });
+
+    test('twins racing with one key in concurrent transactions move money once', async () => {
+      const who = accountId();
+      const key = newId('req');
+      const t = {
+        kind: 'deposit',
+        key,
+        postings: [
+          { account: WORLD, amount: -3n },
+          { account: available(who), amount: 3n },
+        ],
+      };
+      const results = await Promise.all(Array.from({ length: 8 }, () => db.transaction().execute((trx) => post(trx, t))));
+      assert.deepEqual(results.filter((r) => r === 'posted').length, 1);
+      assert.deepEqual(results.filter((r) => r === 'duplicate').length, 7);
+      assert.equal(await balanceOf(db, available(who)), 3n);
+      const audit = await verifyLedger(db);
+      assert.deepEqual(audit.mismatched, []);
+    });
+
     test('an unbalanced transaction is refused before anything is written', async () => {
       const who = accountId();
       const key = newId('req');

@@ -140,10 +140,12 @@ export class Scheduler {
         where t.state = 'queued'
       ), held as (
         -- Only the owners with queued work: an empty queue (most passes on an idle network)
-        -- costs no scan of every active lease.
+        -- costs no scan of every active lease. (Not read from ranked: a second reference would
+        -- make PostgreSQL store every queued row, specs included.)
         select j.owner, count(*) as n
         from leases l join jobs j on j.id = l.job_id
-        where l.state in ('offered', 'starting', 'running') and j.owner in (select owner from ranked)
+        where l.state in ('offered', 'starting', 'running')
+          and j.owner in (select qj.owner from tasks qt join jobs qj on qj.id = qt.job_id where qt.state = 'queued')
         group by j.owner
       )
       select r.id, r.job_id, r.job_state, r.spec, r.max_per_hour, r.queued_at, r.exclude_providers, r.only_provider,
