@@ -75,27 +75,28 @@ export class Units {
   }
 }
 
+/**
+ * One statement per 1,000 events: it moves the head and inserts the events at the positions it
+ * frees (the lock on the head row is then held from here to the commit).
+ */
 async function appendEvents(trx: Trx, events: readonly DomainEvent[]): Promise<StoredEvent[]> {
-  if (events.length === 0) return [];
-  const head = await trx
-    .updateTable('event_head')
-    .set((eb) => ({ position: eb('position', '+', BigInt(events.length)) }))
-    .where('id', '=', 1)
-    .returning('position')
-    .executeTakeFirstOrThrow();
-  const first = head.position - BigInt(events.length) + 1n;
   const at = new Date();
-  const stored = events.map((e, i): StoredEvent => ({ ...e, position: first + BigInt(i), at }));
-  for (let i = 0; i < stored.length; i += 1000) {
-    await trx
-      .insertInto('events')
-      .values(
-        stored.slice(i, i + 1000).map((e) => {
-          const { position, at: _at, type, ...data } = e;
-          return { position, type, job_id: jobOf(e), provider_id: providerOf(e), data: JSON.stringify(data), at };
-        }),
+  const stored: StoredEvent[] = [];
+  for (let i = 0; i < events.length; i += 1000) {
+    const part = events.slice(i, i + 1000);
+    const n = part.length;
+    const rows = await sql<{ first: string }>`
+      with h as (update event_head set position = position + ${n} where id = 1 returning position),
+      appended as (
+        insert into events (position, type, job_id, provider_id, data, at)
+        select h.position - ${n} + u.ord, u.type, u.job_id, u.provider_id, u.data::jsonb, ${at}
+        from h, unnest(${part.map((x) => x.type)}::text[], ${part.map((x) => jobOf(x))}::text[], ${part.map((x) => providerOf(x))}::text[], ${part.map(
+          ({ type: _type, ...data }) => JSON.stringify(data),
+        )}::text[]) with ordinality as u(type, job_id, provider_id, data, ord)
       )
-      .execute();
+      select (position - ${n} + 1)::text as first from h`.execute(trx);
+    const first = BigInt((rows.rows[0] as { first: string }).first);
+    part.forEach((e, k) => stored.push({ ...e, position: first + BigInt(k), at }));
   }
   return stored;
 }
