@@ -96,7 +96,7 @@ async function appendEvents(trx: Trx, events: readonly DomainEvent[]): Promise<S
       )
       select (position - ${n} + 1)::text as first from h`.execute(trx);
     const first = BigInt((rows.rows[0] as { first: string }).first);
-    part.forEach((e, k) => stored.push({ ...e, position: first + BigInt(k), at }));
+    for (const [k, e] of part.entries()) stored.push({ ...e, position: first + BigInt(k), at });
   }
   return stored;
 }
