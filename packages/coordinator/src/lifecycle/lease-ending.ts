@@ -238,12 +238,13 @@ export class LeaseEnding {
 
   /**
    * Recomputes a job's state from its tasks (or forces an end); an ended job stops its open work
-   * and releases its hold. `locked`: the job's row as the caller locked it in this transaction,
-   * its state unchanged since (saves reading it again).
+   * and releases its hold. `of`: the job's id, or its row as the caller locked it in this
+   * transaction with its state unchanged since (saves reading it again).
    */
-  async refreshJob(uow: UnitOfWork, jobId: string, force?: { force: 'failed' | 'cancelled'; error: string }, locked?: Selectable<JobsTable>): Promise<JobState> {
+  async refreshJob(uow: UnitOfWork, of: string | Selectable<JobsTable>, force?: { force: 'failed' | 'cancelled'; error: string }): Promise<JobState> {
     const { trx } = uow;
-    const job = locked ?? (await this.lockJob(trx, jobId));
+    const job = typeof of === 'string' ? await this.lockJob(trx, of) : of;
+    const jobId = job.id;
     // Counts, not rows: a 10,000-task job must not cost 10,000 rows per lease transition.
     const rows = await trx
       .selectFrom('tasks')

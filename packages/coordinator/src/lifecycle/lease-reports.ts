@@ -97,7 +97,7 @@ export class LeaseReports {
     if (task.lease_id === lease.id && task.state === 'assigned' && !isTerminalJob(job.state)) {
       assertTransition('task', task.id, task.state, 'running');
       await trx.updateTable('tasks').set({ state: 'running', started_at: now }).where('id', '=', task.id).execute();
-      await this.parts.ending.refreshJob(uow, lease.job_id, undefined, job);
+      await this.parts.ending.refreshJob(uow, job);
     }
   }
 

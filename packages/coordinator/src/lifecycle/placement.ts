@@ -149,7 +149,7 @@ export class Placements {
       memMilli,
       endsAt: now.getTime() + timeoutSeconds * 1000,
     });
-    await this.parts.ending.refreshJob(uow, job.id, undefined, job);
+    await this.parts.ending.refreshJob(uow, job);
     return { status: 'placed', leaseId };
   }
 
