@@ -23,16 +23,7 @@ import { verifyLedger } from '../src/ledger/ledger.ts';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const WAIT_MS = 90_000;
-const VERIFICATION = {
-  windowMs: 300_000,
-  probationTasks: 0,
-  minAuditRate: 0,
-  maxAuditRate: 1,
-  canaryRate: 0,
-  genesisFees: '50',
-  minSlash: '5',
-  checkTimeoutMs: 300_000,
-};
+const VERIFICATION = { windowMs: 300_000, probationTasks: 0, minAuditRate: 0, maxAuditRate: 1, canaryRate: 0, genesisFees: '50', minSlash: '5', checkTimeoutMs: 300_000 };
 
 function spec(name: string, region: string): JobSpec {
   return {
@@ -49,12 +40,7 @@ function spec(name: string, region: string): JobSpec {
 /** A provider that makes its results up instead of computing them. */
 const madeUp = async (outputsDir: string) => writeFile(join(outputsDir, 'result.txt'), 'a result nobody computed\n');
 
-async function call<T>(
-  url: string,
-  identity: Identity,
-  method: 'GET' | 'POST',
-  path: string,
-): Promise<{ status: number; body: T & { error?: { code: string; message: string } } }> {
+async function call<T>(url: string, identity: Identity, method: 'GET' | 'POST', path: string): Promise<{ status: number; body: T & { error?: { code: string; message: string } } }> {
   const res = await fetch(new URL(path, url), { method, headers: signRequest(identity, method, path) });
   return { status: res.status, body: (await res.json()) as T & { error?: { code: string; message: string } } };
 }
@@ -78,14 +64,10 @@ for (const store of ['pglite', 'postgres'] as StoreKind[]) {
 
     async function run(client: GridworkClient, name: string, region: string): Promise<JobView> {
       const submitted = await client.submit(spec(name, region), { baseDir: join(here, 'fixtures') });
-      return until(
-        () => client.get(submitted.id),
-        (j) => j.state === 'verifying' || j.state === 'failed' || j.state === 'succeeded',
-        {
-          timeoutMs: WAIT_MS,
-          what: `${name} to finish`,
-        },
-      );
+      return until(() => client.get(submitted.id), (j) => j.state === 'verifying' || j.state === 'failed' || j.state === 'succeeded', {
+        timeoutMs: WAIT_MS,
+        what: `${name} to finish`,
+      });
     }
 
     before(async () => {
@@ -136,11 +118,7 @@ for (const store of ['pglite', 'postgres'] as StoreKind[]) {
       assert.equal(again.status, 409);
       assert.equal(again.body.error?.code, 'DISPUTE_EXISTS');
 
-      const decided = await until(
-        () => r2.client.get(job2.id),
-        (j) => j.state === 'failed',
-        { timeoutMs: WAIT_MS, what: 'the dispute to be decided' },
-      );
+      const decided = await until(() => r2.client.get(job2.id), (j) => j.state === 'failed', { timeoutMs: WAIT_MS, what: 'the dispute to be decided' });
       const t2 = taskOf(decided);
       assert.equal(t2.verification?.state, 'failed');
       assert.match(decided.error ?? '', /failed verification/);
@@ -155,11 +133,7 @@ for (const store of ['pglite', 'postgres'] as StoreKind[]) {
       // Backtracking: job one's result (never audited) is audited; the auditor disagrees, a referee sides with it.
       const job1 = jobs[0] as JobView;
       const r1 = requesters[0] as { client: GridworkClient };
-      const refuted = await until(
-        () => r1.client.get(job1.id),
-        (j) => j.state === 'failed',
-        { timeoutMs: WAIT_MS, what: 'the re-audit of job one' },
-      );
+      const refuted = await until(() => r1.client.get(job1.id), (j) => j.state === 'failed', { timeoutMs: WAIT_MS, what: 'the re-audit of job one' });
       const t1 = taskOf(refuted);
       assert.equal(t1.verification?.state, 'failed');
       const kinds = Object.fromEntries((t1.verification?.checks ?? []).map((c) => [c.kind, `${c.state}/${c.outcome}`]));
@@ -178,11 +152,7 @@ for (const store of ['pglite', 'postgres'] as StoreKind[]) {
         ['10'],
       );
       const { db } = internalsOf(net.coordinator);
-      const p = await db
-        .selectFrom('providers')
-        .select(['faults_proven', 'audits_failed', 'stake_slashed'])
-        .where('id', '=', net.identityOf(cheater).publicKey)
-        .executeTakeFirstOrThrow();
+      const p = await db.selectFrom('providers').select(['faults_proven', 'audits_failed', 'stake_slashed']).where('id', '=', net.identityOf(cheater).publicKey).executeTakeFirstOrThrow();
       assert.equal(p.stake_slashed, parseCredits('10'));
       assert.equal(p.audits_failed, 2);
       await until(
@@ -224,12 +194,7 @@ for (const store of ['pglite', 'postgres'] as StoreKind[]) {
       // The verifier turns an audit-confirmed answer into a canary now and then; aim one at the lazy provider.
       const { units, db, lifecycle } = internalsOf(net.coordinator);
       const checkId = await units.run((uow) =>
-        lifecycle.openCheck(uow, {
-          kind: 'canary',
-          leaseId: t3.leaseId as string,
-          expectedDigest: t3.outputDigest as string,
-          only: net.identityOf(lazy).publicKey,
-        }),
+        lifecycle.openCheck(uow, { kind: 'canary', leaseId: t3.leaseId as string, expectedDigest: t3.outputDigest as string, only: net.identityOf(lazy).publicKey }),
       );
       const done = await until(
         () => db.selectFrom('verifications').selectAll().where('id', '=', checkId).executeTakeFirstOrThrow(),
@@ -268,18 +233,10 @@ for (const store of ['pglite', 'postgres'] as StoreKind[]) {
 
       // The window closes: the result is paid, and a dispute comes too late.
       const { db } = internalsOf(net.coordinator);
-      await db
-        .updateTable('leases')
-        .set({ settle_at: new Date(Date.now() - 1000) })
-        .where('id', '=', taskOf(job3).leaseId as string)
-        .execute();
+      await db.updateTable('leases').set({ settle_at: new Date(Date.now() - 1000) }).where('id', '=', taskOf(job3).leaseId as string).execute();
       const late = await call(net.coordinator.url, r3.identity, 'POST', `/v1/jobs/${job3.id}/tasks/0/dispute`);
       assert.deepEqual([late.status, late.body.error?.code], [409, 'DISPUTE_WINDOW_CLOSED']);
-      const settled = await until(
-        () => r3.client.get(job3.id),
-        (j) => j.state === 'succeeded',
-        { what: 'the window to close and pay the result' },
-      );
+      const settled = await until(() => r3.client.get(job3.id), (j) => j.state === 'succeeded', { what: 'the window to close and pay the result' });
       assert.equal(taskOf(settled).verification?.state, 'verified');
       const audit = await verifyLedger(db);
       assert.equal(audit.total, 0n);
