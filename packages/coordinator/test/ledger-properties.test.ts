@@ -31,6 +31,16 @@ import { postgresUrl, uniqueSchema } from '@gridwork/testkit';
 
 const economics = resolveEconomics({ meteringIntervalMs: 1000, feeBps: 200, reserveBps: 25 });
 const accountId = () => randomBytes(32).toString('base64url');
+/** Credits `amount` to `who` from outside (a deposit), under `key`. */
+const depositTx = (who: string, amount: bigint, key = newId('req'), requestDigest?: string): LedgerTx => ({
+  kind: 'deposit',
+  key,
+  ...(requestDigest === undefined ? {} : { requestDigest }),
+  postings: [
+    { account: WORLD, amount: -amount },
+    { account: available(who), amount },
+  ],
+});
 
 type Cmd =
   | { op: 'deposit'; who: number; amount: bigint }
@@ -107,16 +117,7 @@ async function runSequence(db: Db, cmds: Cmd[]): Promise<void> {
   for (const c of cmds) {
     switch (c.op) {
       case 'deposit':
-        await tx((trx) =>
-          post(trx, {
-            kind: 'deposit',
-            key: newId('req'),
-            postings: [
-              { account: WORLD, amount: -c.amount },
-              { account: available(requesters[c.who] as string), amount: c.amount },
-            ],
-          }),
-        );
+        await tx((trx) => post(trx, depositTx(requesters[c.who] as string, c.amount)));
         break;
       case 'withdraw': {
         const who = everyone[c.who] as string;
@@ -314,14 +315,7 @@ for (const store of ['pglite', 'postgres'] as const) {
     test('posting the same idempotency key twice moves money once', async () => {
       const who = accountId();
       const key = newId('req');
-      const t = {
-        kind: 'deposit',
-        key,
-        postings: [
-          { account: WORLD, amount: -5n },
-          { account: available(who), amount: 5n },
-        ],
-      };
+      const t = depositTx(who, 5n, key);
       assert.equal(await db.transaction().execute((trx) => post(trx, t)), 'posted');
       assert.equal(await db.transaction().execute((trx) => post(trx, t)), 'duplicate');
       assert.equal(await balanceOf(db, available(who)), 5n);
@@ -330,29 +324,9 @@ for (const store of ['pglite', 'postgres'] as const) {
     test('the same key with another request is refused', async () => {
       const who = accountId();
       const key = newId('req');
-      await db.transaction().execute((trx) =>
-        post(trx, {
-          kind: 'deposit',
-          key,
-          requestDigest: 'a',
-          postings: [
-            { account: WORLD, amount: -5n },
-            { account: available(who), amount: 5n },
-          ],
-        }),
-      );
+      await db.transaction().execute((trx) => post(trx, depositTx(who, 5n, key, 'a')));
       await assert.rejects(
-        db.transaction().execute((trx) =>
-          post(trx, {
-            kind: 'deposit',
-            key,
-            requestDigest: 'b',
-            postings: [
-              { account: WORLD, amount: -7n },
-              { account: available(who), amount: 7n },
-            ],
-          }),
-        ),
+        db.transaction().execute((trx) => post(trx, depositTx(who, 7n, key, 'b'))),
         (err: unknown) => err instanceof GridworkError && err.code === 'IDEMPOTENCY_CONFLICT',
       );
       assert.equal(await balanceOf(db, available(who)), 5n);
@@ -369,16 +343,7 @@ for (const store of ['pglite', 'postgres'] as const) {
           { account: WORLD, amount },
         ],
       });
-      await db.transaction().execute((trx) =>
-        post(trx, {
-          kind: 'deposit',
-          key: newId('req'),
-          postings: [
-            { account: WORLD, amount: -10n },
-            { account: available(who), amount: 10n },
-          ],
-        }),
-      );
+      await db.transaction().execute((trx) => post(trx, depositTx(who, 10n)));
       const outcome = await db.transaction().execute(async (trx) => {
         await assert.rejects(post(trx, transfer(11n)), (err: unknown) => err instanceof GridworkError && err.code === 'INSUFFICIENT_FUNDS');
         // The same transaction goes on; the key was not used up by the refusal.
@@ -393,17 +358,10 @@ for (const store of ['pglite', 'postgres'] as const) {
     test('twins racing with one key in concurrent transactions move money once', async () => {
       const who = accountId();
       const key = newId('req');
-      const t = {
-        kind: 'deposit',
-        key,
-        postings: [
-          { account: WORLD, amount: -3n },
-          { account: available(who), amount: 3n },
-        ],
-      };
+      const t = depositTx(who, 3n, key);
       const results = await Promise.all(Array.from({ length: 8 }, () => db.transaction().execute((trx) => post(trx, t))));
-      assert.deepEqual(results.filter((r) => r === 'posted').length, 1);
-      assert.deepEqual(results.filter((r) => r === 'duplicate').length, 7);
+      assert.equal(results.filter((r) => r === 'posted').length, 1);
+      assert.equal(results.filter((r) => r === 'duplicate').length, 7);
       assert.equal(await balanceOf(db, available(who)), 3n);
       const audit = await verifyLedger(db);
       assert.deepEqual(audit.mismatched, []);

@@ -246,8 +246,18 @@ for (const store of ['pglite', 'postgres'] as const) {
       return { bus, units, lifecycle };
     };
 
+    /** A scheduler whose market holds `provider` alone: the other tests' providers stay out of it. */
+    const schedulerOf = async (q: Awaited<ReturnType<typeof emptyQueue>>, provider: string, epoch?: () => bigint | null) => {
+      const market = new Market(db);
+      await market.load();
+      await market.setConnected(provider, true, Date.now());
+      const auctions = new Auctions({ log, announce: () => 0, closed: () => {} });
+      return new Scheduler({ db, units: q.units, lifecycle: q.lifecycle, log, market, auctions, ...(epoch ? { epoch } : {}) });
+    };
+
     it('fair share: a one-task job queued behind a 40-task job of another account is placed in the first pass', async () => {
-      const { bus, units, lifecycle } = await emptyQueue();
+      const q = await emptyQueue();
+      const { bus, units, lifecycle } = q;
       const big = generateIdentity().publicKey;
       const small = generateIdentity().publicKey;
       await fund(db, big, 1_000_000_000n);
@@ -255,10 +265,7 @@ for (const store of ['pglite', 'postgres'] as const) {
       const provider = await addProvider(db, units, lifecycle, { slots: 4, cores: 4 });
       const [bigJob] = await submit(units, lifecycle, big, spec({ name: 'big' }), 40);
       const [smallJob] = await submit(units, lifecycle, small, spec({ name: 'small' }), 1);
-      const market = new Market(db);
-      await market.load();
-      await market.setConnected(provider, true, Date.now()); // the other tests' providers stay out of this market
-      const scheduler = new Scheduler({ db, units, lifecycle, log, market, auctions: new Auctions({ log, announce: () => 0, closed: () => {} }) });
+      const scheduler = await schedulerOf(q, provider);
       await scheduler.kick();
       await scheduler.close();
       await bus.close();
@@ -271,16 +278,14 @@ for (const store of ['pglite', 'postgres'] as const) {
     // PGlite has one connection: nothing else could hold the job's row.
     if (store === 'postgres')
       it("a placement never waits for a job's row while its unit holds provider rows: that task waits for the next pass", async () => {
-        const { bus, units, lifecycle } = await emptyQueue();
+        const q = await emptyQueue();
+        const { bus, units, lifecycle } = q;
         const owner = generateIdentity().publicKey;
         await fund(db, owner, 1_000_000_000n);
         const provider = await addProvider(db, units, lifecycle, { slots: 2, cores: 2 });
         const [first] = await submit(units, lifecycle, owner, spec({ name: 'first' }), 1);
         const [held] = await submit(units, lifecycle, owner, spec({ name: 'held' }), 1);
-        const market = new Market(db);
-        await market.load();
-        await market.setConnected(provider, true, Date.now());
-        const scheduler = new Scheduler({ db, units, lifecycle, log, market, auctions: new Auctions({ log, announce: () => 0, closed: () => {} }) });
+        const scheduler = await schedulerOf(q, provider);
         const stateOf = async (job: string) => (await db.selectFrom('tasks').select('state').where('job_id', '=', job).executeTakeFirstOrThrow()).state;
         const other = new pg.Client({ connectionString: postgresUrl() });
         await other.connect();
@@ -301,21 +306,19 @@ for (const store of ['pglite', 'postgres'] as const) {
       });
 
     it('only the leader schedules: a replica that does not lead places nothing, nor does a leader whose term has ended', async () => {
-      const { bus, units, lifecycle } = await emptyQueue();
+      const q = await emptyQueue();
+      const { bus, units, lifecycle } = q;
       const owner = generateIdentity().publicKey;
       await fund(db, owner, 1_000_000_000n);
       const provider = await addProvider(db, units, lifecycle, { slots: 2, cores: 2 });
       const [job] = await submit(units, lifecycle, owner, spec({ name: 'fenced' }), 1);
-      const market = new Market(db);
-      await market.load();
-      await market.setConnected(provider, true, Date.now());
       await db
         .insertInto('coordinator_leader')
         .values({ id: 1, epoch: 3n, holder: 'test', since: new Date() })
         .onConflict((oc) => oc.column('id').doUpdateSet({ epoch: 3n }))
         .execute();
       let epoch: bigint | null = null;
-      const scheduler = new Scheduler({ db, units, lifecycle, log, market, auctions: new Auctions({ log, announce: () => 0, closed: () => {} }), epoch: () => epoch });
+      const scheduler = await schedulerOf(q, provider, () => epoch);
       const taskState = async () => (await db.selectFrom('tasks').select('state').where('job_id', '=', job as string).executeTakeFirstOrThrow()).state;
       try {
         await scheduler.kick();
