@@ -49,8 +49,10 @@ describe('gridwork sim load', { timeout: 300_000 }, () => {
     assert.ok(doc.load.submitToRunningMs.p50 > 0 && doc.load.submitToRunningMs.p99 >= doc.load.submitToRunningMs.p50);
     assert.equal(doc.failureDetection.silenced, 4);
     assert.equal(doc.failureDetection.undetected, 0);
-    // Silent for the heartbeat timeout (3 × 1000 ms) at least.
-    assert.ok((doc.failureDetection.detectedMs?.max ?? 0) >= 3000);
+    // Not declared offline early: the timeout (3 × 1000 ms) runs from the last heartbeat heard,
+    // which may precede the silencing by up to one interval (1000 ms): 2000 ms after it at least.
+    // (CI once saw a max under 3000 ms, with the provider detected correctly.)
+    assert.ok((doc.failureDetection.detectedMs?.max ?? 0) >= 2000, JSON.stringify(doc.failureDetection));
     assert.ok(doc.failover.ms !== null && doc.failover.ms > 0, 'the office moved after the leader was killed');
     assert.deepEqual(
       doc.goals.map((g) => g.id),
