@@ -489,6 +489,19 @@ describe('sandbox runtime', () => {
       assert.equal(result.exitCode, 0, out.stderr);
     });
 
+    test('a node task of 1 GiB may start a worker thread (V8 reserves more address space than that; it aborted under a 1 GiB limit)', async () => {
+      const t = await makeTask({
+        'worker.js': `
+          const { Worker } = require('node:worker_threads');
+          new Worker('require("node:worker_threads").parentPort.postMessage(42)', { eval: true }).on('message', (m) => console.log('worker answered ' + m));
+        `,
+      });
+      const { req, out } = request(t, ['node', 'worker.js'], { memoryBytes: 1 * GiB });
+      const result = await runtime.run(req);
+      assert.equal(result.exitCode, 0, `${JSON.stringify(result)} ${out.stderr.slice(0, 500)}`);
+      assert.equal(out.stdout, 'worker answered 42\n');
+    });
+
     test('/tmp cannot grow past the memory limit', async () => {
       const t = await makeTask();
       const { req, out } = request(t, ['sh', '-c', 'head -c 1100000000 /dev/zero > /tmp/fill'], { memoryBytes: 1 * GiB });

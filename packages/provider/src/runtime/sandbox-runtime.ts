@@ -52,8 +52,12 @@ import { assertNetworkTools, networkNamespacePrefix, startTaskNetwork, TASK_RESO
  * process, which alone bounds nothing: a task forks as many processes as it may, each with the whole allowance.
  * Node/V8 reserves a lot of virtual memory up front; measured on Node 20.20 x64 (this machine): `node -e 1` needs
  * about 712 MiB, a script touching a 64 MiB buffer about 800 MiB, each worker thread about 700 MiB more (one worker
- * needed ~1.4 GiB). So address-space limits below MIN_SANDBOX_MEMORY_BYTES (1 GiB) are raised to it, to let a plain
- * Node task start; the cgroup counts real use and is not raised. Each tmpfs is also capped at that byte count.
+ * needed ~1.4 GiB). So address-space limits below MIN_ADDRESS_SPACE_BYTES (4 GiB) are raised to it; the cgroup
+ * counts real use and is not raised. (The floor was 1 GiB, which let a plain Node task start but not finish: the
+ * demo's 12,000-step training reaches a VmPeak of 1,065 MiB with 72 MiB resident, and aborted with SIGABRT (exit
+ * 134) now and then near its end, when V8 could not reserve address space; a worker thread under 1 GiB always
+ * does: "Fatal process OOM in Failed to reserve virtual memory for CodeRange".) Each tmpfs is capped at
+ * max(req.memoryBytes, MIN_SANDBOX_MEMORY_BYTES).
  * Where no memory cgroup can be made (a warning says so), taskMemoryBounded() is false and the agent runs one
  * task at a time (task-slots.ts): the per-process limits are all there is.
  *
@@ -84,8 +88,11 @@ import { assertNetworkTools, networkNamespacePrefix, startTaskNetwork, TASK_RESO
 
 export const SANDBOX_INSTALL_HINT = 'install bubblewrap (apt-get install -y bubblewrap) or use --runtime process';
 
-/** Floor for the address-space limit: below ~712 MiB Node cannot start at all (see the header comment). */
+/** Floor for each tmpfs's size (/tmp, /dev/shm). */
 export const MIN_SANDBOX_MEMORY_BYTES = 1024 ** 3;
+
+/** Floor for the address-space limit: V8 reserves far more than it uses (see the header comment). */
+export const MIN_ADDRESS_SPACE_BYTES = 4 * 1024 ** 3;
 
 /** The unprivileged uid/gid tasks run as when the agent is root ("nobody" on Debian). */
 export const SANDBOX_TASK_ID = 65534;
@@ -256,7 +263,7 @@ export async function buildSandboxArgv(
     ...(plan.nice === undefined ? [] : [plan.nicePath, '-n', String(plan.nice)]),
     ...dropPrefix(opts.setprivPath, opts.dropRoot, plan.uid),
     opts.prlimitPath,
-    `--as=${memory}`,
+    `--as=${Math.max(memory, MIN_ADDRESS_SPACE_BYTES)}`,
     `--fsize=${Math.floor(req.diskBytes)}`,
     ...(plan.nproc === undefined ? [] : [`--nproc=${plan.nproc}`]),
     '--',
@@ -436,7 +443,7 @@ export class SandboxRuntime implements Runtime {
     const argv = [
       ...dropPrefix(this.setprivPath, this.dropRoot),
       this.prlimitPath,
-      `--as=${MIN_SANDBOX_MEMORY_BYTES}`,
+      `--as=${MIN_ADDRESS_SPACE_BYTES}`,
       '--',
       this.bwrapPath,
       '--unshare-all',
