@@ -23,7 +23,7 @@ import {
 } from '../core/state-machine.ts';
 import type { Trx, UnitOfWork } from '../core/unit-of-work.ts';
 import { limitMsOf } from '../core/time-limit.ts';
-import type { LifecycleParts, LeaseOutcome, LeaseRow } from './lifecycle.ts';
+import type { LifecycleParts, LeaseKey, LeaseOutcome, LeaseRow } from './lifecycle.ts';
 
 /** Digest over a task's outputs, stable across providers: sha256 of the canonical sorted list. */
 export function outputDigest(outputs: readonly FileRef[]): string {
@@ -79,10 +79,11 @@ export class LeaseEnding {
   }
 
   /** Ends an active lease with its outcome; the task follows (succeeded, failed, requeued) and so does the job. */
-  async end(uow: UnitOfWork, leaseId: string, outcome: LeaseOutcome): Promise<boolean> {
+  async end(uow: UnitOfWork, key: LeaseKey, outcome: LeaseOutcome): Promise<boolean> {
     const { trx } = uow;
-    const peek = await trx.selectFrom('leases').select(['job_id', 'state']).where('id', '=', leaseId).executeTakeFirst();
-    if (!peek || !isActiveLease(peek.state)) return false;
+    const leaseId = typeof key === 'string' ? key : key.id;
+    const peek = typeof key === 'string' ? await trx.selectFrom('leases').select(['job_id', 'state']).where('id', '=', leaseId).executeTakeFirst() : key;
+    if (!peek || ('state' in peek && !isActiveLease(peek.state))) return false;
     const job = await this.lockJob(trx, peek.job_id);
     const lease = await trx.selectFrom('leases').selectAll().where('id', '=', leaseId).forNoKeyUpdate().executeTakeFirstOrThrow();
     if (!isActiveLease(lease.state)) return false;

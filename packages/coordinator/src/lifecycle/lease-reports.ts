@@ -11,7 +11,7 @@ import type { ProviderFaultKind } from '../core/events.ts';
 import { ACTIVE_LEASE_STATES, assertTransition, isActiveLease, isTerminalJob } from '../core/state-machine.ts';
 import type { Trx, UnitOfWork } from '../core/unit-of-work.ts';
 import { limitMsOf } from '../core/time-limit.ts';
-import type { LifecycleParts, LeaseOutcome, ResultCommitment, LeaseRow } from './lifecycle.ts';
+import type { LifecycleParts, LeaseKey, LeaseOutcome, ResultCommitment, LeaseRow } from './lifecycle.ts';
 
 /** How long after the coordinator stopped a lease its agent's last log lines are still kept. */
 const CLOSING_LOGS_MS = 30_000;
@@ -238,13 +238,13 @@ export class LeaseReports {
   }
 
   /** The task ran to its end on the provider: it succeeded, or the workload failed by itself. */
-  finish(uow: UnitOfWork, leaseId: string, outcome: Extract<LeaseOutcome, { kind: 'completed' | 'failed' }>): Promise<boolean> {
-    return this.parts.ending.end(uow, leaseId, outcome);
+  finish(uow: UnitOfWork, lease: LeaseKey, outcome: Extract<LeaseOutcome, { kind: 'completed' | 'failed' }>): Promise<boolean> {
+    return this.parts.ending.end(uow, lease, outcome);
   }
 
   /** The provider failed the task (crash, lost contact, setup error): it is retried elsewhere, up to the job's retries. */
-  lose(uow: UnitOfWork, leaseId: string, error: string): Promise<boolean> {
-    return this.parts.ending.end(uow, leaseId, { kind: 'lost', error });
+  lose(uow: UnitOfWork, lease: LeaseKey, error: string): Promise<boolean> {
+    return this.parts.ending.end(uow, lease, { kind: 'lost', error });
   }
 
   /**

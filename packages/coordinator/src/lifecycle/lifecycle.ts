@@ -69,10 +69,15 @@ export interface NewJob {
 
 export interface Placement {
   taskId: string;
+  /** The task's job, when the caller knows it (the scheduler does): saves looking it up before the job is locked. */
+  jobId?: string;
   providerId: string;
   pricePerHour: bigint;
   gpus: number[];
 }
+
+/** A lease, by id, or by the row its caller read (its job known: no look-up before the job is locked). */
+export type LeaseKey = string | { id: string; job_id: string };
 
 /** A check of a lease's result: another provider re-executes its task (verify/verification.ts decides what the result means). */
 export interface NewCheck {

@@ -27,11 +27,11 @@ export class Placements {
    */
   async place(uow: UnitOfWork, p: Placement): Promise<PlaceResult> {
     const { trx } = uow;
-    const peek = await trx.selectFrom('tasks').select('job_id').where('id', '=', p.taskId).executeTakeFirst();
-    if (!peek) return { status: 'gone' };
-    const job = await this.parts.ending.lockJob(trx, peek.job_id); // job before task: the lock order of every command
-    const task = await trx.selectFrom('tasks').selectAll().where('id', '=', p.taskId).forNoKeyUpdate().executeTakeFirstOrThrow();
-    if (task.state !== 'queued' || isTerminalJob(job.state)) return { status: 'gone' };
+    const jobId = p.jobId ?? (await trx.selectFrom('tasks').select('job_id').where('id', '=', p.taskId).executeTakeFirst())?.job_id;
+    if (!jobId) return { status: 'gone' };
+    const job = await this.parts.ending.lockJob(trx, jobId); // job before task: the lock order of every command
+    const task = await trx.selectFrom('tasks').selectAll().where('id', '=', p.taskId).forNoKeyUpdate().executeTakeFirst();
+    if (!task || task.job_id !== job.id || task.state !== 'queued' || isTerminalJob(job.state)) return { status: 'gone' };
     // A check never runs on a provider it checks (the scheduler's order already excludes them).
     if (job.exclude_providers.includes(p.providerId) || (job.only_provider !== null && job.only_provider !== p.providerId)) return { status: 'gone' };
     // The job's remaining budget must fund at least one metering period at this price (locked:

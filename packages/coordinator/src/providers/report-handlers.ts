@@ -105,12 +105,12 @@ export const reportHandlers: Handlers = {
     const outcome = outcomeOf(msg.outcome, msg.durationMs, msg.outputs);
     // A service replica never ends by itself: one that exited (or was stopped unhealthy) is replaced.
     if (lease.service_token !== null && outcome.kind !== 'lost') {
-      await lifecycle.lose(uow, lease.id, `service replica ended: ${outcome.kind === 'failed' ? outcome.error : 'exited with code 0'}`);
+      await lifecycle.lose(uow, lease, `service replica ended: ${outcome.kind === 'failed' ? outcome.error : 'exited with code 0'}`);
       return;
     }
-    if (outcome.kind === 'lost') await lifecycle.lose(uow, lease.id, outcome.error);
+    if (outcome.kind === 'lost') await lifecycle.lose(uow, lease, outcome.error);
     else if (outcome.kind === 'completed' || outcome.kind === 'failed') {
-      await lifecycle.finish(uow, lease.id, msg.commitment ? { ...outcome, commitment: msg.commitment } : outcome);
+      await lifecycle.finish(uow, lease, msg.commitment ? { ...outcome, commitment: msg.commitment } : outcome);
     }
   },
 

@@ -242,7 +242,7 @@ export class Scheduler {
               // rows would deadlock with it (broken only after deadlock_timeout, 1 s, both stalled).
               // A busy job's task is placed by the next pass.
               if (reserved.length > 0) await sql`select id from jobs where id = ${t.job_id} for no key update nowait`.execute(uow.trx);
-              return lifecycle.place(uow, { taskId: t.id, providerId: match.providerId, pricePerHour: match.pricePerHour, gpus: match.gpus });
+              return lifecycle.place(uow, { taskId: t.id, jobId: t.job_id, providerId: match.providerId, pricePerHour: match.pricePerHour, gpus: match.gpus });
             });
           } catch (err) {
             if ((err as { code?: unknown }).code === LOCK_NOT_AVAILABLE) {
@@ -285,7 +285,7 @@ export class Scheduler {
         for (const m of members) {
           const match = market.match(order);
           const result: PlaceResult = match
-            ? await lifecycle.place(uow, { taskId: m.id, providerId: match.providerId, pricePerHour: match.pricePerHour, gpus: match.gpus })
+            ? await lifecycle.place(uow, { taskId: m.id, jobId: first.job_id, providerId: match.providerId, pricePerHour: match.pricePerHour, gpus: match.gpus })
             : { status: 'gone' };
           if (result.status !== 'placed' || !match) {
             if (result.status === 'capacity-taken' && match) stale.add(match.providerId);
