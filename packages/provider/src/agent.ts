@@ -33,6 +33,7 @@ import { detectHardware } from './hardware.ts';
 import type { CheckpointTamper } from './checkpoints.ts';
 import { ServiceIngress } from './service-ingress.ts';
 import { type AbortReason, type ResultTamper, runLease } from './lease-runner.ts';
+import { BundleCache } from './bundle-cache.ts';
 import { dockerEndpoint } from './runtime/docker-endpoint.ts';
 import { createProcessRuntime } from './runtime/process-runtime.ts';
 import type { Runtime } from './runtime/runtime.ts';
@@ -117,6 +118,8 @@ export class ProviderAgent {
   private readonly benchmarks: Benchmarks;
   private readonly running = new Map<string, AbortController>();
   private readonly seen = new Set<string>();
+  /** Bundle files kept for later leases, in the work root (bundle-cache.ts). */
+  private readonly bundles: BundleCache;
   /** Running cluster members: where each one's complete exchange rounds go. */
   private readonly exchanges = new Map<string, (round: number, files: { rank: number; digest: string; size: number }[]) => Promise<void>>();
   private readonly link: CoordinatorLink;
@@ -139,6 +142,7 @@ export class ProviderAgent {
   ) {
     this.#identity = identity;
     this.hardware = hardware;
+    this.bundles = new BundleCache(join(options.workRoot, '.bundle-cache'));
     this.pricing = options.pricing ?? fixedPricing();
     this.asks = this.pricing.asks(hardware);
     this.benchmarks = options.benchmarks ?? benchmark(hardware);
@@ -313,6 +317,7 @@ export class ProviderAgent {
         runtime: this.runtimeFor(lease.runtime.kind),
         gpus: this.hardware.gpus,
         workRoot: this.options.workRoot,
+        bundles: this.bundles,
         send: (r) => this.link.send(r),
         maxLogBytes: this.options.maxLogBytes,
         log: this.log,

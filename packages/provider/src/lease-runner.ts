@@ -11,6 +11,7 @@ import { join, relative, resolve, sep } from 'node:path';
 import { Readable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { BundleCache } from './bundle-cache.ts';
 import {
   BundleManifest,
   canonicalJson,
@@ -63,6 +64,8 @@ export interface LeaseRunnerDeps {
   checkpointTamper?: CheckpointTamper;
   /** Where service replicas are routed from (absent: the agent runs no services). */
   ingress?: ServiceIngress;
+  /** Bundle files kept across leases (absent: every lease downloads its bundle). */
+  bundles?: BundleCache;
   /** Routes the coordinator's complete exchange rounds to the cluster member they are for. */
   exchange?: { register(leaseId: string, deliver: (round: number, files: { rank: number; digest: string; size: number }[]) => Promise<void>): () => void };
 }
@@ -261,23 +264,28 @@ function inside(root: string, rel: string): string {
   return full;
 }
 
-async function download(deps: LeaseRunnerDeps, jobId: string, file: FileRef, dir: string, signal: AbortSignal, executable = false): Promise<void> {
+/** Downloads a file of the job into `dir` (at its path); a bundle file through the agent's bundle cache. */
+async function download(deps: LeaseRunnerDeps, jobId: string, file: FileRef, dir: string, signal: AbortSignal, opts: { executable?: boolean; cached?: boolean } = {}): Promise<void> {
   const dest = inside(dir, file.path);
-  const res = await whileUnreachable(signal, () =>
-    signedFetch(deps.coordinatorUrl, deps.identity, 'GET', `/v1/jobs/${jobId}/blobs/${file.digest}`, { signal }),
-  );
-  await writeVerified(res, dest, file.digest);
-  await chmod(dest, executable ? 0o755 : 0o644);
+  const fetchTo = async (path: string) => {
+    const res = await whileUnreachable(signal, () =>
+      signedFetch(deps.coordinatorUrl, deps.identity, 'GET', `/v1/jobs/${jobId}/blobs/${file.digest}`, { signal }),
+    );
+    await writeVerified(res, path, file.digest);
+  };
+  if (opts.cached && deps.bundles) await deps.bundles.place(file.digest, dest, fetchTo);
+  else await fetchTo(dest);
+  await chmod(dest, opts.executable ? 0o755 : 0o644);
 }
 
 async function fetchBundle(deps: LeaseRunnerDeps, lease: LeaseAssignment, dir: string, signal: AbortSignal): Promise<number> {
   const manifestDigest = (lease.bundle as { manifest: string }).manifest;
   const tmp = join(dir, '..', 'manifest.json');
-  await download(deps, lease.jobId, { path: 'manifest.json', digest: manifestDigest, size: 0 }, join(dir, '..'), signal);
+  await download(deps, lease.jobId, { path: 'manifest.json', digest: manifestDigest, size: 0 }, join(dir, '..'), signal, { cached: true });
   const manifest: unknown = JSON.parse(await readFile(tmp, 'utf8'));
   await rm(tmp);
   if (!manifestCheck.Check(manifest)) throw new SetupError('bundle manifest is malformed');
-  for (const f of manifest.files) await download(deps, lease.jobId, f, dir, signal, f.executable);
+  for (const f of manifest.files) await download(deps, lease.jobId, f, dir, signal, { executable: f.executable, cached: true });
   return manifest.files.length;
 }
 
