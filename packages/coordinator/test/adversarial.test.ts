@@ -295,48 +295,6 @@ describe('adversarial (pglite)', () => {
     assert.equal(after?.state, 'queued');
   });
 
-  it('a burst of acks and reports applies in order, each once: a duplicate is not applied again, a refusal is consumed, nothing past a gap', async () => {
-    // A connection hands everything that queued up while its previous messages were applied to
-    // applyStream as one command: the burst must obey the same sequence rules one report at a time did.
-    const p = await newProvider({ slots: 2 });
-    const owner = generateIdentity().publicKey;
-    await fund(db, owner, 100_000_000n);
-    const jobId = await submit(owner, spec(), [[], []]);
-    const [t1, t2] = await tasksOf(jobId);
-    const l1 = await placeOn(p.providerId, t1?.id as string);
-    const l2 = await placeOn(p.providerId, t2?.id as string);
-    const sent = await db.selectFrom('provider_outbox').select('seq').where('provider_id', '=', p.providerId).orderBy('seq', 'desc').executeTakeFirstOrThrow();
-    const r = (seq: number, msg: Record<string, unknown>) => {
-      const full = { seq, ...msg } as ProviderSequenced;
-      assert.ok(wire.Check(full), `test bug: ${msg.type} does not match the wire schema`);
-      return { kind: 'report' as const, msg: full, receivedAt: Date.now() };
-    };
-    const outcomes = await providers.applyStream(p.providerId, [
-      r(1, { type: 'lease.started', leaseId: l1 }),
-      r(1, { type: 'lease.started', leaseId: l1 }),
-      r(2, { type: 'lease.started', leaseId: 'lease_nobody' }),
-      { kind: 'ack', seq: Number(sent.seq) },
-      r(3, { type: 'lease.started', leaseId: l2 }),
-      r(5, { type: 'provider.state', state: 'draining' }),
-      r(6, { type: 'provider.state', state: 'draining' }),
-    ]);
-    assert.deepEqual(
-      outcomes.map((o) => (o instanceof GridworkError ? o.code : o)),
-      ['applied', 'duplicate', 'LEASE_NOT_FOUND', 'acked', 'applied', 'gap'],
-      'one outcome per item up to the gap, none after it',
-    );
-    const row = await db.selectFrom('providers').select(['in_seq', 'state']).where('id', '=', p.providerId).executeTakeFirstOrThrow();
-    assert.equal(Number(row.in_seq), 3, 'the refused report is consumed; nothing past the gap is');
-    assert.equal(row.state, 'online', 'the reports after the gap changed nothing');
-    const leases = await db.selectFrom('leases').select(['id', 'state']).where('id', 'in', [l1, l2]).execute();
-    assert.deepEqual(new Set(leases.map((l) => l.state)), new Set(['running']));
-    const left = await db.selectFrom('provider_outbox').select('seq').where('provider_id', '=', p.providerId).execute();
-    assert.equal(left.length, 0, 'the ack dropped the assignments it acknowledged');
-    // Resent after a reconnect, the whole burst is duplicates up to the gap.
-    seqs.set(p.providerId, 3);
-    assert.equal(await report(p.providerId, { type: 'lease.started', leaseId: l2 }), 'applied', 'seq 4 applies after the burst');
-  });
-
   it("a provider cannot bill a lease for longer than the job's timeoutSeconds", async () => {
     // plausibleUsage caps a debit note at the coordinator's wall-clock time since start (+1 period),
     // never at the spec's timeoutSeconds, and the coordinator never ends a lease past its limit:

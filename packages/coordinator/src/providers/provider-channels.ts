@@ -13,7 +13,7 @@ import type { Logger } from 'pino';
 import type { RawData, WebSocket } from 'ws';
 import type { Subscriber } from '../bus/bus.ts';
 import type { Db } from '../store/database.ts';
-import type { ProviderService, StreamItem, StreamOutcome } from './provider-service.ts';
+import type { ProviderService } from './provider-service.ts';
 
 const check = Compile(ProviderMessage);
 
@@ -181,111 +181,75 @@ export class ProviderChannels {
     }
     this.all.add(pending);
 
-    /**
-     * Acks and reports waiting to be applied as one command (ProviderService.applyStream): each
-     * is answered once that command has committed, in the order they came.
-     */
-    let stream: StreamItem[] = [];
-    const applyStream = async (): Promise<void> => {
-      const items = stream;
-      stream = [];
-      if (items.length === 0) return;
-      let outcomes: StreamOutcome[];
-      try {
-        outcomes = await providers.applyStream(providerId, items);
-      } catch (err) {
-        if (err instanceof GridworkError && err.httpStatus < 500) return fail(err.code, err.message, true);
-        log.error({ err, providerId }, 'provider message failed');
-        return fail('INTERNAL', 'message could not be applied; reconnect to resend', true);
-      }
-      for (const [i, item] of items.entries()) {
-        const outcome = outcomes[i];
-        if (item.kind === 'ack' || outcome === undefined) continue; // after a gap: not applied, resent after the reconnect
-        if (outcome === 'gap') return fail('PROTOCOL_ERROR', `sequence gap at ${item.msg.seq}: reconnect and resend`, true);
-        if (outcome instanceof GridworkError) {
-          // Consumed without effect: said, and acked (the agent must not send it again).
-          if (outcome.code === 'NOT_LEASE_OWNER' || outcome.code === 'LEASE_NOT_FOUND' || outcome.code === 'BAD_SIGNATURE') fail(outcome.code, outcome.message, false);
-          else return fail(outcome.code, outcome.message, true);
-        }
-        channel?.send({ type: 'ack', seq: item.msg.seq });
-      }
-    };
-    /** One message, in its turn: acks and reports join the stream; heartbeats and bids need no order with them. */
-    const handle = async (data: RawData, receivedAt: number): Promise<void> => {
-      const bytes = byteLength(data);
-      // Refused unread and unapplied: the sender must not send it again (the agent never sends one).
-      if (bytes > MAX_MESSAGE_BYTES) {
-        return fail('PAYLOAD_TOO_LARGE', `message of ${bytes} bytes refused: one message may carry at most ${MAX_MESSAGE_BYTES}`, false);
-      }
-      let msg: unknown;
-      try {
-        msg = JSON.parse(data.toString());
-      } catch {
-        return fail('PROTOCOL_ERROR', 'message is not JSON', true);
-      }
-      if (!check.Check(msg)) {
-        const e = check.Errors(msg)[0];
-        return fail('PROTOCOL_ERROR', `invalid message: ${e?.instancePath ?? ''} ${e?.message ?? ''}`, true);
-      }
-      if (channel && msg.type === 'ack') {
-        channel.ackedUpTo = Math.max(channel.ackedUpTo, msg.seq);
-        stream.push({ kind: 'ack', seq: msg.seq });
-        return;
-      }
-      if (channel && msg.type !== 'hello' && msg.type !== 'heartbeat' && msg.type !== 'bid') {
-        stream.push({ kind: 'report', msg: msg as ProviderSequenced, receivedAt });
-        return;
-      }
-      try {
-        if (msg.type === 'hello') {
-          if (channel) return fail('PROTOCOL_ERROR', 'hello sent twice', true);
-          clearTimeout(helloTimer);
-          const { lastApplied, outbox } = await providers.hello(providerId, msg, remoteAddress);
-          this.channels.get(providerId)?.socket.close(4003, 'replaced by a newer connection');
-          channel = pending;
-          channel.welcomedAt = Date.now();
-          this.channels.set(providerId, channel);
-          channel.send({
-            type: 'welcome',
-            providerId,
-            lastApplied,
-            heartbeatIntervalMs: this.deps.heartbeatIntervalMs,
-            meteringIntervalMs: this.deps.meteringIntervalMs,
-          });
-          channel.ackedUpTo = msg.lastApplied;
-          this.deps.onConnection?.(providerId, true, channel.welcomedAt);
-          for (const m of outbox) {
-            channel.send(m);
-            channel.sentUpTo = Number(m.seq);
-          }
-          log.info({ providerId, name: msg.name, slots: msg.slots, resent: outbox.length }, 'provider connected');
-          return;
-        }
-        if (!channel) return fail('PROTOCOL_ERROR', 'say hello first', true);
-        if (msg.type === 'heartbeat') return providers.heartbeat(providerId);
-        if (msg.type === 'bid') return this.deps.onBid?.(providerId, msg);
-      } catch (err) {
-        if (err instanceof GridworkError && err.httpStatus < 500) return fail(err.code, err.message, true);
-        log.error({ err, providerId }, 'provider message failed');
-        fail('INTERNAL', 'message could not be applied; reconnect to resend', true);
-      }
-    };
-    /** Messages received and not yet handled; handled in turns, each turn taking all that came before it. */
-    let inbox: { data: RawData; receivedAt: number }[] = [];
-
     socket.on('message', (data) => {
       if (this.closing) return;
       // Any message shows the provider alive, also while those before it still wait their turn
       // (reports are applied in shared commits: a slow one must not make everyone look silent).
       const receivedAt = Date.now();
       if (channel) providers.heartbeat(providerId);
-      inbox.push({ data, receivedAt });
-      if (inbox.length > 1) return; // a turn is already queued: it takes this one too
       void pending.serial(async () => {
-        const turn = inbox;
-        inbox = [];
-        for (const m of turn) await handle(m.data, m.receivedAt);
-        await applyStream();
+        const bytes = byteLength(data);
+        // Refused unread and unapplied: the sender must not send it again (the agent never sends one).
+        if (bytes > MAX_MESSAGE_BYTES) {
+          return fail('PAYLOAD_TOO_LARGE', `message of ${bytes} bytes refused: one message may carry at most ${MAX_MESSAGE_BYTES}`, false);
+        }
+        let msg: unknown;
+        try {
+          msg = JSON.parse(data.toString());
+        } catch {
+          return fail('PROTOCOL_ERROR', 'message is not JSON', true);
+        }
+        if (!check.Check(msg)) {
+          const e = check.Errors(msg)[0];
+          return fail('PROTOCOL_ERROR', `invalid message: ${e?.instancePath ?? ''} ${e?.message ?? ''}`, true);
+        }
+        try {
+          if (msg.type === 'hello') {
+            if (channel) return fail('PROTOCOL_ERROR', 'hello sent twice', true);
+            clearTimeout(helloTimer);
+            const { lastApplied, outbox } = await providers.hello(providerId, msg, remoteAddress);
+            this.channels.get(providerId)?.socket.close(4003, 'replaced by a newer connection');
+            channel = pending;
+            channel.welcomedAt = Date.now();
+            this.channels.set(providerId, channel);
+            channel.send({
+              type: 'welcome',
+              providerId,
+              lastApplied,
+              heartbeatIntervalMs: this.deps.heartbeatIntervalMs,
+              meteringIntervalMs: this.deps.meteringIntervalMs,
+            });
+            channel.ackedUpTo = msg.lastApplied;
+            this.deps.onConnection?.(providerId, true, channel.welcomedAt);
+            for (const m of outbox) {
+              channel.send(m);
+              channel.sentUpTo = Number(m.seq);
+            }
+            log.info({ providerId, name: msg.name, slots: msg.slots, resent: outbox.length }, 'provider connected');
+            return;
+          }
+          if (!channel) return fail('PROTOCOL_ERROR', 'say hello first', true);
+          if (msg.type === 'ack') {
+            channel.ackedUpTo = Math.max(channel.ackedUpTo, msg.seq);
+            return await providers.ack(providerId, msg.seq);
+          }
+          if (msg.type === 'heartbeat') return providers.heartbeat(providerId);
+          if (msg.type === 'bid') return this.deps.onBid?.(providerId, msg);
+          const seqMsg = msg as ProviderSequenced;
+          const result = await providers.apply(providerId, seqMsg, receivedAt).catch((err) => {
+            if (err instanceof GridworkError && (err.code === 'NOT_LEASE_OWNER' || err.code === 'LEASE_NOT_FOUND' || err.code === 'BAD_SIGNATURE')) {
+              fail(err.code, err.message, false);
+              return 'applied' as const;
+            }
+            throw err;
+          });
+          if (result === 'gap') return fail('PROTOCOL_ERROR', `sequence gap at ${seqMsg.seq}: reconnect and resend`, true);
+          channel.send({ type: 'ack', seq: seqMsg.seq });
+        } catch (err) {
+          if (err instanceof GridworkError && err.httpStatus < 500) return fail(err.code, err.message, true);
+          log.error({ err, providerId }, 'provider message failed');
+          fail('INTERNAL', 'message could not be applied; reconnect to resend', true);
+        }
       });
     });
     socket.on('close', (code) => {

@@ -35,13 +35,6 @@ export interface ProviderServiceDeps {
 
 export type ApplyResult = 'applied' | 'duplicate' | 'gap';
 
-/** What a provider's connection hands over to be applied in order: an ack of the outbox, or a sequenced report. */
-export type StreamItem = { kind: 'ack'; seq: number } | { kind: 'report'; msg: ProviderSequenced; receivedAt: number };
-export type StreamOutcome = 'acked' | ApplyResult | GridworkError;
-
-/** Tries of a command that another connection of the same provider raced (each sees more of its work applied). */
-const MAX_APPLY_ATTEMPTS = 3;
-
 export class ProviderService {
   /** When this replica last heard each provider it holds: heartbeats go here, not to the database. */
   readonly liveness = new Liveness();
@@ -158,100 +151,63 @@ export class ProviderService {
     await this.deps.lifecycle.acknowledge(uow, providerId, leaseIds);
   }
 
+  async ack(providerId: string, seq: number): Promise<void> {
+    this.liveness.heard(providerId);
+    await this.reports.run((uow) => this.ackWithin(uow, providerId, seq));
+  }
+
   /** A heartbeat: remembered here, written with the next flush (liveness.ts). */
   heartbeat(providerId: string): void {
     this.liveness.heard(providerId);
   }
 
   /**
-   * Applies one sequenced report exactly once (`applyStream` with one item): `'applied'`,
-   * `'duplicate'` or `'gap'`; a report the lifecycle refuses (REJECTED_REPORT_CODES) is consumed
-   * without effect and its refusal thrown.
+   * Applies one sequenced report exactly once: its effect and the new seq commit together.
+   * `receivedAt`: when it arrived (ms). A report the lifecycle refuses (REJECTED_REPORT_CODES) is
+   * consumed without effect, its seq recorded in the same commit, and the refusal thrown after it.
    */
   async apply(providerId: string, msg: ProviderSequenced, receivedAt = Date.now()): Promise<ApplyResult> {
-    const [outcome] = await this.applyStream(providerId, [{ kind: 'report', msg, receivedAt }]);
-    if (outcome instanceof GridworkError) throw outcome;
-    if (outcome === undefined || outcome === 'acked') throw new Error('a report was applied without an outcome');
-    return outcome;
-  }
-
-  /**
-   * Applies a provider's acks and sequenced reports, in the order they arrived, as one command of
-   * the shared commits: everything a provider sent while its previous messages were being applied
-   * commits together, instead of one commit per message (a provider with 8 busy slots had its
-   * reports wait out 16 commits in a row). Each report is applied exactly once: its effect and its
-   * seq commit together. Returns an outcome per item, in order, up to the first gap (the items
-   * after a gap are not applied: the provider resends them after reconnecting):
-   * - an ack: `'acked'` (its outbox messages dropped; an acknowledged assignment means the lease is starting);
-   * - a report: `'applied'`, `'duplicate'`, `'gap'`, or the refusal of a report the lifecycle refuses
-   *   (REJECTED_REPORT_CODES), consumed without effect (its seq recorded in the same commit).
-   * Any other failure undoes the whole command and is thrown.
-   */
-  async applyStream(providerId: string, items: readonly StreamItem[]): Promise<StreamOutcome[]> {
     const { lifecycle, challenges } = this.deps;
-    for (const item of items) this.liveness.heard(providerId, item.kind === 'report' ? item.receivedAt : undefined);
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await this.reports.run(async (uow) => {
-          const outcomes: StreamOutcome[] = [];
-          // The seq as read (without a lock; checked again when recorded: the provider row is locked
-          // last, after the job and lease rows the handlers lock, the order placements use too),
-          // then as this command moves it.
-          let read: number | undefined;
-          let applied = 0;
-          let heardAt = 0;
-          for (const item of items) {
-            if (item.kind === 'ack') {
-              await this.ackWithin(uow, providerId, item.seq);
-              outcomes.push('acked');
-              continue;
-            }
-            if (read === undefined) {
-              const p = await uow.trx.selectFrom('providers').select(['in_seq']).where('id', '=', providerId).executeTakeFirst();
-              if (!p) throw new GridworkError('PROVIDER_UNKNOWN', 'say hello first');
-              read = applied = Number(p.in_seq);
-            }
-            const { msg } = item;
-            if (msg.seq <= applied) {
-              outcomes.push('duplicate');
-              continue;
-            }
-            if (msg.seq !== applied + 1) {
-              outcomes.push('gap');
-              break;
-            }
-            const handle = reportHandlers[msg.type] as (ctx: Parameters<(typeof reportHandlers)['lease.started']>[0], m: ProviderSequenced) => Promise<void>;
-            try {
-              await uow.savepoint(() => handle({ uow, providerId, lifecycle, challenges, receivedAt: item.receivedAt }, msg));
-              outcomes.push('applied');
-            } catch (err) {
-              if (!(err instanceof GridworkError && REJECTED_REPORT_CODES.has(err.code))) throw err;
-              // Consumed (so the stream goes on) but without effect.
-              this.deps.log.warn({ providerId, type: msg.type, code: err.code }, 'provider report rejected');
-              outcomes.push(err);
-            }
-            applied = msg.seq;
-            heardAt = Math.max(heardAt, item.receivedAt);
-          }
-          if (read !== undefined && applied !== read) {
-            const recorded = await uow.trx
-              .updateTable('providers')
-              // Never back: a flush may already have written a later heartbeat.
-              .set((eb) => ({ in_seq: BigInt(applied), last_seen_at: sql<Date>`greatest(${eb.ref('last_seen_at')}, ${new Date(heardAt)})` }))
-              .where('id', '=', providerId)
-              .where('in_seq', '=', BigInt(read))
-              .returning('id')
-              .executeTakeFirst();
-            // Applied meanwhile by another connection of the same provider: undo ours, and read again.
-            if (!recorded) throw new AppliedElsewhere();
-          }
-          return outcomes;
-        });
-      } catch (err) {
-        // The other connection may have applied only some of these: the next attempt sees which.
-        if (!(err instanceof AppliedElsewhere) || attempt >= MAX_APPLY_ATTEMPTS) throw err;
-      }
+    this.liveness.heard(providerId, receivedAt);
+    const outcome = await this.reports
+      .run(async (uow): Promise<ApplyResult | GridworkError> => {
+        // Read without a lock, checked again when the seq is recorded: the provider row is locked
+        // last (after the job and lease rows the handler locks), the order placements use too.
+        const p = await uow.trx.selectFrom('providers').select(['in_seq']).where('id', '=', providerId).executeTakeFirst();
+        if (!p) throw new GridworkError('PROVIDER_UNKNOWN', 'say hello first');
+        const last = Number(p.in_seq);
+        if (msg.seq <= last) return 'duplicate';
+        if (msg.seq !== last + 1) return 'gap';
+        const handle = reportHandlers[msg.type] as (ctx: Parameters<(typeof reportHandlers)['lease.started']>[0], m: ProviderSequenced) => Promise<void>;
+        let rejected: GridworkError | undefined;
+        try {
+          await uow.savepoint(() => handle({ uow, providerId, lifecycle, challenges, receivedAt }, msg));
+        } catch (err) {
+          if (!(err instanceof GridworkError && REJECTED_REPORT_CODES.has(err.code))) throw err;
+          rejected = err;
+        }
+        const recorded = await uow.trx
+          .updateTable('providers')
+          // Never back: a flush may already have written a later heartbeat.
+          .set((eb) => ({ in_seq: BigInt(msg.seq), last_seen_at: sql<Date>`greatest(${eb.ref('last_seen_at')}, ${new Date(receivedAt)})` }))
+          .where('id', '=', providerId)
+          .where('in_seq', '=', BigInt(last))
+          .returning('id')
+          .executeTakeFirst();
+        // Applied meanwhile by another connection of the same provider: undo ours.
+        if (!recorded) throw new AppliedElsewhere();
+        return rejected ?? 'applied';
+      })
+      .catch((err) => {
+        if (err instanceof AppliedElsewhere) return 'duplicate' as const;
+        throw err;
+      });
+    if (outcome instanceof GridworkError) {
+      // Consumed (so the stream goes on) but without effect.
+      this.deps.log.warn({ providerId, type: msg.type, code: outcome.code }, 'provider report rejected');
+      throw outcome;
     }
+    return outcome;
   }
 
   /**
