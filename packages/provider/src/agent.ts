@@ -33,7 +33,7 @@ import { detectHardware } from './hardware.ts';
 import type { CheckpointTamper } from './checkpoints.ts';
 import { ServiceIngress } from './service-ingress.ts';
 import { type AbortReason, type ResultTamper, runLease } from './lease-runner.ts';
-import { BundleCache } from './bundle-cache.ts';
+import { BUNDLE_CACHE_DIR, BundleCache } from './bundle-cache.ts';
 import { dockerEndpoint } from './runtime/docker-endpoint.ts';
 import { createProcessRuntime } from './runtime/process-runtime.ts';
 import type { Runtime } from './runtime/runtime.ts';
@@ -142,7 +142,7 @@ export class ProviderAgent {
   ) {
     this.#identity = identity;
     this.hardware = hardware;
-    this.bundles = new BundleCache(join(options.workRoot, '.bundle-cache'));
+    this.bundles = new BundleCache(join(options.workRoot, BUNDLE_CACHE_DIR));
     this.pricing = options.pricing ?? fixedPricing();
     this.asks = this.pricing.asks(hardware);
     this.benchmarks = options.benchmarks ?? benchmark(hardware);
@@ -191,6 +191,7 @@ export class ProviderAgent {
     const runtimes = await offeredRuntimes(options, log);
     const workRoot = options.workRoot ?? join(tmpdir(), `gridwork-tasks-${randomBytes(6).toString('hex')}`);
     await mkdir(workRoot, { recursive: true, mode: 0o711 });
+    await rm(join(workRoot, BUNDLE_CACHE_DIR), { recursive: true, force: true }); // a killed agent's, counted by nobody
     const name = options.name ?? `provider-${randomBytes(3).toString('hex')}`;
     const child = log.child({ provider: name });
     const bounded = await Promise.all(runtimes.map((r) => r.taskMemoryBounded?.() ?? true));

@@ -7,12 +7,18 @@
  * The cache lives in the agent's work root (mode 0700 inside it: no task can reach it, and it is
  * gone with the agent) and holds at most `maxBytes`, least recently used out first. Each lease
  * gets a copy of its own (a reflink where the filesystem has them), so a task never touches the
- * cached bytes. Concurrent leases wanting the same file share one download. Bytes enter the
- * cache only through `download`, which writes them verified against their digest.
+ * cached bytes. Concurrent leases wanting the same file share one download (a lease whose shared
+ * download failed tries its own). Bytes enter the cache only through `download`, which writes
+ * them verified against their digest (and never through a planted symlink: writeVerified); they
+ * are read-only there. A file larger than the whole cache is not kept. The agent empties the
+ * cache when it starts (a killed agent's files would otherwise be counted by nobody).
  */
 import { constants } from 'node:fs';
-import { copyFile, mkdir, rm, stat } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
+
+/** The cache's directory in the agent's work root (no lease id looks like it). */
+export const BUNDLE_CACHE_DIR = '.bundle-cache';
 
 /** Bytes of bundle files an agent keeps. @default 1 GiB */
 export const DEFAULT_BUNDLE_CACHE_BYTES = 1024 ** 3;
@@ -39,9 +45,10 @@ export class BundleCache {
    * Puts the file `digest` at `dest`: copied from the cache, or downloaded into it first by
    * `download(path)` (which must write `path` only with bytes whose sha256 is `digest`).
    */
-  async place(digest: string, dest: string, download: (path: string) => Promise<void>): Promise<void> {
+  async place(digest: string, size: number, dest: string, download: (path: string) => Promise<void>): Promise<void> {
     await mkdir(dirname(dest), { recursive: true });
-    if (!DIGEST.test(digest)) return download(dest); // never a file name of ours
+    // Never a file name of ours; never a file that alone would not fit.
+    if (!DIGEST.test(digest) || size > this.maxBytes) return download(dest);
     for (let attempt = 0; ; attempt++) {
       await this.fill(digest, download);
       try {
@@ -62,19 +69,27 @@ export class BundleCache {
       this.entries.set(digest, held); // most recently used now
       return;
     }
-    let pending = this.filling.get(digest);
-    if (!pending) {
-      pending = (async () => {
-        await mkdir(this.dir, { recursive: true, mode: 0o700 });
-        const path = join(this.dir, digest);
-        await download(path);
-        const { size } = await stat(path);
-        this.entries.set(digest, size);
-        this.bytes += size;
-        await this.evict(digest);
-      })().finally(() => this.filling.delete(digest));
-      this.filling.set(digest, pending);
+    const shared = this.filling.get(digest);
+    if (shared) {
+      // Another lease's download, under its signal and its job's right to the file: if that one
+      // fails (cancelled, refused), this lease tries its own.
+      try {
+        await shared;
+        if (this.entries.has(digest)) return;
+      } catch {}
+      return this.fill(digest, download);
     }
+    const pending = (async () => {
+      await mkdir(this.dir, { recursive: true, mode: 0o700 });
+      const path = join(this.dir, digest);
+      await download(path);
+      await chmod(path, 0o444);
+      const { size } = await stat(path);
+      this.entries.set(digest, size);
+      this.bytes += size;
+      await this.evict(digest);
+    })().finally(() => this.filling.delete(digest));
+    this.filling.set(digest, pending);
     await pending;
   }
 

@@ -273,7 +273,7 @@ async function download(deps: LeaseRunnerDeps, jobId: string, file: FileRef, dir
     );
     await writeVerified(res, path, file.digest);
   };
-  if (opts.cached && deps.bundles) await deps.bundles.place(file.digest, dest, fetchTo);
+  if (opts.cached && deps.bundles) await deps.bundles.place(file.digest, file.size, dest, fetchTo);
   else await fetchTo(dest);
   await chmod(dest, opts.executable ? 0o755 : 0o644);
 }
