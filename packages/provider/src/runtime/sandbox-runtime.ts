@@ -52,8 +52,10 @@ import { assertNetworkTools, networkNamespacePrefix, startTaskNetwork, TASK_RESO
  * process, which alone bounds nothing: a task forks as many processes as it may, each with the whole allowance.
  * Node/V8 reserves a lot of virtual memory up front; measured on Node 20.20 x64 (this machine): `node -e 1` needs
  * about 712 MiB, a script touching a 64 MiB buffer about 800 MiB, each worker thread about 700 MiB more (one worker
- * needed ~1.4 GiB). So address-space limits below MIN_ADDRESS_SPACE_BYTES (4 GiB) are raised to it; the cgroup
- * counts real use and is not raised. (The floor was 1 GiB, which let a plain Node task start but not finish: the
+ * needed ~1.4 GiB). So where the task's memory cgroup bounds its real use, address-space limits below
+ * MIN_ADDRESS_SPACE_BYTES (4 GiB) are raised to it (the cgroup is not raised); where there is no memory cgroup the
+ * address space is all that bounds a process, and its floor stays MIN_SANDBOX_MEMORY_BYTES (1 GiB, enough for a plain
+ * Node task to start). (The floor was 1 GiB everywhere, which let a plain Node task start but not finish: the
  * demo's 12,000-step training reaches a VmPeak of 1,065 MiB with 72 MiB resident, and aborted with SIGABRT (exit
  * 134) now and then near its end, when V8 could not reserve address space; a worker thread under 1 GiB always
  * does: "Fatal process OOM in Failed to reserve virtual memory for CodeRange".) Each tmpfs is capped at
@@ -236,6 +238,8 @@ export interface LaunchPlan {
   uid: number;
   /** cgroup.procs files to join before anything else. */
   cgroupProcs: readonly string[];
+  /** The task's memory cgroup holds it to memoryBytes: the address-space limit can be generous (MIN_ADDRESS_SPACE_BYTES). */
+  memoryBounded?: boolean;
   /** prlimit --nproc (the no-cgroup fallback). */
   nproc?: number;
   /** nice -n (the no-cgroup fallback for CPU). */
@@ -263,7 +267,7 @@ export async function buildSandboxArgv(
     ...(plan.nice === undefined ? [] : [plan.nicePath, '-n', String(plan.nice)]),
     ...dropPrefix(opts.setprivPath, opts.dropRoot, plan.uid),
     opts.prlimitPath,
-    `--as=${Math.max(memory, MIN_ADDRESS_SPACE_BYTES)}`,
+    `--as=${plan.memoryBounded ? Math.max(memory, MIN_ADDRESS_SPACE_BYTES) : memory}`,
     `--fsize=${Math.floor(req.diskBytes)}`,
     ...(plan.nproc === undefined ? [] : [`--nproc=${plan.nproc}`]),
     '--',
@@ -596,6 +600,7 @@ export class SandboxRuntime implements Runtime {
       const plan: LaunchPlan = {
         uid,
         cgroupProcs: group?.procsFiles() ?? [],
+        memoryBounded: group?.dirs.memory !== undefined,
         ...(nproc === undefined ? {} : { nproc }),
         ...(group?.dirs.cpu ? {} : { nice: FALLBACK_NICE }),
         ...(network ? { network } : {}),
