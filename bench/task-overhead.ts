@@ -24,10 +24,9 @@ import { join } from 'node:path';
 import { startCoordinator } from '@gridwork/coordinator';
 import type { JobSpec } from '@gridwork/protocol';
 import { loadOrCreateIdentity } from '@gridwork/protocol/node';
-import { ProviderAgent } from '@gridwork/provider';
+import { createSandboxRuntime, ProviderAgent } from '@gridwork/provider';
 import { generateIdentity, GridworkClient } from '@gridwork/sdk';
 import pino from 'pino';
-import { createSandboxRuntime } from '../packages/provider/src/runtime/sandbox-runtime.ts';
 import { loadNote, machineInfo, printTable, progress, round, summarize } from './lib/common.ts';
 
 const arg = (name: string, dflt: number) => (process.argv.includes(`--${name}`) ? Number(process.argv[process.argv.indexOf(`--${name}`) + 1]) : dflt);
@@ -95,7 +94,6 @@ async function runtimeLayer(root: string): Promise<Record<string, Stats>> {
   return out;
 }
 
-/** The agent layer: one coordinator, one agent with one slot, a job of TASKS trivial tasks. */
 interface AgentFigures {
   wallMs: number;
   perTaskMs: number;
@@ -106,6 +104,7 @@ interface AgentFigures {
   turnaroundMs: Stats;
 }
 
+/** The agent layer: one coordinator, one agent with one slot, a job of TASKS trivial tasks. */
 async function agentLayer(root: string, runtime: 'sandbox' | 'process'): Promise<AgentFigures> {
   const dir = join(root, `agent-${runtime}`);
   const logger = pino({ level: 'silent' });

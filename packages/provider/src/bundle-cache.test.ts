@@ -1,12 +1,10 @@
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { sha256Hex } from '@gridwork/protocol/node';
 import { BundleCache } from './bundle-cache.ts';
-
-const digestOf = (s: string) => createHash('sha256').update(s).digest('hex');
 
 describe('bundle cache', () => {
   let root: string;
@@ -22,7 +20,7 @@ describe('bundle cache', () => {
       calls.n++;
       await writeFile(path, content);
     };
-    return { calls, download, digest: digestOf(content) };
+    return { calls, download, digest: sha256Hex(content) };
   }
 
   test('each lease gets its own copy; the file is downloaded once, also by leases asking at the same time', async () => {
@@ -89,7 +87,7 @@ describe('bundle cache', () => {
 
   test('a failed download caches nothing, and a name that is not a digest bypasses the cache', async () => {
     const cache = new BundleCache(join(root, 'c3'));
-    const d = digestOf('x');
+    const d = sha256Hex('x');
     await assert.rejects(
       cache.place(d, 1, join(root, 'f', 'x'), async () => {
         throw new Error('DIGEST_MISMATCH');
