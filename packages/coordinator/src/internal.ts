@@ -8,5 +8,5 @@ export { openDatabase, type Db, type DatabaseOptions } from './store/database.ts
 export { OrderBook, type BookProvider, type Order, type Match } from './market/order-book.ts';
 export { verifyLedger, type LedgerAudit } from './ledger/ledger.ts';
 export type { DomainEvent, StoredEvent } from './core/events.ts';
-export { readEvents } from './core/unit-of-work.ts';
+export { readEvents } from './core/event-log.ts';
 export { canTransition, JOB_TRANSITIONS, TASK_TRANSITIONS, LEASE_TRANSITIONS } from './core/state-machine.ts';

@@ -198,7 +198,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   // Replicas on one PostgreSQL database hear of each other's commits (PGlite has one process).
   const doorbell = config.databaseUrl
     ? new ReplicaDoorbell(
-        { db, log, onHead: (position) => inProcessBus.advance(position) },
+        { db, log, onRing: () => inProcessBus.refresh() },
         { natsUrl: config.natsUrl, schema: config.databaseSchema, pollMs: config.replicaPollMs },
       )
     : undefined;

@@ -16,6 +16,7 @@ import { postgresUrl, silentLogger, type TestNetwork, startTestNetwork, tempDir,
 import { sql } from 'kysely';
 import pg from 'pg';
 import { InProcessBus } from '../src/bus/in-process-bus.ts';
+import { lastPosition } from '../src/core/event-log.ts';
 import { SubscriberRoster } from '../src/bus/subscriber-roster.ts';
 import { resolveRetentionOptions, Retention, retentionOf, type SweepResult } from '../src/lifecycle/retention.ts';
 import { type Db, openDatabase } from '../src/store/database.ts';
@@ -57,7 +58,7 @@ async function logCount(db: Db, jobId: string): Promise<number> {
 }
 
 async function head(db: Db): Promise<bigint> {
-  return BigInt((await db.selectFrom('event_head').select('position').executeTakeFirstOrThrow()).position);
+  return lastPosition(db);
 }
 
 async function allLogs(client: GridworkClient, jobId: string): Promise<LogEntry[]> {
@@ -349,7 +350,7 @@ for (const store of ['pglite', 'postgres'] as const) {
       await sql`insert into events (position, type, job_id, data, at)
         select g, 'provider.online', null, '{}'::jsonb, case when g > ${sql.lit(jobEvents + OLD_JOBLESS)} then now() else now() - interval '20 days' end
         from generate_series(${sql.lit(jobEvents + 1)}, ${sql.lit(jobEvents + OLD_JOBLESS + 2)}) g`.execute(db);
-      await db.updateTable('event_head').set({ position: BigInt(jobEvents + OLD_JOBLESS + 2) }).execute();
+      await sql`select setval('event_positions', ${sql.lit(jobEvents + OLD_JOBLESS + 2)})`.execute(db);
       await sql`insert into task_logs (job_id, task_idx, lease_id, stream, data, ts)
         select 'job-' || (g / 4 + 1), 0, 'lease', 'stdout', 'line', now() from generate_series(0, ${sql.lit(4 * (ENDED + LIVE) - 1)}) g`.execute(db);
     });

@@ -4,17 +4,27 @@
  * committed) reads them from the `events` table. Each subscriber has its own position and its
  * own serial delivery loop, so a slow one never delays the others; a handler that throws is
  * logged and retried from the same position on the next publish (or after a short delay).
- * Events other replicas commit arrive through `advance` (bus/replica-doorbell.ts).
+ *
+ * Subscribers are handed events only up to the settled position (core/event-log.ts): commits
+ * do not finish in the order they took positions, and nothing past a gap is delivered until the
+ * gap is filled or proven a hole. This process's own commits settle it as they arrive; a gap
+ * they leave, and events other replicas commit (`refresh`, rung by bus/replica-doorbell.ts),
+ * are settled by reading the table.
  */
 import type { Logger } from 'pino';
+import { Horizon, readEvents } from '../core/event-log.ts';
 import type { StoredEvent } from '../core/events.ts';
-import { eventHead, readEvents, type Units } from '../core/unit-of-work.ts';
+import type { Units } from '../core/unit-of-work.ts';
 import type { Db } from '../store/database.ts';
 import type { Bus, LocalProgress, Subscriber } from './bus.ts';
 
 const WINDOW = 20_000;
 const BATCH = 1000;
 const RETRY_MS = 500;
+/** How long a gap this process's own commits left may stay before the table is read (the commit that fills it usually lands first). */
+const GAP_GRACE_MS = 5;
+/** Longest wait between two reads of the table while a gap stays open. */
+const GAP_MAX_MS = 500;
 
 interface Cursor {
   sub: Subscriber;
@@ -28,7 +38,11 @@ interface Cursor {
 }
 
 export class InProcessBus implements Bus, LocalProgress {
-  private last = 0n;
+  private readonly horizon = new Horizon();
+  private refreshing: Promise<void> | undefined;
+  private refreshAgain = false;
+  private gapTimer: NodeJS.Timeout | undefined;
+  private gapWaitMs = GAP_GRACE_MS;
   private readonly window = new Map<bigint, StoredEvent>();
   private readonly cursors = new Map<string, Cursor>();
   private units: Units | undefined;
@@ -39,40 +53,83 @@ export class InProcessBus implements Bus, LocalProgress {
     private readonly log: Logger,
   ) {}
 
-  /** Reads the current head; call once before subscribing. `units` runs durable subscribers' transactions. */
+  /** Settles on the log's newest position; call once before subscribing. `units` runs durable subscribers' transactions. */
   async start(units: Units): Promise<void> {
     this.units = units;
-    const head = await eventHead(this.db);
-    if (head > this.last) this.last = head;
+    await this.horizon.start(this.db, (ms) => new Promise((resolve) => setTimeout(resolve, ms)));
   }
 
   head(): bigint {
-    return this.last;
+    return this.horizon.seen;
   }
 
   publish(events: readonly StoredEvent[]): void {
-    for (const e of events) {
-      this.window.set(e.position, e);
-      if (e.position > this.last) this.last = e.position;
-    }
+    for (const e of events) this.window.set(e.position, e);
     // Oldest entries first (insertion order): keep the window bounded.
     for (const key of this.window.keys()) {
       if (this.window.size <= WINDOW) break;
       this.window.delete(key);
     }
-    for (const c of this.cursors.values()) this.pump(c);
+    const moved = this.horizon.saw(
+      events.map((e) => e.position),
+      (p) => this.window.has(p),
+    );
+    if (moved) this.gapWaitMs = GAP_GRACE_MS;
+    if (this.horizon.open) this.waitForGap();
+    this.pumpAll();
   }
 
-  /** Another replica committed events up to `position` (a committed head: every event up to it is in the table). */
-  advance(position: bigint): void {
-    if (position <= this.last) return;
-    this.last = position;
+  /** Events may have been committed elsewhere (another replica rang, or a poll): read the table up from the settled position. */
+  refresh(): void {
+    if (this.closed) return;
+    if (this.refreshing) {
+      this.refreshAgain = true;
+      return;
+    }
+    clearTimeout(this.gapTimer);
+    this.gapTimer = undefined;
+    this.refreshing = this.readLog();
+  }
+
+  private async readLog(): Promise<void> {
+    let open = false;
+    do {
+      this.refreshAgain = false;
+      const from = this.horizon.settled;
+      try {
+        open = await this.horizon.refresh(this.db);
+      } catch (err) {
+        if (!this.closed) this.log.warn({ err }, 'bus: could not read the event log');
+        open = true;
+      }
+      if (this.horizon.settled > from) this.gapWaitMs = GAP_GRACE_MS;
+      this.pumpAll();
+    } while (this.refreshAgain && !this.closed);
+    // Cleared in the same turn as the last check of refreshAgain: a refresh() from now on starts a new read.
+    this.refreshing = undefined;
+    if (open || this.horizon.open) this.waitForGap();
+  }
+
+  /** Reads the table again after a while (longer each time the gap is still there without progress) unless the gap closes first. */
+  private waitForGap(): void {
+    if (this.gapTimer || this.closed) return;
+    this.gapTimer = setTimeout(() => {
+      this.gapTimer = undefined;
+      if (!this.horizon.open) return;
+      const wait = this.gapWaitMs;
+      this.gapWaitMs = Math.min(wait * 2, GAP_MAX_MS);
+      this.refresh();
+    }, this.gapWaitMs);
+    this.gapTimer.unref();
+  }
+
+  private pumpAll(): void {
     for (const c of this.cursors.values()) this.pump(c);
   }
 
   async subscribe(sub: Subscriber, options: { after?: bigint } = {}): Promise<() => void> {
     if (this.cursors.has(sub.name)) throw new Error(`bus subscriber "${sub.name}" already exists`);
-    let position = options.after ?? this.last;
+    let position = options.after ?? this.horizon.settled;
     if (sub.durable) {
       // The row exists before any delivery locks it: replicas delivering the same first batch at
       // once would otherwise each find no row to lock, and each handle the batch.
@@ -83,9 +140,8 @@ export class InProcessBus implements Bus, LocalProgress {
         .execute();
       const row = await this.db.selectFrom('bus_positions').select('position').where('subscriber', '=', sub.name).executeTakeFirstOrThrow();
       position = BigInt(row.position);
-      // Events committed by others since our head was read are found in the table.
-      const head = await eventHead(this.db);
-      if (head > this.last) this.last = head;
+      // Events committed by others since the bus started are found in the table.
+      this.refresh();
     }
     const cursor: Cursor = {
       sub,
@@ -110,7 +166,9 @@ export class InProcessBus implements Bus, LocalProgress {
 
   async close(): Promise<void> {
     this.closed = true;
+    clearTimeout(this.gapTimer);
     const running = [...this.cursors.values()].map((c) => c.running);
+    running.push(this.refreshing);
     for (const c of [...this.cursors.values()]) this.remove(c);
     await Promise.all(running);
   }
@@ -132,10 +190,10 @@ export class InProcessBus implements Bus, LocalProgress {
       try {
         do {
           c.again = false;
-          while (!c.closed && c.position < this.last) {
-            const batch = await this.next(c.position);
-            if (batch.length === 0) break;
-            await this.deliver(c, batch);
+          while (!c.closed && c.position < this.horizon.settled) {
+            const { events, reached } = await this.next(c.position);
+            if (reached <= c.position) break;
+            await this.deliver(c, events, reached);
           }
         } while (c.again && !c.closed);
       } catch (err) {
@@ -153,20 +211,27 @@ export class InProcessBus implements Bus, LocalProgress {
       });
   }
 
-  /** The events after `position`: from the window when it holds them in sequence, else from the table. */
-  private async next(position: bigint): Promise<StoredEvent[]> {
-    const batch: StoredEvent[] = [];
-    for (let p = position + 1n; batch.length < BATCH; p++) {
+  /**
+   * The events after `position`, up to the settled position: from the window when it holds them in
+   * sequence, else from the table. `reached`: how far they take the reader (past holes, up to the
+   * settled position, when the table had no more).
+   */
+  private async next(position: bigint): Promise<{ events: StoredEvent[]; reached: bigint }> {
+    const upTo = this.horizon.settled;
+    const events: StoredEvent[] = [];
+    for (let p = position + 1n; p <= upTo && events.length < BATCH; p++) {
       const e = this.window.get(p);
       if (!e) break;
-      batch.push(e);
+      events.push(e);
     }
-    if (batch.length > 0) return batch;
-    return readEvents(this.db, position, BATCH);
+    if (events.length === 0) {
+      const read = await readEvents(this.db, position, BATCH, { upTo });
+      return { events: read, reached: read.length === BATCH ? (read[BATCH - 1] as StoredEvent).position : upTo };
+    }
+    return { events, reached: (events[events.length - 1] as StoredEvent).position };
   }
 
-  private async deliver(c: Cursor, batch: readonly StoredEvent[]): Promise<void> {
-    const lastPosition = (batch[batch.length - 1] as StoredEvent).position;
+  private async deliver(c: Cursor, batch: readonly StoredEvent[], lastPosition: bigint): Promise<void> {
     const relevant = c.types ? batch.filter((e) => c.types?.has(e.type)) : batch;
     // A durable subscriber with nothing to handle moves only its in-memory position: the stored
     // one catches up with the next batch it handles, and after a restart it re-reads (and skips)

@@ -1,12 +1,11 @@
 /**
- * How a replica learns that another replica committed events. The `events` table is the log:
- * positions are assigned under the `event_head` row lock (unit-of-work.ts), so when a committed
- * head reads N, every event up to N is committed and readable — a reader going up to the head
- * never skips one. What crosses processes is therefore only a doorbell: after a commit a replica
- * rings (a NATS subject per database schema, core NATS, no payload that anyone trusts), and every
- * replica that hears it reads the head from its own database and delivers up to there from the
- * table. A lost ring (NATS down, a replica restarting) costs latency, never an event: each
- * replica also reads the head every `pollMs`.
+ * How a replica learns that another replica committed events. The `events` table is the log, and
+ * each replica's bus reads it up from its settled position (core/event-log.ts), never skipping an
+ * event that commits late. What crosses processes is therefore only a doorbell: after a commit a
+ * replica rings (a NATS subject per database schema, core NATS, no payload that anyone trusts),
+ * and every replica that hears it reads the log from its own database. A lost ring (NATS down, a
+ * replica restarting) costs latency, never an event: each replica also reads the log every
+ * `pollMs`.
  *
  * The same connection carries the few messages between replicas that are not state changes and
  * may be lost (`send`/`listen`): an auction's announcement, which the leader sends to the bidders
@@ -15,13 +14,12 @@
  *
  * Why not relay the events themselves through JetStream: with one ordered log already committed
  * in PostgreSQL, a second copy would need its own exactly-once relay and could disagree with
- * the first; the doorbell keeps one source of truth. (A relay becomes worth its cost once
- * positions stop being assigned under one lock.)
+ * the first; the doorbell keeps one source of truth, and each reader settles its gaps itself.
  */
+import { randomUUID } from 'node:crypto';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { sql } from 'kysely';
 import type { Logger } from 'pino';
-import { eventHead } from '../core/unit-of-work.ts';
 import type { Db } from '../store/database.ts';
 
 export interface ReplicaDoorbellOptions {
@@ -29,7 +27,7 @@ export interface ReplicaDoorbellOptions {
   natsUrl?: string;
   /** The schema the replicas share: with the database's name, the subject (rings of other databases or schemas wake nobody here). */
   schema: string;
-  /** How often the head is read regardless of rings. */
+  /** How often the log is read regardless of rings. */
   pollMs: number;
 }
 
@@ -39,16 +37,16 @@ const TOPIC_PREFIX = 'gridwork.replicas.';
 export class ReplicaDoorbell {
   private nats: NatsConnection | undefined;
   private timer: NodeJS.Timeout | undefined;
-  private reading: Promise<void> | undefined;
-  private again = false;
   private closed = false;
+  /** This replica's rings, told apart from the others'. */
+  private readonly id = randomUUID();
   private subject = SUBJECT_PREFIX;
   /** The database and schema, as a subject token. */
   private scope = '';
   private readonly listeners = new Map<string, (data: unknown) => void>();
 
   constructor(
-    private readonly deps: { db: Db; log: Logger; onHead: (position: bigint) => void },
+    private readonly deps: { db: Db; log: Logger; onRing: () => void },
     private readonly options: ReplicaDoorbellOptions,
   ) {}
 
@@ -58,7 +56,7 @@ export class ReplicaDoorbell {
     const { rows } = await sql<{ name: string }>`select current_database() as name`.execute(this.deps.db);
     this.scope = `${rows[0]?.name ?? ''}.${this.options.schema}`.replace(/[^A-Za-z0-9_-]/g, '_');
     this.subject = SUBJECT_PREFIX + this.scope;
-    this.timer = setInterval(() => this.readHead(), this.options.pollMs);
+    this.timer = setInterval(() => this.wake(), this.options.pollMs);
     this.timer.unref();
     if (this.options.natsUrl) void this.connect(this.options.natsUrl.split(',').map((s) => s.trim()).filter(Boolean));
   }
@@ -69,20 +67,25 @@ export class ReplicaDoorbell {
       try {
         const nc = await connect({ servers, name: 'gridwork-coordinator', maxReconnectAttempts: -1 });
         if (this.closed) return void (await nc.close());
-        nc.subscribe(this.subject, { callback: () => this.readHead() });
+        // A ring carries the ringing replica's id: its own ring wakes nobody here (it published its events itself).
+        nc.subscribe(this.subject, {
+          callback: (_err, msg) => {
+            if (msg.string() !== this.id) this.wake();
+          },
+        });
         for (const [topic, fn] of this.listeners) this.subscribeTopic(nc, topic, fn);
-        // Subscribed at the server before the head is read: no ring falls between the two.
+        // Subscribed at the server before the log is read: no ring falls between the two.
         await nc.flush();
         this.nats = nc;
-        this.readHead();
+        this.wake();
         void nc.closed().then(() => {
           if (this.nats === nc) this.nats = undefined;
         });
         void (async () => {
           for await (const s of nc.status()) {
             if (s.type === 'disconnect' || s.type === 'reconnect') this.deps.log.warn({ nats: s.type }, 'replica doorbell: NATS connection changed');
-            // Rings sent while disconnected are lost: read the head once back.
-            if (s.type === 'reconnect') this.readHead();
+            // Rings sent while disconnected are lost: read the log once back.
+            if (s.type === 'reconnect') this.wake();
           }
         })();
         return;
@@ -96,7 +99,7 @@ export class ReplicaDoorbell {
   /** Tells the other replicas that this one committed events (best effort: polling covers a ring that is lost). */
   ring(): void {
     try {
-      this.nats?.publish(this.subject);
+      this.nats?.publish(this.subject, this.id);
     } catch (err) {
       this.deps.log.warn({ err }, 'replica doorbell: ring failed');
     }
@@ -139,27 +142,10 @@ export class ReplicaDoorbell {
     const nc = this.nats;
     this.nats = undefined;
     await nc?.close().catch(() => undefined);
-    await this.reading;
   }
 
-  /** Reads the committed head (one at a time; a ring during a read reads again after it). */
-  private readHead(): void {
-    if (this.closed) return;
-    if (this.reading) {
-      this.again = true;
-      return;
-    }
-    this.reading = (async () => {
-      do {
-        this.again = false;
-        try {
-          this.deps.onHead(await eventHead(this.deps.db));
-        } catch (err) {
-          if (!this.closed) this.deps.log.warn({ err }, 'replica doorbell: could not read the event head');
-        }
-      } while (this.again && !this.closed);
-    })().finally(() => {
-      this.reading = undefined;
-    });
+  /** Has the bus read the log (it reads one at a time, and again after a read a ring fell into). */
+  private wake(): void {
+    if (!this.closed) this.deps.onRing();
   }
 }

@@ -1,8 +1,8 @@
 /**
  * Group commit: many small commands share one unit of work. Each command runs behind its own
  * savepoint, so one that fails is undone alone (its writes and its events) and its caller gets
- * its error; the others commit together, with one commit (one WAL flush, one `event_head`
- * update) for the whole batch. A command waits for the commit before its promise resolves, so
+ * its error; the others commit together, with one commit (one WAL flush, one append of events)
+ * for the whole batch. A command waits for the commit before its promise resolves, so
  * a caller that acknowledges after `run()` never acknowledges what a crash could lose.
  *
  * Under light load a command runs at once in a unit of work of its own (up to `maxDirect` side

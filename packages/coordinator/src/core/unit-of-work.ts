@@ -1,9 +1,8 @@
 /**
  * A unit of work: one database transaction plus the domain events it appends. The events are
- * written at the end of the transaction, under the single `event_head` row lock, so positions
- * are committed in increasing order (a subscriber reading `position > n` never skips an event
- * that commits later with a smaller position). The lock is held only from the append to the
- * commit. After the commit the events go to the bus. A retried transaction (deadlock) starts
+ * written at the end of the transaction, at positions from a sequence (no lock shared by other
+ * commits; core/event-log.ts says how readers stay gap-safe). After the commit the events go to
+ * the bus. A retried transaction (deadlock) starts
  * with an empty event list: nothing of an aborted attempt is published. A unit started by the
  * leader's work commits only while the leader's term lasts (store/transact.ts).
  */
@@ -12,7 +11,8 @@ import type { Db } from '../store/database.ts';
 import type { Database } from '../store/schema.ts';
 import { transact } from '../store/transact.ts';
 import { unfenced } from '../leader/fence.ts';
-import { type DomainEvent, jobOf, providerOf, type StoredEvent } from './events.ts';
+import { appendEvents } from './event-log.ts';
+import type { DomainEvent, StoredEvent } from './events.ts';
 
 export type Trx = Transaction<Database>;
 
@@ -73,44 +73,4 @@ export class Units {
     if (stored.length > 0) unfenced(() => this.sink.publish(stored));
     return result;
   }
-}
-
-/**
- * One statement per 1,000 events: it moves the head and inserts the events at the positions it
- * frees (the lock on the head row is then held from here to the commit).
- */
-async function appendEvents(trx: Trx, events: readonly DomainEvent[]): Promise<StoredEvent[]> {
-  const at = new Date();
-  const stored: StoredEvent[] = [];
-  for (let i = 0; i < events.length; i += 1000) {
-    const part = events.slice(i, i + 1000);
-    const n = part.length;
-    const rows = await sql<{ first: string }>`
-      with h as (update event_head set position = position + ${n} where id = 1 returning position),
-      appended as (
-        insert into events (position, type, job_id, provider_id, data, at)
-        select h.position - ${n} + u.ord, u.type, u.job_id, u.provider_id, u.data::jsonb, ${at}
-        from h, unnest(${part.map((x) => x.type)}::text[], ${part.map((x) => jobOf(x))}::text[], ${part.map((x) => providerOf(x))}::text[], ${part.map(
-          ({ type: _type, ...data }) => JSON.stringify(data),
-        )}::text[]) with ordinality as u(type, job_id, provider_id, data, ord)
-      )
-      select (position - ${n} + 1)::text as first from h`.execute(trx);
-    const first = BigInt((rows.rows[0] as { first: string }).first);
-    for (const [k, e] of part.entries()) stored.push({ ...e, position: first + BigInt(k), at });
-  }
-  return stored;
-}
-
-/** Reads committed events after `position` (oldest first). */
-export async function readEvents(db: Db | Trx, after: bigint, limit: number, filter: { jobId?: string } = {}): Promise<StoredEvent[]> {
-  let q = db.selectFrom('events').selectAll().where('position', '>', after);
-  if (filter.jobId) q = q.where('job_id', '=', filter.jobId);
-  const rows = await q.orderBy('position').limit(limit).execute();
-  return rows.map((r) => ({ ...(r.data as object), type: r.type, position: BigInt(r.position), at: r.at }) as StoredEvent);
-}
-
-/** The position of the last committed event. */
-export async function eventHead(db: Db | Trx): Promise<bigint> {
-  const row = await db.selectFrom('event_head').select('position').where('id', '=', 1).executeTakeFirstOrThrow();
-  return BigInt(row.position);
 }

@@ -7,8 +7,7 @@
  * - every subscriber has passed it: it is at or below the stored position of every durable
  *   subscriber this process registered (one with no stored position resumes from 0, so it keeps
  *   everything), and every subscriber attached in memory has handled it;
- * - it is not the newest event (the bus starts from `event_head`, which never moves back, but the
- *   log is never left empty);
+ * - it is not the newest event (the log is never left empty: a bus starts from its newest position);
  * - its retention window has closed: it belongs to no job and was written more than `eventsMs`
  *   ago, or its job ended (succeeded, failed, cancelled: final states) more than `eventsMs` ago.
  * A job's log lines are deleted once the job ended more than `taskLogsMs` ago (nothing replays
@@ -25,7 +24,7 @@ import { type Expression, sql } from 'kysely';
 import type { Logger } from 'pino';
 import type { SubscriberRoster } from '../bus/subscriber-roster.ts';
 import type { Db } from '../store/database.ts';
-import { eventHead } from '../core/unit-of-work.ts';
+import { lastPosition } from '../core/event-log.ts';
 
 export interface RetentionOptions {
   /**
@@ -137,7 +136,7 @@ export class Retention {
   /** The highest position every subscriber has passed, below the newest event; 0 when none. */
   private async passedByAll(): Promise<bigint> {
     const { db, bus } = this.deps;
-    let passed = (await eventHead(db)) - 1n;
+    let passed = (await lastPosition(db)) - 1n;
     const durable = bus.durable();
     const rows = durable.length > 0 ? await db.selectFrom('bus_positions').select(['subscriber', 'position']).where('subscriber', 'in', durable).execute() : [];
     const stored = new Map(rows.map((r) => [r.subscriber, BigInt(r.position)]));

@@ -466,6 +466,60 @@ migrations['0014_coordinator_leader'] = {
   },
 };
 
+// Event positions from a sequence instead of the `event_head` row, which every commit carrying
+// events held from its append to its commit (core/event-log.ts says how readers stay gap-safe:
+// every append holds a lock on `event_log` from before it takes a position until it ends).
+//
+// Rolling upgrade, in two steps. The previous release's readers assume positions commit in order:
+// they would skip an event committed late. So a database that already has events stays
+// `ordered` (positions under the `event_head` row lock, as before) until every replica reads the
+// log the new way; then `update event_log set ordered = false` (README, "Rolling upgrades"). A
+// database with no events yet starts unordered. Meanwhile a previous-release replica still
+// appends by moving `event_head`: the trigger gives it its block of positions from the same
+// sequence, under a SHARE lock on `event_log`, which waits for the unordered appends in flight
+// (ROW EXCLUSIVE) and holds off new ones, so the block is contiguous. The sequence keeps
+// `cache 1`: positions are given out in the order `nextval` is called, across sessions.
+migrations['0015_event_positions'] = {
+  async up(db: Kysely<unknown>) {
+    for (const statement of [
+      // A previous-release append between reading the head and creating the trigger would move
+      // the head past the sequence: hold them off until this migration commits.
+      'lock table event_head in exclusive mode',
+      'create sequence event_positions as bigint cache 1',
+      `select setval('event_positions', (select position from event_head where id = 1) + 1, false)`,
+      'create table event_log (id integer primary key check (id = 1), ordered boolean not null)',
+      'insert into event_log (id, ordered) select 1, position > 0 from event_head where id = 1',
+      `create function event_head_block() returns trigger language plpgsql as $$
+      declare
+        n bigint := new.position - old.position;
+        first bigint;
+      begin
+        if n < 1 then return new; end if;
+        lock table event_log in share mode;
+        first := nextval('event_positions');
+        if n > 1 then perform setval('event_positions', first + n - 1); end if;
+        new.position := first + n - 1;
+        return new;
+      end $$`,
+      'create trigger event_head_block before update on event_head for each row execute function event_head_block()',
+      `create function next_event_positions(n integer) returns setof bigint language plpgsql as $$
+      declare
+        last bigint;
+      begin
+        if (select ordered from event_log where id = 1) then
+          update event_head set position = position + n where id = 1 returning position into last;
+          return query select generate_series(last - n + 1, last);
+        else
+          lock table event_log in row exclusive mode;
+          return query select nextval('event_positions') from generate_series(1, n);
+        end if;
+      end $$`,
+    ]) {
+      await sql.raw(statement).execute(db);
+    }
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 /** Every migration's name, oldest first: the schema versions a database can be at. */

@@ -294,6 +294,12 @@ export interface EventHeadTable {
   position: Int8;
 }
 
+/** `ordered`: positions are given out under the `event_head` lock (while replicas of the previous release may read; migration 0015). */
+export interface EventLogTable {
+  id: number;
+  ordered: boolean;
+}
+
 export interface BusPositionsTable {
   subscriber: string;
   position: Int8;
@@ -341,6 +347,7 @@ export interface Database {
   events: EventsTable;
   capacity_challenges: CapacityChallengesTable;
   event_head: EventHeadTable;
+  event_log: EventLogTable;
   bus_positions: BusPositionsTable;
   retention_marks: RetentionMarksTable;
   provider_capacity: ProviderCapacityTable;
