@@ -191,6 +191,9 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   const config = resolveCoordinatorOptions(options);
   const log = options.logger ?? pino({ level: config.logLevel }, pino.destination(2));
   const db = await openDatabase({ url: config.databaseUrl, dataDir: join(config.dataDir, 'db'), schema: config.databaseSchema });
+  // PGlite is one process: no replica of an older release can be reading its event log, so an
+  // embedded database migrated from one gives out positions without the lock (migration 0015).
+  if (!config.databaseUrl) await db.updateTable('event_log').set({ ordered: false }).where('ordered', '=', true).execute();
   const { economics } = config;
 
   // The event log and its bus: every state change commits its typed events; the bus delivers them.

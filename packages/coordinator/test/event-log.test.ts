@@ -77,13 +77,13 @@ describe('the event log: positions without a lock (PostgreSQL)', () => {
     second.commit();
     assert.equal(await second.done, true);
 
-    assert.equal(await horizon.refresh(db), true, 'a gap is open while the earlier position is in flight');
+    assert.equal(await horizon.refresh(db, true), true, 'a gap is open while the earlier position is in flight');
     assert.ok(horizon.settled < early.position, `settled ${horizon.settled} stays below the position in flight ${early.position}`);
     assert.equal(horizon.seen, late.position);
 
     first.commit();
     assert.equal(await first.done, true);
-    assert.equal(await horizon.refresh(db), false);
+    assert.equal(await horizon.refresh(db, true), false);
     assert.equal(horizon.settled, late.position);
   });
 
@@ -101,12 +101,12 @@ describe('the event log: positions without a lock (PostgreSQL)', () => {
       return { b, q: (q as StoredEvent).position, v: (v as StoredEvent).position };
     });
     assert.equal(a.v, a.q + 1n);
-    assert.equal(await horizon.refresh(db), true);
-    assert.equal(await horizon.refresh(db), true, 'still open while B, holding q, runs');
+    assert.equal(await horizon.refresh(db, true), true);
+    assert.equal(await horizon.refresh(db, true), true, 'still open while B, holding q, runs');
     assert.ok(horizon.settled < a.q);
     a.b.commit();
     assert.equal(await a.b.done, true);
-    assert.equal(await horizon.refresh(db), false);
+    assert.equal(await horizon.refresh(db, true), false);
     assert.equal(horizon.settled, a.v);
   });
 
@@ -124,10 +124,10 @@ describe('the event log: positions without a lock (PostgreSQL)', () => {
       const [k] = await kept.positions;
       kept.commit();
       await kept.done;
-      assert.equal(await horizon.refresh(db), true);
+      assert.equal(await horizon.refresh(db, true), true);
       hole.rollBack();
       await hole.done;
-      assert.equal(await horizon.refresh(db), false, 'the hole settles at the next read');
+      assert.equal(await horizon.refresh(db, true), false, 'the hole settles at the next read');
       assert.equal(horizon.settled, k?.position);
     } finally {
       await other.query('rollback');
@@ -144,13 +144,13 @@ describe('the event log: positions without a lock (PostgreSQL)', () => {
     const [after] = await kept.positions;
     kept.commit();
     await kept.done;
-    assert.equal(await horizon.refresh(db), true);
-    assert.equal(await horizon.refresh(db), true, 'still open: the transaction holding the earlier positions may yet commit');
+    assert.equal(await horizon.refresh(db, true), true);
+    assert.equal(await horizon.refresh(db, true), true, 'still open: the transaction holding the earlier positions may yet commit');
     assert.ok(horizon.settled < (holes[0] as StoredEvent).position);
 
     aborted.rollBack();
     assert.equal(await aborted.done, false);
-    assert.equal(await horizon.refresh(db), false, 'its appender is gone: the next read settles past the hole');
+    assert.equal(await horizon.refresh(db, true), false, 'its appender is gone: the next read settles past the hole');
     assert.equal(horizon.settled, after?.position);
     const stored = await db
       .selectFrom('events')
@@ -327,6 +327,66 @@ describe('migration 0015 while a previous-release replica appends (PostgreSQL)',
       await old.end().catch(() => undefined);
       await sql`drop schema if exists ${sql.id(schema)} cascade`.execute(db);
       await db.destroy();
+    }
+  });
+});
+
+describe('migration 0015 on a schema of an earlier version with no events yet (PostgreSQL)', () => {
+  it('is ordered too: a previous-release replica may be running on it', async () => {
+    const schema = uniqueSchema('gw_evlog_mig0');
+    const db = await openDatabase({ url: postgresUrl(), schema, migrate: false });
+    try {
+      await migrateTo(db as never, '0014_coordinator_leader', schema);
+      await migrateToLatest(db as never, schema);
+      assert.equal((await db.selectFrom('event_log').select('ordered').executeTakeFirstOrThrow()).ordered, true);
+    } finally {
+      await sql`drop schema if exists ${sql.id(schema)} cascade`.execute(db);
+      await db.destroy();
+    }
+  });
+});
+
+describe('event_log locks are told apart by database (PostgreSQL)', () => {
+  it('an append left open in a database made from this one as a template (same table oids) holds up neither a start nor a hole here', async () => {
+    const suffix = uniqueSchema('').slice(1).toLowerCase();
+    const [one, two] = [`gw_evlog_a${suffix}`, `gw_evlog_b${suffix}`];
+    const admin = new pg.Client({ connectionString: postgresUrl() });
+    await admin.connect();
+    const urlOf = (name: string) => postgresUrl().replace(/\/[^/]*$/, `/${name}`);
+    let db: Db | undefined;
+    const other = new pg.Client({ connectionString: urlOf(two), options: '-c search_path=gw' });
+    try {
+      await admin.query(`create database ${one}`);
+      await (await openDatabase({ url: urlOf(one), schema: 'gw' })).destroy();
+      await admin.query(`create database ${two} template ${one}`);
+      db = await openDatabase({ url: urlOf(one), schema: 'gw' });
+      await other.connect();
+      const oids = [
+        (await sql<{ oid: number }>`select 'event_log'::regclass::oid as oid`.execute(db)).rows[0]?.oid,
+        (await other.query(`select 'event_log'::regclass::oid as oid`)).rows[0]?.oid,
+      ];
+      assert.equal(oids[0], oids[1], 'the clone has the same table oids');
+      await other.query('begin');
+      await other.query(`insert into events (position, type, job_id, data) select p, 'task.logged', 'o', '{}' from next_event_positions(1) p`);
+      const horizon = new Horizon();
+      await horizon.start(db, () => Promise.reject(new Error('start waited for an append in another database')));
+      const hole = openAppend(db, [event(30)]);
+      await hole.positions;
+      const kept = openAppend(db, [event(31)]);
+      const [k] = await kept.positions;
+      kept.commit();
+      await kept.done;
+      hole.rollBack();
+      await hole.done;
+      assert.equal(await horizon.refresh(db, true), true, 'first sight of the gap');
+      assert.equal(await horizon.refresh(db, true), false, 'no append of this database holds it: a hole');
+      assert.equal(horizon.settled, k?.position);
+    } finally {
+      await other.end().catch(() => undefined);
+      await db?.destroy();
+      await admin.query(`drop database if exists ${two}`);
+      await admin.query(`drop database if exists ${one}`);
+      await admin.end();
     }
   });
 });

@@ -25,6 +25,8 @@ const RETRY_MS = 500;
 const GAP_GRACE_MS = 5;
 /** Longest wait between two reads of the table while a gap stays open. */
 const GAP_MAX_MS = 500;
+/** A gap (or a start) held up this long by an append still open is logged. */
+const STUCK_WARN_MS = 10_000;
 
 interface Cursor {
   sub: Subscriber;
@@ -43,6 +45,8 @@ export class InProcessBus implements Bus, LocalProgress {
   private refreshAgain = false;
   private gapTimer: NodeJS.Timeout | undefined;
   private gapWaitMs = GAP_GRACE_MS;
+  /** When the settled position last moved while a gap was open (for the stuck-append warning). */
+  private stuckSince: number | undefined;
   private readonly window = new Map<bigint, StoredEvent>();
   private readonly cursors = new Map<string, Cursor>();
   private units: Units | undefined;
@@ -56,7 +60,15 @@ export class InProcessBus implements Bus, LocalProgress {
   /** Settles on the log's newest position; call once before subscribing. `units` runs durable subscribers' transactions. */
   async start(units: Units): Promise<void> {
     this.units = units;
-    await this.horizon.start(this.db, (ms) => new Promise((resolve) => setTimeout(resolve, ms)));
+    const since = Date.now();
+    let warned = false;
+    await this.horizon.start(this.db, async (ms) => {
+      if (!warned && Date.now() - since > STUCK_WARN_MS) {
+        warned = true;
+        this.log.warn({ pids: await this.horizon.appenderPids(this.db) }, 'bus: start waits for appends to the event log still open (a transaction left open?)');
+      }
+      await new Promise((resolve) => setTimeout(resolve, ms));
+    });
   }
 
   head(): bigint {
@@ -74,13 +86,21 @@ export class InProcessBus implements Bus, LocalProgress {
       events.map((e) => e.position),
       (p) => this.window.has(p),
     );
-    if (moved) this.gapWaitMs = GAP_GRACE_MS;
+    if (moved) {
+      this.gapWaitMs = GAP_GRACE_MS;
+      this.stuckSince = undefined;
+    }
     if (this.horizon.open) this.waitForGap();
     this.pumpAll();
   }
 
   /** Events may have been committed elsewhere (another replica rang, or a poll): read the table up from the settled position. */
   refresh(): void {
+    this.read(false);
+  }
+
+  /** `checkAppenders`: the timer's reads also ask who could still fill a gap (rings do not: they come at the rate of commits). */
+  private read(checkAppenders: boolean): void {
     if (this.closed) return;
     if (this.refreshing) {
       this.refreshAgain = true;
@@ -88,26 +108,39 @@ export class InProcessBus implements Bus, LocalProgress {
     }
     clearTimeout(this.gapTimer);
     this.gapTimer = undefined;
-    this.refreshing = this.readLog();
+    this.refreshing = this.readLog(checkAppenders);
   }
 
-  private async readLog(): Promise<void> {
+  private async readLog(checkAppenders: boolean): Promise<void> {
     let open = false;
+    let check = checkAppenders;
     do {
       this.refreshAgain = false;
       const from = this.horizon.settled;
       try {
-        open = await this.horizon.refresh(this.db);
+        open = await this.horizon.refresh(this.db, check);
       } catch (err) {
         if (!this.closed) this.log.warn({ err }, 'bus: could not read the event log');
         open = true;
       }
-      if (this.horizon.settled > from) this.gapWaitMs = GAP_GRACE_MS;
+      check = false;
+      if (this.horizon.settled > from) {
+        this.gapWaitMs = GAP_GRACE_MS;
+        this.stuckSince = undefined;
+      }
       this.pumpAll();
     } while (this.refreshAgain && !this.closed);
     // Cleared in the same turn as the last check of refreshAgain: a refresh() from now on starts a new read.
     this.refreshing = undefined;
-    if (open || this.horizon.open) this.waitForGap();
+    if (open || this.horizon.open) {
+      this.stuckSince ??= Date.now();
+      if (Date.now() - this.stuckSince > STUCK_WARN_MS) {
+        this.stuckSince = Date.now();
+        const pids = await this.horizon.appenderPids(this.db).catch(() => []);
+        this.log.warn({ settled: this.horizon.settled.toString(), pids }, 'bus: delivery waits for an append to the event log still open (a transaction left open?)');
+      }
+      this.waitForGap();
+    } else this.stuckSince = undefined;
   }
 
   /** Reads the table again after a while (longer each time the gap is still there without progress) unless the gap closes first. */
@@ -118,7 +151,7 @@ export class InProcessBus implements Bus, LocalProgress {
       if (!this.horizon.open) return;
       const wait = this.gapWaitMs;
       this.gapWaitMs = Math.min(wait * 2, GAP_MAX_MS);
-      this.refresh();
+      this.read(true);
     }, this.gapWaitMs);
     this.gapTimer.unref();
   }

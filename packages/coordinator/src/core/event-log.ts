@@ -23,6 +23,9 @@
  *   is read it is in L, or it has ended. Once none of L holds the lock any more, q's transaction
  *   has ended, and a snapshot taken after that sees q if it committed. So the next read settles
  *   up to v; whatever is still missing there is a hole.
+ * A gap is first taken for a commit in flight (it usually lands in a moment); only a later read
+ * on the bus's timer, still seeing it, reads the holders from pg_locks. An append left open (a
+ * stuck transaction) holds delivery past its positions until it ends; the bus logs who holds it.
  * Only this schema's appends count (the lock is on this schema's table): a long transaction
  * elsewhere on the server holds nobody up. Holes are rare (an abort after the append), and so
  * is the wait. On one connection (PGlite) no two transactions overlap: a gap is a hole at once.
@@ -80,8 +83,12 @@ export class Horizon {
   settled = 0n;
   /** The newest position known to be committed. */
   seen = 0n;
-  /** An open gap: positions up to `upTo` are final once none of `appenders` holds the lock. */
-  private gap: { appenders: string[]; upTo: bigint } | undefined;
+  /**
+   * An open gap, seen by a read that saw `upTo` committed. `appenders`: the transactions holding
+   * the lock, read after such a read (null until the gap is seen a second time: most gaps are a
+   * commit in flight that lands in a moment, and reading pg_locks is not free).
+   */
+  private gap: { upTo: bigint; appenders: string[] | null } | undefined;
 
   /** Whether something committed is known beyond the settled position. */
   get open(): boolean {
@@ -110,14 +117,13 @@ export class Horizon {
     return this.settled > from;
   }
 
-  /** Reads the log past the settled position and settles what it can; true while a gap stays open. */
-  async refresh(db: Db): Promise<boolean> {
+  /**
+   * Reads the log past the settled position and settles what it can; true while a gap stays
+   * open. `checkAppenders`: this read may also ask who could still fill a gap (a timer's read; a
+   * read on every ring would ask pg_locks at the rate of commits).
+   */
+  async refresh(db: Db, checkAppenders: boolean): Promise<boolean> {
     let final = 0n;
-    if (this.gap && !(await stillAppending(db, this.gap.appenders))) {
-      // Every append that could fill the gap has ended: a read from now on sees all of them.
-      final = this.gap.upTo;
-      this.gap = undefined;
-    }
     for (;;) {
       const { rows } = await sql<{ positions: string }>`
         select array_to_string(array(select position from events where position > ${this.settled} order by position limit ${SCAN}), ',') as positions`.execute(
@@ -139,22 +145,46 @@ export class Horizon {
       if (last !== undefined && last > this.seen) this.seen = last;
       this.settled = settled;
       if (this.gap && settled >= this.gap.upTo) this.gap = undefined;
-      if (gapAt !== undefined) {
-        // Keep an older record until its appenders are gone; then a new one is taken here. The
-        // appenders are read after the statement that saw the gap (pg_locks only while a gap stays).
-        this.gap ??= { appenders: await appendersNow(db), upTo: last as bigint };
+      if (gapAt === undefined) {
+        if (positions.length < SCAN) return false;
+        continue;
+      }
+      const upTo = last as bigint;
+      if (!this.gap) {
+        this.gap = { upTo, appenders: null };
         return true;
       }
-      if (positions.length < SCAN) return false;
+      if (!checkAppenders) return true;
+      if (this.gap.appenders === null) {
+        // Seen again: who could still fill it, read after this read.
+        const appenders = await appendersNow(db);
+        this.gap = { upTo, appenders };
+        if (appenders.length > 0) return true;
+      } else if (await stillAppending(db, this.gap.appenders)) return true;
+      // Every append that could fill it has ended: the next read sees all of them.
+      final = this.gap.upTo;
+      this.gap = undefined;
     }
   }
+
+  /** The sessions holding the lock for an append now, for a log line about a gap that stays open. */
+  async appenderPids(db: Db): Promise<number[]> {
+    const { rows } = await sql<{ pid: number }>`
+      select pid from pg_locks
+      where ${THIS_EVENT_LOG} and granted and mode in ('RowExclusiveLock', 'ShareLock') and pid is not null`.execute(db);
+    return rows.map((r) => r.pid);
+  }
 }
+
+/** pg_locks rows of this database's `event_log` (table oids repeat across databases, e.g. one made from another as a template). */
+const THIS_EVENT_LOG = sql`locktype = 'relation' and relation = 'event_log'::regclass
+  and database = (select oid from pg_database where datname = current_database())`;
 
 /** The transactions (virtual ids) holding `event_log` for an append now. */
 async function appendersNow(db: Db): Promise<string[]> {
   const { rows } = await sql<{ vxid: string }>`
     select virtualtransaction as vxid from pg_locks
-    where locktype = 'relation' and relation = 'event_log'::regclass and granted and mode in ('RowExclusiveLock', 'ShareLock')`.execute(db);
+    where ${THIS_EVENT_LOG} and granted and mode in ('RowExclusiveLock', 'ShareLock')`.execute(db);
   return rows.map((r) => r.vxid);
 }
 
@@ -162,7 +192,6 @@ async function appendersNow(db: Db): Promise<string[]> {
 async function stillAppending(db: Db, appenders: string[]): Promise<boolean> {
   if (appenders.length === 0) return false;
   const { rows } = await sql<{ any: boolean }>`
-    select exists (select 1 from pg_locks where locktype = 'relation' and relation = 'event_log'::regclass
-      and virtualtransaction = any(${appenders}::text[])) as any`.execute(db);
+    select exists (select 1 from pg_locks where ${THIS_EVENT_LOG} and virtualtransaction = any(${appenders}::text[])) as any`.execute(db);
   return rows[0]?.any === true;
 }

@@ -41,7 +41,7 @@ export class JobStreams {
     const off = await this.watch(jobId, JOB_EVENTS, () => w.wake());
     try {
       while (!signal.aborted) {
-        // Read before the snapshot: the snapshot reflects at least every event up to it.
+        // Read before the snapshot: the newest event this process knows committed, which the snapshot reflects.
         const seen = this.deps.bus.head();
         const job = await this.deps.jobs.get(owner, jobId);
         yield { type: 'job', job, position: seen.toString() };

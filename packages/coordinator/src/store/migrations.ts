@@ -471,10 +471,10 @@ migrations['0014_coordinator_leader'] = {
 // every append holds a lock on `event_log` from before it takes a position until it ends).
 //
 // Rolling upgrade, in two steps. The previous release's readers assume positions commit in order:
-// they would skip an event committed late. So a database that already has events stays
+// they would skip an event committed late. So a schema migrated from an earlier version stays
 // `ordered` (positions under the `event_head` row lock, as before) until every replica reads the
 // log the new way; then `update event_log set ordered = false` (README, "Rolling upgrades"). A
-// database with no events yet starts unordered. Meanwhile a previous-release replica still
+// schema created by this run starts unordered, and so does PGlite (one process: server.ts). Meanwhile a previous-release replica still
 // appends by moving `event_head`: the trigger gives it its block of positions from the same
 // sequence, under a SHARE lock on `event_log`, which waits for the unordered appends in flight
 // (ROW EXCLUSIVE) and holds off new ones, so the block is contiguous. The sequence keeps
@@ -488,7 +488,11 @@ migrations['0015_event_positions'] = {
       'create sequence event_positions as bigint cache 1',
       `select setval('event_positions', (select position from event_head where id = 1) + 1, false)`,
       'create table event_log (id integer primary key check (id = 1), ordered boolean not null)',
-      'insert into event_log (id, ordered) select 1, position > 0 from event_head where id = 1',
+      // Ordered when the schema was there before this run of the migrations (a replica of the
+      // previous release may be running on it, events or not): its migration rows were written
+      // by an earlier transaction than this one.
+      `insert into event_log (id, ordered) select 1, position > 0 or exists (select 1 from kysely_migration where xmin <> pg_current_xact_id()::xid)
+        from event_head where id = 1`,
       `create function event_head_block() returns trigger language plpgsql as $$
       declare
         n bigint := new.position - old.position;
