@@ -14,7 +14,7 @@
  */
 import type { Asks, Benchmarks, Hardware, MarketClass, MatchExplanation, Resources, RuntimeKind, WorkloadKind } from '@gridwork/protocol';
 import { formatCredits, RUNTIMES, runtimeNameFor } from '@gridwork/protocol';
-import { baseHourly, milli, milliN, type ParsedAsks, parseAsks } from './order-price.ts';
+import { baseHourlyMilli, milli, milliN, type ParsedAsks, parseAsks } from './order-price.ts';
 import { SortedList } from './sorted-list.ts';
 
 export interface BookProvider {
@@ -75,6 +75,8 @@ interface Entry {
   workloads: Set<WorkloadKind>;
   /** Time limit of its earliest-ending active lease (for explain). */
   leaseEnds: Map<string, number>;
+  /** The last match that visited it (an entry listed in several pools is evaluated once per match). */
+  visited: number;
 }
 
 interface Reservation {
@@ -120,6 +122,8 @@ export class OrderBook {
   private readonly keys = new Map<string, PoolKey>();
   private readonly gpuPools: PoolKey[] = [];
   private readonly cpuPools: PoolKey[] = [];
+  /** Numbers the matches, for `Entry.visited`. */
+  private matches = 0;
 
   /** The key of a pool, registered in the index the first time it is seen. */
   private declare(workload: WorkloadKind, model: string | null, region: string, cls: number): string {
@@ -163,6 +167,7 @@ export class OrderBook {
       pools: new Map(),
       workloads: new Set((p.runtimes ?? DEFAULT_RUNTIMES).map((k) => RUNTIMES[k].runs)),
       leaseEnds: old?.leaseEnds ?? new Map(),
+      visited: 0,
     };
     this.entries.set(p.id, e);
     // Re-apply reservations of leases that are still running there.
@@ -288,9 +293,9 @@ export class OrderBook {
    * identical devices): the model with the best score per GPU among those allowed, then the
    * lower price, then the model name; within it, the lowest indices.
    */
-  private quote(e: Entry, order: Order, useFree: boolean): { price: bigint; gpus: number[] } | null {
+  private quote(e: Entry, order: Order, useFree: boolean, cpuMilli = milli(order.resources.cpu), memMilli = milli(order.resources.memoryGiB)): { price: bigint; gpus: number[] } | null {
     if (!e.asks) return null;
-    const base = baseHourly(e.asks, order.resources);
+    const base = baseHourlyMilli(e.asks, cpuMilli, memMilli);
     const gpu = order.resources.gpu;
     if (!gpu || gpu.count <= 0) return { price: base, gpus: [] };
     let best: { price: bigint; gpus: number[]; unit: number; model: string } | null = null;
@@ -365,10 +370,12 @@ export class OrderBook {
     } else {
       pools = this.cpuPools.filter((k) => k.workload === workload && (!regions || regions.includes(k.region))).map((k) => k.key);
     }
-    const cpuNeed = milliN(order.resources.cpu);
-    const memNeed = milliN(order.resources.memoryGiB);
+    const cpuMilli = milli(order.resources.cpu);
+    const memMilli = milli(order.resources.memoryGiB);
+    const cpuNeed = Number(cpuMilli);
+    const memNeed = Number(memMilli);
     let best = null as Match | null;
-    const seen = new Set<string>();
+    const stamp = ++this.matches;
     const freeAllowed = (e: Entry): number => {
       if (!gpu?.models?.length) return e.freeGpus.size;
       let n = 0;
@@ -388,12 +395,12 @@ export class OrderBook {
       arr.each((e) => {
         if (probed >= this.probe || visited++ >= MAX_VISIT) return false;
         if (gpuCount > 0 && best && gpuCount * (e.pools.get(pool) as number) > best.score) return false;
-        if (seen.has(e.p.id)) return true;
-        seen.add(e.p.id);
+        if (e.visited === stamp) return true;
+        e.visited = stamp;
         if (e.freeCpuMilli < cpuNeed || e.freeMemMilli < memNeed) return true;
         if (gpu && gpu.count > 0 && freeAllowed(e) < gpu.count) return true;
         if (!this.fitsStatic(e, order)) return true;
-        const q = this.quote(e, order, true);
+        const q = this.quote(e, order, true, cpuMilli, memMilli);
         if (!q || q.price > order.maxPerHour) return true;
         probed++;
         const score = this.score(e, q.gpus, q.price);
@@ -405,7 +412,7 @@ export class OrderBook {
     for (const [providerId, bid] of bids ?? []) {
       const e = this.entries.get(providerId);
       if (!e || !this.listable(e) || e.freeCpuMilli < cpuNeed || e.freeMemMilli < memNeed || !this.fitsStatic(e, order)) continue;
-      const q = this.quote(e, order, true);
+      const q = this.quote(e, order, true, cpuMilli, memMilli);
       if (!q || bid > q.price || bid > order.maxPerHour) continue; // a bid only ever undercuts the standing ask
       const score = this.score(e, q.gpus, bid);
       if (!best || score < best.score || (score === best.score && e.p.id < best.providerId)) best = { providerId, pricePerHour: bid, gpus: q.gpus, score };

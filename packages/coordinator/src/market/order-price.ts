@@ -31,5 +31,10 @@ export const milliN = (units: number): number => Number(milli(units));
 
 /** Price per hour of the non-GPU part of an order. */
 export function baseHourly(asks: ParsedAsks, r: Resources): bigint {
-  return ceilDiv(asks.cpuCoreHour * milli(r.cpu), 1000n) + ceilDiv(asks.memoryGiBHour * milli(r.memoryGiB), 1000n);
+  return baseHourlyMilli(asks, milli(r.cpu), milli(r.memoryGiB));
+}
+
+/** The same from the order's thousandths of a core and of a GiB (worked out once per order). */
+export function baseHourlyMilli(asks: ParsedAsks, cpuMilli: bigint, memMilli: bigint): bigint {
+  return ceilDiv(asks.cpuCoreHour * cpuMilli, 1000n) + ceilDiv(asks.memoryGiBHour * memMilli, 1000n);
 }
