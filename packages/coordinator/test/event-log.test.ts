@@ -6,7 +6,8 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { postgresUrl, silentLogger, uniqueSchema, until } from '@gridwork/testkit';
+import { join } from 'node:path';
+import { postgresUrl, silentLogger, tempDir, uniqueSchema, until } from '@gridwork/testkit';
 import { sql } from 'kysely';
 import pg from 'pg';
 import { InProcessBus } from '../src/bus/in-process-bus.ts';
@@ -15,6 +16,7 @@ import type { DomainEvent, StoredEvent } from '../src/core/events.ts';
 import { type Trx, Units } from '../src/core/unit-of-work.ts';
 import { type Db, openDatabase } from '../src/store/database.ts';
 import { migrateTo, migrateToLatest } from '../src/store/migrations.ts';
+import { startCoordinator } from '../src/server.ts';
 
 const log = silentLogger();
 
@@ -387,6 +389,30 @@ describe('event_log locks are told apart by database (PostgreSQL)', () => {
       await admin.query(`drop database if exists ${two}`);
       await admin.query(`drop database if exists ${one}`);
       await admin.end();
+    }
+  });
+});
+
+describe('the embedded store migrated from an earlier version (PGlite)', () => {
+  it('is ordered after the migration, and unordered once a coordinator opens it: one process, no older replica can read it', async () => {
+    const dir = await tempDir();
+    try {
+      const store = join(dir.path, 'db');
+      const db = await openDatabase({ dataDir: store, migrate: false });
+      await migrateTo(db as never, '0014_coordinator_leader');
+      await migrateToLatest(db as never);
+      assert.equal((await db.selectFrom('event_log').select('ordered').executeTakeFirstOrThrow()).ordered, true);
+      await db.destroy();
+      const coordinator = await startCoordinator({ dataDir: dir.path, port: 0, dev: true, logger: log });
+      await coordinator.close();
+      const reopened = await openDatabase({ dataDir: store });
+      try {
+        assert.equal((await reopened.selectFrom('event_log').select('ordered').executeTakeFirstOrThrow()).ordered, false);
+      } finally {
+        await reopened.destroy();
+      }
+    } finally {
+      await dir.remove();
     }
   });
 });
