@@ -48,6 +48,17 @@ function openAppend(db: Db, events: DomainEvent[]) {
   return { positions, commit: () => finish(true), rollBack: () => finish(false), done };
 }
 
+/** An append left open (to be rolled back: a hole), then a later one committed; `k` is the committed event. */
+async function holeBeforeCommitted(db: Db, n: number) {
+  const hole = openAppend(db, [event(n)]);
+  await hole.positions;
+  const kept = openAppend(db, [event(n + 1)]);
+  const [k] = await kept.positions;
+  kept.commit();
+  await kept.done;
+  return { hole, k };
+}
+
 /** Sessions of this database waiting for a lock in a statement like `pattern`. */
 async function lockWaits(db: Db, pattern: string): Promise<number> {
   const { rows } = await sql<{ n: string }>`select count(*)::text as n from pg_stat_activity
@@ -120,12 +131,7 @@ describe('the event log: positions without a lock (PostgreSQL)', () => {
       await other.query('select pg_current_xact_id()');
       const horizon = new Horizon();
       await horizon.start(db, () => Promise.reject(new Error('start waited for a transaction that appends nothing here')));
-      const hole = openAppend(db, [event(12)]);
-      await hole.positions;
-      const kept = openAppend(db, [event(13)]);
-      const [k] = await kept.positions;
-      kept.commit();
-      await kept.done;
+      const { hole, k } = await holeBeforeCommitted(db, 12);
       assert.equal(await horizon.refresh(db, true), true);
       hole.rollBack();
       await hole.done;
@@ -372,12 +378,7 @@ describe('event_log locks are told apart by database (PostgreSQL)', () => {
       await other.query(`insert into events (position, type, job_id, data) select p, 'task.logged', 'o', '{}' from next_event_positions(1) p`);
       const horizon = new Horizon();
       await horizon.start(db, () => Promise.reject(new Error('start waited for an append in another database')));
-      const hole = openAppend(db, [event(30)]);
-      await hole.positions;
-      const kept = openAppend(db, [event(31)]);
-      const [k] = await kept.positions;
-      kept.commit();
-      await kept.done;
+      const { hole, k } = await holeBeforeCommitted(db, 30);
       hole.rollBack();
       await hole.done;
       assert.equal(await horizon.refresh(db, true), true, 'first sight of the gap');

@@ -86,10 +86,7 @@ export class InProcessBus implements Bus, LocalProgress {
       events.map((e) => e.position),
       (p) => this.window.has(p),
     );
-    if (moved) {
-      this.gapWaitMs = GAP_GRACE_MS;
-      this.stuckSince = undefined;
-    }
+    if (moved) this.progressed();
     if (this.horizon.open) this.waitForGap();
     this.pumpAll();
   }
@@ -124,10 +121,7 @@ export class InProcessBus implements Bus, LocalProgress {
         open = true;
       }
       check = false;
-      if (this.horizon.settled > from) {
-        this.gapWaitMs = GAP_GRACE_MS;
-        this.stuckSince = undefined;
-      }
+      if (this.horizon.settled > from) this.progressed();
       this.pumpAll();
     } while (this.refreshAgain && !this.closed);
     // Cleared in the same turn as the last check of refreshAgain: a refresh() from now on starts a new read.
@@ -141,6 +135,12 @@ export class InProcessBus implements Bus, LocalProgress {
       }
       this.waitForGap();
     } else this.stuckSince = undefined;
+  }
+
+  /** The settled position moved: a gap that opens next is waited for from the shortest wait again, and is not stuck. */
+  private progressed(): void {
+    this.gapWaitMs = GAP_GRACE_MS;
+    this.stuckSince = undefined;
   }
 
   /** Reads the table again after a while (longer each time the gap is still there without progress) unless the gap closes first. */

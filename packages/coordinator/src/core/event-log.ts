@@ -169,10 +169,7 @@ export class Horizon {
 
   /** The sessions holding the lock for an append now, for a log line about a gap that stays open. */
   async appenderPids(db: Db): Promise<number[]> {
-    const { rows } = await sql<{ pid: number }>`
-      select pid from pg_locks
-      where ${THIS_EVENT_LOG} and granted and mode in ('RowExclusiveLock', 'ShareLock') and pid is not null`.execute(db);
-    return rows.map((r) => r.pid);
+    return (await holders(db)).flatMap((h) => (h.pid === null ? [] : [h.pid]));
   }
 }
 
@@ -180,12 +177,17 @@ export class Horizon {
 const THIS_EVENT_LOG = sql`locktype = 'relation' and relation = 'event_log'::regclass
   and database = (select oid from pg_database where datname = current_database())`;
 
+/** The transactions holding `event_log` for an append now: virtual id, and session (null for a prepared transaction). */
+async function holders(db: Db): Promise<{ vxid: string; pid: number | null }[]> {
+  const { rows } = await sql<{ vxid: string; pid: number | null }>`
+    select virtualtransaction as vxid, pid from pg_locks
+    where ${THIS_EVENT_LOG} and granted and mode in ('RowExclusiveLock', 'ShareLock')`.execute(db);
+  return rows;
+}
+
 /** The transactions (virtual ids) holding `event_log` for an append now. */
 async function appendersNow(db: Db): Promise<string[]> {
-  const { rows } = await sql<{ vxid: string }>`
-    select virtualtransaction as vxid from pg_locks
-    where ${THIS_EVENT_LOG} and granted and mode in ('RowExclusiveLock', 'ShareLock')`.execute(db);
-  return rows.map((r) => r.vxid);
+  return (await holders(db)).map((h) => h.vxid);
 }
 
 /** Whether any of these transactions still holds `event_log` for an append. */
