@@ -183,7 +183,12 @@ describe('verification in the CLI', { timeout: 300_000 }, () => {
     const status = await gridwork(['job', 'status', jobId], env);
     assert.match(status.stdout, /\n\s+0\s+succeeded\s+provider-0\s.*\bverified\b/);
 
-    const checked = json(await gridwork(['provider', 'status', '--data', firstData, '--json'], env));
+    // Audit counters follow the verdict (reputation counts it a moment later).
+    const checked = await until(
+      async () => json(await gridwork(['provider', 'status', '--data', firstData, '--json'], env)),
+      (s) => s.audits.passed > 0,
+      { what: 'the passed audit to be counted' },
+    );
     assert.equal(checked.audits.passed, 1);
     assert.equal(checked.audits.streak, 1);
     assert.ok(checked.audits.lastPassedAt);

@@ -151,6 +151,17 @@ async function allChecksClosed(db: Db, what: string, timeoutMs = WAIT_MS): Promi
   );
 }
 
+/** Waits until reputation has counted every verdict so far (`provider.audited`: audit counters follow verdicts). */
+async function verdictsCounted(db: Db): Promise<void> {
+  await until(
+    () => sql<{ behind: boolean }>`
+      select coalesce((select max(position) from events where type = 'provider.audited'), 0)
+        > coalesce((select position from bus_positions where subscriber = 'reputation'), 0) as behind`.execute(db),
+    (r) => r.rows[0]?.behind === false,
+    { what: 'reputation to count the verdicts' },
+  );
+}
+
 const checksOf = (db: Db, leaseId: string) => db.selectFrom('verifications').selectAll().where('lease_id', '=', leaseId).orderBy('created_at').execute();
 const providerRow = (db: Db, id: string) => db.selectFrom('providers').selectAll().where('id', '=', id).executeTakeFirstOrThrow();
 
@@ -809,6 +820,7 @@ describe('an audit and a dispute of the same wrong result (pglite)', {
     const slashes = await sql<{
       n: string;
     }>`select count(*)::text as n from ledger_transactions where kind = 'slash' and memo->>'leaseId' = ${leaseId}`.execute(db);
+    await verdictsCounted(db);
     const row = await providerRow(db, cheater.id);
     assert.deepEqual(
       { slashes: Number(slashes.rows[0]?.n), stake: (await cheaterClient.balance()).stake, auditsFailed: row.audits_failed },
@@ -822,6 +834,7 @@ describe('an audit and a dispute of the same wrong result (pglite)', {
     const verifier = new Verifier({ db, units, lifecycle, blobs: {} as BlobStore, log: silentLogger(), config: resolveVerification(V, true) });
     const checks = await checksOf(db, leaseId);
     const txsBefore = (await verifyLedger(db)).transactions;
+    await verdictsCounted(db);
     const providersBefore = await db
       .selectFrom('providers')
       .select(['id', 'audits_passed', 'audits_failed', 'audit_streak', 'stake_slashed'])

@@ -92,6 +92,11 @@ export type DomainEvent =
   /** A check of a lease's result was opened, or ended. */
   | { type: 'check.opened'; checkId: string; kind: CheckKind; leaseId: string; providerId: string; checkJobId: string | null }
   | { type: 'check.closed'; checkId: string; kind: CheckKind; leaseId: string; providerId: string; state: 'passed' | 'failed' | 'abandoned'; detail: string | null }
+  /**
+   * A check (audit, canary, dispute, referee) judged a provider's result: it counts for the
+   * provider (`passed`) or against it. Counted by reputation (providers/reputation.ts).
+   */
+  | { type: 'provider.audited'; providerId: string; passed: boolean }
   /** A provider lost stake for a proven fault. */
   | { type: 'provider.slashed'; providerId: string; amount: string; fault: ProviderFaultKind; leaseId: string | null }
   /** A capacity challenge ended; `busyMs` is the provider time it took (issue to last answer). */

@@ -2,7 +2,8 @@
  * Reputation from history: every lease a provider finished (completed, or failed by the
  * workload itself) counts for it, every lease it lost counts against it; capacity challenges
  * (`provider.challenged`: passed, failed, failures in a row, time taken) and proven faults
- * (`provider.fault`) are counted here too. A durable subscriber: its position commits with the
+ * (`provider.fault`) are counted here too, and so are verification's verdicts on a provider's
+ * results (`provider.audited`: passed, failed, passes in a row, when it last passed). A durable subscriber: its position commits with the
  * counters, so each event counts exactly once, across restarts. The score itself is
  * `reputationOf` in market/market.ts.
  */
@@ -18,20 +19,21 @@ interface Tally {
   streak: { reset: boolean; add: number } | null;
   busyMs: number;
   proven: number;
+  audits: { passed: number; failed: number; at: Date | null; streak: { reset: boolean; add: number } | null };
 }
 
 export function reputationSubscriber(): Subscriber {
   return {
     name: 'reputation',
     durable: true,
-    types: ['lease.ended', 'provider.challenged', 'provider.fault'],
+    types: ['lease.ended', 'provider.challenged', 'provider.fault', 'provider.audited'],
     async handle(events, uow) {
       if (!uow) throw new Error('reputation is a durable subscriber');
       const tally = new Map<string, Tally>();
       const of = (id: string) => {
         let t = tally.get(id);
         if (!t) {
-          t = { completed: 0, faulted: 0, passed: 0, failed: 0, streak: null, busyMs: 0, proven: 0 };
+          t = { completed: 0, faulted: 0, passed: 0, failed: 0, streak: null, busyMs: 0, proven: 0, audits: { passed: 0, failed: 0, at: null, streak: null } };
           tally.set(id, t);
         }
         return t;
@@ -54,6 +56,16 @@ export function reputationSubscriber(): Subscriber {
           }
         } else if (e.type === 'provider.fault') {
           of(e.providerId).proven++;
+        } else if (e.type === 'provider.audited') {
+          const a = of(e.providerId).audits;
+          if (e.passed) {
+            a.passed++;
+            a.at = e.at;
+            a.streak = a.streak ? { reset: a.streak.reset, add: a.streak.add + 1 } : { reset: false, add: 1 };
+          } else {
+            a.failed++;
+            a.streak = { reset: true, add: 0 };
+          }
         }
       }
       // The first rows this unit locks (after its own position): waiting for them holds up nobody.
@@ -68,6 +80,12 @@ export function reputationSubscriber(): Subscriber {
             challenges_failed: eb('challenges_failed', '+', t.failed),
             challenge_busy_ms: eb('challenge_busy_ms', '+', BigInt(t.busyMs)),
             faults_proven: eb('faults_proven', '+', t.proven),
+            audits_passed: eb('audits_passed', '+', t.audits.passed),
+            audits_failed: eb('audits_failed', '+', t.audits.failed),
+            ...(t.audits.at === null ? {} : { last_audit_passed_at: t.audits.at }),
+            ...(t.audits.streak === null
+              ? {}
+              : { audit_streak: t.audits.streak.reset ? t.audits.streak.add : eb('audit_streak', '+', t.audits.streak.add) }),
             ...(t.streak === null
               ? {}
               : { challenge_fail_streak: t.streak.reset ? t.streak.add : eb('challenge_fail_streak', '+', t.streak.add) }),

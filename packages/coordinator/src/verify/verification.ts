@@ -19,8 +19,8 @@
  * (a referee that agrees with neither side, a check that produced no result).
  *
  * A durable bus subscriber (`job.ended` of check jobs) plus the dispute command and a sweep;
- * the lifecycle owns jobs, tasks and leases, this module owns `verifications`' verdicts and the
- * providers' audit counters.
+ * the lifecycle owns jobs, tasks and leases, this module owns `verifications`' verdicts; the
+ * providers' audit counters follow them (`provider.audited`, counted by reputation).
  */
 import { type DisputeView, formatCredits, GridworkError, newId, type FileRef } from '@gridwork/protocol';
 import { type Selectable, sql } from 'kysely';
@@ -167,7 +167,7 @@ export class Verifier {
       case 'audit':
         if (verdict.agree) {
           await lifecycle.closeCheck(uow, check.id, 'passed', 'confirmed', null);
-          await this.passed(uow, check.provider_id);
+          this.passed(uow, check.provider_id);
           await lifecycle.confirmResult(uow, check.lease_id, `audit passed (re-run by ${short(result.providerId)}${segment ? `, ${describe(segment)}` : ''})`);
           await this.maybeCanary(uow, check, [check.provider_id, result.providerId]);
         } else {
@@ -189,7 +189,7 @@ export class Verifier {
         // The known answer is the checked lease's (confirmed by an audit); the canary's provider is on trial.
         if (verdict.agree) {
           await lifecycle.closeCheck(uow, check.id, 'passed', 'canary-correct', null);
-          await this.passed(uow, result.providerId);
+          this.passed(uow, result.providerId);
         } else {
           // The "known" answer could itself be wrong (confirmed by a colluding auditor): two
           // referees decide between it and the canary's, as for audits.
@@ -265,7 +265,7 @@ export class Verifier {
       if (parent.kind === 'canary') {
         // The known answer stands: the canary's provider answered wrong.
         await lifecycle.closeCheck(uow, parent.id, 'failed', 'canary-wrong', `a known-answer task came back wrong (two referees confirmed the answer)${where}`);
-        await this.failedCounter(uow, other.providerId);
+        this.failedCounter(uow, other.providerId);
         await this.fault(uow, { providerId: other.providerId, leaseId: other.leaseId, fault: 'failed-canary', checkId: parent.id, detail: `a known-answer task came back wrong${where}` });
         await this.backtrack(uow, other.providerId);
         return;
@@ -275,7 +275,7 @@ export class Verifier {
         await this.dismiss(uow, parent, `two referees reproduced the provider's result${where}`);
       } else {
         await lifecycle.closeCheck(uow, parent.id, 'passed', 'auditor-overruled', `two referees agreed with the provider, not with auditor ${short(other.providerId)}${where}`);
-        await this.passed(uow, check.provider_id);
+        this.passed(uow, check.provider_id);
         await lifecycle.confirmResult(uow, check.lease_id, 'audit disagreement settled by two referees in the provider’s favour');
       }
       return;
@@ -326,7 +326,7 @@ export class Verifier {
     const { lifecycle } = this.deps;
     await lifecycle.closeCheck(uow, check.id, 'passed', 'dispute-dismissed', detail);
     await this.payBond(uow, check, check.provider_id, 'dispute dismissed');
-    await this.passed(uow, check.provider_id);
+    this.passed(uow, check.provider_id);
     await lifecycle.confirmResult(uow, check.lease_id, `dispute dismissed: ${detail}`, { disputed: true });
   }
 
@@ -365,7 +365,7 @@ export class Verifier {
     const rejected = await this.deps.lifecycle.rejectResult(uow, check.lease_id, detail);
     // Refuted already (an audit and a dispute of one result): one wrong result is punished once.
     if (!rejected) return;
-    await this.failedCounter(uow, check.provider_id);
+    this.failedCounter(uow, check.provider_id);
     const charged = await uow.trx.selectFrom('leases').select('charged').where('id', '=', check.lease_id).executeTakeFirstOrThrow();
     const owner = await uow.trx.selectFrom('leases').innerJoin('jobs', 'jobs.id', 'leases.job_id').select('jobs.owner').where('leases.id', '=', check.lease_id).executeTakeFirstOrThrow();
     await this.fault(uow, {
@@ -527,24 +527,17 @@ export class Verifier {
     await this.deps.lifecycle.openCheck(uow, { kind: 'canary', leaseId: check.lease_id, expectedDigest: check.expected_digest ?? '', only: target.id, ...(segment ? { segment } : {}) });
   }
 
-  private async passed(uow: UnitOfWork, providerId: string): Promise<void> {
-    await lockForCounters(uow.trx, [providerId]);
-    await uow.trx
-      .updateTable('providers')
-      .set((eb) => ({ audits_passed: eb('audits_passed', '+', 1), audit_streak: eb('audit_streak', '+', 1), last_audit_passed_at: new Date() }))
-      .where('id', '=', providerId)
-      .execute();
-    uow.emit({ type: 'provider.changed', providerId, what: 'reputation' });
+  /**
+   * Counted by reputation, not here: a verdict holds job, lease and ledger rows, and a provider
+   * row taken after them closed a cycle with that provider's report batches (they lock its row
+   * last, after the same ledger rows), broken by PostgreSQL only after its deadlock_timeout (1 s).
+   */
+  private passed(uow: UnitOfWork, providerId: string): void {
+    uow.emit({ type: 'provider.audited', providerId, passed: true });
   }
 
-  private async failedCounter(uow: UnitOfWork, providerId: string): Promise<void> {
-    await lockForCounters(uow.trx, [providerId]);
-    await uow.trx
-      .updateTable('providers')
-      .set((eb) => ({ audits_failed: eb('audits_failed', '+', 1), audit_streak: 0 }))
-      .where('id', '=', providerId)
-      .execute();
-    uow.emit({ type: 'provider.changed', providerId, what: 'reputation' });
+  private failedCounter(uow: UnitOfWork, providerId: string): void {
+    uow.emit({ type: 'provider.audited', providerId, passed: false });
   }
 
   // ---- reading results ------------------------------------------------------------------------

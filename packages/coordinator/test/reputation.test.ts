@@ -1,0 +1,63 @@
+/**
+ * Reputation counts verification's verdicts (`provider.audited`): passes and failures, the passes
+ * in a row (a failure resets them, across batches too) and when the provider last passed. The
+ * verdicts themselves take no provider row (verify/verification.ts): a verdict that updated the
+ * counters after its ledger postings deadlocked against the provider's report batches.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import type { DomainEvent, StoredEvent } from '../src/core/events.ts';
+import { Units } from '../src/core/unit-of-work.ts';
+import { reputationSubscriber } from '../src/providers/reputation.ts';
+import { type Db, openDatabase } from '../src/store/database.ts';
+import { insertProviderRow } from './fixtures/provider-row.ts';
+
+describe('reputation counts verdicts', () => {
+  let db: Db;
+  let units: Units;
+  let position = 0n;
+  const subscriber = reputationSubscriber();
+  const stored = (e: DomainEvent, at = new Date()): StoredEvent => ({ ...e, position: ++position, at }) as StoredEvent;
+  const audited = (providerId: string, passed: boolean, at?: Date) => stored({ type: 'provider.audited', providerId, passed }, at);
+  const deliver = (events: StoredEvent[]) => units.run((uow) => subscriber.handle(events, uow));
+  const counters = (id: string) =>
+    db
+      .selectFrom('providers')
+      .select(['audits_passed', 'audits_failed', 'audit_streak', 'last_audit_passed_at', 'leases_completed'])
+      .where('id', '=', id)
+      .executeTakeFirstOrThrow();
+
+  before(async () => {
+    db = await openDatabase({});
+    units = new Units(db, { publish: () => {} });
+    for (const id of ['p1', 'p2']) await insertProviderRow(db, id);
+  });
+
+  after(async () => {
+    await db?.destroy();
+  });
+
+  test('passes, failures, the streak and the last pass, per provider', async () => {
+    const firstPass = new Date('2026-03-01T10:00:00Z');
+    const lastPass = new Date('2026-03-01T10:05:00Z');
+    await deliver([
+      audited('p1', true, firstPass),
+      audited('p1', false),
+      audited('p2', true, firstPass),
+      audited('p1', true, new Date('2026-03-01T10:04:00Z')),
+      stored({ type: 'lease.ended', jobId: 'j', taskId: 't', leaseId: 'l', providerId: 'p2', outcome: 'completed', error: null, charged: '0' }),
+      audited('p1', true, lastPass),
+    ]);
+    assert.deepEqual(await counters('p1'), { audits_passed: 3, audits_failed: 1, audit_streak: 2, last_audit_passed_at: lastPass, leases_completed: 0 });
+    assert.deepEqual(await counters('p2'), { audits_passed: 1, audits_failed: 0, audit_streak: 1, last_audit_passed_at: firstPass, leases_completed: 1 });
+  });
+
+  test('a later batch adds to the streak, and a failure in it resets the streak without touching the last pass', async () => {
+    await deliver([audited('p1', true), audited('p2', false)]);
+    const p1 = await counters('p1');
+    assert.equal(p1.audit_streak, 3);
+    assert.equal(p1.audits_passed, 4);
+    const p2 = await counters('p2');
+    assert.deepEqual([p2.audits_failed, p2.audit_streak, p2.last_audit_passed_at], [1, 0, new Date('2026-03-01T10:00:00Z')]);
+  });
+});
