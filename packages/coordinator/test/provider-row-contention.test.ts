@@ -4,7 +4,8 @@
  * skips a row another transaction holds instead of waiting for it (the flush holding every other
  * row meanwhile stalled all their writers); the skipped one is written by the next flush. A
  * subscriber's counter update (providers/counter-locks.ts) does not wait for a held row either:
- * its unit of work fails at once with a retryable error, and succeeds once the row is free.
+ * its unit of work fails at once with a retryable error, and succeeds once the row is free; one
+ * that takes its rows first waits for them, but gives up in a cycle with a batch.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -83,5 +84,27 @@ describe('provider rows under contention (PostgreSQL)', { timeout: 60_000 }, () 
     await bump();
     const slots = await db.selectFrom('providers').select('slots').where('id', '=', 'held').executeTakeFirstOrThrow();
     assert.equal(slots.slots, 2);
+  });
+
+  test('a subscriber that waits for its rows gives up in a cycle (lock_not_available) instead of stalling both until the deadlock check', async () => {
+    // The cycle of a report batch: it holds one provider's row and then wants another's, which
+    // the subscriber took first (id order) while it waits for the held one.
+    await other.query('begin');
+    await other.query(`select id from "${schema}".providers where id = 'held' for no key update`);
+    try {
+      const subscriber = db.transaction().execute((trx) => lockForCounters(trx, ['free', 'held'], { wait: true }));
+      const outcome = subscriber.then(
+        () => 'locked',
+        (err: { code?: string }) => err.code,
+      );
+      // Waiting for 'held' while holding 'free'.
+      const waiting = async () =>
+        Number((await other.query('select count(*) as n from pg_stat_activity where pg_backend_pid() = any(pg_blocking_pids(pid))')).rows[0].n);
+      while ((await waiting()) === 0) await new Promise((r) => setImmediate(r));
+      await other.query(`select id from "${schema}".providers where id = 'free' for no key update`);
+      assert.equal(await outcome, '55P03', 'the subscriber gave up; the batch got its row and was not aborted');
+    } finally {
+      await other.query('commit');
+    }
   });
 });

@@ -19,7 +19,10 @@ describe('reputation counts verdicts', () => {
   const subscriber = reputationSubscriber();
   const stored = (e: DomainEvent, at = new Date()): StoredEvent => ({ ...e, position: ++position, at }) as StoredEvent;
   const audited = (providerId: string, passed: boolean, at?: Date) => stored({ type: 'provider.audited', providerId, passed }, at);
-  const deliver = (events: StoredEvent[]) => units.run((uow) => subscriber.handle(events, uow));
+  const deliver = (events: StoredEvent[]) =>
+    units.run(async (uow) => {
+      await subscriber.handle(events, uow);
+    });
   const counters = (id: string) =>
     db
       .selectFrom('providers')
