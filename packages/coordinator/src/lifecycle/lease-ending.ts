@@ -210,6 +210,9 @@ export class LeaseEnding {
           .execute();
         for (const o of others)
           await this.end(uow, o.id, { kind: 'released', stop: true, error: `cluster restarts: member ${task.idx} was lost (${outcome.error})` });
+        // Those ends refreshed the job: its row as locked above is out of date.
+        await this.refreshJob(uow, job.id);
+        return true;
       }
     } else if (outcome.kind === 'failed' || outcome.kind === 'lost') {
       const attempts = outcome.kind === 'lost' ? task.attempts + 1 : task.attempts;
@@ -233,7 +236,8 @@ export class LeaseEnding {
       await trx.updateTable('tasks').set({ state: 'cancelled', error: outcome.error, finished_at: now }).where('id', '=', task.id).execute();
       uow.emit({ type: 'task.ended', jobId: task.job_id, taskId: task.id, index: task.idx, state: 'cancelled' });
     }
-    await this.refreshJob(uow, task.job_id);
+    // The job's row as locked above: nothing here changed it since.
+    await this.refreshJob(uow, job);
     return true;
   }
 
@@ -286,7 +290,7 @@ export class LeaseEnding {
     }
     await trx.updateTable('jobs').set({ state: next, error: jobError, updated_at: new Date() }).where('id', '=', jobId).execute();
     if (next === 'succeeded' || next === 'failed' || next === 'cancelled') {
-      await this.cancelOpenTasks(uow, jobId, `job ${next}`);
+      if ((counts.queued ?? 0) + (counts.assigned ?? 0) + (counts.running ?? 0) > 0) await this.cancelOpenTasks(uow, jobId, `job ${next}`);
       // Every lease of the job has settled by now: what is left of the budget goes back.
       await releaseJob(trx, job.purpose === 'work' ? job.owner : null, jobId);
       uow.emit({ type: 'job.ended', jobId, owner: job.owner, state: next, error: jobError });

@@ -8,7 +8,7 @@ import { fundLease, plausibleUsage } from '../ledger/lease-economics.ts';
 import { enqueueForProvider } from '../providers/outbox.ts';
 import { type Capacity, declareCapacity } from './capacity.ts';
 import type { ProviderFaultKind } from '../core/events.ts';
-import { ACTIVE_LEASE_STATES, assertTransition, isActiveLease, isTerminalJob } from '../core/state-machine.ts';
+import { ACTIVE_LEASE_STATES, isActiveLease, isTerminalJob } from '../core/state-machine.ts';
 import type { Trx, UnitOfWork } from '../core/unit-of-work.ts';
 import { limitMsOf } from '../core/time-limit.ts';
 import type { LifecycleParts, LeaseKey, LeaseOutcome, ResultCommitment, LeaseRow } from './lifecycle.ts';
@@ -85,20 +85,28 @@ export class LeaseReports {
   async start(uow: UnitOfWork, reported: LeaseRow): Promise<void> {
     const { trx } = uow;
     const job = await this.parts.ending.lockJob(trx, reported.job_id);
-    const lease = await this.parts.ending.lockLease(trx, reported.id);
-    if (lease.state !== 'offered' && lease.state !== 'starting') return;
-    assertTransition('lease', lease.id, lease.state, 'running');
     const now = new Date();
-    await trx.updateTable('leases').set({ state: 'running', started_at: now }).where('id', '=', lease.id).execute();
-    lease.state = 'running';
-    lease.started_at = now;
+    // Locks the lease (after its job: the one lock order) and moves it only from a state that starts.
+    const lease = await trx
+      .updateTable('leases')
+      .set({ state: 'running', started_at: now })
+      .where('id', '=', reported.id)
+      .where('state', 'in', ['offered', 'starting'])
+      .returning(['id', 'job_id', 'task_id', 'provider_id'])
+      .executeTakeFirst();
+    if (!lease) return;
     uow.emit({ type: 'lease.started', jobId: lease.job_id, leaseId: lease.id, providerId: lease.provider_id });
-    const task = await trx.selectFrom('tasks').select(['id', 'state', 'lease_id']).where('id', '=', lease.task_id).forNoKeyUpdate().executeTakeFirstOrThrow();
-    if (task.lease_id === lease.id && task.state === 'assigned' && !isTerminalJob(job.state)) {
-      assertTransition('task', task.id, task.state, 'running');
-      await trx.updateTable('tasks').set({ state: 'running', started_at: now }).where('id', '=', task.id).execute();
-      await this.parts.ending.refreshJob(uow, job);
-    }
+    if (isTerminalJob(job.state)) return;
+    const task = await trx
+      .updateTable('tasks')
+      .set({ state: 'running', started_at: now })
+      .where('id', '=', lease.task_id)
+      .where('lease_id', '=', lease.id)
+      .where('state', '=', 'assigned')
+      .returning('id')
+      .executeTakeFirst();
+    // A job with a task assigned is running already (its placement said so); else it becomes so now.
+    if (task && job.state !== 'running') await this.parts.ending.refreshJob(uow, job);
   }
 
   /**

@@ -164,50 +164,51 @@ export class ProviderService {
   /**
    * Applies one sequenced report exactly once: its effect and the new seq commit together.
    * `receivedAt`: when it arrived (ms). A report the lifecycle refuses (REJECTED_REPORT_CODES) is
-   * consumed without effect, its seq recorded in the same commit, and the refusal thrown after it.
+   * consumed without effect: its unit is undone whole, a second one records its seq alone, and the
+   * refusal is thrown after that commit. (Refusals are rare: a savepoint around every handler cost
+   * every report two more statements.)
    */
   async apply(providerId: string, msg: ProviderSequenced, receivedAt = Date.now()): Promise<ApplyResult> {
     const { lifecycle, challenges } = this.deps;
     this.liveness.heard(providerId, receivedAt);
-    const outcome = await this.reports
-      .run(async (uow): Promise<ApplyResult | GridworkError> => {
-        // Read without a lock, checked again when the seq is recorded: the provider row is locked
-        // last (after the job and lease rows the handler locks), the order placements use too.
-        const p = await uow.trx.selectFrom('providers').select(['in_seq']).where('id', '=', providerId).executeTakeFirst();
-        if (!p) throw new GridworkError('PROVIDER_UNKNOWN', 'say hello first');
-        const last = Number(p.in_seq);
-        if (msg.seq <= last) return 'duplicate';
-        if (msg.seq !== last + 1) return 'gap';
-        const handle = reportHandlers[msg.type] as (ctx: Parameters<(typeof reportHandlers)['lease.started']>[0], m: ProviderSequenced) => Promise<void>;
-        let rejected: GridworkError | undefined;
-        try {
-          await uow.savepoint(() => handle({ uow, providerId, lifecycle, challenges, receivedAt }, msg));
-        } catch (err) {
-          if (!(err instanceof GridworkError && REJECTED_REPORT_CODES.has(err.code))) throw err;
-          rejected = err;
-        }
-        const recorded = await uow.trx
-          .updateTable('providers')
-          // Never back: a flush may already have written a later heartbeat.
-          .set((eb) => ({ in_seq: BigInt(msg.seq), last_seen_at: sql<Date>`greatest(${eb.ref('last_seen_at')}, ${new Date(receivedAt)})` }))
-          .where('id', '=', providerId)
-          .where('in_seq', '=', BigInt(last))
-          .returning('id')
-          .executeTakeFirst();
-        // Applied meanwhile by another connection of the same provider: undo ours.
-        if (!recorded) throw new AppliedElsewhere();
-        return rejected ?? 'applied';
-      })
-      .catch((err) => {
-        if (err instanceof AppliedElsewhere) return 'duplicate' as const;
-        throw err;
-      });
-    if (outcome instanceof GridworkError) {
-      // Consumed (so the stream goes on) but without effect.
-      this.deps.log.warn({ providerId, type: msg.type, code: outcome.code }, 'provider report rejected');
-      throw outcome;
+    const handle = reportHandlers[msg.type] as (ctx: Parameters<(typeof reportHandlers)['lease.started']>[0], m: ProviderSequenced) => Promise<void>;
+    const consume = (effect: ((uow: UnitOfWork) => Promise<void>) | null) =>
+      this.reports
+        .run(async (uow): Promise<ApplyResult> => {
+          // Read without a lock, checked again when the seq is recorded: the provider row is locked
+          // last (after the job and lease rows the handler locks), the order placements use too.
+          const p = await uow.trx.selectFrom('providers').select(['in_seq']).where('id', '=', providerId).executeTakeFirst();
+          if (!p) throw new GridworkError('PROVIDER_UNKNOWN', 'say hello first');
+          const last = Number(p.in_seq);
+          if (msg.seq <= last) return 'duplicate';
+          if (msg.seq !== last + 1) return 'gap';
+          await effect?.(uow);
+          const recorded = await uow.trx
+            .updateTable('providers')
+            // Never back: a flush may already have written a later heartbeat.
+            .set((eb) => ({ in_seq: BigInt(msg.seq), last_seen_at: sql<Date>`greatest(${eb.ref('last_seen_at')}, ${new Date(receivedAt)})` }))
+            .where('id', '=', providerId)
+            .where('in_seq', '=', BigInt(last))
+            .returning('id')
+            .executeTakeFirst();
+          // Applied meanwhile by another connection of the same provider: undo ours.
+          if (!recorded) throw new AppliedElsewhere();
+          return 'applied';
+        })
+        .catch((err) => {
+          if (err instanceof AppliedElsewhere) return 'duplicate' as const;
+          throw err;
+        });
+    try {
+      return await consume((uow) => handle({ uow, providerId, lifecycle, challenges, receivedAt }, msg));
+    } catch (err) {
+      if (!(err instanceof GridworkError && REJECTED_REPORT_CODES.has(err.code))) throw err;
+      // Consumed (so the stream goes on) but without effect; a duplicate or a gap by now is answered as such.
+      const outcome = await consume(null);
+      if (outcome !== 'applied') return outcome;
+      this.deps.log.warn({ providerId, type: msg.type, code: err.code }, 'provider report rejected');
+      throw err;
     }
-    return outcome;
   }
 
   /**
