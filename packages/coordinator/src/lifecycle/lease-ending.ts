@@ -18,6 +18,7 @@ import {
   deriveJobState,
   type FailurePolicy,
   isActiveLease,
+  isTerminalJob,
   OPEN_TASK_STATES,
   type TaskCounts,
 } from '../core/state-machine.ts';
@@ -239,6 +240,19 @@ export class LeaseEnding {
     // The job's row as locked above: nothing here changed it since.
     await this.refreshJob(uow, job);
     return true;
+  }
+
+  /**
+   * A task of the job was just assigned or started: the job is running (the state its tasks' counts
+   * would give, without counting them: a job with a failed task and the `stop` policy has ended).
+   * `job`: its row as locked in this transaction, state unchanged since.
+   */
+  async markRunning(uow: UnitOfWork, job: Selectable<JobsTable>): Promise<void> {
+    const current = job.state as JobState;
+    if (current === 'running' || isTerminalJob(current)) return;
+    assertTransition('job', job.id, current, 'running');
+    await uow.trx.updateTable('jobs').set({ state: 'running', error: null, updated_at: new Date() }).where('id', '=', job.id).execute();
+    uow.emit({ type: 'job.progressed', jobId: job.id, from: current, to: 'running' });
   }
 
   /**

@@ -105,8 +105,7 @@ export class LeaseReports {
       .where('state', '=', 'assigned')
       .returning('id')
       .executeTakeFirst();
-    // A job with a task assigned is running already (its placement said so); else it becomes so now.
-    if (task && job.state !== 'running') await this.parts.ending.refreshJob(uow, job);
+    if (task) await this.parts.ending.markRunning(uow, job);
   }
 
   /**

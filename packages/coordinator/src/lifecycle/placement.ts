@@ -149,7 +149,7 @@ export class Placements {
       memMilli,
       endsAt: now.getTime() + timeoutSeconds * 1000,
     });
-    await this.parts.ending.refreshJob(uow, job);
+    await this.parts.ending.markRunning(uow, job);
     return { status: 'placed', leaseId };
   }
 
