@@ -48,7 +48,7 @@ import { FailureDetector } from './providers/failure-detector.ts';
 import { outboxDelivery } from './providers/outbox-delivery.ts';
 import { ProviderChannels } from './providers/provider-channels.ts';
 import { ProviderService } from './providers/provider-service.ts';
-import { reputationSubscriber } from './providers/reputation.ts';
+import { auditCountsSubscriber, reputationSubscriber } from './providers/reputation.ts';
 import { Scheduler } from './scheduler/scheduler.ts';
 import { SCHEDULER, schedulerWakeups } from './scheduler/scheduler-wakeups.ts';
 import { openDatabase } from './store/database.ts';
@@ -283,6 +283,7 @@ export async function startCoordinator(options: CoordinatorOptions): Promise<Coo
   await bus.subscribe(outboxDelivery(channels));
   await bus.subscribe(channels.offlineElsewhere());
   await bus.subscribe(reputationSubscriber());
+  await bus.subscribe(auditCountsSubscriber());
   await bus.subscribe(verifier.subscriber());
   await challenges.start();
   await bus.subscribe(challenges.subscriber());

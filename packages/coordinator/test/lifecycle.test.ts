@@ -17,7 +17,7 @@ import { sql } from 'kysely';
 import pg from 'pg';
 import { InProcessBus } from '../src/bus/in-process-bus.ts';
 import { lastPosition } from '../src/core/event-log.ts';
-import type { StoredEvent } from '../src/core/events.ts';
+import { jobOf, type StoredEvent } from '../src/core/events.ts';
 import { Lifecycle } from '../src/lifecycle/lifecycle.ts';
 import { canTransition, countTasks, deriveJobState, JOB_TRANSITIONS, LEASE_TRANSITIONS, TASK_TRANSITIONS } from '../src/core/state-machine.ts';
 import { Units } from '../src/core/unit-of-work.ts';
@@ -26,6 +26,7 @@ import { resolveEconomics } from '../src/ledger/lease-economics.ts';
 import { Auctions } from '../src/market/auctions.ts';
 import { Market } from '../src/market/market.ts';
 import { Scheduler } from '../src/scheduler/scheduler.ts';
+import { resolveVerification } from '../src/verify/verification-policy.ts';
 import { type Db, openDatabase } from '../src/store/database.ts';
 import { insertProviderRow } from './fixtures/provider-row.ts';
 
@@ -53,7 +54,11 @@ class Recorder {
 }
 
 async function fund(db: Db, account: string, credits: bigint): Promise<void> {
-  await db.insertInto('accounts').values({ id: account }).onConflict((oc) => oc.doNothing()).execute();
+  await db
+    .insertInto('accounts')
+    .values({ id: account })
+    .onConflict((oc) => oc.doNothing())
+    .execute();
   await db.transaction().execute((trx) =>
     post(trx, {
       kind: 'deposit',
@@ -105,8 +110,7 @@ for (const store of ['pglite', 'postgres'] as const) {
     const schema = uniqueSchema('gw_lc');
     const extra: Db[] = [];
 
-    const open = () =>
-      store === 'pglite' ? openDatabase({ dataDir: join(dir.path, 'db') }) : openDatabase({ url: postgresUrl(), schema });
+    const open = () => (store === 'pglite' ? openDatabase({ dataDir: join(dir.path, 'db') }) : openDatabase({ url: postgresUrl(), schema }));
 
     before(async () => {
       dir = await tempDir();
@@ -117,6 +121,39 @@ for (const store of ['pglite', 'postgres'] as const) {
       if (store === 'postgres') await sql`drop schema if exists ${sql.id(schema)} cascade`.execute(db);
       await db.destroy();
       await dir.remove();
+    });
+
+    it('a job moves through each state once: placed and started mark it running once; with no audit window its last result ends it once', async () => {
+      const rec = new Recorder();
+      const units = new Units(db, rec);
+      // Results confirmed at once (audit window 0): the confirmation ends the job inside the lease's end.
+      const lifecycle = new Lifecycle(economics, resolveVerification({ windowMs: 0, probationTasks: 0, minAuditRate: 0, maxAuditRate: 0, canaryRate: 0 }));
+      const owner = generateIdentity().publicKey;
+      await fund(db, owner, 100_000_000n);
+      const provider = await addProvider(db, units, lifecycle, { slots: 1, cores: 8 });
+      const [jobId] = await submit(units, lifecycle, owner, spec(), 1);
+      const task = await db
+        .selectFrom('tasks')
+        .select('id')
+        .where('job_id', '=', jobId as string)
+        .executeTakeFirstOrThrow();
+      const placed = await units.run((uow) => lifecycle.place(uow, { taskId: task.id, providerId: provider, pricePerHour: 100_000n, gpus: [] }));
+      assert.equal(placed.status, 'placed');
+      const leaseId = (placed as { leaseId: string }).leaseId;
+      await units.run(async (uow) => lifecycle.start(uow, await lifecycle.leaseOf(uow, provider, leaseId)));
+      await units.run(async (uow) => {
+        await lifecycle.finish(uow, await lifecycle.leaseOf(uow, provider, leaseId), { kind: 'completed', durationMs: 10, outputs: [] });
+      });
+      const jobEvents = rec.events
+        .filter((e) => e.type.startsWith('job.') && jobOf(e) === jobId)
+        .map((e) => (e.type === 'job.progressed' ? `${e.from}->${e.to}` : e.type === 'job.ended' ? `ended:${e.state}` : e.type));
+      assert.deepEqual(jobEvents, ['job.submitted', 'pending->running', 'ended:succeeded']);
+      const job = await db
+        .selectFrom('jobs')
+        .select('state')
+        .where('id', '=', jobId as string)
+        .executeTakeFirstOrThrow();
+      assert.equal(job.state, 'succeeded');
     });
 
     it('events commit with their change, at increasing positions; a rolled-back change leaves none', async () => {
@@ -130,11 +167,23 @@ for (const store of ['pglite', 'postgres'] as const) {
         rec.events.map((e) => e.type),
         ['job.submitted'],
       );
-      const stored = await db.selectFrom('events').selectAll().where('job_id', '=', jobId as string).execute();
+      const stored = await db
+        .selectFrom('events')
+        .selectAll()
+        .where('job_id', '=', jobId as string)
+        .execute();
       assert.equal(stored.length, 1);
       assert.equal(BigInt(stored[0]?.position ?? 0), rec.events[0]?.position);
       const before = rec.events.length;
-      const eventCount = async () => Number((await db.selectFrom('events').select((eb) => eb.fn.countAll<string>().as('n')).executeTakeFirstOrThrow()).n);
+      const eventCount = async () =>
+        Number(
+          (
+            await db
+              .selectFrom('events')
+              .select((eb) => eb.fn.countAll<string>().as('n'))
+              .executeTakeFirstOrThrow()
+          ).n,
+        );
       const storedBefore = await eventCount();
       await assert.rejects(
         units.run(async (uow) => {
@@ -145,7 +194,11 @@ for (const store of ['pglite', 'postgres'] as const) {
       );
       assert.equal(rec.events.length, before, 'nothing published from a rolled-back unit of work');
       assert.equal(await eventCount(), storedBefore, 'no event of the rolled-back unit of work is stored');
-      const job = await db.selectFrom('jobs').select('state').where('id', '=', jobId as string).executeTakeFirstOrThrow();
+      const job = await db
+        .selectFrom('jobs')
+        .select('state')
+        .where('id', '=', jobId as string)
+        .executeTakeFirstOrThrow();
       assert.equal(job.state, 'pending', 'the cancel rolled back with its events');
       await units.run((uow) => lifecycle.cancel(uow, jobId as string, 'test'));
       const types = rec.events.slice(before).map((e) => e.type);
@@ -172,13 +225,7 @@ for (const store of ['pglite', 'postgres'] as const) {
               : await addProvider(db, a.units, a.lifecycle, { slots: 8, cores: 8, gpus: 1 });
           const s = shape === 'gpu' ? spec({ resources: { cpu: 1, memoryGiB: 1, gpu: { count: 1 } } }) : spec();
           await submit(a.units, a.lifecycle, owner, s, 2);
-          const tasks = await db
-            .selectFrom('tasks')
-            .select('id')
-            .where('state', '=', 'queued')
-            .orderBy('queued_at', 'desc')
-            .limit(2)
-            .execute();
+          const tasks = await db.selectFrom('tasks').select('id').where('state', '=', 'queued').orderBy('queued_at', 'desc').limit(2).execute();
           const gpus = shape === 'gpu' ? [0] : [];
           const results = await Promise.all(
             [a, b].map((r, i) =>
@@ -270,9 +317,18 @@ for (const store of ['pglite', 'postgres'] as const) {
       await scheduler.kick();
       await scheduler.close();
       await bus.close();
-      const smallTask = await db.selectFrom('tasks').select('state').where('job_id', '=', smallJob as string).executeTakeFirstOrThrow();
+      const smallTask = await db
+        .selectFrom('tasks')
+        .select('state')
+        .where('job_id', '=', smallJob as string)
+        .executeTakeFirstOrThrow();
       assert.equal(smallTask.state, 'assigned', 'the small job did not wait for the large one');
-      const bigAssigned = await db.selectFrom('tasks').select('id').where('job_id', '=', bigJob as string).where('state', '=', 'assigned').execute();
+      const bigAssigned = await db
+        .selectFrom('tasks')
+        .select('id')
+        .where('job_id', '=', bigJob as string)
+        .where('state', '=', 'assigned')
+        .execute();
       assert.equal(bigAssigned.length, 3, 'the large job got the rest of the slots');
     });
 
@@ -298,7 +354,11 @@ for (const store of ['pglite', 'postgres'] as const) {
           assert.equal(await stateOf(first as string), 'assigned');
           assert.equal(await stateOf(held as string), 'queued', 'the held job was skipped, not waited for');
           await other.query('commit');
-          await until(() => stateOf(held as string), (s) => s === 'assigned', { what: 'the skipped task placed by a later pass' });
+          await until(
+            () => stateOf(held as string),
+            (s) => s === 'assigned',
+            { what: 'the skipped task placed by a later pass' },
+          );
         } finally {
           await other.end();
           await scheduler.close();
@@ -320,7 +380,14 @@ for (const store of ['pglite', 'postgres'] as const) {
         .execute();
       let epoch: bigint | null = null;
       const scheduler = await schedulerOf(q, provider, () => epoch);
-      const taskState = async () => (await db.selectFrom('tasks').select('state').where('job_id', '=', job as string).executeTakeFirstOrThrow()).state;
+      const taskState = async () =>
+        (
+          await db
+            .selectFrom('tasks')
+            .select('state')
+            .where('job_id', '=', job as string)
+            .executeTakeFirstOrThrow()
+        ).state;
       try {
         await scheduler.kick();
         assert.equal(await taskState(), 'queued', 'an edge replica placed the task');

@@ -148,7 +148,7 @@ for (const store of ['pglite', 'postgres'] as const) {
 
     test('the option is resolved once, with its defaults', () => {
       assert.deepEqual(net.coordinator.config.retention, { eventsMs: WINDOW_MS, taskLogsMs: WINDOW_MS, intervalMs: 600_000, batchRows: 10_000 });
-      assert.deepEqual(roster.durable().sort(), ['reputation', 'verification']);
+      assert.deepEqual(roster.durable().sort(), ['audit-counts', 'reputation', 'verification']);
     });
 
     test('inside the window nothing goes', async () => {

@@ -156,7 +156,7 @@ async function verdictsCounted(db: Db): Promise<void> {
   await until(
     () => sql<{ behind: boolean }>`
       select coalesce((select max(position) from events where type = 'provider.audited'), 0)
-        > coalesce((select position from bus_positions where subscriber = 'reputation'), 0) as behind`.execute(db),
+        > coalesce((select position from bus_positions where subscriber = 'audit-counts'), 0) as behind`.execute(db),
     (r) => r.rows[0]?.behind === false,
     { what: 'reputation to count the verdicts' },
   );

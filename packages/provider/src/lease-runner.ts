@@ -119,6 +119,11 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
     const checkpoints = PublishedFiles.checkpoints(publishing, lease, dirs.checkpoints, started);
     // A cluster member: its exchange rounds go out as it writes them, and complete rounds come in.
     const exchangeDir = join(dirs.checkpoints, 'exchange');
+    // Made before the task starts, so that the runtime hands them to the task's user with the rest
+    // of its checkpoints: a round delivered before the task made `out` itself (a restarted cluster
+    // finds earlier rounds complete at once) left `exchange` to the agent's user, and the task
+    // could not write its own rounds.
+    if (lease.cluster) for (const sub of ['in', 'out']) await mkdir(join(exchangeDir, sub), { recursive: true });
     const exchange = lease.cluster ? PublishedFiles.exchange(publishing, lease, exchangeDir, started) : undefined;
     const unregister = lease.cluster
       ? deps.exchange?.register(lease.leaseId, (round, files) => deliverRound(exchangeDir, round, files, (f, into) => download(deps, lease.jobId, f, into, signal)))

@@ -86,7 +86,7 @@ export const SIM = {
   quietTimeoutMs: 90_000,
 } as const;
 
-const SUBSCRIBERS = ['market-index', 'scheduler', 'provider-outbox', 'reputation', 'verification', 'capacity-challenges'];
+const SUBSCRIBERS = ['market-index', 'scheduler', 'provider-outbox', 'reputation', 'audit-counts', 'verification', 'capacity-challenges'];
 
 /** Which role each provider slot plays: `count` cheaters in groups over `strategies`, in order, then round-robin. */
 export function assignRoles(

@@ -237,7 +237,8 @@ export class LeaseEnding {
       await trx.updateTable('tasks').set({ state: 'cancelled', error: outcome.error, finished_at: now }).where('id', '=', task.id).execute();
       uow.emit({ type: 'task.ended', jobId: task.job_id, taskId: task.id, index: task.idx, state: 'cancelled' });
     }
-    // The job's row as locked above: nothing here changed it since.
+    // The job's row as locked above; if something here moved the job since (a result confirmed at
+    // once, with no audit window), refreshJob reads it again.
     await this.refreshJob(uow, job);
     return true;
   }
@@ -251,14 +252,24 @@ export class LeaseEnding {
     const current = job.state as JobState;
     if (current === 'running' || isTerminalJob(current)) return;
     assertTransition('job', job.id, current, 'running');
-    await uow.trx.updateTable('jobs').set({ state: 'running', error: null, updated_at: new Date() }).where('id', '=', job.id).execute();
+    const moved = await uow.trx
+      .updateTable('jobs')
+      .set({ state: 'running', error: null, updated_at: new Date() })
+      .where('id', '=', job.id)
+      .where('state', '=', current)
+      .returning('id')
+      .executeTakeFirst();
+    if (!moved) {
+      await this.refreshJob(uow, job.id); // the row passed was out of date
+      return;
+    }
     uow.emit({ type: 'job.progressed', jobId: job.id, from: current, to: 'running' });
   }
 
   /**
    * Recomputes a job's state from its tasks (or forces an end); an ended job stops its open work
    * and releases its hold. `of`: the job's id, or its row as the caller locked it in this
-   * transaction with its state unchanged since (saves reading it again).
+   * transaction (saves reading it again; read again when its state has changed since).
    */
   async refreshJob(uow: UnitOfWork, of: string | Selectable<JobsTable>, force?: { force: 'failed' | 'cancelled'; error: string }): Promise<JobState> {
     const { trx } = uow;
@@ -302,7 +313,15 @@ export class LeaseEnding {
       const more = (counts.failed ?? 0) - 1;
       jobError = first ? `task ${first.idx} failed: ${first.error ?? 'unknown error'}${more > 0 ? ` (and ${more} more)` : ''}` : 'failed';
     }
-    await trx.updateTable('jobs').set({ state: next, error: jobError, updated_at: new Date() }).where('id', '=', jobId).execute();
+    const moved = await trx
+      .updateTable('jobs')
+      .set({ state: next, error: jobError, updated_at: new Date() })
+      .where('id', '=', jobId)
+      .where('state', '=', current)
+      .returning('id')
+      .executeTakeFirst();
+    // The row the caller passed was out of date (something it called moved the job since): read it again.
+    if (!moved) return this.refreshJob(uow, jobId, force);
     if (next === 'succeeded' || next === 'failed' || next === 'cancelled') {
       if ((counts.queued ?? 0) + (counts.assigned ?? 0) + (counts.running ?? 0) > 0) await this.cancelOpenTasks(uow, jobId, `job ${next}`);
       // Every lease of the job has settled by now: what is left of the budget goes back.

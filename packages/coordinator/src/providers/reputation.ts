@@ -8,6 +8,8 @@
  * `reputationOf` in market/market.ts.
  */
 import type { Subscriber } from '../bus/bus.ts';
+import type { DomainEventType } from '../core/events.ts';
+import { sql } from 'kysely';
 import { lockForCounters } from './counter-locks.ts';
 
 interface Tally {
@@ -22,13 +24,29 @@ interface Tally {
   audits: { passed: number; failed: number; at: Date | null; streak: { reset: boolean; add: number } | null };
 }
 
+/** Leases, capacity challenges and proven faults. */
 export function reputationSubscriber(): Subscriber {
+  return counters('reputation', ['lease.ended', 'provider.challenged', 'provider.fault']);
+}
+
+/**
+ * Verification's verdicts, under a name of their own: the previous release runs `reputation`
+ * without `provider.audited`, and a replica of it that handled a batch would store that
+ * subscriber's position past verdicts it does not count (a rolling upgrade). No older replica
+ * runs this one, so its position passes a verdict only once it is counted. A new one starts at
+ * the oldest event kept: no earlier release wrote any verdict.
+ */
+export function auditCountsSubscriber(): Subscriber {
+  return counters('audit-counts', ['provider.audited']);
+}
+
+function counters(name: string, types: DomainEventType[]): Subscriber {
   return {
-    name: 'reputation',
+    name,
     durable: true,
-    types: ['lease.ended', 'provider.challenged', 'provider.fault', 'provider.audited'],
+    types,
     async handle(events, uow) {
-      if (!uow) throw new Error('reputation is a durable subscriber');
+      if (!uow) throw new Error(`${name} is a durable subscriber`);
       const tally = new Map<string, Tally>();
       const of = (id: string) => {
         let t = tally.get(id);
@@ -82,7 +100,8 @@ export function reputationSubscriber(): Subscriber {
             faults_proven: eb('faults_proven', '+', t.proven),
             audits_passed: eb('audits_passed', '+', t.audits.passed),
             audits_failed: eb('audits_failed', '+', t.audits.failed),
-            ...(t.audits.at === null ? {} : { last_audit_passed_at: t.audits.at }),
+            // Never back (replicas' clocks differ).
+            ...(t.audits.at === null ? {} : { last_audit_passed_at: sql<Date>`greatest(${eb.ref('last_audit_passed_at')}, ${t.audits.at})` }),
             ...(t.audits.streak === null
               ? {}
               : { audit_streak: t.audits.streak.reset ? t.audits.streak.add : eb('audit_streak', '+', t.audits.streak.add) }),
