@@ -53,7 +53,11 @@ async function allEvents(db: Db): Promise<EventRow[]> {
 }
 
 async function logCount(db: Db, jobId: string): Promise<number> {
-  const r = await db.selectFrom('task_logs').select((eb) => eb.fn.countAll<string>().as('n')).where('job_id', '=', jobId).executeTakeFirstOrThrow();
+  const r = await db
+    .selectFrom('task_logs')
+    .select((eb) => eb.fn.countAll<string>().as('n'))
+    .where('job_id', '=', jobId)
+    .executeTakeFirstOrThrow();
   return Number(r.n);
 }
 
@@ -192,7 +196,10 @@ for (const store of ['pglite', 'postgres'] as const) {
       const ended = await endedBefore(db, new Date(now.getTime() - WINDOW_MS));
       assert.ok(ended.has(done.id) && !ended.has(live.id));
       const result = await retention.sweep(now);
-      assert.ok(result.passed !== null && result.passed >= (beforeRows.filter((e) => e.job_id === done.id).at(-1)?.position ?? 0n), 'the subscribers had passed the ended job');
+      assert.ok(
+        result.passed !== null && result.passed >= (beforeRows.filter((e) => e.job_id === done.id).at(-1)?.position ?? 0n),
+        'the subscribers had passed the ended job',
+      );
       assert.equal(result.taskLogs, doneLogs);
       await assertSwept(db, beforeRows, result, now, ended);
       assert.ok(result.events > 0);
@@ -247,8 +254,10 @@ for (const store of ['pglite', 'postgres'] as const) {
 
     test('a durable subscriber that has handled nothing keeps every event; one that lags keeps what it has not passed', async () => {
       const lagging = `lagging-${store}`;
-      // Durable, for an event nobody emits here: its stored position stays at 0 (where it starts).
+      // Durable, and stopped at once (as on a replica that is down): its stored position stays at 0,
+      // where it starts, until this test moves it.
       const off = await roster.subscribe({ name: lagging, durable: true, types: ['job.topped-up'], handle() {} });
+      off();
       try {
         const job = await client.submit(spec('after-lag', ['work', '100']), { baseDir: fixturesDir });
         const view = await client.wait(job.id, { until: 'end', signal: AbortSignal.timeout(WAIT_MS) });
@@ -305,6 +314,26 @@ for (const store of ['pglite', 'postgres'] as const) {
       const again = await client.submit(spec('again', ['work', '100']), { baseDir: fixturesDir });
       const view = await client.wait(again.id, { until: 'end', signal: AbortSignal.timeout(WAIT_MS) });
       assert.equal(view.state, 'succeeded', view.error ?? '');
+    });
+
+    test('a durable subscriber with nothing of its types to handle stores how far it has read, and does not hold retention back', async () => {
+      const idle = `idle-${store}`;
+      // Durable, for an event nobody emits here: it handles nothing, but passes everything.
+      const off = await roster.subscribe({ name: idle, durable: true, types: ['job.topped-up'], handle() {} });
+      try {
+        const job = await client.submit(spec('while-idle', ['work', '100']), { baseDir: fixturesDir });
+        const view = await client.wait(job.id, { until: 'end', signal: AbortSignal.timeout(WAIT_MS) });
+        assert.equal(view.state, 'succeeded', view.error ?? '');
+        const last = (await allEvents(db)).filter((e) => e.job_id === job.id).at(-1)?.position ?? 0n;
+        assert.ok(last > 0n);
+        await until(
+          () => db.selectFrom('bus_positions').select('position').where('subscriber', '=', idle).executeTakeFirst(),
+          (row) => row !== undefined && BigInt(row.position) >= last,
+          { what: 'the idle subscriber to store a position past the job' },
+        );
+      } finally {
+        off();
+      }
     });
   });
 }
@@ -363,7 +392,15 @@ for (const store of ['pglite', 'postgres'] as const) {
     const count = async (table: 'events' | 'task_logs', where: 'live' | 'ended' | 'jobless') => {
       let q = db.selectFrom(table).select((eb) => eb.fn.countAll<string>().as('n'));
       if (where === 'jobless') q = q.where('job_id', 'is', null);
-      else q = q.where('job_id', 'in', db.selectFrom('jobs').select('id').where('state', where === 'live' ? '=' : '<>', 'running'));
+      else
+        q = q.where(
+          'job_id',
+          'in',
+          db
+            .selectFrom('jobs')
+            .select('id')
+            .where('state', where === 'live' ? '=' : '<>', 'running'),
+        );
       return Number((await q.executeTakeFirstOrThrow()).n);
     };
 
@@ -374,10 +411,7 @@ for (const store of ['pglite', 'postgres'] as const) {
       assert.equal(first.taskLogs, 4 * ENDED);
       assert.equal(first.events, 3 * ENDED + OLD_JOBLESS);
       assert.equal(first.passed, BigInt(3 * (ENDED + LIVE) + OLD_JOBLESS + 1), 'no durable subscriber: everything but the newest event');
-      assert.deepEqual(
-        [await count('events', 'ended'), await count('task_logs', 'ended'), await count('events', 'jobless')],
-        [0, 0, 2],
-      );
+      assert.deepEqual([await count('events', 'ended'), await count('task_logs', 'ended'), await count('events', 'jobless')], [0, 0, 2]);
       assert.deepEqual([await count('events', 'live'), await count('task_logs', 'live')], [3 * LIVE, 4 * LIVE], 'live jobs keep everything');
       const marks = await db.selectFrom('retention_marks').select(['name', 'job_id']).orderBy('name').execute();
       assert.deepEqual(marks, [
@@ -389,14 +423,22 @@ for (const store of ['pglite', 'postgres'] as const) {
       assert.deepEqual([second.events, second.taskLogs], [0, 0]);
 
       // A live job ends (eight days ago: past the window): its rows go at the next sweep, from the mark on.
-      await db.updateTable('jobs').set({ state: 'failed', updated_at: new Date(Date.now() - 8 * DAY) }).where('id', '=', `job-${ENDED + 1}`).execute();
+      await db
+        .updateTable('jobs')
+        .set({ state: 'failed', updated_at: new Date(Date.now() - 8 * DAY) })
+        .where('id', '=', `job-${ENDED + 1}`)
+        .execute();
       const third = await retention.sweep();
       assert.deepEqual([third.events, third.taskLogs], [3, 4]);
       assert.deepEqual([await count('events', 'live'), await count('task_logs', 'live')], [3 * (LIVE - 1), 4 * (LIVE - 1)]);
 
       // A durable subscriber that never stored a position keeps every event (not the logs).
       await roster.subscribe({ name: 'never-stored', durable: true, types: ['job.topped-up'], handle() {} });
-      await db.updateTable('jobs').set({ state: 'cancelled', updated_at: new Date(Date.now() - 8 * DAY) }).where('id', '=', `job-${ENDED + 2}`).execute();
+      await db
+        .updateTable('jobs')
+        .set({ state: 'cancelled', updated_at: new Date(Date.now() - 8 * DAY) })
+        .where('id', '=', `job-${ENDED + 2}`)
+        .execute();
       const blocked = await retention.sweep();
       assert.deepEqual([blocked.events, blocked.taskLogs, blocked.passed], [0, 4, 0n]);
       await roster.close();

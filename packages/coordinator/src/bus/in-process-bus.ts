@@ -28,6 +28,9 @@ const GAP_MAX_MS = 500;
 /** A gap (or a start) held up this long by an append still open is logged. */
 const STUCK_WARN_MS = 10_000;
 
+/** How often a durable subscriber with nothing to handle stores how far it has read. */
+const IDLE_STORE_MS = 1000;
+
 interface Cursor {
   sub: Subscriber;
   types: ReadonlySet<string> | undefined;
@@ -37,6 +40,8 @@ interface Cursor {
   closed: boolean;
   waiters: { position: bigint; resolve: () => void }[];
   retry: NodeJS.Timeout | undefined;
+  /** A durable subscriber's position passed with nothing to handle, stored at most every IDLE_STORE_MS. */
+  idle: { position: bigint; timer: NodeJS.Timeout | undefined };
 }
 
 export class InProcessBus implements Bus, LocalProgress {
@@ -185,6 +190,7 @@ export class InProcessBus implements Bus, LocalProgress {
       closed: false,
       waiters: [],
       retry: undefined,
+      idle: { position, timer: undefined },
     };
     this.cursors.set(sub.name, cursor);
     this.pump(cursor);
@@ -209,6 +215,7 @@ export class InProcessBus implements Bus, LocalProgress {
   private remove(c: Cursor): void {
     c.closed = true;
     clearTimeout(c.retry);
+    clearTimeout(c.idle.timer);
     if (this.cursors.get(c.sub.name) === c) this.cursors.delete(c.sub.name);
     for (const w of c.waiters.splice(0)) w.resolve();
   }
@@ -264,11 +271,36 @@ export class InProcessBus implements Bus, LocalProgress {
     return { events, reached: (events[events.length - 1] as StoredEvent).position };
   }
 
+  /**
+   * A durable subscriber that passed events with none of its types stores that position too, but
+   * at most every IDLE_STORE_MS and without a transaction of its own: a subscriber whose events are
+   * rare (verdicts) would otherwise keep its stored position far back, and retention keeps every
+   * event after the lowest stored position. Never moves a stored position back; nothing of its
+   * types lies below the position stored (events are delivered only up to the settled position).
+   */
+  private storeIdle(c: Cursor, position: bigint): void {
+    c.idle.position = position;
+    if (c.idle.timer) return;
+    c.idle.timer = setTimeout(() => {
+      c.idle.timer = undefined;
+      if (c.closed || this.closed) return;
+      const at = c.idle.position;
+      this.db
+        .updateTable('bus_positions')
+        .set({ position: at })
+        .where('subscriber', '=', c.sub.name)
+        .where('position', '<', at)
+        .execute()
+        .catch((err: unknown) => this.log.warn({ err, subscriber: c.sub.name }, 'bus: could not store a subscriber position'));
+    }, IDLE_STORE_MS);
+    c.idle.timer.unref();
+  }
+
   private async deliver(c: Cursor, batch: readonly StoredEvent[], lastPosition: bigint): Promise<void> {
     const relevant = c.types ? batch.filter((e) => c.types?.has(e.type)) : batch;
-    // A durable subscriber with nothing to handle moves only its in-memory position: the stored
-    // one catches up with the next batch it handles, and after a restart it re-reads (and skips)
-    // these events again. No transaction per batch of events it does not care about.
+    // A durable subscriber with nothing to handle moves its in-memory position, and stores it only
+    // now and then (storeIdle): no transaction per batch of events it does not care about; after a
+    // restart it re-reads (and skips) at most the events since.
     let reached = lastPosition;
     if (c.sub.durable && relevant.length > 0) {
       const units = this.units;
@@ -290,7 +322,7 @@ export class InProcessBus implements Bus, LocalProgress {
       });
     } else if (!c.sub.durable && relevant.length > 0) {
       await c.sub.handle(relevant);
-    }
+    } else if (c.sub.durable) this.storeIdle(c, lastPosition);
     c.position = reached;
     c.waiters = c.waiters.filter((w) => {
       if (w.position > reached) return true;
