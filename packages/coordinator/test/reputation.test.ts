@@ -1,7 +1,6 @@
 /**
  * Reputation counts verification's verdicts (`provider.audited`): passes and failures, the passes
- * in a row (a failure resets them, across batches too) and when the provider last passed (never
- * back). The verdicts themselves take no provider row (verify/verification.ts): a verdict that
+ * in a row (a failure resets them, across batches too) and when the provider last passed. The verdicts themselves take no provider row (verify/verification.ts): a verdict that
  * updated the counters after its ledger postings deadlocked against the provider's report batches.
  * They are counted under a subscriber name of their own: the previous release's `reputation` does
  * not know them and would move that name's position past them.
@@ -70,12 +69,12 @@ describe('reputation counts verdicts', () => {
     assert.deepEqual(await counters('p2'), { audits_passed: 1, audits_failed: 0, audit_streak: 1, last_audit_passed_at: firstPass, leases_completed: 1 });
   });
 
-  test('a later batch adds to the streak, a failure in it resets the streak without touching the last pass, and an earlier clock never moves the last pass back', async () => {
+  test('a later batch adds to the streak, a failure in it resets the streak without touching the last pass, and the last pass is the latest verdict in log order (a replica clock behind only makes backtracking re-audit more)', async () => {
     await deliver([audited('p1', true, new Date('2026-03-01T09:00:00Z')), audited('p2', false)]);
     const p1 = await counters('p1');
     assert.equal(p1.audit_streak, 3);
     assert.equal(p1.audits_passed, 4);
-    assert.deepEqual(p1.last_audit_passed_at, new Date('2026-03-01T10:05:00Z'));
+    assert.deepEqual(p1.last_audit_passed_at, new Date('2026-03-01T09:00:00Z'));
     const p2 = await counters('p2');
     assert.deepEqual([p2.audits_failed, p2.audit_streak, p2.last_audit_passed_at], [1, 0, new Date('2026-03-01T10:00:00Z')]);
   });

@@ -41,7 +41,7 @@ interface Cursor {
   waiters: { position: bigint; resolve: () => void }[];
   retry: NodeJS.Timeout | undefined;
   /** A durable subscriber's position passed with nothing to handle, stored at most every IDLE_STORE_MS. */
-  idle: { position: bigint; timer: NodeJS.Timeout | undefined };
+  idle: { position: bigint; timer: NodeJS.Timeout | undefined; writing: Promise<void> | undefined };
 }
 
 export class InProcessBus implements Bus, LocalProgress {
@@ -190,7 +190,7 @@ export class InProcessBus implements Bus, LocalProgress {
       closed: false,
       waiters: [],
       retry: undefined,
-      idle: { position, timer: undefined },
+      idle: { position, timer: undefined, writing: undefined },
     };
     this.cursors.set(sub.name, cursor);
     this.pump(cursor);
@@ -206,7 +206,7 @@ export class InProcessBus implements Bus, LocalProgress {
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.gapTimer);
-    const running = [...this.cursors.values()].map((c) => c.running);
+    const running = [...this.cursors.values()].flatMap((c) => [c.running, c.idle.writing]);
     running.push(this.refreshing);
     for (const c of [...this.cursors.values()]) this.remove(c);
     await Promise.all(running);
@@ -273,10 +273,13 @@ export class InProcessBus implements Bus, LocalProgress {
 
   /**
    * A durable subscriber that passed events with none of its types stores that position too, but
-   * at most every IDLE_STORE_MS and without a transaction of its own: a subscriber whose events are
-   * rare (verdicts) would otherwise keep its stored position far back, and retention keeps every
-   * event after the lowest stored position. Never moves a stored position back; nothing of its
-   * types lies below the position stored (events are delivered only up to the settled position).
+   * at most every IDLE_STORE_MS, one write at a time, and without a transaction of its own: a
+   * subscriber whose events are rare (verdicts) would otherwise keep its stored position far back,
+   * and retention keeps every event after the lowest stored position. Never moves a stored
+   * position back; nothing of its types lies below the position stored (events are delivered only
+   * up to the settled position). This holds because every instance of a subscriber name handles
+   * the same types: a release never changes a durable subscriber's types (a new type gets a new
+   * name), or an instance that does not know a type would store a position past it.
    */
   private storeIdle(c: Cursor, position: bigint): void {
     c.idle.position = position;
@@ -284,14 +287,22 @@ export class InProcessBus implements Bus, LocalProgress {
     c.idle.timer = setTimeout(() => {
       c.idle.timer = undefined;
       if (c.closed || this.closed) return;
+      // The last write still waits (a row lock held long): the next one goes after it.
+      if (c.idle.writing) return this.storeIdle(c, c.idle.position);
       const at = c.idle.position;
-      this.db
+      c.idle.writing = this.db
         .updateTable('bus_positions')
         .set({ position: at })
         .where('subscriber', '=', c.sub.name)
         .where('position', '<', at)
         .execute()
-        .catch((err: unknown) => this.log.warn({ err, subscriber: c.sub.name }, 'bus: could not store a subscriber position'));
+        .then(
+          () => undefined,
+          (err: unknown) => this.log.warn({ err, subscriber: c.sub.name }, 'bus: could not store a subscriber position'),
+        )
+        .finally(() => {
+          c.idle.writing = undefined;
+        });
     }, IDLE_STORE_MS);
     c.idle.timer.unref();
   }

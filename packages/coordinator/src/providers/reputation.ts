@@ -9,7 +9,6 @@
  */
 import type { Subscriber } from '../bus/bus.ts';
 import type { DomainEventType } from '../core/events.ts';
-import { sql } from 'kysely';
 import { lockForCounters } from './counter-locks.ts';
 
 interface Tally {
@@ -100,8 +99,9 @@ function counters(name: string, types: DomainEventType[]): Subscriber {
             faults_proven: eb('faults_proven', '+', t.proven),
             audits_passed: eb('audits_passed', '+', t.audits.passed),
             audits_failed: eb('audits_failed', '+', t.audits.failed),
-            // Never back (replicas' clocks differ).
-            ...(t.audits.at === null ? {} : { last_audit_passed_at: sql<Date>`greatest(${eb.ref('last_audit_passed_at')}, ${t.audits.at})` }),
+            // The latest verdict's time in log order, even if a replica's clock put an earlier one
+            // later: backtracking re-audits what ended after it, so earlier only re-audits more.
+            ...(t.audits.at === null ? {} : { last_audit_passed_at: t.audits.at }),
             ...(t.audits.streak === null
               ? {}
               : { audit_streak: t.audits.streak.reset ? t.audits.streak.add : eb('audit_streak', '+', t.audits.streak.add) }),
