@@ -149,7 +149,7 @@ export async function until<T>(
   for (;;) {
     const value = await read();
     if (predicate(value)) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${options.what ?? 'condition'}; last value: ${JSON.stringify(value)?.slice(0, 500)}`);
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${options.what ?? 'condition'}; last value: ${JSON.stringify(value, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v))?.slice(0, 500)}`);
     await new Promise((r) => setTimeout(r, options.pollMs ?? 50));
   }
 }
