@@ -252,18 +252,23 @@ export class LeaseEnding {
     const current = job.state as JobState;
     if (current === 'running' || isTerminalJob(current)) return;
     assertTransition('job', job.id, current, 'running');
-    const moved = await uow.trx
-      .updateTable('jobs')
-      .set({ state: 'running', error: null, updated_at: new Date() })
-      .where('id', '=', job.id)
-      .where('state', '=', current)
-      .returning('id')
-      .executeTakeFirst();
-    if (!moved) {
+    if (!(await this.moveJob(uow.trx, job.id, current, 'running', null))) {
       await this.refreshJob(uow, job.id); // the row passed was out of date
       return;
     }
     uow.emit({ type: 'job.progressed', jobId: job.id, from: current, to: 'running' });
+  }
+
+  /** Moves a job from the state its caller read to `to`; false when the job is no longer in it. */
+  private async moveJob(trx: Trx, jobId: string, from: JobState, to: JobState, error: string | null): Promise<boolean> {
+    const moved = await trx
+      .updateTable('jobs')
+      .set({ state: to, error, updated_at: new Date() })
+      .where('id', '=', jobId)
+      .where('state', '=', from)
+      .returning('id')
+      .executeTakeFirst();
+    return moved !== undefined;
   }
 
   /**
@@ -313,15 +318,8 @@ export class LeaseEnding {
       const more = (counts.failed ?? 0) - 1;
       jobError = first ? `task ${first.idx} failed: ${first.error ?? 'unknown error'}${more > 0 ? ` (and ${more} more)` : ''}` : 'failed';
     }
-    const moved = await trx
-      .updateTable('jobs')
-      .set({ state: next, error: jobError, updated_at: new Date() })
-      .where('id', '=', jobId)
-      .where('state', '=', current)
-      .returning('id')
-      .executeTakeFirst();
     // The row the caller passed was out of date (something it called moved the job since): read it again.
-    if (!moved) return this.refreshJob(uow, jobId, force);
+    if (!(await this.moveJob(trx, jobId, current, next, jobError))) return this.refreshJob(uow, jobId, force);
     if (next === 'succeeded' || next === 'failed' || next === 'cancelled') {
       if ((counts.queued ?? 0) + (counts.assigned ?? 0) + (counts.running ?? 0) > 0) await this.cancelOpenTasks(uow, jobId, `job ${next}`);
       // Every lease of the job has settled by now: what is left of the budget goes back.

@@ -3,13 +3,18 @@
  * workload itself) counts for it, every lease it lost counts against it; capacity challenges
  * (`provider.challenged`: passed, failed, failures in a row, time taken) and proven faults
  * (`provider.fault`) are counted here too, and so are verification's verdicts on a provider's
- * results (`provider.audited`: passed, failed, passes in a row, when it last passed). A durable subscriber: its position commits with the
- * counters, so each event counts exactly once, across restarts. The score itself is
- * `reputationOf` in market/market.ts.
+ * results (`provider.audited`: passed, failed, passes in a row, when it last passed). A durable
+ * subscriber: its position commits with the counters, so each event counts exactly once, across
+ * restarts. The score itself is `reputationOf` in market/market.ts.
  */
 import type { Subscriber } from '../bus/bus.ts';
 import type { DomainEventType } from '../core/events.ts';
 import { lockForCounters } from './counter-locks.ts';
+
+/** Events in a row at the end of a batch: `reset` when the run restarted in it, `add` since. */
+type Streak = { reset: boolean; add: number } | null;
+const RESTARTED: Streak = { reset: true, add: 0 };
+const longer = (s: Streak): Streak => (s ? { reset: s.reset, add: s.add + 1 } : { reset: false, add: 1 });
 
 interface Tally {
   completed: number;
@@ -17,10 +22,10 @@ interface Tally {
   passed: number;
   failed: number;
   /** Failures in a row at the end of the batch (null: no challenge ended in it); `reset` when one passed. */
-  streak: { reset: boolean; add: number } | null;
+  streak: Streak;
   busyMs: number;
   proven: number;
-  audits: { passed: number; failed: number; at: Date | null; streak: { reset: boolean; add: number } | null };
+  audits: { passed: number; failed: number; at: Date | null; streak: Streak };
 }
 
 /** Leases, capacity challenges and proven faults. */
@@ -66,10 +71,10 @@ function counters(name: string, types: DomainEventType[]): Subscriber {
           t.busyMs += e.busyMs;
           if (e.verdict === 'passed') {
             t.passed++;
-            t.streak = { reset: true, add: 0 };
+            t.streak = RESTARTED;
           } else {
             t.failed++;
-            t.streak = t.streak ? { reset: t.streak.reset, add: t.streak.add + 1 } : { reset: false, add: 1 };
+            t.streak = longer(t.streak);
           }
         } else if (e.type === 'provider.fault') {
           of(e.providerId).proven++;
@@ -78,10 +83,10 @@ function counters(name: string, types: DomainEventType[]): Subscriber {
           if (e.passed) {
             a.passed++;
             a.at = e.at;
-            a.streak = a.streak ? { reset: a.streak.reset, add: a.streak.add + 1 } : { reset: false, add: 1 };
+            a.streak = longer(a.streak);
           } else {
             a.failed++;
-            a.streak = { reset: true, add: 0 };
+            a.streak = RESTARTED;
           }
         }
       }
@@ -102,12 +107,8 @@ function counters(name: string, types: DomainEventType[]): Subscriber {
             // The latest verdict's time in log order, even if a replica's clock put an earlier one
             // later: backtracking re-audits what ended after it, so earlier only re-audits more.
             ...(t.audits.at === null ? {} : { last_audit_passed_at: t.audits.at }),
-            ...(t.audits.streak === null
-              ? {}
-              : { audit_streak: t.audits.streak.reset ? t.audits.streak.add : eb('audit_streak', '+', t.audits.streak.add) }),
-            ...(t.streak === null
-              ? {}
-              : { challenge_fail_streak: t.streak.reset ? t.streak.add : eb('challenge_fail_streak', '+', t.streak.add) }),
+            ...(t.audits.streak === null ? {} : { audit_streak: t.audits.streak.reset ? t.audits.streak.add : eb('audit_streak', '+', t.audits.streak.add) }),
+            ...(t.streak === null ? {} : { challenge_fail_streak: t.streak.reset ? t.streak.add : eb('challenge_fail_streak', '+', t.streak.add) }),
           }))
           .where('id', '=', providerId)
           .execute();
