@@ -135,16 +135,17 @@ export class PublishedFiles {
 }
 
 /**
- * A complete exchange round: every member's file, downloaded into `in/round-<r>/rank-<k>.json`,
- * then the empty `complete` marker the members wait for.
+ * A complete exchange round: every member's file, downloaded into `round-<r>/rank-<k>.json` of
+ * `inDir`, then the empty `complete` marker the members wait for. `inDir` is the agent's own
+ * directory (the task sees it read-only as `$GRIDWORK_EXCHANGE/in`), never one the task can write.
  */
 export async function deliverRound(
-  dir: string,
+  inDir: string,
   round: number,
   files: readonly { rank: number; digest: string; size: number }[],
   download: (file: FileRef, destDir: string) => Promise<void>,
 ): Promise<void> {
-  const into = join(dir, 'in', `round-${round}`);
+  const into = join(inDir, `round-${round}`);
   await mkdir(into, { recursive: true, mode: 0o755 });
   for (const f of files) await download({ path: `rank-${f.rank}.json`, digest: f.digest, size: f.size }, into);
   await writeFile(join(into, '.complete.tmp'), '', { mode: 0o644 });

@@ -5,8 +5,7 @@
  * retries elsewhere); a non-zero exit or a timeout is the workload's.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, } from 'node:fs';
-import { chmod, mkdir, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, rm } from 'node:fs/promises';
 import { join, relative, resolve, sep } from 'node:path';
 import { Readable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
@@ -30,6 +29,7 @@ import type { Logger } from 'pino';
 import { Compile } from 'typebox/compile';
 import { type CheckpointTamper, deliverRound, PublishedFiles } from './checkpoints.ts';
 import type { ServiceIngress } from './service-ingress.ts';
+import { openTaskFile } from './task-file.ts';
 import type { Report } from './coordinator-link.ts';
 import { leaseGpus } from './runtime/gpu-passthrough.ts';
 import type { RunRequest, RunResult, Runtime } from './runtime/runtime.ts';
@@ -113,20 +113,22 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
       identity: deps.identity,
       log,
       send,
-      upload: (full: string, name: string) => uploadFile(deps, full, name, AbortSignal.timeout(60_000)),
+      upload: (full: string, name: string) => uploadFile(deps, dirs.checkpoints, full, name, AbortSignal.timeout(60_000)),
       ...(deps.checkpointTamper ? { tamper: deps.checkpointTamper } : {}),
     };
     const checkpoints = PublishedFiles.checkpoints(publishing, lease, dirs.checkpoints, started);
-    // A cluster member: its exchange rounds go out as it writes them, and complete rounds come in.
+    // A cluster member: its exchange rounds go out as it writes them (`$GRIDWORK_EXCHANGE/out`, in
+    // its checkpoints), and complete rounds come in. The agent writes those into a directory of its
+    // own, outside everything the task owns, which the runtime shows the task read-only as
+    // `$GRIDWORK_EXCHANGE/in`: writing by path into the task's tree would follow the task's symlinks.
+    // Both are made before the task starts, so that the runtime hands `out` to the task's user with
+    // the rest of its checkpoints and finds the mount point `in`.
     const exchangeDir = join(dirs.checkpoints, 'exchange');
-    // Made before the task starts, so that the runtime hands them to the task's user with the rest
-    // of its checkpoints: a round delivered before the task made `out` itself (a restarted cluster
-    // finds earlier rounds complete at once) left `exchange` to the agent's user, and the task
-    // could not write its own rounds.
-    if (lease.cluster) for (const sub of ['in', 'out']) await mkdir(join(exchangeDir, sub), { recursive: true });
+    const exchangeIn = join(dir, 'exchange-in');
+    if (lease.cluster) for (const d of [join(exchangeDir, 'in'), join(exchangeDir, 'out'), exchangeIn]) await mkdir(d, { recursive: true });
     const exchange = lease.cluster ? PublishedFiles.exchange(publishing, lease, exchangeDir, started) : undefined;
     const unregister = lease.cluster
-      ? deps.exchange?.register(lease.leaseId, (round, files) => deliverRound(exchangeDir, round, files, (f, into) => download(deps, lease.jobId, f, into, signal)))
+      ? deps.exchange?.register(lease.leaseId, (round, files) => deliverRound(exchangeIn, round, files, (f, into) => download(deps, lease.jobId, f, into, signal)))
       : undefined;
     exchange?.start();
     // Only the GPUs reserved for this lease, by UUID (none for a CPU lease); an index unknown here is the agent's fault.
@@ -140,6 +142,7 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
       inputsDir: dirs.inputs,
       outputsDir: dirs.outputs,
       checkpointsDir: dirs.checkpoints,
+      ...(lease.cluster ? { exchangeInDir: exchangeIn } : {}),
       command: lease.runtime.command,
       env: {
         ...lease.runtime.env,
@@ -300,7 +303,7 @@ async function uploadOutputs(deps: LeaseRunnerDeps, dir: string, signal: AbortSi
     for (const e of await readdir(d, { withFileTypes: true })) {
       const full = join(d, e.name);
       if (e.isDirectory()) await walk(full);
-      else if (e.isFile()) out.push(await uploadFile(deps, full, relative(dir, full).split(sep).join('/'), signal));
+      else if (e.isFile()) out.push(await uploadFile(deps, dir, full, relative(dir, full).split(sep).join('/'), signal));
       // Symlinks and devices are not outputs: a task must not make the agent read outside its directory.
     }
   };
@@ -361,18 +364,27 @@ async function serve(deps: LeaseRunnerDeps, lease: LeaseAssignment, request: Run
 }
 
 /** Uploads one file as a blob (retrying while the coordinator is unreachable); `path` names it in the result. */
-async function uploadFile(deps: LeaseRunnerDeps, full: string, path: string, signal: AbortSignal): Promise<FileRef> {
-  const hash = createHash('sha256');
-  for await (const c of createReadStream(full)) hash.update(c as Buffer);
-  const digest = hash.digest('hex');
-  const { size } = await stat(full);
-  await whileUnreachable(signal, () =>
-    signedFetch(deps.coordinatorUrl, deps.identity, 'PUT', `/v1/blobs/${digest}`, {
-      body: { blob: Readable.toWeb(createReadStream(full)) as ReadableStream<Uint8Array>, digest },
-      signal,
-    }),
-  );
-  return { path, digest, size };
+async function uploadFile(deps: LeaseRunnerDeps, root: string, full: string, path: string, signal: AbortSignal): Promise<FileRef> {
+  // The task owns `root`'s tree: the file is opened once, checked, and read only through that descriptor (task-file.ts).
+  const file = await openTaskFile(root, full);
+  try {
+    const hash = createHash('sha256');
+    let size = 0;
+    for await (const c of file.createReadStream({ start: 0, autoClose: false })) {
+      hash.update(c as Buffer);
+      size += (c as Buffer).length;
+    }
+    const digest = hash.digest('hex');
+    await whileUnreachable(signal, () =>
+      signedFetch(deps.coordinatorUrl, deps.identity, 'PUT', `/v1/blobs/${digest}`, {
+        body: { blob: Readable.toWeb(file.createReadStream({ start: 0, autoClose: false })) as ReadableStream<Uint8Array>, digest },
+        signal,
+      }),
+    );
+    return { path, digest, size };
+  } finally {
+    await file.close();
+  }
 }
 
 /**

@@ -67,6 +67,17 @@ function frame(stream: 1 | 2, data: Buffer | string): Buffer {
 }
 
 describe('container create request', () => {
+  test("a cluster member's delivered rounds are mounted read-only inside its checkpoints", () => {
+    const body = buildContainerCreateRequest(request({ exchangeInDir: '/w/l1/exchange-in', env: { WORLD_SIZE: '2' } }), PLAN);
+    assert.deepEqual(body.HostConfig.Binds, [
+      '/w/l1/inputs:/inputs:ro',
+      '/w/l1/outputs:/outputs:rw',
+      '/w/l1/checkpoints:/checkpoints:rw',
+      '/w/l1/exchange-in:/checkpoints/exchange/in:ro',
+    ]);
+    assert.ok(body.Env.includes('GRIDWORK_EXCHANGE=/checkpoints/exchange'), String(body.Env));
+  });
+
   test('a CPU task: limits, mounts, no network, locked down, no GPU', () => {
     const body = buildContainerCreateRequest(request(), PLAN);
     assert.equal(body.name, 'gridwork-abc');

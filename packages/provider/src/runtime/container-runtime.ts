@@ -2,7 +2,8 @@
  * Container runtime: a task is an OCI image run through the Docker Engine API (dockerode), with the same
  * limits as the sandbox where the engine can express them:
  *
- *   /inputs read-only, /outputs and /checkpoints writable (bind mounts); nothing else of the host;
+ *   /inputs read-only, /outputs and /checkpoints writable (bind mounts), a cluster member's delivered rounds
+ *   read-only at /checkpoints/exchange/in; nothing else of the host;
  *   memory (cgroup limit, swap off) · processes (PidsLimit) · CPU quota (NanoCpus) · one file's size
  *   (ulimit fsize, like prlimit --fsize) and /outputs + /checkpoints together (the disk watcher of disk-usage.ts);
  *   network `none` unless `network: true`; then the agent's own bridge network (DEFAULT_EGRESS_NETWORK, never the
@@ -224,7 +225,12 @@ export function buildContainerCreateRequest(req: RunRequest, plan: ContainerPlan
     StopSignal: 'SIGTERM',
     StopTimeout: Math.max(1, Math.ceil(plan.killGraceMs / 1000)),
     HostConfig: {
-      Binds: [`${req.inputsDir}:/inputs:ro`, `${req.outputsDir}:/outputs:rw`, `${req.checkpointsDir}:/checkpoints:rw`],
+      Binds: [
+        `${req.inputsDir}:/inputs:ro`,
+        `${req.outputsDir}:/outputs:rw`,
+        `${req.checkpointsDir}:/checkpoints:rw`,
+        ...(req.exchangeInDir ? [`${req.exchangeInDir}:/checkpoints/exchange/in:ro`] : []),
+      ],
       Memory: memory,
       // Equal to Memory: no swap on top.
       MemorySwap: memory,
@@ -451,7 +457,7 @@ export class ContainerRuntime implements Runtime {
   async start(req: RunRequest): Promise<RunningTask> {
     validateRunRequest(req);
     if (!req.image) throw new GridworkError('INVALID_SPEC', 'runtime.image: required by the container runtime');
-    for (const dir of [req.inputsDir, req.outputsDir, req.checkpointsDir]) {
+    for (const dir of [req.inputsDir, req.outputsDir, req.checkpointsDir, ...(req.exchangeInDir ? [req.exchangeInDir] : [])]) {
       if (!(await stat(dir).catch(() => undefined))?.isDirectory()) throw new GridworkError('INTERNAL', `not a directory: ${dir}`);
     }
     if (req.signal?.aborted) return endedTask({ exitCode: null, signal: null, timedOut: false, aborted: true, durationMs: 0 });
@@ -480,6 +486,7 @@ export class ContainerRuntime implements Runtime {
     if (this.dropRoot) {
       user = `${SANDBOX_TASK_ID}:${SANDBOX_TASK_ID}`;
       await makeReadable(req.inputsDir);
+      if (req.exchangeInDir) await makeReadable(req.exchangeInDir);
       await giveToTask(req.outputsDir, SANDBOX_TASK_ID);
       await giveToTask(req.checkpointsDir, SANDBOX_TASK_ID);
     }

@@ -116,6 +116,18 @@ describe('process runtime', () => {
     });
   });
 
+  test("a cluster member finds the agent's delivered rounds at $GRIDWORK_EXCHANGE/in", async () => {
+    const t = await makeTask({ 'member.js': "console.log(require('node:fs').readFileSync(process.env.GRIDWORK_EXCHANGE + '/in/round-1/complete', 'utf8'))" });
+    const exchangeIn = path.join(path.dirname(t.checkpoints), 'exchange-in');
+    await mkdir(path.join(exchangeIn, 'round-1'), { recursive: true });
+    await writeFile(path.join(exchangeIn, 'round-1', 'complete'), 'relayed');
+    await mkdir(path.join(t.checkpoints, 'exchange', 'in'), { recursive: true });
+    const { req, out } = request(t, ['node', 'member.js'], { env: { WORLD_SIZE: '2' }, exchangeInDir: exchangeIn });
+    const result = await runtime.run(req);
+    assert.equal(result.exitCode, 0, out.stderr);
+    assert.equal(out.stdout, 'relayed\n');
+  });
+
   test('the task env cannot redirect the GRIDWORK_* directories', async () => {
     const t = await makeTask();
     const { req, out } = request(t, ['sh', '-c', 'echo $GRIDWORK_OUTPUTS'], { env: { GRIDWORK_OUTPUTS: '/etc' } });

@@ -1,4 +1,5 @@
-import { stat } from 'node:fs/promises';
+import { mkdir, rm, stat, symlink } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { GridworkError } from '@gridwork/protocol';
 import {
   buildTaskEnv,
@@ -56,6 +57,13 @@ export function createProcessRuntime(opts: ProcessRuntimeOptions): Runtime {
         if (!st?.isDirectory()) throw new GridworkError('INTERNAL', `${label} is not a directory: ${dir}`);
       }
       if (req.signal?.aborted) return endedTask({ exitCode: null, signal: null, timedOut: false, aborted: true, durationMs: 0 });
+      // No mounts here: the task finds its delivered rounds through a link (it runs as the agent's user anyway).
+      if (req.exchangeInDir) {
+        const mountPoint = join(req.checkpointsDir, 'exchange', 'in');
+        await rm(mountPoint, { recursive: true, force: true });
+        await mkdir(dirname(mountPoint), { recursive: true });
+        await symlink(req.exchangeInDir, mountPoint);
+      }
       const ports: ExposedPort[] = [];
       for (const task of req.ports ?? []) ports.push({ task, host: await freeLoopbackPort(), address: '127.0.0.1' });
       const abort = new AbortController();

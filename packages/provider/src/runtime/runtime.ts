@@ -17,6 +17,12 @@ export interface RunRequest {
   outputsDir: string;
   /** Writable. */
   checkpointsDir: string;
+  /**
+   * A cluster member's complete exchange rounds, written by the agent only: the task sees this directory
+   * read-only as `$GRIDWORK_EXCHANGE/in` (the mount point `<checkpointsDir>/exchange/in` exists). It lies
+   * outside the task's directories, so that no symlink of the task's can redirect the agent's writes.
+   */
+  exchangeInDir?: string;
   /** argv; command[0] is resolved via TASK_PATH. */
   command: string[];
   /**

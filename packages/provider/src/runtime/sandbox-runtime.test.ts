@@ -219,6 +219,42 @@ describe('sandbox runtime', () => {
     assert.equal(await readFile(path.join(t.inputs, 'in.txt'), 'utf8'), 'data');
   });
 
+  test('a cluster member reads its delivered rounds at $GRIDWORK_EXCHANGE/in and cannot change or move them', async () => {
+    const t = await makeTask({
+      'member.js': `
+        const fs = require('node:fs');
+        const ex = process.env.GRIDWORK_EXCHANGE;
+        const tryIt = (fn) => { try { fn(); return 'ok'; } catch (e) { return e.code; } };
+        console.log(JSON.stringify({
+          ex,
+          read: fs.readFileSync(ex + '/in/round-1/rank-0.json', 'utf8'),
+          publish: tryIt(() => fs.writeFileSync(ex + '/out/round-1.json', 'mine')),
+          plant: tryIt(() => fs.symlinkSync('/etc', ex + '/in/round-2')),
+          overwrite: tryIt(() => fs.writeFileSync(ex + '/in/round-1/rank-0.json', 'forged')),
+          moveAway: tryIt(() => fs.renameSync(ex + '/in', ex + '/elsewhere')),
+          remove: tryIt(() => fs.rmSync(ex + '/in', { recursive: true })),
+        }));
+      `,
+    });
+    // What the lease runner makes: the mount point among the task's checkpoints, the rounds in a directory of the agent's.
+    const exchangeIn = path.join(t.dir, 'exchange-in');
+    for (const d of ['exchange/in', 'exchange/out']) await mkdir(path.join(t.checkpoints, d), { recursive: true });
+    await mkdir(path.join(exchangeIn, 'round-1'), { recursive: true });
+    await writeFile(path.join(exchangeIn, 'round-1', 'rank-0.json'), 'theirs');
+    const { req, out } = request(t, ['node', 'member.js'], { env: { WORLD_SIZE: '2' }, exchangeInDir: exchangeIn });
+    const result = await runtime.run(req);
+    assert.equal(result.exitCode, 0, out.stderr);
+    const r = JSON.parse(out.stdout) as Record<string, string>;
+    assert.equal(r.ex, '/checkpoints/exchange');
+    assert.equal(r.read, 'theirs');
+    assert.equal(r.publish, 'ok');
+    for (const key of ['plant', 'overwrite', 'moveAway', 'remove'])
+      assert.ok(['EROFS', 'EACCES', 'EBUSY', 'EPERM'].includes(r[key] as string), `${key}: ${r[key]}`);
+    assert.deepEqual(await readdir(exchangeIn), ['round-1']);
+    assert.equal(await readFile(path.join(exchangeIn, 'round-1', 'rank-0.json'), 'utf8'), 'theirs');
+    assert.equal(await readFile(path.join(t.checkpoints, 'exchange', 'out', 'round-1.json'), 'utf8'), 'mine');
+  });
+
   test('/etc/shadow stays unreadable even with /etc bound whole (uid really dropped)', { skip: !isRoot && 'agent is not root' }, async () => {
     const wholeEtc = createSandboxRuntime({ etcPaths: ['/etc/'] });
     const t = await makeTask();

@@ -31,6 +31,7 @@ import { assertNetworkTools, networkNamespacePrefix, startTaskNetwork, TASK_RESO
  *   /inputs       read-only
  *   /outputs      writable
  *   /checkpoints  writable
+ *   /checkpoints/exchange/in  read-only (a cluster member's delivered rounds, RunRequest.exchangeInDir)
  *
  * Nothing else of the host is visible: not /root, not /home, not the agent's data directory (which holds
  * its private key), not other tasks' directories. All namespaces are unshared, the network namespace too:
@@ -200,6 +201,8 @@ interface SandboxDirs {
   inputs: string;
   outputs: string;
   checkpoints: string;
+  /** RunRequest.exchangeInDir: read-only at /checkpoints/exchange/in. */
+  exchangeIn?: string;
 }
 
 /** Read-only base filesystem: /usr, the merged-/usr links, selected /etc paths, fresh /dev, /proc, /tmp. */
@@ -294,6 +297,7 @@ export async function buildSandboxArgv(
     '--bind',
     dirs.checkpoints,
     '/checkpoints',
+    ...(dirs.exchangeIn ? ['--ro-bind', dirs.exchangeIn, '/checkpoints/exchange/in'] : []),
     '--chdir',
     '/work',
     '--info-fd',
@@ -537,6 +541,7 @@ export class SandboxRuntime implements Runtime {
       inputs: await resolveDir('inputsDir', req.inputsDir),
       outputs: await resolveDir('outputsDir', req.outputsDir),
       checkpoints: await resolveDir('checkpointsDir', req.checkpointsDir),
+      ...(req.exchangeInDir ? { exchangeIn: await resolveDir('exchangeInDir', req.exchangeInDir) } : {}),
     };
     for (const dir of Object.values(dirs)) {
       for (const hidden of this.protectedPaths) {
@@ -582,6 +587,7 @@ export class SandboxRuntime implements Runtime {
         for (const dir of Object.values(dirs)) await assertTraversable(dir, uid);
         await makeReadable(dirs.bundle);
         await makeReadable(dirs.inputs);
+        if (dirs.exchangeIn) await makeReadable(dirs.exchangeIn);
         await giveToTask(dirs.outputs, uid);
         await giveToTask(dirs.checkpoints, uid);
       }
