@@ -276,6 +276,27 @@ for (const store of ['pglite', 'postgres'] as const) {
       assert.deepEqual(job.tasks[0]?.outputs, [], 'nothing of it is uploaded');
     });
 
+    test('a task hiding data under a name that is not UTF-8 still meets DISK_LIMIT', async () => {
+      const submitted = await submitFixture(client, {
+        name: 'disk-hider',
+        args: [],
+        diskGiB: 0.001,
+        sh: 'd="$GRIDWORK_OUTPUTS/$(printf \'x\\377\')"; mkdir "$d" && head -c 3000000 /dev/zero > "$d/big"; sleep 5',
+      });
+      const job = await waitFor(client, submitted.id);
+      assert.equal(job.state, 'failed');
+      assert.match(job.tasks[0]?.error ?? '', /^DISK_LIMIT: disk limit reached/);
+    });
+
+    test('outputs the agent cannot read back fail the task as its own limit, not as the provider\'s fault', async () => {
+      const submitted = await submitFixture(client, { name: 'unreadable-outputs', args: [], sh: 'echo x > "$GRIDWORK_OUTPUTS/$(printf \'r\\377\')"' });
+      const job = await waitFor(client, submitted.id);
+      assert.equal(job.state, 'failed');
+      const [task] = job.tasks;
+      assert.equal(task?.attempts, 0, 'not retried elsewhere: no provider is blamed');
+      assert.match(task?.error ?? '', /^PAYLOAD_TOO_LARGE: outputs limit reached: the agent cannot read the task's output file/);
+    });
+
     test('cancel stops a running task on its provider', async () => {
       const submitted = await submitFixture(client, { name: 'cancel-me', args: ['hang'] });
       const running = await until(

@@ -123,7 +123,7 @@ export const LeaseEnd = Type.Union([
   Type.Object(
     {
       kind: Type.Literal('limit'),
-      /** `outputs`: more output files than one report of at most MAX_MESSAGE_BYTES can list. */
+      /** `outputs`: more output files than one report of at most MAX_MESSAGE_BYTES can list, or outputs the agent cannot read back (names that are not UTF-8, a tree nested too deep, files swapped while read). */
       limit: Type.Union([Type.Literal('memory'), Type.Literal('processes'), Type.Literal('disk'), Type.Literal('outputs')]),
       message: Message,
     },

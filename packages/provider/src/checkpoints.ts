@@ -9,9 +9,9 @@
  *  - cluster exchange: `$GRIDWORK_EXCHANGE/out/round-<r>.json` (`lease.exchange`), relayed by the
  *    coordinator to every member once all have published the round (`deliverRound`).
  */
-import { mkdir, readdir, rename, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readdir, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { checkpointMessage, checkpointStep, type FileRef, type LeaseAssignment } from '@gridwork/protocol';
+import { checkpointMessage, checkpointStep, type FileRef, GridworkError, type LeaseAssignment } from '@gridwork/protocol';
 import { type Identity, signBytes } from '@gridwork/protocol/node';
 import type { Logger } from 'pino';
 import type { Report } from './coordinator-link.ts';
@@ -32,6 +32,7 @@ export type CheckpointTamper = (file: string, step: number, lease: LeaseAssignme
 const SCAN_MS = 1000;
 const EXCHANGE_SCAN_MS = 100;
 const ROUND = /^round-(\d{1,10})\.json$/;
+const DIGEST = /^[0-9a-f]{64}$/;
 
 /** What a watcher looks for and how it reports a find. */
 interface Publication {
@@ -145,8 +146,16 @@ export async function deliverRound(
   files: readonly { rank: number; digest: string; size: number }[],
   download: (file: FileRef, destDir: string) => Promise<void>,
 ): Promise<void> {
+  // The round and ranks name files on this host: only numbers (and digests) the protocol allows, whoever sent them.
+  if (!Number.isSafeInteger(round) || round < 1) throw new GridworkError('PROTOCOL_ERROR', `exchange round ${String(round).slice(0, 32)} is not a round number`);
+  for (const f of files) {
+    if (!Number.isSafeInteger(f.rank) || f.rank < 0 || !DIGEST.test(f.digest) || !Number.isSafeInteger(f.size) || f.size < 0) {
+      throw new GridworkError('PROTOCOL_ERROR', `exchange round ${round} names a malformed file`);
+    }
+  }
   const into = join(inDir, `round-${round}`);
   await mkdir(into, { recursive: true, mode: 0o755 });
+  await chmod(into, 0o755); // whatever the umask: the task (another uid) reads it
   for (const f of files) await download({ path: `rank-${f.rank}.json`, digest: f.digest, size: f.size }, into);
   await writeFile(join(into, '.complete.tmp'), '', { mode: 0o644 });
   await rename(join(into, '.complete.tmp'), join(into, 'complete'));

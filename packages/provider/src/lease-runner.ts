@@ -29,7 +29,7 @@ import type { Logger } from 'pino';
 import { Compile } from 'typebox/compile';
 import { type CheckpointTamper, deliverRound, PublishedFiles } from './checkpoints.ts';
 import type { ServiceIngress } from './service-ingress.ts';
-import { openTaskFile } from './task-file.ts';
+import { openTaskFile, removeTaskTree } from './task-file.ts';
 import type { Report } from './coordinator-link.ts';
 import { leaseGpus } from './runtime/gpu-passthrough.ts';
 import type { RunRequest, RunResult, Runtime } from './runtime/runtime.ts';
@@ -91,7 +91,7 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
   };
   let meter = setTimeout(usage, deps.meteringIntervalMs());
   try {
-    await rm(dir, { recursive: true, force: true });
+    await removeTaskTree(dir);
     for (const d of Object.values(dirs)) await mkdir(d, { recursive: true });
     let fetched = 0;
     try {
@@ -207,6 +207,12 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
         outputs = await uploadOutputs(deps, dirs.outputs, signal);
       } catch (err) {
         if (signal.aborted) return endAborted(deps, lease, signal, logs, started);
+        if (err instanceof OutputsRefused) {
+          logs.push('system', `outputs limit reached, task failed: ${err.message}\n`);
+          logs.flush();
+          send(finished(deps, lease, { kind: 'limit', limit: 'outputs', message: err.message.slice(0, 4096) }, durationMs, []));
+          return;
+        }
         throw new SetupError(`could not upload outputs: ${(err as Error).message}`);
       }
     }
@@ -227,7 +233,7 @@ export async function runLease(deps: LeaseRunnerDeps, lease: LeaseAssignment, si
   } finally {
     clearTimeout(meter);
     logs.stop();
-    await rm(dir, { recursive: true, force: true }).catch(() => {});
+    await removeTaskTree(dir).catch((err: unknown) => log.warn({ err, leaseId: lease.leaseId }, 'could not remove the lease directory'));
   }
 }
 
@@ -259,9 +265,15 @@ function finished(deps: LeaseRunnerDeps, lease: LeaseAssignment, outcome: LeaseE
 
 class SetupError extends Error {}
 
+/** The task left outputs the agent cannot read back: the task's failure (a limit), not the provider's. */
+class OutputsRefused extends Error {}
+
+/** What reading a tree back fails with when its task made it unreadable (never a network or coordinator error). */
+const TASK_TREE_ERRORS = new Set(['ENOENT', 'ENAMETOOLONG', 'ELOOP', 'EACCES', 'ENOTDIR', 'EISDIR']);
+
 const LIMIT_MESSAGES: Record<NonNullable<RunResult['limit']>, (lease: LeaseAssignment) => string> = {
   processes: () => 'the task started more processes than it may',
-  disk: (lease) => `the task wrote more than ${lease.resources.diskGiB ?? 10} GiB to /outputs and /checkpoints`,
+  disk: (lease) => `the task wrote more than ${lease.resources.diskGiB ?? 10} GiB to /outputs and /checkpoints${lease.cluster ? ' (with the exchange rounds it received)' : ''}`,
   memory: (lease) => `the task needed more than ${lease.resources.memoryGiB} GiB`,
 };
 
@@ -299,11 +311,21 @@ async function fetchBundle(deps: LeaseRunnerDeps, lease: LeaseAssignment, dir: s
 
 async function uploadOutputs(deps: LeaseRunnerDeps, dir: string, signal: AbortSignal): Promise<FileRef[]> {
   const out: FileRef[] = [];
+  // A tree the agent cannot read back (nested deeper than a path can name, names that are not UTF-8, files
+  // gone or swapped for links) is the task's doing: it fails as such, not as this provider's fault.
+  const unreadable = (err: unknown, what: string): never => {
+    const code = (err as { code?: unknown }).code;
+    const tasks = err instanceof GridworkError ? code === 'FORBIDDEN' : typeof code === 'string' && TASK_TREE_ERRORS.has(code);
+    if (!tasks) throw err;
+    throw new OutputsRefused(`the agent cannot read the task's output ${what}: ${err instanceof GridworkError ? err.message : code}`);
+  };
   const walk = async (d: string): Promise<void> => {
-    for (const e of await readdir(d, { withFileTypes: true })) {
+    const entries = await readdir(d, { withFileTypes: true }).catch((err: unknown) => unreadable(err, `directory ${relative(dir, d) || '.'}`));
+    for (const e of entries) {
       const full = join(d, e.name);
+      const rel = relative(dir, full).split(sep).join('/');
       if (e.isDirectory()) await walk(full);
-      else if (e.isFile()) out.push(await uploadFile(deps, dir, full, relative(dir, full).split(sep).join('/'), signal));
+      else if (e.isFile()) out.push(await uploadFile(deps, dir, full, rel, signal).catch((err: unknown) => unreadable(err, `file ${rel}`)));
       // Symlinks and devices are not outputs: a task must not make the agent read outside its directory.
     }
   };

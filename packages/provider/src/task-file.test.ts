@@ -1,11 +1,18 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+
+/** Nests 1,100 directories under `dir` as a task would, one relative step at a time: deeper than a path can name. */
+function nestDeep(dir: string): void {
+  const script =
+    "const fs = require('fs'); process.chdir(process.argv[1]); for (let i = 0; i < 1100; i++) { fs.mkdirSync('dddd'); process.chdir('dddd'); } fs.writeFileSync('f', 'x');";
+  execFileSync(process.execPath, ['-e', script, dir]);
+}
+import { mkdir, mkdtemp, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { GridworkError } from '@gridwork/protocol';
-import { openTaskFile } from './task-file.ts';
+import { openTaskFile, removeTaskTree } from './task-file.ts';
 
 // A task owns the directory the agent reads from; these are the tricks it can play between the
 // agent's listing and its open.
@@ -75,5 +82,14 @@ describe('openTaskFile', () => {
 
   test('a directory is refused', async () => {
     await refused(path.join(root, 'exchange'), /not a regular file/);
+  });
+
+  test('removeTaskTree removes a tree nested deeper than a path can name', async () => {
+    const dir = path.join(base, 'lease-dir');
+    await mkdir(dir);
+    nestDeep(dir);
+    await assert.rejects(rm(dir, { recursive: true, force: true }), /ENAMETOOLONG/, "node's own rm cannot (the reason for the helper)");
+    await removeTaskTree(dir);
+    await assert.rejects(stat(dir), /ENOENT/);
   });
 });

@@ -1,5 +1,7 @@
 /**
- * Opening a file that a task wrote, from the agent's side. The task owns the directories it writes
+ * Files a task wrote, from the agent's side: opening one to read it, and removing a tree of them.
+ *
+ * Opening a file that a task wrote. The task owns the directories it writes
  * (outputs, checkpoints, its exchange rounds) and may still be running while the agent reads them,
  * so a name that was a regular file when the directory was listed can be a symlink (to the agent's
  * key), a FIFO (to hang the agent) or reached through a swapped directory by the time it is opened.
@@ -8,8 +10,10 @@
  * /proc/self/fd) lies inside the task's directory. Everything the agent reads of it (its digest,
  * its upload) comes from that descriptor. The agent runs on Linux only (bubblewrap, cgroups).
  */
+import { execFile } from 'node:child_process';
 import { constants } from 'node:fs';
-import { type FileHandle, open, readlink, realpath } from 'node:fs/promises';
+import { type FileHandle, open, readlink, realpath, rm } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import { sep } from 'node:path';
 import { GridworkError } from '@gridwork/protocol';
 
@@ -38,4 +42,17 @@ export async function openTaskFile(root: string, full: string): Promise<FileHand
 
 function refused(full: string, why: string): GridworkError {
   return new GridworkError('FORBIDDEN', `not reading ${full}: ${why}`);
+}
+
+/**
+ * Removes a lease's directory, whatever its task left in it. Node's recursive rm names every entry by its full
+ * path, so a tree nested deeper than a path can name (a task can build one with relative chdirs) fails with
+ * ENAMETOOLONG and would stay on disk for good; GNU rm walks by descriptor and removes it. Never follows links.
+ */
+export async function removeTaskTree(dir: string): Promise<void> {
+  try {
+    await rm(dir, { recursive: true, force: true });
+  } catch {
+    await promisify(execFile)('rm', ['-rf', '--one-file-system', '--', dir]);
+  }
 }

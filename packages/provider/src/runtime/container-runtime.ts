@@ -535,11 +535,12 @@ export class ContainerRuntime implements Runtime {
     const onAbort = () => stopFor('abort');
     req.signal?.addEventListener('abort', onAbort, { once: true });
     const timer = setTimeout(() => stopFor('timeout'), Math.min(req.timeoutMs, 2 ** 31 - 1));
-    const writable = [req.outputsDir, req.checkpointsDir];
+    // What the task wrote, and the exchange rounds delivered to it (its members' doing: they count too).
+    const counted = [req.outputsDir, req.checkpointsDir, ...(req.exchangeInDir ? [req.exchangeInDir] : [])];
     let pollTimer: NodeJS.Timeout | undefined;
     const poll = async () => {
       if (ended) return;
-      if ((await diskUsage(writable, req.diskBytes)) > req.diskBytes) stopFor('disk');
+      if ((await diskUsage(counted, req.diskBytes)) > req.diskBytes) stopFor('disk');
       else if (!ended) pollTimer = setTimeout(() => void poll(), this.limitPollMs);
     };
     pollTimer = setTimeout(() => void poll(), this.limitPollMs);
@@ -553,7 +554,7 @@ export class ContainerRuntime implements Runtime {
         // The rest of the output, for a bounded time (a stream the engine never closes must not hold the lease).
         await Promise.race([outputEnded, new Promise((r) => setTimeout(r, this.killGraceMs))]);
         demux.end();
-        if (cause === undefined && (await diskUsage(writable, req.diskBytes)) > req.diskBytes) cause = 'disk';
+        if (cause === undefined && (await diskUsage(counted, req.diskBytes)) > req.diskBytes) cause = 'disk';
         const limit: RunLimit | undefined = cause === 'disk' ? 'disk' : info.State?.OOMKilled ? 'memory' : undefined;
         return {
           exitCode: StatusCode,

@@ -1,8 +1,17 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+
+/** Nests 1,100 directories under `dir` as a task would, one relative step at a time: deeper than a path can name. */
+function nestDeep(dir: string): void {
+  const script =
+    "const fs = require('fs'); process.chdir(process.argv[1]); for (let i = 0; i < 1100; i++) { fs.mkdirSync('dddd'); process.chdir('dddd'); } fs.writeFileSync('f', 'x');";
+  execFileSync(process.execPath, ['-e', script, dir]);
+}
 import { link, mkdir, mkdtemp, open, rm, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { removeTaskTree } from '../task-file.ts';
 import { diskUsage, MIN_ENTRY_BYTES } from './disk-usage.ts';
 
 let root = '';
@@ -35,6 +44,23 @@ describe('disk usage', () => {
     await writeFile(path.join(dir, 'empty'), '');
     await symlink('/etc/passwd', path.join(dir, 'link'));
     assert.equal(await diskUsage([dir]), 50 * 2 ** 20 + 2 * MIN_ENTRY_BYTES);
+  });
+
+  test('a directory whose name is not UTF-8 is measured with everything in it', async () => {
+    const dir = path.join(root, 'bytes');
+    await mkdir(dir);
+    const hidden = Buffer.concat([Buffer.from(dir), Buffer.from('/x'), Buffer.from([0xff])]);
+    await mkdir(hidden);
+    await writeFile(Buffer.concat([hidden, Buffer.from('/big')]), Buffer.alloc(200_000, 1));
+    assert.ok((await diskUsage([dir])) >= 200_000);
+  });
+
+  test('a tree nested deeper than a path can name measures as unbounded', async () => {
+    const dir = path.join(root, 'deep');
+    await mkdir(dir);
+    nestDeep(dir);
+    assert.equal(await diskUsage([dir]), Number.POSITIVE_INFINITY);
+    await removeTaskTree(dir);
   });
 
   test('the walk stops once past the given limit', async () => {

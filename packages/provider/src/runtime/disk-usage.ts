@@ -2,7 +2,8 @@ import { lstat, readdir } from 'node:fs/promises';
 import path from 'node:path';
 
 /**
- * Disk usage of a task's writable directories (/outputs and /checkpoints), for the sandbox's disk limit.
+ * Disk usage of a task's writable directories (/outputs and /checkpoints, and a cluster member's delivered
+ * exchange rounds), for the sandbox's and the container runtime's disk limit.
  *
  * Why a measurement and not a filesystem of its own: the task's directories are ordinary directories under the
  * agent's work root, which the agent reads (hashes, uploads) after the run, and a bind mount has no size of its
@@ -20,6 +21,10 @@ import path from 'node:path';
  * their own blocks; every entry counts at least MIN_ENTRY_BYTES, so a flood of empty files (each costs an inode
  * and makes every later walk slower) runs into the same limit. Entries that vanish during the walk are skipped.
  * The walk stops as soon as the total passes the limit it was given.
+ *
+ * Names are read as bytes (a name that is not UTF-8 would otherwise come back mangled, fail to stat and hide its
+ * whole subtree), and a tree the walk cannot read for any other reason than an entry vanishing — nested deeper
+ * than a path can name, say — measures as unbounded: the task that made it is over its limit, not under it.
  */
 
 /** What one file or directory costs at least: one filesystem block. */
@@ -35,9 +40,13 @@ export const DISK_POLL_MS = 500;
 export async function diskUsage(dirs: readonly string[], stopAbove = Number.POSITIVE_INFINITY): Promise<number> {
   const seen = new Set<string>();
   let total = 0;
-  const visit = async (p: string, isRoot = false): Promise<void> => {
+  const unreadable = (err: NodeJS.ErrnoException): undefined => {
+    if (err.code !== 'ENOENT') total = Number.POSITIVE_INFINITY;
+    return undefined;
+  };
+  const visit = async (p: Buffer, isRoot = false): Promise<void> => {
     if (total > stopAbove) return;
-    const st = await lstat(p, { bigint: true }).catch(() => undefined);
+    const st = await lstat(p, { bigint: true }).catch(unreadable);
     if (!st) return;
     const key = `${st.dev}:${st.ino}`;
     if (seen.has(key)) return;
@@ -46,9 +55,11 @@ export async function diskUsage(dirs: readonly string[], stopAbove = Number.POSI
     // The directories themselves were made by the agent; only what the task puts in them counts.
     if (!isRoot) total += Math.max(MIN_ENTRY_BYTES, st.isFile() ? Math.max(Number(st.size), allocated) : allocated);
     if (!st.isDirectory()) return;
-    const entries = await readdir(p).catch(() => [] as string[]);
-    for (const name of entries) await visit(path.join(p, name));
+    const entries = (await readdir(p, { encoding: 'buffer' }).catch(unreadable)) ?? [];
+    for (const name of entries) await visit(Buffer.concat([p, SEP, name]));
   };
-  for (const dir of dirs) await visit(dir, true);
+  for (const dir of dirs) await visit(Buffer.from(dir), true);
   return total;
 }
+
+const SEP = Buffer.from(path.sep);

@@ -351,8 +351,13 @@ async function walk(dir: string, fn: (p: string, isDir: boolean) => Promise<void
   for (const entry of await readdir(dir, { withFileTypes: true })) {
     const p = path.join(dir, entry.name);
     if (entry.isSymbolicLink()) continue;
-    if (entry.isDirectory()) await walk(p, fn);
-    else if (entry.isFile() && (await lstat(p)).nlink === 1) await fn(p, false);
+    try {
+      if (entry.isDirectory()) await walk(p, fn);
+      else if (entry.isFile() && (await lstat(p)).nlink === 1) await fn(p, false);
+    } catch (err) {
+      // Gone meanwhile (a round the agent delivers while the task starts: a temporary name renamed): nothing to do.
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
   }
 }
 
@@ -680,7 +685,8 @@ export class SandboxRuntime implements Runtime {
     const onCallerAbort = () => abort.abort(req.signal?.reason);
     req.signal?.addEventListener('abort', onCallerAbort, { once: true });
 
-    const writable = [ctx.dirs.outputs, ctx.dirs.checkpoints];
+    // What the task wrote, and the exchange rounds delivered to it (its members' doing: they count too).
+    const counted = [ctx.dirs.outputs, ctx.dirs.checkpoints, ...(ctx.dirs.exchangeIn ? [ctx.dirs.exchangeIn] : [])];
     let watchTimer: NodeJS.Timeout | undefined;
     let watching = true;
     let networkSetup: Promise<TaskNetwork | undefined> | undefined;
@@ -699,7 +705,7 @@ export class SandboxRuntime implements Runtime {
           // (a bomb whose shells die on a refused fork collapses by itself).
           hit = 'processes';
         }
-        if (!hit && (await diskUsage(writable, req.diskBytes)) > req.diskBytes) hit = 'disk';
+        if (!hit && (await diskUsage(counted, req.diskBytes)) > req.diskBytes) hit = 'disk';
         if (!watching) return;
         if (hit) control.stop(hit);
         else watchTimer = setTimeout(() => void tick(), this.limitPollMs);
@@ -766,7 +772,7 @@ export class SandboxRuntime implements Runtime {
 
       // Limits hit between the last poll and the end of the run.
       if (!result.limit && !result.timedOut && !result.aborted) {
-        const usage = await diskUsage(writable, req.diskBytes);
+        const usage = await diskUsage(counted, req.diskBytes);
         // Any OOM kill counts, even of a child the task outlived: the kernel took a process of the task away.
         if (await ctx.group?.memoryLimitHit()) result = { ...result, limit: 'memory' };
         else if (usage > req.diskBytes || (result.exitCode === SIGXFSZ_EXIT && usage >= req.diskBytes)) result = { ...result, limit: 'disk' };
