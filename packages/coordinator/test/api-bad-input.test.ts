@@ -51,7 +51,6 @@ function spec(name: string, overrides: Partial<JobSpec> = {}): JobSpec {
   };
 }
 
-
 const ASKS = { cpuCoreHour: '0.01', memoryGiBHour: '0.001', gpuHour: {} };
 
 /** A valid hello of `identity` (asks signed over {asks, instance}), with `extra` fields replaced. */
@@ -214,8 +213,8 @@ for (const store of ['pglite', 'postgres'] as const) {
     }
 
     async function jobCount(): Promise<number> {
-      const r = await internalsOf(net.coordinator).db
-        .selectFrom('jobs')
+      const r = await internalsOf(net.coordinator)
+        .db.selectFrom('jobs')
         .select((eb) => eb.fn.countAll<string>().as('n'))
         .executeTakeFirstOrThrow();
       return Number(r.n);
@@ -737,9 +736,18 @@ for (const store of ['pglite', 'postgres'] as const) {
         const after = await aliceClient.get(job.id);
         assert.deepEqual(after, done);
         assert.equal(after.tasks[0]?.outputs.length, 1);
-        const outputLinks = await internalsOf(net.coordinator).db.selectFrom('job_blobs').selectAll().where('job_id', '=', job.id).where('role', '=', 'output').execute();
+        const outputLinks = await internalsOf(net.coordinator)
+          .db.selectFrom('job_blobs')
+          .selectAll()
+          .where('job_id', '=', job.id)
+          .where('role', '=', 'output')
+          .execute();
         assert.equal(outputLinks.length, 1);
-        const provider = await internalsOf(net.coordinator).db.selectFrom('providers').select('in_seq').where('id', '=', owner.identity.publicKey).executeTakeFirstOrThrow();
+        const provider = await internalsOf(net.coordinator)
+          .db.selectFrom('providers')
+          .select('in_seq')
+          .where('id', '=', owner.identity.publicKey)
+          .executeTakeFirstOrThrow();
         assert.equal(provider.in_seq, 2n);
 
         // The requester can fetch the output; the refused provider cannot.
@@ -749,6 +757,66 @@ for (const store of ['pglite', 'postgres'] as const) {
         assertError(await signed(other.identity, 'GET', `/v1/jobs/${job.id}/blobs/${digest}`), 404, 'JOB_NOT_FOUND');
       });
     });
+    describe('provider reports sent back to back', () => {
+      it('a run of reports gets every answer it would get one by one: a refused one among them, the others applied in order; a gap applies what precedes it', async () => {
+        const p = await RawProvider.connect(url);
+        raw.push(p);
+        await p.hello('raw-runner', { attributes: { region: 'runners' } });
+        const job = await aliceClient.submitPrepared({
+          spec: spec('run-of-reports', { resources: { cpu: 1, memoryGiB: 1 }, placement: { regions: ['runners'] } }),
+          bundle: tinyBundle,
+          inputs: [],
+        });
+        const assign = (await p.next((m) => m.type === 'lease.assign' && (m.lease as { jobId: string }).jobId === job.id, 'the assignment')) as Msg & {
+          seq: number;
+          lease: { leaseId: string };
+        };
+        const leaseId = assign.lease.leaseId;
+        // All in one go, as an agent with several leases sends them: an ack, a start, a report on a lease
+        // that does not exist (refused, consumed), the finish.
+        p.send({ type: 'ack', seq: assign.seq });
+        p.send({ seq: 1, type: 'lease.started', leaseId });
+        p.send({ seq: 2, type: 'lease.service', leaseId: 'lease_aaaaaaaaaaaaaaaa', health: 'healthy' });
+        p.send({ seq: 3, type: 'lease.finished', leaseId, outcome: { kind: 'exited', exitCode: 0 }, durationMs: 7, outputs: [] });
+        await p.next((m) => m.type === 'ack' && m.seq === 3, 'ack 3');
+        assert.deepEqual(
+          p.messages.filter((m) => m.type === 'ack').map((m) => m.seq),
+          [1, 2, 3],
+          'every report acked once, in order',
+        );
+        const errors = p.messages.filter((m) => m.type === 'error');
+        assert.deepEqual(
+          errors.map((m) => m.code),
+          ['LEASE_NOT_FOUND'],
+        );
+        const done = await until(
+          () => aliceClient.get(job.id),
+          (j) => j.state === 'succeeded',
+          { what: 'the job to succeed' },
+        );
+        assert.equal(done.tasks[0]?.durationMs, 7);
+        const db = internalsOf(net.coordinator).db;
+        const inSeq = async () => (await db.selectFrom('providers').select('in_seq').where('id', '=', p.identity.publicKey).executeTakeFirstOrThrow()).in_seq;
+        assert.equal(await inSeq(), 3n);
+        assert.equal(p.ws.readyState, WebSocket.OPEN);
+
+        // A duplicate, a new report and then a gap, in one go: the first two are answered, the gap closes the socket.
+        p.send({ seq: 3, type: 'lease.started', leaseId });
+        p.send({ seq: 4, type: 'provider.state', state: 'online' });
+        p.send({ seq: 6, type: 'provider.state', state: 'draining' });
+        const closed = await p.closed;
+        assert.equal(closed.code, 4002);
+        assert.deepEqual(
+          p.messages.filter((m) => m.type === 'ack').map((m) => m.seq),
+          [1, 2, 3, 3, 4],
+        );
+        assert.match(String(p.messages.find((m) => m.type === 'error' && m.code === 'PROTOCOL_ERROR')?.message), /sequence gap at 6/);
+        assert.equal(await inSeq(), 4n);
+        const state = await db.selectFrom('providers').select('state').where('id', '=', p.identity.publicKey).executeTakeFirstOrThrow();
+        assert.equal(state.state, 'online', 'nothing after the gap was applied');
+      });
+    });
+
     describe('whose data a job may use, and idempotent submits', () => {
       const rejectsWith = (p: Promise<unknown>, code: string) => assert.rejects(p, (e: unknown) => e instanceof GridworkError && e.code === code);
 
@@ -768,7 +836,14 @@ for (const store of ['pglite', 'postgres'] as const) {
         const leaseId = (assign.lease as { leaseId: string }).leaseId;
         p.send({ type: 'ack', seq: assign.seq });
         p.send({ seq: 1, type: 'lease.started', leaseId });
-        p.send({ seq: 2, type: 'lease.finished', leaseId, outcome: { kind: 'exited', exitCode: 0 }, durationMs: 5, outputs: [{ path: 'stolen.txt', digest, size: secret.length }] });
+        p.send({
+          seq: 2,
+          type: 'lease.finished',
+          leaseId,
+          outcome: { kind: 'exited', exitCode: 0 },
+          durationMs: 5,
+          outputs: [{ path: 'stolen.txt', digest, size: secret.length }],
+        });
         await p.next((m) => m.type === 'ack' && m.seq === 2, 'ack 2');
         const ended = await until(
           () => aliceClient.get(job.id),

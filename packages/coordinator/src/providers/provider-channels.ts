@@ -13,7 +13,7 @@ import type { Logger } from 'pino';
 import type { RawData, WebSocket } from 'ws';
 import type { Subscriber } from '../bus/bus.ts';
 import type { Db } from '../store/database.ts';
-import type { ProviderService } from './provider-service.ts';
+import type { ApplyResult, ProviderInput, ProviderService } from './provider-service.ts';
 
 const check = Compile(ProviderMessage);
 
@@ -23,6 +23,8 @@ const FAULT_WINDOW_MS = 60_000;
 const FAULT_PAUSE_MS = 5 * 60_000;
 /** Close codes of the WebSocket layer for a peer that broke the protocol (1009: a message over maxPayload). */
 const PROTOCOL_CLOSE_CODES = new Set([1002, 1007, 1009]);
+/** Most reports and acks of one provider applied in one command. */
+const MAX_RUN = 64;
 
 export interface ProviderChannelsDeps {
   db: Db;
@@ -181,31 +183,100 @@ export class ProviderChannels {
     }
     this.all.add(pending);
 
-    socket.on('message', (data) => {
-      if (this.closing) return;
-      // Any message shows the provider alive, also while those before it still wait their turn
-      // (reports are applied in shared commits: a slow one must not make everyone look silent).
-      const receivedAt = Date.now();
-      if (channel) providers.heartbeat(providerId);
-      void pending.serial(async () => {
-        const bytes = byteLength(data);
-        // Refused unread and unapplied: the sender must not send it again (the agent never sends one).
-        if (bytes > MAX_MESSAGE_BYTES) {
-          return fail('PAYLOAD_TOO_LARGE', `message of ${bytes} bytes refused: one message may carry at most ${MAX_MESSAGE_BYTES}`, false);
+    /**
+     * A message read and checked: what to do with it is decided in turn (`pending.serial`), after
+     * everything it follows. Parsed on arrival: the reports waiting behind one being applied are
+     * then known, and a run of them is applied in one command (`applyMany`).
+     */
+    type Received = { bad: { code: string; message: string; close: boolean } } | { msg: ProviderMessage; receivedAt: number };
+    const inbox: Received[] = [];
+    const read = (data: RawData, receivedAt: number): Received => {
+      const bytes = byteLength(data);
+      // Refused unread and unapplied: the sender must not send it again (the agent never sends one).
+      if (bytes > MAX_MESSAGE_BYTES) {
+        return { bad: { code: 'PAYLOAD_TOO_LARGE', message: `message of ${bytes} bytes refused: one message may carry at most ${MAX_MESSAGE_BYTES}`, close: false } };
+      }
+      let msg: unknown;
+      try {
+        msg = JSON.parse(data.toString());
+      } catch {
+        return { bad: { code: 'PROTOCOL_ERROR', message: 'message is not JSON', close: true } };
+      }
+      if (!check.Check(msg)) {
+        const e = check.Errors(msg)[0];
+        return { bad: { code: 'PROTOCOL_ERROR', message: `invalid message: ${e?.instancePath ?? ''} ${e?.message ?? ''}`, close: true } };
+      }
+      return { msg, receivedAt };
+    };
+    /** What changes the database, of a message past hello: a sequenced report or an ack. */
+    const inputOf = (r: Received): ProviderInput | null => {
+      if (!('msg' in r) || !channel) return null;
+      const { msg } = r;
+      if (msg.type === 'ack') return { kind: 'ack', seq: msg.seq };
+      if (msg.type === 'hello' || msg.type === 'heartbeat' || msg.type === 'bid') return null;
+      return { kind: 'report', msg: msg as ProviderSequenced, receivedAt: r.receivedAt };
+    };
+    /** Applies one input alone, answering as the protocol says (an ack for a report; an error, and maybe a close). */
+    const applyOne = async (input: ProviderInput): Promise<void> => {
+      try {
+        if (input.kind === 'ack') {
+          (channel as Channel).ackedUpTo = Math.max((channel as Channel).ackedUpTo, input.seq);
+          return await providers.ack(providerId, input.seq);
         }
-        let msg: unknown;
-        try {
-          msg = JSON.parse(data.toString());
-        } catch {
-          return fail('PROTOCOL_ERROR', 'message is not JSON', true);
+        const result = await providers.apply(providerId, input.msg, input.receivedAt).catch((err) => {
+          if (err instanceof GridworkError && (err.code === 'NOT_LEASE_OWNER' || err.code === 'LEASE_NOT_FOUND' || err.code === 'BAD_SIGNATURE')) {
+            fail(err.code, err.message, false);
+            return 'applied' as const;
+          }
+          throw err;
+        });
+        answer(input.msg.seq, result);
+      } catch (err) {
+        failed(err);
+      }
+    };
+    const answer = (seq: number, result: ApplyResult): void => {
+      if (result === 'gap') return fail('PROTOCOL_ERROR', `sequence gap at ${seq}: reconnect and resend`, true);
+      channel?.send({ type: 'ack', seq });
+    };
+    const failed = (err: unknown): void => {
+      if (err instanceof GridworkError && err.httpStatus < 500) return fail(err.code, err.message, true);
+      log.error({ err, providerId }, 'provider message failed');
+      fail('INTERNAL', 'message could not be applied; reconnect to resend', true);
+    };
+    /** Applies a run of inputs in one command; if that fails, one by one (each then gets its exact answer). */
+    const applyRun = async (run: ProviderInput[]): Promise<void> => {
+      if (run.length === 1) return applyOne(run[0] as ProviderInput);
+      let outcomes: (ApplyResult | 'acked')[];
+      try {
+        outcomes = await providers.applyMany(providerId, run);
+      } catch (err) {
+        log.debug({ err, providerId, inputs: run.length }, 'a run of reports failed together: applying them one by one');
+        for (const input of run) await applyOne(input);
+        return;
+      }
+      for (const [i, input] of run.entries()) {
+        if (input.kind === 'ack') (channel as Channel).ackedUpTo = Math.max((channel as Channel).ackedUpTo, input.seq);
+        else {
+          answer(input.msg.seq, outcomes[i] as ApplyResult);
+          if (outcomes[i] === 'gap') return; // the socket closes: what follows the gap is sent again
         }
-        if (!check.Check(msg)) {
-          const e = check.Errors(msg)[0];
-          return fail('PROTOCOL_ERROR', `invalid message: ${e?.instancePath ?? ''} ${e?.message ?? ''}`, true);
+      }
+    };
+    /** Handles what has arrived, in order: hello, errors, heartbeats and bids one by one, reports and acks in runs. */
+    const drain = async (): Promise<void> => {
+      for (let r = inbox.shift(); r; r = inbox.shift()) {
+        if ('bad' in r) {
+          fail(r.bad.code, r.bad.message, r.bad.close);
+          continue;
         }
-        try {
-          if (msg.type === 'hello') {
-            if (channel) return fail('PROTOCOL_ERROR', 'hello sent twice', true);
+        const { msg } = r;
+        if (msg.type === 'hello') {
+          try {
+            if (channel) {
+              fail('PROTOCOL_ERROR', 'hello sent twice', true);
+              continue;
+            }
             clearTimeout(helloTimer);
             const { lastApplied, outbox } = await providers.hello(providerId, msg, remoteAddress);
             this.channels.get(providerId)?.socket.close(4003, 'replaced by a newer connection');
@@ -226,31 +297,45 @@ export class ProviderChannels {
               channel.sentUpTo = Number(m.seq);
             }
             log.info({ providerId, name: msg.name, slots: msg.slots, resent: outbox.length }, 'provider connected');
-            return;
+          } catch (err) {
+            failed(err);
           }
-          if (!channel) return fail('PROTOCOL_ERROR', 'say hello first', true);
-          if (msg.type === 'ack') {
-            channel.ackedUpTo = Math.max(channel.ackedUpTo, msg.seq);
-            return await providers.ack(providerId, msg.seq);
-          }
-          if (msg.type === 'heartbeat') return providers.heartbeat(providerId);
-          if (msg.type === 'bid') return this.deps.onBid?.(providerId, msg);
-          const seqMsg = msg as ProviderSequenced;
-          const result = await providers.apply(providerId, seqMsg, receivedAt).catch((err) => {
-            if (err instanceof GridworkError && (err.code === 'NOT_LEASE_OWNER' || err.code === 'LEASE_NOT_FOUND' || err.code === 'BAD_SIGNATURE')) {
-              fail(err.code, err.message, false);
-              return 'applied' as const;
-            }
-            throw err;
-          });
-          if (result === 'gap') return fail('PROTOCOL_ERROR', `sequence gap at ${seqMsg.seq}: reconnect and resend`, true);
-          channel.send({ type: 'ack', seq: seqMsg.seq });
-        } catch (err) {
-          if (err instanceof GridworkError && err.httpStatus < 500) return fail(err.code, err.message, true);
-          log.error({ err, providerId }, 'provider message failed');
-          fail('INTERNAL', 'message could not be applied; reconnect to resend', true);
+          continue;
         }
-      });
+        if (!channel) {
+          fail('PROTOCOL_ERROR', 'say hello first', true);
+          continue;
+        }
+        if (msg.type === 'heartbeat') {
+          providers.heartbeat(providerId);
+          continue;
+        }
+        if (msg.type === 'bid') {
+          this.deps.onBid?.(providerId, msg);
+          continue;
+        }
+        // A run: this input and the inputs right behind it (heartbeats and bids among them are taken as they come).
+        const run = [inputOf(r) as ProviderInput];
+        for (let next = inbox[0]; next && run.length < MAX_RUN; next = inbox[0]) {
+          const input = inputOf(next);
+          if (input) run.push(input);
+          else if ('msg' in next && next.msg.type === 'heartbeat') providers.heartbeat(providerId);
+          else if ('msg' in next && next.msg.type === 'bid') this.deps.onBid?.(providerId, next.msg);
+          else break;
+          inbox.shift();
+        }
+        await applyRun(run);
+      }
+    };
+
+    socket.on('message', (data) => {
+      if (this.closing) return;
+      // Any message shows the provider alive, also while those before it still wait their turn
+      // (reports are applied in shared commits: a slow one must not make everyone look silent).
+      const receivedAt = Date.now();
+      if (channel) providers.heartbeat(providerId);
+      inbox.push(read(data, receivedAt));
+      void pending.serial(drain);
     });
     socket.on('close', (code) => {
       clearTimeout(helloTimer);
