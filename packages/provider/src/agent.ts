@@ -17,7 +17,6 @@ import {
   GRIDWORK_VERSION,
   GridworkError,
   type Hardware,
-  LeaseAssignment,
   RUNTIMES,
   type RuntimeKind,
   runtimeFor,
@@ -29,12 +28,11 @@ import { benchmark } from './benchmark.ts';
 import { ChallengeResponder, type ChallengeSolver, honestSolver } from './challenge-solver.ts';
 import { type AnnouncedOrder, fixedPricing, type PricingPolicy } from './pricing.ts';
 import pino, { type Logger } from 'pino';
-import { Compile } from 'typebox/compile';
 import { CoordinatorLink, coordinatorUrlList } from './coordinator-link.ts';
 import { detectHardware } from './hardware.ts';
 import type { CheckpointTamper } from './checkpoints.ts';
 import { ServiceIngress } from './service-ingress.ts';
-import { type AbortReason, type ResultTamper, runLease } from './lease-runner.ts';
+import { type AbortReason, type ResultTamper, runLease, wellFormedAssignment } from './lease-runner.ts';
 import { removeTaskTree } from './task-file.ts';
 import { BUNDLE_CACHE_DIR, BundleCache } from './bundle-cache.ts';
 import { dockerEndpoint } from './runtime/docker-endpoint.ts';
@@ -42,10 +40,6 @@ import { createProcessRuntime } from './runtime/process-runtime.ts';
 import type { Runtime } from './runtime/runtime.ts';
 import { createSandboxRuntime } from './runtime/sandbox-runtime.ts';
 import { taskSlots } from './runtime/task-slots.ts';
-
-const assignmentCheck = Compile(LeaseAssignment);
-const LEASE_ID = /^lease_[a-z2-7]{16}$/;
-const JOB_ID = /^job_[a-z2-7]{16}$/;
 
 /** The runtimes of the registry that run bundles (the agent runs bundles in exactly one of them). */
 export type BundleRuntimeKind = { [K in RuntimeKind]: (typeof RUNTIMES)[K]['runs'] extends 'bundle' ? K : never }[RuntimeKind];
@@ -303,11 +297,11 @@ export class ProviderAgent {
       this.seen.add(msg.leaseId);
       return;
     }
-    const lease = msg.lease;
+    const lease: unknown = msg.lease;
     // Its ids name directories and URLs on this host: an assignment that is not well formed is
     // refused here (acknowledged, never run), whoever sent it.
-    if (!assignmentCheck.Check(lease) || !LEASE_ID.test(lease.leaseId) || !JOB_ID.test(lease.jobId)) {
-      this.log.error({ leaseId: String(lease?.leaseId).slice(0, 64) }, 'coordinator sent a malformed lease assignment: refused');
+    if (!wellFormedAssignment(lease)) {
+      this.log.error({ leaseId: String((lease as { leaseId?: unknown } | null)?.leaseId).slice(0, 64) }, 'coordinator sent a malformed lease assignment: refused');
       return;
     }
     if (this.seen.has(lease.leaseId)) return; // applied before (or cancelled before it arrived)

@@ -17,7 +17,7 @@ import {
   type FileRef,
   type GpuInfo,
   GridworkError,
-  type LeaseAssignment,
+  LeaseAssignment,
   type LeaseEnd,
   type LogChunk,
   leaseCommitmentMessage,
@@ -35,6 +35,17 @@ import { leaseGpus } from './runtime/gpu-passthrough.ts';
 import type { RunRequest, RunResult, Runtime } from './runtime/runtime.ts';
 
 const manifestCheck = Compile(BundleManifest);
+const assignmentCheck = Compile(LeaseAssignment);
+const LEASE_ID = /^lease_[a-z2-7]{16}$/;
+const JOB_ID = /^job_[a-z2-7]{16}$/;
+
+/**
+ * Whether an assignment is what the protocol allows: its lease id names a directory on this host and its job
+ * id goes into URLs, so one that is not well formed is never run, whoever sent it.
+ */
+export function wellFormedAssignment(lease: unknown): lease is LeaseAssignment {
+  return assignmentCheck.Check(lease) && LEASE_ID.test(lease.leaseId) && JOB_ID.test(lease.jobId);
+}
 const GiB = 1024 ** 3;
 const LOG_FLUSH_MS = 200;
 const LOG_CHUNK_CHARS = 16 * 1024;
