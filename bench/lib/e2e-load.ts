@@ -313,7 +313,8 @@ async function fairness(req: FairnessRequest): Promise<FairnessReply> {
     );
     const p2 = nowMs();
     const byDigest = new Map(files.map((f) => [f.digest, f]));
-    // One PUT after another, as GridworkClient.submit uploads.
+    // One PUT after another: the SDK before batch uploads (GridworkClient.submit now packs small files
+    // into batches; bench/uploads.ts compares the two). Kept so that A's upload loads the store the same way run to run.
     for (const digest of missing) await a.uploadBlob(await readFile((byDigest.get(digest) as (typeof files)[number]).absPath), digest);
     const p3 = nowMs();
     const spec: JobSpec = {
