@@ -921,3 +921,117 @@ describe('OrderBook: runtimes', () => {
     assert.equal(fits.excluded.runtime, 1);
   });
 });
+
+// ---------------------------------------------------------------------------------------------
+// The matcher's shortcuts (prices in doubles, free GPUs as bits, cached pool lists) against the
+// exact rules: the answers are those of the bigint and set arithmetic they stand in for.
+
+describe('OrderBook: shortcuts agree with the exact rules', () => {
+  /** Relabels a provider's GPU indices: reversed, spread out (not 0…n-1), or as they were. */
+  const relabel = (p: BookProvider, how: 'same' | 'reverse' | 'sparse'): BookProvider => {
+    const n = p.hardware.gpus.length;
+    const index = (i: number) => (how === 'reverse' ? n - 1 - i : how === 'sparse' ? 3 * i + 1 : i);
+    return { ...p, hardware: { ...p.hardware, gpus: p.hardware.gpus.map((g, i) => ({ ...g, index: index(i) })) } };
+  };
+
+  test('match equals a brute-force scan whatever the GPU indices, through reservations and releases', () => {
+    const arbRelabelled = fc
+      .tuple(arbPopulation, fc.array(fc.constantFrom('same' as const, 'reverse' as const, 'sparse' as const), { minLength: 8, maxLength: 8 }))
+      .map(([ps, how]) => ps.map((p, i) => relabel(p, how[i] ?? 'same')));
+    fc.assert(
+      fc.property(arbRelabelled, fc.array(fc.tuple(arbOrder, fc.boolean()), { minLength: 1, maxLength: 16 }), (ps, steps) => {
+        const b = book(...ps);
+        const used = new Map<string, Used>();
+        const live: { id: string; providerId: string; order: Order; gpus: number[] }[] = [];
+        steps.forEach(([order, release], i) => {
+          if (release && live.length > 0) {
+            const l = live.shift() as (typeof live)[number];
+            b.release(l.id);
+            const u = used.get(l.providerId) as Used;
+            u.cpu -= milli(l.order.resources.cpu);
+            u.mem -= milli(l.order.resources.memoryGiB);
+            u.slots--;
+            for (const g of l.gpus) u.gpus.delete(g);
+          }
+          const m = b.match(order);
+          const want = bruteBest(ps, used, order);
+          assert.deepEqual(m && { id: m.providerId, price: m.pricePerHour, gpus: m.gpus, score: m.score }, want);
+          if (!m) return;
+          b.reserve(`l${i}`, m.providerId, order.resources, m.gpus);
+          live.push({ id: `l${i}`, providerId: m.providerId, order, gpus: m.gpus });
+          let u = used.get(m.providerId);
+          if (!u) {
+            u = { cpu: 0n, mem: 0n, slots: 0, gpus: new Set() };
+            used.set(m.providerId, u);
+          }
+          u.cpu += milli(order.resources.cpu);
+          u.mem += milli(order.resources.memoryGiB);
+          u.slots++;
+          for (const g of m.gpus) u.gpus.add(g);
+        });
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  test('GPUs with indices other than 0…n-1 are taken lowest first and come back on release', () => {
+    const p = relabel(
+      provider('s', { cores: 64, memoryGiB: 256, gpus: [{ model: 'l4' }, { model: 'l4' }, { model: 'l4' }], gpuHour: { l4: '0.3' } }),
+      'sparse',
+    );
+    const b = book(p); // indices 1, 4, 7
+    const order = (count: number): Order => ({ resources: { cpu: 1, memoryGiB: 1, gpu: { count } }, maxPerHour: C('100') });
+    assert.deepEqual(b.match(order(2))?.gpus, [1, 4]);
+    b.reserve('l1', 's', order(2).resources, [1, 4]);
+    assert.deepEqual(b.match(order(1))?.gpus, [7]);
+    assert.equal(b.match(order(2)), null);
+    b.release('l1');
+    assert.deepEqual(b.match(order(3))?.gpus, [1, 4, 7]);
+    // A reservation rebuilt from the database naming a GPU the provider does not have changes nothing.
+    b.reserve('l2', 's', order(1).resources, [2]);
+    assert.deepEqual(b.match(order(3))?.gpus, [1, 4, 7]);
+  });
+
+  test('prices too large for doubles are exact (asks above 268 credits an hour, orders of thousands of GiB)', () => {
+    const b = book(
+      provider('big', {
+        cores: 64,
+        memoryGiB: 8192,
+        cpu: '0.000001',
+        mem: '999.999999',
+        gpus: [{ model: 'h100-80gb' }],
+        gpuHour: { 'h100-80gb': '300.000001' },
+      }),
+    );
+    const m = b.match({ resources: { cpu: 1.5, memoryGiB: 5000.25, gpu: { count: 1 } }, maxPerHour: C('100000000') });
+    assert.ok(m);
+    // ⌈0.000001 × 1500 / 1000⌉ + ⌈999.999999 credits × 5000250 / 1000⌉ µc + the GPU.
+    const ceil = (a: bigint) => (a + 999n) / 1000n;
+    assert.equal(m.pricePerHour, ceil(1n * 1500n) + ceil(999_999_999n * 5_000_250n) + 300_000_001n);
+    assert.equal(m.score, Number(m.pricePerHour));
+  });
+
+  test('a pool that appears after orders were matched is looked in (the cached pool lists follow)', () => {
+    const b = book(provider('eu', { region: 'eu', gpus: [{ model: 'l4' }], gpuHour: { l4: '0.3' } }));
+    const order = (regions: string[], models?: string[]): Order => ({
+      resources: { cpu: 1, memoryGiB: 1, gpu: { count: 1, ...(models ? { models } : {}) } },
+      regions,
+      maxPerHour: C('100'),
+    });
+    assert.equal(b.match(order(['eu', 'ap']))?.providerId, 'eu');
+    assert.equal(b.match(order(['ap']))?.providerId, undefined);
+    assert.equal(b.match(order(['ap'], ['t4']))?.providerId, undefined);
+    assert.equal(b.match(cpuOrder({ regions: ['ap'] }))?.providerId, undefined);
+    b.upsertProvider(provider('ap', { region: 'ap', gpus: [{ model: 't4' }], gpuHour: { t4: '0.1' } }));
+    assert.equal(b.match(order(['eu', 'ap']))?.providerId, 'ap');
+    assert.equal(b.match(order(['ap']))?.providerId, 'ap');
+    assert.equal(b.match(order(['ap'], ['t4']))?.providerId, 'ap');
+    assert.equal(b.match(cpuOrder({ regions: ['ap'] }))?.providerId, 'ap');
+    // Model and region lists that only differ in how they split into names are different lists.
+    assert.equal(b.match(order(['eu'], ['l4']))?.providerId, 'eu');
+    assert.equal(b.match(order(['eu'], ['l', '4']))?.providerId, undefined);
+    // Many distinct order shapes: the cache is emptied past its bound and answers stay the same.
+    for (let i = 0; i < 3000; i++) assert.equal(b.match(order(['eu'], [`x${i}`, 'l4']))?.providerId, 'eu');
+    assert.equal(b.match(order(['ap'], ['t4']))?.providerId, 'ap');
+  });
+});
