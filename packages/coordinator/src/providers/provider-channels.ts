@@ -23,8 +23,9 @@ const FAULT_WINDOW_MS = 60_000;
 const FAULT_PAUSE_MS = 5 * 60_000;
 /** Close codes of the WebSocket layer for a peer that broke the protocol (1009: a message over maxPayload). */
 const PROTOCOL_CLOSE_CODES = new Set([1002, 1007, 1009]);
-/** Most reports and acks of one provider applied in one command. */
+/** Most reports and acks of one provider applied in one command, and most bytes of them (a run of big log reports stays small). */
 const MAX_RUN = 64;
+const MAX_RUN_BYTES = 256 * 1024;
 
 export interface ProviderChannelsDeps {
   db: Db;
@@ -43,6 +44,8 @@ export interface ProviderChannelsDeps {
 class Channel {
   sentUpTo = 0;
   ackedUpTo = 0;
+  /** Closed by this coordinator (a protocol error, a newer connection): what it still has queued is not applied (the agent sends it again). */
+  stopped = false;
   /** When its hello was answered (ms). */
   welcomedAt = 0;
   private queue: Promise<void> = Promise.resolve();
@@ -174,7 +177,10 @@ export class ProviderChannels {
       socket.send(JSON.stringify({ type: 'error', code, message }));
       // Counted for providers past their hello only (known ones); our own failures (INTERNAL) are not theirs.
       if (channel && (code === 'PAYLOAD_TOO_LARGE' || (close && code !== 'INTERNAL'))) this.fault(providerId, code);
-      if (close) socket.close(4002, message.slice(0, 120));
+      if (close) {
+        pending.stopped = true;
+        socket.close(4002, message.slice(0, 120));
+      }
     };
     const pending = new Channel(providerId, socket);
     if (this.closing) {
@@ -184,12 +190,13 @@ export class ProviderChannels {
     this.all.add(pending);
 
     /**
-     * A message read and checked: what to do with it is decided in turn (`pending.serial`), after
-     * everything it follows. Parsed on arrival: the reports waiting behind one being applied are
-     * then known, and a run of them is applied in one command (`applyMany`).
+     * What has arrived and waits its turn (`pending.serial`), kept as received (off the JS heap) and
+     * read when its turn comes; a run of the reports waiting behind one being applied is then
+     * applied in one command (`applyMany`). One drain at a time goes through the queue.
      */
-    type Received = { bad: { code: string; message: string; close: boolean } } | { msg: ProviderMessage; receivedAt: number };
-    const inbox: Received[] = [];
+    type Received = { bad: { code: string; message: string; close: boolean } } | { msg: ProviderMessage; receivedAt: number; bytes: number };
+    const inbox: { data: RawData; receivedAt: number }[] = [];
+    let draining = false;
     const read = (data: RawData, receivedAt: number): Received => {
       const bytes = byteLength(data);
       // Refused unread and unapplied: the sender must not send it again (the agent never sends one).
@@ -206,7 +213,21 @@ export class ProviderChannels {
         const e = check.Errors(msg)[0];
         return { bad: { code: 'PROTOCOL_ERROR', message: `invalid message: ${e?.instancePath ?? ''} ${e?.message ?? ''}`, close: true } };
       }
-      return { msg, receivedAt };
+      return { msg, receivedAt, bytes };
+    };
+    /** The next message, read (the one after it is read only when a run asks for it). */
+    let head: Received | undefined;
+    const peek = (): Received | undefined => {
+      if (!head) {
+        const next = inbox.shift();
+        if (next) head = read(next.data, next.receivedAt);
+      }
+      return head;
+    };
+    const take = (): Received | undefined => {
+      const r = peek();
+      head = undefined;
+      return r;
     };
     /** What changes the database, of a message past hello: a sequenced report or an ack. */
     const inputOf = (r: Received): ProviderInput | null => {
@@ -216,13 +237,17 @@ export class ProviderChannels {
       if (msg.type === 'hello' || msg.type === 'heartbeat' || msg.type === 'bid') return null;
       return { kind: 'report', msg: msg as ProviderSequenced, receivedAt: r.receivedAt };
     };
+    const bid = (msg: Extract<ProviderMessage, { type: 'bid' }>): void => {
+      try {
+        this.deps.onBid?.(providerId, msg);
+      } catch (err) {
+        log.warn({ err, providerId }, 'a bid could not be taken');
+      }
+    };
     /** Applies one input alone, answering as the protocol says (an ack for a report; an error, and maybe a close). */
     const applyOne = async (input: ProviderInput): Promise<void> => {
       try {
-        if (input.kind === 'ack') {
-          (channel as Channel).ackedUpTo = Math.max((channel as Channel).ackedUpTo, input.seq);
-          return await providers.ack(providerId, input.seq);
-        }
+        if (input.kind === 'ack') return await providers.ack(providerId, input.seq);
         const result = await providers.apply(providerId, input.msg, input.receivedAt).catch((err) => {
           if (err instanceof GridworkError && (err.code === 'NOT_LEASE_OWNER' || err.code === 'LEASE_NOT_FOUND' || err.code === 'BAD_SIGNATURE')) {
             fail(err.code, err.message, false);
@@ -252,20 +277,22 @@ export class ProviderChannels {
         outcomes = await providers.applyMany(providerId, run);
       } catch (err) {
         log.debug({ err, providerId, inputs: run.length }, 'a run of reports failed together: applying them one by one');
-        for (const input of run) await applyOne(input);
+        for (const input of run) {
+          if (pending.stopped) return;
+          await applyOne(input);
+        }
         return;
       }
       for (const [i, input] of run.entries()) {
-        if (input.kind === 'ack') (channel as Channel).ackedUpTo = Math.max((channel as Channel).ackedUpTo, input.seq);
-        else {
-          answer(input.msg.seq, outcomes[i] as ApplyResult);
-          if (outcomes[i] === 'gap') return; // the socket closes: what follows the gap is sent again
-        }
+        if (input.kind === 'ack') continue;
+        answer(input.msg.seq, outcomes[i] as ApplyResult);
+        if (outcomes[i] === 'gap') return; // the socket closes: what follows the gap is sent again
       }
     };
     /** Handles what has arrived, in order: hello, errors, heartbeats and bids one by one, reports and acks in runs. */
     const drain = async (): Promise<void> => {
-      for (let r = inbox.shift(); r; r = inbox.shift()) {
+      for (let r = take(); r; r = take()) {
+        if (pending.stopped) break;
         if ('bad' in r) {
           fail(r.bad.code, r.bad.message, r.bad.close);
           continue;
@@ -279,7 +306,12 @@ export class ProviderChannels {
             }
             clearTimeout(helloTimer);
             const { lastApplied, outbox } = await providers.hello(providerId, msg, remoteAddress);
-            this.channels.get(providerId)?.socket.close(4003, 'replaced by a newer connection');
+            const replaced = this.channels.get(providerId);
+            if (replaced) {
+              // Its queue must not be applied after this hello (a new agent instance starts its seqs over).
+              replaced.stopped = true;
+              replaced.socket.close(4003, 'replaced by a newer connection');
+            }
             channel = pending;
             channel.welcomedAt = Date.now();
             this.channels.set(providerId, channel);
@@ -311,20 +343,29 @@ export class ProviderChannels {
           continue;
         }
         if (msg.type === 'bid') {
-          this.deps.onBid?.(providerId, msg);
+          bid(msg);
           continue;
         }
         // A run: this input and the inputs right behind it (heartbeats and bids among them are taken as they come).
         const run = [inputOf(r) as ProviderInput];
-        for (let next = inbox[0]; next && run.length < MAX_RUN; next = inbox[0]) {
+        let bytes = r.bytes;
+        for (let next = peek(); next && run.length < MAX_RUN && bytes < MAX_RUN_BYTES; next = peek()) {
           const input = inputOf(next);
-          if (input) run.push(input);
-          else if ('msg' in next && next.msg.type === 'heartbeat') providers.heartbeat(providerId);
-          else if ('msg' in next && next.msg.type === 'bid') this.deps.onBid?.(providerId, next.msg);
+          if (input) {
+            run.push(input);
+            bytes += (next as { bytes: number }).bytes;
+          } else if ('msg' in next && next.msg.type === 'heartbeat') providers.heartbeat(providerId);
+          else if ('msg' in next && next.msg.type === 'bid') bid(next.msg);
           else break;
-          inbox.shift();
+          take();
         }
+        for (const input of run) if (input.kind === 'ack') channel.ackedUpTo = Math.max(channel.ackedUpTo, input.seq);
         await applyRun(run);
+      }
+      // Closed by us: nothing more of this connection is applied (the agent resends what was not acked).
+      if (pending.stopped) {
+        inbox.length = 0;
+        head = undefined;
       }
     };
 
@@ -334,8 +375,17 @@ export class ProviderChannels {
       // (reports are applied in shared commits: a slow one must not make everyone look silent).
       const receivedAt = Date.now();
       if (channel) providers.heartbeat(providerId);
-      inbox.push(read(data, receivedAt));
-      void pending.serial(drain);
+      if (pending.stopped) return;
+      inbox.push({ data, receivedAt });
+      if (draining) return;
+      draining = true;
+      void pending.serial(async () => {
+        try {
+          await drain();
+        } finally {
+          draining = false;
+        }
+      });
     });
     socket.on('close', (code) => {
       clearTimeout(helloTimer);

@@ -217,9 +217,9 @@ export class ProviderService {
   /**
    * Applies what one provider sent back to back — sequenced reports and acks, in their order — in
    * one command of the shared commit, instead of one commit round each: a provider with eight
-   * leases otherwise waited eight rounds for the eighth `lease.started`. The jobs of the leases
-   * concerned are locked first, in id order, so that two such commands never wait on each other
-   * in a cycle (each handler then takes its job again, already held). Returns each item's outcome
+   * leases otherwise waited eight rounds for the eighth `lease.started`. The jobs the run's reports
+   * will take are locked first, in id order, so that two such commands never wait on each other in
+   * a cycle over jobs (each handler then takes its job again, already held). Returns each item's outcome
    * ('acked' for an ack; reports after a gap are 'gap' too). Throws if anything in it fails —
    * nothing of it is then applied, and the caller applies the items one by one (`apply`, `ack`),
    * which gives a refused report or a failure its exact answer.
@@ -229,17 +229,28 @@ export class ProviderService {
     for (const it of items) if (it.kind === 'report') this.liveness.heard(providerId, it.receivedAt);
     return this.reports.run(async (uow) => {
       const { trx } = uow;
-      const leaseIds = items.flatMap((it) => (it.kind === 'report' && 'leaseId' in it.msg ? [it.msg.leaseId] : []));
-      const acks = items.some((it) => it.kind === 'ack');
-      if (leaseIds.length > 0 || acks) {
-        await sql`select id from jobs where id in (
-            select job_id from leases where id = any(${leaseIds}::text[])
-            ${acks ? sql`or (provider_id = ${providerId} and state = 'offered')` : sql``}
-          ) order by id for no key update`.execute(trx);
-      }
+      // Read without a lock, checked again when the seq is recorded (as `apply` does).
       const p = await trx.selectFrom('providers').select(['in_seq']).where('id', '=', providerId).executeTakeFirst();
       if (!p) throw new GridworkError('PROVIDER_UNKNOWN', 'say hello first');
       const first = Number(p.in_seq);
+      // Only the jobs this run will touch: reports it applies (not duplicates, nothing past a gap), on
+      // this provider's own leases, whose handlers take the job (a log line does not); and, with an
+      // ack, those of its offered leases.
+      const leaseIds: string[] = [];
+      let next = first + 1;
+      for (const it of items) {
+        if (it.kind !== 'report' || it.msg.seq < next) continue;
+        if (it.msg.seq > next) break;
+        next++;
+        if ('leaseId' in it.msg && it.msg.type !== 'lease.log') leaseIds.push(it.msg.leaseId);
+      }
+      const acks = items.some((it) => it.kind === 'ack');
+      if (leaseIds.length > 0 || acks) {
+        await sql`select id from jobs where id in (
+            select job_id from leases where provider_id = ${providerId}
+              and (id = any(${leaseIds}::text[]) ${acks ? sql`or state = 'offered'` : sql``})
+          ) order by id for no key update`.execute(trx);
+      }
       let last = first;
       let heardAt = 0;
       let gap = false;
