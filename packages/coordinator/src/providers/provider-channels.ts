@@ -261,13 +261,15 @@ export class ProviderChannels {
       }
     };
     const answer = (seq: number, result: ApplyResult): void => {
-      if (result === 'gap') return fail('PROTOCOL_ERROR', `sequence gap at ${seq}: reconnect and resend`, true);
-      channel?.send({ type: 'ack', seq });
+      if (result === 'gap') fail('PROTOCOL_ERROR', `sequence gap at ${seq}: reconnect and resend`, true);
+      else channel?.send({ type: 'ack', seq });
     };
     const failed = (err: unknown): void => {
-      if (err instanceof GridworkError && err.httpStatus < 500) return fail(err.code, err.message, true);
-      log.error({ err, providerId }, 'provider message failed');
-      fail('INTERNAL', 'message could not be applied; reconnect to resend', true);
+      if (err instanceof GridworkError && err.httpStatus < 500) fail(err.code, err.message, true);
+      else {
+        log.error({ err, providerId }, 'provider message failed');
+        fail('INTERNAL', 'message could not be applied; reconnect to resend', true);
+      }
     };
     /** Applies a run of inputs in one command; if that fails, one by one (each then gets its exact answer). */
     const applyRun = async (run: ProviderInput[]): Promise<void> => {
