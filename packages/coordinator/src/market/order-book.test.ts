@@ -311,6 +311,20 @@ describe('OrderBook: filters', () => {
 describe('OrderBook: capacity', () => {
   const order = cpuOrder({ resources: { cpu: 2, memoryGiB: 4 } });
 
+  test('a GPU provider whose CPU is all taken leaves the GPU pools: a GPU order finds the provider that fits, however many such providers are cheaper', () => {
+    // 100 cheap providers with free GPUs but every core reserved (by CPU-only leases), one dearer that fits: a walk
+    // that met the cheap ones first gave up at its visit bound and matched nothing.
+    const stuck = Array.from({ length: 100 }, (_, i) =>
+      provider(`cheap-${String(i).padStart(3, '0')}`, { cores: 2, gpus: [{ model: 'a100' }], gpuHour: { a100: '1' } }),
+    );
+    const b = book(...stuck, provider('dear', { cores: 2, gpus: [{ model: 'a100' }], gpuHour: { a100: '5' } }));
+    for (const p of stuck) b.reserve(`cpu-${p.id}`, p.id, { cpu: 2, memoryGiB: 1 }, []);
+    const gpuOrder = cpuOrder({ resources: { cpu: 1, memoryGiB: 1, gpu: { count: 1 } } });
+    assert.equal(b.match(gpuOrder)?.providerId, 'dear');
+    b.release('cpu-cheap-042');
+    assert.equal(b.match(gpuOrder)?.providerId, 'cheap-042', 'back in the pool once it has a core again');
+  });
+
   test('reserve until a provider is full, then orders go elsewhere; release brings it back', () => {
     const b = book(provider('cheap', { cpu: '0.01', cores: 4, memoryGiB: 64 }), provider('dear', { cpu: '0.05', cores: 64, memoryGiB: 256 }));
     assert.equal(b.match(order)?.providerId, 'cheap');

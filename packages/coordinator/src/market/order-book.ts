@@ -430,7 +430,8 @@ export class OrderBook {
     for (let i = 0; i < e.pools.length; i++) {
       const pool = e.pools[i] as Pool;
       const m = e.poolModel[i] as number;
-      const should = listable && (m < 0 ? cpu : (e.freeN[m] as number) >= pool.cls);
+      // Every order asks for some CPU and memory (a job spec's are above 0): without both left, no GPU pool either.
+      const should = cpu && (m < 0 || (e.freeN[m] as number) >= pool.cls);
       if (should === e.listed[i]) continue;
       if (should) pool.list.insert(e, e.units[i] as number);
       else pool.list.delete(e, e.units[i] as number);
