@@ -783,6 +783,19 @@ function bruteBest(ps: readonly BookProvider[], used: Map<string, Used>, order: 
   return best;
 }
 
+/** The brute force's account of what a match took. */
+function use(used: Map<string, Used>, providerId: string, order: Order, gpus: readonly number[]): void {
+  let u = used.get(providerId);
+  if (!u) {
+    u = { cpu: 0n, mem: 0n, slots: 0, gpus: new Set() };
+    used.set(providerId, u);
+  }
+  u.cpu += milli(order.resources.cpu);
+  u.mem += milli(order.resources.memoryGiB);
+  u.slots++;
+  for (const g of gpus) u.gpus.add(g);
+}
+
 describe('OrderBook: properties', () => {
   test('match equals a brute-force scan when every pool fits in the probe (≤ 8 providers)', () => {
     fc.assert(
@@ -803,15 +816,7 @@ describe('OrderBook: properties', () => {
           assert.equal(m.score, want.score);
           // Take it, so later orders see less capacity.
           b.reserve(`l${i}`, m.providerId, order.resources, m.gpus);
-          let u = used.get(m.providerId);
-          if (!u) {
-            u = { cpu: 0n, mem: 0n, slots: 0, gpus: new Set() };
-            used.set(m.providerId, u);
-          }
-          u.cpu += milli(order.resources.cpu);
-          u.mem += milli(order.resources.memoryGiB);
-          u.slots++;
-          for (const g of m.gpus) u.gpus.add(g);
+          use(used, m.providerId, order, m.gpus);
         });
       }),
       { numRuns: 400 },
@@ -973,15 +978,7 @@ describe('OrderBook: shortcuts agree with the exact rules', () => {
           if (!m) return;
           b.reserve(`l${i}`, m.providerId, order.resources, m.gpus);
           live.push({ id: `l${i}`, providerId: m.providerId, order, gpus: m.gpus });
-          let u = used.get(m.providerId);
-          if (!u) {
-            u = { cpu: 0n, mem: 0n, slots: 0, gpus: new Set() };
-            used.set(m.providerId, u);
-          }
-          u.cpu += milli(order.resources.cpu);
-          u.mem += milli(order.resources.memoryGiB);
-          u.slots++;
-          for (const g of m.gpus) u.gpus.add(g);
+          use(used, m.providerId, order, m.gpus);
         });
       }),
       { numRuns: 300 },

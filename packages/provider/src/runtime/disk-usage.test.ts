@@ -1,16 +1,9 @@
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-
-/** Nests 1,100 directories under `dir` as a task would, one relative step at a time: deeper than a path can name. */
-function nestDeep(dir: string): void {
-  const script =
-    "const fs = require('fs'); process.chdir(process.argv[1]); for (let i = 0; i < 1100; i++) { fs.mkdirSync('dddd'); process.chdir('dddd'); } fs.writeFileSync('f', 'x');";
-  execFileSync(process.execPath, ['-e', script, dir]);
-}
 import { link, mkdir, mkdtemp, open, rm, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { nestDeep } from './fixtures/deep-tree.ts';
 import { removeTaskTree } from '../task-file.ts';
 import { diskUsage, MIN_ENTRY_BYTES } from './disk-usage.ts';
 
