@@ -172,30 +172,15 @@ export class ProviderService {
    * every report two more statements.)
    */
   async apply(providerId: string, msg: ProviderSequenced, receivedAt = Date.now()): Promise<ApplyResult> {
-    const { lifecycle, challenges } = this.deps;
     this.liveness.heard(providerId, receivedAt);
-    const handle = reportHandlers[msg.type] as (ctx: Parameters<(typeof reportHandlers)['lease.started']>[0], m: ProviderSequenced) => Promise<void>;
     const consume = (effect: ((uow: UnitOfWork) => Promise<void>) | null) =>
       this.reports
         .run(async (uow): Promise<ApplyResult> => {
-          // Read without a lock, checked again when the seq is recorded: the provider row is locked
-          // last (after the job and lease rows the handler locks), the order placements use too.
-          const p = await uow.trx.selectFrom('providers').select(['in_seq']).where('id', '=', providerId).executeTakeFirst();
-          if (!p) throw new GridworkError('PROVIDER_UNKNOWN', 'say hello first');
-          const last = Number(p.in_seq);
+          const last = await this.appliedUpTo(uow, providerId);
           if (msg.seq <= last) return 'duplicate';
           if (msg.seq !== last + 1) return 'gap';
           await effect?.(uow);
-          const recorded = await uow.trx
-            .updateTable('providers')
-            // Never back: a flush may already have written a later heartbeat.
-            .set((eb) => ({ in_seq: BigInt(msg.seq), last_seen_at: sql<Date>`greatest(${eb.ref('last_seen_at')}, ${new Date(receivedAt)})` }))
-            .where('id', '=', providerId)
-            .where('in_seq', '=', BigInt(last))
-            .returning('id')
-            .executeTakeFirst();
-          // Applied meanwhile by another connection of the same provider: undo ours.
-          if (!recorded) throw new AppliedElsewhere();
+          await this.recordSeq(uow, providerId, last, msg.seq, receivedAt);
           return 'applied';
         })
         .catch((err) => {
@@ -203,7 +188,7 @@ export class ProviderService {
           throw err;
         });
     try {
-      return await consume((uow) => handle({ uow, providerId, lifecycle, challenges, receivedAt }, msg));
+      return await consume((uow) => this.handle(uow, providerId, msg, receivedAt));
     } catch (err) {
       if (!(err instanceof GridworkError && REJECTED_REPORT_CODES.has(err.code))) throw err;
       // Consumed (so the stream goes on) but without effect; a duplicate or a gap by now is answered as such.
@@ -225,14 +210,9 @@ export class ProviderService {
    * which gives a refused report or a failure its exact answer.
    */
   async applyMany(providerId: string, items: readonly ProviderInput[]): Promise<(ApplyResult | 'acked')[]> {
-    const { lifecycle, challenges } = this.deps;
     for (const it of items) if (it.kind === 'report') this.liveness.heard(providerId, it.receivedAt);
     return this.reports.run(async (uow) => {
-      const { trx } = uow;
-      // Read without a lock, checked again when the seq is recorded (as `apply` does).
-      const p = await trx.selectFrom('providers').select(['in_seq']).where('id', '=', providerId).executeTakeFirst();
-      if (!p) throw new GridworkError('PROVIDER_UNKNOWN', 'say hello first');
-      const first = Number(p.in_seq);
+      const first = await this.appliedUpTo(uow, providerId);
       // Only the jobs this run will touch: reports it applies (not duplicates, nothing past a gap), on
       // this provider's own leases, whose handlers take the job (a log line does not); and, with an
       // ack, those of its offered leases.
@@ -249,7 +229,7 @@ export class ProviderService {
         await sql`select id from jobs where id in (
             select job_id from leases where provider_id = ${providerId}
               and (id = any(${leaseIds}::text[]) ${acks ? sql`or state = 'offered'` : sql``})
-          ) order by id for no key update`.execute(trx);
+          ) order by id for no key update`.execute(uow.trx);
       }
       let last = first;
       let heardAt = 0;
@@ -271,25 +251,46 @@ export class ProviderService {
           outcomes.push('duplicate');
           continue;
         }
-        const handle = reportHandlers[msg.type] as (ctx: Parameters<(typeof reportHandlers)['lease.started']>[0], m: ProviderSequenced) => Promise<void>;
-        await handle({ uow, providerId, lifecycle, challenges, receivedAt: it.receivedAt }, msg);
+        await this.handle(uow, providerId, msg, it.receivedAt);
         last = msg.seq;
         heardAt = Math.max(heardAt, it.receivedAt);
         outcomes.push('applied');
       }
-      if (last > first) {
-        const recorded = await trx
-          .updateTable('providers')
-          .set((eb) => ({ in_seq: BigInt(last), last_seen_at: sql<Date>`greatest(${eb.ref('last_seen_at')}, ${new Date(heardAt)})` }))
-          .where('id', '=', providerId)
-          .where('in_seq', '=', BigInt(first))
-          .returning('id')
-          .executeTakeFirst();
-        // Applied meanwhile by another connection of the same provider: undo ours (the items one by one say what happened).
-        if (!recorded) throw new AppliedElsewhere();
-      }
+      // Applied meanwhile by another connection of the same provider: undone (the items one by one say what happened).
+      if (last > first) await this.recordSeq(uow, providerId, first, last, heardAt);
       return outcomes;
     });
+  }
+
+  /**
+   * The provider's last applied seq, read without a lock and checked again when the next is
+   * recorded: the provider row is locked last (after the job and lease rows the handlers lock),
+   * the order placements use too.
+   */
+  private async appliedUpTo(uow: UnitOfWork, providerId: string): Promise<number> {
+    const p = await uow.trx.selectFrom('providers').select(['in_seq']).where('id', '=', providerId).executeTakeFirst();
+    if (!p) throw new GridworkError('PROVIDER_UNKNOWN', 'say hello first');
+    return Number(p.in_seq);
+  }
+
+  /** Records `to` as applied if `from` still is; else throws AppliedElsewhere (another connection applied them meanwhile). */
+  private async recordSeq(uow: UnitOfWork, providerId: string, from: number, to: number, heardAt: number): Promise<void> {
+    const recorded = await uow.trx
+      .updateTable('providers')
+      // Never back: a flush may already have written a later heartbeat.
+      .set((eb) => ({ in_seq: BigInt(to), last_seen_at: sql<Date>`greatest(${eb.ref('last_seen_at')}, ${new Date(heardAt)})` }))
+      .where('id', '=', providerId)
+      .where('in_seq', '=', BigInt(from))
+      .returning('id')
+      .executeTakeFirst();
+    if (!recorded) throw new AppliedElsewhere();
+  }
+
+  /** Turns one report into its effect (report-handlers.ts). */
+  private handle(uow: UnitOfWork, providerId: string, msg: ProviderSequenced, receivedAt: number): Promise<void> {
+    const { lifecycle, challenges } = this.deps;
+    const handler = reportHandlers[msg.type] as (ctx: Parameters<(typeof reportHandlers)['lease.started']>[0], m: ProviderSequenced) => Promise<void>;
+    return handler({ uow, providerId, lifecycle, challenges, receivedAt }, msg);
   }
 
   /**
