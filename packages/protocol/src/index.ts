@@ -111,6 +111,7 @@ export {
 } from './version.ts';
 export {
   Asks,
+  BENCHMARK_LIMITS,
   Benchmarks,
   type MarketClass,
   type MatchExplanation,

@@ -20,12 +20,32 @@ export const Asks = Type.Object(
 );
 export type Asks = Type.Static<typeof Asks>;
 
+/**
+ * The largest benchmark figures a hello may claim; the coordinator refuses a hello beyond them
+ * (PROTOCOL_ERROR naming the field), as it does hardware beyond HARDWARE_LIMITS.
+ *
+ * The CPU figure is what the agent's benchmark (provider/src/benchmark.ts) measures: a chain of
+ * dependent 32-bit multiply-adds on one core. Each step waits for the one before (an imul's
+ * latency is 3–4 cycles), so it cannot beat about one step per cycle: under 10,000 Mops at any
+ * clock a CPU has. The agent measured 830 on this project's 2-core EPYC machine; 10^6 leaves
+ * three orders of magnitude for faster cores and a better benchmark, and refuses only fantasy
+ * (the 10^12 of issue 16). The GPU figure is relative to an RTX 4090 (the agent's nominal table
+ * tops out at 9 for a B200).
+ *
+ * A claim inside the bounds is still only a claim: matching counts it only as far as a passed
+ * capacity challenge proved it (the coordinator's market).
+ */
+export const BENCHMARK_LIMITS = {
+  cpuMopsPerCore: 1_000_000,
+  gpu: 1000,
+} as const;
+
 export const Benchmarks = Type.Object(
   {
     /** Measured integer multiply-add throughput of one core, in millions of ops per second. */
-    cpuMopsPerCore: Type.Number({ minimum: 0 }),
+    cpuMopsPerCore: Type.Number({ minimum: 0, maximum: BENCHMARK_LIMITS.cpuMopsPerCore }),
     /** Relative GPU throughput per model (1.0 = an RTX 4090). */
-    gpu: Type.Record(Type.String({ maxLength: 64 }), Type.Number({ minimum: 0 }), { maxProperties: HARDWARE_LIMITS.gpuModels }),
+    gpu: Type.Record(Type.String({ maxLength: 64 }), Type.Number({ minimum: 0, maximum: BENCHMARK_LIMITS.gpu }), { maxProperties: HARDWARE_LIMITS.gpuModels }),
   },
   { additionalProperties: false },
 );

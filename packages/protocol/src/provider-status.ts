@@ -43,7 +43,8 @@ export interface ProviderCheckEntry {
 
 /**
  * `GET /v1/providers/me` (signed by the provider's key): what a provider may read about
- * itself. Money fields are decimal credit strings.
+ * itself — its history, never the audit schedule ahead of it. Money fields are decimal credit
+ * strings.
  */
 export interface ProviderStatus {
   id: string;
@@ -77,14 +78,9 @@ export interface ProviderStatus {
     /** Passed in a row since the last failure. */
     streak: number;
     lastPassedAt: string | null;
-    /**
-     * Probability (0–1) that its next typical task is audited: p = max(floor, c / (min(S, slash) + c))
-     * with c the mean charge of its last completed leases and S its stake; 1 while on probation,
-     * 0 when the coordinator does not verify results.
-     */
-    rate: number;
-    /** Audits in a row still to pass before probation (every task audited) ends. */
-    probationLeft: number;
+    // Past audits only. Nothing here says when its tasks will be audited: not the audit rate (1
+    // while on probation), nor how many passes end probation. A provider that knew when it was
+    // watched would know when to start cheating.
   };
   /** Result checks it was the subject or the checker of, newest first. */
   recentChecks: ProviderCheckEntry[];

@@ -71,17 +71,10 @@ export function printProviderStatus(s: ProviderStatus): void {
   const eligibility = s.eligible
     ? 'eligible for work'
     : outColor.red(`NOT eligible for work: ${s.challenges.failedInARow} capacity challenges failed in a row; it gets work again once it passes one`);
-  const probation =
-    s.audits.probationLeft > 0
-      ? ` (probation: every task is audited until ${s.audits.probationLeft} more audits in a row pass)`
-      : s.audits.rate >= 1
-        ? ' (stake more to lower it)'
-        : '';
   const challenges = s.challenges.passed + s.challenges.failed;
   const rows: [string, string][] = [
     ['stake', `${s.stake} credits bonded, ${s.unbonding} unbonding, ${s.slashed} slashed`],
     ['reputation', `${s.reputation.toFixed(3)}, ${eligibility}`],
-    ['audit rate', `${percent(s.audits.rate)} of its next tasks${probation}`],
     [
       'audits',
       `${s.audits.passed} passed, ${s.audits.failed} failed, ${s.audits.streak} in a row${s.audits.lastPassedAt ? `, last passed ${relativeTime(s.audits.lastPassedAt)}` : ''}`,
@@ -221,7 +214,7 @@ export function registerProviderCommands(program: Command): void {
     });
   provider
     .command('status')
-    .description('this provider as the coordinator sees it: stake, unbonding, slashed, reputation, eligibility, audit rate, audits, challenges, recent checks')
+    .description('this provider as the coordinator sees it: stake, unbonding, slashed, reputation, eligibility, past audits, challenges, recent checks')
     .option('--coordinator <urls>', COORDINATOR_HELP)
     .option('--data <dir>', 'agent data directory (holds its key; default $GRIDWORK_HOME/provider)')
     .option('--json', 'print JSON on stdout')

@@ -6,8 +6,8 @@
  * Tuning, and why: heartbeats every second (a dead provider is noticed within 3 s); a 3-second
  * audit window; every new provider on probation until one audit of its results passed, and no
  * random audits after that (so the demo audits what it shows and no more, on 2 cores);
- * no canaries (a canary the cheater answered honestly would end its probation); no capacity
- * challenges (each one takes a core for seconds).
+ * no canaries (a canary the cheater answered honestly would end its probation); one small capacity
+ * challenge per provider as it joins (a benchmark counts only once proven), none at random.
  */
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -105,7 +105,9 @@ export class DemoNetwork {
       heartbeatIntervalMs: 1000,
       heartbeatMisses: 3,
       economics: { meteringIntervalMs: 1000 },
-      challenges: { meanIntervalMs: 365 * 24 * 3600_000 },
+      // One small capacity challenge at each provider's hello (a published benchmark counts for
+      // its score only once proven), and none at random afterwards (each takes a core for a while).
+      challenges: { meanIntervalMs: 365 * 24 * 3600_000, workMs: 1000, maxMemoryBytes: 16 * 1024 * 1024 },
       verification: DEMO_VERIFICATION,
     });
     return new DemoNetwork(coordinator, options, options.runtime ?? 'sandbox');
@@ -151,8 +153,21 @@ export class DemoNetwork {
 
   async addProvider(profile: ProviderProfile): Promise<DemoProvider> {
     const p = await this.prepareProvider(profile);
-    p.agent.start();
+    await this.start(p);
     return p;
+  }
+
+  /** Connects a prepared provider and waits until its capacity challenge proved its benchmark. */
+  async start(p: DemoProvider): Promise<void> {
+    p.agent.start();
+    const deadline = Date.now() + 90_000;
+    for (;;) {
+      const s = await p.account.providerStatus().catch(() => null);
+      if (s && s.challenges.passed >= 1) return;
+      if (s && s.challenges.failed >= 1) throw new Error(`${p.profile.name} failed its capacity challenge (is the machine overloaded?)`);
+      if (Date.now() > deadline) throw new Error(`${p.profile.name} did not prove its benchmark within 90 s`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
   }
 
   /** Abrupt death: the agent stops at once, its running task is killed and never reported. */

@@ -7,7 +7,7 @@
 import { stat } from 'node:fs/promises';
 import type { JobView } from '@gridwork/protocol';
 import { type DemoProvider, REPLACEMENT } from './demo-network.ts';
-import type { DemoRun } from './demo-run.ts';
+import { type DemoRun, until } from './demo-run.ts';
 import { DEMO_TRAIN_STEPS, trainWorkload } from './workloads.ts';
 
 /** Less than the agent's interval between two scans of a task's checkpoint directory (one second, provider/src/checkpoints.ts). */
@@ -112,8 +112,14 @@ export async function trainStep(run: DemoRun, watch: CheckpointWatch): Promise<T
     }
   })().catch(() => {});
 
-  // The replacement stands by (key, stake, agent made) to join the moment its predecessor dies.
-  const standby = run.net.prepareProvider(REPLACEMENT);
+  // The replacement stands by (key, stake, agent made). Once the training runs, it joins and
+  // proves its hardware (a benchmark counts for placement only once proven), while it waits idle.
+  const standby = (async () => {
+    const p = await run.net.prepareProvider(REPLACEMENT);
+    await until(() => requester.get(job.id), (j) => j.tasks[0]?.state === 'running', 'the training to run');
+    await run.net.start(p);
+    return p;
+  })();
   standby.catch(() => {});
   let victim: DemoProvider;
   let killedAt: { provider: string; step: number };
@@ -121,16 +127,14 @@ export async function trainStep(run: DemoRun, watch: CheckpointWatch): Promise<T
   try {
     const up = await watch.uploaded(job.id, DEMO_TRAIN_STEPS / 2, 90_000);
     victim = run.net.byName(up.provider);
+    await standby;
+    progress.note(`${REPLACEMENT.name} has joined the network (asks ${REPLACEMENT.cpuCoreHour}/core-h) and proved its benchmark of ${REPLACEMENT.cpuMopsPerCore} with a capacity challenge`);
     await run.net.kill(victim);
     killedAt = { provider: victim.profile.name, step: Math.max(up.latest, step) };
     progress.warn(
       `killed ${victim.profile.name}, which was running the training, at about step ${killedAt.step}, once the coordinator held its checkpoints up to step ${up.uploaded}; no goodbye: its task died with it`,
     );
-    const replacement = await standby;
-    replacement.agent.start();
-    progress.note(
-      `${REPLACEMENT.name} joins the network (asks ${REPLACEMENT.cpuCoreHour}/core-h, benchmark ${REPLACEMENT.cpuMopsPerCore}); the coordinator declares ${victim.profile.name} lost after 3 missed heartbeats`,
-    );
+    progress.note(`the coordinator declares ${victim.profile.name} lost after 3 missed heartbeats`);
     done = await run.wait(job, { timeoutMs: 120_000 });
   } finally {
     stopFollowing.abort();

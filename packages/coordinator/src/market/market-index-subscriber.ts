@@ -1,7 +1,9 @@
 /**
  * Keeps the matching index in step with committed changes: leases placed elsewhere (another
  * replica's scheduler) take capacity, ended leases give it back, providers whose row changed
- * (online, offline, asks, drain, stake, reputation) are reloaded; a hello on any replica
+ * (online, offline, asks, drain, stake, reputation) are reloaded, and so is a provider whose
+ * capacity challenge ended (`provider.challenged`: a pass proves its claim, and its score changes
+ * at once, not when the reputation counters catch up); a hello on any replica
  * (`provider.online`) makes a provider connected here, and a socket closed on any replica
  * (`provider.disconnected`) makes it not, unless it said hello again since; a paused one
  * (`provider.paused`: its channel keeps failing) is out until its pause ends. Not durable: at start the
@@ -16,7 +18,16 @@ export const MARKET_INDEX = 'market-index';
 export function marketIndexSubscriber(market: Market): Subscriber {
   return {
     name: MARKET_INDEX,
-    types: ['lease.placed', 'lease.ended', 'provider.online', 'provider.disconnected', 'provider.paused', 'provider.offline', 'provider.changed'],
+    types: [
+      'lease.placed',
+      'lease.ended',
+      'provider.online',
+      'provider.disconnected',
+      'provider.paused',
+      'provider.offline',
+      'provider.changed',
+      'provider.challenged',
+    ],
     async handle(events) {
       const reload = new Set<string>();
       const presence: StoredEvent[] = [];
@@ -27,7 +38,7 @@ export function marketIndexSubscriber(market: Market): Subscriber {
           market.book.release(e.leaseId);
         } else if (e.type === 'provider.online' || e.type === 'provider.disconnected' || e.type === 'provider.paused') {
           presence.push(e);
-        } else if (e.type === 'provider.offline' || e.type === 'provider.changed') {
+        } else if (e.type === 'provider.offline' || e.type === 'provider.changed' || e.type === 'provider.challenged') {
           reload.add(e.providerId);
         }
       }

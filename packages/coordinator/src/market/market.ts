@@ -3,7 +3,7 @@
  * from the database at start and refreshed from committed changes, plus explain and summary.
  * Nothing here is the source of truth: it can always be rebuilt from the database.
  */
-import { parseCredits, parseRuntimeList, type JobSpec, type MarketClass, type MatchExplanation } from '@gridwork/protocol';
+import { type Benchmarks, parseCredits, parseRuntimeList, type JobSpec, type MarketClass, type MatchExplanation } from '@gridwork/protocol';
 import { balancesOf, stakeOf } from '../ledger/ledger.ts';
 import { limitMsOf } from '../core/time-limit.ts';
 import { ACTIVE_LEASE_STATES } from '../core/state-machine.ts';
@@ -54,6 +54,28 @@ export function reputationOfProvider(r: ProviderCounters): number {
     faultsProven: r.faults_proven,
     auditsPassed: r.audits_passed,
   });
+}
+
+/**
+ * The throughput matching assumes of a claim nobody proved: the order book's own default (it
+ * divides a price by 1 when a provider has no benchmark).
+ */
+export const UNPROVEN_PERF = 1;
+
+/**
+ * What the order book may believe of a provider's benchmarks: only what a capacity challenge
+ * proved. The CPU figure is min(current claim, the claim its latest passed challenge was sized
+ * for), never below the floor; with no passed challenge (or one from before sizes were recorded)
+ * it is the floor. A fresh key that claims the largest benchmark a hello may carry and asks 25
+ * times the honest price is thus scored on its price, not on its words. GPU figures are never proven (the agent has no GPU
+ * kernel for challenges yet: GPU providers are challenged on their CPU), so every GPU counts as
+ * the floor and price and reputation decide among GPU providers; an empty `gpu` map is exactly
+ * that to the order book.
+ */
+export function provenBenchmarks(claimed: Benchmarks | null, provedMops: number | null): Benchmarks {
+  const claim = claimed?.cpuMopsPerCore ?? UNPROVEN_PERF;
+  const cpuMopsPerCore = provedMops === null ? UNPROVEN_PERF : Math.max(UNPROVEN_PERF, Math.min(claim, provedMops));
+  return { cpuMopsPerCore, gpu: {} };
 }
 
 /** A provider that failed `maxConsecutiveFailures` capacity challenges in a row gets no work until it passes one. */
@@ -139,15 +161,33 @@ export class Market {
     }
   }
 
-  /** Reloads some providers (or all) from the database into the index. */
+  /**
+   * Reloads some providers (or all) from the database into the index, each with the claim its
+   * latest passed capacity challenge was sized for (one index probe each: `provenBenchmarks`).
+   */
   async refreshProviders(ids?: Iterable<string>): Promise<void> {
-    let q = this.db.selectFrom('providers').selectAll();
+    let q = this.db
+      .selectFrom('providers')
+      .leftJoinLateral(
+        (eb) =>
+          eb
+            .selectFrom('capacity_challenges')
+            .select('capacity_challenges.claimed_mops')
+            .whereRef('capacity_challenges.provider_id', '=', 'providers.id')
+            .where('capacity_challenges.state', '=', 'passed')
+            .orderBy('capacity_challenges.ended_at', 'desc')
+            .limit(1)
+            .as('proof'),
+        (join) => join.onTrue(),
+      )
+      .selectAll('providers')
+      .select('proof.claimed_mops as proved_mops');
     const list = ids ? [...ids] : undefined;
     if (list) {
       if (list.length === 0) return;
-      q = q.where('id', 'in', list);
+      q = q.where('providers.id', 'in', list);
     } else {
-      q = q.where('expired_at', 'is', null);
+      q = q.where('providers.expired_at', 'is', null);
     }
     const rows = await q.execute();
     const stakes = await balancesOf(
@@ -177,7 +217,8 @@ export class Market {
         hardware: r.hardware,
         attributes: r.attributes,
         asks: r.asks,
-        benchmarks: r.benchmarks,
+        // Scored on what challenges proved, never on the claim alone.
+        benchmarks: provenBenchmarks(r.benchmarks, r.proved_mops),
         slots: r.slots,
         reputation: reputationOfProvider(r),
         stake: stakes.get(stakeOf(r.id)) ?? 0n,

@@ -524,6 +524,23 @@ migrations['0015_event_positions'] = {
   },
 };
 
+// What each capacity challenge was sized for (verify/challenge-sizing.ts `provesMops`): the CPU
+// claim it proves when it passes. The market counts a provider's claimed benchmark only up to the
+// latest passed challenge's (market.ts `provenBenchmarks`). Challenges from before this column
+// hold null: sized for a claim nobody recorded, they prove nothing, and a provider is proven
+// again by the challenge its next hello brings. The partial index finds the latest pass.
+migrations['0016_challenge_claims'] = {
+  async up(db: Kysely<unknown>) {
+    await runStatements(
+      db,
+      `
+      alter table capacity_challenges add column claimed_mops double precision;
+      create index capacity_challenges_passed on capacity_challenges (provider_id, ended_at) where state = 'passed'
+    `,
+    );
+  },
+};
+
 const provider: MigrationProvider = { getMigrations: async () => migrations };
 
 /** Every migration's name, oldest first: the schema versions a database can be at. */

@@ -80,6 +80,11 @@ export interface CapacityChallengesTable {
   ended_at: Timestamp | null;
   reason: string | null;
   busy_ms: Int8 | null;
+  /**
+   * The CPU benchmark claim (Mops per core) this challenge was sized for and proves when it
+   * passes; null for challenges issued before it was recorded (they prove nothing).
+   */
+  claimed_mops: number | null;
 }
 
 export interface ProviderOutboxTable {

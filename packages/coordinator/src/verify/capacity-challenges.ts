@@ -44,6 +44,14 @@
  * uses one), nor GPUs until the agent has a GPU kernel for the product.
  *
  * A challenge that is not answered in time (offline, restarted, too slow) fails as missed.
+ *
+ * What a challenge proves is recorded with it: the CPU claim it was sized for (`claimed_mops`,
+ * challenge-sizing.ts `provesMops`). The market believes a provider's claim only as far as its
+ * latest passed challenge proved it (market.ts `provenBenchmarks`), so a claim is challenged as
+ * soon as the provider says hello with it unproven (`proveOnHello`): a fresh key's claim, or a
+ * raised one, costs it a challenge within a second or two instead of hours, and until that passes
+ * it is scored as the floor. The Poisson schedule goes on after it, to prove the claim again at
+ * times nobody can predict.
  */
 import { randomBytes } from 'node:crypto';
 import {
@@ -65,10 +73,19 @@ import type { CapacityChallengesTable } from '../store/schema.ts';
 import type { Selectable } from 'kysely';
 import type { ChallengeConfig } from './challenge-sizing.ts';
 import { sizeChallenge } from './challenge-sizing.ts';
+import { UNPROVEN_PERF } from '../market/market.ts';
 import { checkMatrixOpening } from './matrix-check.ts';
 
 /** How long after a deadline an unanswered challenge is failed: answers are judged by when they arrived, and one that arrived in time may still be waiting to be applied. */
 const EXPIRY_GRACE_MS = 5000;
+/**
+ * A hello's challenge (`proveOnHello`) goes out once the provider's connection here is
+ * registered (just after the hello commits): looked for after 100 ms, then twice more, each wait
+ * three times the last (1.3 s in all). A provider connected to another replica is challenged by
+ * that one, and one that left at once is not challenged at all.
+ */
+const PROVE_POLL_MS = 100;
+const PROVE_POLLS = 3;
 
 type Committed = Extract<ProviderSequenced, { type: 'challenge.committed' }>;
 type Opened = Extract<ProviderSequenced, { type: 'challenge.opened' }>;
@@ -84,6 +101,8 @@ export interface CapacityChallengesDeps {
 
 export class CapacityChallenges {
   private readonly next = new Map<string, NodeJS.Timeout>();
+  /** Providers whose hello's challenge is waiting to go out (their connection, or an open challenge). */
+  private readonly proving = new Map<string, NodeJS.Timeout>();
   private readonly deadlines = new Map<string, NodeJS.Timeout>();
   private readonly inFlight = new Set<Promise<unknown>>();
   private closed = false;
@@ -98,18 +117,50 @@ export class CapacityChallenges {
     for (const c of open) this.armDeadline(c.id, (c.state === 'committed' ? (c.open_deadline_at ?? c.deadline_at) : c.deadline_at).getTime());
   }
 
-  /** Schedules challenges for providers as they come online, and stops for those that leave. */
+  /**
+   * Schedules challenges for providers as they come online (one at once when their claim is not
+   * proven, with `proveOnHello`), and stops for those that leave.
+   */
   subscriber(): Subscriber {
     return {
       name: 'capacity-challenges',
       types: ['provider.online', 'provider.offline'],
       handle: (events) => {
         for (const e of events) {
-          if (e.type === 'provider.online') this.schedule(e.providerId);
-          else if (e.type === 'provider.offline') this.unschedule(e.providerId);
+          if (e.type === 'provider.online') {
+            if (this.deps.config.proveOnHello) this.proveSoon(e.providerId, 0);
+            this.schedule(e.providerId);
+          } else if (e.type === 'provider.offline') this.unschedule(e.providerId);
         }
       },
     };
+  }
+
+  /**
+   * The hello's challenge: once the provider is connected here, a challenge if its claim is not
+   * proven. If one is still open (issued to an instance that went away), it is tried again when
+   * that one has ended.
+   */
+  private proveSoon(providerId: string, polls: number, delayMs = PROVE_POLL_MS): void {
+    if (this.closed) return;
+    clearTimeout(this.proving.get(providerId));
+    const t = setTimeout(() => {
+      this.proving.delete(providerId);
+      if (this.closed) return;
+      if (!this.deps.isConnected(providerId)) {
+        if (polls + 1 < PROVE_POLLS) this.proveSoon(providerId, polls + 1, delayMs * 3);
+        return;
+      }
+      this.track(
+        this.issue(providerId, { onlyIfUnproven: true })
+          .then((r) => {
+            if (r.openUntil !== undefined) this.proveSoon(providerId, 0, Math.max(0, r.openUntil - Date.now()) + EXPIRY_GRACE_MS + PROVE_POLL_MS);
+          })
+          .catch((err) => this.deps.log.error({ err, providerId }, 'could not issue a capacity challenge')),
+      );
+    }, delayMs);
+    t.unref();
+    this.proving.set(providerId, t);
   }
 
   private schedule(providerId: string): void {
@@ -129,6 +180,8 @@ export class CapacityChallenges {
   private unschedule(providerId: string): void {
     clearTimeout(this.next.get(providerId));
     this.next.delete(providerId);
+    clearTimeout(this.proving.get(providerId));
+    this.proving.delete(providerId);
   }
 
   private track(p: Promise<unknown>): void {
@@ -136,16 +189,30 @@ export class CapacityChallenges {
     void p.finally(() => this.inFlight.delete(p));
   }
 
-  /** Issues a challenge now (unless one is open); returns its id. */
-  async issue(providerId: string): Promise<string | null> {
+  /**
+   * Issues a challenge now, unless one is open (`openUntil`: its current deadline) or, with
+   * `onlyIfUnproven`, a passed challenge already proved as much of the provider's current claim as
+   * a challenge can (or the claim is no more than the floor the market assumes anyway).
+   */
+  async issue(providerId: string, o: { onlyIfUnproven?: boolean } = {}): Promise<{ id: string | null; openUntil?: number }> {
     const { config } = this.deps;
     const issued = await this.deps.units.run(async (uow) => {
       const { trx } = uow;
       const p = await trx.selectFrom('providers').select(['hardware', 'benchmarks', 'state']).where('id', '=', providerId).forNoKeyUpdate().executeTakeFirst();
       if (!p || p.state === 'offline') return null;
-      const open = await trx.selectFrom('capacity_challenges').select('id').where('provider_id', '=', providerId).where('state', 'in', ['issued', 'committed']).executeTakeFirst();
-      if (open) return null;
+      const open = await trx
+        .selectFrom('capacity_challenges')
+        .select(['id', 'state', 'deadline_at', 'open_deadline_at'])
+        .where('provider_id', '=', providerId)
+        .where('state', 'in', ['issued', 'committed'])
+        .executeTakeFirst();
+      if (open) return { openUntil: (open.state === 'committed' ? (open.open_deadline_at ?? open.deadline_at) : open.deadline_at).getTime() };
       const size = sizeChallenge(config, { benchmarks: p.benchmarks, hardware: p.hardware });
+      if (o.onlyIfUnproven) {
+        if (size.provesMops <= UNPROVEN_PERF) return null;
+        const proof = await latestProof(trx, providerId);
+        if (proof !== null && proof >= size.provesMops) return null;
+      }
       const id = `chal_${randomBytes(10).toString('hex')}`;
       const seed = randomBytes(16).toString('hex');
       const openSeed = randomBytes(32).toString('hex');
@@ -165,6 +232,7 @@ export class CapacityChallenges {
           state: 'issued',
           issued_at: now,
           deadline_at: deadline,
+          claimed_mops: size.provesMops,
         })
         .execute();
       const challenge: CapacityChallenge = {
@@ -180,10 +248,21 @@ export class CapacityChallenges {
       await enqueueForProvider(uow, providerId, { type: 'challenge.issue', challenge });
       return { id, deadline, size };
     });
-    if (!issued) return null;
-    this.deps.log.info({ providerId, challengeId: issued.id, n: issued.size.n, memoryBlocks: issued.size.memoryBlocks, deadlineMs: issued.size.deadlineMs }, 'capacity challenge issued');
+    if (!issued) return { id: null };
+    if ('openUntil' in issued) return { id: null, openUntil: issued.openUntil };
+    this.deps.log.info(
+      {
+        providerId,
+        challengeId: issued.id,
+        n: issued.size.n,
+        memoryBlocks: issued.size.memoryBlocks,
+        deadlineMs: issued.size.deadlineMs,
+        claimedMops: issued.size.provesMops,
+      },
+      'capacity challenge issued',
+    );
     this.armDeadline(issued.id, issued.deadline.getTime());
-    return issued.id;
+    return { id: issued.id };
   }
 
   /** Step 2: the roots. Within the deadline and signed, they are stored and the secret revealed. */
@@ -285,10 +364,29 @@ export class CapacityChallenges {
 
   async close(): Promise<void> {
     this.closed = true;
+    for (const t of this.proving.values()) clearTimeout(t);
+    this.proving.clear();
     for (const t of this.next.values()) clearTimeout(t);
     for (const t of this.deadlines.values()) clearTimeout(t);
     this.next.clear();
     this.deadlines.clear();
     await Promise.allSettled([...this.inFlight]);
   }
+}
+
+/**
+ * The CPU claim a provider's latest passed challenge was sized for (null: none passed, or only
+ * ones from before sizes were recorded). The market reads the same with its providers (market.ts
+ * `refreshProviders`).
+ */
+export async function latestProof(trx: Pick<UnitOfWork['trx'], 'selectFrom'>, providerId: string): Promise<number | null> {
+  const row = await trx
+    .selectFrom('capacity_challenges')
+    .select('claimed_mops')
+    .where('provider_id', '=', providerId)
+    .where('state', '=', 'passed')
+    .orderBy('ended_at', 'desc')
+    .limit(1)
+    .executeTakeFirst();
+  return row?.claimed_mops ?? null;
 }

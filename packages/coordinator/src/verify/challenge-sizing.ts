@@ -38,6 +38,12 @@ export interface ChallengeOptions {
   exactRows?: number;
   /** Failed challenges in a row after which a provider gets no work until it passes one. @default 3 */
   maxConsecutiveFailures?: number;
+  /**
+   * Challenge a provider as soon as it says hello when no passed challenge proved its CPU claim
+   * yet (the market scores an unproven claim as the floor). Off, the Poisson schedule alone proves
+   * claims, hours later. @default true
+   */
+  proveOnHello?: boolean;
 }
 
 export type ChallengeConfig = Required<ChallengeOptions>;
@@ -56,6 +62,7 @@ export function resolveChallengeOptions(o: ChallengeOptions = {}): ChallengeConf
     blocksToOpen: o.blocksToOpen ?? 16,
     exactRows: o.exactRows ?? 2,
     maxConsecutiveFailures: o.maxConsecutiveFailures ?? 3,
+    proveOnHello: o.proveOnHello ?? true,
   };
 }
 
@@ -74,11 +81,25 @@ export interface ChallengeSize {
   expectedMs: number;
   /** The roots must arrive within this long of the challenge being issued. */
   deadlineMs: number;
+  /**
+   * The CPU claim (Mops per core) this challenge proves if it passes, recorded with it
+   * (`capacity_challenges.claimed_mops`): the claim itself, unless the matrix hit `maxN` before it
+   * reached `workMs` of work at the claimed speed. Then the deadline still assumes the claimed
+   * speed, but the work is only what `maxN` holds, and a passed challenge proves no more than the
+   * claim at which that is `workMs` of work (about 3,400 Mops at the defaults).
+   */
+  provesMops: number;
+}
+
+/** The largest CPU claim a challenge of side `maxN` is `workMs` of work for. */
+export function mostProvableMops(config: Pick<ChallengeConfig, 'maxN' | 'workMs'>): number {
+  return config.maxN ** 3 / (config.workMs * 1000 * MACS_PER_BENCHMARK_OP);
 }
 
 /**
  * Sizes a challenge from the claimed CPU class. GPU providers are sized from the same CPU claim
- * until the agent has a GPU kernel for the product; the protocol does not change with it.
+ * until the agent has a GPU kernel for the product; the protocol does not change with it. (So a
+ * GPU benchmark claim is never proven, and the market does not count one: market.ts.)
  */
 export function sizeChallenge(config: ChallengeConfig, claimed: { benchmarks: Benchmarks | null; hardware: Hardware }): ChallengeSize {
   const mops = Math.max(claimed.benchmarks?.cpuMopsPerCore ?? 1, 1);
@@ -88,7 +109,8 @@ export function sizeChallenge(config: ChallengeConfig, claimed: { benchmarks: Be
   const memoryBytes = Math.min(config.maxMemoryBytes, claimed.hardware.memoryGiB * 1024 ** 3 * config.memoryShare);
   const memoryBlocks = Math.max(config.blocksToOpen, Math.floor(memoryBytes / MEMORY_BLOCK_BYTES));
   const expectedMs = n ** 3 / macsPerMs + (memoryBlocks * MEMORY_BLOCK_BYTES) / MEMORY_BYTES_PER_MS;
-  return { n, memoryBlocks, expectedMs, deadlineMs: Math.ceil(config.slack * expectedMs + config.latencyMs) };
+  const provesMops = n < config.maxN ? mops : Math.min(mops, mostProvableMops(config));
+  return { n, memoryBlocks, expectedMs, deadlineMs: Math.ceil(config.slack * expectedMs + config.latencyMs), provesMops };
 }
 
 /** Share of a provider's time that challenges take: time per challenge over the mean interval. */

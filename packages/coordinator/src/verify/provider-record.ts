@@ -1,8 +1,10 @@
 /**
  * What a provider may read about itself (`GET /v1/providers/me`): its reputation and what it is
  * made of, its eligibility, its recent capacity challenges with the share of its time they
- * took, its stake (bonded, unbonding, lost to slashing), its audit record with the audit rate
- * its next typical task gets, and the result checks it was the subject or the checker of.
+ * took, its stake (bonded, unbonding, lost to slashing), its audit record (past audits only),
+ * and the result checks it was the subject or the checker of. Never the audit schedule: not the
+ * rate its next task gets (1 on probation) nor how long probation lasts — a provider that knew
+ * when it stopped being watched would know when to start cheating.
  * A read-only query; it owns no table.
  */
 import { formatCredits } from '@gridwork/protocol';
@@ -12,18 +14,8 @@ import { isEligible, reputationOfProvider } from '../market/market.ts';
 import type { Db } from '../store/database.ts';
 import type { ChallengeConfig } from './challenge-sizing.ts';
 import type { ProviderCheckEntry, ProviderStatus } from '@gridwork/protocol';
-import { auditRate, type VerificationConfig } from './verification-policy.ts';
 
-/** Leases whose mean charge stands for the provider's "typical task" in its audit rate. */
-const TYPICAL_LEASES = 20;
-
-export async function providerRecord(
-  db: Db,
-  providerId: string,
-  config: ChallengeConfig,
-  verification: VerificationConfig,
-  recent = 20,
-): Promise<ProviderStatus | null> {
+export async function providerRecord(db: Db, providerId: string, config: ChallengeConfig, recent = 20): Promise<ProviderStatus | null> {
   const p = await db.selectFrom('providers').selectAll().where('id', '=', providerId).executeTakeFirst();
   if (!p) return null;
   const rows = await db
@@ -35,7 +27,6 @@ export async function providerRecord(
     .execute();
   const balances = await balancesOf(db, [stakeOf(providerId), unbondingOf(providerId)]);
   const stake = balances.get(stakeOf(providerId)) ?? 0n;
-  const typical = await meanChargeOfRecentLeases(db, providerId);
   const checks = await recentChecks(db, providerId, recent);
   const done = p.challenges_passed + p.challenges_failed;
   const busyMs = Number(p.challenge_busy_ms);
@@ -73,27 +64,9 @@ export async function providerRecord(
       failed: p.audits_failed,
       streak: p.audit_streak,
       lastPassedAt: p.last_audit_passed_at ? p.last_audit_passed_at.toISOString() : null,
-      rate: verification.enabled ? auditRate(typical, stake, p.audit_streak, verification) : 0,
-      probationLeft: verification.enabled ? Math.max(0, verification.probationTasks - p.audit_streak) : 0,
     },
     recentChecks: checks,
   };
-}
-
-/** Mean charge (µc, rounded down) of the provider's last completed leases; 0 without any. */
-async function meanChargeOfRecentLeases(db: Db, providerId: string): Promise<bigint> {
-  const last = await db
-    .selectFrom('leases')
-    .select('charged')
-    .where('provider_id', '=', providerId)
-    .where('state', '=', 'completed')
-    .orderBy('ended_at', 'desc')
-    .orderBy('id', 'desc')
-    .limit(TYPICAL_LEASES)
-    .execute();
-  if (last.length === 0) return 0n;
-  const total = last.reduce((sum, l) => sum + BigInt(l.charged), 0n);
-  return total / BigInt(last.length);
 }
 
 /**
