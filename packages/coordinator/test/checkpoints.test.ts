@@ -4,14 +4,16 @@
  * resumes on another provider from the last checkpoint and ends with exactly the result of an
  * uninterrupted run; the dead provider is paid only for the work up to that checkpoint. A
  * dispute of a training result bisects the two runs' committed checkpoints and a referee
- * re-execute only the first segment where they part (two referees, independent of each other). Every wait is on state read from the coordinator.
+ * re-execute only the first segment where they part (two referees, independent of each other);
+ * the upheld dispute sends the training back into its job, on another provider, from no
+ * checkpoint the refuted lease wrote. Every wait is on state read from the coordinator.
  */
 import assert from 'node:assert/strict';
 import { dirname, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { internalsOf } from '@gridwork/coordinator/internal';
-import { writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import type { JobSpec } from '@gridwork/protocol';
 import { generateIdentity, signRequest } from '@gridwork/protocol/node';
 import type { ProviderAgent } from '@gridwork/provider';
@@ -121,7 +123,7 @@ for (const store of ['pglite', 'postgres'] as StoreKind[]) {
       await net?.close();
     });
 
-    test('bisection over committed checkpoints finds the first divergent segment; a referee re-runs only it and the dispute is upheld', async () => {
+    test('bisection over committed checkpoints finds the first divergent segment; a referee re-runs only it, the dispute is upheld, and the training runs again elsewhere from no refuted checkpoint', async () => {
       // A provider whose training goes wrong from step 20 on: its checkpoints and its result say so.
       const cheater = await net.addProvider({
         name: 'diverges',
@@ -134,21 +136,25 @@ for (const store of ['pglite', 'postgres'] as StoreKind[]) {
       });
       const cheaterClient = await net.fundedClient('20', net.identityOf(cheater));
       await cheaterClient.stake('20');
-      await net.addProvider({ name: 'honest-a', slots: 1, attributes: { region: 'a' } });
-      await net.addProvider({ name: 'honest-b', slots: 1, attributes: { region: 'b' } });
-      await net.addProvider({ name: 'honest-c', slots: 1, attributes: { region: 'b' } });
       const identity = generateIdentity();
       const client = await net.fundedClient('200', identity);
       const job = await client.submit({ ...trainSpec, placement: { regions: ['c'] } }, { baseDir: fixtures });
+      await until(() => client.get(job.id), (j) => j.tasks[0]?.state === 'running', { timeoutMs: WAIT_MS, what: 'the training to start' });
+      // Honest providers of the same region join once the cheater has the task (staked: checkers answer with stake).
+      for (const name of ['honest-a', 'honest-b', 'honest-c']) {
+        const p = await net.addProvider({ name, slots: 1, attributes: { region: 'c' } });
+        await (await net.fundedClient('20', net.identityOf(p))).stake('10');
+      }
       const verifying = await until(() => client.get(job.id), (j) => j.state === 'verifying', { timeoutMs: WAIT_MS, what: 'the training result' });
       assert.equal(verifying.tasks[0]?.providerName, 'diverges');
+      const refutedLease = verifying.tasks[0]?.leaseId as string;
 
       const path = `/v1/jobs/${job.id}/tasks/0/dispute`;
       const res = await fetch(new URL(path, net.coordinator.url), { method: 'POST', headers: signRequest(identity, 'POST', path) });
       assert.equal(res.status, 201, await res.clone().text());
 
-      const decided = await until(() => client.get(job.id), (j) => j.state === 'failed', { timeoutMs: WAIT_MS, what: 'the dispute' });
-      const checks = decided.tasks[0]?.verification?.checks ?? [];
+      const decided = await until(() => client.get(job.id), (j) => (j.tasks[0]?.refuted ?? []).length > 0, { timeoutMs: WAIT_MS, what: 'the dispute' });
+      const checks = decided.tasks[0]?.refuted?.[0]?.checks ?? [];
       assert.deepEqual(
         checks.map((c) => `${c.kind}:${c.state}:${c.outcome}`),
         ['dispute:failed:dispute-upheld', 'referee:failed:sided-with-checker', 'referee:failed:original-refuted'],
@@ -169,13 +175,29 @@ for (const store of ['pglite', 'postgres'] as StoreKind[]) {
         refereeSteps.map((c) => c.step),
         [20],
       );
-      assert.match(decided.tasks[0]?.verification?.checks[1]?.detail ?? decided.error ?? '', /steps 10–20|another result/);
+      assert.match(checks[0]?.detail ?? '', /steps 10–20/);
       const slashed = await until(
         () => cheaterClient.balance(),
         (b) => b.stake !== '20',
         { what: 'the slash' },
       );
       assert.equal(slashed.stake, '15');
+
+      // The training runs again inside the job on an honest provider — from the start: every
+      // checkpoint of the refuted lease is skipped, its honest step 10 too — and gets it right.
+      const rerun = await until(() => client.get(job.id), (j) => j.state === 'verifying' || j.state === 'failed', { timeoutMs: WAIT_MS, what: 'the re-run' });
+      const t = rerun.tasks[0];
+      assert.equal(rerun.state, 'verifying', rerun.error ?? '');
+      assert.ok(t && t.providerName !== 'diverges' && t.attempts === 1, JSON.stringify(t));
+      const steps = await db.selectFrom('checkpoints').select('step').where('lease_id', '=', t.leaseId as string).orderBy('step').execute();
+      assert.deepEqual(
+        steps.map((c) => c.step),
+        [10, 20, 30, 40],
+      );
+      const dir = join(net.dir, 'rerun-results');
+      await client.results(job.id, dir);
+      assert.equal(await readFile(join(dir, 'task-0', 'result.txt'), 'utf8'), `state after ${STEPS} steps: ${expectedState()}\n`);
+      assert.notEqual(t.leaseId, refutedLease);
     });
   });
 }

@@ -13,34 +13,29 @@
  * starts its own network; ADV_ONLY=<part of a suite name> runs only the matching suites.
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { internalsOf, type StoredEvent } from '@gridwork/coordinator/internal';
 import {
-  canonicalJson,
-  checkpointMessage,
   checkpointStep,
   type FileRef,
   type JobSpec,
   type JobView,
-  leaseCommitmentMessage,
-  outputsRoot,
   parseCredits,
 } from '@gridwork/protocol';
-import { generateIdentity, type Identity, sha256Bytes, sha256Hex, signBytes, signRequest } from '@gridwork/protocol/node';
+import { generateIdentity, type Identity, signRequest } from '@gridwork/protocol/node';
 import type { ProviderAgent } from '@gridwork/provider';
 import type { GridworkClient } from '@gridwork/sdk';
 import { silentLogger, startTestNetwork, type StoreKind, type TestNetwork, until } from '@gridwork/testkit';
 import { sql } from 'kysely';
-import WebSocket from 'ws';
 import type { BlobStore } from '../src/blobs/blob-store.ts';
 import { splitEarnings } from '../src/ledger/lease-economics.ts';
 import { verifyLedger } from '../src/ledger/ledger.ts';
 import type { Db } from '../src/store/database.ts';
 import { outputsAgree } from '../src/verify/result-comparison.ts';
+import { type Assignment, RawProvider } from './raw-provider.ts';
 import { Verifier } from '../src/verify/verification.ts';
 import { auditRate, resolveVerification, slashFor, type VerificationOptions } from '../src/verify/verification-policy.ts';
 
@@ -164,166 +159,6 @@ async function verdictsCounted(db: Db): Promise<void> {
 
 const checksOf = (db: Db, leaseId: string) => db.selectFrom('verifications').selectAll().where('lease_id', '=', leaseId).orderBy('created_at').execute();
 const providerRow = (db: Db, id: string) => db.selectFrom('providers').selectAll().where('id', '=', id).executeTakeFirstOrThrow();
-
-// ---- a provider speaking the wire protocol by hand ----------------------------------------------
-
-type Msg = Record<string, unknown> & { type: string };
-type Assignment = Msg & {
-  seq: number;
-  lease: {
-    leaseId: string;
-    jobId: string;
-    taskId: string;
-    taskIndex: number;
-    auditCommitment: string;
-    resume?: { step: number };
-    stopStep?: number;
-    runtime: { env: Record<string, string> };
-  };
-};
-
-class RawProvider {
-  readonly messages: Msg[] = [];
-  readonly raw: string[] = [];
-  private seq = 0;
-  private heartbeat: NodeJS.Timeout | undefined;
-  private readonly taken = new Set<string>();
-  closed = false;
-  private constructor(
-    readonly url: string,
-    readonly identity: Identity,
-    readonly ws: WebSocket,
-  ) {
-    ws.on('message', (d) => {
-      const text = d.toString();
-      this.raw.push(text);
-      this.messages.push(JSON.parse(text) as Msg);
-    });
-    ws.on('close', () => {
-      this.closed = true;
-      clearInterval(this.heartbeat);
-    });
-  }
-
-  get id(): string {
-    return this.identity.publicKey;
-  }
-
-  static async connect(url: string, identity = generateIdentity()): Promise<RawProvider> {
-    const ws = new WebSocket(`${url.replace(/^http/, 'ws')}/v1/providers/connect`, { headers: signRequest(identity, 'GET', '/v1/providers/connect') });
-    return new Promise((res, rej) => {
-      ws.once('open', () => res(new RawProvider(url, identity, ws)));
-      ws.once('error', rej);
-    });
-  }
-
-  next(match: (m: Msg) => boolean, what: string, timeoutMs = WAIT_MS): Promise<Msg> {
-    return until(
-      async () => this.messages.find(match),
-      (m) => m !== undefined,
-      { timeoutMs, what },
-    ) as Promise<Msg>;
-  }
-
-  async hello(region: string, slots = 2, attributes: Record<string, string> = {}): Promise<void> {
-    const instance = randomBytes(12).toString('base64url');
-    const asks = { cpuCoreHour: '0.01', memoryGiBHour: '0', gpuHour: {} };
-    this.ws.send(
-      JSON.stringify({
-        type: 'hello',
-        protocol: 1,
-        instance,
-        name: `raw-${region}`,
-        agentVersion: '0.1.0',
-        runtime: 'process',
-        slots,
-        hardware: { cpu: { model: 'x', cores: 4 }, memoryGiB: 8, diskGiB: 100, gpus: [] },
-        attributes: { region, ...attributes },
-        asks,
-        asksSignature: signBytes(this.identity, canonicalJson({ asks, instance })),
-        benchmarks: { cpuMopsPerCore: 1000, gpu: {} },
-        bids: false,
-        lastApplied: 0,
-        running: [],
-      }),
-    );
-    const welcome = await this.next((m) => m.type === 'welcome', 'welcome');
-    this.heartbeat = setInterval(() => {
-      if (!this.closed) this.ws.send(JSON.stringify({ type: 'heartbeat', running: [] }));
-    }, Number(welcome.heartbeatIntervalMs) / 3);
-  }
-
-  /** The next lease assigned to this provider (acknowledged). */
-  async assignment(what = 'an assignment'): Promise<Assignment> {
-    const m = (await this.next((x) => x.type === 'lease.assign' && !this.taken.has(String((x as Assignment).lease.leaseId)), what)) as Assignment;
-    this.taken.add(m.lease.leaseId);
-    this.ws.send(JSON.stringify({ type: 'ack', seq: m.seq }));
-    return m;
-  }
-
-  /** Sends a sequenced report and waits for its ack; returns the error the coordinator answered with, if any. */
-  async report(body: Record<string, unknown>): Promise<Msg | undefined> {
-    const seq = ++this.seq;
-    const from = this.messages.length;
-    this.ws.send(JSON.stringify({ seq, ...body }));
-    await this.next((m) => m.type === 'ack' && m.seq === seq, `ack of ${String(body.type)}`);
-    return this.messages.slice(from).find((m) => m.type === 'error');
-  }
-
-  /** Sends a sequenced report without waiting (for reports the coordinator may refuse by closing). */
-  sendRaw(body: Record<string, unknown>): void {
-    const seq = ++this.seq;
-    this.ws.send(JSON.stringify({ seq, ...body }));
-  }
-
-  async upload(bytes: Buffer | string): Promise<FileRef & { path: string }> {
-    const buf = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes);
-    const digest = sha256Hex(buf);
-    const res = await fetch(`${this.url}/v1/blobs/${digest}`, {
-      method: 'PUT',
-      headers: { 'content-type': 'application/octet-stream', ...signRequest(this.identity, 'PUT', `/v1/blobs/${digest}`, { digest }) },
-      body: buf,
-    });
-    assert.ok(res.status === 201 || res.status === 200, await res.text());
-    return { path: '', digest, size: buf.length };
-  }
-
-  /** A checkpoint report signed by `signer` (this provider unless given). */
-  checkpoint(a: Assignment, step: number, file: FileRef, usageMs = 100, signer: Identity = this.identity): Record<string, unknown> {
-    const signature = signBytes(
-      signer,
-      checkpointMessage({ leaseId: a.lease.leaseId, step, digest: file.digest, usageMs, auditCommitment: a.lease.auditCommitment }),
-    );
-    return { type: 'lease.checkpoint', leaseId: a.lease.leaseId, step, file, usageMs, signature };
-  }
-
-  /** A `lease.finished` report with a valid commitment (or, `commit: false`, none: the wire allows it). */
-  finished(
-    a: Assignment,
-    outputs: FileRef[],
-    outcome: Record<string, unknown> = { kind: 'exited', exitCode: 0 },
-    durationMs = 2000,
-    commit = true,
-  ): Record<string, unknown> {
-    if (!commit) return { type: 'lease.finished', leaseId: a.lease.leaseId, outcome, durationMs, outputs };
-    const root = outputsRoot(sha256Bytes, outputs);
-    const signature = signBytes(
-      this.identity,
-      leaseCommitmentMessage({ leaseId: a.lease.leaseId, outcome: outcome as never, durationMs, outputsRoot: root, auditCommitment: a.lease.auditCommitment }),
-    );
-    return { type: 'lease.finished', leaseId: a.lease.leaseId, outcome, durationMs, outputs, commitment: { outputsRoot: root, signature } };
-  }
-
-  async get(path: string): Promise<{ status: number; text: string }> {
-    const res = await fetch(new URL(path, this.url), { headers: signRequest(this.identity, 'GET', path) });
-    return { status: res.status, text: await res.text() };
-  }
-
-  close(): void {
-    clearInterval(this.heartbeat);
-    if (!this.closed) this.ws.close();
-  }
-}
 
 // ================================================================================================
 // Pure rules: comparison, the L0 condition, rounding, checkpoint names.
@@ -583,6 +418,8 @@ describe('disputes, check jobs and canaries seen by the wrong eyes (pglite)', {
     h1 = await net.addProvider({ attributes: { region: 'a', operator: 'acme' } });
     h2 = await net.addProvider({ attributes: { region: 'b' } });
     h3 = await net.addProvider({ attributes: { region: 'c', operator: 'acme' } });
+    // Checkers (referees, canary targets) hold at least the slash a wrong verdict would cost.
+    for (const p of [h1, h2, h3]) await net.stake(p, '10');
     client = await net.fundedClient('20', requester);
   });
   after(async () => {
@@ -661,6 +498,8 @@ describe('disputes, check jobs and canaries seen by the wrong eyes (pglite)', {
     // The canary's target: a provider speaking the wire by hand, joining now (it would otherwise be the cheapest checker of everything).
     rc = await RawProvider.connect(net.coordinator.url);
     await rc.hello('rc', 2);
+    // A canary's target answers for its answer with stake, as every checker does.
+    await (await net.fundedClient('10', rc.identity)).stake('10');
     const { units, lifecycle } = internalsOf(net.coordinator);
     const t = taskOf(honestJob);
     const checkId = await units.run((uow) =>
@@ -798,7 +637,8 @@ describe('an audit and a dispute of the same wrong result (pglite)', {
     cheater = await net.addProvider({ attributes: { region: 'c' }, resultTamper: madeUp });
     cheaterClient = await net.fundedClient('20', net.identityOf(cheater));
     await cheaterClient.stake('20');
-    for (const region of ['a', 'b', 'd']) await net.addProvider({ attributes: { region } });
+    // Staked checkers: an auditor and two referees hold at least the slash a wrong verdict would cost.
+    for (const region of ['a', 'b', 'd']) await net.stake(await net.addProvider({ attributes: { region } }), '10');
   });
   after(async () => {
     await net?.close();
@@ -894,9 +734,10 @@ describe('a cheater whose stake is all unbonding (pglite)', { ...pick('a cheater
     db = internalsOf(net.coordinator).db;
     cheater = await net.addProvider({ attributes: { region: 'c' }, resultTamper: madeUp });
     honest = await net.addProvider({ attributes: { region: 'a' } });
-    // An auditor and two referees besides the cheater: a conviction takes two referees on one side.
-    await net.addProvider({ attributes: { region: 'b' } });
-    await net.addProvider({ attributes: { region: 'd' } });
+    // An auditor and two referees besides the cheater and the (unstaked, so always audited)
+    // honest provider, staked at least the slash a wrong verdict would cost: a conviction takes
+    // two referees on one side.
+    for (const region of ['b', 'd', 'e']) await net.stake(await net.addProvider({ attributes: { region } }), '20');
     // Staked, then all of it on its way out: 5 credits unbonding, still slashable (a slash wants 10).
     const c = await net.fundedClient('10', net.identityOf(cheater));
     await c.stake('5');
@@ -1017,6 +858,8 @@ for (const store of ['postgres'] as StoreKind[]) {
       db = internalsOf(net.coordinator).db;
       p1 = await net.addProvider({ attributes: { region: 'a' } });
       p2 = await net.addProvider({ attributes: { region: 'b' } });
+      // p2 referees p1's disputed result: a checker holds at least the slash a wrong verdict would cost.
+      await net.stake(p2, '20');
       client = await net.fundedClient('20', requester);
     });
     after(async () => {

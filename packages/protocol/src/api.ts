@@ -55,6 +55,16 @@ export type JobState = 'pending' | 'matching' | 'running' | 'verifying' | 'succe
 export type TaskState = 'queued' | 'assigned' | 'running' | 'succeeded' | 'failed' | 'cancelled';
 export type LeaseState = 'offered' | 'starting' | 'running' | 'completed' | 'failed' | 'cancelled' | 'lost';
 
+/** A check of a task's result: an audit, a referee, a canary or a dispute, and how it ended. */
+export const CheckView = Type.Object({
+  id: Type.String(),
+  kind: Type.String(),
+  state: Type.String(),
+  outcome: Type.Union([Type.String(), Type.Null()]),
+  detail: Type.Union([Type.String(), Type.Null()]),
+});
+export type CheckView = Type.Static<typeof CheckView>;
+
 export const TaskView = Type.Object({
   id: Type.String(),
   index: Type.Integer(),
@@ -71,7 +81,7 @@ export const TaskView = Type.Object({
   outputs: Type.Array(FileRef),
   /** Digest over the task's outputs (sha256 of canonical JSON of the sorted output list). */
   outputDigest: Type.Union([Type.String(), Type.Null()]),
-  /** Price per hour of the current or last lease (credits), and what it has cost so far. */
+  /** Price per hour of the current or last lease (credits), and what it has cost so far (refuted results not counted). */
   pricePerHour: Type.Union([Type.String(), Type.Null()]),
   cost: Type.String(),
   /**
@@ -85,16 +95,27 @@ export const TaskView = Type.Object({
       state: Type.Union([Type.Literal('pending'), Type.Literal('verified'), Type.Literal('disputed'), Type.Literal('failed')]),
       pendingUntil: Type.Union([Type.String(), Type.Null()]),
       auditSeed: Type.Union([Type.String(), Type.Null()]),
-      checks: Type.Array(
-        Type.Object({
-          id: Type.String(),
-          kind: Type.String(),
-          state: Type.String(),
-          outcome: Type.Union([Type.String(), Type.Null()]),
-          detail: Type.Union([Type.String(), Type.Null()]),
-        }),
-      ),
+      checks: Type.Array(CheckView),
     }),
+  ),
+  /**
+   * Earlier results of this task that checks proved wrong, oldest first (absent when none): the
+   * task ran again, inside the job, on a provider of another operator. What a refuted attempt
+   * charged is not the requester's to pay — it went back into the job's budget, which paid for the
+   * re-run — and counts neither in `cost` nor in the job's `money.spent`.
+   */
+  refuted: Type.Optional(
+    Type.Array(
+      Type.Object({
+        leaseId: Type.String(),
+        providerId: Type.String(),
+        providerName: Type.Union([Type.String(), Type.Null()]),
+        finishedAt: Type.Union([Type.String(), Type.Null()]),
+        /** What the attempt had charged (credits), returned. */
+        charged: Type.String(),
+        checks: Type.Array(CheckView),
+      }),
+    ),
   ),
 });
 export type TaskView = Type.Static<typeof TaskView>;
@@ -112,7 +133,7 @@ export const JobView = Type.Object({
   money: Type.Object({
     budget: Type.String(),
     maxPerHour: Type.String(),
-    /** Paid to providers so far (settled and metered). */
+    /** Paid to providers so far (settled and metered); refuted results, returned to the requester, are not counted. */
     spent: Type.String(),
     /** Still held for this job (budget left plus lease escrows); returned when the job ends. */
     held: Type.String(),

@@ -100,9 +100,10 @@ export interface WaitOptions extends ReconnectOptions {
   onUpdate?: (job: JobView) => void;
   /**
    * What to wait for. `results`: every result is in — the job ended, or it is `verifying`
-   * (results pending verification until each task's `verification.pendingUntil`; an audit or a
-   * dispute may still fail it). `end`: the job ended (succeeded, failed or cancelled), which
-   * for a verifying job means waiting out its audit window.
+   * (results pending verification until each task's `verification.pendingUntil`; a result an
+   * audit or a dispute refutes runs again on another provider, or fails the job when no retries
+   * are left). `end`: the job ended (succeeded, failed or cancelled), which for a verifying job
+   * means waiting out its audit window (and any re-run).
    * @default 'results'
    */
   until?: 'results' | 'end';
@@ -590,6 +591,8 @@ export class GridworkClient {
         provider: t.providerId ? { id: t.providerId, name: t.providerName } : null,
         verification: t.verification?.state ?? null,
         pendingUntil: t.verification?.pendingUntil ?? null,
+        // Earlier results of the task that checks refuted (it ran again): not among these files.
+        refuted: (t.refuted ?? []).map((r) => ({ provider: { id: r.providerId, name: r.providerName }, lease: r.leaseId })),
         outputs: t.outputs.map((o) => ({ path: o.path, file: `task-${t.index}/${o.path}`, digest: o.digest, size: o.size })),
       })),
     };

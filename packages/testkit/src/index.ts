@@ -58,6 +58,8 @@ export interface TestNetwork {
   addProvider(options?: Partial<ProviderAgentOptions>): Promise<ProviderAgent>;
   /** The key pair of a provider of this network (tests act as its account: stake, balance). */
   identityOf(agent: ProviderAgent): Identity;
+  /** Funds a provider's account from the dev faucet and stakes it all (checkers must hold stake). */
+  stake(agent: ProviderAgent, amount: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -82,8 +84,9 @@ export async function startTestNetwork(options: TestNetworkOptions = {}): Promis
     heartbeatMisses: 4,
     dev: true,
     economics: { meteringIntervalMs: 500 },
-    // No capacity challenge by surprise (each costs a core for seconds): tests of L1 ask for them.
-    challenges: { meanIntervalMs: 365 * 24 * 3600_000 },
+    // No capacity challenge by surprise (each costs a core for seconds), not even the one that
+    // proves a new claim at hello: tests of L1 ask for them.
+    challenges: { meanIntervalMs: 365 * 24 * 3600_000, proveOnHello: false },
     ...(options.store === 'postgres' ? { databaseUrl: postgresUrl(), databaseSchema: uniqueSchema() } : { databaseUrl: '' }),
     ...options.coordinator,
     // Results are paid at once and audited only when a test asks (an audit needs a second
@@ -124,6 +127,13 @@ export async function startTestNetwork(options: TestNetworkOptions = {}): Promis
       const identity = identities.get(agent);
       if (!identity) throw new Error(`provider ${agent.name} is not part of this test network`);
       return identity;
+    },
+    async stake(agent, amount) {
+      const identity = identities.get(agent);
+      if (!identity) throw new Error(`provider ${agent.name} is not part of this test network`);
+      const c = new GridworkClient({ url: coordinator.url, identity });
+      await c.deposit(amount);
+      await c.stake(amount);
     },
     client: (identity = generateIdentity()) => new GridworkClient({ url: coordinator.url, identity }),
     async fundedClient(amount = '100', identity = generateIdentity()) {

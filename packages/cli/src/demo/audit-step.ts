@@ -1,22 +1,19 @@
 /**
  * Step 5: the cheater caught. Every new provider is on probation, so another provider re-ran
  * each of the cheater's batch tasks; the re-run disagreed, two referees sided with it, and the
- * cheater's fault was proven: it is slashed, the requester refunded, the job marked failed with
- * the reason. The requester then re-runs just the refuted shards on providers above a reputation
- * floor (a proven fault sinks the cheater far below it), and the demo checks that the verified
- * results now cover every input — and that the service of step 3 agreed with them.
+ * cheater's fault was proven: it is slashed, and each refuted shard runs again inside its job on
+ * a provider of another operator — the network does it, as it retries a lost lease; what the
+ * refuted attempt charged went back into the job's budget and paid for the re-run. The demo waits
+ * for both inference jobs to end and checks that they succeeded with every result verified, that
+ * the requester paid only for verified results, that the verified results cover every input —
+ * and that the service of step 3 agreed with them.
  */
 import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { formatCredits, parseCredits } from '@gridwork/protocol/money';
 import type { JobView } from '@gridwork/protocol';
 import { type DemoRun, type JobRecord, until } from './demo-run.ts';
 import { type InferenceOutcome, ocrLinesOf, predictionsOf } from './inference-step.ts';
 import type { ServiceOutcome } from './service-step.ts';
-import { shardRerunWorkload } from './workloads.ts';
-
-/** Re-runs go to providers at least this reputable: a new honest provider has 0.5, one proven fault costs as much as ten lost leases. */
-const MIN_REPUTATION = 0.5;
 
 export interface Faked {
   jobId: string;
@@ -24,6 +21,7 @@ export interface Faked {
 }
 
 type Task = JobView['tasks'][number];
+type Refuted = NonNullable<Task['refuted']>[number];
 
 export async function auditStep(run: DemoRun, inference: InferenceOutcome, faked: readonly Faked[], service: ServiceOutcome | null): Promise<void> {
   const { progress } = run;
@@ -46,20 +44,20 @@ export async function auditStep(run: DemoRun, inference: InferenceOutcome, faked
     120_000,
     500,
   );
-  if (faked.length > 0) progress.note(`fault proven: ${name}'s stake ${cheater.start.stake} → ${first.stake}; waiting for the verdicts on all its results`);
-  const ended = await Promise.all(jobs.map((j) => run.wait(j, { until: 'end', timeoutMs: 90_000 })));
+  if (faked.length > 0) progress.note(`fault proven: ${name}'s stake ${cheater.start.stake} → ${first.stake}; the network re-runs each refuted shard elsewhere`);
+  // The refuted shards run again inside their jobs (then are audited or wait out their window): wait for both jobs to end.
+  const ended = await Promise.all(jobs.map((j) => run.wait(j, { until: 'end', timeoutMs: 180_000 })));
   const record = await cheater.account.providerStatus();
-  const refuted: { record: JobRecord; task: Task }[] = [];
+  const refuted: { record: JobRecord; task: Task; attempt: Refuted }[] = [];
   jobs.forEach((j, i) => {
-    for (const t of ended[i]?.tasks ?? []) if (t.verification?.state === 'failed') refuted.push({ record: j, task: t });
+    for (const t of ended[i]?.tasks ?? []) for (const attempt of t.refuted ?? []) refuted.push({ record: j, task: t, attempt });
   });
-  for (const { record: j, task } of refuted) {
-    const checks = task.verification?.checks ?? [];
-    const audit = checks.find((c) => c.kind === 'audit');
-    const referees = checks.filter((c) => c.kind === 'referee').length;
-    progress.note(
-      `${j.workload.spec.name} task ${task.index}, by ${run.providerName(task.providerId)}: ${audit ? `audit ${audit.outcome ?? audit.state}` : 'no audit'}, ${referees} referee${referees === 1 ? '' : 's'}${audit?.detail ? ` — ${run.named(audit.detail)}` : ''}`,
-    );
+  for (const { record: j, task, attempt } of refuted) {
+    const audit = attempt.checks.find((c) => c.kind === 'audit' && c.state === 'failed') ?? attempt.checks.find((c) => c.kind === 'audit');
+    const referees = attempt.checks.filter((c) => c.kind === 'referee').length;
+    const note = `task ${task.index}: ${run.providerName(attempt.providerId)}'s result refuted (${audit ? `audit ${audit.outcome ?? audit.state}` : 'no audit'}, ${referees} referee${referees === 1 ? '' : 's'}), re-run by ${run.providerName(task.providerId)}: ${task.verification?.state ?? 'unverified'}`;
+    j.notes.push(note);
+    progress.note(`${j.workload.spec.name} ${note}${audit?.detail ? ` — ${run.named(audit.detail)}` : ''}`);
   }
   const stakeAfter = parseCredits(record.stake);
   const stakeBefore = parseCredits(cheater.start.stake);
@@ -70,54 +68,42 @@ export async function auditStep(run: DemoRun, inference: InferenceOutcome, faked
     `${record.audits.failed} audit${record.audits.failed === 1 ? '' : 's'} of its results failed; stake ${cheater.start.stake} → ${record.stake} (slashed ${record.slashed}); reputation now ${record.reputation.toFixed(2)}, back on probation`,
   );
 
-  // Refunds: what the requester paid for a refuted result comes back (ledger entries `lease.refund`).
-  const history = await run.requester.history({ limit: 200 });
-  const refundOf = (jobId: string) =>
-    history.filter((h) => h.kind === 'lease.refund' && h.memo.jobId === jobId).reduce((s, h) => s + parseCredits(h.change, { allowNegative: true }), 0n);
-  const fakedRefuted = faked.every((f) => refuted.some((r) => r.record.id === f.jobId && r.task.index === f.taskIndex));
-  const honestRefuted = refuted.filter((r) => !faked.some((f) => f.jobId === r.record.id && f.taskIndex === r.task.index));
-  const refunded = jobs.reduce((s, j) => s + refundOf(j.id), 0n);
-  for (const j of jobs) {
-    const r = refundOf(j.id);
-    if (r > 0n) j.notes.push(`refunded ${formatCredits(r)} for refuted results`);
-  }
+  // Every faked result, and no honest one, was refuted; the requester paid for none of them. What
+  // it paid for the two jobs, read from its own ledger history (their holds less what came back,
+  // less any refund from the cheater's slash), is exactly what the jobs spent on everything but
+  // the refuted results (each job view's `money.spent` leaves them out).
+  const isFaked = (r: { record: JobRecord; task: Task }) => faked.some((f) => f.jobId === r.record.id && f.taskIndex === r.task.index);
+  const fakedRefuted = faked.every((f) => refuted.some((r) => r.record.id === f.jobId && r.task.index === f.taskIndex && r.attempt.providerId === cheater.agent.id));
+  const honestRefuted = refuted.filter((r) => !isFaked(r) || r.attempt.providerId !== cheater.agent.id);
+  const returned = refuted.reduce((s, r) => s + parseCredits(r.attempt.charged, { allowZero: true }), 0n);
+  const history = await run.requester.history({ limit: 500 });
+  const jobIds = new Set(jobs.map((j) => j.id));
+  const refutedLeases = new Set(refuted.map((r) => r.attempt.leaseId));
+  const paid = -history
+    .filter((h) => jobIds.has(String(h.memo.jobId)) || (h.kind === 'slash' && refutedLeases.has(String(h.memo.leaseId))))
+    .reduce((s, h) => s + parseCredits(h.change, { allowNegative: true, allowZero: true }), 0n);
+  const spent = ended.reduce((s, j) => s + parseCredits(j.money.spent, { allowZero: true }), 0n);
   run.claim(
     'audit',
-    'every faked result was refuted and refunded; no honest result was',
-    faked.length > 0 && fakedRefuted && honestRefuted.length === 0 && refunded > 0n,
-    `${refuted.length} result${refuted.length === 1 ? '' : 's'} refuted, ${formatCredits(refunded)} credits back to the requester; ${ended.map((j, i) => `${jobs[i]?.workload.spec.name} ${j.state}`).join(', ')}`,
+    'every faked result was refuted and cost the requester nothing; no honest result was refuted',
+    faked.length > 0 && fakedRefuted && honestRefuted.length === 0 && returned > 0n && paid === spent,
+    `${refuted.length} result${refuted.length === 1 ? '' : 's'} refuted; the ${formatCredits(returned)} credits they had charged went back into their jobs' budgets and paid for the re-runs; the requester paid ${formatCredits(paid)} for the two jobs: what the jobs spent without them (${formatCredits(spent)})`,
   );
 
-  // The requester runs the refuted shards again, on providers that have proven no fault.
-  const reruns: { of: JobRecord; record: JobRecord }[] = [];
-  for (const { record: j, task } of refuted) {
-    const w = await shardRerunWorkload(j.workload, task.index, join(run.dataDir, 'reruns', `${j.workload.spec.name}-${task.index}`), MIN_REPUTATION);
-    const rec = await run.submit('audit', w);
-    rec.notes.push(`re-run of ${j.workload.spec.name} task ${task.index} (placement.minReputation ${MIN_REPUTATION})`);
-    reruns.push({ of: j, record: rec });
-  }
-  const rerunViews = await Promise.all(reruns.map((r) => run.wait(r.record, { until: 'end', timeoutMs: 90_000 })));
-  for (const r of reruns) await run.results(r.record);
-  const onCheater = rerunViews.some((v) => v.tasks.some((t) => t.providerId === cheater.agent.id));
-  if (reruns.length > 0) {
-    run.claim(
-      'audit',
-      'the refuted shards were re-run on other providers and succeeded',
-      rerunViews.every((v) => v.state === 'succeeded') && !onCheater,
-      reruns
-        .map(
-          (r, i) => `${r.record.workload.spec.name} ${rerunViews[i]?.state} on ${rerunViews[i]?.tasks.map((t) => run.providerName(t.providerId)).join(', ')}`,
-        )
-        .join('; '),
-    );
-  }
-
-  // Every input is now covered by a verified result: the original job's verified tasks plus the re-runs.
+  // The network re-ran each refuted shard itself, never on the cheater: both jobs succeeded with every result verified.
   const verified = (t: Task) => t.verification?.state === 'verified';
-  const rerunsOf = (j: JobRecord) => reruns.flatMap((r, i) => (r.of === j && rerunViews[i] ? [{ record: r.record, view: rerunViews[i] }] : []));
+  const rerunOnCheater = refuted.some((r) => r.task.providerId === cheater.agent.id);
+  run.claim(
+    'audit',
+    "the network re-ran the refuted shards on other providers; both jobs succeeded with every result verified",
+    refuted.length > 0 && !rerunOnCheater && ended.every((j) => j.state === 'succeeded' && j.tasks.every(verified)),
+    `${ended.map((j, i) => `${jobs[i]?.workload.spec.name} ${j.state}, ${j.tasks.filter(verified).length}/${j.tasks.length} verified`).join('; ')}; re-runs on ${[...new Set(refuted.map((r) => run.providerName(r.task.providerId)))].join(', ') || '-'}`,
+  );
+
+  // Every input is covered by a verified result (the outputs downloaded again: the re-runs' replace the refuted ones).
+  for (const j of jobs) await run.results(j);
   const classifierJob = ended[0] as JobView;
   const predictions = await predictionsOf(run, inference.classifier, classifierJob, verified);
-  for (const { record: r, view } of rerunsOf(inference.classifier)) predictions.push(...(await predictionsOf(run, r, view, verified)));
   const expectedPoints = await countPoints(inference.classifier);
   const byKey = new Map(predictions.map((p) => [`${p.file}:${p.row}`, p]));
   const labelled = predictions.filter((p) => p.truth !== null);
@@ -130,7 +116,6 @@ export async function auditStep(run: DemoRun, inference: InferenceOutcome, faked
   );
   const ocrJob = ended[1] as JobView;
   const lines = await ocrLinesOf(run, inference.ocr, ocrJob, verified);
-  for (const { record: r, view } of rerunsOf(inference.ocr)) lines.push(...(await ocrLinesOf(run, r, view, verified)));
   const images = (await countFiles(inference.ocr, 'images')) ?? 0;
   const exact = lines.filter((l) => l.expected !== undefined && l.text === l.expected).length;
   run.claim(

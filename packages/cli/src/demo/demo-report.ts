@@ -22,7 +22,7 @@ export interface JobRow {
   tasksByProvider: Record<string, number>;
   /** Submit to results in (a service: to when it was stopped). */
   wallMs: number | null;
-  /** Paid to providers (credits). */
+  /** Paid to providers (credits), refuted results not counted. */
   cost: string;
   budget: string;
   notes: string[];
@@ -61,6 +61,7 @@ export interface DemoReport {
   steps: { step: StepId; title: string; elapsedMs: number }[];
   jobs: JobRow[];
   providers: ProviderRow[];
+  /** `refunded`: what refuted results had charged, which the requester did not pay (it went back into their jobs' budgets). */
   money: { requester: { funded: string; spent: string; refunded: string; balance: string }; protocolFees: string; reserve: string };
   claims: Claim[];
 }
@@ -121,8 +122,8 @@ export async function buildReport(run: DemoRun, net: DemoNetwork, o: { started: 
       : punished.map((p) => `${p.name} lost ${p.slashed}`).join(', '),
   );
 
-  const history = await run.requester.history({ limit: 500 });
-  const refunded = history.filter((h) => h.kind === 'lease.refund').reduce((s, h) => s + credits(h.change), 0n);
+  // What refuted results had charged: not the requester's to pay (back into their jobs' budgets, or to the requester).
+  const refunded = run.jobs.reduce((s, j) => s + j.view.tasks.reduce((t, task) => t + (task.refuted ?? []).reduce((r, a) => r + credits(a.charged), 0n), 0n), 0n);
   const jobs: JobRow[] = run.jobs.map((j) => ({
     step: j.step,
     id: j.id,
@@ -208,7 +209,7 @@ export function printReport(r: DemoReport): void {
   out();
   const m = r.money;
   out(
-    `  requester: funded ${m.requester.funded}, paid ${m.requester.spent} for ${r.jobs.length} jobs, refunded ${m.requester.refunded} for refuted results, balance now ${m.requester.balance}; protocol fees ${m.protocolFees}, reserve ${m.reserve}`,
+    `  requester: funded ${m.requester.funded}, paid ${m.requester.spent} for ${r.jobs.length} jobs (not the ${m.requester.refunded} that refuted results had charged), balance now ${m.requester.balance}; protocol fees ${m.protocolFees}, reserve ${m.reserve}`,
   );
   out();
   out(outColor.bold('What the demo showed'));

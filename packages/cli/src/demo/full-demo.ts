@@ -8,8 +8,9 @@
  *      model (examples/infer-pretrained), sharded across providers;
  *   3. serves the model (examples/service) and queries it through the coordinator's ingress;
  *   4. trains on a gang-scheduled two-member cluster (examples/cluster);
- *   5. sees the cheater's made-up results refuted by audit, the cheater slashed, its payment
- *      refunded, and the refuted shards re-run elsewhere;
+ *   5. sees the cheater's made-up results refuted by audit, the cheater slashed, and the refuted
+ *      shards re-run by the network inside their jobs on other providers (the requester paying
+ *      nothing for the refuted attempts): both jobs succeed with every result verified;
  * then reports per job and per provider. Every claim is checked; any that does not hold fails
  * the command (exit 1), after the report.
  */

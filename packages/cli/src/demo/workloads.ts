@@ -2,11 +2,10 @@
  * The demo's workloads: the job specs of this checkout's examples/ (read and validated as
  * `gridwork job submit` reads them), with the few changes the demo needs made in code — the
  * model trained in step 1 as the input of the inference job and of the service, a longer
- * training run so there is time to kill its provider, and a re-run of single refuted shards.
+ * training run so there is time to kill its provider.
  */
-import { mkdir, copyFile, link } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
-import { dirname, join, relative, sep } from 'node:path';
+import { join, relative, sep } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { JobSpec } from '@gridwork/protocol';
 
@@ -93,36 +92,4 @@ export async function serviceWorkload(modelFile: string): Promise<Workload> {
 /** examples/cluster, as it is. */
 export function clusterWorkload(): Promise<Workload> {
   return example('cluster');
-}
-
-/**
- * One shard of a batch job again, as its own one-task job, on providers above a reputation floor
- * (a provider with a proven fault is far below it). The shard's files are the ones the coordinator
- * dealt it: files of a sharded input go round-robin in path order (README, "shard"), so shard k
- * of n holds the files at positions k, k + n, k + 2n, … — linked into `dir`, one folder per input.
- */
-export async function shardRerunWorkload(original: Workload, taskIndex: number, dir: string, minReputation: number): Promise<Workload> {
-  const { expandGlob } = await import('@gridwork/sdk');
-  const shards = original.spec.shards ?? 1;
-  const inputs = [];
-  for (const input of original.spec.inputs ?? []) {
-    if (!input.shard) {
-      inputs.push(input);
-      continue;
-    }
-    const files = (await expandGlob(original.baseDir, input.path)).filter((_, i) => i % shards === taskIndex);
-    const into = join(dir, input.name);
-    for (const f of files) {
-      const to = join(into, ...f.path.split('/'));
-      await mkdir(dirname(to), { recursive: true });
-      await link(f.absPath, to).catch(() => copyFile(f.absPath, to));
-    }
-    inputs.push({ ...input, path: specPath(original.baseDir, into) });
-  }
-  const { shards: _shards, ...rest } = original.spec;
-  return {
-    spec: { ...rest, name: `${original.spec.name}-${taskIndex}`.slice(0, 63), inputs, placement: { ...original.spec.placement, minReputation } },
-    baseDir: original.baseDir,
-    source: `${original.source}, task ${taskIndex} again`,
-  };
 }

@@ -8,7 +8,8 @@ export const JOB_TRANSITIONS: Record<JobState, readonly JobState[]> = {
   pending: ['matching', 'running', 'succeeded', 'failed', 'cancelled'],
   matching: ['running', 'succeeded', 'failed', 'cancelled'],
   running: ['matching', 'verifying', 'succeeded', 'failed', 'cancelled'],
-  verifying: ['succeeded', 'failed', 'cancelled'],
+  // Back to matching (or running) when a refuted result re-runs inside its job (result-checks.ts).
+  verifying: ['matching', 'running', 'succeeded', 'failed', 'cancelled'],
   succeeded: [],
   failed: [],
   cancelled: [],
@@ -18,7 +19,8 @@ export const TASK_TRANSITIONS: Record<TaskState, readonly TaskState[]> = {
   queued: ['assigned', 'cancelled', 'failed'],
   assigned: ['running', 'queued', 'succeeded', 'failed', 'cancelled'],
   running: ['queued', 'succeeded', 'failed', 'cancelled'],
-  succeeded: [],
+  // A result refuted while its job is open runs again (result-checks.ts rejectResult).
+  succeeded: ['queued'],
   failed: [],
   cancelled: [],
 };

@@ -232,8 +232,21 @@ export class JobService {
       .execute();
     const leases = await this.deps.db
       .selectFrom('leases')
-      .select(['id', 'task_id', 'price_per_hour', 'charged', 'verification', 'settle_at', 'audit_seed'])
-      .where('job_id', '=', job.id)
+      .leftJoin('providers', 'providers.id', 'leases.provider_id')
+      .select([
+        'leases.id',
+        'leases.task_id',
+        'leases.provider_id',
+        'providers.name as provider_name',
+        'leases.price_per_hour',
+        'leases.charged',
+        'leases.verification',
+        'leases.settle_at',
+        'leases.audit_seed',
+        'leases.ended_at',
+      ])
+      .where('leases.job_id', '=', job.id)
+      .orderBy('leases.created_at')
       .execute();
     const verified = leases.filter((l) => l.verification !== null).map((l) => l.id);
     const checks =
@@ -249,7 +262,13 @@ export class JobService {
     const costByTask = new Map<string, bigint>();
     const leaseById = new Map(leases.map((l) => [l.id, l]));
     let spent = 0n;
+    // A refuted result is not the requester's to pay: its earnings went back (rejectResult).
+    const refutedByTask = new Map<string, (typeof leases)[number][]>();
     for (const l of leases) {
+      if (l.verification === 'failed') {
+        refutedByTask.set(l.task_id, [...(refutedByTask.get(l.task_id) ?? []), l]);
+        continue;
+      }
       spent += l.charged;
       costByTask.set(l.task_id, (costByTask.get(l.task_id) ?? 0n) + l.charged);
     }
@@ -286,6 +305,7 @@ export class JobService {
             t.lease_id && leaseById.get(t.lease_id) ? formatCredits((leaseById.get(t.lease_id) as { price_per_hour: bigint }).price_per_hour) : null,
           cost: formatCredits(costByTask.get(t.id) ?? 0n),
           ...verificationOf(t.lease_id ? leaseById.get(t.lease_id) : undefined, checks),
+          ...refutedOf(t.lease_id, refutedByTask.get(t.id), checks),
         }),
       ),
       money: {
@@ -486,6 +506,26 @@ export type { JobSpec, InputSet };
 /** The one answer for a job that does not exist and for one that is not the caller's. */
 export function jobNotFound(jobId: string): GridworkError {
   return new GridworkError('JOB_NOT_FOUND', `job ${jobId} does not exist`);
+}
+
+/** The task's earlier attempts whose results were refuted (its current lease's verification says the rest). */
+function refutedOf(
+  current: string | null,
+  leases: readonly { id: string; provider_id: string; provider_name: string | null; charged: bigint; ended_at: Date | null }[] | undefined,
+  checks: readonly { id: string; lease_id: string; kind: string; state: string; outcome: string | null; detail: string | null }[],
+): Pick<TaskView, 'refuted'> {
+  const earlier = (leases ?? []).filter((l) => l.id !== current);
+  if (earlier.length === 0) return {};
+  return {
+    refuted: earlier.map((l) => ({
+      leaseId: l.id,
+      providerId: l.provider_id,
+      providerName: l.provider_name,
+      finishedAt: l.ended_at?.toISOString() ?? null,
+      charged: formatCredits(l.charged),
+      checks: checks.filter((c) => c.lease_id === l.id).map((c) => ({ id: c.id, kind: c.kind, state: c.state, outcome: c.outcome, detail: c.detail })),
+    })),
+  };
 }
 
 function verificationOf(

@@ -245,8 +245,21 @@ export async function payEarnings(
   return { earned, ...split };
 }
 
-/** A result that failed verification: what the lease earned, still pending, goes back to the requester. */
-export async function refundEarnings(trx: Trx, lease: Pick<LeaseMoney, 'id' | 'job_id'>, requester: string, reason: string): Promise<bigint> {
+/**
+ * A result that failed verification: what the lease earned, still pending, is not its provider's.
+ * It goes back where it came from (`to: 'hold'`) — the job's hold, while the job is open and the
+ * refuted task runs again, so the re-run is paid from it and the job's end returns what is left —
+ * or (`to: 'requester'`) straight to the requester's available balance, when the job has ended or
+ * the task will not run again. One refund per lease (the key), whichever way it went; the memo says
+ * which and why.
+ */
+export async function refundEarnings(
+  trx: Trx,
+  lease: Pick<LeaseMoney, 'id' | 'job_id'>,
+  requester: string,
+  reason: string,
+  to: 'requester' | 'hold' = 'requester',
+): Promise<bigint> {
   const earned = await balanceOf(trx, earnedOf(lease.id));
   if (earned === 0n) return 0n;
   await post(trx, {
@@ -254,9 +267,15 @@ export async function refundEarnings(trx: Trx, lease: Pick<LeaseMoney, 'id' | 'j
     key: `refund:${lease.id}`,
     postings: [
       { account: earnedOf(lease.id), amount: -earned },
-      { account: available(requester), amount: earned },
+      { account: to === 'hold' ? holdOf(lease.job_id) : available(requester), amount: earned },
     ],
-    memo: { leaseId: lease.id, jobId: lease.job_id, reason },
+    memo: {
+      leaseId: lease.id,
+      jobId: lease.job_id,
+      to,
+      reason,
+      why: to === 'hold' ? 'refuted result: back to the job budget, which pays its re-run' : 'refuted result: back to the requester',
+    },
   });
   return earned;
 }
@@ -272,18 +291,59 @@ export async function settleLease(
   return payEarnings(trx, lease, providerId, cfg);
 }
 
-/** Returns what is left of a finished job's budget to its owner (`null`: a protocol check job, whose budget came from `sys:fees`). */
+/**
+ * Returns what is left of a finished job's budget to its owner, or (`null`: a protocol check job)
+ * to whoever funded the check: `sys:fees` or the reserve first, then the checked result's pending
+ * earnings (a mandatory audit is paid from those first, so what it spent comes from them first).
+ */
 export async function releaseJob(trx: Trx, owner: string | null, jobId: string): Promise<bigint> {
   const hold = await lockedBalance(trx, holdOf(jobId));
   if (hold < 0n) throw new GridworkError('INTERNAL', `job ${jobId} hold is negative`);
+  const back: { account: string; amount: bigint }[] = [];
+  if (owner !== null) back.push({ account: available(owner), amount: hold });
+  else {
+    const to = new Map<string, bigint>();
+    let left = hold;
+    for (const f of await checkFunding(trx, jobId)) {
+      const give = f.amount < left ? f.amount : left;
+      to.set(f.account, (to.get(f.account) ?? 0n) + give);
+      left -= give;
+    }
+    to.set(FEES, (to.get(FEES) ?? 0n) + left);
+    for (const [account, amount] of to) if (amount > 0n) back.push({ account, amount });
+    if (back.length === 0) back.push({ account: FEES, amount: 0n });
+  }
   await post(trx, {
     kind: 'job.release',
     key: `release:${jobId}`,
-    postings: [
-      { account: holdOf(jobId), amount: -hold },
-      { account: owner === null ? FEES : available(owner), amount: hold },
-    ],
+    postings: [{ account: holdOf(jobId), amount: -hold }, ...back],
     memo: { jobId },
   });
   return hold;
+}
+
+/** Who paid for a check job (its `check.fund` postings), pending earnings last. */
+async function checkFunding(trx: Trx, jobId: string): Promise<{ account: string; amount: bigint }[]> {
+  const rows = await trx
+    .selectFrom('ledger_postings as hold')
+    .innerJoin('ledger_transactions as t', 't.id', 'hold.tx_id')
+    .innerJoin('ledger_postings as src', 'src.tx_id', 'hold.tx_id')
+    .select(['src.account', 'src.amount'])
+    .where('hold.account', '=', holdOf(jobId))
+    .where('t.kind', '=', 'check.fund')
+    .where('src.amount', '<', 0n)
+    .execute();
+  const funding: { account: string; amount: bigint }[] = [];
+  for (const r of rows) {
+    let account = r.account;
+    const leaseId = /^lease:(.+):earned$/.exec(account)?.[1];
+    if (leaseId) {
+      // The result was settled while its audit ran (paid, or refuted and refunded): what comes back
+      // now belongs to neither side any more, and goes to the verification fund.
+      const lease = await trx.selectFrom('leases').select('verification').where('id', '=', leaseId).executeTakeFirst();
+      if (lease?.verification !== 'pending' && lease?.verification !== 'disputed') account = FEES;
+    }
+    funding.push({ account, amount: -BigInt(r.amount) });
+  }
+  return funding.sort((a, b) => Number(a.account.endsWith(':earned')) - Number(b.account.endsWith(':earned')));
 }

@@ -190,14 +190,7 @@ export class LeaseEnding {
       uow.emit({ type: 'task.ended', jobId: task.job_id, taskId: task.id, index: task.idx, state: 'succeeded' });
       if (verify) await this.parts.checks.holdForVerification(uow, lease, outputDigest(outcome.outputs));
     } else if (requeue) {
-      const attempts = outcome.kind === 'lost' ? task.attempts + 1 : task.attempts;
-      assertTransition('task', task.id, task.state, 'queued');
-      await trx
-        .updateTable('tasks')
-        .set({ state: 'queued', attempts, lease_id: null, provider_id: null, started_at: null, error: outcome.error, queued_at: now })
-        .where('id', '=', task.id)
-        .execute();
-      uow.emit({ type: 'task.requeued', jobId: task.job_id, taskId: task.id, index: task.idx, attempts, reason: outcome.error });
+      await this.requeueTask(uow, task, outcome.kind === 'lost' ? task.attempts + 1 : task.attempts, outcome.error);
       // A cluster runs all its members or none: one lost member restarts the whole cluster (each
       // member from its latest checkpoint, placed together again).
       if (job.kind === 'cluster' && !(outcome.kind === 'released' && outcome.stop)) {
@@ -241,6 +234,34 @@ export class LeaseEnding {
     // once, with no audit window), refreshJob reads it again.
     await this.refreshJob(uow, job);
     return true;
+  }
+
+  /**
+   * Sends a task back to the scheduler (it resumes from its latest usable checkpoint, placement.ts):
+   * its lease, and any result it had (a refuted one, result-checks.ts), are forgotten; `attempts`
+   * counts the tries spent, `reason` says why (the task's error and the `task.requeued` event).
+   */
+  async requeueTask(uow: UnitOfWork, task: { id: string; job_id: string; idx: number; state: string }, attempts: number, reason: string): Promise<void> {
+    assertTransition('task', task.id, task.state, 'queued');
+    await uow.trx
+      .updateTable('tasks')
+      .set({
+        state: 'queued',
+        attempts,
+        lease_id: null,
+        provider_id: null,
+        started_at: null,
+        finished_at: null,
+        exit_code: null,
+        duration_ms: null,
+        outputs: '[]',
+        output_digest: null,
+        error: reason,
+        queued_at: new Date(),
+      })
+      .where('id', '=', task.id)
+      .execute();
+    uow.emit({ type: 'task.requeued', jobId: task.job_id, taskId: task.id, index: task.idx, attempts, reason });
   }
 
   /**

@@ -92,6 +92,8 @@ export interface NewCheck {
   only?: string;
   /** A referee check settles a disagreement its parent found. */
   parentId?: string;
+  /** A mandatory audit (probation, no stake at risk): paid from the checked result's pending earnings. */
+  paidByEarnings?: boolean;
   /** A requester's dispute, with the bond it posted. */
   openedBy?: string;
   bondPosted?: bigint;

@@ -153,7 +153,11 @@ export class Placements {
     return { status: 'placed', leaseId };
   }
 
-  /** Where a task starts: its own latest checkpoint, else (a segment check) the checked lease's segment start. */
+  /**
+   * Where a task starts: its own latest checkpoint — never one written by a lease whose result was
+   * refuted (the task runs again because that work was wrong) — else (a segment check) the checked
+   * lease's segment start.
+   */
   private async resumePoint(
     trx: Trx,
     taskId: string,
@@ -168,6 +172,9 @@ export class Placements {
       .selectFrom('checkpoints')
       .select(['step', 'path', 'digest', 'size'])
       .where('task_id', '=', taskId)
+      .where(({ not, exists, selectFrom }) =>
+        not(exists(selectFrom('leases').select('leases.id').whereRef('leases.id', '=', 'checkpoints.lease_id').where('leases.verification', '=', 'failed'))),
+      )
       .orderBy('step', 'desc')
       .limit(1)
       .executeTakeFirst();

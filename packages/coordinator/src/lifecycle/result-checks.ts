@@ -4,11 +4,12 @@
  * disputes) as jobs of the protocol account paid from `sys:fees`, closing them, and confirming or
  * refuting the result. Part of the lifecycle (lifecycle.ts).
  */
-import { formatCredits, type GridworkError, type JobSpec, newId } from '@gridwork/protocol';
+import { formatCredits, type GridworkError, type JobSpec, newId, parseCredits } from '@gridwork/protocol';
 import { sql } from 'kysely';
-import { balanceOf, FEES, holdOf, post, RESERVE, stakeOf } from '../ledger/ledger.ts';
+import { balanceOf, earnedOf, FEES, holdOf, post, RESERVE, stakeOf } from '../ledger/ledger.ts';
 import { costOf, payEarnings, refundEarnings } from '../ledger/lease-economics.ts';
-import { auditRate, drawOf } from '../verify/verification-policy.ts';
+import { baseHourly, parseAsks } from '../market/order-price.ts';
+import { auditRate, drawOf, slashFor } from '../verify/verification-policy.ts';
 import { isTerminalJob } from '../core/state-machine.ts';
 import type { Trx, UnitOfWork } from '../core/unit-of-work.ts';
 import { limitMsOf } from '../core/time-limit.ts';
@@ -30,8 +31,11 @@ export class ResultChecks {
     const cfg = this.parts.verification;
     const provider = await trx.selectFrom('providers').select('audit_streak').where('id', '=', lease.provider_id).executeTakeFirst();
     const stake = await balanceOf(trx, stakeOf(lease.provider_id));
-    const p = auditRate(lease.charged, stake, provider?.audit_streak ?? 0, cfg);
+    const streak = provider?.audit_streak ?? 0;
+    const p = auditRate(lease.charged, stake, streak, cfg);
     const audited = drawOf(lease.audit_seed ?? lease.id, 'audit') < p;
+    // On probation, or with nothing at stake: the audit is mandatory, and the result pays for it.
+    const mandatory = streak < cfg.probationTasks || stake <= 0n;
     await trx
       .updateTable('leases')
       .set({ verification: 'pending', settle_at: new Date(Date.now() + cfg.windowMs) })
@@ -42,7 +46,7 @@ export class ResultChecks {
       // Checkpointed work is audited one segment at a time: the seed picks which.
       const segments = await this.segmentsOf(trx, lease.id);
       const segment = segments[Math.floor(drawOf(lease.audit_seed ?? lease.id, 'segment') * segments.length)];
-      await this.openCheck(uow, { kind: 'audit', leaseId: lease.id, ...(await this.expectation(trx, lease.id, segment, digest)) });
+      await this.openCheck(uow, { kind: 'audit', leaseId: lease.id, paidByEarnings: mandatory, ...(await this.expectation(trx, lease.id, segment, digest)) });
     } else if (cfg.windowMs === 0) await this.confirmResult(uow, lease.id, null);
   }
 
@@ -111,12 +115,27 @@ export class ResultChecks {
       trx,
     );
     const exclude = [...new Set([...named, ...excluded.rows.map((r) => r.id)])].sort();
+    // A checker answers for its verdict with stake: at least what the fault it could hide or
+    // invent costs (a wrong verdict is slashed as much), and at least what the requester asked of
+    // the providers of its work. What a check may cost is bounded by the market of such checkers
+    // and by the work it repeats, as the coordinator metered it: at most `checkPriceMultiple` × the
+    // median ask of the providers staked enough to check, for four times the metered run time. Neither the requester's maxPerHour nor the price
+    // the checked provider asked raises it — acting together, requester and provider could
+    // otherwise have the protocol pay their own auditor any amount — and keys without stake, asking
+    // nothing, do not lower it below what real checkers ask.
+    const economics = this.parts.economics;
     const multiple = BigInt(Math.round(cfg.checkPriceMultiple * 1000));
-    const byLease = (lease.price_per_hour * multiple) / 1000n;
-    const maxPerHour = byLease > job.max_per_hour ? byLease : job.max_per_hour;
-    const limitMs = limitMsOf(job.spec);
-    const runMs = Math.min(limitMs, 4 * (task.duration_ms ?? limitMs) + 4 * this.parts.economics.meteringIntervalMs);
-    const budget = costOf(maxPerHour, BigInt(runMs)) || 1n;
+    const slash = slashFor(lease.charged, cfg);
+    const asked = job.spec.placement?.minStake === undefined ? 0n : parseCredits(job.spec.placement.minStake);
+    const minStake = asked > slash ? asked : slash;
+    // With no such checker online, the market at large bounds it (keys without stake can then only lower it).
+    const reference = (await this.medianAsk(trx, job.spec, minStake)) ?? (await this.medianAsk(trx, job.spec, null)) ?? lease.price_per_hour;
+    const maxPerHour = (reference * multiple) / 1000n || 1n;
+    const limitMs = BigInt(limitMsOf(job.spec));
+    // Four times the metered run time, and four metering periods: a checker may be slower, busier
+    // or further from its inputs than the checked provider was.
+    const runMs = 4n * lease.usage_ms + BigInt(4 * economics.meteringIntervalMs);
+    const budget = costOf(maxPerHour, runMs < limitMs ? runMs : limitMs) || 1n;
     const base = {
       id: checkId,
       kind: c.kind,
@@ -130,26 +149,33 @@ export class ResultChecks {
       segment_to: c.segment?.to ?? null,
     };
     const jobId = newId('job');
-    // Paid from the fees (the verification share), else from the reserve.
-    let funded = false;
-    for (const from of [FEES, RESERVE]) {
+    // A mandatory audit (a provider on probation, or without stake at risk) is paid from the
+    // checked result's own pending earnings first: a provider cannot profit from work that must be
+    // checked. What they do not cover, and every other check, is paid from the fees (the
+    // verification share), else from the reserve. The check's job returns what it did not spend
+    // the same way (ledger/lease-economics.ts releaseJob).
+    const earnings = c.paidByEarnings ? await balanceOf(trx, earnedOf(lease.id)) : 0n;
+    const own = earnings < budget ? earnings : budget;
+    let funded = 0n;
+    for (const from of own === budget ? [null] : [FEES, RESERVE]) {
       try {
         await post(trx, {
           kind: 'check.fund',
           key: `check:${checkId}`,
           postings: [
-            { account: from, amount: -budget },
+            ...(own > 0n ? [{ account: earnedOf(lease.id), amount: -own }] : []),
+            ...(from === null ? [] : [{ account: from, amount: own - budget }]),
             { account: holdOf(jobId), amount: budget },
           ],
-          memo: { checkId, kind: c.kind, leaseId: lease.id, jobId, from },
+          memo: { checkId, kind: c.kind, leaseId: lease.id, jobId, from: from ?? earnedOf(lease.id) },
         });
-        funded = true;
+        funded = budget;
         break;
       } catch (err) {
         if ((err as GridworkError).code !== 'INSUFFICIENT_FUNDS') throw err;
       }
     }
-    if (!funded) {
+    if (funded === 0n) {
       const detail = 'neither the verification fund (sys:fees) nor the reserve can pay for this check now';
       await trx
         .insertInto('verifications')
@@ -160,14 +186,15 @@ export class ResultChecks {
     }
     const now = new Date();
     const count = await this.parts.ending.taskCount(trx, job.id);
-    // The requester's placement wishes (regions, reputation, stake) are for its own work: a check
-    // may run anywhere but on the providers it must not trust.
-    const { placement: _placement, ...checked } = job.spec;
+    // A check honours the requester's trust filters (reputation, stake: at least the slash above).
+    // Not its regions: a check runs where independent checkers are.
+    const { placement, ...checked } = job.spec;
     const spec: JobSpec = {
       ...checked,
       runtime: { ...job.spec.runtime, env: { ...(job.spec.runtime.env ?? {}), GRIDWORK_TASK_INDEX: String(task.idx), GRIDWORK_TASK_COUNT: String(count) } },
       name: `${c.kind}-${job.name}`.slice(0, 64),
-      price: { maxPerHour: formatCredits(maxPerHour), budget: formatCredits(budget) },
+      placement: { ...(placement?.minReputation === undefined ? {} : { minReputation: placement.minReputation }), minStake: formatCredits(minStake) },
+      price: { maxPerHour: formatCredits(maxPerHour), budget: formatCredits(funded) },
       maxRetries: 1,
       queueTimeoutSeconds: Math.max(1, Math.ceil(cfg.checkTimeoutMs / 1000)),
       failurePolicy: 'stop',
@@ -185,7 +212,7 @@ export class ResultChecks {
         error: null,
         created_at: now,
         updated_at: now,
-        budget,
+        budget: funded,
         max_per_hour: maxPerHour,
         request_digest: null,
         purpose: c.kind,
@@ -250,8 +277,14 @@ export class ResultChecks {
   }
 
   /**
-   * A result proven wrong: the lease's earnings, if still pending, go back to the requester
-   * (verify/ slashes the provider), and a job still verifying fails with the reason.
+   * A result proven wrong (verify/ slashes the provider). While its job is open and the task has
+   * retries left (a refutation counts as an attempt, as a lost lease does), the task runs again
+   * inside the job, on no provider of the refuted one's operator: the lease's pending earnings go
+   * back into the job's hold and pay for the re-run, so the refuted attempt costs the requester
+   * nothing. Otherwise (no retries left, or the job has ended: a result refuted later by
+   * backtracking) the earnings go back to the requester and a job still open fails with the
+   * reason. `refunded`: the pending earnings returned (either way); `wasPaid`: they had been
+   * paid out already (verify/ refunds them from the slash).
    */
   async rejectResult(uow: UnitOfWork, leaseId: string, detail: string): Promise<{ refunded: bigint; wasPaid: boolean } | null> {
     const { trx } = uow;
@@ -259,12 +292,14 @@ export class ResultChecks {
     const job = await this.parts.ending.lockJob(trx, peek.job_id);
     const lease = await this.parts.ending.lockLease(trx, leaseId);
     if (lease.verification === 'failed' || lease.verification === null) return null;
+    const task = await trx.selectFrom('tasks').selectAll().where('id', '=', lease.task_id).forNoKeyUpdate().executeTakeFirstOrThrow();
+    const rerun = !isTerminalJob(job.state) && task.state === 'succeeded' && task.lease_id === lease.id && task.attempts + 1 <= (job.spec.maxRetries ?? 2);
     const wasPaid = lease.settle_at === null;
-    const refunded = wasPaid ? 0n : await refundEarnings(trx, lease, job.owner, detail);
+    const refunded = wasPaid ? 0n : await refundEarnings(trx, lease, job.owner, detail, rerun ? 'hold' : 'requester');
     await trx.updateTable('leases').set({ verification: 'failed', settle_at: null }).where('id', '=', leaseId).execute();
     this.emitVerification(uow, lease, 'failed', detail);
-    if (!isTerminalJob(job.state)) {
-      const task = await trx.selectFrom('tasks').select('idx').where('id', '=', lease.task_id).executeTakeFirstOrThrow();
+    if (rerun) await this.rerunRefuted(uow, job, task, lease.provider_id, detail);
+    else if (!isTerminalJob(job.state)) {
       await this.parts.ending.refreshJob(uow, job.id, { force: 'failed', error: `task ${task.idx}'s result failed verification: ${detail}` });
     }
     return { refunded, wasPaid };
@@ -287,7 +322,43 @@ export class ResultChecks {
     return true;
   }
 
-  /** Pending results whose window has closed with no check open. */
+  /**
+   * The median hourly price that online providers (with at least `minStake` staked) ask for a
+   * spec's resources (GPUs: the lowest of the models it accepts that a provider prices), from at
+   * most 500 of them; null when none does.
+   */
+  private async medianAsk(db: Trx, spec: JobSpec, minStake: bigint | null): Promise<bigint | null> {
+    const rows = await db
+      .selectFrom('providers')
+      .leftJoin('ledger_balances', (j) => j.on(sql<boolean>`ledger_balances.account = 'acct:' || providers.id || ':stake'`))
+      .select('providers.asks')
+      .where('providers.state', '=', 'online')
+      .where('providers.asks', 'is not', null)
+      .$if(minStake !== null, (q) => q.where('ledger_balances.balance', '>=', minStake as bigint))
+      .limit(500)
+      .execute();
+    const r = spec.resources;
+    const prices: bigint[] = [];
+    for (const row of rows) {
+      if (!row.asks) continue;
+      const asks = parseAsks(row.asks);
+      let price = baseHourly(asks, r);
+      if (r.gpu && r.gpu.count > 0) {
+        const models = r.gpu.models?.length ? r.gpu.models : [...asks.gpuHour.keys()];
+        const each = models.map((m) => asks.gpuHour.get(m)).filter((x): x is bigint => x !== undefined);
+        if (each.length === 0) continue;
+        price += BigInt(r.gpu.count) * each.reduce((a, b) => (b < a ? b : a));
+      }
+      prices.push(price);
+    }
+    prices.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    return prices[Math.floor(prices.length / 2)] ?? null;
+  }
+
+  /**
+   * Pending results whose window has closed with no check open, and that were never audited: an
+   * audited result stands only by its audit's verdict (one without a verdict is audited again).
+   */
   async dueResults(db: Trx | import('../store/database.ts').Db, limit: number): Promise<string[]> {
     const rows = await db
       .selectFrom('leases')
@@ -295,11 +366,43 @@ export class ResultChecks {
       .where('settle_at', '<=', new Date())
       .where('verification', '=', 'pending')
       .where(({ not, exists, selectFrom }) =>
-        not(exists(selectFrom('verifications').select('id').whereRef('verifications.lease_id', '=', 'leases.id').where('verifications.state', '=', 'open'))),
+        not(
+          exists(
+            selectFrom('verifications')
+              .select('id')
+              .whereRef('verifications.lease_id', '=', 'leases.id')
+              .where((v) => v.or([v('verifications.state', '=', 'open'), v('verifications.kind', '=', 'audit')])),
+          ),
+        ),
       )
       .orderBy('settle_at')
       .limit(limit)
       .execute();
     return rows.map((r) => r.id);
+  }
+
+  /**
+   * A refuted task runs again inside its job: never again on the refuted provider nor on any
+   * provider of its operator (the job's `exclude_providers`, which the scheduler and placement
+   * honour), from a checkpoint no refuted lease wrote (placement.ts). The job follows its tasks
+   * (a verifying job is matching again).
+   */
+  private async rerunRefuted(
+    uow: UnitOfWork,
+    job: Awaited<ReturnType<LifecycleParts['ending']['lockJob']>>,
+    task: { id: string; job_id: string; idx: number; state: string; attempts: number },
+    providerId: string,
+    detail: string,
+  ): Promise<void> {
+    const { trx } = uow;
+    const operator = await sql<{ id: string }>`
+      select id from providers
+      where coalesce(attributes->>'operator', id) = (select coalesce(attributes->>'operator', id) from providers where id = ${providerId})`.execute(trx);
+    const exclude = [...new Set([...job.exclude_providers, providerId, ...operator.rows.map((r) => r.id)])].sort();
+    await trx.updateTable('jobs').set({ exclude_providers: JSON.stringify(exclude) }).where('id', '=', job.id).execute();
+    const attempts = task.attempts + 1;
+    await this.parts.ending.requeueTask(uow, task, attempts, `the result of attempt ${attempts} was refuted (${detail}); the task runs again on another provider`);
+    // The job's row as locked by rejectResult: its state has not changed since.
+    await this.parts.ending.refreshJob(uow, job);
   }
 }

@@ -44,6 +44,8 @@ export interface VerificationConfig {
   checkTimeoutMs: number;
   /** A check may pay its provider up to this multiple of the checked lease's price per hour. @default 2 */
   checkPriceMultiple: number;
+  /** Audits of one result that may end without a verdict before it is refused as unverifiable (nobody blamed). @default 3 */
+  maxAuditRounds: number;
   /** Most earlier results re-audited after a proven fault (backtracking). @default 50 */
   backtrackLimit: number;
   /** Capacity challenges missed in a row that count as proven capacity fraud (slashed). @default 3, the eligibility streak */
@@ -72,6 +74,7 @@ export function resolveVerification(o: VerificationOptions = {}, dev = false): V
     minBond: parseCredits(o.minBond ?? '1'),
     checkTimeoutMs: o.checkTimeoutMs ?? 30 * 60_000,
     checkPriceMultiple: o.checkPriceMultiple ?? 2,
+    maxAuditRounds: o.maxAuditRounds ?? 3,
     backtrackLimit: o.backtrackLimit ?? 50,
     maxConsecutiveChallengeFailures: o.maxConsecutiveChallengeFailures ?? 3,
     genesisFees: parseCredits(o.genesisFees ?? (dev ? '100' : '0'), { allowZero: true }),

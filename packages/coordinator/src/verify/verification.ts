@@ -93,14 +93,33 @@ export class Verifier {
     for (const leaseId of await lifecycle.dueResults(db, 200)) {
       await units.run((uow) => lifecycle.confirmResult(uow, leaseId, 'audit window closed'));
     }
+    // Checks whose own job has not ended in time. One whose job ended waits on its referees (they
+    // time out themselves), up to four times as long: an audit and two referees, one after another.
+    const now = Date.now();
     const stale = await db
       .selectFrom('verifications')
-      .selectAll()
-      .where('state', '=', 'open')
-      .where('created_at', '<', new Date(Date.now() - config.checkTimeoutMs))
+      .selectAll('verifications')
+      .leftJoin('jobs', 'jobs.id', 'verifications.check_job_id')
+      .where('verifications.state', '=', 'open')
+      .where('verifications.created_at', '<', new Date(now - config.checkTimeoutMs))
+      .where((eb) =>
+        eb.or([
+          eb('jobs.state', 'is', null),
+          eb('jobs.state', 'not in', ['succeeded', 'failed', 'cancelled']),
+          eb('verifications.created_at', '<', new Date(now - 4 * config.checkTimeoutMs)),
+        ]),
+      )
       .limit(100)
       .execute();
     for (const c of stale) await units.run((uow) => this.abandon(uow, c, `no result within ${Math.round(config.checkTimeoutMs / 1000)} s`));
+    // Results whose last audit could not even be opened (nobody could pay): tried again, a minute apart.
+    const unaudited = await sql<{ lease_id: string }>`
+      select distinct v.lease_id from verifications v join leases l on l.id = v.lease_id
+      where l.verification = 'pending' and v.kind = 'audit' and v.state = 'abandoned' and v.check_job_id is null
+        and v.ended_at < ${new Date(Date.now() - 60_000)}
+        and not exists (select 1 from verifications o where o.lease_id = v.lease_id and (o.state = 'open' or o.created_at > v.created_at))
+      limit 100`.execute(db);
+    for (const r of unaudited.rows) await units.run((uow) => this.recheck(uow, r.lease_id, 'no check could be paid for'));
   }
 
   /** A requester disputes one task's pending result, posting a bond. */
@@ -176,7 +195,7 @@ export class Verifier {
             kind: 'referee',
             leaseId: check.lease_id,
             expectedDigest: check.expected_digest ?? '',
-            exclude: [result.providerId],
+            exclude: await this.refereeExclusions(uow, check.lease_id, check.id, [result.providerId]),
             parentId: check.id,
             ...(segment ? { segment } : {}),
           });
@@ -193,7 +212,14 @@ export class Verifier {
         } else {
           // The "known" answer could itself be wrong (confirmed by a colluding auditor): two
           // referees decide between it and the canary's, as for audits.
-          await lifecycle.openCheck(uow, { kind: 'referee', leaseId: check.lease_id, expectedDigest: check.expected_digest ?? '', exclude: [result.providerId], parentId: check.id, ...(segmentOf(check) ? { segment: segmentOf(check) as Segment } : {}) });
+          await lifecycle.openCheck(uow, {
+            kind: 'referee',
+            leaseId: check.lease_id,
+            expectedDigest: check.expected_digest ?? '',
+            exclude: await this.refereeExclusions(uow, check.lease_id, check.id, [result.providerId]),
+            parentId: check.id,
+            ...(segmentOf(check) ? { segment: segmentOf(check) as Segment } : {}),
+          });
         }
         return;
       case 'dispute':
@@ -207,7 +233,7 @@ export class Verifier {
           // Without checkpoints the whole task: either way two referees decide, as for audits.
           const diverged = await this.firstDivergence(uow, check.lease_id, result.leaseId);
           const expect = diverged ? await lifecycle.expectation(uow.trx, check.lease_id, diverged, check.expected_digest ?? '') : { expectedDigest: check.expected_digest ?? '' };
-          await lifecycle.openCheck(uow, { kind: 'referee', leaseId: check.lease_id, ...expect, exclude: [result.providerId], parentId: check.id });
+          await lifecycle.openCheck(uow, { kind: 'referee', leaseId: check.lease_id, ...expect, exclude: await this.refereeExclusions(uow, check.lease_id, check.id, [result.providerId]), parentId: check.id });
         }
         return;
     }
@@ -248,7 +274,7 @@ export class Verifier {
         kind: 'referee',
         leaseId: check.lease_id,
         expectedDigest: check.expected_digest ?? '',
-        exclude: [other.providerId, result.providerId],
+        exclude: await this.refereeExclusions(uow, check.lease_id, parent.id, [other.providerId, result.providerId]),
         parentId: parent.id,
         ...(segment ? { segment } : {}),
       });
@@ -270,7 +296,15 @@ export class Verifier {
         await this.backtrack(uow, other.providerId);
         return;
       }
-      await this.fault(uow, { providerId: other.providerId, leaseId: other.leaseId, fault: 'false-audit', checkId: parent.id, detail: `its re-execution disagreed with the provider and two referees${where}` });
+      const checked = await uow.trx.selectFrom('leases').select('charged').where('id', '=', check.lease_id).executeTakeFirstOrThrow();
+      await this.fault(uow, {
+        providerId: other.providerId,
+        leaseId: other.leaseId,
+        fault: 'false-audit',
+        checkId: parent.id,
+        slashOf: checked.charged,
+        detail: `its re-execution disagreed with the provider and two referees${where}`,
+      });
       if (parent.kind === 'dispute') {
         await this.dismiss(uow, parent, `two referees reproduced the provider's result${where}`);
       } else {
@@ -375,10 +409,35 @@ export class Verifier {
       checkId: check.id,
       detail,
       finder,
-      // Earnings already paid out (a result re-audited after its window) are refunded from the slash.
-      ...(rejected?.wasPaid ? { refund: { to: owner.owner, amount: charged.charged } } : {}),
+      // What the requester paid and did not get back from the pending earnings (paid out already: a
+      // result re-audited after its window; or spent on its mandatory audit) is refunded from the slash.
+      ...(charged.charged > rejected.refunded ? { refund: { to: owner.owner, amount: charged.charged - rejected.refunded } } : {}),
     });
     await this.backtrack(uow, check.provider_id);
+    // Whoever confirmed this result (an audit that agreed, a canary that answered the same) lied too.
+    const confirmers = await uow.trx
+      .selectFrom('verifications')
+      .innerJoin('tasks', 'tasks.job_id', 'verifications.check_job_id')
+      .select(['verifications.id', 'tasks.provider_id', 'tasks.lease_id'])
+      .where('verifications.lease_id', '=', check.lease_id)
+      .where('verifications.kind', 'in', ['audit', 'canary'])
+      .where('verifications.state', '=', 'passed')
+      // Only checks of the part that was refuted: an audit of another segment may have been right.
+      .where(sql<boolean>`verifications.segment_from is not distinct from ${check.segment_from}`)
+      .where(sql<boolean>`verifications.segment_to is not distinct from ${check.segment_to}`)
+      .execute();
+    for (const c of confirmers) {
+      if (!c.provider_id || c.provider_id === check.provider_id) continue;
+      this.failedCounter(uow, c.provider_id);
+      await this.fault(uow, {
+        providerId: c.provider_id,
+        leaseId: c.lease_id,
+        fault: 'false-audit',
+        checkId: c.id,
+        slashOf: charged.charged,
+        detail: `it confirmed a result later proven wrong: ${detail}`,
+      });
+    }
   }
 
   /** A check produced no usable result: nobody is punished; a dispute's bond goes back. */
@@ -393,6 +452,61 @@ export class Verifier {
       const parent = await uow.trx.selectFrom('verifications').selectAll().where('id', '=', check.parent_id).executeTakeFirst();
       if (parent?.state === 'open') await this.abandon(uow, parent, `its referee ended without a result: ${why}`);
     }
+    // A check without a verdict (its checker vanished, referees split, all disagree) never lets
+    // the result stand by default: once nothing else checks it, others audit it again.
+    await this.recheck(uow, check.lease_id, why, segmentOf(check));
+  }
+
+  /** Every provider a check of this lease was ever placed on (a lease lost and placed again counts both). */
+  private async participants(uow: UnitOfWork, leaseId: string) {
+    return uow.trx
+      .selectFrom('verifications')
+      .leftJoin('leases', 'leases.job_id', 'verifications.check_job_id')
+      .select(['verifications.id', 'verifications.kind', 'verifications.state', 'verifications.parent_id', 'verifications.check_job_id', 'leases.provider_id'])
+      .where('verifications.lease_id', '=', leaseId)
+      .execute();
+  }
+
+  /**
+   * Providers a new referee of a check (`parentId`) must not be: `also`, whoever ran that check
+   * or one of its referees, and whoever ran a check of this lease that ended without a result.
+   */
+  private async refereeExclusions(uow: UnitOfWork, leaseId: string, parentId: string, also: string[]): Promise<string[]> {
+    const ran = (await this.participants(uow, leaseId)).flatMap((c) =>
+      c.provider_id && (c.id === parentId || c.parent_id === parentId || c.state === 'abandoned') ? [c.provider_id] : [],
+    );
+    return [...new Set([...also, ...ran])];
+  }
+
+  /**
+   * A result whose check ended without a verdict is audited again, by a provider of none of the
+   * operators that ran its checks so far (a checker that drops a check, or answers a third value,
+   * never sees it again), at most `maxAuditRounds` times: then it could not be verified and is
+   * refused without blame — its provider is not paid, its requester pays nothing for it.
+   */
+  private async recheck(uow: UnitOfWork, leaseId: string, why: string, segment?: Segment): Promise<void> {
+    const { trx } = uow;
+    const lease = await trx.selectFrom('leases').select(['verification']).where('id', '=', leaseId).executeTakeFirst();
+    if (lease?.verification !== 'pending') return;
+    const open = await trx.selectFrom('verifications').select('id').where('lease_id', '=', leaseId).where('state', '=', 'open').executeTakeFirst();
+    if (open) return;
+    const checkers = await this.participants(uow, leaseId);
+    const passed = await trx.selectFrom('verifications').select('id').where('lease_id', '=', leaseId).where('kind', '=', 'audit').where('state', '=', 'passed').executeTakeFirst();
+    if (passed) {
+      await this.deps.lifecycle.confirmResult(uow, leaseId, `an audit confirmed it earlier; a later check ended without a verdict (${why})`);
+      return;
+    }
+    // Rounds: audits that had a check job (one nobody could pay for is tried again, uncounted).
+    const rounds = new Set(checkers.filter((c) => c.kind === 'audit' && c.check_job_id !== null).map((c) => c.id)).size;
+    if (rounds >= this.deps.config.maxAuditRounds) {
+      await this.deps.lifecycle.rejectResult(uow, leaseId, `it could not be verified in ${rounds} audits (last: ${why}); nobody is blamed`);
+      return;
+    }
+    const task = await trx.selectFrom('tasks').select('output_digest').where('lease_id', '=', leaseId).executeTakeFirst();
+    if (!task?.output_digest) return;
+    const expect = await this.deps.lifecycle.expectation(trx, leaseId, segment, task.output_digest);
+    const exclude = [...new Set(checkers.flatMap((c) => (c.provider_id ? [c.provider_id] : [])))];
+    await this.deps.lifecycle.openCheck(uow, { kind: 'audit', leaseId, ...expect, exclude });
   }
 
   private async payBond(uow: UnitOfWork, check: Check, to: string, why: string): Promise<void> {
@@ -426,6 +540,8 @@ export class Verifier {
       refund?: { to: string; amount: bigint };
       /** What the fault earned, when it is not one lease's charge (capacity fraud: everything billed under the false claim). */
       charged?: bigint;
+      /** The charge the slash is sized by, when not the lease's own: a checker's wrong verdict costs what the fault it hid or invented would. */
+      slashOf?: bigint;
     },
   ): Promise<void> {
     const { trx } = uow;
@@ -435,7 +551,7 @@ export class Verifier {
       : { charged: f.charged ?? 0n, job_id: null };
     const stake = await balanceOf(trx, stakeOf(f.providerId));
     const unbonding = await balanceOf(trx, unbondingOf(f.providerId));
-    const want = slashFor(lease.charged, config);
+    const want = slashFor(f.slashOf ?? lease.charged, config);
     const amount = min(want, stake + unbonding);
     if (amount > 0n) {
       const refund = f.refund ? min(f.refund.amount, amount) : 0n;
@@ -514,13 +630,17 @@ export class Verifier {
   /** An audit-confirmed result becomes, now and then, a known-answer task for the least-verified other provider. */
   private async maybeCanary(uow: UnitOfWork, check: Check, agreed: readonly string[]): Promise<void> {
     if (this.random() >= this.deps.config.canaryRate) return;
+    // A canary's target answers for its answer with stake, as every checker does (openCheck asks as much).
+    const checked = await uow.trx.selectFrom('leases').select('charged').where('id', '=', check.lease_id).executeTakeFirstOrThrow();
     const target = await uow.trx
       .selectFrom('providers')
-      .select('id')
-      .where('state', '=', 'online')
-      .where('id', 'not in', [...agreed])
-      .orderBy('audits_passed')
-      .orderBy('id')
+      .innerJoin('ledger_balances', (j) => j.on(sql<boolean>`ledger_balances.account = 'acct:' || providers.id || ':stake'`))
+      .select('providers.id')
+      .where('providers.state', '=', 'online')
+      .where('providers.id', 'not in', [...agreed])
+      .where('ledger_balances.balance', '>=', slashFor(checked.charged, this.deps.config))
+      .orderBy('providers.audits_passed')
+      .orderBy('providers.id')
       .executeTakeFirst();
     if (!target) return;
     const segment = segmentOf(check);
