@@ -47,7 +47,7 @@ const PROMPT_MS = 5_000;
  * Only the hello's challenge (the Poisson one is a year away): small, so an honest answer takes
  * milliseconds; deadlines of a few seconds.
  */
-const CHALLENGES = { meanIntervalMs: 365 * 24 * 3600_000, workMs: 20, latencyMs: 3000, maxMemoryBytes: 1024 * 1024, slack: 4 };
+const CHALLENGES = { meanIntervalMs: 365 * 24 * 3600_000, workMs: 20, latencyMs: 3000, maxMemoryBytes: 1024 * 1024, slack: 4, proveOnHello: true };
 
 const HONEST_ASKS = { cpuCoreHour: '0.02', memoryGiBHour: '0.004' };
 /** 25 times the honest price. */

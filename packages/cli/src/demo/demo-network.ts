@@ -107,7 +107,7 @@ export class DemoNetwork {
       economics: { meteringIntervalMs: 1000 },
       // One small capacity challenge at each provider's hello (a published benchmark counts for
       // its score only once proven), and none at random afterwards (each takes a core for a while).
-      challenges: { meanIntervalMs: 365 * 24 * 3600_000, workMs: 1000, maxMemoryBytes: 16 * 1024 * 1024 },
+      challenges: { meanIntervalMs: 365 * 24 * 3600_000, workMs: 1000, maxMemoryBytes: 16 * 1024 * 1024, proveOnHello: true },
       verification: DEMO_VERIFICATION,
     });
     return new DemoNetwork(coordinator, options, options.runtime ?? 'sandbox');

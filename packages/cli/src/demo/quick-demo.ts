@@ -28,6 +28,9 @@ export interface QuickDemoOptions {
 }
 
 /** Demo providers ask different prices, so the market has something to choose between. */
+/** Credits each quick-demo provider stakes (checks ask at least the 1-credit minimum slash). */
+const PROVIDER_STAKE = '2';
+
 async function createProvider(coordinator: Coordinator, dataDir: string, i: number, runtime: 'sandbox' | 'process', logger: pino.Logger) {
   const { formatCredits } = await import('@gridwork/protocol');
   const { fixedPricing, ProviderAgent } = await import('@gridwork/provider');
@@ -83,6 +86,10 @@ export async function runQuickDemo(opts: QuickDemoOptions): Promise<void> {
         runtime = 'process';
         agent = await createProvider(coordinator, join(dataDir, `provider-${i}`), i, runtime, logger);
       }
+      // Staked from the dev faucet: only a provider with stake at risk may audit the others.
+      const account = new GridworkClient({ url: coordinator.url, identity: await loadOrCreateIdentity(join(dataDir, `provider-${i}`, 'provider-key.json')) });
+      await account.deposit(PROVIDER_STAKE, { idempotencyKey: `demo-faucet-provider-${i}` });
+      await account.stake(PROVIDER_STAKE, { idempotencyKey: `demo-stake-provider-${i}` });
       agent.start();
       providers.push(agent);
     }

@@ -129,7 +129,8 @@ export class ResultChecks {
     const asked = job.spec.placement?.minStake === undefined ? 0n : parseCredits(job.spec.placement.minStake);
     const minStake = asked > slash ? asked : slash;
     // With no such checker online, the market at large bounds it (keys without stake can then only lower it).
-    const reference = (await this.medianAsk(trx, job.spec, minStake)) ?? (await this.medianAsk(trx, job.spec, null)) ?? lease.price_per_hour;
+    // The pool is set by the slash alone: a requester's own minStake could narrow it to keys it controls.
+    const reference = (await this.medianAsk(trx, job.spec, slash)) ?? (await this.medianAsk(trx, job.spec, null)) ?? lease.price_per_hour;
     const maxPerHour = (reference * multiple) / 1000n || 1n;
     const limitMs = BigInt(limitMsOf(job.spec));
     // Four times the metered run time, and four metering periods: a checker may be slower, busier

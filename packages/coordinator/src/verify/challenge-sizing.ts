@@ -40,8 +40,11 @@ export interface ChallengeOptions {
   maxConsecutiveFailures?: number;
   /**
    * Challenge a provider as soon as it says hello when no passed challenge proved its CPU claim
-   * yet (the market scores an unproven claim as the floor). Off, the Poisson schedule alone proves
-   * claims, hours later. @default true
+   * yet. Either way the market scores an unproven claim as the floor; off, the Poisson schedule
+   * proves claims, hours later. Off by default: a full-size challenge of every provider that
+   * connects (a core for `workMs`, up to `maxMemoryBytes`) at once starves a small machine of
+   * CPU; a network that wants claims proven at once turns it on (the demo does, with small
+   * challenges). @default false
    */
   proveOnHello?: boolean;
 }
@@ -62,7 +65,7 @@ export function resolveChallengeOptions(o: ChallengeOptions = {}): ChallengeConf
     blocksToOpen: o.blocksToOpen ?? 16,
     exactRows: o.exactRows ?? 2,
     maxConsecutiveFailures: o.maxConsecutiveFailures ?? 3,
-    proveOnHello: o.proveOnHello ?? true,
+    proveOnHello: o.proveOnHello ?? false,
   };
 }
 

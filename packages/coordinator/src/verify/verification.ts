@@ -95,13 +95,15 @@ export class Verifier {
     }
     // Checks whose own job has not ended in time. One whose job ended waits on its referees (they
     // time out themselves), up to four times as long: an audit and two referees, one after another.
+    // A check of long work gets four times the checked lease's metered run time on top.
     const now = Date.now();
     const stale = await db
       .selectFrom('verifications')
       .selectAll('verifications')
       .leftJoin('jobs', 'jobs.id', 'verifications.check_job_id')
+      .innerJoin('leases as checked', 'checked.id', 'verifications.lease_id')
       .where('verifications.state', '=', 'open')
-      .where('verifications.created_at', '<', new Date(now - config.checkTimeoutMs))
+      .where(sql<boolean>`verifications.created_at + (4 * checked.usage_ms) * interval '1 millisecond' < ${new Date(now - config.checkTimeoutMs)}`)
       .where((eb) =>
         eb.or([
           eb('jobs.state', 'is', null),
@@ -422,6 +424,8 @@ export class Verifier {
       .where('verifications.lease_id', '=', check.lease_id)
       .where('verifications.kind', 'in', ['audit', 'canary'])
       .where('verifications.state', '=', 'passed')
+      // An auditor overruled by referees ('auditor-overruled') was right, and was slashed already.
+      .where('verifications.outcome', 'in', ['confirmed', 'canary-correct'])
       // Only checks of the part that was refuted: an audit of another segment may have been right.
       .where(sql<boolean>`verifications.segment_from is not distinct from ${check.segment_from}`)
       .where(sql<boolean>`verifications.segment_to is not distinct from ${check.segment_to}`)
@@ -443,7 +447,11 @@ export class Verifier {
   /** A check produced no usable result: nobody is punished; a dispute's bond goes back. */
   private async abandon(uow: UnitOfWork, check: Check, why: string): Promise<void> {
     const { lifecycle } = this.deps;
-    if (!(await lifecycle.closeCheck(uow, check.id, 'abandoned', 'no-result', why))) return;
+    if (!(await lifecycle.closeCheck(uow, check.id, 'abandoned', 'no-result', why))) {
+      // Closed already (a sweep got there first): the result still must not wait forever.
+      await this.recheck(uow, check.lease_id, why, segmentOf(check));
+      return;
+    }
     if (check.kind === 'dispute') {
       await this.payBond(uow, check, check.opened_by as string, 'dispute abandoned: bond returned');
       await lifecycle.markDisputed(uow, check.lease_id, false);
@@ -496,8 +504,8 @@ export class Verifier {
       await this.deps.lifecycle.confirmResult(uow, leaseId, `an audit confirmed it earlier; a later check ended without a verdict (${why})`);
       return;
     }
-    // Rounds: audits that had a check job (one nobody could pay for is tried again, uncounted).
-    const rounds = new Set(checkers.filter((c) => c.kind === 'audit' && c.check_job_id !== null).map((c) => c.id)).size;
+    // Rounds: audits that some checker took (one nobody could pay for, or nobody eligible took, is tried again, uncounted).
+    const rounds = new Set(checkers.filter((c) => c.kind === 'audit' && c.provider_id !== null).map((c) => c.id)).size;
     if (rounds >= this.deps.config.maxAuditRounds) {
       await this.deps.lifecycle.rejectResult(uow, leaseId, `it could not be verified in ${rounds} audits (last: ${why}); nobody is blamed`);
       return;
