@@ -193,14 +193,7 @@ export class Verifier {
           await this.maybeCanary(uow, check, [check.provider_id, result.providerId]);
         } else {
           // Two providers disagree: a third re-runs the same (segment of the) task. The audit stays open until it does.
-          await lifecycle.openCheck(uow, {
-            kind: 'referee',
-            leaseId: check.lease_id,
-            expectedDigest: check.expected_digest ?? '',
-            exclude: await this.refereeExclusions(uow, check.lease_id, check.id, [result.providerId]),
-            parentId: check.id,
-            ...(segment ? { segment } : {}),
-          });
+          await this.openReferee(uow, check, result.providerId);
         }
         return;
       case 'referee':
@@ -214,14 +207,7 @@ export class Verifier {
         } else {
           // The "known" answer could itself be wrong (confirmed by a colluding auditor): two
           // referees decide between it and the canary's, as for audits.
-          await lifecycle.openCheck(uow, {
-            kind: 'referee',
-            leaseId: check.lease_id,
-            expectedDigest: check.expected_digest ?? '',
-            exclude: await this.refereeExclusions(uow, check.lease_id, check.id, [result.providerId]),
-            parentId: check.id,
-            ...(segmentOf(check) ? { segment: segmentOf(check) as Segment } : {}),
-          });
+          await this.openReferee(uow, check, result.providerId);
         }
         return;
       case 'dispute':
@@ -463,6 +449,19 @@ export class Verifier {
     // A check without a verdict (its checker vanished, referees split, all disagree) never lets
     // the result stand by default: once nothing else checks it, others audit it again.
     await this.recheck(uow, check.lease_id, why, segmentOf(check));
+  }
+
+  /** The first referee of a check whose re-run (by `disagreeing`) disagreed with the checked result, over the same segment. */
+  private async openReferee(uow: UnitOfWork, check: Check, disagreeing: string): Promise<void> {
+    const segment = segmentOf(check);
+    await this.deps.lifecycle.openCheck(uow, {
+      kind: 'referee',
+      leaseId: check.lease_id,
+      expectedDigest: check.expected_digest ?? '',
+      exclude: await this.refereeExclusions(uow, check.lease_id, check.id, [disagreeing]),
+      parentId: check.id,
+      ...(segment ? { segment } : {}),
+    });
   }
 
   /** Every provider a check of this lease was ever placed on (a lease lost and placed again counts both). */
